@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_HOME ?= $(CURDIR)/demo_home
+
+.PHONY: demo test install install-test lint typecheck bench hardening clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+
+# Runs the main job on the embedded defaults (local SQLite state, Parquet outputs) in ./demo_home.
+demo: install
+	$(BIN)/casparian --home $(DEMO_HOME) --tape $(DEMO_HOME)/tapes/demo.tape demo
+	@echo "outputs: $(DEMO_HOME)/output   tape: $(DEMO_HOME)/tapes/demo.tape"
+
+lint: install-test
+	$(BIN)/ruff check casparian_nb tests benchmarks
+	$(BIN)/mypy
+
+# Every test: unit, integration (real processes), notebooks, browser, hardening (reduced trials).
+test: install-test
+	bash scripts/test-deps.sh
+	$(BIN)/ruff check casparian_nb tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q tests
+
+bench: install-test
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""The ``casparian`` command. It only parses arguments and builds the same objects the Python
+API uses; each subcommand lives in a ``cmd_*`` function returning an exit code.
+
+Exit codes: 0 success, 1 the command ran but something it did failed (a job, a validation),
+2 the command could not run (bad arguments, bad plugin, no sentinel) — with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+from .errors import CasparianError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.home)
+
+
+# -- run / demo -----------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from .runner import run
+
+    result = run(args.plugin, args.inputs, sink=args.sink, mode=args.mode,
+                 parallel=args.parallel, settings=settings)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(result)
+    args._tape_response = {"files": len(result.files), "failed": len(result.failed),
+                           "rows": sum(result.rows.values())}
+    return 0 if result.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import write_sample_data, write_sample_plugin
+    from .runner import run
+
+    plugin = write_sample_plugin(settings.plugins_dir)
+    data_dir = settings.home / "demo" / "data"
+    files = write_sample_data(data_dir, files=args.files)
+    print(f"casparian demo: {len(files)} sample files in {data_dir}")
+    print(f"  plugin: {plugin}")
+    result = run(plugin, [data_dir], settings=settings, mode="append")
+    print(result)
+    print(f"\nQuery the outputs with DuckDB, e.g.:\n  duckdb -c \"select customer, count(*), "
+          f"sum(amount) from '{settings.output_dir}/orders_*.parquet' group by 1\"")
+    return 0 if result.ok else 1
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casparian",
+        description="Run parser plugins over files and get typed tables with lineage.",
+    )
+    parser.add_argument("--home", default=None,
+                        help="state directory (default: $CASPARIAN_HOME or ~/.casparian_flow)")
+    parser.add_argument("--tape", default=None, metavar="FILE",
+                        help="record this command on an NDJSON tape")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a plugin over files in this process (no sentinel)")
+    p.add_argument("plugin", help="plugin file, or a name under <home>/plugins")
+    p.add_argument("inputs", nargs="+", help="files, directories (recursive) or globs")
+    p.add_argument("--sink", default=None, help="parquet://DIR, csv://DIR or duckdb://FILE")
+    p.add_argument("--mode", default="append", choices=["append", "replace", "error"])
+    p.add_argument("--parallel", type=int, default=None, help="plugin hosts (default: cores)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(handler=cmd_run, tape_name="Run")
+
+    p = sub.add_parser("demo", help="run the sample plugin over generated sample files")
+    p.add_argument("--files", type=int, default=12, help="sample files to generate")
+    p.set_defaults(handler=cmd_demo, tape_name="Demo")
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Subcommand groups that live in their own modules register themselves here."""
+    from .tape.cli import add_tape_commands
+
+    add_tape_commands(sub)
+    for module in ("casparian_nb.sentinel.cli", "casparian_nb.bundle"):
+        try:
+            mod = __import__(module, fromlist=["add_commands"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.add_commands(sub)
+
+
+def _tape_payload(args: argparse.Namespace) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for key in ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers"):
+        if hasattr(args, key) and getattr(args, key) is not None:
+            payload[key] = getattr(args, key)
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tape = None
+    cmd_id = corr = None
+    try:
+        settings = _settings(args)
+        if args.tape:
+            from .tape import TapeWriter
+
+            tape = TapeWriter(Path(args.tape), producer="cli", redact=settings.tape_redact)
+            cmd_id, corr = tape.command(args.tape_name, _tape_payload(args))
+        handler: Handler = args.handler
+        code = handler(args, settings)
+        if tape is not None and cmd_id is not None:
+            response = getattr(args, "_tape_response", {})
+            if code == 0:
+                tape.succeeded(cmd_id, corr, response)
+            else:
+                tape.failed(cmd_id, corr, f"exit code {code}")
+        return code
+    except KeyboardInterrupt:
+        print("casparian: interrupted", file=sys.stderr)
+        if tape is not None and cmd_id is not None:
+            tape.failed(cmd_id, corr, "interrupted")
+        return 130
+    except CasparianError as exc:
+        if args.verbose:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"casparian: error: {message}", file=sys.stderr)
+        if tape is not None and cmd_id is not None:
+            tape.failed(cmd_id, corr, message)
+        return 2
+    finally:
+        if tape is not None:
+            tape.close()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

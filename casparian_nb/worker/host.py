@@ -1,0 +1,225 @@
+"""The plugin host: a warm child process that runs one job at a time.
+
+A host is started once (``python -m casparian_nb.worker.host --fd N``), imports pyarrow, pandas
+and the plugin machinery up front, then serves jobs over a socket pair until its parent goes
+away. Jobs arrive as JSON job specs; the host loads the plugin (cached by source hash), hashes
+the input, calls ``parse``, checks and stamps lineage, and stages every output under
+``<staging_root>/<job>/``. It never writes into a sink location: promotion belongs to the
+committer, so killing a host at any instant leaves nothing visible in the outputs.
+
+Messages (JSON over :class:`multiprocessing.connection.Connection`):
+
+* host → parent ``{"type": "ready", "pid": int}`` once imports are done;
+* parent → host ``{"type": "job", "job": {...}}``; host → parent ``{"type": "result", ...}``;
+* parent → host ``{"type": "exit"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+# Imported at start-up on purpose: this is what makes a host "warm".
+import pandas  # noqa: F401
+import pyarrow  # noqa: F401
+
+from .. import lineage as lineage_mod
+from .. import plugins
+from .. import sinks
+from ..errors import (
+    LineageError,
+    PermanentError,
+    PluginError,
+    SinkError,
+    TransientError,
+)
+
+__all__ = ["classify_error", "execute_job", "main"]
+
+_MAX_TRACEBACK = 16_000
+_PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
+
+
+def classify_error(exc: BaseException) -> str:
+    """``"transient"`` (retry with backoff) or ``"permanent"`` (fail now).
+
+    Plugins choose with :class:`TransientError` / :class:`PermanentError`. Anything else a
+    parser raises is a bug or bad input that a retry will not fix, so it is permanent; sink
+    I/O errors (a full disk, a locked file) are transient.
+    """
+    if isinstance(exc, TransientError):
+        return "transient"
+    if isinstance(exc, PermanentError | PluginError | LineageError):
+        return "permanent"
+    if isinstance(exc, SinkError | OSError) and not isinstance(exc, FileNotFoundError):
+        return "transient"
+    return "permanent"
+
+
+def error_payload(exc: BaseException, *, input_file: str | None = None) -> dict[str, Any]:
+    """The wire form of an error: ename, evalue, traceback (size-capped), kind."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(tb) > _MAX_TRACEBACK:
+        tb = tb[: _MAX_TRACEBACK // 2] + "\n... (traceback truncated) ...\n" + tb[-_MAX_TRACEBACK // 2 :]
+    evalue = str(exc).splitlines()[0] if str(exc) else ""
+    return {
+        "ename": type(exc).__name__,
+        "evalue": evalue,
+        "traceback": tb,
+        "kind": classify_error(exc),
+        "input_file": input_file,
+    }
+
+
+def _load(job: dict[str, Any]) -> plugins.LoadedPlugin:
+    expected = job.get("plugin_source_hash")
+    if expected and expected in _PLUGIN_CACHE:
+        return _PLUGIN_CACHE[expected]
+    spec = plugins.inspect_plugin(job["plugin_path"])
+    if expected and spec.source_hash != expected:
+        raise PluginError(
+            f"{spec.path}: plugin changed on disk since it was submitted "
+            f"(source hash {spec.source_hash[:12]} != {expected[:12]}); resubmit it"
+        )
+    loaded = plugins.load_plugin(spec)
+    _PLUGIN_CACHE[spec.source_hash] = loaded
+    return loaded
+
+
+def execute_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job spec to staged outputs. Never raises: failures become a FAILED result."""
+    started = time.perf_counter()
+    job_id = str(job["job_id"])
+    input_file = str(job["input_file"])
+    stager: sinks.JobStager | None = None
+    source_hash: str | None = None
+    try:
+        loaded = _load(job)
+        source_hash = lineage_mod.hash_file(input_file)
+        version = job.get("parser_version") or loaded.spec.version
+        lineage = lineage_mod.Lineage(
+            source_hash=source_hash,
+            job_id=job_id,
+            processed_at=_job_timestamp(job),
+            parser_version=version,
+        )
+        ctx = plugins.JobContext(
+            job_id=job_id,
+            input_path=input_file,
+            source_hash=source_hash,
+            plugin_name=loaded.spec.name,
+            parser_version=version,
+            attempt=int(job.get("attempt") or 1),
+        )
+        stager = sinks.JobStager(Path(job["staging_root"]), job_id, sinks.parse_sink_uri(job["sink"]))
+        offsets: dict[str, int] = {}
+        quarantined = 0
+        for out in plugins.call_parse(loaded, input_file, ctx):
+            table_name = out.table or out.name
+            valid, bad = lineage_mod.prepare_output(
+                out.name, out.data, lineage, row_offset=offsets.get(out.name, 0)
+            )
+            offsets[out.name] = offsets.get(out.name, 0) + out.data.num_rows
+            stager.write(out.name, table_name, valid)
+            if bad is not None and bad.num_rows:
+                quarantined += bad.num_rows
+                stager.write(f"{out.name}_quarantine", f"{table_name}_quarantine", bad)
+        staged = stager.close()
+        rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
+        return {
+            "type": "result",
+            "job_id": job_id,
+            "status": "SUCCESS",
+            "source_hash": source_hash,
+            "staged": staged.to_dict(),
+            "rows": rows,
+            "quarantine_rows": quarantined,
+            "duration_ms": (time.perf_counter() - started) * 1000.0,
+        }
+    except BaseException as exc:  # a plugin may raise anything, SystemExit included
+        if stager is not None:
+            stager.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return {
+            "type": "result",
+            "job_id": job_id,
+            "status": "FAILED",
+            "source_hash": source_hash,
+            "error": error_payload(exc, input_file=input_file),
+            "duration_ms": (time.perf_counter() - started) * 1000.0,
+        }
+
+
+def _job_timestamp(job: dict[str, Any]) -> datetime:
+    """One ``_cf_processed_at`` per job: the dispatcher's timestamp when it sent one."""
+    raw = job.get("processed_at")
+    if raw:
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.now(UTC)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the process that started us is gone, so no host outlives its worker."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(70)
+        time.sleep(0.2)
+
+
+def _limit_memory(megabytes: int) -> None:
+    if megabytes > 0:
+        limit = megabytes * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def serve(conn: Connection) -> None:
+    """Answer job requests until told to exit or the parent closes the pipe."""
+    conn.send_bytes(json.dumps({"type": "ready", "pid": os.getpid()}).encode())
+    while True:
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        msg = json.loads(raw)
+        if msg.get("type") == "exit":
+            return
+        if msg.get("type") == "job":
+            try:
+                result = execute_job(msg["job"])
+            except MemoryError:
+                result = {"type": "result", "job_id": msg["job"].get("job_id"), "status": "FAILED",
+                          "error": {"ename": "MemoryError", "evalue": "job exceeded its memory limit",
+                                    "traceback": "", "kind": "permanent"}}
+            try:
+                conn.send_bytes(json.dumps(result, default=str).encode())
+            except (BrokenPipeError, OSError):
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m casparian_nb.worker.host")
+    parser.add_argument("--fd", type=int, required=True, help="socket fd shared with the parent")
+    parser.add_argument("--parent", type=int, default=os.getppid())
+    parser.add_argument("--memory-limit-mb", type=int, default=0)
+    args = parser.parse_args(argv)
+    threading.Thread(target=_watch_parent, args=(args.parent,), daemon=True).start()
+    _limit_memory(args.memory_limit_mb)
+    # Plugins print; keep their output off the control pipe (stdout is the host log file).
+    sys.stdin.close()
+    serve(Connection(args.fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

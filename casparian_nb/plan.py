@@ -1,0 +1,194 @@
+"""Output plans and materialization keys: the ONE place incremental keys are computed (F4).
+
+The original computed keys twice (CLI enqueue and sentinel conclude) from separately resolved
+sink configs, with URIs differing by a trailing slash and schema hashes from two different
+functions, so the two sides disagreed and files were reprocessed forever (§13.12). Here:
+
+1. At submit, :func:`output_plan` resolves the plugin's manifest and the sink into a list of
+   :class:`OutputTarget` (one per expected output), stored with each job as ``plan_json``.
+2. The submit-time skip check and the post-success recording both call :func:`plan_keys` on
+   that same stored plan, so they cannot disagree.
+
+Keys are blake3 hex digests over their parts, each part followed by the byte 0x1F (as in the
+original)::
+
+    schema_hash       = blake3(canonical JSON of the output's manifest "columns")   ("" if none)
+    target_key        = H(output, canonical sink URI, mode, table, schema_hash)
+    materialization_key = H(source_hash, plugin_name, parser_version, target_key)
+
+Changing the plugin version, the sink URI, the mode or an output's declared schema therefore
+changes the keys and re-runs the files; spelling the same sink differently does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from blake3 import blake3
+
+from .errors import OutputNameError
+
+__all__ = [
+    "ALL_OUTPUTS",
+    "OutputTarget",
+    "canonical_sink_uri",
+    "materialization_key",
+    "output_plan",
+    "plan_from_json",
+    "plan_keys",
+    "plan_to_json",
+    "schema_hash",
+]
+
+#: Output name of the single target of a plugin without a manifest: "whatever it produced".
+ALL_OUTPUTS = "*"
+
+_SEP = b"\x1f"
+_OUTPUT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """One expected output of a job, resolved against its sink."""
+
+    #: Output name from the manifest, or :data:`ALL_OUTPUTS` without a manifest.
+    output: str
+    #: Table the output lands in (the manifest's ``table``, the sink's ``?table=``, or the name).
+    table: str
+    #: blake3 of the declared columns' canonical JSON; "" when none are declared.
+    schema_hash: str
+    #: Identity of (output, sink, mode, table, schema): part of every materialization key.
+    target_key: str
+
+
+def _digest(*parts: str) -> str:
+    h = blake3()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(_SEP)
+    return h.hexdigest()
+
+
+def canonical_sink_uri(sink_uri: str, *, base: str | os.PathLike[str] | None = None) -> str:
+    """The one spelling of a sink (absolute path, lower-case scheme, no trailing slash).
+
+    Relative paths resolve against ``base`` (default: the current directory), so callers
+    that accept a user's relative URI should canonicalise it where it was typed.
+    """
+    # Imported here so that importing the plan module stays cheap for plugin hosts.
+    from .sinks.uri import parse_sink_uri
+
+    return str(parse_sink_uri(sink_uri, base=base))
+
+
+def _canonical_mode(sink_mode: Any) -> str:
+    from .sinks.uri import SinkMode
+
+    return SinkMode.parse(sink_mode).value
+
+
+def schema_hash(columns: Any) -> str:
+    """blake3 hex of the canonical JSON (sorted keys, no spaces) of declared ``columns``;
+    "" for none. Column order is kept: it is part of the schema."""
+    if not columns:
+        return ""
+    text = json.dumps(columns, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return blake3(text.encode("utf-8")).hexdigest()
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _OUTPUT_NAME.match(name):
+        raise OutputNameError(f"{what} {name!r} is not a valid output name ([a-z][a-z0-9_]*)")
+    return name
+
+
+def output_plan(
+    *,
+    manifest: Mapping[str, Any] | None,
+    default_output: str,
+    sink_uri: str,
+    sink_mode: str,
+    base: str | os.PathLike[str] | None = None,
+) -> list[OutputTarget]:
+    """Resolve a plugin's expected outputs against a sink into targets, sorted by output.
+
+    ``manifest`` is the plugin's literal ``outputs`` dict (``{name: {"columns": [...],
+    "table"?: str}}``). With a manifest: one target per declared output (quarantine outputs
+    are never targets). Without one (None or empty): a single :data:`ALL_OUTPUTS` target whose
+    table is where a bare table lands (``default_output``) and whose schema hash is "".
+    """
+    from .sinks.uri import parse_sink_uri
+
+    sink = parse_sink_uri(sink_uri, base=base)
+    uri = str(sink)
+    mode = _canonical_mode(sink_mode)
+    _check_name(default_output, "default output")
+
+    specs: list[tuple[str, str, str]] = []  # (output, table, schema_hash)
+    if not manifest:
+        specs.append((ALL_OUTPUTS, sink.table_for(default_output), ""))
+    else:
+        for name in sorted(manifest):
+            spec = manifest[name]
+            _check_name(name, "manifest output")
+            spec = spec if isinstance(spec, Mapping) else {}
+            table = spec.get("table")
+            if table is not None and not isinstance(table, str):
+                raise OutputNameError(f"manifest output {name!r}: table must be a string")
+            specs.append((name, sink.table_for(name, table), schema_hash(spec.get("columns"))))
+    return [
+        OutputTarget(output, table, shash, _digest(output, uri, mode, table, shash))
+        for output, table, shash in specs
+    ]
+
+
+def materialization_key(
+    source_hash: str, plugin_name: str, parser_version: str | None, target_key: str
+) -> str:
+    """Key of "this input, through this plugin version, landed in this target"."""
+    return _digest(source_hash, plugin_name, parser_version or "", target_key)
+
+
+def plan_keys(
+    plan: Iterable[OutputTarget],
+    source_hash: str,
+    plugin_name: str,
+    parser_version: str | None,
+) -> list[str]:
+    """Materialization keys of every target of ``plan`` for one input file, in plan order.
+
+    An input is skipped only when all of them are already recorded.
+    """
+    return [
+        materialization_key(source_hash, plugin_name, parser_version, t.target_key) for t in plan
+    ]
+
+
+def plan_to_json(plan: Iterable[OutputTarget]) -> str:
+    """Compact JSON list of the targets (stored in ``cf_processing_queue.plan_json``)."""
+    return json.dumps([asdict(t) for t in plan], separators=(",", ":"))
+
+
+def plan_from_json(text: str | list[Any] | None) -> list[OutputTarget]:
+    """Inverse of :func:`plan_to_json`; also takes the already-decoded list (as job dicts
+    from the store carry it) and None (no plan: [])."""
+    if text is None or text == "":
+        return []
+    items = json.loads(text) if isinstance(text, str) else text
+    if not isinstance(items, list):
+        raise ValueError(f"output plan must be a JSON list, got {type(items).__name__}")
+    plan = []
+    for item in items:
+        try:
+            plan.append(OutputTarget(
+                output=str(item["output"]), table=str(item["table"]),
+                schema_hash=str(item["schema_hash"]), target_key=str(item["target_key"]),
+            ))  # fmt: skip
+        except (KeyError, TypeError):
+            raise ValueError(f"malformed output plan entry {item!r}") from None
+    return plan

@@ -1,0 +1,226 @@
+"""Job state transitions of the writer (mixed into ``StateStore``).
+
+Every transition is one guarded UPDATE (``WHERE id = ? AND status IN (...)``) that returns
+whether the row moved. The guard is what makes duplicate or late messages harmless: a receipt
+for a job that was already re-queued, aborted or completed changes nothing (F8), and a cancel
+racing a completion ends in exactly one final state.
+
+    QUEUED --claim_job--> RUNNING --complete_job--> COMPLETED
+       |                    |  \\--fail_job-------> FAILED
+       |                    |   \\--abort_job------> ABORTED
+       |                    \\--requeue_job--> QUEUED   (retry, capacity rejection, lost worker)
+       \\--cancel_queued / abort_job / fail_job --> ABORTED / FAILED
+
+While RUNNING: mark_started (host pid), request_cancel ("aborting…"), record_staged (outputs
+staged, promotion pending).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .schema import check_iso, stamp
+
+__all__ = ["JobTransitions", "dumps"]
+
+
+def dumps(value: Any) -> str | None:
+    """Compact JSON text for a JSON column (None stays NULL)."""
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+class JobTransitions:
+    """Transition methods; the host class provides ``_conn``, ``_exec`` and ``transaction``."""
+
+    _conn: sqlite3.Connection
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def claim_job(
+        self, job_id: int, worker_id: str, now: str | None = None, *, attempt: int | None = None
+    ) -> bool:
+        """QUEUED -> RUNNING on ``worker_id``. ``attempt`` defaults to the stored one + 1.
+        False if the job is not QUEUED."""
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET status = 'RUNNING', worker_id = ?, claimed_at = ?,"
+            " started_at = NULL, host_pid = NULL, attempt = coalesce(?, attempt + 1),"
+            " updated_at = ? WHERE id = ? AND status = 'QUEUED'",
+            (worker_id, now, attempt, now, job_id),
+        )
+
+    def mark_started(self, job_id: int, host_pid: int | None, now: str | None = None) -> bool:
+        """Record that the plugin host ``host_pid`` began the RUNNING job."""
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET started_at = ?, host_pid = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'RUNNING'",
+            (now, host_pid, now, job_id),
+        )
+
+    def request_cancel(self, job_id: int, now: str | None = None) -> bool:
+        """Flag a RUNNING job as being aborted (the first request's time is kept).
+        True while the job is RUNNING; use :meth:`cancel_queued` for QUEUED jobs."""
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET cancel_requested_at ="
+            " coalesce(cancel_requested_at, ?), updated_at = ?"
+            " WHERE id = ? AND status = 'RUNNING'",
+            (now, now, job_id),
+        )
+
+    def record_staged(
+        self,
+        job_id: int,
+        staged: Any,
+        *,
+        source_hash: str | None = None,
+        rows: Mapping[str, int] | None = None,
+        quarantine_rows: int = 0,
+        duration_ms: float | None = None,
+        now: str | None = None,
+    ) -> bool:
+        """The worker staged a RUNNING job's outputs; promotion is pending.
+
+        Stores ``staged_json = {"staged", "rows", "quarantine_rows", "duration_ms"}`` so a
+        sentinel restarted before the promotion can redo it instead of re-running the job, and
+        fills ``source_hash`` if the submit did not know it. The job stays RUNNING until
+        :meth:`complete_job`. False if the job is not RUNNING.
+        """
+        now = stamp(now)
+        record = {
+            "staged": staged,
+            "rows": dict(rows or {}),
+            "quarantine_rows": quarantine_rows,
+            "duration_ms": duration_ms,
+        }
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET staged_json = ?,"
+            " source_hash = coalesce(source_hash, ?), updated_at = ?"
+            " WHERE id = ? AND status = 'RUNNING'",
+            (dumps(record), source_hash, now, job_id),
+        )
+
+    def complete_job(
+        self,
+        job_id: int,
+        completion_status: str = "SUCCESS",
+        rows: int = 0,
+        quarantine_rows: int = 0,
+        outputs: Mapping[str, Any] | None = None,
+        artifacts: Any = None,
+        now: str | None = None,
+        *,
+        result_summary: str | None = None,
+    ) -> bool:
+        """RUNNING -> COMPLETED with the receipt's figures. False if the job is not RUNNING
+        (a duplicate or late receipt), so no job completes twice."""
+        if completion_status not in ("SUCCESS", "PARTIAL_SUCCESS"):
+            raise ValueError(f"complete_job: completion_status {completion_status!r}")
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET status = 'COMPLETED', completion_status = ?,"
+            " rows = ?, quarantine_rows = ?, outputs_json = ?, artifacts_json = ?,"
+            " result_summary = ?, ended_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'RUNNING'",
+            (
+                completion_status,
+                rows,
+                quarantine_rows,
+                dumps(outputs),
+                dumps(artifacts),
+                result_summary,
+                now,
+                now,
+                job_id,
+            ),
+        )
+
+    def fail_job(
+        self,
+        job_id: int,
+        error: str,
+        error_kind: str | None = None,
+        traceback: str | None = None,
+        now: str | None = None,
+    ) -> bool:
+        """QUEUED or RUNNING -> FAILED (completion FAILED). False if already final."""
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET status = 'FAILED', completion_status = 'FAILED',"
+            " error_message = ?, error_kind = ?, traceback = ?, ended_at = ?, updated_at = ?"
+            " WHERE id = ? AND status IN ('QUEUED', 'RUNNING')",
+            (error, error_kind, traceback, now, now, job_id),
+        )
+
+    def abort_job(
+        self, job_id: int, reason: str = "Cancelled by user", now: str | None = None
+    ) -> bool:
+        """QUEUED or RUNNING -> ABORTED (the worker confirmed, or a timeout). False if final."""
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET status = 'ABORTED', completion_status = 'ABORTED',"
+            " error_message = ?, ended_at = ?, updated_at = ?"
+            " WHERE id = ? AND status IN ('QUEUED', 'RUNNING')",
+            (reason, now, now, job_id),
+        )
+
+    def cancel_queued(self, job_id: int, now: str | None = None) -> bool:
+        """QUEUED -> ABORTED "Cancelled by user" at once. False unless the job was QUEUED."""
+        now = stamp(now)
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET status = 'ABORTED', completion_status = 'ABORTED',"
+            " error_message = 'Cancelled by user', ended_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'QUEUED'",
+            (now, now, job_id),
+        )
+
+    def requeue_job(
+        self,
+        job_id: int,
+        *,
+        scheduled_at: str | None = None,
+        retry_count: int | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+        now: str | None = None,
+    ) -> bool:
+        """RUNNING -> QUEUED, clearing the worker, claim and cancel fields.
+
+        Used for a transient-failure retry (pass the new ``retry_count`` and a backoff
+        ``scheduled_at``), a capacity rejection (leave ``retry_count`` None: unchanged, F9)
+        and a lost worker. ``error`` (kept when None) and ``reason`` (in ``result_summary``)
+        say why. False if the job is not RUNNING.
+        """
+        now = stamp(now)
+        check_iso(scheduled_at, "scheduled_at")
+        return 1 == self._exec(
+            "UPDATE cf_processing_queue SET status = 'QUEUED', completion_status = NULL,"
+            " worker_id = NULL, host_pid = NULL, claimed_at = NULL, started_at = NULL,"
+            " cancel_requested_at = NULL, staged_json = NULL, scheduled_at = ?,"
+            " retry_count = coalesce(?, retry_count), error_message = coalesce(?, error_message),"
+            " result_summary = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'RUNNING'",
+            (scheduled_at, retry_count, error, reason and f"requeued: {reason}", now, job_id),
+        )
+
+    def reconcile_running(self, now: str | None = None) -> list[int]:
+        """At sentinel start: the ids of jobs left RUNNING by a previous sentinel, oldest
+        first. Their ``updated_at`` is set to ``now`` (when the new sentinel started looking);
+        the sentinel then re-adopts each (a worker reports it) or re-queues / fails it."""
+        now = stamp(now)
+        with self.transaction():
+            rows = self._conn.execute(
+                "UPDATE cf_processing_queue SET updated_at = ? WHERE status = 'RUNNING'"
+                " RETURNING id",
+                (now,),
+            ).fetchall()
+        return sorted(int(r[0]) for r in rows)

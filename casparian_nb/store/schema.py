@@ -1,0 +1,320 @@
+"""State DB schema: DDL, the schema version, and explicit migrations (F11).
+
+The version lives in ``cf_meta(key='schema_version')``. Only the writer (the sentinel) creates
+or migrates the schema; readers only check it. Nothing here ever drops a table: an unknown or
+unversioned file is refused with a message saying what to do, and an upgrade first backs the
+file up to ``<db>.bak-v<old>`` (the fix for the original's silent schema resets, §13.14).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..errors import SchemaVersionError, StoreError
+
+__all__ = [
+    "COMPLETION_STATUSES",
+    "JOB_STATUSES",
+    "MATERIALIZATION_STATUSES",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "check_iso",
+    "check_schema",
+    "ensure_schema",
+    "iso_from_epoch",
+    "now_iso",
+    "stamp",
+]
+
+#: Schema version this build reads and writes.
+SCHEMA_VERSION = 1
+
+#: ``cf_processing_queue.status`` (one spelling: upper case).
+JOB_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "ABORTED", "SKIPPED")
+#: ``cf_processing_queue.completion_status`` (the worker receipt's verdict).
+COMPLETION_STATUSES = ("SUCCESS", "PARTIAL_SUCCESS", "FAILED", "REJECTED", "ABORTED", "SKIPPED")
+#: ``cf_output_materializations.status`` (lower case, as in the original).
+MATERIALIZATION_STATUSES = ("success", "partial_success", "no_data")
+
+#: A migration upgrades an open connection from version ``v`` to ``v + 1``. It runs inside the
+#: writer's transaction, so it must not COMMIT; it must never drop user data.
+Migration = Callable[[sqlite3.Connection], None]
+
+#: version -> migration to version + 1. Empty while SCHEMA_VERSION is 1.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def now_iso() -> str:
+    """Now as RFC 3339 UTC with milliseconds and ``Z`` (sorts lexicographically)."""
+    return _fmt(datetime.now(UTC))
+
+
+def _fmt(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def iso_from_epoch(seconds: float) -> str:
+    """RFC 3339 UTC (ms, ``Z``) for a ``time.time()`` value: the state DB's time format."""
+    return _fmt(datetime.fromtimestamp(seconds, UTC))
+
+
+def check_iso(value: object, name: str) -> None:
+    """Refuse a non-string time early: a float stored in a TEXT time column would sort
+    wrongly against RFC 3339 strings and silently break scheduling."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be an RFC 3339 string (see now_iso / iso_from_epoch), "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+
+def stamp(now: str | None) -> str:
+    """``now`` checked (see :func:`check_iso`), or the current time when None."""
+    check_iso(now, "now")
+    return now or now_iso()
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+DDL = f"""
+CREATE TABLE cf_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+CREATE TABLE cf_plugins (
+    id             INTEGER PRIMARY KEY,
+    name           TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    source_hash    TEXT NOT NULL,
+    source         TEXT,
+    path           TEXT,
+    trust_status   TEXT,
+    manifest_json  TEXT,
+    default_output TEXT,
+    registered_at  TEXT NOT NULL,
+    UNIQUE (name, version, source_hash)
+);
+CREATE TABLE cf_processing_queue (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    submission_id       TEXT,
+    plugin_id           INTEGER REFERENCES cf_plugins (id),
+    plugin_name         TEXT NOT NULL,
+    parser_version      TEXT,
+    parser_fingerprint  TEXT,
+    input_file          TEXT NOT NULL,
+    source_hash         TEXT,
+    sink_uri            TEXT,
+    sink_mode           TEXT,
+    plan_json           TEXT,
+    status              TEXT NOT NULL DEFAULT 'QUEUED' CHECK (status IN ({_in(JOB_STATUSES)})),
+    completion_status   TEXT CHECK (completion_status IS NULL
+                                    OR completion_status IN ({_in(COMPLETION_STATUSES)})),
+    priority            INTEGER NOT NULL DEFAULT 0,
+    retry_count         INTEGER NOT NULL DEFAULT 0,
+    attempt             INTEGER NOT NULL DEFAULT 0,
+    timeout_s           REAL,
+    worker_id           TEXT,
+    host_pid            INTEGER,
+    created_at          TEXT NOT NULL,
+    claimed_at          TEXT,
+    started_at          TEXT,
+    ended_at            TEXT,
+    scheduled_at        TEXT,
+    cancel_requested_at TEXT,
+    updated_at          TEXT,
+    error_message       TEXT,
+    error_kind          TEXT,
+    traceback           TEXT,
+    rows                INTEGER NOT NULL DEFAULT 0,
+    quarantine_rows     INTEGER NOT NULL DEFAULT 0,
+    outputs_json        TEXT,
+    -- What the worker staged, kept until promotion: lets a restarted sentinel re-promote.
+    staged_json         TEXT,
+    artifacts_json      TEXT,
+    result_summary      TEXT
+);
+-- Dispatch order (best QUEUED job first).
+CREATE INDEX ix_queue_dispatch ON cf_processing_queue (status, priority DESC, id);
+-- ListJobs(status) newest first: without it, a status filter sorts every matching row.
+CREATE INDEX ix_queue_status_id ON cf_processing_queue (status, id);
+CREATE INDEX ix_queue_submission ON cf_processing_queue (submission_id, id);
+CREATE INDEX ix_queue_source_hash ON cf_processing_queue (source_hash);
+CREATE TABLE cf_output_materializations (
+    materialization_key TEXT PRIMARY KEY,
+    output_target_key   TEXT NOT NULL,
+    source_hash         TEXT NOT NULL,
+    plugin_name         TEXT NOT NULL,
+    parser_version      TEXT,
+    output_name         TEXT NOT NULL,
+    table_name          TEXT,
+    sink_uri            TEXT,
+    sink_mode           TEXT,
+    schema_hash         TEXT,
+    status              TEXT NOT NULL CHECK (status IN ({_in(MATERIALIZATION_STATUSES)})),
+    rows                INTEGER NOT NULL DEFAULT 0,
+    -- No foreign key: a materialization outlives any pruning of old job rows.
+    job_id              INTEGER,
+    created_at          TEXT NOT NULL
+);
+CREATE INDEX ix_mat_source_hash ON cf_output_materializations (source_hash);
+CREATE INDEX ix_mat_target ON cf_output_materializations (output_target_key);
+CREATE INDEX ix_mat_plugin ON cf_output_materializations (plugin_name);
+CREATE TABLE cf_dead_letter (
+    id              INTEGER PRIMARY KEY,
+    original_job_id INTEGER NOT NULL UNIQUE,
+    plugin_name     TEXT,
+    input_file      TEXT,
+    error_message   TEXT,
+    retry_count     INTEGER,
+    moved_at        TEXT NOT NULL,
+    reason          TEXT
+);
+"""
+
+
+def _version_of(conn: sqlite3.Connection, path: Path) -> int | None:
+    """The stored schema version; None for an empty (fresh) database.
+
+    Refuses a file that holds tables but no version row: it is not ours, or it is damaged,
+    and guessing would risk the user's data.
+    """
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"state DB {path} cannot be read ({exc}); it is not a casparian_nb state database "
+            f"or it is damaged: move it aside (mv {path} {path}.broken) and start again"
+        ) from exc
+    user_tables = {t for t in tables if not t.startswith("sqlite_")}
+    if not user_tables:
+        return None
+    row = None
+    if "cf_meta" in user_tables:
+        row = conn.execute("SELECT value FROM cf_meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        what = "casparian tables" if any(t.startswith("cf_") for t in user_tables) else "tables"
+        raise SchemaVersionError(
+            f"state DB {path} has {what} but no schema version, so this casparian_nb cannot "
+            f"tell what it holds: move it aside (mv {path} {path}.old) and start again"
+        )
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise SchemaVersionError(
+            f"state DB {path} has an unreadable schema version {row[0]!r}: "
+            f"move it aside (mv {path} {path}.old) and start again"
+        ) from None
+
+
+def _newer(path: Path, found: int, supported: int) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"state DB {path} has schema version {found}, newer than this casparian_nb supports "
+        f"({supported}): upgrade casparian_nb, or start with another --home"
+    )
+
+
+def check_schema(conn: sqlite3.Connection, path: Path, expected: int = SCHEMA_VERSION) -> int:
+    """Reader-side check: the DB must exist and be exactly at ``expected``."""
+    found = _version_of(conn, path)
+    if found is None:
+        raise StoreError(
+            f"state DB {path} is not initialised yet: start a sentinel for this home "
+            "(casparian start) first"
+        )
+    if found > expected:
+        raise _newer(path, found, expected)
+    if found < expected:
+        raise SchemaVersionError(
+            f"state DB {path} has schema version {found}, older than this casparian_nb "
+            f"expects ({expected}): start the sentinel of this version once to migrate it"
+        )
+    return found
+
+
+def _backup_path(path: Path, old: int) -> Path:
+    # Never overwrite an earlier backup: it may be the only copy of older data.
+    candidate = path.with_name(f"{path.name}.bak-v{old}")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.bak-v{old}.{n}")
+        n += 1
+    return candidate
+
+
+def _backup(conn: sqlite3.Connection, path: Path, old: int) -> Path:
+    """Copy the DB (including un-checkpointed WAL content) with SQLite's backup API."""
+    dest_path = _backup_path(path, old)
+    os.close(os.open(dest_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    dest = sqlite3.connect(dest_path)
+    try:
+        conn.backup(dest)
+    finally:
+        dest.close()
+    return dest_path
+
+
+def ensure_schema(
+    conn: sqlite3.Connection,
+    path: Path,
+    *,
+    target: int = SCHEMA_VERSION,
+    migrations: Mapping[int, Migration] | None = None,
+) -> int:
+    """Writer-side: create a fresh schema, accept ``target``, or migrate an older one.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Returns the version found
+    before any change (``0`` for a fresh database). A migration runs in one transaction after
+    the file is backed up; a failure rolls back and leaves the original untouched.
+    """
+    migrations = MIGRATIONS if migrations is None else migrations
+    found = _version_of(conn, path)
+    if found == target:
+        return found
+    if found is not None and found > target:
+        raise _newer(path, found, target)
+    if found is None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in DDL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO cf_meta (key, value) VALUES ('schema_version', ?)", (str(target),)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return 0
+    missing = [v for v in range(found, target) if v not in migrations]
+    if missing:
+        raise SchemaVersionError(
+            f"state DB {path} has schema version {found}, older than this casparian_nb "
+            f"supports ({target}), and no migration exists from version {missing[0]}: move it "
+            f"aside (mv {path} {path}.old) to start fresh, or use the casparian_nb that made it"
+        )
+    backup = _backup(conn, path, found)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in range(found, target):
+            migrations[version](conn)
+        if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+            raise StoreError("migration left rows that break foreign keys")
+        conn.execute("UPDATE cf_meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise SchemaVersionError(
+            f"migrating state DB {path} from schema version {found} to {target} failed "
+            f"({type(exc).__name__}: {exc}); nothing was changed, a copy is at {backup}"
+        ) from exc
+    return found

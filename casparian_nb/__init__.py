@@ -35,7 +35,26 @@ _EXPORTS: dict[str, str] = {
     "timeline": "casparian_nb.notebook.timeline",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__", "load_ipython_extension"])
+__all__ = [
+    "CasparianError",
+    "Controller",
+    "JobContext",
+    "Output",
+    "PermanentError",
+    "RemoteJobError",
+    "Settings",
+    "SinkMode",
+    "TransientError",
+    "__version__",
+    "attach",
+    "explain",
+    "load_ipython_extension",
+    "load_settings",
+    "run",
+    "start",
+    "timeline",
+    "validate",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .config import Settings, load_settings

@@ -8,10 +8,12 @@ Exit codes: 0 success, 1 the command ran but something it did failed (a job, a v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,38 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from .runner import run
 
-    result = run(args.plugin, args.inputs, sink=args.sink, mode=args.mode,
-                 parallel=args.parallel, settings=settings)
+    if args.parallel is not None and args.parallel < 1:
+        raise CasparianError(f"--parallel must be at least 1, got {args.parallel}")
+    with _sigterm_as_interrupt():
+        result = run(args.plugin, args.inputs, sink=args.sink, mode=args.mode,
+                     parallel=args.parallel, settings=settings)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print(result)
+    for failed in result.failed:  # one line per failed file, naming it
+        print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
+              file=sys.stderr)
     args._tape_response = {"files": len(result.files), "failed": len(result.failed),
                            "rows": sum(result.rows.values())}
     return 0 if result.ok else 1
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """``kill PID`` stops a run like Ctrl-C does: hosts killed, nothing half-promoted."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,17 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: Any) -> None:
     """Subcommand groups that live in their own modules register themselves here."""
+    from .sentinel.cli import add_commands as add_sentinel_commands
     from .tape.cli import add_tape_commands
 
+    add_sentinel_commands(sub)
     add_tape_commands(sub)
-    for module in ("casparian_nb.sentinel.cli", "casparian_nb.bundle"):
-        try:
-            mod = __import__(module, fromlist=["add_commands"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.add_commands(sub)
 
 
 def _tape_payload(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,0 +1,328 @@
+"""Talking to a running sentinel: its connection file, control requests and the event stream.
+
+The sentinel writes ``<home>/sentinel.json`` (mode 0600: it holds the signing key); the
+helpers reading and writing it live in :mod:`casparian_nb._connection` and are exported here.
+
+>>> info = read_connection_file(home)                       # doctest: +SKIP
+>>> with ControlClient(info) as ctl:                       # doctest: +SKIP
+...     ctl.ping(); ctl.queue_stats()
+
+Each :class:`ControlClient` owns one DEALER socket; after a timeout (or an interrupt) it is
+closed and replaced, never reused, so a late reply cannot be read as the answer to the next
+request (the original's REQ sockets jammed there, reference §13.18).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from ._connection import (
+    CONNECTION_FILE,
+    ConnectionInfo,
+    PathLike,
+    connection_is_live,
+    new_key,
+    read_connection_file,
+    remove_connection_file,
+    write_connection_file,
+)
+from .errors import ControlTimeoutError, ProtocolError, SentinelError
+from .protocol import REPLY_FOR, Message, SignatureError
+
+__all__ = [
+    "CONNECTION_FILE",
+    "ConnectionInfo",
+    "ControlClient",
+    "EventSubscriber",
+    "RemoteNotFoundError",
+    "RemoteRequestError",
+    "connection_is_live",
+    "new_key",
+    "read_connection_file",
+    "remove_connection_file",
+    "write_connection_file",
+]
+
+class RemoteRequestError(SentinelError):
+    """The sentinel answered a control request with ``Error{code, message}``."""
+
+    def __init__(self, code: str, message: str, *, request_type: str = "") -> None:
+        prefix = f"{request_type} failed" if request_type else "request failed"
+        super().__init__(f"{prefix} [{code}]: {message}")
+        self.code = code
+        self.remote_message = message
+        self.request_type = request_type
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], request_type: str = "") -> RemoteRequestError:
+        code, message = str(payload.get("code", "INTERNAL")), str(payload.get("message", ""))
+        klass = RemoteNotFoundError if code == "NOT_FOUND" else RemoteRequestError
+        return klass(code, message, request_type=request_type)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.code, self.remote_message, self.request_type))
+
+
+class RemoteNotFoundError(RemoteRequestError, LookupError):
+    """``Error{NOT_FOUND}``: the job, plugin or worker does not exist."""
+
+
+def _rebuild(klass: type[RemoteRequestError], code: str, message: str,
+             request_type: str) -> RemoteRequestError:  # fmt: skip
+    return klass(code, message, request_type=request_type)
+
+
+class ControlClient:
+    """Synchronous client of the sentinel's control API (thread-safe; one DEALER socket).
+
+    Every request has a timeout; on timeout the socket is dropped and a fresh one opened, and
+    :class:`ControlTimeoutError` is raised. An ``Error`` reply raises
+    :class:`RemoteRequestError` (``.code`` says which, e.g. ``NOT_FOUND``).
+    """
+
+    def __init__(self, info: ConnectionInfo, *, timeout: float = 5.0,
+                 context: zmq.Context[Any] | None = None) -> None:  # fmt: skip
+        self.info = info
+        self.address = info.control
+        self.timeout = timeout
+        #: Replies dropped: stale (answering an earlier request), unverifiable or malformed.
+        self.discarded = 0
+        #: Sockets replaced after a timeout or an interrupted request.
+        self.resets = 0
+        self._codec = info.codec()
+        self._ctx = context or zmq.Context.instance()
+        self._lock = threading.Lock()
+        self._sock: zmq.Socket[Any] | None = self._open()
+
+    @classmethod
+    def from_home(cls, home: PathLike, **kwargs: Any) -> ControlClient:
+        """A client for the sentinel serving ``home`` (reads its connection file)."""
+        return cls(read_connection_file(home), **kwargs)
+
+    def _open(self) -> zmq.Socket[Any]:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)  # close() must never wait for an absent sentinel
+        sock.setsockopt(zmq.MAXMSGSIZE, self._codec.max_bytes)  # cap memory per reply frame
+        sock.connect(self.address)
+        return sock
+
+    def _reset(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = self._open()
+            self.resets += 1
+
+    # -- the one primitive -----------------------------------------------------------------
+
+    def request(self, type: str, payload: Mapping[str, Any] | None = None, *,
+                timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+        """Send one control request and return the payload of its reply."""
+        timeout = self.timeout if timeout is None else timeout
+        req_id = uuid.uuid4().hex
+        frames = self._codec.encode(type, payload, msg_id=req_id)  # bad payload: nothing sent
+        with self._lock:
+            if self._sock is None:
+                raise SentinelError(f"control client for {self.address} is closed")
+            try:
+                msg = self._exchange(type, req_id, frames, timeout)
+            except BaseException:
+                # Timeout or Ctrl-C: the request may still be answered later; a fresh socket
+                # guarantees that answer is never read as the reply to the next request.
+                self._reset()
+                raise
+        if msg.type == "Error":
+            raise RemoteRequestError.from_payload(msg.payload, type)
+        expected = REPLY_FOR.get(type)
+        if expected is not None and msg.type != expected:
+            raise SentinelError(f"{type}: sentinel answered {msg.type}, expected {expected}")
+        return msg.payload
+
+    def _exchange(self, type: str, req_id: str, frames: list[bytes], timeout: float) -> Message:
+        sock = self._sock
+        assert sock is not None
+        deadline = time.monotonic() + timeout
+        unverified = 0
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # queue full (sentinel gone for long): reported as the timeout below
+        else:
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not sock.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                    break
+                raw = sock.recv_multipart(zmq.NOBLOCK)
+                try:
+                    _, msg = self._codec.decode(raw)
+                except SignatureError:
+                    unverified += 1
+                    self.discarded += 1
+                    continue
+                except ProtocolError:
+                    self.discarded += 1
+                    continue
+                if msg.reply_to != req_id:  # a late answer to an earlier request
+                    self.discarded += 1
+                    continue
+                return msg
+        raise ControlTimeoutError(self._timeout_message(type, timeout, unverified))
+
+    def _timeout_message(self, type: str, timeout: float, unverified: int) -> str:
+        text = f"sentinel at {self.address} did not answer {type} within {timeout:.1f} s"
+        if unverified:
+            text += (f" ({unverified} reply(ies) failed the signature check: is "
+                     f"{self.info.path or CONNECTION_FILE} from the running sentinel?)")  # fmt: skip
+        elif not connection_is_live(self.info):
+            text += f" (its process {self.info.pid} is not running)"
+        return text
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket; later requests raise :class:`SentinelError`."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<ControlClient {self.address} pid={self.info.pid} {state}>"
+
+    # -- convenience -------------------------------------------------------------------------
+
+    def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``Pong{pid, version, uptime_s}``; a short ``timeout`` makes a liveness probe."""
+        return self.request("Ping", timeout=timeout)
+
+    def list_jobs(self, status: str | None = None, *, limit: int | None = None,
+                  offset: int | None = None,
+                  submission_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """``{"jobs": [job, ...], "total": n}`` (``total`` counts all matches, not the page)."""
+        payload = {"status": status, "limit": limit, "offset": offset}
+        if submission_id is not None:
+            payload["submission_id"] = submission_id
+        return self.request("ListJobs", payload)
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        """One job as a dict, or None when there is no such job."""
+        job: dict[str, Any] | None = self.request("GetJob", {"job_id": job_id})["job"]
+        return job
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        """``{"success", "message", "state"}``; a running job is "cancel_requested" until its
+        worker confirms ABORTED."""
+        return self.request("CancelJob", {"job_id": job_id})
+
+    def cancel_jobs(self, job_ids: Sequence[int] | None = None, *,
+                    status: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Cancel several jobs, or every job in ``status`` (e.g. "QUEUED")."""
+        payload: dict[str, Any] = {}
+        if job_ids is not None:
+            payload["job_ids"] = list(job_ids)
+        if status is not None:
+            payload["status"] = status
+        return self.request("CancelJobs", payload)
+
+    def queue_stats(self) -> dict[str, int]:
+        """Counts per state plus ``total``."""
+        return self.request("GetQueueStats")
+
+    def submit(self, plugin: PathLike, inputs: PathLike | Sequence[PathLike], *,
+               sink: str | None = None, mode: str | None = None, priority: int | None = None,
+               timeout: float | None = None, submission_id: str | None = None,
+               force: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Queue one job per input file: ``{"job_ids", "skipped", "submission_id"}``."""
+        files = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        payload: dict[str, Any] = {
+            "plugin": os.fspath(plugin), "inputs": [os.fspath(f) for f in files],
+            "sink": sink, "mode": mode, "timeout": timeout,
+            "submission_id": submission_id, "force": force,
+        }  # fmt: skip
+        if priority is not None:
+            payload["priority"] = priority
+        return self.request("SubmitJobs", payload)
+
+    def register_plugin(self, path: PathLike) -> dict[str, Any]:
+        """Register (or refresh) a plugin file: ``{plugin_id, name, version, source_hash, trust}``."""
+        return self.request("RegisterPlugin", {"path": os.fspath(path)})
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        """The connected workers, one dict each."""
+        workers: list[dict[str, Any]] = self.request("ListWorkers")["workers"]
+        return workers
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the sentinel to stop (it answers first, then stops)."""
+        return self.request("Shutdown")
+
+
+class EventSubscriber:
+    """Receives the sentinel's events (SUB socket). Not thread-safe: poll from one thread.
+
+    Like any SUB socket it only sees events published after its subscription reached the
+    sentinel, so a consumer should fetch current state (``list_jobs``) once after connecting.
+    """
+
+    def __init__(self, info: ConnectionInfo, topics: Sequence[bytes] = (b"",), *,
+                 context: zmq.Context[Any] | None = None) -> None:  # fmt: skip
+        self.info = info
+        #: Messages dropped: unsigned, badly signed, malformed or not an Event.
+        self.dropped = 0
+        self._codec = info.codec()
+        ctx = context or zmq.Context.instance()
+        self.socket: zmq.Socket[Any] = ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self._codec.max_bytes)
+        for topic in topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self.socket.connect(info.events)
+
+    def poll(self, timeout: float | None = 0.0, *, max_messages: int = 1000) -> list[Message]:
+        """Wait up to ``timeout`` seconds (None: forever) for events, then return every event
+        already received (at most ``max_messages``), oldest first."""
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        out: list[Message] = []
+        if not self.socket.poll(ms, zmq.POLLIN):
+            return out
+        while len(out) < max_messages:
+            try:
+                raw = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                _, msg = self._codec.decode(raw)
+            except ProtocolError:
+                self.dropped += 1
+                continue
+            if msg.type != "Event":
+                self.dropped += 1
+                continue
+            out.append(msg)
+        return out
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> EventSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,161 @@
+"""Start and stop a local sentinel and its workers as child processes.
+
+Used by ``casparian start``, ``casparian demo`` and ``casparian_nb.start()``: the same object
+behind the CLI and the notebook API. Every wait is bounded and fails with a one-line reason
+that points at the log file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
+from .config import Settings
+from .errors import CasparianError, SentinelError
+
+__all__ = ["LocalCluster"]
+
+
+class LocalCluster:
+    """A sentinel plus ``workers`` worker processes serving ``settings.home``."""
+
+    def __init__(self, settings: Settings, *, workers: int | None = None,
+                 slots: int | None = None) -> None:
+        self.settings = settings
+        self.n_workers = settings.workers if workers is None else workers
+        self.slots = slots
+        self.sentinel: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.info: ConnectionInfo | None = None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CASPARIAN_HOME"] = str(self.settings.home)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log_path = self.settings.logs_dir / log_name
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "casparian_nb", "--home", str(self.settings.home), *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+                start_new_session=True,  # Ctrl-C goes to us; we stop the children in order
+            )
+
+    def start(self, timeout: float = 60.0) -> ConnectionInfo:
+        """Start the sentinel, wait until it answers, start the workers, wait until they join."""
+        try:
+            existing = read_connection_file(self.settings.home)
+        except SentinelError:
+            existing = None
+        if existing is not None and connection_is_live(existing):
+            raise SentinelError(f"a sentinel (pid {existing.pid}) already serves "
+                                f"{self.settings.home}; attach to it instead")
+        deadline = time.monotonic() + timeout
+        self.sentinel = self._spawn(["sentinel"], "sentinel.out")
+        info = self._wait_for_sentinel(deadline)
+        self.info = info
+        for i in range(self.n_workers):
+            args = ["worker"]
+            if self.slots:
+                args += ["--slots", str(self.slots)]
+            self.workers.append(self._spawn(args, f"worker-{i}.out"))
+        with ControlClient(info, timeout=5.0) as client:
+            while True:
+                joined = len(client.list_workers())
+                if joined >= self.n_workers:
+                    break
+                dead = [w.pid for w in self.workers if w.poll() is not None]
+                if dead:
+                    self.stop()
+                    raise CasparianError(f"worker process(es) {dead} exited during start-up; "
+                                         f"see {self.settings.logs_dir}/worker-*.out")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise CasparianError(f"only {joined} of {self.n_workers} workers joined "
+                                         f"within {timeout:.0f}s; see {self.settings.logs_dir}")
+                time.sleep(0.05)
+        return info
+
+    def _wait_for_sentinel(self, deadline: float) -> ConnectionInfo:
+        assert self.sentinel is not None
+        while True:
+            code = self.sentinel.poll()
+            if code is not None:
+                raise SentinelError(self._failure(f"sentinel exited with code {code}"))
+            try:
+                info = read_connection_file(self.settings.home)
+                if info.pid == self.sentinel.pid:
+                    with ControlClient(info, timeout=2.0) as client:
+                        client.ping()
+                    return info
+            except SentinelError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SentinelError(self._failure("sentinel did not start in time"))
+            time.sleep(0.05)
+
+    def _failure(self, what: str) -> str:
+        log = self.settings.logs_dir / "sentinel.out"
+        tail = ""
+        try:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            tail = f": {lines[-1][:200]}" if lines else ""
+        except OSError:
+            pass
+        return f"{what}{tail} (log: {log})"
+
+    @property
+    def pids(self) -> list[int]:
+        procs = ([self.sentinel] if self.sentinel else []) + self.workers
+        return [p.pid for p in procs]
+
+    def alive(self) -> bool:
+        return self.sentinel is not None and self.sentinel.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Workers first (their running jobs are aborted), then the sentinel."""
+        for w in self.workers:
+            _signal(w, signal.SIGTERM)
+        _wait_all(self.workers, timeout)
+        if self.sentinel is not None:
+            _signal(self.sentinel, signal.SIGTERM)
+            _wait_all([self.sentinel], timeout)
+        self.workers = []
+
+    def wait(self) -> None:
+        """Block until the sentinel exits (``casparian start`` in the foreground)."""
+        if self.sentinel is not None:
+            self.sentinel.wait()
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+

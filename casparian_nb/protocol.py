@@ -1,0 +1,254 @@
+"""Every wire message of casparian_nb: framing, signing, (de)serialisation and validation.
+
+A message on any socket (control, worker, events) is the multipart frame list::
+
+    [*routing_frames, b"CF1", signature, body]
+
+``routing_frames`` are whatever sits before the magic frame: ROUTER identities, or the topic of a
+PUB message. ``body`` is UTF-8 JSON ``{"v": 1, "type", "id", "ts", "reply_to", "payload"}``
+(control replies add ``"status": "ok" | "error"``) and ``signature`` is the ASCII hex
+HMAC-SHA256 of ``b"CF1" + body`` with the key from ``sentinel.json``, as in Jupyter's kernel
+protocol. :meth:`Codec.decode` raises only :class:`~casparian_nb.errors.ProtocolError`
+subclasses — whatever the bytes — so a loop that catches that one class survives hostile
+input (F14). The :class:`Codec` lives in :mod:`casparian_nb._codec` and the payload schema of
+every message type (the catalogue of the protocol) in :mod:`casparian_nb._schemas`; import
+both from here.
+
+>>> codec = Codec(b"k" * 32)
+>>> routing, msg = codec.decode([b"id", *codec.encode("GetJob", {"job_id": 7})])
+>>> routing, msg.type, msg.payload
+([b'id'], 'GetJob', {'job_id': 7})
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._codec import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BYTES,
+    MAGIC,
+    MAX_DEPTH,
+    MAX_FRAMES,
+    PROTOCOL_VERSION,
+    Codec,
+    InvalidPayloadError,
+    Message,
+    MessageTooLargeError,
+    SignatureError,
+    UnknownMessageTypeError,
+    WireError,
+    one_line,
+)
+from ._schemas import ERROR_CODES, MESSAGE_TYPES, RECEIPT_STATUSES, REPLY_FOR
+from .errors import AuthenticationError, CasparianError, ProtocolError, StoreError, TransientError
+
+__all__ = [
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_BYTES",
+    "ERROR_CODES",
+    "MAGIC",
+    "MAX_DEPTH",
+    "MAX_FRAMES",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "RECEIPT_STATUSES",
+    "REPLY_FOR",
+    "Codec",
+    "Handler",
+    "HandlerTable",
+    "InvalidPayloadError",
+    "Message",
+    "MessageTooLargeError",
+    "RequestFailed",
+    "SignatureError",
+    "UnknownMessageTypeError",
+    "WireError",
+    "error_code",
+    "error_info",
+    "error_reply",
+    "event_frames",
+    "one_line",
+    "reply",
+]
+
+
+# -- building replies ------------------------------------------------------------------------
+
+def reply(codec: Codec, request: Message | None, type: str,
+          payload: Mapping[str, Any] | None = None, *,
+          routing: Sequence[bytes] = ()) -> list[bytes]:  # fmt: skip
+    """Frames answering ``request`` (``reply_to`` set; ``status`` follows from ``type``),
+    prefixed with ``routing`` (the frames :meth:`Codec.decode` split off)."""
+    return [*routing, *codec.encode(type, payload, reply_to=request.id if request else None)]
+
+
+def error_reply(codec: Codec, request: Message | str | None, code: str, message: str, *,
+                routing: Sequence[bytes] = ()) -> list[bytes]:  # fmt: skip
+    """Frames of an ``Error{code, message}`` reply. ``request`` may be the Message, its id
+    (e.g. :attr:`WireError.request_id`) or None when the request could not be authenticated."""
+    if code not in ERROR_CODES:
+        raise InvalidPayloadError(f"Error: unknown error code {code!r}")
+    reply_to = request.id if isinstance(request, Message) else request
+    payload = {"code": code, "message": one_line(message, 1000)}
+    return [*routing, *codec.encode("Error", payload, reply_to=reply_to)]
+
+
+def event_frames(codec: Codec, topic: bytes, name: str, seq: int,
+                 data: Mapping[str, Any] | None = None) -> list[bytes]:  # fmt: skip
+    """Frames to publish on the PUB socket: ``[topic, MAGIC, signature, body]``.
+    Subscribers filter on the topic prefix (``b"job"``, ``b"worker"``, ...)."""
+    return [topic, *codec.encode("Event", {"name": name, "seq": seq, "data": dict(data or {})})]
+
+
+def error_info(exc: BaseException, *, kind: str | None = None, limit: int = 20_000) -> dict[str, str]:
+    """A plugin failure as ``Receipt.error`` data: ``{ename, evalue, traceback, kind}``.
+
+    ``kind`` defaults to "transient" for :class:`TransientError`, else "permanent". The
+    traceback keeps its last ``limit`` characters (the frames nearest the error), so a
+    recursion error cannot produce a message near the size cap.
+    """
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > limit:
+        tb = f"[... {len(tb) - limit} characters cut ...]\n" + tb[-limit:]
+    return {
+        "ename": type(exc).__name__,
+        "evalue": str(exc)[:limit],
+        "traceback": tb,
+        "kind": kind or ("transient" if isinstance(exc, TransientError) else "permanent"),
+    }
+
+
+# -- serving a socket ------------------------------------------------------------------------
+
+def error_code(exc: BaseException) -> str:
+    """The ``Error`` reply code for an exception raised while serving a request."""
+    if isinstance(exc, WireError | RequestFailed):
+        return exc.code
+    if isinstance(exc, AuthenticationError):
+        return "AUTH_ERROR"
+    if isinstance(exc, ProtocolError):
+        return "INVALID_REQUEST"
+    if isinstance(exc, StoreError):
+        return "DB_ERROR"
+    return "INTERNAL"
+
+
+
+class RequestFailed(CasparianError):
+    """Raised by a handler to answer with ``Error{code, message}``, e.g.
+    ``raise RequestFailed("NOT_FOUND", f"no job {job_id}")``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, str(self)))
+
+
+#: A handler gets the request and returns ``(reply_type, payload)``, or None for no reply.
+Handler = Callable[[Message], "tuple[str, Mapping[str, Any]] | None"]
+
+
+@dataclass
+class HandlerTable:
+    """Routes the messages of one ROUTER socket to handler functions and never raises.
+
+    Decoding failures, unknown types, handler exceptions and invalid replies all become an
+    ``Error`` reply (or a drop, with ``reply_errors=False`` as on the worker socket) plus a
+    rate-limited log line, so hostile input cannot stop the loop (F14)::
+
+        table = HandlerTable(codec, {"Ping": on_ping, "GetJob": on_get_job})
+        out = table.handle(sock.recv_multipart())
+        if out:
+            sock.send_multipart(out)
+
+    ``counts`` tallies outcomes ("ok" or the error code) for tests and the hardening report.
+    """
+
+    codec: Codec
+    handlers: Mapping[str, Handler]
+    name: str = "control"
+    reply_errors: bool = True
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
+    log_burst: int = 10  # bad-message lines per log_interval; the rest are counted
+    log_interval: float = 10.0
+    counts: Counter[str] = field(default_factory=Counter, init=False)
+    _window: float = field(default=0.0, init=False, repr=False)
+    _logged: int = field(default=0, init=False, repr=False)
+    _suppressed: int = field(default=0, init=False, repr=False)
+
+    def handle(self, frames: Sequence[bytes]) -> list[bytes] | None:
+        """Process one received message; return the frames to send back, or None."""
+        try:
+            routing, msg = self.codec.decode(frames)
+        except WireError as exc:
+            self._bad(exc.code, str(exc))
+            # Without a CF1 frame the routing is unknown; on a ROUTER frame 0 is the peer id.
+            return self._error(exc.routing or _first_frame(frames), exc.request_id,
+                               exc.code, str(exc))  # fmt: skip
+        handler = self.handlers.get(msg.type)
+        if handler is None:
+            text = f"no handler for {msg.type!r} on the {self.name} socket"
+            self._bad("UNKNOWN_TYPE", text)
+            return self._error(routing, msg.id, "UNKNOWN_TYPE", text)
+        try:
+            result = handler(msg)
+        except Exception as exc:
+            code = error_code(exc)
+            if code == "INTERNAL":
+                self.logger.exception("%s: handler for %s failed", self.name, msg.type)
+                text = f"internal error in {msg.type}: {type(exc).__name__}: {exc}"
+            else:
+                text = str(exc)
+            self.counts[code] += 1
+            return self._error(routing, msg.id, code, text)
+        if result is None:
+            self.counts["ok"] += 1
+            return None
+        try:
+            out = reply(self.codec, msg, result[0], result[1], routing=routing)
+        except Exception as exc:  # the handler built a reply the schema refuses: our bug
+            self.logger.exception("%s: bad reply to %s", self.name, msg.type)
+            self.counts["INTERNAL"] += 1
+            return self._error(routing, msg.id, "INTERNAL", f"internal error in {msg.type}: {exc}")
+        self.counts["ok"] += 1
+        return out
+
+    def _error(self, routing: Sequence[bytes], request_id: str | None, code: str,
+               text: str) -> list[bytes] | None:  # fmt: skip
+        if not self.reply_errors or not routing:
+            return None
+        return error_reply(self.codec, request_id, code, text, routing=routing)
+
+    def _bad(self, code: str, text: str) -> None:
+        self.counts[code] += 1
+        now = time.monotonic()
+        if now - self._window >= self.log_interval:
+            if self._suppressed:
+                self.logger.warning("%s: %d more bad messages not logged", self.name,
+                                    self._suppressed)  # fmt: skip
+            self._window, self._logged, self._suppressed = now, 0, 0
+        if self._logged < self.log_burst:
+            self._logged += 1
+            self.logger.warning("%s: refused message [%s]: %s", self.name, code, text)
+        else:
+            self._suppressed += 1
+
+
+def _first_frame(frames: object) -> list[bytes]:
+    if isinstance(frames, list | tuple) and frames:
+        first = frames[0]
+        # ZMQ routing ids are 1-255 bytes; a leading CF1 means there was no routing at all.
+        if isinstance(first, bytes | bytearray) and 0 < len(first) <= 255 and first != MAGIC:
+            return [bytes(first)]
+    return []

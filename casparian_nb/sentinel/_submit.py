@@ -1,0 +1,122 @@
+"""``SubmitJobs`` and ``RegisterPlugin``: plugin checks, input hashing, incremental skips.
+
+A submission resolves and inspects the plugin, enforces the trust policy before anything runs,
+hashes every input, computes the output plan once (:mod:`casparian_nb.plan`) and skips inputs
+whose every planned output is already materialized (F4). What remains is inserted as QUEUED rows
+and handed to the state machine as :class:`JobRec` objects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import lineage, plan, plugins, sinks
+from .._inputs import expand_inputs
+from ..config import Settings
+from ..errors import PluginError
+from ..store import NewJob, StateStore
+from .state import JobRec
+
+__all__ = ["SubmitHandler", "SubmitOutcome", "job_spec"]
+
+
+@dataclass
+class SubmitOutcome:
+    submission_id: str
+    job_ids: list[int] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    records: list[JobRec] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def job_spec(row: dict[str, Any], plugin_path: str, staging_root: str) -> dict[str, Any]:
+    """The dispatch payload of a job row (per-attempt fields are added at dispatch)."""
+    return {
+        "plugin_path": plugin_path,
+        "plugin_source_hash": row.get("parser_fingerprint"),
+        "plugin_name": row["plugin_name"],
+        "parser_version": row.get("parser_version"),
+        "input_file": row["input_file"],
+        "sink": row.get("sink_uri"),
+        "mode": row.get("sink_mode") or "append",
+        "submission_id": row.get("submission_id"),
+        "staging_root": staging_root,
+    }
+
+
+class SubmitHandler:
+    def __init__(self, store: StateStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def _plugin(self, ref: str) -> tuple[plugins.PluginSpec, str, int]:
+        path = plugins.resolve_plugin_path(ref, self.settings.plugins_dir)
+        spec = plugins.inspect_plugin(path)
+        trust = plugins.check_trust(spec, self.settings.trust)
+        plugin_id = self.store.register_plugin(
+            spec.name, spec.version, spec.source_hash, source=spec.source, path=str(spec.path),
+            trust_status=trust, manifest=spec.manifest, default_output=spec.default_output)
+        return spec, trust, plugin_id
+
+    def register(self, ref: str) -> dict[str, Any]:
+        spec, trust, plugin_id = self._plugin(ref)
+        return {"plugin_id": plugin_id, "name": spec.name, "version": spec.version,
+                "source_hash": spec.source_hash, "trust": trust}
+
+    def submit(self, payload: dict[str, Any], now: float) -> SubmitOutcome:
+        spec, _trust, plugin_id = self._plugin(str(payload["plugin"]))
+        sink = sinks.parse_sink_uri(payload.get("sink") or self.settings.effective_default_sink)
+        mode = sinks.SinkMode.parse(payload.get("mode") or "append")
+        files = expand_inputs(payload["inputs"])
+        if not files:
+            raise PluginError("no input files given")
+        out = SubmitOutcome(str(payload.get("submission_id") or uuid.uuid4().hex[:16]))
+        targets = plan.output_plan(manifest=spec.manifest, default_output=spec.default_output,
+                                   sink_uri=str(sink), sink_mode=mode.value)
+        plan_json = plan.plan_to_json(targets)
+        force = bool(payload.get("force"))
+        timeout = payload.get("timeout")
+        priority = int(payload.get("priority") or 0)
+
+        todo: list[NewJob] = []
+        skip: list[NewJob] = []
+        hashes: list[tuple[NewJob, list[str]]] = []
+        for path in files:
+            source_hash = lineage.hash_file(path)
+            job = NewJob(plugin_name=spec.name, input_file=str(path),
+                         submission_id=out.submission_id, plugin_id=plugin_id,
+                         parser_version=spec.version, parser_fingerprint=spec.source_hash,
+                         source_hash=source_hash, sink_uri=str(sink), sink_mode=mode.value,
+                         plan_json=plan_json, priority=priority,
+                         timeout_s=float(timeout) if timeout else None)
+            hashes.append((job, plan.plan_keys(targets, source_hash, spec.name, spec.version)))
+        done: set[str] = set()
+        if not force:
+            done = self.store.materialized(k for _, keys in hashes for k in keys)
+        for job, keys in hashes:
+            (skip if keys and not force and all(k in done for k in keys) else todo).append(job)
+
+        with self.store.transaction():
+            ids = self.store.insert_jobs(todo) if todo else []
+            skipped_ids = self.store.insert_skipped(skip) if skip else []
+        staging = str(self.settings.staging_dir)
+        for job_id, job in zip(ids, todo, strict=True):
+            row = {"plugin_name": job.plugin_name, "parser_fingerprint": job.parser_fingerprint,
+                   "parser_version": job.parser_version, "input_file": job.input_file,
+                   "sink_uri": job.sink_uri, "sink_mode": job.sink_mode,
+                   "submission_id": job.submission_id}
+            out.records.append(JobRec(id=job_id, priority=priority,
+                                      spec=job_spec(row, str(spec.path), staging),
+                                      timeout_s=job.timeout_s))
+            out.events.append(("JobQueued", {
+                "job_id": job_id, "plugin_name": spec.name, "plugin_version": spec.version,
+                "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))
+        for job_id, job in zip(skipped_ids, skip, strict=True):
+            out.skipped.append({"job_id": job_id, "input_file": job.input_file,
+                                "reason": "already materialized"})
+            out.events.append(("JobSkipped", {"job_id": job_id, "input_file": job.input_file,
+                                              "reason": "already materialized"}))
+        out.job_ids = ids
+        return out

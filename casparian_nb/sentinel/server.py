@@ -1,0 +1,462 @@
+"""The sentinel process: sockets, the state DB and a committer around the pure state machine.
+
+One thread runs the ZMQ loop: it drains every ready socket, turns messages into events for
+:class:`~casparian_nb.sentinel.state.SentinelState`, writes the resulting store operations in
+one transaction, then sends, publishes and records. A second thread, the committer, promotes
+staged outputs into sinks one job at a time, so each sink (a DuckDB file above all) has a single
+writer; it reports back through an inproc socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import zmq
+
+from .. import __version__, sinks
+from ..client import write_connection_file
+from ..config import Settings
+from ..errors import CasparianError, ProtocolError
+from ..protocol import Codec, Message
+from ..store import StateStore
+from . import state as st
+from ._persist import Persister
+from ._submit import SubmitHandler
+
+__all__ = ["Sentinel"]
+
+log = logging.getLogger("casparian_nb.sentinel")
+
+
+class Sentinel:
+    """Owns the home's state DB and serves the control, worker and event sockets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key = os.urandom(32)
+        self.codec = Codec(self.key, max_bytes=settings.max_message_bytes)
+        self.store = StateStore.open(settings.state_db)
+        self.state = st.SentinelState(
+            max_retries=settings.max_retries, retry_backoff=settings.retry_backoff,
+            worker_timeout=settings.worker_timeout, default_timeout=settings.job_timeout,
+        )
+        self.persist = Persister(self.store, settings)
+        self.submitter = SubmitHandler(self.store, settings)
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._event_seq = 0
+        self._pending_replies: dict[str, tuple[list[bytes], Message]] = {}
+        self._promotions: queue.Queue[st.Promote | st.Discard | None] = queue.Queue()
+        self._finished: queue.Queue[st.PromotionFinished] = queue.Queue()
+        self.tape = self._open_tape()
+        self.ctx = zmq.Context()
+        self.endpoints: dict[str, str] = {}
+        self.control_handlers: dict[str, Callable[[list[bytes], Message], None]] = {
+            "Ping": self._on_ping, "ListJobs": self._on_list_jobs, "GetJob": self._on_get_job,
+            "CancelJob": self._on_cancel_job, "CancelJobs": self._on_cancel_jobs,
+            "GetQueueStats": self._on_stats, "SubmitJobs": self._on_submit,
+            "RegisterPlugin": self._on_register, "ListWorkers": self._on_workers,
+            "Shutdown": self._on_shutdown,
+        }
+        self.worker_handlers: dict[str, Callable[[bytes, Message], None]] = {
+            "Identify": self._on_identify, "Heartbeat": self._on_heartbeat,
+            "JobStarted": self._on_job_started, "Receipt": self._on_receipt,
+            "Goodbye": self._on_goodbye,
+        }
+        self._actions: list[st.Action] = []
+
+    # -- set-up --------------------------------------------------------------------------
+    def _open_tape(self) -> Any:
+        from ..tape import TapeWriter
+
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = self.settings.tapes_dir / f"sentinel-{stamp}-{os.getpid()}.tape"
+        return TapeWriter(path, producer="sentinel", redact=self.settings.tape_redact)
+
+    def _bind(self, sock: zmq.Socket[bytes], port: int) -> str:
+        host = self.settings.bind_host
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("binding %s: the sentinel is reachable from other machines", host)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        if port:
+            sock.bind(f"tcp://{host}:{port}")
+            return f"tcp://{host}:{port}"
+        chosen = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{host}:{chosen}"
+
+    def bind(self) -> None:
+        self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.wrk = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.endpoints = {
+            "control": self._bind(self.ctl, self.settings.control_port),
+            "workers": self._bind(self.wrk, self.settings.worker_port),
+            "events": self._bind(self.pub, self.settings.events_port),
+        }
+        self.wake_rx = self.ctx.socket(zmq.PAIR)
+        self.wake_rx.bind(f"inproc://wake-{id(self)}")
+        self.wake_tx = self.ctx.socket(zmq.PAIR)
+        self.wake_tx.connect(f"inproc://wake-{id(self)}")
+
+    def recover(self) -> None:
+        """Finish interrupted promotions and put jobs left RUNNING by a crash back in play."""
+        sinks.recover(self.settings.staging_dir)
+        now = time.time()
+        requeued, repromote = self.persist.reconcile(now)
+        for job_id, staged, mode, submission in repromote:
+            self._promotions.put(st.Promote(job_id, staged, mode, submission))
+        recs = self.persist.load_queued(now)
+        for rec in recs:
+            if rec.id in {j for j, *_ in repromote}:
+                rec.status = "PROMOTING"
+        self._actions += self.state.handle(st.JobsQueued(recs, now))
+        for rec in recs:
+            if rec.status == "PROMOTING":
+                self.state.jobs[rec.id] = rec
+        if requeued:
+            log.info("restart: re-queued %d job(s) left RUNNING", len(requeued))
+
+    # -- main loop -----------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self.bind()
+        self.recover()
+        info = {**self.endpoints, "key": self.key.hex(), "pid": os.getpid(),
+                "home": str(self.settings.home), "version": 1, "casparian_version": __version__,
+                "started_at": datetime.now(UTC).isoformat()}
+        committer = threading.Thread(target=self._committer, name="cf-committer", daemon=True)
+        committer.start()
+        write_connection_file(self.settings.connection_file, info)
+        log.info("sentinel serving %s (pid %d)", self.endpoints["control"], os.getpid())
+        poller = zmq.Poller()
+        for sock in (self.ctl, self.wrk, self.wake_rx):
+            poller.register(sock, zmq.POLLIN)
+        last_tick = 0.0
+        try:
+            self._flush()
+            while not self._stop.is_set():
+                timeout = 100
+                wake = self.state.next_wakeup()
+                if wake is not None:
+                    timeout = int(max(0, min(0.1, wake - time.time())) * 1000)
+                ready = dict(poller.poll(timeout))
+                if self.wrk in ready:
+                    self._drain(self.wrk, self._handle_worker)
+                if self.ctl in ready:
+                    self._drain(self.ctl, self._handle_control)
+                if self.wake_rx in ready:
+                    self._drain_wake()
+                now = time.time()
+                if now - last_tick >= 0.1:
+                    last_tick = now
+                    self._feed(st.Tick(now))
+                self._flush()
+        finally:
+            self._shutdown()
+
+    def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None]) -> None:
+        for _ in range(1000):  # bounded so one busy socket cannot starve the others
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except Exception:  # a handler bug must never take the loop down (F14)
+                log.exception("handler failed")
+
+    def _drain_wake(self) -> None:
+        while True:
+            try:
+                self.wake_rx.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while True:
+            try:
+                ev = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._feed(ev)
+
+    def _feed(self, event: Any) -> None:
+        self._actions += self.state.handle(event)
+
+    def _flush(self) -> None:
+        """Carry out the actions: store first (one transaction), then messages."""
+        actions, self._actions = self._actions, []
+        if not actions:
+            return
+        with self.store.transaction():
+            for a in actions:
+                if isinstance(a, st.Persist):
+                    self.persist.apply(a, self._publish)
+        for a in actions:
+            if isinstance(a, st.Send):
+                ident = self.state.identity_of(a.worker_id)
+                if ident is not None:
+                    self.wrk.send_multipart([ident, *self.codec.encode(a.type, a.payload)])
+            elif isinstance(a, st.Publish):
+                self._publish(a.name, a.data)
+            elif isinstance(a, st.Promote | st.Discard):
+                self._promotions.put(a)
+            elif isinstance(a, st.Reply):
+                self._reply_pending(a.request_id, a.type, a.payload)
+
+    def _publish(self, name: str, data: dict[str, Any]) -> None:
+        self._event_seq += 1
+        topic = b"worker" if name.startswith("Worker") else b"job"
+        frames = self.codec.encode("Event", {"name": name, "seq": self._event_seq, "data": data})
+        self.pub.send_multipart([topic, *frames])
+        self.tape.emit("domain_event", name, data)
+
+    # -- control socket ------------------------------------------------------------------
+    def _handle_control(self, frames: list[bytes]) -> None:
+        try:
+            routing, msg = self.codec.decode(frames)
+        except ProtocolError as exc:
+            routing = frames[: frames.index(b"CF1")] if b"CF1" in frames else frames[:1]
+            code = "AUTH_ERROR" if type(exc).__name__ == "AuthenticationError" else "PARSE_ERROR"
+            log.warning("control: rejected message: %s", exc)
+            self.ctl.send_multipart([*routing, *self.codec.encode(
+                "Error", {"code": code, "message": str(exc)}, status="error")])
+            return
+        handler = self.control_handlers.get(msg.type)
+        if handler is None:
+            self._reply(routing, msg, "Error", {"code": "UNKNOWN_TYPE",
+                                                "message": f"unknown request type {msg.type!r}"})
+            return
+        try:
+            handler(routing, msg)
+        except CasparianError as exc:
+            self._reply(routing, msg, "Error", {"code": "INVALID_REQUEST",
+                                                "message": str(exc).splitlines()[0]})
+        except Exception as exc:
+            log.exception("control handler %s failed", msg.type)
+            self._reply(routing, msg, "Error", {"code": "INTERNAL", "message": repr(exc)[:300]})
+
+    def _reply(self, routing: list[bytes], req: Message, type_: str, payload: dict[str, Any]) -> None:
+        status = "error" if type_ == "Error" else "ok"
+        self.ctl.send_multipart([*routing, *self.codec.encode(type_, payload, reply_to=req.id,
+                                                                status=status)])
+
+    def _reply_pending(self, request_id: str, type_: str, payload: dict[str, Any]) -> None:
+        pending = self._pending_replies.pop(request_id, None)
+        if pending is not None:
+            self._reply(pending[0], pending[1], type_, payload)
+
+    def _on_ping(self, routing: list[bytes], msg: Message) -> None:
+        self._reply(routing, msg, "Pong", {"pid": os.getpid(), "version": __version__,
+                                           "uptime_s": round(time.time() - self.started_at, 3)})
+
+    def _on_list_jobs(self, routing: list[bytes], msg: Message) -> None:
+        p = msg.payload
+        status = p.get("status")
+        jobs = self.store.list_jobs(status=status.upper() if status else None,
+                                    limit=max(0, min(int(p.get("limit") or 100), 10_000)),
+                                    offset=max(0, int(p.get("offset") or 0)),
+                                    submission_id=p.get("submission_id"))
+        stats = self.store.queue_stats()
+        total = stats.get(status.lower(), 0) if status else stats.get("total", 0)
+        self._reply(routing, msg, "Jobs", {"jobs": [_slim(j) for j in jobs], "total": total})
+
+    def _on_get_job(self, routing: list[bytes], msg: Message) -> None:
+        job = self.store.get_job(int(msg.payload["job_id"]))
+        if job is not None:
+            job.pop("staged_json", None)
+        self._reply(routing, msg, "Job", {"job": job})
+
+    def _on_cancel_job(self, routing: list[bytes], msg: Message) -> None:
+        self._pending_replies[msg.id] = (routing, msg)
+        job_id = int(msg.payload["job_id"])
+        if job_id not in self.state.jobs:
+            self._pending_replies.pop(msg.id)
+            row = self.store.get_job(job_id)
+            text = (f"job {job_id} is already {row['status']}" if row
+                    else f"job {job_id} does not exist")
+            self._reply(routing, msg, "CancelResult", {
+                "success": False, "state": row["status"] if row else "UNKNOWN", "message": text})
+            return
+        self._feed(st.CancelRequested(job_id, msg.id, time.time()))
+
+    def _on_cancel_jobs(self, routing: list[bytes], msg: Message) -> None:
+        p = msg.payload
+        if p.get("job_ids"):
+            ids = [int(j) for j in p["job_ids"]]
+        else:
+            want = str(p.get("status") or "QUEUED").upper()
+            ids = [j.id for j in self.state.jobs.values()
+                   if want == "ALL" or (j.status == want)]
+        results: dict[str, str] = {}
+        for job_id in ids:
+            tmp_id = uuid.uuid4().hex
+            actions = self.state.handle(st.CancelRequested(job_id, tmp_id, time.time()))
+            for a in actions:
+                if isinstance(a, st.Reply):
+                    results[str(job_id)] = a.payload.get("state", "")
+                else:
+                    self._actions.append(a)
+        self._reply(routing, msg, "CancelResult", {
+            "success": True, "state": "MIXED", "message": f"{len(results)} job(s) cancelled",
+            "results": results})
+
+    def _on_stats(self, routing: list[bytes], msg: Message) -> None:
+        self._reply(routing, msg, "QueueStats", self.store.queue_stats())
+
+    def _on_submit(self, routing: list[bytes], msg: Message) -> None:
+        now = time.time()
+        outcome = self.submitter.submit(msg.payload, now)
+        for name, data in outcome.events:
+            self._actions.append(st.Publish(name, data))
+        self._feed(st.JobsQueued(outcome.records, now))
+        self._reply(routing, msg, "Submitted", {"job_ids": outcome.job_ids,
+                                                "skipped": outcome.skipped,
+                                                "submission_id": outcome.submission_id})
+
+    def _on_register(self, routing: list[bytes], msg: Message) -> None:
+        self._reply(routing, msg, "PluginRegistered", self.submitter.register(msg.payload["path"]))
+
+    def _on_workers(self, routing: list[bytes], msg: Message) -> None:
+        self._reply(routing, msg, "Workers", {"workers": self.state.worker_table()})
+
+    def _on_shutdown(self, routing: list[bytes], msg: Message) -> None:
+        self._reply(routing, msg, "ShutdownAck", {})
+        self._stop.set()
+
+    # -- worker socket -------------------------------------------------------------------
+    def _handle_worker(self, frames: list[bytes]) -> None:
+        try:
+            routing, msg = self.codec.decode(frames)
+        except ProtocolError as exc:
+            log.warning("worker socket: dropped message: %s", exc)
+            ident = frames[0] if frames else b""
+            if ident and len(frames) > 1:
+                self.wrk.send_multipart([ident, *self.codec.encode(
+                    "Refused", {"reason": str(exc)[:300]})])
+            return
+        handler = self.worker_handlers.get(msg.type)
+        if handler is None:
+            log.warning("worker socket: unknown message type %r", msg.type)
+            return
+        handler(routing[0], msg)
+
+    def _known(self, ident: bytes, msg: Message) -> str | None:
+        wid = str(msg.payload.get("worker_id") or "")
+        if wid and self.state.identity_of(wid) == ident:
+            return wid
+        for w in self.state.workers.values():
+            if w.identity == ident:
+                return w.worker_id
+        self.wrk.send_multipart([ident, *self.codec.encode(
+            "Refused", {"reason": "unknown worker: send Identify first"})])
+        return None
+
+    def _on_identify(self, ident: bytes, msg: Message) -> None:
+        p = msg.payload
+        wid = str(p["worker_id"])
+        self.wrk.send_multipart([ident, *self.codec.encode(
+            "Welcome", {"worker_id": wid, "heartbeat_interval": self.settings.heartbeat_interval})])
+        self._feed(st.WorkerJoined(wid, ident, int(p["slots"]), int(p["pid"]), time.time()))
+
+    def _on_heartbeat(self, ident: bytes, msg: Message) -> None:
+        wid = self._known(ident, msg)
+        if wid:
+            self._feed(st.WorkerHeartbeat(wid, time.time()))
+
+    def _on_job_started(self, ident: bytes, msg: Message) -> None:
+        wid = self._known(ident, msg)
+        if wid:
+            self._feed(st.JobStarted(int(msg.payload["job_id"]), wid,
+                                     int(msg.payload["host_pid"]), time.time()))
+
+    def _on_receipt(self, ident: bytes, msg: Message) -> None:
+        wid = self._known(ident, msg)
+        if wid:
+            p = msg.payload
+            self._feed(st.ReceiptReceived(int(p["job_id"]), wid, int(p.get("attempt") or 0),
+                                          str(p["status"]), p, time.time()))
+
+    def _on_goodbye(self, ident: bytes, msg: Message) -> None:
+        wid = self._known(ident, msg)
+        if wid:
+            self._feed(st.WorkerGone(wid, "worker said goodbye", time.time()))
+
+    # -- committer -----------------------------------------------------------------------
+    def _committer(self) -> None:
+        """Promote staged outputs one job at a time (the single writer for every sink)."""
+        while True:
+            item = self._promotions.get()
+            if item is None:
+                return
+            if isinstance(item, st.Discard):
+                try:
+                    sinks.discard(sinks.StagedJob.from_dict(item.staged))
+                except Exception:
+                    log.exception("discarding staged outputs failed")
+                continue
+            self._finished.put(self.persist.promote(item))
+            # wake_tx is used by this thread only; the loop owns wake_rx.
+            self.wake_tx.send(b"")
+
+    # -- shutdown ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        self._promotions.put(None)
+        try:
+            for w in list(self.state.workers.values()):
+                self.wrk.send_multipart([w.identity, *self.codec.encode("Shutdown", {})])
+        except zmq.ZMQError:
+            pass
+        try:
+            self.tape.close("sentinel_stopped")
+        except Exception:
+            log.exception("closing the tape failed")
+        conn = self.settings.connection_file
+        try:
+            if conn.exists() and f'"pid": {os.getpid()}' in conn.read_text():
+                conn.unlink()
+        except OSError:
+            pass
+        self.ctx.destroy(linger=0)
+        self.store.close()
+
+
+_BULKY = ("plan_json", "staged_json", "traceback", "artifacts_json")
+
+
+def _slim(job: dict[str, Any]) -> dict[str, Any]:
+    """A job row for listings: without the bulky per-job JSON (GetJob has everything)."""
+    return {k: v for k, v in job.items() if k not in _BULKY}
+
+
+def install_signal_handlers(sentinel: Sentinel) -> None:
+    """SIGINT and SIGTERM stop the loop cleanly, even when started with SIGINT ignored."""
+
+    def _stop(signum: int, frame: object) -> None:
+        sentinel.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def run_sentinel(settings: Settings) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s sentinel %(levelname)s %(message)s",
+        handlers=[logging.FileHandler(settings.logs_dir / "sentinel.log"), logging.StreamHandler()],
+    )
+    sentinel = Sentinel(settings)
+    install_signal_handlers(sentinel)
+    sentinel.serve_forever()
+    return 0
+

@@ -1,0 +1,481 @@
+"""The sentinel's decisions: a state machine with no I/O.
+
+``SentinelState.handle(event) -> list[Action]``. The server loop turns sockets, timers and
+finished promotions into events, feeds them here, and carries out the actions (store writes,
+messages to workers, published events, promotions). Every transition that matters to a user
+is also a ``Publish`` action, so the event stream and the sentinel's tape tell the same story.
+
+Only jobs that are not finished live in memory (queued, running, promoting); finished jobs are
+in the state DB. Times are unix seconds passed in by the events: the machine never reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Action",
+    "CancelRequested",
+    "Discard",
+    "JobRec",
+    "JobStarted",
+    "JobsQueued",
+    "Persist",
+    "Promote",
+    "PromotionFinished",
+    "Publish",
+    "ReceiptReceived",
+    "Reply",
+    "Send",
+    "SentinelState",
+    "Tick",
+    "WorkerGone",
+    "WorkerHeartbeat",
+    "WorkerJoined",
+]
+
+
+# -- events ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class JobRec:
+    """What the dispatcher needs of a job that is not finished yet."""
+
+    id: int
+    priority: int
+    spec: dict[str, Any]  # dispatch payload minus per-attempt fields
+    timeout_s: float | None = None
+    retry_count: int = 0
+    attempt: int = 0
+    ready_at: float = 0.0
+    status: str = "QUEUED"  # QUEUED | RUNNING | PROMOTING
+    worker_id: str | None = None
+    dispatched_at: float = 0.0
+    cancel_requested: bool = False
+    result: dict[str, Any] = field(default_factory=dict)  # rows etc. while promoting
+
+
+@dataclass(slots=True)
+class JobsQueued:
+    jobs: list[JobRec]
+    now: float
+
+
+@dataclass(slots=True)
+class WorkerJoined:
+    worker_id: str
+    identity: bytes
+    slots: int
+    pid: int
+    now: float
+
+
+@dataclass(slots=True)
+class WorkerHeartbeat:
+    worker_id: str
+    now: float
+
+
+@dataclass(slots=True)
+class WorkerGone:
+    worker_id: str
+    reason: str
+    now: float
+
+
+@dataclass(slots=True)
+class JobStarted:
+    job_id: int
+    worker_id: str
+    host_pid: int
+    now: float
+
+
+@dataclass(slots=True)
+class ReceiptReceived:
+    job_id: int
+    worker_id: str
+    attempt: int
+    status: str  # SUCCESS | FAILED | ABORTED | REJECTED
+    data: dict[str, Any]
+    now: float
+
+
+@dataclass(slots=True)
+class PromotionFinished:
+    job_id: int
+    ok: bool
+    artifacts: list[dict[str, Any]]
+    error: str | None
+    now: float
+
+
+@dataclass(slots=True)
+class CancelRequested:
+    job_id: int
+    request_id: str
+    now: float
+
+
+@dataclass(slots=True)
+class Tick:
+    now: float
+
+
+# -- actions --------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Persist:
+    """Call ``store.<op>(**args)`` inside this iteration's transaction."""
+
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Send:
+    worker_id: str
+    type: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Publish:
+    name: str
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Promote:
+    job_id: int
+    staged: dict[str, Any]
+    mode: str
+    submission_id: str | None
+
+
+@dataclass(slots=True)
+class Discard:
+    staged: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Reply:
+    request_id: str
+    type: str
+    payload: dict[str, Any]
+
+
+Action = Persist | Send | Publish | Promote | Discard | Reply
+
+
+@dataclass(slots=True)
+class _Worker:
+    worker_id: str
+    identity: bytes
+    slots: int
+    pid: int
+    last_seen: float
+    running: set[int] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+
+class SentinelState:
+    """Queue, slots and job lifecycles. See the module docstring."""
+
+    def __init__(self, *, max_retries: int = 3, retry_backoff: float = 1.0,
+                 worker_timeout: float = 10.0, default_timeout: float | None = None) -> None:
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.worker_timeout = worker_timeout
+        self.default_timeout = default_timeout
+        self.jobs: dict[int, JobRec] = {}
+        self.workers: dict[str, _Worker] = {}
+        self._ready: list[tuple[int, int]] = []  # (-priority, id)
+        self._delayed: list[tuple[float, int]] = []  # (ready_at, id)
+
+    # -- introspection -------------------------------------------------------------------
+    def queued_count(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.status == "QUEUED")
+
+    def worker_table(self) -> list[dict[str, Any]]:
+        return [
+            {"worker_id": w.worker_id, "slots": w.slots, "pid": w.pid, "running": sorted(w.running),
+             "last_seen": w.last_seen}
+            for w in self.workers.values()
+        ]
+
+    def identity_of(self, worker_id: str) -> bytes | None:
+        w = self.workers.get(worker_id)
+        return w.identity if w else None
+
+    # -- entry point ---------------------------------------------------------------------
+    def handle(self, event: Any) -> list[Action]:
+        handler = self._handlers[type(event)]
+        actions: list[Action] = handler(self, event)
+        actions.extend(self._dispatch(event.now))
+        return actions
+
+    # -- handlers ------------------------------------------------------------------------
+    def _on_jobs_queued(self, ev: JobsQueued) -> list[Action]:
+        for job in ev.jobs:
+            self.jobs[job.id] = job
+            self._enqueue(job, ev.now)
+        return []
+
+    def _on_worker_joined(self, ev: WorkerJoined) -> list[Action]:
+        old = self.workers.get(ev.worker_id)
+        actions: list[Action] = []
+        if old is not None:  # the same id reconnecting: whatever it ran is gone
+            actions += self._lose_worker(old, "worker re-registered", ev.now)
+        self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.identity, max(1, ev.slots), ev.pid,
+                                             ev.now)
+        actions.append(Publish("WorkerJoined", {"worker_id": ev.worker_id, "slots": ev.slots,
+                                                "pid": ev.pid}))
+        return actions
+
+    def _on_heartbeat(self, ev: WorkerHeartbeat) -> list[Action]:
+        w = self.workers.get(ev.worker_id)
+        if w is not None:
+            w.last_seen = ev.now
+        return []
+
+    def _on_worker_gone(self, ev: WorkerGone) -> list[Action]:
+        w = self.workers.get(ev.worker_id)
+        return self._lose_worker(w, ev.reason, ev.now) if w else []
+
+    def _on_job_started(self, ev: JobStarted) -> list[Action]:
+        job = self.jobs.get(ev.job_id)
+        if job is None or job.worker_id != ev.worker_id or job.status != "RUNNING":
+            return []
+        return [Persist("mark_started", {"job_id": job.id, "host_pid": ev.host_pid}),
+                Publish("JobStarted", {"job_id": job.id, "worker_id": ev.worker_id})]
+
+    def _on_receipt(self, ev: ReceiptReceived) -> list[Action]:
+        job = self.jobs.get(ev.job_id)
+        staged = ev.data.get("staged")
+        if (job is None or job.worker_id != ev.worker_id or job.attempt != ev.attempt
+                or job.status != "RUNNING"):
+            # A receipt for an attempt we gave up on (lost worker, restart): never let it
+            # complete the job a second time; throw its staged outputs away.
+            return [Discard(staged)] if staged else []
+        w = self.workers.get(ev.worker_id)
+        if w is not None:
+            w.running.discard(job.id)
+            w.last_seen = ev.now
+        duration_ms = float(ev.data.get("duration_ms") or (ev.now - job.dispatched_at) * 1000)
+        if ev.status == "REJECTED":  # capacity: back to the queue, no retry spent (F9)
+            job.status, job.worker_id = "QUEUED", None
+            self._enqueue(job, ev.now)
+            return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
+                                            "scheduled_at": ev.now, "error": "capacity_rejection",
+                                            "reason": "capacity"})]
+        if ev.status == "SUCCESS":
+            if job.cancel_requested:  # cancel arrived first: it wins, nothing is promoted
+                return [Discard(staged or {}), *self._finish_aborted(job, "cancelled by user",
+                                                                     duration_ms)]
+            job.status = "PROMOTING"
+            outputs = dict(ev.data.get("rows") or {})
+            job.result = {"rows": sum(outputs.values()), "outputs": outputs,
+                          "quarantine_rows": int(ev.data.get("quarantine_rows") or 0),
+                          "duration_ms": round(duration_ms, 1)}
+            return [Persist("record_staged", {"job_id": job.id, "staged": staged,
+                                              "source_hash": ev.data.get("source_hash"),
+                                              "rows": outputs,
+                                              "quarantine_rows": int(ev.data.get("quarantine_rows") or 0),
+                                              "duration_ms": duration_ms}),
+                    Promote(job.id, staged or {}, str(job.spec.get("mode", "append")),
+                            job.spec.get("submission_id"))]
+        if ev.status == "ABORTED":
+            reason = str(ev.data.get("reason") or "aborted")
+            if ev.data.get("timeout") and not job.cancel_requested:
+                reason = f"timed out after {job.timeout_s or self.default_timeout}s"
+            return self._finish_aborted(job, reason, duration_ms)
+        # FAILED
+        error = dict(ev.data.get("error") or {})
+        text = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".strip()
+        if job.cancel_requested:
+            return self._finish_aborted(job, "cancelled by user", duration_ms)
+        if error.get("kind") == "transient" and job.retry_count < self.max_retries:
+            return self._retry(job, text, ev.now)
+        return self._finish_failed(job, error, text, ev.now, duration_ms)
+
+    def _on_promotion(self, ev: PromotionFinished) -> list[Action]:
+        job = self.jobs.get(ev.job_id)
+        if job is None:
+            return []
+        if not ev.ok:
+            # Staged outputs were fine but the sink refused them (mode=error, a locked file,
+            # a full disk): a permanent failure of this job, with the reason.
+            err = {"ename": "SinkError", "evalue": ev.error or "promotion failed",
+                   "kind": "permanent", "traceback": ""}
+            return self._finish_failed(job, err, f"SinkError: {ev.error}", ev.now, None)
+        self.jobs.pop(job.id)
+        actions: list[Action] = [
+            Persist("complete_job", {"job_id": job.id, "artifacts": ev.artifacts}),
+            Publish("JobCompleted", {"job_id": job.id, "worker_id": job.worker_id,
+                                     "plugin_name": job.spec.get("plugin_name"), **job.result}),
+        ]
+        for art in ev.artifacts:
+            actions.append(Publish("MaterializationRecorded", {
+                "job_id": job.id, "output_name": art.get("output"), "table": art.get("table"),
+                "rows": art.get("rows"), "sink": job.spec.get("sink")}))
+        return actions
+
+    def _on_cancel(self, ev: CancelRequested) -> list[Action]:
+        job = self.jobs.get(ev.job_id)
+        if job is None:
+            return [Reply(ev.request_id, "CancelResult",
+                          {"success": False, "state": "unknown",
+                           "message": f"job {ev.job_id} is not queued or running"})]
+        if job.status == "QUEUED":
+            self.jobs.pop(job.id)
+            # The heap entries go stale; _pop_ready skips ids no longer queued.
+            return [Persist("abort_job", {"job_id": job.id, "reason": "Cancelled by user"}),
+                    Publish("JobAborted", {"job_id": job.id, "reason": "cancelled while queued",
+                                           "worker_id": None, "duration_ms": 0}),
+                    Reply(ev.request_id, "CancelResult",
+                          {"success": True, "state": "ABORTED", "message": "Job cancelled"})]
+        if job.status == "PROMOTING":
+            return [Reply(ev.request_id, "CancelResult",
+                          {"success": False, "state": "COMPLETING",
+                           "message": "job already finished running; its outputs are being committed"})]
+        if job.cancel_requested:
+            return [Reply(ev.request_id, "CancelResult",
+                          {"success": True, "state": "ABORTING", "message": "cancel already requested"})]
+        job.cancel_requested = True
+        return [Persist("request_cancel", {"job_id": job.id}),
+                Send(job.worker_id or "", "Abort", {"job_id": str(job.id), "reason": "cancelled by user"}),
+                Publish("CancelRequested", {"job_id": job.id, "state": "RUNNING"}),
+                Reply(ev.request_id, "CancelResult",
+                      {"success": True, "state": "ABORTING",
+                       "message": "Abort sent to worker; the job shows ABORTED once it confirms"})]
+
+    def _on_tick(self, ev: Tick) -> list[Action]:
+        actions: list[Action] = []
+        for w in list(self.workers.values()):
+            if ev.now - w.last_seen > self.worker_timeout:
+                actions += self._lose_worker(w, f"no heartbeat for {self.worker_timeout:g}s", ev.now)
+        return actions
+
+    _handlers: dict[type, Any] = {
+        JobsQueued: _on_jobs_queued,
+        WorkerJoined: _on_worker_joined,
+        WorkerHeartbeat: _on_heartbeat,
+        WorkerGone: _on_worker_gone,
+        JobStarted: _on_job_started,
+        ReceiptReceived: _on_receipt,
+        PromotionFinished: _on_promotion,
+        CancelRequested: _on_cancel,
+        Tick: _on_tick,
+    }
+
+    # -- transitions ---------------------------------------------------------------------
+    def _enqueue(self, job: JobRec, now: float) -> None:
+        if job.ready_at > now:
+            heapq.heappush(self._delayed, (job.ready_at, job.id))
+        else:
+            heapq.heappush(self._ready, (-job.priority, job.id))
+
+    def _finish_aborted(self, job: JobRec, reason: str, duration_ms: float) -> list[Action]:
+        self.jobs.pop(job.id, None)
+        return [Persist("abort_job", {"job_id": job.id, "reason": reason}),
+                Publish("JobAborted", {"job_id": job.id, "worker_id": job.worker_id,
+                                       "reason": reason, "duration_ms": round(duration_ms, 1)})]
+
+    def _finish_failed(self, job: JobRec, error: dict[str, Any], text: str, now: float,
+                       duration_ms: float | None) -> list[Action]:
+        self.jobs.pop(job.id, None)
+        kind = str(error.get("kind") or "permanent")
+        reason = "max_retries_exceeded" if kind == "transient" else "permanent_error"
+        return [Persist("fail_job", {"job_id": job.id, "error": text, "error_kind": kind,
+                                     "traceback": error.get("traceback") or ""}),
+                Persist("dead_letter", {"job_id": job.id, "reason": reason, "error": text}),
+                Publish("JobFailed", {"job_id": job.id, "worker_id": job.worker_id, "error": text,
+                                      "error_kind": kind, "retry_count": job.retry_count,
+                                      "will_retry": False,
+                                      "duration_ms": round(duration_ms or 0.0, 1)})]
+
+    def _retry(self, job: JobRec, text: str, now: float) -> list[Action]:
+        job.retry_count += 1
+        delay = self.retry_backoff * (2 ** (job.retry_count - 1))
+        job.status, job.worker_id, job.ready_at = "QUEUED", None, now + delay
+        job.cancel_requested = False
+        self._enqueue(job, now)
+        return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
+                                        "scheduled_at": job.ready_at, "error": text,
+                                        "reason": "retry"}),
+                Publish("JobRetried", {"job_id": job.id, "retry_count": job.retry_count,
+                                       "delay_ms": round(delay * 1000), "error": text})]
+
+    def _lose_worker(self, w: _Worker, reason: str, now: float) -> list[Action]:
+        self.workers.pop(w.worker_id, None)
+        actions: list[Action] = []
+        requeued: list[int] = []
+        for job_id in sorted(w.running):
+            job = self.jobs.get(job_id)
+            if job is None or job.status != "RUNNING":
+                continue
+            if job.cancel_requested:
+                actions += self._finish_aborted(job, "cancelled; its worker was lost", 0.0)
+                continue
+            job.retry_count += 1
+            if job.retry_count > self.max_retries:
+                err = {"ename": "WorkerLost", "evalue": reason, "kind": "transient"}
+                actions += self._finish_failed(job, err, f"WorkerLost: {reason}", now, None)
+                continue
+            job.status, job.worker_id, job.ready_at = "QUEUED", None, now
+            self._enqueue(job, now)
+            requeued.append(job_id)
+            actions.append(Persist("requeue_job", {"job_id": job_id, "retry_count": job.retry_count,
+                                                   "scheduled_at": now, "error": f"worker lost: {reason}",
+                                                   "reason": "worker_lost"}))
+        actions.append(Publish("WorkerLost", {"worker_id": w.worker_id, "reason": reason,
+                                              "requeued_job_ids": requeued}))
+        return actions
+
+    def _pop_ready(self, now: float) -> JobRec | None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, jid = heapq.heappop(self._delayed)
+            job = self.jobs.get(jid)
+            if job is not None and job.status == "QUEUED":
+                heapq.heappush(self._ready, (-job.priority, jid))
+        while self._ready:
+            _, jid = heapq.heappop(self._ready)
+            job = self.jobs.get(jid)
+            if job is not None and job.status == "QUEUED" and job.ready_at <= now:
+                return job
+        return None
+
+    def _dispatch(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while True:
+            worker = max(self.workers.values(), key=lambda w: w.free, default=None)
+            if worker is None or worker.free <= 0:
+                return actions
+            job = self._pop_ready(now)
+            if job is None:
+                return actions
+            job.status, job.worker_id, job.dispatched_at = "RUNNING", worker.worker_id, now
+            job.attempt += 1
+            worker.running.add(job.id)
+            timeout = job.timeout_s if job.timeout_s is not None else self.default_timeout
+            payload = {**job.spec, "job_id": str(job.id), "attempt": job.attempt,
+                       "timeout_s": timeout}
+            actions += [
+                Persist("claim_job", {"job_id": job.id, "worker_id": worker.worker_id,
+                                      "attempt": job.attempt}),
+                Send(worker.worker_id, "Dispatch", {"job": payload}),
+                Publish("JobDispatched", {"job_id": job.id, "worker_id": worker.worker_id,
+                                          "plugin_name": job.spec.get("plugin_name"),
+                                          "plugin_version": job.spec.get("parser_version"),
+                                          "attempt": job.attempt}),
+            ]
+
+    def next_wakeup(self) -> float | None:
+        """When the earliest delayed (retry) job becomes ready, if any."""
+        return self._delayed[0][0] if self._delayed else None

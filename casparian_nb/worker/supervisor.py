@@ -1,0 +1,278 @@
+"""The worker process: connects to the sentinel, runs up to N jobs on warm plugin hosts.
+
+Stateless apart from the jobs it is running. The main thread owns the DEALER socket; job
+threads run :meth:`HostPool.run` and hand results back through a queue plus an inproc wake-up.
+An ``Abort`` kills the job's host (SIGTERM, short grace, SIGKILL); the job thread then reports
+ABORTED and the pool starts a fresh host. The worker exits when the sentinel that started it
+is gone, so it never outlives its home's sentinel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .. import plugins
+from ..client import ConnectionInfo, read_connection_file
+from ..config import Settings
+from ..errors import CasparianError, ProtocolError, SentinelError
+from ..protocol import Codec, Message
+from .pool import HostPool, HostResult
+
+__all__ = ["Worker", "run_worker"]
+
+log = logging.getLogger("casparian_nb.worker")
+
+
+class Worker:
+    """One worker: ``slots`` plugin hosts serving jobs dispatched by the sentinel."""
+
+    def __init__(self, settings: Settings, *, info: ConnectionInfo | None = None,
+                 slots: int | None = None, worker_id: str | None = None,
+                 advertise_slots: int | None = None) -> None:
+        self.settings = settings
+        self.info = info or read_connection_file(settings.home)
+        self.slots = slots or settings.effective_slots
+        # Tests of capacity rejection advertise more slots than the worker really has.
+        self.advertised = advertise_slots or self.slots
+        self.worker_id = worker_id or f"w-{socket.gethostname()[:12]}-{os.getpid()}"
+        self.codec = Codec(bytes.fromhex(self.info.key), max_bytes=settings.max_message_bytes)
+        self._stop = threading.Event()
+        self._results: queue.Queue[tuple[dict[str, Any], HostResult]] = queue.Queue()
+        self._running: dict[str, dict[str, Any]] = {}
+        self._trusted: dict[str, str] = {}
+        self.pool: HostPool | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        ctx = zmq.Context()
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        self.sock.connect(self.info.workers)
+        self.wake_rx = ctx.socket(zmq.PULL)
+        self.wake_rx.bind(f"inproc://worker-wake-{id(self)}")
+        self._wake_ep = f"inproc://worker-wake-{id(self)}"
+        self._ctx = ctx
+        self._tls = threading.local()
+        self.pool = HostPool(self.slots, log_dir=self.settings.logs_dir,
+                             cancel_grace=self.settings.cancel_grace,
+                             memory_limit_mb=self.settings.job_memory_limit_mb,
+                             name=f"host-{self.worker_id}")
+        executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cf-job")
+        try:
+            self.pool.wait_ready()
+            self._send("Identify", {"worker_id": self.worker_id, "slots": self.advertised,
+                                    "pid": os.getpid(), "host": socket.gethostname()})
+            if not self._await_welcome():
+                return 2
+            self._loop(executor)
+            return 0
+        finally:
+            self._shutdown(executor)
+            ctx.destroy(linger=0)
+
+    def _await_welcome(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.sock.poll(100):
+                msg = self._recv()
+                if msg is None:
+                    continue
+                if msg.type == "Welcome":
+                    return True
+                if msg.type == "Refused":
+                    log.error("sentinel refused this worker: %s", msg.payload.get("reason"))
+                    return False
+        log.error("no answer from the sentinel at %s within %.0fs", self.info.workers, timeout)
+        return False
+
+    def _loop(self, executor: ThreadPoolExecutor) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wake_rx, zmq.POLLIN)
+        interval = self.settings.heartbeat_interval
+        next_beat = 0.0
+        while not self._stop.is_set():
+            ready = dict(poller.poll(int(min(interval, 0.25) * 1000)))
+            if self.sock in ready:
+                for _ in range(1000):
+                    msg = self._recv(zmq.NOBLOCK)
+                    if msg is None:
+                        break
+                    self._handle(msg, executor)
+            if self.wake_rx in ready:
+                while True:
+                    try:
+                        self.wake_rx.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            self._send_results()
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + interval
+                if not _pid_alive(self.info.pid):
+                    log.warning("sentinel pid %d is gone; worker exits", self.info.pid)
+                    return
+                self._send("Heartbeat", {"worker_id": self.worker_id,
+                                         "active_job_ids": list(self._running),
+                                         "free_slots": self.slots - len(self._running)})
+
+    # -- messages ------------------------------------------------------------------------
+    def _send(self, type_: str, payload: dict[str, Any]) -> None:
+        self.sock.send_multipart(self.codec.encode(type_, payload))
+
+    def _recv(self, flags: int = 0) -> Message | None:
+        try:
+            frames = self.sock.recv_multipart(flags)
+        except zmq.Again:
+            return None
+        try:
+            return self.codec.decode(frames)[1]
+        except ProtocolError as exc:
+            log.warning("dropped a message from the sentinel: %s", exc)
+            return None
+
+    def _handle(self, msg: Message, executor: ThreadPoolExecutor) -> None:
+        if msg.type == "Dispatch":
+            self._on_dispatch(msg.payload["job"], executor)
+        elif msg.type == "Abort":
+            job_id = str(msg.payload["job_id"])
+            assert self.pool is not None
+            if not self.pool.cancel(job_id, str(msg.payload.get("reason") or "cancelled")):
+                log.info("abort for job %s which is not running here", job_id)
+        elif msg.type == "Shutdown":
+            self._stop.set()
+        elif msg.type == "Refused":
+            log.error("sentinel refused us: %s", msg.payload.get("reason"))
+            self._stop.set()
+
+    def _on_dispatch(self, job: dict[str, Any], executor: ThreadPoolExecutor) -> None:
+        job_id = str(job["job_id"])
+        if len(self._running) >= self.slots:
+            self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
+                                   "status": "REJECTED", "error": {"ename": "Capacity",
+                                   "evalue": "worker at capacity", "kind": "transient"}})
+            return
+        try:
+            self._check_trust(job)
+        except CasparianError as exc:
+            self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
+                                   "status": "FAILED", "error": {
+                                       "ename": type(exc).__name__, "evalue": str(exc),
+                                       "traceback": "", "kind": "permanent"}})
+            return
+        # Each attempt stages in its own directory, so a straggler from a lost attempt can
+        # never touch the files of the attempt that replaced it.
+        job = {**job, "staging_root": str(Path(self.settings.staging_dir) /
+                                          f"attempt-{job.get('attempt', 1)}")}
+        self._running[job_id] = job
+        executor.submit(self._run_job, job)
+
+    def _check_trust(self, job: dict[str, Any]) -> None:
+        """The worker runs code, so it enforces the trust policy itself (F13)."""
+        key = str(job.get("plugin_source_hash") or "")
+        if key and key in self._trusted:
+            return
+        spec = plugins.inspect_plugin(job["plugin_path"])
+        self._trusted[spec.source_hash] = plugins.check_trust(spec, self.settings.trust)
+        if key and spec.source_hash != key:
+            raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        assert self.pool is not None
+        timeout = job.get("timeout_s")
+
+        def started(pid: int) -> None:
+            self._results.put((job, HostResult(str(job["job_id"]), "STARTED", {}, pid)))
+            self._wake()
+
+        res = self.pool.run(job, timeout=float(timeout) if timeout else None, on_start=started)
+        self._results.put((job, res))
+        self._wake()
+
+    def _wake(self) -> None:
+        sock = getattr(self._tls, "push", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._wake_ep)
+            self._tls.push = sock
+        sock.send(b"", zmq.NOBLOCK)
+
+    def _send_results(self) -> None:
+        while True:
+            try:
+                job, res = self._results.get_nowait()
+            except queue.Empty:
+                return
+            job_id = str(job["job_id"])
+            if res.status == "STARTED":
+                self._send("JobStarted", {"worker_id": self.worker_id, "job_id": job_id,
+                                          "host_pid": res.host_pid or 0})
+                continue
+            self._running.pop(job_id, None)
+            payload = {**res.data, "job_id": job_id, "attempt": job.get("attempt", 0),
+                       "status": res.status, "host_pid": res.host_pid,
+                       "worker_id": self.worker_id}
+            payload.pop("type", None)
+            self._send("Receipt", payload)
+
+    def _shutdown(self, executor: ThreadPoolExecutor) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._send_results()
+            self._send("Goodbye", {"worker_id": self.worker_id})
+        except zmq.ZMQError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str | None = None,
+               advertise_slots: int | None = None, wait: float = 10.0) -> int:
+    """Entry point of ``casparian worker``: wait (bounded) for a sentinel, then serve."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s worker %(levelname)s %(message)s")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = read_connection_file(settings.home)
+            break
+        except SentinelError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    worker = Worker(settings, info=info, slots=slots, worker_id=worker_id or
+                    f"w-{uuid.uuid4().hex[:6]}", advertise_slots=advertise_slots)
+
+    def _stop(signum: int, frame: object) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    return worker.run()

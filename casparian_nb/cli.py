@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,19 +70,65 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Start a sentinel + 2 workers, submit the sample plugin over the sample files, show
+    progress, print the summary and stop cleanly."""
+    from .client import ControlClient
     from .demo import write_sample_data, write_sample_plugin
-    from .runner import run
+    from .launcher import LocalCluster
+    from .store import StateReader
 
     plugin = write_sample_plugin(settings.plugins_dir)
     data_dir = settings.home / "demo" / "data"
     files = write_sample_data(data_dir, files=args.files)
     print(f"casparian demo: {len(files)} sample files in {data_dir}")
     print(f"  plugin: {plugin}")
-    result = run(plugin, [data_dir], settings=settings, mode="append")
-    print(result)
-    print(f"\nQuery the outputs with DuckDB, e.g.:\n  duckdb -c \"select customer, count(*), "
-          f"sum(amount) from '{settings.output_dir}/orders_*.parquet' group by 1\"")
-    return 0 if result.ok else 1
+    cluster = LocalCluster(settings, workers=args.workers)
+    started = time.perf_counter()
+    info = cluster.start()
+    print(f"  sentinel pid {info.pid} + {args.workers} workers on {info.control}")
+    try:
+        with ControlClient(info, timeout=settings.request_timeout) as client:
+            reply = client.submit(plugin=str(plugin), inputs=[str(f) for f in files],
+                                  force=args.force)
+            ids = set(reply["job_ids"])
+            print(f"  submitted {len(ids)} job(s)"
+                  + (f", skipped {len(reply['skipped'])} already materialized" if reply["skipped"]
+                     else ""))
+            deadline = time.monotonic() + args.timeout
+            while ids:
+                stats = client.queue_stats()
+                if sys.stderr.isatty():
+                    sys.stderr.write(f"\r  queued {stats['queued']}  running {stats['running']}  "
+                                     f"completed {stats['completed']}  failed {stats['failed']} ")
+                    sys.stderr.flush()
+                if stats["queued"] + stats["running"] == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise CasparianError(f"demo jobs did not finish within {args.timeout:.0f}s")
+                time.sleep(0.1)
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+    finally:
+        cluster.stop()
+    with StateReader.open(settings.state_db) as reader:
+        jobs = reader.list_jobs(submission_id=reply["submission_id"], limit=100_000)
+    done = [j for j in jobs if j["status"] == "COMPLETED"]
+    bad = [j for j in jobs if j["status"] not in ("COMPLETED", "SKIPPED")]
+    rows = sum(int(j.get("rows") or 0) for j in done)
+    quarantined = sum(int(j.get("quarantine_rows") or 0) for j in done)
+    tapes = sorted(settings.tapes_dir.glob("sentinel-*.tape"), key=lambda p: p.stat().st_mtime)
+    print(f"\n{len(done)} of {len(jobs)} jobs completed in {time.perf_counter() - started:.1f}s: "
+          f"{rows:,} rows, {quarantined:,} quarantined")
+    for j in bad:
+        print(f"  {j['status']} {Path(j['input_file']).name}: {j.get('error_message')}")
+    print(f"  outputs: {settings.output_dir}  (orders_*.parquet, orders_quarantine_*.parquet)")
+    if tapes:
+        print(f"  sentinel tape: {tapes[-1]}")
+    print(f"\nQuery the outputs with DuckDB, e.g.:\n  python -c \"import duckdb; print(duckdb.sql("
+          f"\\\"select customer, count(*), sum(amount) from '{settings.output_dir}/orders_*.parquet' "
+          f"group by 1\\\"))\"")
+    args._tape_response = {"jobs": len(jobs), "completed": len(done), "rows": rows}
+    return 0 if not bad else 1
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -108,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(handler=cmd_run, tape_name="Run")
 
-    p = sub.add_parser("demo", help="run the sample plugin over generated sample files")
+    p = sub.add_parser("demo", help="sentinel + workers run the sample plugin over sample files")
     p.add_argument("--files", type=int, default=12, help="sample files to generate")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    p.add_argument("--force", action="store_true", help="re-run files already materialized")
     p.set_defaults(handler=cmd_demo, tape_name="Demo")
 
     _add_optional_commands(sub)

@@ -26,7 +26,7 @@ from .. import __version__, sinks
 from ..client import write_connection_file
 from ..config import Settings
 from ..errors import CasparianError, ProtocolError
-from ..protocol import Codec, Message
+from ..protocol import Codec, Message, error_code, error_reply
 from ..store import StateStore
 from . import state as st
 from ._persist import Persister
@@ -223,11 +223,12 @@ class Sentinel:
         try:
             routing, msg = self.codec.decode(frames)
         except ProtocolError as exc:
-            routing = frames[: frames.index(b"CF1")] if b"CF1" in frames else frames[:1]
-            code = "AUTH_ERROR" if type(exc).__name__ == "AuthenticationError" else "PARSE_ERROR"
+            # WireError carries the routing frames, the error code and (once the signature
+            # checked out) the request id, so the client can match the error to its request.
+            routing = list(getattr(exc, "routing", None) or frames[:1])
             log.warning("control: rejected message: %s", exc)
-            self.ctl.send_multipart([*routing, *self.codec.encode(
-                "Error", {"code": code, "message": str(exc)}, status="error")])
+            self.ctl.send_multipart(error_reply(self.codec, getattr(exc, "request_id", None),
+                                                error_code(exc), str(exc), routing=routing))
             return
         handler = self.control_handlers.get(msg.type)
         if handler is None:

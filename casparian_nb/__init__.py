@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (``module:attr`` when the names differ)
 _EXPORTS: dict[str, str] = {
     "CasparianError": "casparian_nb.errors",
     "PermanentError": "casparian_nb.errors",
@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     "start": "casparian_nb.notebook.controller",
     "attach": "casparian_nb.notebook.controller",
     "Controller": "casparian_nb.notebook.controller",
-    "explain": "casparian_nb.tape",
-    "validate": "casparian_nb.tape",
+    "explain": "casparian_nb.tape:explain_tape",
+    "validate": "casparian_nb.tape:validate_tape",
     "timeline": "casparian_nb.notebook.timeline",
 }
 
@@ -66,7 +66,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'casparian_nb' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attr = module.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value
     return value
 

@@ -1,0 +1,35 @@
+"""Output sinks: URIs, modes, staging and atomic promotion.
+
+The life of a job's outputs::
+
+    stager = JobStager(settings.staging_dir, job_id, "parquet://output")   # plugin host
+    stager.write("orders", "orders", valid_batch)          # any number of batches/outputs
+    staged = stager.close()                                 # -> StagedJob (JSON over a pipe)
+    artifacts = promote(staged, mode=SinkMode.APPEND)       # committer: all outputs or none
+    recover(settings.staging_dir)                           # committer start-up, after a crash
+
+File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never overwritten
+(F0); promotion is atomic per job (F2); every sink kind honours every :class:`SinkMode` (F3).
+"""
+
+from __future__ import annotations
+
+from .promotion import Artifact, promote, recover
+from .staging import JobStager, StagedJob, StagedOutput, discard, job_dirname
+from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
+
+__all__ = [
+    "Artifact",
+    "JobStager",
+    "SinkMode",
+    "SinkURI",
+    "StagedJob",
+    "StagedOutput",
+    "discard",
+    "job_dirname",
+    "job_hash16",
+    "output_filename",
+    "parse_sink_uri",
+    "promote",
+    "recover",
+]

@@ -1,0 +1,208 @@
+"""Promotion into a DuckDB database file.
+
+DuckDB lets one process at a time open a file read-write (and while it does, no other
+process can even read it). So plugin hosts never touch the database: they stage Parquet,
+and the committer loads it here in one transaction per job, under an ``flock`` on
+``<file>.lock`` that serialises casparian committers, then closes the connection at once so
+notebooks and the CLI can open the file again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from ..errors import SinkError, SinkLockedError, SinkModeError
+from ..lineage import LINEAGE_COLUMNS, quarantine_name
+from .promotion import Artifact
+from .staging import StagedJob
+from .uri import SinkMode, SinkURI
+
+__all__ = ["promote_duckdb"]
+
+_JOB_ID = LINEAGE_COLUMNS[1]
+_PID = re.compile(r"PID (\d+)")
+_POLL = 0.05
+
+
+def promote_duckdb(
+    staged: StagedJob,
+    sink: SinkURI,
+    mode: SinkMode,
+    run_ids: frozenset[str],
+    lock_timeout: float,
+) -> list[Artifact]:
+    """Load every staged output of ``staged`` into ``sink`` in a single transaction."""
+    artifacts = [
+        Artifact(o.output, o.table, o.rows, str(SinkURI("duckdb", sink.path, o.table)))
+        for o in staged.outputs
+    ]
+    if not staged.outputs:
+        return artifacts
+    sink.path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + lock_timeout
+    with _exclusive(sink.path, deadline):
+        con = _connect(sink.path, deadline)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if not _already_loaded(con, staged):
+                    _apply_mode(con, staged, sink, mode, run_ids)
+                    _load(con, staged, sink)
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()  # release DuckDB's own file lock for readers right away
+    return artifacts
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
+    """Column names of ``main.<table>``, or None when there is no such table."""
+    if not con.execute(
+        "SELECT 1 FROM duckdb_tables() WHERE schema_name = 'main' AND lower(table_name) = lower(?)",
+        [table],
+    ).fetchall():
+        return None
+    rows = con.execute(
+        "SELECT column_name FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND lower(table_name) = lower(?)",
+        [table],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _already_loaded(con: duckdb.DuckDBPyConnection, staged: StagedJob) -> bool:
+    """True if an earlier promotion of this job committed (all its tables load together)."""
+    for o in staged.outputs:
+        cols = _columns(con, o.table)
+        if o.rows and cols is not None and _JOB_ID in cols:
+            sql = f"SELECT 1 FROM {_q(o.table)} WHERE {_q(_JOB_ID)} = ? LIMIT 1"
+            if con.execute(sql, [staged.job_id]).fetchall():
+                return True
+    return False
+
+
+def _apply_mode(
+    con: duckdb.DuckDBPyConnection,
+    staged: StagedJob,
+    sink: SinkURI,
+    mode: SinkMode,
+    run_ids: frozenset[str],
+) -> None:
+    """error: refuse if other runs' rows exist; replace: delete them (same transaction)."""
+    if mode is SinkMode.APPEND:
+        return
+    governed: dict[str, str] = {}
+    for o in staged.outputs:
+        governed.setdefault(o.table, o.output)
+        governed.setdefault(quarantine_name(o.table), quarantine_name(o.output))
+    ids = sorted(run_ids)
+    for table, output in governed.items():
+        cols = _columns(con, table)
+        if cols is None:
+            continue
+        # A table without lineage cannot show which run wrote it: all its rows are "other".
+        other = (
+            f"{_q(_JOB_ID)} IS NULL OR NOT list_contains(?::VARCHAR[], {_q(_JOB_ID)})"
+            if _JOB_ID in cols
+            else "TRUE"
+        )
+        params = [ids] if _JOB_ID in cols else []
+        if mode is SinkMode.ERROR:
+            if con.execute(f"SELECT 1 FROM {_q(table)} WHERE {other} LIMIT 1", params).fetchall():
+                uri = SinkURI("duckdb", sink.path, table)
+                raise SinkModeError(
+                    f"output {output!r} already has data in {uri}; mode=error refuses to add "
+                    "to it — use mode=append or replace"
+                )
+            continue
+        con.execute(f"DELETE FROM {_q(table)} WHERE {other}", params)
+        (left,) = con.execute(f"SELECT count(*) FROM {_q(table)}").fetchone() or (0,)
+        if not left:
+            # Nothing of this run is in it: recreate from the staged schema, so a plugin
+            # whose columns changed can be re-run with mode=replace.
+            con.execute(f"DROP TABLE {_q(table)}")
+
+
+def _load(con: duckdb.DuckDBPyConnection, staged: StagedJob, sink: SinkURI) -> None:
+    for o in staged.outputs:
+        if not Path(o.path).is_file():
+            raise SinkError(f"job {staged.job_id!r}: staged file {o.path} is missing")
+        source = f"read_parquet({_lit(o.path)})"
+        try:
+            if _columns(con, o.table) is None:
+                con.execute(f"CREATE TABLE {_q(o.table)} AS SELECT * FROM {source} LIMIT 0")
+            con.execute(f"INSERT INTO {_q(o.table)} BY NAME SELECT * FROM {source}")
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0]
+            raise SinkError(
+                f"cannot load output {o.output!r} into table {o.table!r} of {sink.path}: {first}"
+            ) from exc
+
+
+@contextlib.contextmanager
+def _exclusive(db: Path, deadline: float) -> Iterator[None]:
+    """Hold ``<db>.lock`` exclusively: one casparian committer per DuckDB file."""
+    lock_path = db.with_name(db.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                    raise _locked(db, int(holder) if holder.isdigit() else None) from None
+                time.sleep(_POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # lets the loser name us
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _connect(db: Path, deadline: float) -> duckdb.DuckDBPyConnection:
+    """Open read-write, waiting (bounded) while another process — a notebook — holds it."""
+    while True:
+        try:
+            return duckdb.connect(str(db))
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "lock" not in text.lower():
+                raise SinkError(f"cannot open duckdb file {db}: {text.splitlines()[0]}") from exc
+            if time.monotonic() >= deadline:
+                m = _PID.search(text)
+                raise _locked(db, int(m.group(1)) if m else None) from None
+            time.sleep(_POLL)
+        except duckdb.Error as exc:
+            raise SinkError(f"cannot open duckdb file {db}: {str(exc).splitlines()[0]}") from exc
+
+
+def _locked(db: Path, pid: int | None) -> SinkLockedError:
+    who = f"pid {pid}" if pid else "pid unknown"
+    return SinkLockedError(
+        f"duckdb file {db} is in use by another process ({who}); close it and retry"
+    )

@@ -1,0 +1,318 @@
+"""Promotion: moving a staged job into its sink, all outputs or none (F2), never
+overwriting (F0), honouring the sink mode (F3).
+
+Runs only in the committer that owns the sink (the runner's main process or the sentinel),
+never in a plugin host. File sinks (parquet/csv) promote through a journal::
+
+    1. checks      final names free (F0); mode=error / replace look for other runs' files
+    2. journal     <staging_dir>/PROMOTING.json, state "started", lists src -> tmp -> dst
+    3. move        each staged file to <sinkdir>/.<final>.cf-tmp (rename, or copy + fsync
+                   across devices); readers ignore dot-files, so nothing is visible yet
+    4. place       link(tmp, final) + unlink(tmp): link fails if the final exists, so even a
+                   racing writer cannot make us overwrite; then fsync the directory
+    5. replace     delete the other runs' files (only after this job's files are in place)
+    6. done        journal state "done", staging dir removed
+
+A crash after step 2 is finished by :func:`recover` (roll forward: every staged file is
+complete and durable before promotion starts). An error in step 3 or 4 before the first
+final exists rolls back instead (temps return to staging), recorded as journal state
+"rollback" so that a crash during the rollback is also finished the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+from collections.abc import Collection
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SinkError, SinkModeError
+from ..lineage import quarantine_name
+from ._fs import fsync_dir, fsync_file, read_json, remove_tree, write_json_atomic
+from .staging import JOURNAL, StagedJob
+from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
+
+__all__ = ["Artifact", "promote", "recover"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Artifact:
+    """One promoted output: where its rows now live."""
+
+    output: str
+    table: str
+    rows: int
+    uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def promote(
+    staged: StagedJob,
+    *,
+    mode: SinkMode | str = SinkMode.APPEND,
+    run_job_ids: Collection[str] | None = None,
+    lock_timeout: float = 10.0,
+) -> list[Artifact]:
+    """Publish every output of a staged job into its sink atomically; return the artifacts.
+
+    ``run_job_ids`` are the jobs of the current run/submission (default: just this job);
+    ``mode`` decides what happens to data of *other* runs in the same outputs (see
+    :class:`SinkMode`). Re-promoting a job that already made it is a no-op returning the
+    same artifacts. ``lock_timeout`` bounds the wait for a DuckDB file another process holds.
+    """
+    mode = SinkMode.parse(mode)
+    run_ids = frozenset(run_job_ids or ()) | {staged.job_id}
+    sink = parse_sink_uri(staged.sink)
+    if sink.kind == "duckdb":
+        from .duckdb_sink import promote_duckdb  # keep duckdb out of plugin-host imports
+
+        artifacts = promote_duckdb(staged, sink, mode, run_ids, lock_timeout)
+    else:
+        artifacts = _promote_files(staged, sink, mode, run_ids)
+    remove_tree(staged.staging_dir)
+    return artifacts
+
+
+def _final_path(sink: SinkURI, output: str, job_id: str) -> Path:
+    return sink.path / output_filename(output, job_id, sink.extension)
+
+
+def _artifacts(staged: StagedJob, sink: SinkURI) -> list[Artifact]:
+    return [
+        Artifact(o.output, o.table, o.rows, f"file://{_final_path(sink, o.output, staged.job_id)}")
+        for o in staged.outputs
+    ]
+
+
+def _promote_files(
+    staged: StagedJob, sink: SinkURI, mode: SinkMode, run_ids: frozenset[str]
+) -> list[Artifact]:
+    journal = Path(staged.staging_dir) / JOURNAL
+    artifacts = _artifacts(staged, sink)
+    if journal.exists() and _resume(journal) == "done":
+        return artifacts  # an interrupted promotion of this very job: now finished
+    plan = [(Path(o.path), _final_path(sink, o.output, staged.job_id)) for o in staged.outputs]
+    if not plan:
+        return []
+    taken = [dst for _, dst in plan if os.path.lexists(dst)]
+    if taken:
+        if len(taken) == len(plan) and not any(src.exists() for src, _ in plan):
+            return artifacts  # promoted earlier and its staging already cleaned up
+        raise SinkError(
+            f"job {staged.job_id!r}: {taken[0]} already exists; outputs are never overwritten "
+            "(F0) — was this job id promoted before?"
+        )
+    for src, _ in plan:
+        if not src.is_file():
+            raise SinkError(f"job {staged.job_id!r}: staged file {src} is missing")
+
+    others = _other_run_files(sink, {o.output for o in staged.outputs}, run_ids)
+    if others and mode is SinkMode.ERROR:
+        name = _output_of(others[0].name, sink.extension)
+        raise SinkModeError(
+            f"output {name!r} already has data in {sink}; mode=error refuses to add to it — "
+            "use mode=append or replace"
+        )
+    doomed = others if mode is SinkMode.REPLACE else []
+
+    sink.path.mkdir(parents=True, exist_ok=True)
+    moves = [
+        {"src": str(src), "tmp": str(dst.with_name(f".{dst.name}.cf-tmp")), "dst": str(dst)}
+        for src, dst in plan
+    ]
+    state: dict[str, Any] = {
+        "job_id": staged.job_id,
+        "sink": str(sink),
+        "state": "started",
+        "moves": moves,
+        "delete": [str(p) for p in doomed],
+    }
+    write_json_atomic(journal, state)
+    placed = 0
+    try:
+        for m in moves:
+            _move_to_tmp(Path(m["src"]), Path(m["tmp"]))
+        fsync_dir(sink.path)
+        for m in moves:
+            _place(Path(m["tmp"]), Path(m["dst"]))
+            placed += 1
+    except BaseException as exc:
+        if placed:
+            # Some finals are visible: the only consistent way out is forward — try it now,
+            # so the caller sees a finished job rather than one that recover() finishes later.
+            if not isinstance(exc, Exception):
+                raise
+            try:
+                _finish(journal, state)
+            except Exception:
+                raise SinkError(
+                    f"job {staged.job_id!r}: promotion into {sink} stopped after {placed} of "
+                    f"{len(moves)} outputs ({exc}); recover() will complete it"
+                ) from exc
+            log.warning("promotion of job %s: %s; completed on retry", staged.job_id, exc)
+            return artifacts
+        _rollback(journal, state)
+        if isinstance(exc, Exception) and not isinstance(exc, SinkError):
+            raise SinkError(
+                f"job {staged.job_id!r}: promotion into {sink} failed and was rolled back: {exc}"
+            ) from exc
+        raise
+    _finish(journal, state)
+    return artifacts
+
+
+def _output_of(filename: str, ext: str) -> str:
+    return filename[: -len(ext) - 18]  # strip "_<16 hex>.<ext>"
+
+
+def _other_run_files(sink: SinkURI, outputs: set[str], run_ids: frozenset[str]) -> list[Path]:
+    """Files of these outputs (and their quarantine siblings) written by other runs' jobs."""
+    if not sink.path.is_dir():
+        return []
+    governed = outputs | {quarantine_name(o) for o in outputs}
+    ours = {job_hash16(j) for j in run_ids}
+    names = "|".join(map(re.escape, sorted(governed)))
+    pattern = re.compile(rf"^({names})_([0-9a-f]{{16}})\.{sink.extension}$")
+    found = []
+    with os.scandir(sink.path) as it:
+        for entry in it:
+            m = pattern.match(entry.name)
+            if m and m.group(2) not in ours:
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
+def _move_to_tmp(src: Path, tmp: Path) -> None:
+    try:
+        os.replace(src, tmp)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Staging and sink on different filesystems: copy under a second name first, so a
+        # ".cf-tmp" file is always complete (recovery may promote it as it is).
+        part = tmp.with_name(tmp.name + "-part")
+        shutil.copyfile(src, part)
+        fsync_file(part)
+        os.replace(part, tmp)
+
+
+def _place(tmp: Path, dst: Path) -> None:
+    """Give ``tmp`` its final name without ever replacing an existing ``dst`` (F0)."""
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        if not os.path.samefile(tmp, dst):  # after a crash between link and unlink it is ours
+            raise SinkError(f"{dst} already exists; outputs are never overwritten (F0)") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # No hard links on this filesystem: rename after a check (one committer per sink).
+        if os.path.lexists(dst):
+            raise SinkError(f"{dst} already exists; outputs are never overwritten (F0)") from None
+        os.rename(tmp, dst)
+        return
+    os.unlink(tmp)
+
+
+def _rollback(journal: Path, state: dict[str, Any]) -> None:
+    state["state"] = "rollback"
+    write_json_atomic(journal, state)
+    _undo(journal, state)
+
+
+def _undo(journal: Path, state: dict[str, Any]) -> None:
+    for m in state["moves"]:
+        tmp, src = Path(m["tmp"]), Path(m["src"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp.with_name(tmp.name + "-part"))
+        if tmp.exists():
+            if src.exists():
+                tmp.unlink()  # a cross-device copy: the original never left staging
+            else:
+                os.replace(tmp, src)
+    journal.unlink()
+
+
+def _finish(journal: Path, state: dict[str, Any]) -> None:
+    """Roll a started promotion forward to "done" (also the recovery path)."""
+    sinkdir = Path(state["moves"][0]["dst"]).parent if state["moves"] else None
+    for m in state["moves"]:
+        src, tmp, dst = Path(m["src"]), Path(m["tmp"]), Path(m["dst"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp.with_name(tmp.name + "-part"))
+        if os.path.lexists(dst):
+            if tmp.exists():
+                if not os.path.samefile(tmp, dst):
+                    # Someone else's file took our name: keep both, never overwrite (F0).
+                    raise SinkError(
+                        f"{dst} appeared during the promotion of job {state['job_id']!r}; "
+                        f"outputs are never overwritten (F0) — move it away and run recover()"
+                    )
+                tmp.unlink()  # crashed between link and unlink: the final is already ours
+            continue
+        if not tmp.exists():
+            if not src.exists():
+                raise SinkError(
+                    f"job {state['job_id']!r}: staged file {src} vanished during promotion"
+                )
+            _move_to_tmp(src, tmp)
+        _place(tmp, dst)
+    if sinkdir is not None:
+        fsync_dir(sinkdir)
+    for p in state.get("delete", []):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+    if sinkdir is not None and state.get("delete"):
+        fsync_dir(sinkdir)
+    state["state"] = "done"
+    write_json_atomic(journal, state)
+
+
+def _resume(journal: Path) -> str:
+    """Finish whatever promotion ``journal`` describes; return "done" or "rolled back"."""
+    state = read_json(journal)
+    if state.get("state") == "rollback":
+        _undo(journal, state)
+        return "rolled back"
+    if state.get("state") != "done":
+        _finish(journal, state)
+    return "done"
+
+
+def recover(staging_root: str | Path) -> list[str]:
+    """Complete every promotion a crash interrupted under ``staging_root``.
+
+    Journals in state "started" are rolled forward (all outputs appear), "rollback" ones
+    rolled back (none appear), and the temps they name are removed from the sink dirs. Call
+    it in the committer before promoting anything. Returns the job ids touched. Staging dirs
+    without a journal are left alone: their plugin host may still be writing.
+    """
+    root = Path(staging_root)
+    touched: list[str] = []
+    if not root.is_dir():
+        return touched
+    for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        with contextlib.suppress(FileNotFoundError):
+            (job_dir / (JOURNAL + ".tmp")).unlink()  # journal never published: nothing moved
+        journal = job_dir / JOURNAL
+        if not journal.exists():
+            continue
+        try:
+            job_id = str(read_json(journal).get("job_id", job_dir.name))
+            if _resume(journal) == "done":
+                remove_tree(job_dir)
+        except (OSError, ValueError) as exc:
+            log.error("cannot recover promotion in %s: %s", job_dir, exc)
+            continue
+        touched.append(job_id)
+    return touched

@@ -1,0 +1,275 @@
+"""Staging: a job's outputs are written under ``<staging_root>/<job dir>/`` and nowhere else.
+
+The plugin host streams every batch of every output into one open writer per output
+(Parquet for parquet and duckdb sinks — DuckDB loads the staged Parquet at promotion — and
+CSV for csv sinks). Killing the host at any point leaves debris only in its own staging
+directory; nothing reaches a sink until :func:`~casparian_nb.sinks.promote` runs in the
+committer. ``close()`` returns a :class:`StagedJob`, plain JSON that travels to the committer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pyarrow.types as pat
+
+from ..errors import OutputNameError, SinkError
+from ..lineage import LINEAGE_COLUMNS
+from ._fs import fsync_dir, fsync_file, remove_tree
+from ._schema import conform
+from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
+
+__all__ = ["JOURNAL", "JobStager", "StagedJob", "StagedOutput", "discard", "job_dirname"]
+
+#: Promotion journal inside a job's staging dir; its presence means "promotion under way".
+JOURNAL = "PROMOTING.json"
+#: Small generator batches are coalesced up to this many rows per write, so a file made of
+#: thousands of tiny batches does not become thousands of tiny Parquet row groups.
+FLUSH_ROWS = 1 << 17
+_OUTPUT = re.compile(r"^[a-z][a-z0-9_]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass
+class StagedOutput:
+    """One staged output file: which output/table it feeds, its rows and its schema."""
+
+    output: str
+    table: str
+    rows: int
+    path: str
+    schema: list[list[str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StagedOutput:
+        try:
+            return cls(
+                output=str(data["output"]),
+                table=str(data["table"]),
+                rows=int(data["rows"]),
+                path=str(data["path"]),
+                schema=[[str(n), str(t)] for n, t in data.get("schema", [])],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SinkError(f"malformed staged output {data!r}: {exc}") from None
+
+
+@dataclass
+class StagedJob:
+    """What a finished plugin host hands to the committer (JSON-safe via ``to_dict``)."""
+
+    job_id: str
+    sink: str
+    staging_dir: str
+    outputs: list[StagedOutput] = field(default_factory=list)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows staged per output name."""
+        return {o.output: o.rows for o in self.outputs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "sink": self.sink,
+            "staging_dir": self.staging_dir,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StagedJob:
+        try:
+            return cls(
+                job_id=str(data["job_id"]),
+                sink=str(data["sink"]),
+                staging_dir=str(data["staging_dir"]),
+                outputs=[StagedOutput.from_dict(o) for o in data.get("outputs", [])],
+            )
+        except (KeyError, TypeError) as exc:
+            raise SinkError(f"malformed staged job: {exc}") from None
+
+
+def job_dirname(job_id: str) -> str:
+    """A filesystem-safe, collision-free directory name for a job id."""
+    return f"{_UNSAFE.sub('_', job_id)[:48]}-{job_hash16(job_id)}"
+
+
+def _stats_columns(schema: pa.Schema) -> list[str]:
+    """Parquet leaf columns that get min/max statistics: all but the string lineage ones.
+
+    Those three hold one value per file; their statistics cost ~10% of the whole write of a
+    1M-row table and buy no pruning a one-value dictionary page does not already give.
+    """
+    skip = {LINEAGE_COLUMNS[0], LINEAGE_COLUMNS[1], LINEAGE_COLUMNS[3]}
+    if not any(pat.is_nested(f.type) for f in schema):
+        return [n for n in schema.names if n not in skip]
+    # Nested columns have leaf paths such as "s.x" or "l.list.element": ask Parquet itself.
+    buf = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buf)
+    meta = pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema
+    paths = [meta.column(i).path for i in range(len(meta))]
+    return [p for p in paths if p.split(".", 1)[0] not in skip]
+
+
+class _Writer:
+    """One open file for one output, with small-batch coalescing."""
+
+    def __init__(self, output: str, table: str, path: Path, kind: str, schema: pa.Schema) -> None:
+        self.output, self.table, self.path, self.schema = output, table, path, schema
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._file: pq.ParquetWriter | pacsv.CSVWriter
+        if kind == "csv":
+            self._file = pacsv.CSVWriter(str(path), schema)
+        else:
+            self._file = pq.ParquetWriter(
+                str(path), schema, compression="snappy", write_statistics=_stats_columns(schema)
+            )
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch = self._pending[0] if len(self._pending) == 1 else pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
+        try:
+            self._file.write_table(batch)
+        except (pa.ArrowException, OSError) as exc:
+            raise SinkError(
+                f"output {self.output!r}: cannot write {self.path.name}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+class JobStager:
+    """Streams one job's output batches into its private staging directory.
+
+    ``write`` may be called many times per output (generator plugins); the first batch of an
+    output fixes its schema and later batches are cast to it when that is lossless.
+    """
+
+    def __init__(self, staging_root: str | Path, job_id: str, sink: SinkURI | str) -> None:
+        self.job_id = job_id
+        self.sink = parse_sink_uri(sink)
+        self.staging_dir = Path(staging_root).absolute() / job_dirname(job_id)
+        if (self.staging_dir / JOURNAL).exists():
+            raise SinkError(
+                f"job {job_id!r} has an unfinished promotion in {self.staging_dir}; "
+                "run casparian_nb.sinks.recover() before staging it again"
+            )
+        # Leftovers of an earlier attempt of this job (killed host) are stale: start clean.
+        remove_tree(self.staging_dir)
+        self.staging_dir.mkdir(parents=True, mode=0o700)
+        self._writers: dict[str, _Writer] = {}
+        self._closed: StagedJob | None = None
+
+    def write(self, output: str, table_name: str, batch: pa.Table | pa.RecordBatch) -> None:
+        """Append ``batch`` to ``output`` (destined for ``table_name`` in a DuckDB sink)."""
+        if self._closed is not None:
+            raise SinkError(f"job {self.job_id!r}: staging is closed; cannot write {output!r}")
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        writer = self._writers.get(output)
+        if writer is None:
+            writer = self._open(output, table_name, batch.schema)
+        elif writer.table != table_name:
+            raise SinkError(
+                f"output {output!r}: batches name different tables "
+                f"({writer.table!r} and {table_name!r})"
+            )
+        writer.write(conform(output, writer.schema, batch))
+
+    def _open(self, output: str, table_name: str, schema: pa.Schema) -> _Writer:
+        if not _OUTPUT.match(output):
+            raise OutputNameError(f"invalid output name {output!r}: expected [a-z][a-z0-9_]*")
+        if not valid_table_name(table_name):
+            raise SinkError(f"output {output!r}: invalid table name {table_name!r}")
+        if self.sink.kind == "duckdb":
+            for other in self._writers.values():
+                if other.table == table_name:
+                    raise SinkError(
+                        f"outputs {other.output!r} and {output!r} both target table "
+                        f"{table_name!r} in {self.sink}; give one of them another table="
+                    )
+        # pandas' per-frame metadata (index ranges, ...) describes one batch, not the file.
+        metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}
+        schema = schema.with_metadata(metadata or None)
+        path = self.staging_dir / f"{output}.{self.sink.extension}"
+        try:
+            writer = _Writer(output, table_name, path, self.sink.kind, schema)
+        except (pa.ArrowException, OSError) as exc:
+            raise SinkError(f"output {output!r}: cannot stage to {path}: {exc}") from exc
+        self._writers[output] = writer
+        return writer
+
+    def close(self) -> StagedJob:
+        """Finish every staged file, make it durable and describe the result."""
+        if self._closed is not None:
+            return self._closed
+        outputs = []
+        for w in self._writers.values():
+            w.close()
+            fsync_file(w.path)
+            outputs.append(
+                StagedOutput(
+                    output=w.output,
+                    table=w.table,
+                    rows=w.rows,
+                    path=str(w.path),
+                    schema=[[f.name, str(f.type)] for f in w.schema],
+                )
+            )
+        fsync_dir(self.staging_dir)
+        self._closed = StagedJob(self.job_id, str(self.sink), str(self.staging_dir), outputs)
+        return self._closed
+
+    def discard(self) -> None:
+        """Drop everything staged for this job (cancel, failure, kill of the plugin)."""
+        for w in self._writers.values():
+            with contextlib.suppress(Exception):
+                w._file.close()
+        self._writers.clear()
+        remove_tree(self.staging_dir)
+
+    def __enter__(self) -> JobStager:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+def discard(staged_or_dir: StagedJob | JobStager | str | Path) -> None:
+    """Remove a job's staging directory, unless a promotion of it is under way."""
+    if isinstance(staged_or_dir, JobStager):
+        staged_or_dir.discard()
+        return
+    path = Path(
+        staged_or_dir.staging_dir if isinstance(staged_or_dir, StagedJob) else staged_or_dir
+    )
+    if (path / JOURNAL).exists():
+        raise SinkError(
+            f"{path} is being promoted (journal present); run casparian_nb.sinks.recover() "
+            "instead of discarding it"
+        )
+    remove_tree(path)

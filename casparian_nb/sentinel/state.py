@@ -54,7 +54,11 @@ class JobRec:
     worker_id: str | None = None
     dispatched_at: float = 0.0
     cancel_requested: bool = False
+    #: When the sentinel sent its own timeout Abort (the worker-side timeout did not fire).
+    abort_sent_at: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)  # rows etc. while promoting
+    #: Output plan of the job (``plan.plan_to_json``), for its materializations.
+    plan_json: str | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +80,8 @@ class WorkerJoined:
 class WorkerHeartbeat:
     worker_id: str
     now: float
+    #: Slots the worker really has (its free slots + its running jobs), when it says.
+    capacity: int | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +89,8 @@ class WorkerGone:
     worker_id: str
     reason: str
     now: float
+    #: The worker said goodbye (a clean stop): its jobs go back without spending a retry.
+    graceful: bool = False
 
 
 @dataclass(slots=True)
@@ -174,44 +182,65 @@ Action = Persist | Send | Publish | Promote | Discard | Reply
 class _Worker:
     worker_id: str
     identity: bytes
-    slots: int
+    slots: int  # as advertised
     pid: int
     last_seen: float
     running: set[int] = field(default_factory=set)
+    #: Slots the worker proved to have (a capacity rejection, a heartbeat); None = trust
+    #: the advertised number.
+    cap: int | None = None
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running)
+        limit = self.slots if self.cap is None else min(self.slots, self.cap)
+        return limit - len(self.running)
+
+
+#: Abort reason prefix the worker's pool reports as a timeout.
+TIMEOUT_REASON = "timeout"
 
 
 class SentinelState:
-    """Queue, slots and job lifecycles. See the module docstring."""
+    """Queue, slots and job lifecycles. See the module docstring.
+
+    ``timeout_grace`` is how long past a job's timeout the sentinel waits for the worker's
+    own timeout to fire before it sends an Abort itself; a worker that then still does not
+    confirm within ``worker_timeout`` has the job aborted without it.
+    """
 
     def __init__(self, *, max_retries: int = 3, retry_backoff: float = 1.0,
-                 worker_timeout: float = 10.0, default_timeout: float | None = None) -> None:
+                 worker_timeout: float = 10.0, default_timeout: float | None = None,
+                 timeout_grace: float = 5.0) -> None:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.worker_timeout = worker_timeout
-        self.default_timeout = default_timeout
+        self.default_timeout = default_timeout or None
+        self.timeout_grace = timeout_grace
         self.jobs: dict[int, JobRec] = {}
         self.workers: dict[str, _Worker] = {}
         self._ready: list[tuple[int, int]] = []  # (-priority, id)
         self._delayed: list[tuple[float, int]] = []  # (ready_at, id)
+        self._queued = 0
+        #: Dispatch nothing (the sentinel is shutting down).
+        self.paused = False
 
     # -- introspection -------------------------------------------------------------------
     def queued_count(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.status == "QUEUED")
+        return self._queued
 
     def worker_table(self) -> list[dict[str, Any]]:
         return [
             {"worker_id": w.worker_id, "slots": w.slots, "pid": w.pid, "running": sorted(w.running),
-             "last_seen": w.last_seen}
+             "last_seen": w.last_seen, "free": w.free}
             for w in self.workers.values()
         ]
 
     def identity_of(self, worker_id: str) -> bytes | None:
         w = self.workers.get(worker_id)
         return w.identity if w else None
+
+    def timeout_of(self, job: JobRec) -> float | None:
+        return job.timeout_s if job.timeout_s is not None else self.default_timeout
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, event: Any) -> list[Action]:
@@ -224,14 +253,17 @@ class SentinelState:
     def _on_jobs_queued(self, ev: JobsQueued) -> list[Action]:
         for job in ev.jobs:
             self.jobs[job.id] = job
-            self._enqueue(job, ev.now)
+            if job.status == "QUEUED":
+                self._enqueue(job, ev.now)
+            # PROMOTING (a restart re-adopting a job whose outputs were staged before the
+            # crash): only a PromotionFinished moves it on.
         return []
 
     def _on_worker_joined(self, ev: WorkerJoined) -> list[Action]:
         old = self.workers.get(ev.worker_id)
         actions: list[Action] = []
         if old is not None:  # the same id reconnecting: whatever it ran is gone
-            actions += self._lose_worker(old, "worker re-registered", ev.now)
+            actions += self._lose_worker(old, "worker re-registered", ev.now, graceful=False)
         self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.identity, max(1, ev.slots), ev.pid,
                                              ev.now)
         actions.append(Publish("WorkerJoined", {"worker_id": ev.worker_id, "slots": ev.slots,
@@ -242,58 +274,68 @@ class SentinelState:
         w = self.workers.get(ev.worker_id)
         if w is not None:
             w.last_seen = ev.now
+            if ev.capacity is not None and ev.capacity > 0:
+                w.cap = ev.capacity if ev.capacity < w.slots else None
         return []
 
     def _on_worker_gone(self, ev: WorkerGone) -> list[Action]:
         w = self.workers.get(ev.worker_id)
-        return self._lose_worker(w, ev.reason, ev.now) if w else []
+        return self._lose_worker(w, ev.reason, ev.now, graceful=ev.graceful) if w else []
 
     def _on_job_started(self, ev: JobStarted) -> list[Action]:
         job = self.jobs.get(ev.job_id)
         if job is None or job.worker_id != ev.worker_id or job.status != "RUNNING":
             return []
         return [Persist("mark_started", {"job_id": job.id, "host_pid": ev.host_pid}),
-                Publish("JobStarted", {"job_id": job.id, "worker_id": ev.worker_id})]
+                Publish("JobStarted", {"job_id": job.id, "worker_id": ev.worker_id,
+                                       "host_pid": ev.host_pid})]
 
     def _on_receipt(self, ev: ReceiptReceived) -> list[Action]:
         job = self.jobs.get(ev.job_id)
         staged = ev.data.get("staged")
         if (job is None or job.worker_id != ev.worker_id or job.attempt != ev.attempt
                 or job.status != "RUNNING"):
-            # A receipt for an attempt we gave up on (lost worker, restart): never let it
-            # complete the job a second time; throw its staged outputs away.
+            # A receipt for an attempt we gave up on (lost worker, restart, timeout): never
+            # let it complete the job a second time; throw its staged outputs away.
             return [Discard(staged)] if staged else []
         w = self.workers.get(ev.worker_id)
         if w is not None:
             w.running.discard(job.id)
             w.last_seen = ev.now
         duration_ms = float(ev.data.get("duration_ms") or (ev.now - job.dispatched_at) * 1000)
-        if ev.status == "REJECTED":  # capacity: back to the queue, no retry spent (F9)
-            job.status, job.worker_id = "QUEUED", None
-            self._enqueue(job, ev.now)
-            return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
-                                            "scheduled_at": ev.now, "error": "capacity_rejection",
-                                            "reason": "capacity"})]
+        if ev.status == "REJECTED":
+            # Capacity: back to the queue, no retry spent (F9). The worker has fewer slots
+            # than it advertised; believe what it holds now until a heartbeat says more.
+            if w is not None:
+                w.cap = max(1, len(w.running))
+            if job.cancel_requested:
+                return self._finish_aborted(job, "cancelled by user", 0.0)
+            return self._requeue(job, ev.now, "capacity", "capacity_rejection")
         if ev.status == "SUCCESS":
             if job.cancel_requested:  # cancel arrived first: it wins, nothing is promoted
-                return [Discard(staged or {}), *self._finish_aborted(job, "cancelled by user",
-                                                                     duration_ms)]
+                return [*([Discard(staged)] if staged else []),
+                        *self._finish_aborted(job, "cancelled by user", duration_ms)]
             job.status = "PROMOTING"
-            outputs = dict(ev.data.get("rows") or {})
+            outputs = {str(k): int(v) for k, v in dict(ev.data.get("rows") or {}).items()}
+            quarantine = int(ev.data.get("quarantine_rows") or 0)
             job.result = {"rows": sum(outputs.values()), "outputs": outputs,
-                          "quarantine_rows": int(ev.data.get("quarantine_rows") or 0),
-                          "duration_ms": round(duration_ms, 1)}
+                          "quarantine_rows": quarantine, "duration_ms": round(duration_ms, 1),
+                          "source_hash": ev.data.get("source_hash")}
             return [Persist("record_staged", {"job_id": job.id, "staged": staged,
                                               "source_hash": ev.data.get("source_hash"),
-                                              "rows": outputs,
-                                              "quarantine_rows": int(ev.data.get("quarantine_rows") or 0),
+                                              "rows": outputs, "quarantine_rows": quarantine,
                                               "duration_ms": duration_ms}),
-                    Promote(job.id, staged or {}, str(job.spec.get("mode", "append")),
+                    Promote(job.id, staged or {}, str(job.spec.get("mode") or "append"),
                             job.spec.get("submission_id"))]
         if ev.status == "ABORTED":
             reason = str(ev.data.get("reason") or "aborted")
-            if ev.data.get("timeout") and not job.cancel_requested:
-                reason = f"timed out after {job.timeout_s or self.default_timeout}s"
+            if job.cancel_requested:
+                return self._finish_aborted(job, "cancelled by user", duration_ms)
+            if reason == "shutdown":  # the worker is stopping, not the job failing
+                return self._requeue(job, ev.now, "worker_shutdown",
+                                     "worker stopped while the job ran")
+            if ev.data.get("timeout") or reason.startswith(TIMEOUT_REASON):
+                reason = f"timed out after {self.timeout_of(job):g}s"
             return self._finish_aborted(job, reason, duration_ms)
         # FAILED
         error = dict(ev.data.get("error") or {})
@@ -302,23 +344,32 @@ class SentinelState:
             return self._finish_aborted(job, "cancelled by user", duration_ms)
         if error.get("kind") == "transient" and job.retry_count < self.max_retries:
             return self._retry(job, text, ev.now)
-        return self._finish_failed(job, error, text, ev.now, duration_ms)
+        return self._finish_failed(job, error, text, duration_ms)
 
     def _on_promotion(self, ev: PromotionFinished) -> list[Action]:
         job = self.jobs.get(ev.job_id)
-        if job is None:
+        if job is None or job.status != "PROMOTING":
             return []
         if not ev.ok:
             # Staged outputs were fine but the sink refused them (mode=error, a locked file,
             # a full disk): a permanent failure of this job, with the reason.
             err = {"ename": "SinkError", "evalue": ev.error or "promotion failed",
                    "kind": "permanent", "traceback": ""}
-            return self._finish_failed(job, err, f"SinkError: {ev.error}", ev.now, None)
+            return self._finish_failed(job, err, f"SinkError: {ev.error}", None)
         self.jobs.pop(job.id)
+        result = job.result
         actions: list[Action] = [
-            Persist("complete_job", {"job_id": job.id, "artifacts": ev.artifacts}),
+            Persist("complete_job", {"job_id": job.id, "artifacts": ev.artifacts,
+                                     "outputs": result.get("outputs") or {},
+                                     "quarantine_rows": result.get("quarantine_rows") or 0,
+                                     "source_hash": result.get("source_hash"),
+                                     "spec": job.spec, "plan_json": job.plan_json}),
             Publish("JobCompleted", {"job_id": job.id, "worker_id": job.worker_id,
-                                     "plugin_name": job.spec.get("plugin_name"), **job.result}),
+                                     "plugin_name": job.spec.get("plugin_name"),
+                                     "rows": result.get("rows", 0),
+                                     "outputs": result.get("outputs") or {},
+                                     "quarantine_rows": result.get("quarantine_rows", 0),
+                                     "duration_ms": result.get("duration_ms", 0.0)}),
         ]
         for art in ev.artifacts:
             actions.append(Publish("MaterializationRecorded", {
@@ -330,10 +381,11 @@ class SentinelState:
         job = self.jobs.get(ev.job_id)
         if job is None:
             return [Reply(ev.request_id, "CancelResult",
-                          {"success": False, "state": "unknown",
+                          {"success": False, "state": "UNKNOWN",
                            "message": f"job {ev.job_id} is not queued or running"})]
         if job.status == "QUEUED":
             self.jobs.pop(job.id)
+            self._queued -= 1
             # The heap entries go stale; _pop_ready skips ids no longer queued.
             return [Persist("abort_job", {"job_id": job.id, "reason": "Cancelled by user"}),
                     Publish("JobAborted", {"job_id": job.id, "reason": "cancelled while queued",
@@ -343,11 +395,13 @@ class SentinelState:
         if job.status == "PROMOTING":
             return [Reply(ev.request_id, "CancelResult",
                           {"success": False, "state": "COMPLETING",
-                           "message": "job already finished running; its outputs are being committed"})]
+                           "message": "job already finished running; its outputs are being "
+                                      "committed (completing)"})]
         if job.cancel_requested:
             return [Reply(ev.request_id, "CancelResult",
                           {"success": True, "state": "ABORTING", "message": "cancel already requested"})]
         job.cancel_requested = True
+        job.abort_sent_at = ev.now
         return [Persist("request_cancel", {"job_id": job.id}),
                 Send(job.worker_id or "", "Abort", {"job_id": str(job.id), "reason": "cancelled by user"}),
                 Publish("CancelRequested", {"job_id": job.id, "state": "RUNNING"}),
@@ -357,10 +411,38 @@ class SentinelState:
 
     def _on_tick(self, ev: Tick) -> list[Action]:
         actions: list[Action] = []
+        now = ev.now
         for w in list(self.workers.values()):
-            if ev.now - w.last_seen > self.worker_timeout:
-                actions += self._lose_worker(w, f"no heartbeat for {self.worker_timeout:g}s", ev.now)
+            if now - w.last_seen > self.worker_timeout:
+                actions += self._lose_worker(w, f"no heartbeat for {self.worker_timeout:g}s", now,
+                                             graceful=False)
+        for w in list(self.workers.values()):
+            for job_id in sorted(w.running):
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    actions += self._check_timeout(job, w, now)
         return actions
+
+    def _check_timeout(self, job: JobRec, w: _Worker, now: float) -> list[Action]:
+        """The sentinel's backstop for a worker whose own timeout (or kill) did not work."""
+        if job.abort_sent_at:
+            if now - job.abort_sent_at <= self.worker_timeout:
+                return []
+            # The worker never confirmed the Abort: give the slot up and end the job. A late
+            # receipt from that attempt is discarded as stale, so nothing gets promoted.
+            w.running.discard(job.id)
+            if job.cancel_requested:
+                return self._finish_aborted(job, "cancelled by user (the worker did not "
+                                                 "confirm)", (now - job.dispatched_at) * 1000)
+            return self._finish_aborted(
+                job, f"timed out after {self.timeout_of(job):g}s (the worker did not confirm)",
+                (now - job.dispatched_at) * 1000)
+        timeout = self.timeout_of(job)
+        if timeout is None or now - job.dispatched_at <= timeout + self.timeout_grace:
+            return []
+        job.abort_sent_at = now
+        return [Send(w.worker_id, "Abort", {
+            "job_id": str(job.id), "reason": f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s"})]
 
     _handlers: dict[type, Any] = {
         JobsQueued: _on_jobs_queued,
@@ -376,10 +458,25 @@ class SentinelState:
 
     # -- transitions ---------------------------------------------------------------------
     def _enqueue(self, job: JobRec, now: float) -> None:
+        self._queued += 1
         if job.ready_at > now:
             heapq.heappush(self._delayed, (job.ready_at, job.id))
         else:
             heapq.heappush(self._ready, (-job.priority, job.id))
+
+    def _reset(self, job: JobRec) -> None:
+        job.status, job.worker_id = "QUEUED", None
+        job.cancel_requested, job.abort_sent_at = False, 0.0
+
+    def _requeue(self, job: JobRec, now: float, reason: str, text: str) -> list[Action]:
+        """Back to the queue at once, without spending a retry (capacity, a stopping worker)."""
+        self._reset(job)
+        job.ready_at = now
+        self._enqueue(job, now)
+        return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
+                                        "scheduled_at": now, "error": text, "reason": reason}),
+                Publish("JobRetried", {"job_id": job.id, "retry_count": job.retry_count,
+                                       "delay_ms": 0, "error": text, "reason": reason})]
 
     def _finish_aborted(self, job: JobRec, reason: str, duration_ms: float) -> list[Action]:
         self.jobs.pop(job.id, None)
@@ -387,7 +484,7 @@ class SentinelState:
                 Publish("JobAborted", {"job_id": job.id, "worker_id": job.worker_id,
                                        "reason": reason, "duration_ms": round(duration_ms, 1)})]
 
-    def _finish_failed(self, job: JobRec, error: dict[str, Any], text: str, now: float,
+    def _finish_failed(self, job: JobRec, error: dict[str, Any], text: str,
                        duration_ms: float | None) -> list[Action]:
         self.jobs.pop(job.id, None)
         kind = str(error.get("kind") or "permanent")
@@ -403,39 +500,47 @@ class SentinelState:
     def _retry(self, job: JobRec, text: str, now: float) -> list[Action]:
         job.retry_count += 1
         delay = self.retry_backoff * (2 ** (job.retry_count - 1))
-        job.status, job.worker_id, job.ready_at = "QUEUED", None, now + delay
-        job.cancel_requested = False
+        self._reset(job)
+        job.ready_at = now + delay
         self._enqueue(job, now)
         return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
                                         "scheduled_at": job.ready_at, "error": text,
                                         "reason": "retry"}),
                 Publish("JobRetried", {"job_id": job.id, "retry_count": job.retry_count,
-                                       "delay_ms": round(delay * 1000), "error": text})]
+                                       "delay_ms": round(delay * 1000), "error": text,
+                                       "reason": "retry"})]
 
-    def _lose_worker(self, w: _Worker, reason: str, now: float) -> list[Action]:
+    def _lose_worker(self, w: _Worker, reason: str, now: float, *, graceful: bool) -> list[Action]:
+        """A worker is gone: its running jobs go back to the queue (a crash spends a retry,
+        a clean goodbye does not) or, out of retries, fail; a cancelled one is ABORTED."""
         self.workers.pop(w.worker_id, None)
         actions: list[Action] = []
         requeued: list[int] = []
         for job_id in sorted(w.running):
             job = self.jobs.get(job_id)
-            if job is None or job.status != "RUNNING":
+            if job is None or job.status != "RUNNING" or job.worker_id != w.worker_id:
                 continue
             if job.cancel_requested:
                 actions += self._finish_aborted(job, "cancelled; its worker was lost", 0.0)
                 continue
-            job.retry_count += 1
+            if not graceful:
+                job.retry_count += 1
             if job.retry_count > self.max_retries:
                 err = {"ename": "WorkerLost", "evalue": reason, "kind": "transient"}
-                actions += self._finish_failed(job, err, f"WorkerLost: {reason}", now, None)
+                actions += self._finish_failed(job, err, f"WorkerLost: {reason}", None)
                 continue
-            job.status, job.worker_id, job.ready_at = "QUEUED", None, now
+            self._reset(job)
+            job.ready_at = now
             self._enqueue(job, now)
             requeued.append(job_id)
             actions.append(Persist("requeue_job", {"job_id": job_id, "retry_count": job.retry_count,
                                                    "scheduled_at": now, "error": f"worker lost: {reason}",
                                                    "reason": "worker_lost"}))
-        actions.append(Publish("WorkerLost", {"worker_id": w.worker_id, "reason": reason,
-                                              "requeued_job_ids": requeued}))
+        w.running.clear()
+        # A clean goodbye is not a loss: the timeline and explain must not show it as one.
+        name = "WorkerLeft" if reason == "worker said goodbye" and not requeued else "WorkerLost"
+        actions.append(Publish(name, {"worker_id": w.worker_id, "reason": reason,
+                                      "requeued_job_ids": requeued}))
         return actions
 
     def _pop_ready(self, now: float) -> JobRec | None:
@@ -447,25 +552,29 @@ class SentinelState:
         while self._ready:
             _, jid = heapq.heappop(self._ready)
             job = self.jobs.get(jid)
-            if job is not None and job.status == "QUEUED" and job.ready_at <= now:
+            if job is not None and job.status == "QUEUED":
+                if job.ready_at > now:  # a stale entry of a job now waiting for a retry
+                    continue
                 return job
         return None
 
     def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        if not self._queued or not self.workers or self.paused:
+            return actions
         while True:
-            worker = max(self.workers.values(), key=lambda w: w.free, default=None)
-            if worker is None or worker.free <= 0:
+            worker = max(self.workers.values(), key=lambda w: w.free)
+            if worker.free <= 0:
                 return actions
             job = self._pop_ready(now)
             if job is None:
                 return actions
+            self._queued -= 1
             job.status, job.worker_id, job.dispatched_at = "RUNNING", worker.worker_id, now
             job.attempt += 1
             worker.running.add(job.id)
-            timeout = job.timeout_s if job.timeout_s is not None else self.default_timeout
             payload = {**job.spec, "job_id": str(job.id), "attempt": job.attempt,
-                       "timeout_s": timeout}
+                       "timeout_s": self.timeout_of(job)}
             actions += [
                 Persist("claim_job", {"job_id": job.id, "worker_id": worker.worker_id,
                                       "attempt": job.attempt}),
@@ -478,4 +587,10 @@ class SentinelState:
 
     def next_wakeup(self) -> float | None:
         """When the earliest delayed (retry) job becomes ready, if any."""
-        return self._delayed[0][0] if self._delayed else None
+        while self._delayed:
+            ready_at, jid = self._delayed[0]
+            job = self.jobs.get(jid)
+            if job is not None and job.status == "QUEUED" and job.ready_at == ready_at:
+                return ready_at
+            heapq.heappop(self._delayed)  # stale: cancelled, or re-queued since
+        return None

@@ -1,0 +1,150 @@
+"""Stream a tape: raw lines with line numbers, or :class:`TapeEvent` objects.
+
+A tape cut off by a crash ends in at most one partial line with no trailing newline. Both
+readers report that as *truncation* (``RawLine.truncated`` / ``TapeReader.truncated``)
+instead of failing: every complete event before it stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import TapeError
+from .envelope import TapeEvent, envelope_problem
+
+__all__ = ["RawLine", "TapeReader", "iter_raw", "open_tape", "read_tape"]
+
+
+@dataclass(slots=True)
+class RawLine:
+    """One non-blank physical line: its number, the parsed JSON or why it did not parse."""
+
+    line: int
+    obj: Any = None
+    error: str | None = None
+    #: The last line of the file, without a newline, that does not parse: a cut-off write.
+    truncated: bool = False
+
+
+def open_tape(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a tape for reading; :class:`TapeError` with a one-line reason when impossible."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise TapeError(f"{p} is a directory, not a tape file")
+        return p.open("rb")
+    except TapeError:
+        raise
+    except OSError as exc:
+        raise TapeError(f"cannot read tape {p}: {exc.strerror or exc}") from exc
+
+
+def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawLine]:
+    """Every non-blank line of the tape, parsed as JSON, in file order (streaming).
+
+    Opening happens now, so a missing file fails here rather than on the first ``next``.
+    """
+    return _iter_lines(open_tape(path))
+
+
+def _iter_lines(fh: IO[bytes]) -> Iterator[RawLine]:
+    with fh:
+        pending: tuple[int, bytes] | None = None
+        number = 0
+        # Look one line ahead: only the final line can be "truncated".
+        for raw in fh:
+            number += 1
+            if pending is not None:
+                yield _parse(*pending, last=False)
+                pending = None
+            if raw.strip():
+                pending = (number, raw)
+        if pending is not None:
+            yield _parse(*pending, last=True)
+
+
+def _parse(number: int, raw: bytes, *, last: bool) -> RawLine:
+    try:
+        return RawLine(number, json.loads(raw))
+    except UnicodeDecodeError as exc:
+        error = f"not UTF-8: {exc.reason} at byte {exc.start}"
+    except ValueError as exc:
+        error = str(exc)
+    truncated = last and not raw.endswith(b"\n")
+    return RawLine(number, None, error, truncated)
+
+
+class TapeReader:
+    """Iterator of :class:`TapeEvent` over one tape.
+
+    ``strict=True`` (default) raises :class:`TapeError` naming the line of the first complete
+    line that is not a valid envelope; ``strict=False`` skips such lines and lists them in
+    ``skipped``. A truncated last line never raises: iteration ends and ``truncated`` holds
+    its line number.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, strict: bool = True) -> None:
+        self.path = Path(path)
+        self.strict = strict
+        self.truncated: int | None = None
+        self.skipped: list[tuple[int, str]] = []
+        self._lines = iter_raw(self.path)
+
+    def __iter__(self) -> TapeReader:
+        return self
+
+    def __next__(self) -> TapeEvent:
+        for raw in self._lines:
+            if raw.truncated:
+                self.truncated = raw.line
+                continue
+            if raw.error is None:
+                problem = envelope_problem(raw.obj)
+                if problem is None:
+                    return _event(raw.obj, raw.line)
+                message = problem[1]
+            else:
+                message = f"parse error: {raw.error}"
+            if self.strict:
+                raise TapeError(f"{self.path}: line {raw.line}: {message}")
+            self.skipped.append((raw.line, message))
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop reading and release the file (also done when iteration ends)."""
+        close = getattr(self._lines, "close", None)
+        if close is not None:
+            close()
+
+
+def _event(obj: dict[str, Any], line: int) -> TapeEvent:
+    en = obj["event_name"]
+    return TapeEvent(
+        obj["schema_version"],
+        obj["event_id"],
+        obj["seq"],
+        obj["timestamp"],
+        obj.get("correlation_id"),
+        obj.get("parent_id"),
+        en["type"],
+        en.get("name"),
+        obj.get("payload"),
+        line,
+    )
+
+
+def read_tape(path: str | os.PathLike[str], *, strict: bool = True) -> TapeReader:
+    """Stream the events of a tape (see :class:`TapeReader`)::
+
+        reader = read_tape("session.tape")
+        for event in reader:
+            ...
+        if reader.truncated:
+            print("tape was cut off at line", reader.truncated)
+    """
+    return TapeReader(path, strict=strict)

@@ -1,0 +1,413 @@
+"""The job-queue state machine over tape domain events, shared by explain and replay.
+
+One implementation of "what does this event do to a job" keeps ``tape explain``, the replay
+reducer and the timeline in agreement. Status rules (last event wins, in tape order):
+
+=====================  ========================================================
+JobQueued              ``queued`` (creates the job; a re-queue resets the worker)
+JobDispatched          ``dispatched``; opens a run on ``worker_id``
+JobStarted             ``running`` (never resurrects a finished job)
+CancelRequested        ``cancel_requested = true``; status unchanged
+JobCompleted           ``completed``; rows, outputs, duration; error cleared
+JobFailed              ``failed``, or ``queued`` when ``will_retry`` is true
+JobRetried             ``queued``; ``retries += 1``
+JobAborted             ``aborted``; ``reason``
+JobSkipped             ``skipped``; ``reason``
+MaterializationRecorded  appends ``output_name`` to outputs (once)
+WorkerLost             every job in ``requeued_job_ids`` back to ``queued``
+=====================  ========================================================
+
+Jobs are kept in order of first appearance (dict insertion order); any job event creates the
+job it names, so a tape that starts mid-session still explains. Job ids ``123`` and
+``"123"`` are the same job (:func:`job_key`). Memory grows with jobs and workers, not events.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from .envelope import EventName, job_key, parse_timestamp
+
+__all__ = ["TERMINAL", "JobRecord", "JobReducer", "WorkerRecord"]
+
+TERMINAL = frozenset({"completed", "failed", "aborted", "skipped"})
+_E = EventName
+
+
+class JobRecord:
+    """What the tape says about one job.
+
+    Defaults live on the class and an instance stores only what events set: creating a
+    record is on the hot path (one per job of a 100,000-job tape), and most stay sparse.
+    """
+
+    plugin_name: str | None = None
+    plugin_version: str | None = None
+    status = "queued"
+    rows = 0
+    quarantine_rows: int | None = None
+    outputs: list[str] | tuple[()] = ()
+    error: str | None = None
+    error_kind: str | None = None
+    reason: str | None = None
+    worker_id: str | None = None
+    duration_ms: float | None = None
+    retries = 0
+    attempts = 0
+    cancel_requested = False
+    input_file: str | None = None
+    dispatched_at: float | None = None
+    ended_at: float | None = None
+    # the open run (dispatch -> end) for worker busy time
+    run_start: float | None = None
+    run_worker: str | None = None
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def add_output(self, name: str) -> None:
+        """Record an output name once, in first-seen order."""
+        if name not in self.outputs:
+            if self.outputs:
+                self.outputs.append(name)
+            else:
+                self.outputs = [name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; the original's keys first (job_id, plugin_name, status, rows, outputs,
+        error), then the additions."""
+        return {
+            "job_id": self.job_id,
+            "plugin_name": self.plugin_name,
+            "status": self.status,
+            "rows": self.rows,
+            "outputs": list(self.outputs),
+            "error": self.error,
+            "plugin_version": self.plugin_version,
+            "worker_id": self.worker_id,
+            "duration_ms": self.duration_ms,
+            "retries": self.retries,
+            "attempts": self.attempts,
+            "cancel_requested": self.cancel_requested,
+            "error_kind": self.error_kind,
+            "reason": self.reason,
+            "quarantine_rows": self.quarantine_rows,
+            "input_file": self.input_file,
+        }
+
+    def __copy__(self) -> JobRecord:
+        new = JobRecord.__new__(JobRecord)
+        new.__dict__.update(self.__dict__)
+        if self.outputs:
+            new.outputs = list(self.outputs)
+        return new
+
+
+class WorkerRecord:
+    """A worker seen on the tape (by WorkerJoined or as a dispatch target)."""
+
+    __slots__ = ("busy_s", "jobs", "joined_at", "lost_at", "pid", "slots", "worker_id")
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.slots: int | None = None
+        self.pid: int | None = None
+        self.jobs = 0
+        self.busy_s = 0.0
+        self.joined_at: float | None = None
+        self.lost_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "slots": self.slots,
+            "pid": self.pid,
+            "jobs": self.jobs,
+            "busy_s": round(self.busy_s, 6),
+            "status": "lost" if self.lost_at is not None else "active",
+        }
+
+    def __copy__(self) -> WorkerRecord:
+        new = WorkerRecord.__new__(WorkerRecord)
+        for name in WorkerRecord.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
+
+
+Handler = Callable[[dict[str, Any], "str | None"], None]
+
+
+class JobReducer:
+    """Applies job and worker domain events; holds jobs, workers and counters.
+
+    ``handlers`` maps an event name to ``(handler(payload, timestamp), needs_time)`` so a
+    fast reader can skip extracting timestamps for events that do not use them.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.retries = 0
+        self.cancels = 0
+        self.materializations = 0
+        #: (output_name, table) -> [count, rows]
+        self.materialized: dict[tuple[str | None, str | None], list[int]] = {}
+        self._strings: dict[str, str] = {}
+        self.handlers: dict[str, tuple[Handler, bool]] = {
+            _E.JOB_QUEUED: (self._queued, False),
+            _E.JOB_DISPATCHED: (self._dispatched, True),
+            _E.JOB_STARTED: (self._started, False),
+            _E.CANCEL_REQUESTED: (self._cancel, False),
+            _E.JOB_COMPLETED: (self._completed, True),
+            _E.JOB_FAILED: (self._failed, True),
+            _E.JOB_RETRIED: (self._retried, False),
+            _E.JOB_ABORTED: (self._aborted, True),
+            _E.JOB_SKIPPED: (self._skipped, False),
+            _E.MATERIALIZATION_RECORDED: (self._materialized, False),
+            _E.WORKER_JOINED: (self._worker_joined, True),
+            _E.WORKER_LOST: (self._worker_lost, True),
+        }
+
+    def apply(self, name: str | None, payload: Any, timestamp: str | None = None) -> bool:
+        """Apply one domain event; returns whether it was a job/worker event."""
+        entry = self.handlers.get(name or "")
+        if entry is None or not isinstance(payload, dict):
+            return False
+        entry[0](payload, timestamp)
+        return True
+
+    def copy(self) -> JobReducer:
+        """An independent copy (replay snapshots)."""
+        new = JobReducer()
+        new.jobs = {k: copy.copy(v) for k, v in self.jobs.items()}
+        new.workers = {k: copy.copy(v) for k, v in self.workers.items()}
+        new.retries, new.cancels = self.retries, self.cancels
+        new.materializations = self.materializations
+        new.materialized = {k: list(v) for k, v in self.materialized.items()}
+        new._strings = self._strings
+        return new
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status (every status present, zeros included)."""
+        out = dict.fromkeys(("queued", "dispatched", "running", "completed", "failed",
+                             "aborted", "skipped"), 0)
+        for job in self.jobs.values():
+            out[job.status] = out.get(job.status, 0) + 1
+        return out
+
+    def busy_until(self, end: float | None) -> dict[str, float]:
+        """Busy seconds per worker, counting runs still open at ``end``."""
+        busy = {w: rec.busy_s for w, rec in self.workers.items()}
+        if end is not None:
+            for job in self.jobs.values():
+                if job.run_start is not None and job.run_worker in busy:
+                    busy[job.run_worker] += max(0.0, end - job.run_start)
+        return busy
+
+    # -- helpers ---------------------------------------------------------------------------
+    # These run once per event on million-event tapes: they avoid re-interning values that
+    # did not change and look ids up directly before normalising them.
+    def _s(self, value: Any) -> str | None:
+        """Interned string (plugin names repeat per job; keep one copy)."""
+        if value is None:
+            return None
+        text = value if type(value) is str else str(value)
+        return self._strings.setdefault(text, text)
+
+    def _job(self, payload: dict[str, Any]) -> JobRecord | None:
+        raw = payload.get("job_id")
+        job = self.jobs.get(raw) if type(raw) is str else None
+        if job is not None:
+            return job
+        key = job_key(raw)
+        if key is None:
+            return None
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = JobRecord(key)
+        return job
+
+    def _worker(self, worker_id: Any) -> WorkerRecord | None:
+        if worker_id is None:
+            return None
+        rec = self.workers.get(worker_id) if type(worker_id) is str else None
+        if rec is None:
+            key = self._s(worker_id) or ""
+            rec = self.workers.get(key)
+            if rec is None:
+                rec = self.workers[key] = WorkerRecord(key)
+        return rec
+
+    def _plugin(self, job: JobRecord, p: dict[str, Any]) -> None:
+        name, version = p.get("plugin_name"), p.get("plugin_version")
+        if name is not None and name != job.plugin_name:
+            job.plugin_name = self._s(name)
+        if version is not None and version != job.plugin_version:
+            job.plugin_version = self._s(version)
+
+    def _set_worker(self, job: JobRecord, worker_id: Any) -> None:
+        if worker_id is not None and worker_id != job.worker_id:
+            rec = self._worker(worker_id)
+            job.worker_id = rec.worker_id if rec is not None else None
+
+    def _end_run(self, job: JobRecord, t: float | None) -> None:
+        """Close the job's open run: busy time to its worker, duration if none reported."""
+        if job.run_start is not None and t is not None:
+            elapsed = max(0.0, t - job.run_start)
+            rec = self.workers.get(job.run_worker or "")
+            if rec is not None:
+                rec.busy_s += elapsed
+            if job.duration_ms is None:
+                job.duration_ms = round(elapsed * 1000.0, 3)
+        job.run_start = None
+        job.run_worker = None
+        job.ended_at = t
+
+    # -- handlers --------------------------------------------------------------------------
+    def _queued(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is None:
+            return
+        job.status = "queued"
+        job.worker_id = None
+        self._plugin(job, p)
+        if "input_file" in p:
+            job.input_file = p["input_file"]
+
+    def _dispatched(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is None:
+            return
+        t = parse_timestamp(ts)
+        if job.run_start is not None:
+            self._end_run(job, t)  # a dispatch without an end: the previous run is over
+        job.status = "dispatched"
+        job.attempts += 1
+        job.duration_ms = None
+        job.ended_at = None
+        self._plugin(job, p)
+        job.dispatched_at = job.run_start = t
+        rec = self._worker(p.get("worker_id"))
+        if rec is not None:
+            rec.jobs += 1
+            job.worker_id = job.run_worker = rec.worker_id
+        else:
+            job.worker_id = None
+
+    def _started(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is None or job.status in TERMINAL:
+            return
+        job.status = "running"
+        self._set_worker(job, p.get("worker_id"))
+
+    def _cancel(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is not None:
+            job.cancel_requested = True
+            self.cancels += 1
+
+    def _finish(self, job: JobRecord, p: dict[str, Any], ts: str | None, status: str) -> None:
+        job.status = status
+        self._set_worker(job, p.get("worker_id"))
+        dur = p.get("duration_ms")
+        if type(dur) is int or type(dur) is float:
+            job.duration_ms = dur
+        self._end_run(job, parse_timestamp(ts))
+
+    def _completed(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is None:
+            return
+        self._finish(job, p, ts, "completed")
+        rows = p.get("rows")
+        if type(rows) is int:
+            job.rows = rows
+        if "quarantine_rows" in p:
+            job.quarantine_rows = p["quarantine_rows"]
+        outputs = p.get("outputs")
+        if type(outputs) is dict:
+            for name in outputs:
+                if name not in job.outputs:
+                    job.add_output(self._s(name) or name)
+        job.error = None
+        job.error_kind = None
+
+    def _failed(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is None:
+            return
+        self._finish(job, p, ts, "queued" if p.get("will_retry") is True else "failed")
+        job.error = p.get("error") if p.get("error") is not None else p.get("message")
+        job.error_kind = self._s(p.get("error_kind"))
+        if type(p.get("retry_count")) is int:
+            job.retries = max(job.retries, p["retry_count"])
+
+    def _retried(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is None:
+            return
+        self.retries += 1
+        job.retries += 1
+        if job.status not in ("dispatched", "running"):
+            job.status = "queued"
+        if p.get("error") is not None:
+            job.error = p["error"]
+
+    def _aborted(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is not None:
+            self._finish(job, p, ts, "aborted")
+            job.reason = p.get("reason")
+
+    def _skipped(self, p: dict[str, Any], ts: str | None) -> None:
+        job = self._job(p)
+        if job is not None:
+            job.status = "skipped"
+            job.reason = p.get("reason")
+            if "input_file" in p:
+                job.input_file = p["input_file"]
+
+    def _materialized(self, p: dict[str, Any], ts: str | None) -> None:
+        self.materializations += 1
+        name, rows = p.get("output_name"), p.get("rows")
+        key = (name, p.get("table"))
+        agg = self.materialized.get(key)
+        if agg is None:
+            agg = self.materialized[key] = [0, 0]
+        agg[0] += 1
+        if type(rows) is int:
+            agg[1] += rows
+        job = self._job(p)
+        if job is None:
+            return
+        if name is not None and name not in job.outputs:
+            job.add_output(self._s(name) or str(name))
+        if type(rows) is int and not job.rows:
+            job.rows = rows  # the original takes rows from here; JobCompleted's total wins
+
+    def _worker_joined(self, p: dict[str, Any], ts: str | None) -> None:
+        rec = self._worker(p.get("worker_id"))
+        if rec is None:
+            return
+        rec.joined_at = parse_timestamp(ts)
+        rec.lost_at = None
+        if isinstance(p.get("slots"), int):
+            rec.slots = p["slots"]
+        if isinstance(p.get("pid"), int):
+            rec.pid = p["pid"]
+
+    def _worker_lost(self, p: dict[str, Any], ts: str | None) -> None:
+        rec = self._worker(p.get("worker_id"))
+        t = parse_timestamp(ts)
+        if rec is not None:
+            rec.lost_at = t if t is not None else 0.0
+        ids = p.get("requeued_job_ids")
+        for raw in ids if isinstance(ids, list) else ():
+            job = self.jobs.get(job_key(raw) or "")
+            if job is not None and job.status not in TERMINAL:
+                self._end_run(job, t)
+                job.status = "queued"
+                job.worker_id = None

@@ -46,18 +46,18 @@ def expand_inputs(specs: Iterable[str | os.PathLike[str]], *, base: Path | None 
             matches = [path]
         elif glob.has_magic(text):
             matches = []
-            for m in sorted(glob.glob(str(path), recursive=True)):
-                p = Path(m)
+            for hit in sorted(glob.glob(str(path), recursive=True)):
+                p = Path(hit)
                 matches.extend(_walk(p) if p.is_dir() else [p] if p.is_file() else [])
         else:
             matches = []
         if not matches:
             missing.append(text)
-        for m in matches:
-            m = m.absolute()
-            if m not in seen:
-                seen.add(m)
-                out.append(m)
+        for match in matches:
+            found = match.absolute()
+            if found not in seen:
+                seen.add(found)
+                out.append(found)
     if missing:
         raise InputError("no input files match: " + ", ".join(repr(m) for m in missing))
     return out

@@ -168,11 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: Any) -> None:
     """Subcommand groups that live in their own modules register themselves here."""
+    from .bundle import add_commands as add_bundle_commands
     from .sentinel.cli import add_commands as add_sentinel_commands
     from .tape.cli import add_tape_commands
 
     add_sentinel_commands(sub)
     add_tape_commands(sub)
+    add_bundle_commands(sub)
 
 
 def _tape_payload(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tape = None
-    cmd_id = corr = None
+    cmd_id: str | None = None
+    corr = ""
     try:
         settings = _settings(args)
         if args.tape:

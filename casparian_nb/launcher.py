@@ -7,6 +7,7 @@ that points at the log file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,6 +17,21 @@ import time
 from .client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from .config import Settings
 from .errors import CasparianError, SentinelError
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``CASPARIAN_*`` variables that make a child process load exactly ``settings`` (keyword
+    overrides given to this process included; the trust keys come from the home's config)."""
+    env: dict[str, str] = {"CASPARIAN_HOME": str(settings.home)}
+    for f in dataclasses.fields(settings):
+        if f.name in ("home", "trust"):
+            continue
+        value = getattr(settings, f.name)
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        env[f"CASPARIAN_{f.name.upper()}"] = text
+    env["CASPARIAN_ALLOW_UNSIGNED_PYTHON"] = \
+        "true" if settings.trust.allow_unsigned_python else "false"
+    return env
 
 __all__ = ["LocalCluster"]
 
@@ -34,7 +50,7 @@ class LocalCluster:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["CASPARIAN_HOME"] = str(self.settings.home)
+        env.update(settings_env(self.settings))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -60,16 +76,26 @@ class LocalCluster:
         self.sentinel = self._spawn(["sentinel"], "sentinel.out")
         info = self._wait_for_sentinel(deadline)
         self.info = info
-        for i in range(self.n_workers):
-            args = ["worker"]
-            if self.slots:
-                args += ["--slots", str(self.slots)]
-            self.workers.append(self._spawn(args, f"worker-{i}.out"))
-        with ControlClient(info, timeout=5.0) as client:
+        for _ in range(self.n_workers):
+            self._spawn_worker(self.slots, None)
+        self._wait_for_workers(len(self.workers), deadline, timeout)
+        return info
+
+    def _spawn_worker(self, slots: int | None, advertise_slots: int | None) -> None:
+        args = ["worker"]
+        if slots:
+            args += ["--slots", str(slots)]
+        if advertise_slots:
+            args += ["--advertise-slots", str(advertise_slots)]
+        self.workers.append(self._spawn(args, f"worker-{len(self.workers)}.out"))
+
+    def _wait_for_workers(self, n: int, deadline: float, timeout: float) -> None:
+        assert self.info is not None
+        with ControlClient(self.info, timeout=5.0) as client:
             while True:
                 joined = len(client.list_workers())
-                if joined >= self.n_workers:
-                    break
+                if joined >= n:
+                    return
                 dead = [w.pid for w in self.workers if w.poll() is not None]
                 if dead:
                     self.stop()
@@ -77,10 +103,21 @@ class LocalCluster:
                                          f"see {self.settings.logs_dir}/worker-*.out")
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise CasparianError(f"only {joined} of {self.n_workers} workers joined "
+                    raise CasparianError(f"only {joined} of {n} workers joined "
                                          f"within {timeout:.0f}s; see {self.settings.logs_dir}")
                 time.sleep(0.05)
-        return info
+
+    def add_worker(self, *, slots: int | None = None, advertise_slots: int | None = None,
+                   timeout: float = 60.0) -> int:
+        """Start one more worker (``advertise_slots`` > ``slots`` makes a worker that
+        over-promises, for capacity-rejection tests) and wait until it joined; its pid."""
+        if self.info is None:
+            raise CasparianError("start the cluster first")
+        with ControlClient(self.info, timeout=5.0) as client:
+            before = len(client.list_workers())
+        self._spawn_worker(slots or self.slots, advertise_slots)
+        self._wait_for_workers(before + 1, time.monotonic() + timeout, timeout)
+        return self.workers[-1].pid
 
     def _wait_for_sentinel(self, deadline: float) -> ConnectionInfo:
         assert self.sentinel is not None

@@ -3,24 +3,37 @@
 The same plugin hosts, lineage, staging and promotion the workers use, driven in-process: one
 job per input file on up to ``parallel`` warm hosts; this process is the committer that promotes
 each successful job's outputs. One bad file does not stop the others.
+
+Each run stages under ``<home>/staging/run-<run id>/`` with an ``OWNER`` file naming this
+process. A run that is killed outright (``kill -9``) leaves that directory behind; the next run
+in the same home finishes any promotion it interrupted (:func:`casparian_nb.sinks.recover`,
+so each job's outputs appear all together or not at all) and removes the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from . import plugins, sinks
 from ._inputs import expand_inputs
 from .config import Settings, load_settings
+from .errors import CasparianError, PluginError, SinkModeError
+from .sinks.staging import JOURNAL
 from .worker.pool import HostPool, HostResult
 
 __all__ = ["FileResult", "RunResult", "run"]
@@ -148,7 +161,9 @@ def run(
     """Run ``plugin`` over ``inputs`` (files, directories, globs) and promote the outputs.
 
     Returns a :class:`RunResult`; raises a :class:`~casparian_nb.errors.CasparianError` only
-    for problems that stop the whole run (bad plugin, bad sink, no inputs).
+    for problems that stop the whole run: a bad plugin (including one that fails to import in
+    the host), a bad sink, no inputs, or ``mode="error"`` finding data of another run in an
+    output — then nothing of this run is written. Jobs still running are killed.
     """
     settings = settings or load_settings(home)
     started = time.perf_counter()
@@ -160,7 +175,9 @@ def run(
     specs: Sequence[str | Path] = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     files = expand_inputs(specs)
 
+    sweep_stale_runs(settings.staging_dir)
     run_id = uuid.uuid4().hex[:12]
+    staging_root = _claim_staging(settings.staging_dir, run_id)
     processed_at = datetime.now(UTC).isoformat()
     jobs = [
         {
@@ -172,28 +189,40 @@ def run(
             "input_file": str(path),
             "sink": str(sink_uri),
             "mode": sink_mode.value,
-            "staging_root": str(settings.staging_dir),
+            "staging_root": str(staging_root),
             "processed_at": processed_at,
             "attempt": 1,
         }
         for i, path in enumerate(files)
     ]
-    run_job_ids = frozenset(j["job_id"] for j in jobs)
+    run_job_ids = frozenset(str(j["job_id"]) for j in jobs)
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
     bar = _Progress(len(jobs), sys.stderr.isatty() if progress is None else progress)
-    promote_lock = threading.Lock()  # this process is the one committer for the sink
     results: list[FileResult] = []
+    # Set when the whole run must stop: mode=error met another run's data, or the plugin
+    # cannot even be loaded (the same for every file). Running jobs are then killed.
+    stop: CasparianError | None = None
 
     def finish(job: dict[str, Any], res: HostResult) -> FileResult:
+        nonlocal stop
         out = FileResult(job["job_id"], job["input_file"], "FAILED",
-                         duration_ms=float(res.data.get("duration_ms", 0.0)))
+                         duration_ms=float(res.data.get("duration_ms") or 0.0))
         if res.status == "SUCCESS":
             staged = sinks.StagedJob.from_dict(res.data["staged"])
-            try:
-                with promote_lock:
-                    artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
-            except Exception as exc:  # one bad promotion must not stop the other files
+            if stop is not None:
                 sinks.discard(staged)
+                out.status, out.error = "ABORTED", f"run stopped: {stop}"
+                return out
+            try:
+                artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
+            except SinkModeError as exc:
+                sinks.discard(staged)
+                stop = exc
+                out.error = f"{type(exc).__name__}: {exc}"
+                return out
+            except Exception as exc:  # one bad promotion must not stop the other files
+                with contextlib.suppress(Exception):
+                    sinks.discard(staged)
                 out.error = f"{type(exc).__name__}: {exc}"
                 return out
             out.status = "COMPLETED"
@@ -205,22 +234,115 @@ def run(
             out.error = str(res.data.get("reason", "aborted"))
         else:
             out.error = _one_line(res.error, "failed")
+            if stop is None and res.error and res.error.get("phase") == "load":
+                ename, evalue = res.error.get("ename"), str(res.error.get("evalue", ""))
+                stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
         return out
 
-    with HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
-                  memory_limit_mb=settings.job_memory_limit_mb, name="run") as pool:
-        limit = timeout if timeout is not None else settings.job_timeout
+    limit = timeout if timeout is not None else settings.job_timeout
+    pool: HostPool | None = None
+    try:
+        pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
+                        memory_limit_mb=settings.job_memory_limit_mb, name="run")
         with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as ex:
-            futures = {ex.submit(pool.run, job, timeout=limit): job for job in jobs}
-            for fut in as_completed(futures):
-                job = futures[fut]
-                file_result = finish(job, fut.result())
-                results.append(file_result)
-                bar.step(file_result.status == "COMPLETED")
-                if on_file is not None:
-                    on_file(file_result)
-
+            futures: dict[Future[HostResult], dict[str, Any]] = {
+                ex.submit(pool.run, job, timeout=limit): job for job in jobs
+            }
+            try:
+                for fut in as_completed(futures):
+                    job = futures[fut]
+                    try:
+                        res = fut.result()
+                    except CancelledError:
+                        continue
+                    was_stopped = stop is not None
+                    file_result = finish(job, res)
+                    if stop is not None and not was_stopped:
+                        ex.shutdown(wait=False, cancel_futures=True)
+                        for job_id in pool.running():
+                            pool.cancel(job_id, f"run stopped: {stop}")
+                    results.append(file_result)
+                    bar.step(file_result.status == "COMPLETED")
+                    if on_file is not None:
+                        on_file(file_result)
+            except BaseException:
+                # Ctrl-C (or a bug): kill the hosts now rather than wait for their jobs.
+                ex.shutdown(wait=False, cancel_futures=True)
+                pool.close()
+                raise
+    finally:
+        if pool is not None:
+            pool.close()
+        # Hosts are gone and this process is the committer: finish (or roll back) any
+        # promotion an interrupt cut short, then drop what is left of this run's staging.
+        with contextlib.suppress(Exception):
+            sinks.recover(staging_root)
+        _remove_tree(staging_root)
+    if stop is not None:
+        raise stop
     order = {j["job_id"]: i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[r.job_id])
     return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value, results,
                      time.perf_counter() - started)
+
+
+# -- staging ownership ----------------------------------------------------------------------
+
+_OWNER = "OWNER"
+
+
+def _me() -> dict[str, Any]:
+    return {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
+
+
+def _claim_staging(staging_dir: Path, run_id: str) -> Path:
+    """Create ``<staging>/run-<id>/`` with an ``OWNER`` file, atomically (never seen empty)."""
+    staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = staging_dir / f".run-{run_id}"
+    tmp.mkdir(mode=0o700)
+    (tmp / _OWNER).write_text(json.dumps(_me()), encoding="utf-8")
+    final = staging_dir / f"run-{run_id}"
+    os.rename(tmp, final)
+    return final
+
+
+def _owner_alive(run_dir: Path) -> bool:
+    try:
+        owner = json.loads((run_dir / _OWNER).read_text(encoding="utf-8"))
+        proc = psutil.Process(int(owner["pid"]))
+        return abs(proc.create_time() - float(owner["create_time"])) < 1.0
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return False
+
+
+def sweep_stale_runs(staging_dir: Path, *, tmp_age: float = 60.0) -> list[str]:
+    """Clean up after standalone runs that were killed: finish their interrupted promotions
+    (all of a job's outputs appear, or none) and remove their staging. Returns the run dirs
+    removed. Runs whose owner process is alive are left alone."""
+    removed: list[str] = []
+    if not staging_dir.is_dir():
+        return removed
+    now = time.time()
+    for entry in sorted(staging_dir.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(".run-"):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > tmp_age:
+                    _remove_tree(entry)
+            continue
+        if not entry.name.startswith("run-") or _owner_alive(entry):
+            continue
+        try:
+            sinks.recover(entry)
+        except Exception:  # a broken journal must not block new runs; keep it for a human
+            continue
+        if not any((d / JOURNAL).exists() for d in entry.iterdir() if d.is_dir()):
+            _remove_tree(entry)
+            removed.append(entry.name)
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)

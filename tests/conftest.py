@@ -115,5 +115,5 @@ def cluster(cluster_factory: Callable[..., Any]) -> Any:
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
-        if key.startswith("CASPARIAN_") or key.startswith("CF_FIXTURE_"):
+        if key.startswith(("CASPARIAN_", "CF_FIXTURE_")):
             monkeypatch.delenv(key)

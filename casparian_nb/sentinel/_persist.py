@@ -8,7 +8,9 @@ or put back in the queue — never left RUNNING, never completed twice (F8).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from .. import plan, sinks
@@ -18,9 +20,20 @@ from ..store.schema import iso_from_epoch
 from . import state as st
 from ._submit import job_spec
 
-__all__ = ["Persister"]
+__all__ = ["Persister", "SentinelStore"]
 
 log = logging.getLogger("casparian_nb.sentinel")
+
+
+class SentinelStore(StateStore):
+    """The state store as the sentinel's loop uses it: every operation runs inside the loop
+    iteration's one transaction, so a single-statement transition needs no savepoint of its
+    own (one SQL statement is atomic by itself); this halves the statements per job."""
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._depth:
+            return int(self._conn.execute(sql, params).rowcount)
+        return super()._exec(sql, params)
 
 
 class Persister:
@@ -29,51 +42,71 @@ class Persister:
         self.settings = settings
         self._plugin_paths: dict[int, str] = {}
         self._submission_ids: dict[str, frozenset[str]] = {}
+        self._plans: dict[str, list[plan.OutputTarget]] = {}
         self._reader: StateReader | None = None  # the committer thread's own connection
 
     # -- Persist actions (loop thread) ---------------------------------------------------
-    def apply(self, action: st.Persist, publish: Callable[[str, dict[str, Any]], None]) -> None:
+    def apply(self, action: st.Persist, now: str | None = None) -> None:
+        """Carry out one ``Persist``; ``now`` (RFC 3339) stamps it (one clock read per batch)."""
         a = action.args
         op = action.op
-        if op == "requeue_job":
+        if op == "claim_job":
+            self.store.claim_job(a["job_id"], a["worker_id"], now, attempt=a["attempt"])
+        elif op == "mark_started":
+            self.store.mark_started(a["job_id"], a["host_pid"], now)
+        elif op == "record_staged":
+            self.store.record_staged(a["job_id"], a["staged"], source_hash=a["source_hash"],
+                                     rows=a["rows"], quarantine_rows=a["quarantine_rows"],
+                                     duration_ms=a["duration_ms"], now=now)
+        elif op == "complete_job":
+            self._complete(a, now)
+        elif op == "requeue_job":
             self.store.requeue_job(a["job_id"], scheduled_at=iso_from_epoch(a["scheduled_at"]),
                                    retry_count=a["retry_count"], error=a["error"],
-                                   reason=a["reason"])
-        elif op == "claim_job":
-            self.store.claim_job(a["job_id"], a["worker_id"], attempt=a["attempt"])
-        elif op == "complete_job":
-            self._complete(a["job_id"], a["artifacts"])
+                                   reason=a["reason"], now=now)
         else:
-            getattr(self.store, op)(**a)
+            getattr(self.store, op)(**a, now=now)
 
-    def _complete(self, job_id: int, artifacts: list[dict[str, Any]]) -> None:
-        row = self.store.get_job(job_id)
-        if row is None:
-            return
-        staged = row.get("staged_json") or {}
-        outputs: dict[str, int] = dict(staged.get("rows") or {})
-        quarantine = int(staged.get("quarantine_rows") or 0)
-        self.store.complete_job(
+    def _targets(self, plan_json: str | None) -> list[plan.OutputTarget]:
+        if not plan_json:
+            return []
+        targets = self._plans.get(plan_json)
+        if targets is None:
+            if len(self._plans) > 256:
+                self._plans.clear()
+            targets = self._plans[plan_json] = plan.plan_from_json(plan_json)
+        return targets
+
+    def _complete(self, a: dict[str, Any], now: str | None) -> None:
+        """RUNNING → COMPLETED plus one materialization per planned output (F4)."""
+        job_id = a["job_id"]
+        outputs: dict[str, int] = dict(a.get("outputs") or {})
+        quarantine = int(a.get("quarantine_rows") or 0)
+        moved = self.store.complete_job(
             job_id, "PARTIAL_SUCCESS" if quarantine else "SUCCESS",
             rows=sum(outputs.values()), quarantine_rows=quarantine, outputs=outputs,
-            artifacts=artifacts, result_summary="Partial success" if quarantine else "Success")
-        source_hash = row.get("source_hash") or ""
-        targets = plan.plan_from_json(row.get("plan_json") or "[]")
+            artifacts=a.get("artifacts"), now=now,
+            result_summary="Partial success" if quarantine else "Success")
+        if not moved:
+            return  # not RUNNING (a duplicate): its materializations exist already
+        spec: dict[str, Any] = a.get("spec") or {}
+        source_hash = a.get("source_hash") or ""
+        plugin_name = str(spec.get("plugin_name") or "")
+        version = spec.get("parser_version")
         mats = []
-        for t in targets:
-            produced = outputs.get(t.output) if t.output != "*" else sum(outputs.values())
+        for t in self._targets(a.get("plan_json")):
+            produced = outputs.get(t.output) if t.output != plan.ALL_OUTPUTS else sum(outputs.values())
             mats.append(Materialization(
-                materialization_key=plan.materialization_key(
-                    source_hash, row["plugin_name"], row.get("parser_version") or "",
-                    t.target_key),
+                materialization_key=plan.materialization_key(source_hash, plugin_name,
+                                                             version or "", t.target_key),
                 output_target_key=t.target_key, source_hash=source_hash,
-                plugin_name=row["plugin_name"], parser_version=row.get("parser_version"),
-                output_name=t.output, table_name=t.table, sink_uri=row.get("sink_uri"),
-                sink_mode=row.get("sink_mode"), schema_hash=t.schema_hash,
+                plugin_name=plugin_name, parser_version=version,
+                output_name=t.output, table_name=t.table, sink_uri=spec.get("sink"),
+                sink_mode=spec.get("mode"), schema_hash=t.schema_hash,
                 status="success" if produced else "no_data", rows=int(produced or 0),
                 job_id=job_id))
         if mats:
-            self.store.record_materializations(mats)
+            self.store.record_materializations(mats, now)
 
     # -- start-up ------------------------------------------------------------------------
     def _plugin_path(self, plugin_id: int | None) -> str:
@@ -86,38 +119,54 @@ class Persister:
 
     def _rec(self, row: dict[str, Any], now: float) -> st.JobRec:
         spec = job_spec(row, self._plugin_path(row.get("plugin_id")), str(self.settings.staging_dir))
+        raw_plan = row.get("plan_json")
+        plan_json = raw_plan if isinstance(raw_plan, str) or raw_plan is None else \
+            plan.plan_to_json(plan.plan_from_json(raw_plan))
+        ready_at = 0.0
+        if row.get("scheduled_at"):
+            try:
+                ready_at = datetime.fromisoformat(
+                    str(row["scheduled_at"]).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                ready_at = 0.0
         return st.JobRec(id=int(row["id"]), priority=int(row.get("priority") or 0), spec=spec,
                          timeout_s=row.get("timeout_s"), retry_count=int(row.get("retry_count") or 0),
-                         attempt=int(row.get("attempt") or 0))
+                         attempt=int(row.get("attempt") or 0), ready_at=ready_at,
+                         plan_json=plan_json)
 
-    def reconcile(self, now: float) -> tuple[list[int], list[tuple[int, dict[str, Any], str, str | None]]]:
-        """RUNNING rows after a restart: re-promote those with recorded staged outputs,
-        re-queue the rest (their workers died with the old sentinel)."""
+    def reconcile(self, now: float) -> tuple[list[int], list[st.JobRec]]:
+        """RUNNING rows after a restart: re-adopt those whose outputs were staged (recorded)
+        before the crash as PROMOTING (the caller promotes them again: idempotent), re-queue
+        the rest (their workers died with the old sentinel) without spending a retry."""
         requeued: list[int] = []
-        repromote: list[tuple[int, dict[str, Any], str, str | None]] = []
+        adopted: list[st.JobRec] = []
         with self.store.transaction():
             for job_id in self.store.reconcile_running():
                 row = self.store.get_job(job_id) or {}
-                staged = (row.get("staged_json") or {}).get("staged")
-                if staged:
-                    repromote.append((job_id, staged, row.get("sink_mode") or "append",
-                                      row.get("submission_id")))
+                record = row.get("staged_json") or {}
+                if record.get("staged") is not None:
+                    rec = self._rec(row, now)
+                    rec.status = "PROMOTING"
+                    rec.worker_id = row.get("worker_id")
+                    outputs = {str(k): int(v) for k, v in dict(record.get("rows") or {}).items()}
+                    rec.result = {"rows": sum(outputs.values()), "outputs": outputs,
+                                  "quarantine_rows": int(record.get("quarantine_rows") or 0),
+                                  "duration_ms": round(float(record.get("duration_ms") or 0), 1),
+                                  "source_hash": row.get("source_hash"),
+                                  "staged": record["staged"]}
+                    adopted.append(rec)
                 else:
                     self.store.requeue_job(job_id, scheduled_at=iso_from_epoch(now),
                                            error="sentinel restarted while the job ran",
                                            reason="sentinel_restart")
                     requeued.append(job_id)
-        return requeued, repromote
+        return requeued, adopted
 
     def load_queued(self, now: float) -> list[st.JobRec]:
         rows = self.store.list_jobs(status=["QUEUED"], limit=10**9)
         recs = [self._rec(r, now) for r in rows]
         recs.sort(key=lambda r: r.id)
         return recs
-
-    def load_job(self, job_id: int, now: float) -> st.JobRec | None:
-        row = self.store.get_job(job_id)
-        return self._rec(row, now) if row else None
 
     # -- promotion (committer thread) ----------------------------------------------------
     def _run_ids(self, submission_id: str | None, job_id: int) -> frozenset[str]:
@@ -131,8 +180,6 @@ class Persister:
         return self._submission_ids[submission_id]
 
     def promote(self, item: st.Promote) -> st.PromotionFinished:
-        import time
-
         try:
             staged = sinks.StagedJob.from_dict(item.staged)
             run_ids = None
@@ -150,3 +197,8 @@ class Persister:
                 log.exception("discarding staged outputs of job %s failed", item.job_id)
             return st.PromotionFinished(item.job_id, False, [], str(exc).splitlines()[0] if
                                         str(exc) else type(exc).__name__, time.time())
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

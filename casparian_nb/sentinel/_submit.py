@@ -109,7 +109,7 @@ class SubmitHandler:
                    "submission_id": job.submission_id}
             out.records.append(JobRec(id=job_id, priority=priority,
                                       spec=job_spec(row, str(spec.path), staging),
-                                      timeout_s=job.timeout_s))
+                                      timeout_s=job.timeout_s, plan_json=plan_json))
             out.events.append(("JobQueued", {
                 "job_id": job_id, "plugin_name": spec.name, "plugin_version": spec.version,
                 "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))

@@ -9,10 +9,12 @@ writer; it reports back through an inproc socket.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -27,9 +29,10 @@ from ..client import write_connection_file
 from ..config import Settings
 from ..errors import CasparianError, ProtocolError
 from ..protocol import Codec, Message, error_code, error_reply
-from ..store import StateStore
+from ..store.schema import now_iso
 from . import state as st
-from ._persist import Persister
+from ._persist import Persister, SentinelStore
+from ._proc import pid_alive
 from ._submit import SubmitHandler
 
 __all__ = ["Sentinel"]
@@ -44,10 +47,11 @@ class Sentinel:
         self.settings = settings
         self.key = os.urandom(32)
         self.codec = Codec(self.key, max_bytes=settings.max_message_bytes)
-        self.store = StateStore.open(settings.state_db)
+        self.store = SentinelStore.open(settings.state_db)
         self.state = st.SentinelState(
             max_retries=settings.max_retries, retry_backoff=settings.retry_backoff,
             worker_timeout=settings.worker_timeout, default_timeout=settings.job_timeout,
+            timeout_grace=max(2.0, 3 * settings.heartbeat_interval),
         )
         self.persist = Persister(self.store, settings)
         self.submitter = SubmitHandler(self.store, settings)
@@ -73,6 +77,14 @@ class Sentinel:
             "Goodbye": self._on_goodbye,
         }
         self._actions: list[st.Action] = []
+        # Message ids: a per-process prefix and a counter (uuid4 costs a getrandom per message).
+        self._id_prefix = os.urandom(4).hex()
+        self._ids = itertools.count(1)
+        #: Topics someone subscribed to (XPUB reports them); no subscriber, nothing to encode.
+        self._subscriptions: set[bytes] = set()
+        #: worker id -> (pid, same machine?) for the liveness check of local workers.
+        self._worker_procs: dict[str, tuple[int, bool]] = {}
+        self._committer_thread: threading.Thread | None = None
 
     # -- set-up --------------------------------------------------------------------------
     def _open_tape(self) -> Any:
@@ -97,7 +109,7 @@ class Sentinel:
     def bind(self) -> None:
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.wrk = self.ctx.socket(zmq.ROUTER)
-        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub = self.ctx.socket(zmq.XPUB)
         self.endpoints = {
             "control": self._bind(self.ctl, self.settings.control_port),
             "workers": self._bind(self.wrk, self.settings.worker_port),
@@ -110,37 +122,40 @@ class Sentinel:
 
     def recover(self) -> None:
         """Finish interrupted promotions and put jobs left RUNNING by a crash back in play."""
-        sinks.recover(self.settings.staging_dir)
+        staging = self.settings.staging_dir
+        sinks.recover(staging)
+        if staging.is_dir():  # workers stage each attempt under staging/attempt-N/
+            for sub in sorted(staging.glob("attempt-*")):
+                if sub.is_dir():
+                    sinks.recover(sub)
         now = time.time()
-        requeued, repromote = self.persist.reconcile(now)
-        for job_id, staged, mode, submission in repromote:
-            self._promotions.put(st.Promote(job_id, staged, mode, submission))
+        requeued, adopted = self.persist.reconcile(now)
         recs = self.persist.load_queued(now)
-        for rec in recs:
-            if rec.id in {j for j, *_ in repromote}:
-                rec.status = "PROMOTING"
-        self._actions += self.state.handle(st.JobsQueued(recs, now))
-        for rec in recs:
-            if rec.status == "PROMOTING":
-                self.state.jobs[rec.id] = rec
-        if requeued:
-            log.info("restart: re-queued %d job(s) left RUNNING", len(requeued))
+        self._feed(st.JobsQueued([*adopted, *recs], now))
+        for rec in adopted:
+            self._promotions.put(st.Promote(rec.id, rec.result.pop("staged"),
+                                            str(rec.spec.get("mode") or "append"),
+                                            rec.spec.get("submission_id")))
+        if requeued or adopted:
+            log.info("restart: re-queued %d job(s) left RUNNING, re-promoting %d",
+                     len(requeued), len(adopted))
 
     # -- main loop -----------------------------------------------------------------------
     def serve_forever(self) -> None:
         self.bind()
+        committer = threading.Thread(target=self._committer, name="cf-committer", daemon=True)
+        self._committer_thread = committer
         self.recover()
         info = {**self.endpoints, "key": self.key.hex(), "pid": os.getpid(),
                 "home": str(self.settings.home), "version": 1, "casparian_version": __version__,
                 "started_at": datetime.now(UTC).isoformat()}
-        committer = threading.Thread(target=self._committer, name="cf-committer", daemon=True)
         committer.start()
         write_connection_file(self.settings.connection_file, info)
         log.info("sentinel serving %s (pid %d)", self.endpoints["control"], os.getpid())
         poller = zmq.Poller()
-        for sock in (self.ctl, self.wrk, self.wake_rx):
+        for sock in (self.ctl, self.wrk, self.wake_rx, self.pub):
             poller.register(sock, zmq.POLLIN)
-        last_tick = 0.0
+        last_tick = last_pid_check = 0.0
         try:
             self._flush()
             while not self._stop.is_set():
@@ -155,9 +170,14 @@ class Sentinel:
                     self._drain(self.ctl, self._handle_control)
                 if self.wake_rx in ready:
                     self._drain_wake()
+                if self.pub in ready:
+                    self._drain_subscriptions()
                 now = time.time()
                 if now - last_tick >= 0.1:
                     last_tick = now
+                    if now - last_pid_check >= 0.5:
+                        last_pid_check = now
+                        self._check_worker_pids(now)
                     self._feed(st.Tick(now))
                 self._flush()
         finally:
@@ -180,6 +200,9 @@ class Sentinel:
                 self.wake_rx.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+        self._take_finished()
+
+    def _take_finished(self) -> None:
         while True:
             try:
                 ev = self._finished.get_nowait()
@@ -187,23 +210,48 @@ class Sentinel:
                 return
             self._feed(ev)
 
+    def _drain_subscriptions(self) -> None:
+        """XPUB hands us (un)subscriptions: b"\\x01topic" / b"\\x00topic" (first and last
+        subscriber of each topic only)."""
+        while True:
+            try:
+                frame = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self._subscriptions.add(frame[1:])
+            elif frame[:1] == b"\x00":
+                self._subscriptions.discard(frame[1:])
+
+    def _check_worker_pids(self, now: float) -> None:
+        """A local worker whose process is gone is lost now, not after the heartbeat timeout."""
+        for wid, (pid, local) in list(self._worker_procs.items()):
+            if wid not in self.state.workers:
+                self._worker_procs.pop(wid, None)
+            elif local and not pid_alive(pid):
+                self._worker_procs.pop(wid, None)
+                self._feed(st.WorkerGone(wid, f"worker process {pid} exited", now))
+
     def _feed(self, event: Any) -> None:
         self._actions += self.state.handle(event)
+
+    def _msg_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
 
     def _flush(self) -> None:
         """Carry out the actions: store first (one transaction), then messages."""
         actions, self._actions = self._actions, []
         if not actions:
             return
-        with self.store.transaction():
-            for a in actions:
-                if isinstance(a, st.Persist):
-                    self.persist.apply(a, self._publish)
+        persists = [a for a in actions if isinstance(a, st.Persist)]
+        if persists:
+            self._persist_all(persists)
         for a in actions:
             if isinstance(a, st.Send):
                 ident = self.state.identity_of(a.worker_id)
                 if ident is not None:
-                    self.wrk.send_multipart([ident, *self.codec.encode(a.type, a.payload)])
+                    self.wrk.send_multipart(
+                        [ident, *self.codec.encode(a.type, a.payload, msg_id=self._msg_id())])
             elif isinstance(a, st.Publish):
                 self._publish(a.name, a.data)
             elif isinstance(a, st.Promote | st.Discard):
@@ -211,11 +259,30 @@ class Sentinel:
             elif isinstance(a, st.Reply):
                 self._reply_pending(a.request_id, a.type, a.payload)
 
+    def _persist_all(self, persists: list[st.Persist]) -> None:
+        now = now_iso()
+        try:
+            with self.store.transaction():
+                for a in persists:
+                    self.persist.apply(a, now)
+            return
+        except Exception:
+            log.exception("writing %d state change(s) in one transaction failed; "
+                          "retrying them one by one", len(persists))
+        for a in persists:  # keep every change that can be made; log the ones that cannot
+            try:
+                with self.store.transaction():
+                    self.persist.apply(a, now)
+            except Exception:
+                log.exception("state change %s%r failed", a.op, a.args)
+
     def _publish(self, name: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
         topic = b"worker" if name.startswith("Worker") else b"job"
-        frames = self.codec.encode("Event", {"name": name, "seq": self._event_seq, "data": data})
-        self.pub.send_multipart([topic, *frames])
+        if any(topic.startswith(t) for t in self._subscriptions):
+            frames = self.codec.encode("Event", {"name": name, "seq": self._event_seq,
+                                                 "data": data}, msg_id=self._msg_id())
+            self.pub.send_multipart([topic, *frames])
         self.tape.emit("domain_event", name, data)
 
     # -- control socket ------------------------------------------------------------------
@@ -237,17 +304,19 @@ class Sentinel:
             return
         try:
             handler(routing, msg)
-        except CasparianError as exc:
-            self._reply(routing, msg, "Error", {"code": "INVALID_REQUEST",
-                                                "message": str(exc).splitlines()[0]})
+        except (CasparianError, ValueError, KeyError, TypeError) as exc:
+            code = error_code(exc)
+            text = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self._reply(routing, msg, "Error", {
+                "code": "INVALID_REQUEST" if code == "INTERNAL" else code, "message": text})
         except Exception as exc:
             log.exception("control handler %s failed", msg.type)
             self._reply(routing, msg, "Error", {"code": "INTERNAL", "message": repr(exc)[:300]})
 
     def _reply(self, routing: list[bytes], req: Message, type_: str, payload: dict[str, Any]) -> None:
         status = "error" if type_ == "Error" else "ok"
-        self.ctl.send_multipart([*routing, *self.codec.encode(type_, payload, reply_to=req.id,
-                                                                status=status)])
+        self.ctl.send_multipart([*routing, *self.codec.encode(
+            type_, payload, reply_to=req.id, status=status, msg_id=self._msg_id())])
 
     def _reply_pending(self, request_id: str, type_: str, payload: dict[str, Any]) -> None:
         pending = self._pending_replies.pop(request_id, None)
@@ -365,12 +434,17 @@ class Sentinel:
         wid = str(p["worker_id"])
         self.wrk.send_multipart([ident, *self.codec.encode(
             "Welcome", {"worker_id": wid, "heartbeat_interval": self.settings.heartbeat_interval})])
+        self._worker_procs[wid] = (int(p["pid"]), p.get("host") == socket.gethostname())
         self._feed(st.WorkerJoined(wid, ident, int(p["slots"]), int(p["pid"]), time.time()))
 
     def _on_heartbeat(self, ident: bytes, msg: Message) -> None:
         wid = self._known(ident, msg)
         if wid:
-            self._feed(st.WorkerHeartbeat(wid, time.time()))
+            p = msg.payload
+            capacity = None
+            if isinstance(p.get("free_slots"), int) and isinstance(p.get("active_job_ids"), list):
+                capacity = p["free_slots"] + len(p["active_job_ids"])
+            self._feed(st.WorkerHeartbeat(wid, time.time(), capacity))
 
     def _on_job_started(self, ident: bytes, msg: Message) -> None:
         wid = self._known(ident, msg)
@@ -388,11 +462,15 @@ class Sentinel:
     def _on_goodbye(self, ident: bytes, msg: Message) -> None:
         wid = self._known(ident, msg)
         if wid:
-            self._feed(st.WorkerGone(wid, "worker said goodbye", time.time()))
+            self._feed(st.WorkerGone(wid, "worker said goodbye", time.time(), graceful=True))
 
     # -- committer -----------------------------------------------------------------------
     def _committer(self) -> None:
-        """Promote staged outputs one job at a time (the single writer for every sink)."""
+        """Promote staged outputs one job at a time (the single writer for every sink).
+
+        Results go back through ``_finished``; the loop is woken once per burst, not per job.
+        """
+        done = 0
         while True:
             item = self._promotions.get()
             if item is None:
@@ -402,10 +480,12 @@ class Sentinel:
                     sinks.discard(sinks.StagedJob.from_dict(item.staged))
                 except Exception:
                     log.exception("discarding staged outputs failed")
-                continue
-            self._finished.put(self.persist.promote(item))
-            # wake_tx is used by this thread only; the loop owns wake_rx.
-            self.wake_tx.send(b"")
+            else:
+                self._finished.put(self.persist.promote(item))
+                done += 1
+            if done and (done >= 64 or self._promotions.empty()):
+                self.wake_tx.send(b"")
+                done = 0
 
     # -- shutdown ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -413,7 +493,20 @@ class Sentinel:
         self._stop.set()
 
     def _shutdown(self) -> None:
+        # Dispatch nothing more; let the committer finish what it holds and record it, so a
+        # clean stop leaves no promotion half-recorded (a crash is handled by recover()).
+        self.state.paused = True
         self._promotions.put(None)
+        committer = self._committer_thread
+        if committer is not None and committer.is_alive():
+            committer.join(timeout=30.0)
+            if committer.is_alive():
+                log.warning("the committer is still promoting; the next start finishes it")
+        try:
+            self._take_finished()
+            self._flush()
+        except Exception:
+            log.exception("recording the last promotions failed")
         try:
             for w in list(self.state.workers.values()):
                 self.wrk.send_multipart([w.identity, *self.codec.encode("Shutdown", {})])
@@ -429,9 +522,9 @@ class Sentinel:
                 conn.unlink()
         except OSError:
             pass
+        self.persist.close()
         self.ctx.destroy(linger=0)
         self.store.close()
-
 
 _BULKY = ("plan_json", "staged_json", "traceback", "artifacts_json")
 
@@ -458,6 +551,40 @@ def run_sentinel(settings: Settings) -> int:
     )
     sentinel = Sentinel(settings)
     install_signal_handlers(sentinel)
-    sentinel.serve_forever()
+    profile_dir = os.environ.get("CASPARIAN_PROFILE_DIR")
+    if not profile_dir:
+        sentinel.serve_forever()
+        return 0
+    import cProfile  # development aid: profile the loop and the committer thread
+
+    threading.setprofile(_thread_profiler(profile_dir))
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        sentinel.serve_forever()
+    finally:
+        prof.disable()
+        prof.dump_stats(os.path.join(profile_dir, f"sentinel-{os.getpid()}.prof"))
     return 0
 
+
+def _thread_profiler(profile_dir: str) -> Any:
+    """A ``threading.setprofile`` hook that profiles each new thread into its own file."""
+    import atexit
+    import cProfile
+    import sys
+
+    def start(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        path = os.path.join(profile_dir, f"sentinel-{os.getpid()}-"
+                                         f"{threading.current_thread().name}.prof")
+
+        def dump() -> None:
+            prof.create_stats()
+            prof.dump_stats(path)
+
+        atexit.register(dump)
+        prof.enable()
+
+    return start

@@ -116,7 +116,10 @@ def _promote_files(
         if not src.is_file():
             raise SinkError(f"job {staged.job_id!r}: staged file {src} is missing")
 
-    others = _other_run_files(sink, {o.output for o in staged.outputs}, run_ids)
+    # Append never looks at what other runs wrote: scanning the sink dir would make every
+    # promotion cost O(files already there).
+    others = ([] if mode is SinkMode.APPEND
+              else _other_run_files(sink, {o.output for o in staged.outputs}, run_ids))
     if others and mode is SinkMode.ERROR:
         name = _output_of(others[0].name, sink.extension)
         raise SinkModeError(

@@ -77,6 +77,7 @@ class EventName:
     MATERIALIZATION_RECORDED = "MaterializationRecorded"
     WORKER_JOINED = "WorkerJoined"
     WORKER_LOST = "WorkerLost"
+    WORKER_LEFT = "WorkerLeft"
     # responses
     COMMAND_SUCCEEDED = COMMAND_SUCCEEDED
     COMMAND_FAILED = COMMAND_FAILED

@@ -204,7 +204,7 @@ class Explanation:
             for w in workers:
                 util = "" if w["utilisation"] is None else f", {w['utilisation']:.1%} utilised"
                 lines.append(f"  - {w['worker_id']}: {w['jobs']} jobs, busy {w['busy_s']:.3f} s"
-                             f"{util}{' (lost)' if w['status'] == 'lost' else ''}")
+                             f"{util}{' (' + w['status'] + ')' if w['status'] != 'active' else ''}")
         if self.truncated is not None:
             lines.append(f"Warning: line {self.truncated} is truncated (tape cut off)")
         if self.skipped_count:

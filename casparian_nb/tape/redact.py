@@ -72,6 +72,7 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
                                   "sink": HASH},
     _E.WORKER_JOINED: {"worker_id": KEEP, "slots": KEEP, "pid": KEEP},
     _E.WORKER_LOST: {"worker_id": KEEP, "requeued_job_ids": KEEP},
+    _E.WORKER_LEFT: {"worker_id": KEEP, "requeued_job_ids": KEEP},
     # responses
     COMMAND_SUCCEEDED: {"status": KEEP, "job_ids": KEEP, "count": KEEP, "rows": KEEP},
     COMMAND_FAILED: {"status": KEEP, "error": TEXT, "error_kind": KEEP},

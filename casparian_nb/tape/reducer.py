@@ -108,7 +108,7 @@ class JobRecord:
 class WorkerRecord:
     """A worker seen on the tape (by WorkerJoined or as a dispatch target)."""
 
-    __slots__ = ("busy_s", "jobs", "joined_at", "lost_at", "pid", "slots", "worker_id")
+    __slots__ = ("busy_s", "jobs", "joined_at", "left", "lost_at", "pid", "slots", "worker_id")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -118,6 +118,7 @@ class WorkerRecord:
         self.busy_s = 0.0
         self.joined_at: float | None = None
         self.lost_at: float | None = None
+        self.left = False  # said goodbye (a clean stop), as opposed to lost
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,7 +127,7 @@ class WorkerRecord:
             "pid": self.pid,
             "jobs": self.jobs,
             "busy_s": round(self.busy_s, 6),
-            "status": "lost" if self.lost_at is not None else "active",
+            "status": ("left" if self.left else "lost") if self.lost_at is not None else "active",
         }
 
     def __copy__(self) -> WorkerRecord:
@@ -168,6 +169,7 @@ class JobReducer:
             _E.MATERIALIZATION_RECORDED: (self._materialized, False),
             _E.WORKER_JOINED: (self._worker_joined, True),
             _E.WORKER_LOST: (self._worker_lost, True),
+            _E.WORKER_LEFT: (self._worker_left, True),
         }
 
     def apply(self, name: str | None, payload: Any, timestamp: str | None = None) -> bool:
@@ -398,6 +400,12 @@ class JobReducer:
             rec.slots = p["slots"]
         if isinstance(p.get("pid"), int):
             rec.pid = p["pid"]
+
+    def _worker_left(self, p: dict[str, Any], ts: str | None) -> None:
+        self._worker_lost(p, ts)
+        rec = self._worker(p.get("worker_id"))
+        if rec is not None:
+            rec.left = True
 
     def _worker_lost(self, p: dict[str, Any], ts: str | None) -> None:
         rec = self._worker(p.get("worker_id"))

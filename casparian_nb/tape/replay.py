@@ -291,12 +291,13 @@ def build_timeline(source: Source) -> Timeline:
         elif name == _E.JOB_RETRIED:
             tl.markers.append({**mark, "kind": "retry", "job_id": jid,
                                "label": f"retry job {jid} (#{p.get('retry_count', '?')})"})
-        elif name in (_E.WORKER_JOINED, _E.WORKER_LOST):
+        elif name in (_E.WORKER_JOINED, _E.WORKER_LOST, _E.WORKER_LEFT):
             wid = str(p.get("worker_id"))
             lanes.setdefault(wid)
             joined = name == _E.WORKER_JOINED
-            tl.markers.append({**mark, "kind": "worker_joined" if joined else "worker_lost",
-                               "worker_id": wid, "label": f"{wid} {'joined' if joined else 'lost'}"})
+            verb = {_E.WORKER_JOINED: "joined", _E.WORKER_LOST: "lost", _E.WORKER_LEFT: "left"}[name]
+            tl.markers.append({**mark, "kind": f"worker_{verb}", "worker_id": wid,
+                               "label": f"{wid} {verb}"})
             for raw in () if joined else p.get("requeued_job_ids") or ():
                 lost = open_bars.pop(job_key(raw) or "", None)
                 if lost is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import sys
@@ -34,8 +35,7 @@ import pandas  # noqa: F401
 import pyarrow  # noqa: F401
 
 from .. import lineage as lineage_mod
-from .. import plugins
-from .. import sinks
+from .. import plugins, sinks
 from ..errors import (
     LineageError,
     PermanentError,
@@ -103,8 +103,10 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
     input_file = str(job["input_file"])
     stager: sinks.JobStager | None = None
     source_hash: str | None = None
+    phase = "load"  # "load": the plugin itself is unusable, whatever the input file
     try:
         loaded = _load(job)
+        phase = "run"
         source_hash = lineage_mod.hash_file(input_file)
         version = job.get("parser_version") or loaded.spec.version
         lineage = lineage_mod.Lineage(
@@ -121,11 +123,12 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
             parser_version=version,
             attempt=int(job.get("attempt") or 1),
         )
-        stager = sinks.JobStager(Path(job["staging_root"]), job_id, sinks.parse_sink_uri(job["sink"]))
+        sink = sinks.parse_sink_uri(job["sink"])
+        stager = sinks.JobStager(Path(job["staging_root"]), job_id, sink)
         offsets: dict[str, int] = {}
         quarantined = 0
         for out in plugins.call_parse(loaded, input_file, ctx):
-            table_name = out.table or out.name
+            table_name = sink.table_for(out.name, out.table)
             valid, bad = lineage_mod.prepare_output(
                 out.name, out.data, lineage, row_offset=offsets.get(out.name, 0)
             )
@@ -156,7 +159,7 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
             "job_id": job_id,
             "status": "FAILED",
             "source_hash": source_hash,
-            "error": error_payload(exc, input_file=input_file),
+            "error": {**error_payload(exc, input_file=input_file), "phase": phase},
             "duration_ms": (time.perf_counter() - started) * 1000.0,
         }
 
@@ -215,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threading.Thread(target=_watch_parent, args=(args.parent,), daemon=True).start()
     _limit_memory(args.memory_limit_mb)
+    # Plugin logging (ctx.logger) goes to this host's log file (our stderr).
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     # Plugins print; keep their output off the control pipe (stdout is the host log file).
     sys.stdin.close()
     serve(Connection(args.fd))

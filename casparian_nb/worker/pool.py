@@ -4,10 +4,16 @@
 sends it a job and blocks (in the caller's thread) for the result. :meth:`HostPool.cancel` and
 per-job timeouts kill the host (SIGTERM, a short grace, SIGKILL) and the pool starts a fresh one
 in its place, so a killed job costs one host start-up, not a stalled slot.
+
+Whatever ends a job other than the host's own answer — a cancel, a timeout, a crash, the pool
+closing — the pool removes the job's staging directory once the host is reaped, so a killed
+job leaves nothing behind (F1, F2). A cancel that lands after the host answered but before
+:meth:`run` returned still wins: the job is reported ABORTED and its staged outputs dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,6 +33,7 @@ from ..errors import CasparianError
 __all__ = ["HostPool", "HostResult", "PluginHostProcess"]
 
 _READY_TIMEOUT = 60.0
+_POLL = 0.5
 
 
 @dataclass
@@ -51,7 +58,7 @@ class PluginHostProcess:
         parent_sock, child_sock = socket.socketpair()
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        log = open(log_path, "ab", buffering=0)  # handed to the child, closed below
         cmd = [sys.executable, "-m", "casparian_nb.worker.host", "--fd", str(child_sock.fileno()),
                "--parent", str(os.getpid()), "--memory-limit-mb", str(memory_limit_mb)]
         try:
@@ -60,6 +67,9 @@ class PluginHostProcess:
                 stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
                 start_new_session=True,  # a Ctrl-C in a terminal reaches the parent, not hosts
             )
+        except BaseException:
+            parent_sock.close()
+            raise
         finally:
             child_sock.close()
             log.close()
@@ -68,13 +78,14 @@ class PluginHostProcess:
         self.pid = self.proc.pid
         self.ready = False
         self.job_id: str | None = None
+        #: Why the pool killed this host (cancel, timeout, shutdown); None while it is healthy.
         self.killed_reason: str | None = None
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
         if self.ready:
             return
         if not self.conn.poll(timeout):
-            self.kill(0.0)
+            self.terminate(0.0)
             raise CasparianError(f"plugin host pid {self.pid} did not start within {timeout:.0f}s "
                                  f"(see {self.log_path})")
         try:
@@ -90,28 +101,49 @@ class PluginHostProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def terminate(self, grace: float) -> None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; reap the process.
+
+        Leaves the connection open: the thread waiting on it sees EOF at once (closing an fd
+        another thread is polling would not wake it).
+        """
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait()
+
     def kill(self, grace: float) -> None:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; reap the process."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            except ProcessLookupError:
-                pass
+        """Terminate the process and close the connection."""
+        self.terminate(grace)
         self.conn.close()
 
     def close(self, timeout: float = 2.0) -> None:
         """Ask the host to exit; kill it if it does not."""
-        try:
-            self.conn.send_bytes(b'{"type": "exit"}')
+        self.request_exit()
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
         self.kill(0.05)
+
+    def request_exit(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send_bytes(b'{"type": "exit"}')
+
+
+def _discard_staging(job: dict[str, Any]) -> None:
+    """Remove what a killed job staged (never a directory with a promotion under way)."""
+    root = job.get("staging_root")
+    if not root:
+        return
+    from .. import sinks  # lazily: only killed jobs need it, and it imports pyarrow
+
+    with contextlib.suppress(OSError):  # SinkError (an OSError) when a journal is present
+        sinks.discard(Path(root) / sinks.job_dirname(str(job["job_id"])))
 
 
 class HostPool:
@@ -133,12 +165,18 @@ class HostPool:
         self._idle: list[PluginHostProcess] = []
         self._busy: dict[str, PluginHostProcess] = {}
         self._closed = False
-        for _ in range(size):
-            self._idle.append(self._spawn())
+        try:
+            for _ in range(size):
+                self._idle.append(self._spawn())
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self) -> PluginHostProcess:
-        self._counter += 1
-        log = self._log_dir / f"{self._name}-{os.getpid()}-{self._counter}.log"
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        log = self._log_dir / f"{self._name}-{os.getpid()}-{n}.log"
         return PluginHostProcess(log_path=log, memory_limit_mb=self._memory, env=self._env)
 
     @property
@@ -155,98 +193,134 @@ class HostPool:
 
     def _acquire(self, job_id: str) -> PluginHostProcess:
         with self._lock:
-            while not self._idle:
-                if self._closed:
-                    raise CasparianError("host pool is closed")
+            while not self._idle and not self._closed:
                 self._lock.wait()
             if self._closed:
                 raise CasparianError("host pool is closed")
+            if job_id in self._busy:
+                raise CasparianError(f"job {job_id!r} is already running in this pool")
             host = self._idle.pop()
             host.job_id = job_id
             self._busy[job_id] = host
             return host
 
-    def _release(self, host: PluginHostProcess, *, replace: bool) -> None:
-        new = None
-        if replace and not self._closed:
-            new = self._spawn()  # outside the lock: Popen takes a few ms
+    def _release(self, host: PluginHostProcess, *, reusable: bool) -> str | None:
+        """Return ``host`` (or a fresh one in its place) to the idle list.
+
+        Returns the host's ``killed_reason`` as it stood when the job left the busy table —
+        after that no :meth:`cancel` can reach the job any more.
+        """
         with self._lock:
             self._busy.pop(host.job_id or "", None)
             host.job_id = None
+            reason = host.killed_reason
+            closed = self._closed
+        if reusable and reason is None and not closed and host.alive():
+            with self._lock:
+                if not self._closed:
+                    self._idle.append(host)
+                    self._lock.notify()
+                    return None
+        host.kill(0.0 if reason is None else self._grace)
+        if closed:
+            return reason
+        new = self._spawn()  # outside the lock: Popen takes a few ms
+        with self._lock:
             if self._closed:
-                (new or host).kill(0.0)
-                if new is not None:
-                    host.kill(0.0)
+                new.kill(0.0)
             else:
-                self._idle.append(new if new is not None else host)
+                self._idle.append(new)
             self._lock.notify()
+        return reason
 
-    def run(self, job: dict[str, Any], *, timeout: float | None = None) -> HostResult:
+    def run(self, job: dict[str, Any], *, timeout: float | None = None,
+            on_start: Callable[[int], object] | None = None) -> HostResult:
         """Run one job spec on an idle host and return its result (blocking).
 
-        A host that dies mid-job yields FAILED (crash) or ABORTED (cancel / timeout); the
-        host is then replaced.
+        A host that dies mid-job yields FAILED (crash) or ABORTED (cancel / timeout / pool
+        closed); the host is then replaced and whatever the job staged is removed.
         """
         job_id = str(job["job_id"])
         host = self._acquire(job_id)
-        replace = True
+        res: HostResult | None = None
+        answered = False
+        try:
+            res, answered = self._drive(host, job, timeout, on_start)
+        finally:
+            reason = self._release(host, reusable=answered)
+            if res is None or res.status != "SUCCESS" or reason is not None:
+                _discard_staging(job)
+        if reason is not None and res.status != "ABORTED":
+            # Cancelled after the host answered but before anyone could act on the answer.
+            res = HostResult(job_id, "ABORTED", {"reason": reason, "timeout": False,
+                                                 "duration_ms": res.data.get("duration_ms")},
+                             host.pid)
+        return res
+
+    def _drive(self, host: PluginHostProcess, job: dict[str, Any], timeout: float | None,
+               on_start: Callable[[int], object] | None) -> tuple[HostResult, bool]:
+        """Send the job and wait for the answer; (result, whether the host may be reused)."""
+        job_id = str(job["job_id"])
         try:
             host.wait_ready()
             host.conn.send_bytes(json.dumps({"type": "job", "job": job}).encode())
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-                try:
-                    ready = host.conn.poll(wait)
-                except (OSError, ValueError):  # closed under us by cancel()
-                    ready = False
-                if ready:
-                    try:
-                        msg = json.loads(host.conn.recv_bytes())
-                    except (EOFError, OSError):
-                        return self._dead_host_result(host, job_id)
-                    replace = False
-                    return HostResult(job_id, str(msg.get("status")), msg, host.pid)
-                if host.killed_reason is not None or not host.alive():
-                    return self._dead_host_result(host, job_id)
-                if deadline is not None and time.monotonic() >= deadline:
-                    host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
-                    host.kill(self._grace)
-                    return self._dead_host_result(host, job_id)
         except CasparianError as exc:
             return HostResult(job_id, "FAILED", {"error": {
                 "ename": type(exc).__name__, "evalue": str(exc), "traceback": "",
-                "kind": "transient"}}, host.pid)
-        finally:
-            self._release(host, replace=replace)
+                "kind": "transient"}}, host.pid), False
+        except (OSError, ValueError):  # host died (or was cancelled) before the job reached it
+            return self._dead_host_result(host, job_id), False
+        if on_start is not None:
+            on_start(host.pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
+            try:
+                ready = host.conn.poll(wait)
+            except (OSError, ValueError):
+                ready = False
+            if ready:
+                try:
+                    msg = json.loads(host.conn.recv_bytes())
+                except (EOFError, OSError, ValueError):
+                    return self._dead_host_result(host, job_id), False
+                status = str(msg.get("status"))
+                return HostResult(job_id, status, msg, host.pid), True
+            if host.killed_reason is not None or not host.alive():
+                return self._dead_host_result(host, job_id), False
+            if deadline is not None and time.monotonic() >= deadline:
+                host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
+                return self._dead_host_result(host, job_id), False
 
     def _dead_host_result(self, host: PluginHostProcess, job_id: str) -> HostResult:
         if host.killed_reason is None:
             try:
                 code = host.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                host.kill(0.0)
+            except subprocess.TimeoutExpired:  # EOF but still running: treat as a hang-up
+                host.terminate(0.0)
                 code = host.proc.returncode
-            return HostResult(job_id, "FAILED", {"error": {
-                "ename": "PluginHostCrashed",
-                "evalue": f"plugin host exited with code {code} while running the job "
-                          f"(see {host.log_path})",
-                "traceback": "", "kind": "permanent"}}, host.pid)
-        host.kill(self._grace)
-        status = "ABORTED"
-        return HostResult(job_id, status, {"reason": host.killed_reason,
-                                           "timeout": host.killed_reason.startswith("timeout")},
+            if host.killed_reason is None:
+                return HostResult(job_id, "FAILED", {"error": {
+                    "ename": "PluginHostCrashed",
+                    "evalue": f"plugin host exited with {_describe_exit(code)} while running "
+                              f"the job (see {host.log_path})",
+                    "traceback": "", "kind": "permanent"}}, host.pid)
+        host.terminate(self._grace)
+        reason = host.killed_reason or "aborted"
+        return HostResult(job_id, "ABORTED", {"reason": reason,
+                                              "timeout": reason.startswith("timeout")},
                           host.pid)
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
         """Kill the host running ``job_id``; its ``run`` call returns ABORTED. Returns
-        whether the job was running here."""
+        whether the job was running here. When this returns True the host is gone."""
         with self._lock:
             host = self._busy.get(str(job_id))
-        if host is None:
-            return False
-        host.killed_reason = reason
-        host.kill(self._grace)
+            if host is None:
+                return False
+            if host.killed_reason is None:
+                host.killed_reason = reason
+        host.terminate(self._grace)
         return True
 
     def running(self) -> dict[str, int]:
@@ -255,19 +329,41 @@ class HostPool:
             return {jid: h.pid for jid, h in self._busy.items()}
 
     def close(self) -> None:
+        """Stop every host: idle ones are asked to exit, busy ones are killed (their ``run``
+        calls return ABORTED with reason "shutdown")."""
         with self._lock:
             self._closed = True
             idle, busy = list(self._idle), list(self._busy.values())
             self._idle.clear()
+            for host in busy:
+                host.killed_reason = host.killed_reason or "shutdown"
             self._lock.notify_all()
-        for host in busy:
-            host.killed_reason = host.killed_reason or "shutdown"
-            host.kill(self._grace)
         for host in idle:
-            host.close()
+            if host.ready:
+                host.request_exit()
+            else:  # still importing (or never asked): it cannot read the request yet
+                host.terminate(0.0)
+        for host in busy:
+            host.terminate(self._grace)
+        deadline = time.monotonic() + 2.0
+        for host in idle:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                host.proc.wait(max(0.0, deadline - time.monotonic()))
+            host.kill(0.05)
 
     def __enter__(self) -> HostPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"

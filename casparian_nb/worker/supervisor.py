@@ -9,6 +9,7 @@ is gone, so it never outlives its home's sentinel.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -28,6 +29,7 @@ from ..client import ConnectionInfo, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, ProtocolError, SentinelError
 from ..protocol import Codec, Message
+from ..sentinel._proc import pid_alive
 from .pool import HostPool, HostResult
 
 __all__ = ["Worker", "run_worker"]
@@ -53,6 +55,12 @@ class Worker:
         self._running: dict[str, dict[str, Any]] = {}
         self._trusted: dict[str, str] = {}
         self.pool: HostPool | None = None
+        # An Abort that arrives before the job reached a host (between Dispatch and the pool
+        # taking a host) is parked here; the job thread honours it as soon as it can.
+        self._abort_lock = threading.Lock()
+        self._pending_aborts: dict[str, str] = {}
+        self._id_prefix = f"{os.getpid():x}-"
+        self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -84,6 +92,9 @@ class Worker:
             return 0
         finally:
             self._shutdown(executor)
+            # Give the last receipts and the Goodbye a moment to leave (not forever: the
+            # sentinel may be gone), then drop everything else.
+            self.sock.close(linger=500 if pid_alive(self.info.pid) else 0)
             ctx.destroy(linger=0)
 
     def _await_welcome(self, timeout: float = 10.0) -> bool:
@@ -125,7 +136,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + interval
-                if not _pid_alive(self.info.pid):
+                if not pid_alive(self.info.pid):
                     log.warning("sentinel pid %d is gone; worker exits", self.info.pid)
                     return
                 self._send("Heartbeat", {"worker_id": self.worker_id,
@@ -134,7 +145,8 @@ class Worker:
 
     # -- messages ------------------------------------------------------------------------
     def _send(self, type_: str, payload: dict[str, Any]) -> None:
-        self.sock.send_multipart(self.codec.encode(type_, payload))
+        self.sock.send_multipart(self.codec.encode(type_, payload,
+                                                   msg_id=f"{self._id_prefix}{next(self._ids):x}"))
 
     def _recv(self, flags: int = 0) -> Message | None:
         try:
@@ -151,10 +163,7 @@ class Worker:
         if msg.type == "Dispatch":
             self._on_dispatch(msg.payload["job"], executor)
         elif msg.type == "Abort":
-            job_id = str(msg.payload["job_id"])
-            assert self.pool is not None
-            if not self.pool.cancel(job_id, str(msg.payload.get("reason") or "cancelled")):
-                log.info("abort for job %s which is not running here", job_id)
+            self._on_abort(str(msg.payload["job_id"]), str(msg.payload.get("reason") or "cancelled"))
         elif msg.type == "Shutdown":
             self._stop.set()
         elif msg.type == "Refused":
@@ -183,6 +192,22 @@ class Worker:
         self._running[job_id] = job
         executor.submit(self._run_job, job)
 
+    def _on_abort(self, job_id: str, reason: str) -> None:
+        assert self.pool is not None
+        with self._abort_lock:
+            # Under the lock: either the job thread has its host (cancel kills it) or it has
+            # not asked for one yet (it will find the parked abort first).
+            if self.pool.cancel(job_id, reason):
+                return
+            if job_id in self._running:
+                self._pending_aborts[job_id] = reason
+                return
+        log.info("abort for job %s which is not running here", job_id)
+
+    def _take_abort(self, job_id: str) -> str | None:
+        with self._abort_lock:
+            return self._pending_aborts.pop(job_id, None)
+
     def _check_trust(self, job: dict[str, Any]) -> None:
         """The worker runs code, so it enforces the trust policy itself (F13)."""
         key = str(job.get("plugin_source_hash") or "")
@@ -194,14 +219,36 @@ class Worker:
             raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
 
     def _run_job(self, job: dict[str, Any]) -> None:
+        """Job thread: run one job on a host; always hand back exactly one result."""
         assert self.pool is not None
+        job_id = str(job["job_id"])
         timeout = job.get("timeout_s")
 
         def started(pid: int) -> None:
-            self._results.put((job, HostResult(str(job["job_id"]), "STARTED", {}, pid)))
+            reason = self._take_abort(job_id)
+            if reason is not None:  # aborted while waiting for a host: kill it right away
+                assert self.pool is not None
+                self.pool.cancel(job_id, reason)
+            self._results.put((job, HostResult(job_id, "STARTED", {}, pid)))
             self._wake()
 
-        res = self.pool.run(job, timeout=float(timeout) if timeout else None, on_start=started)
+        try:
+            reason = self._take_abort(job_id)
+            if reason is not None:
+                res = HostResult(job_id, "ABORTED", {"reason": reason,
+                                                     "timeout": reason.startswith("timeout")})
+            else:
+                res = self.pool.run(job, timeout=float(timeout) if timeout else None,
+                                    on_start=started)
+        except Exception as exc:  # the pool closed under us (shutdown), or a bug
+            closing = self._stop.is_set()
+            log.log(logging.INFO if closing else logging.ERROR, "job %s: %s", job_id, exc,
+                    exc_info=not closing)
+            res = HostResult(job_id, "ABORTED", {"reason": "shutdown", "timeout": False}) \
+                if closing else HostResult(job_id, "FAILED", {"error": {
+                    "ename": type(exc).__name__, "evalue": str(exc), "traceback": "",
+                    "kind": "transient"}})
+        self._take_abort(job_id)
         self._results.put((job, res))
         self._wake()
 
@@ -215,15 +262,21 @@ class Worker:
         sock.send(b"", zmq.NOBLOCK)
 
     def _send_results(self) -> None:
+        items: list[tuple[dict[str, Any], HostResult]] = []
         while True:
             try:
-                job, res = self._results.get_nowait()
+                items.append(self._results.get_nowait())
             except queue.Empty:
-                return
+                break
+        # A job that started and finished since we last looked needs no JobStarted: its
+        # receipt says it all (fast jobs: one message instead of two).
+        finished = {str(job["job_id"]) for job, res in items if res.status != "STARTED"}
+        for job, res in items:
             job_id = str(job["job_id"])
             if res.status == "STARTED":
-                self._send("JobStarted", {"worker_id": self.worker_id, "job_id": job_id,
-                                          "host_pid": res.host_pid or 0})
+                if job_id not in finished:
+                    self._send("JobStarted", {"worker_id": self.worker_id, "job_id": job_id,
+                                              "host_pid": res.host_pid or 0})
                 continue
             self._running.pop(job_id, None)
             payload = {**res.data, "job_id": job_id, "attempt": job.get("attempt", 0),
@@ -238,19 +291,14 @@ class Worker:
         executor.shutdown(wait=True, cancel_futures=True)
         try:
             self._send_results()
+            for job_id, job in list(self._running.items()):  # never reached a job thread
+                self._running.pop(job_id, None)
+                self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
+                                       "status": "ABORTED", "reason": "shutdown",
+                                       "worker_id": self.worker_id})
             self._send("Goodbye", {"worker_id": self.worker_id})
         except zmq.ZMQError:
             pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str | None = None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURE_PLUGIN, make_inputs, wait_until
+from tests.conftest import FIXTURE_PLUGIN, make_inputs, wait_until
 
 from casparian_nb import cli
 from casparian_nb.client import ControlClient

@@ -113,22 +113,35 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     with StateReader.open(settings.state_db) as reader:
         jobs = reader.list_jobs(submission_id=reply["submission_id"], limit=100_000)
     done = [j for j in jobs if j["status"] == "COMPLETED"]
+    skipped = [j for j in jobs if j["status"] == "SKIPPED"]
     bad = [j for j in jobs if j["status"] not in ("COMPLETED", "SKIPPED")]
     rows = sum(int(j.get("rows") or 0) for j in done)
     quarantined = sum(int(j.get("quarantine_rows") or 0) for j in done)
     tapes = sorted(settings.tapes_dir.glob("sentinel-*.tape"), key=lambda p: p.stat().st_mtime)
     print(f"\n{len(done)} of {len(jobs)} jobs completed in {time.perf_counter() - started:.1f}s: "
-          f"{rows:,} rows, {quarantined:,} quarantined")
+          f"{rows:,} rows, {quarantined:,} quarantined"
+          + (f"; {len(skipped)} skipped (already materialized — use --force to re-run)"
+             if skipped else ""))
     for j in bad:
         print(f"  {j['status']} {Path(j['input_file']).name}: {j.get('error_message')}")
     print(f"  outputs: {settings.output_dir}  (orders_*.parquet, orders_quarantine_*.parquet)")
     if tapes:
         print(f"  sentinel tape: {tapes[-1]}")
-    print(f"\nQuery the outputs with DuckDB, e.g.:\n  python -c \"import duckdb; print(duckdb.sql("
-          f"\\\"select customer, count(*), sum(amount) from '{settings.output_dir}/orders_*.parquet' "
-          f"group by 1\\\"))\"")
+    _print_demo_query(settings.output_dir)
     args._tape_response = {"jobs": len(jobs), "completed": len(done), "rows": rows}
     return 0 if not bad else 1
+
+
+def _print_demo_query(output_dir: Path) -> None:
+    """Show the outputs are queryable: DuckDB over every promoted Parquet file, lineage included."""
+    import duckdb
+
+    files = f"{output_dir}/orders_[0-9a-f]*.parquet"
+    sql = (f"SELECT customer, count(*) AS orders, round(sum(amount), 2) AS total, "
+           f"count(DISTINCT _cf_source_hash) AS source_files FROM read_parquet('{files}') "
+           f"GROUP BY customer ORDER BY customer")
+    print(f"\nDuckDB over the outputs:\n  {sql}")
+    print(duckdb.sql(sql))
 
 
 # -- parser ---------------------------------------------------------------------------------

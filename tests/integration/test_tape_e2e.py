@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import FIXTURE_PLUGIN, make_inputs, wait_until
 
 from casparian_nb import cli
 from casparian_nb.client import ControlClient
 from casparian_nb.config import Settings
 from casparian_nb.store import StateReader
 from casparian_nb.tape import explain_tape, read_tape, validate_tape
+from tests.conftest import FIXTURE_PLUGIN, make_inputs, wait_until
 
 TERMINAL = {"COMPLETED", "FAILED", "ABORTED", "SKIPPED"}
 MAX_RETRIES = 2

@@ -1,0 +1,157 @@
+"""The controller's event thread: the sentinel's events into the session tape and the widgets.
+
+One daemon thread owns the SUB socket (zmq sockets are not thread-safe). For every batch it
+
+1. appends each event to the session tape as a ``domain_event``, linked to the user command
+   that caused it (``correlation_id`` of the ``Submit``/``Cancel``, ``parent_id`` of the
+   previous event of the same job), so one session tape tells the whole story;
+2. records which jobs reached a final state (what ``ctl.wait()`` waits on) and wakes waiters;
+3. hands the batch to each subscriber (queue widgets), which only buffer it — widget state is
+   changed on the kernel's thread, never here (see :mod:`._scheduling`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..client import ConnectionInfo, EventSubscriber
+from ..tape import TapeWriter
+
+__all__ = ["EventPump", "is_final"]
+
+log = logging.getLogger("casparian_nb.notebook")
+
+#: ``(event name, data, publish time)``, what subscribers receive.
+Event = tuple[str, Mapping[str, Any], float | None]
+Subscriber = Callable[[list[Event]], None]
+_FINAL = {"JobCompleted", "JobAborted", "JobSkipped"}
+
+
+def is_final(name: str, data: Mapping[str, Any]) -> bool:
+    """Whether this event ends its job (a failure that will be retried does not)."""
+    return name in _FINAL or (name == "JobFailed" and data.get("will_retry") is not True)
+
+
+class EventPump:
+    """Subscribe to a sentinel's events on a background thread until :meth:`stop`."""
+
+    def __init__(self, info: ConnectionInfo, tape: TapeWriter | None) -> None:
+        self.info = info
+        self.tape = tape
+        #: Events relayed so far (all kinds).
+        self.received = 0
+        #: Set whenever a job reaches a final state; ``wait()`` sleeps on it.
+        self.changed = threading.Event()
+        self._finished: dict[int, str] = {}
+        self._links: dict[str, tuple[str, str]] = {}  # job id -> (correlation id, last event)
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="casparian-events", daemon=True)
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start the thread; returns once its socket is connected."""
+        self._thread.start()
+        self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close its socket (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- subscribers and links (any thread) --------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Deliver every later batch to ``callback`` (on this pump's thread)."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def link(self, job_ids: Iterable[Any], correlation_id: str, parent_id: str) -> None:
+        """Tie the tape events of these jobs to the command that created or cancelled them."""
+        with self._lock:
+            for jid in job_ids:
+                self._links[str(jid)] = (correlation_id, parent_id)
+
+    def finished(self) -> dict[int, str]:
+        """A copy of ``{job id: final status}`` for every final event seen."""
+        with self._lock:
+            return dict(self._finished)
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            sub = EventSubscriber(self.info)
+        except Exception:
+            log.exception("cannot subscribe to the sentinel's events")
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                try:
+                    messages = sub.poll(0.2)
+                except Exception:  # the context went away at interpreter exit
+                    if self._stop.is_set():
+                        break
+                    log.exception("event subscriber failed; retrying")
+                    self._stop.wait(0.5)
+                    continue
+                if messages:
+                    self._handle([(m.payload.get("name", ""), m.payload.get("data") or {}, m.ts)
+                                  for m in messages])
+        finally:
+            sub.close()
+
+    def _handle(self, batch: list[Event]) -> None:
+        any_final = False
+        with self._lock:
+            for name, data, _ in batch:
+                self._relay(name, data)
+                if is_final(name, data) and data.get("job_id") is not None:
+                    try:
+                        self._finished[int(data["job_id"])] = _final_status(name)
+                    except (TypeError, ValueError):
+                        continue
+                    any_final = True
+            subscribers = list(self._subscribers)
+        self.received += len(batch)
+        if any_final:
+            self.changed.set()
+        for callback in subscribers:
+            try:
+                callback(batch)
+            except Exception:  # one broken widget must not starve the others or the tape
+                log.exception("event subscriber %r failed", callback)
+
+    def _relay(self, name: str, data: Mapping[str, Any]) -> None:
+        if self.tape is None or self.tape.closed or not name:
+            return
+        jid = data.get("job_id")
+        corr, parent = self._links.get(str(jid), (None, None)) if jid is not None else (None, None)
+        try:
+            event_id = self.tape.domain(name, dict(data), correlation_id=corr, parent_id=parent)
+        except Exception:  # a full disk must not stop live updates
+            log.exception("cannot append %s to the session tape", name)
+            return
+        if corr is not None:
+            self._links[str(jid)] = (corr, event_id)
+
+
+def _final_status(name: str) -> str:
+    return {"JobCompleted": "COMPLETED", "JobAborted": "ABORTED", "JobSkipped": "SKIPPED",
+            "JobFailed": "FAILED"}[name]

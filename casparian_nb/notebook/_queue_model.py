@@ -1,0 +1,305 @@
+"""The queue widget's state, with no widget and no I/O: rows, counts, pages.
+
+Rows come from a state-DB snapshot (``load``) and are then kept current by the sentinel's
+events (``apply``). The status shown is only ever what the sentinel published or stored (F10):
+a click marks a row ``aborting`` — a request, not a result — and only ``JobAborted`` (or a DB
+row saying ABORTED) makes it ABORTED.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+__all__ = ["STATUSES", "TERMINAL", "QueueModel", "Row"]
+
+STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "ABORTED", "SKIPPED")
+TERMINAL = frozenset({"COMPLETED", "FAILED", "ABORTED", "SKIPPED"})
+SORT_KEYS = ("id", "status", "plugin", "input", "worker", "rows", "duration")
+_ERROR_WIDTH = 300
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _short(path: Any) -> str:
+    text = "" if path is None else str(path)
+    return text.rsplit("/", 1)[-1]
+
+
+def _one_line(text: Any) -> str | None:
+    if text is None or text == "":
+        return None
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= _ERROR_WIDTH else line[: _ERROR_WIDTH - 1] + "…"
+
+
+class Row:
+    """One job as the table shows it."""
+
+    __slots__ = ("aborting", "cancel_requested", "duration_ms", "end", "error", "id", "input",
+                 "input_file", "plugin", "retries", "rows", "start", "status", "worker")
+
+    def __init__(self, job_id: int) -> None:
+        self.id = job_id
+        self.status = "QUEUED"
+        self.plugin: str | None = None
+        self.input: str = ""
+        self.input_file: str | None = None
+        self.worker: str | None = None
+        self.rows: int | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self.duration_ms: float | None = None
+        self.error: str | None = None
+        self.retries = 0
+        self.cancel_requested = False  # confirmed by the sentinel (CancelRequested / DB)
+        self.aborting = False  # the user clicked cancel here; the sentinel has not answered
+
+    @property
+    def label(self) -> str:
+        """What the status cell says: ``aborting…`` while a cancel is pending."""
+        if self.status not in TERMINAL and (self.aborting or self.cancel_requested):
+            return "aborting…"
+        return self.status
+
+    def duration(self) -> float | None:
+        if self.duration_ms is not None:
+            return self.duration_ms
+        if self.start is not None and self.end is not None:
+            return max(0.0, (self.end - self.start) * 1000)
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form the front-end renders (small: no paths beyond the input name)."""
+        return {"id": self.id, "status": self.status, "label": self.label,
+                "plugin": self.plugin, "input": self.input, "path": self.input_file,
+                "worker": self.worker, "rows": self.rows, "start": self.start,
+                "duration_ms": self.duration(), "error": self.error, "retries": self.retries,
+                "cancellable": self.status in ("QUEUED", "RUNNING") and self.label != "aborting…"}
+
+
+def _sort_value(row: Row, key: str, desc: bool) -> Any:
+    if key == "id":
+        return row.id
+    value: Any = {"status": row.status, "plugin": row.plugin, "input": row.input,
+                  "worker": row.worker, "rows": row.rows, "duration": row.duration()}[key]
+    # Missing values sort last in either direction; the tuple keeps types comparable.
+    present = value is not None
+    return (present if desc else not present, value if present else 0, row.id)
+
+
+class QueueModel:
+    """All jobs the widget knows, their counts per status, and pages over them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Row] = {}
+        self.counts: Counter[str] = Counter()
+        self.workers: set[str] = set()
+        #: A change since the last page was taken (the widget re-pages only then).
+        self.dirty = True
+
+    # -- state changes -----------------------------------------------------------------------
+    def _row(self, job_id: Any) -> Row | None:
+        try:
+            jid = int(job_id)
+        except (TypeError, ValueError):
+            return None
+        row = self.rows.get(jid)
+        if row is None:
+            row = self.rows[jid] = Row(jid)
+            self.counts[row.status] += 1
+        return row
+
+    def _set_status(self, row: Row, status: str) -> None:
+        if row.status != status:
+            self.counts[row.status] -= 1
+            self.counts[status] += 1
+            row.status = status
+        if status in TERMINAL:
+            row.aborting = False
+
+    def load(self, jobs: Iterable[Mapping[str, Any]]) -> None:
+        """Merge job dicts from the state DB (``list_jobs``/``get_job``/``JobInfo``)."""
+        for job in jobs:
+            row = self._row(job.get("id"))
+            if row is None:
+                continue
+            status = str(job.get("status") or "QUEUED").upper()
+            if row.status in TERMINAL and status not in TERMINAL:
+                continue  # an event already told us more than this (older) snapshot
+            self._set_status(row, status)
+            row.plugin = job.get("plugin_name") or row.plugin
+            row.input_file = job.get("input_file") or row.input_file
+            row.input = _short(row.input_file)
+            row.worker = job.get("worker_id") or (None if status == "QUEUED" else row.worker)
+            if job.get("rows") is not None and status != "QUEUED":
+                row.rows = int(job["rows"])
+            row.start = _epoch(job.get("claimed_at")) or _epoch(job.get("started_at"))
+            row.end = _epoch(job.get("ended_at"))
+            row.retries = int(job.get("retry_count") or 0)
+            row.cancel_requested = bool(job.get("cancel_requested_at")
+                                        or job.get("cancel_requested"))
+            row.error = _one_line(job.get("error_message")) if status != "COMPLETED" else None
+        self.dirty = True
+
+    def apply(self, name: str, data: Mapping[str, Any], ts: float | None = None) -> bool:
+        """Apply one sentinel event; returns whether the table changed."""
+        if name == "WorkerJoined":
+            self.workers.add(str(data.get("worker_id")))
+            return False
+        if name in ("WorkerLost", "WorkerLeft"):
+            self.workers.discard(str(data.get("worker_id")))
+            for jid in data.get("requeued_job_ids") or ():
+                row = self._row(jid)
+                if row is not None and row.status not in TERMINAL:
+                    self._set_status(row, "QUEUED")
+                    row.worker, row.start, row.end = None, None, None
+            self.dirty = True
+            return True
+        handler = _HANDLERS.get(name)
+        row = self._row(data.get("job_id")) if handler else None
+        if handler is None or row is None:
+            return False
+        if row.status in TERMINAL and name != "JobSkipped":
+            return False  # terminal is final: a late or replayed event cannot undo it
+        handler(self, row, data, ts)
+        self.dirty = True
+        return True
+
+    def _queued(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._set_status(row, "QUEUED")
+        row.plugin = d.get("plugin_name") or row.plugin
+        if d.get("input_file"):
+            row.input_file = str(d["input_file"])
+            row.input = _short(row.input_file)
+
+    def _dispatched(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._set_status(row, "RUNNING")
+        row.worker = d.get("worker_id") or row.worker
+        row.plugin = d.get("plugin_name") or row.plugin
+        row.start, row.end, row.duration_ms = ts, None, None
+
+    def _started(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._set_status(row, "RUNNING")
+        row.worker = d.get("worker_id") or row.worker
+        if row.start is None:
+            row.start = ts
+
+    def _cancel(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        row.cancel_requested = True
+
+    def _finish(self, row: Row, status: str, d: Mapping[str, Any], ts: float | None) -> None:
+        self._set_status(row, status)
+        row.worker = d.get("worker_id") or row.worker
+        row.end = ts
+        dur = d.get("duration_ms")
+        row.duration_ms = float(dur) if isinstance(dur, int | float) else None
+
+    def _completed(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._finish(row, "COMPLETED", d, ts)
+        row.rows = int(d["rows"]) if isinstance(d.get("rows"), int) else row.rows
+        row.error = None
+
+    def _failed(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        retry = d.get("will_retry") is True
+        self._finish(row, "QUEUED" if retry else "FAILED", d, ts)
+        row.error = _one_line(d.get("error"))
+
+    def _aborted(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._finish(row, "ABORTED", d, ts)
+        row.error = _one_line(d.get("reason"))
+
+    def _retried(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._set_status(row, "QUEUED")
+        row.worker, row.start, row.end, row.duration_ms = None, None, None, None
+        row.cancel_requested = False
+        row.retries = int(d.get("retry_count") or row.retries + 1)
+        row.error = _one_line(d.get("error"))
+
+    def _skipped(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        self._set_status(row, "SKIPPED")
+        if d.get("input_file"):
+            row.input_file = str(d["input_file"])
+            row.input = _short(row.input_file)
+        row.error = _one_line(d.get("reason"))
+
+    # -- user actions (pending until the sentinel answers) ----------------------------------
+    def mark_aborting(self, job_ids: Iterable[int], on: bool = True) -> list[int]:
+        """Set or clear the pending-cancel mark on non-terminal rows; returns those changed."""
+        changed = []
+        for jid in job_ids:
+            row = self.rows.get(int(jid))
+            if row is not None and row.status not in TERMINAL and row.aborting != on:
+                row.aborting = on
+                changed.append(row.id)
+        if changed:
+            self.dirty = True
+        return changed
+
+    def ids_with_status(self, status: str) -> list[int]:
+        return [r.id for r in self.rows.values() if r.status == status]
+
+    def active_ids(self) -> list[int]:
+        """Jobs not finished yet (what a reconcile with the state DB re-reads)."""
+        return [r.id for r in self.rows.values() if r.status not in TERMINAL]
+
+    # -- reading -----------------------------------------------------------------------------
+    def count_dict(self) -> dict[str, int]:
+        out = {s: max(0, self.counts.get(s, 0)) for s in STATUSES}
+        out["aborting"] = sum(1 for r in self.rows.values()
+                              if r.status not in TERMINAL and (r.aborting or r.cancel_requested))
+        out["total"] = len(self.rows)
+        return out
+
+    def page(self, *, status: str = "", sort: str = "id", desc: bool = True, offset: int = 0,
+             limit: int = 50) -> tuple[int, int, list[dict[str, Any]]]:
+        """``(rows matching, effective offset, the page's row dicts)`` for one view.
+
+        An offset past the end (the filter shrank the table) moves to the last page.
+        """
+        self.dirty = False
+        key = sort if sort in SORT_KEYS else "id"
+        limit = max(1, limit)
+        if status == "ABORTING":
+            pool: Iterable[Row] = [r for r in self.rows.values() if r.label == "aborting…"]
+        elif status:
+            pool = [r for r in self.rows.values() if r.status == status]
+        else:
+            pool = self.rows.values()
+        total = len(pool) if isinstance(pool, list) else len(self.rows)
+        offset = max(0, min(offset, (total - 1) // limit * limit if total else 0))
+        want = offset + limit
+
+        def sort_key(r: Row) -> Any:
+            return _sort_value(r, key, desc)
+
+        # A heap selection costs O(n log k): the first pages of 10,000 jobs stay cheap.
+        pick = heapq.nlargest if desc else heapq.nsmallest
+        top = pick(want, pool, key=sort_key) if want < total else sorted(
+            pool, key=sort_key, reverse=desc)
+        return total, offset, [r.to_json() for r in top[offset:want]]
+
+
+_HANDLERS = {
+    "JobQueued": QueueModel._queued,
+    "JobDispatched": QueueModel._dispatched,
+    "JobStarted": QueueModel._started,
+    "CancelRequested": QueueModel._cancel,
+    "JobCompleted": QueueModel._completed,
+    "JobFailed": QueueModel._failed,
+    "JobAborted": QueueModel._aborted,
+    "JobRetried": QueueModel._retried,
+    "JobSkipped": QueueModel._skipped,
+}

@@ -1,0 +1,92 @@
+"""``ctl.wait()``: block until jobs finish — bounded, interruptible, never a busy loop.
+
+Final states come from two places: the event thread records every final event it relays, and
+every ``check_every`` seconds the state DB (read-only) is asked which of the pending jobs are
+still QUEUED or RUNNING. The DB check catches what events cannot: jobs that finished before
+the subscription, and events a slow subscriber lost. Between checks the loop sleeps on the
+event thread's "a job finished" flag, and pumps the open queue widgets (the kernel's loop is
+blocked by this cell, so they would otherwise freeze).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._models import TERMINAL, WaitInterrupted, WaitResult, WaitTimeoutError
+
+if TYPE_CHECKING:
+    from .controller import Controller
+
+__all__ = ["wait_for"]
+
+
+def _db_statuses(ctl: Controller, pending: set[int]) -> dict[int, str]:
+    """Final statuses, from the state DB, of the pending jobs that have one."""
+    found = ctl._rows.statuses(pending)
+    out = {j: s for j, s in found.items() if s in TERMINAL}
+    for jid in pending - set(found):
+        out[jid] = "UNKNOWN"  # not in the DB at all: waiting for it would never end
+    return out
+
+
+def _hint(pending: list[int]) -> str:
+    shown = ", ".join(map(str, pending[:5])) + (", ..." if len(pending) > 5 else "")
+    return (f"stopped waiting; {len(pending)} job(s) still queued or running ({shown}) and "
+            "they keep running. Cancel them with ctl.cancel(job_id) or "
+            "ctl.cancel_all_queued(), or wait with cancel_on_interrupt=True")
+
+
+def wait_for(ctl: Controller, ids: list[int], timeout: float | None,
+             cancel_on_interrupt: bool, poll: float = 0.25,
+             check_every: float = 1.0) -> WaitResult:
+    """The body of :meth:`Controller.wait`."""
+    done: dict[int, str] = {}
+    pending = set(ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_check = 0.0  # check the DB at once: jobs may have finished already
+    try:
+        while pending:
+            finished = ctl.events.finished()
+            for jid in [j for j in pending if j in finished]:
+                done[jid] = finished[jid]
+                pending.discard(jid)
+            now = time.monotonic()
+            if pending and now >= next_check:
+                for jid, status in _db_statuses(ctl, pending).items():
+                    done[jid] = status
+                    pending.discard(jid)
+                next_check = now + check_every
+            ctl._pump_widgets()
+            if not pending:
+                break
+            if deadline is not None and now >= deadline:
+                left = sorted(pending)
+                raise WaitTimeoutError(
+                    f"{len(left)} of {len(ids)} job(s) not finished after {timeout:g}s "
+                    f"(e.g. {left[:5]}); they keep running — ctl.wait() again or ctl.cancel()",
+                    left)
+            ctl.events.changed.wait(poll)
+            ctl.events.changed.clear()
+    except KeyboardInterrupt:
+        left = sorted(pending)
+        if cancel_on_interrupt and left:
+            _cancel(ctl, left)
+            raise WaitInterrupted(f"stopped waiting and requested cancellation of {len(left)} "
+                                  "job(s); running ones show ABORTED once their workers "
+                                  "confirm (see ctl.queue() or ctl.jobs())", left) from None
+        raise WaitInterrupted(_hint(left), left) from None
+    ctl._pump_widgets(final=True)
+    return WaitResult({j: done[j] for j in ids if j in done})
+
+
+def _cancel(ctl: Controller, ids: list[int]) -> Any:
+    try:
+        with ctl.session.command("Cancel", {"job_ids": ids}) as r:
+            reply = ctl.client.cancel_jobs(ids)
+            r.update(count=len(reply.get("results") or {}))
+        return reply
+    except Exception as exc:  # report, but the interrupt is what the user asked for
+        print(f"casparian: cancelling after the interrupt failed: {exc}", file=sys.stderr)
+        return None

@@ -1,0 +1,276 @@
+"""The live job-queue widget: one table for every job, with cancel buttons.
+
+>>> w = ctl.queue()                                                 # doctest: +SKIP
+
+The widget is a thin model over a :class:`QueueSource` (the controller): a state-DB snapshot
+at start, then the sentinel's events. Events arrive on the controller's event thread, which
+only appends them to a deque; the widget applies them and syncs the page on its own thread
+(the kernel's main thread, see :mod:`._scheduling`) at most ``1 / interval`` times a second,
+inside ``hold_sync()`` so one flush is one comm message. Only the visible page (``limit`` rows)
+and the counts cross the wire, and only when they changed.
+
+Front-end → kernel messages (``model.send`` in ``static/queue.js``)::
+
+    {"type": "view", "status": "FAILED", "sort": "duration", "desc": true, "offset": 0, "limit": 25}
+    {"type": "cancel", "job_id": 42}
+    {"type": "cancel_all_queued"}
+    {"type": "refresh"}
+
+A cancel click marks the row ``aborting…`` at once; the row becomes ABORTED only when the
+sentinel says so (``JobAborted`` or the state DB): the widget never shows what the sentinel has
+not confirmed (F10). A refused cancel clears the mark and shows the sentinel's reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import anywidget
+import traitlets
+
+from ._queue_model import STATUSES, QueueModel
+from ._scheduling import Scheduler, default_scheduler
+
+__all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
+
+_STATIC = Path(__file__).parent / "static"
+#: ``(event name, data, publish time)`` as the sentinel sent it.
+QueueEvent = tuple[str, Mapping[str, Any], float | None]
+
+
+class QueueSource(Protocol):
+    """What the widget needs from a controller."""
+
+    def cancel(self, job_id: int) -> Mapping[str, Any]:
+        """Ask the sentinel to cancel one job; its ``CancelResult`` reply."""
+
+    def cancel_all_queued(self) -> Mapping[str, Any]:
+        """Ask the sentinel to cancel every queued job."""
+
+    def job_snapshot(self, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Job dicts from the state DB: the newest jobs (``ids`` None) or those ids."""
+
+    def subscribe(self, callback: Callable[[list[QueueEvent]], None]) -> Callable[[], None]:
+        """Call ``callback`` with each batch of events (any thread); returns unsubscribe."""
+
+
+class QueueWidget(anywidget.AnyWidget):
+    """One table for the whole queue: counts, filter, sort, pages, cancel buttons."""
+
+    _esm = _STATIC / "queue.js"
+    _css = _STATIC / "queue.css"
+
+    rows = traitlets.List(traitlets.Dict()).tag(sync=True)
+    counts = traitlets.Dict().tag(sync=True)
+    total = traitlets.Int(0).tag(sync=True)
+    view = traitlets.Dict().tag(sync=True)
+    message = traitlets.Unicode("").tag(sync=True)
+    workers = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, source: QueueSource, *, limit: int = 25, interval: float = 0.1,
+                 reconcile_every: float = 3.0, scheduler: Scheduler | None = None,
+                 clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+        self._source = source
+        self._model = QueueModel()
+        self._scheduler = scheduler or default_scheduler()
+        self._clock = clock
+        self._thread = threading.current_thread()  # the one thread that touches traits
+        #: Minimum seconds between two flushes (0.1 → at most 10 updates per second).
+        self.interval = interval
+        self.reconcile_every = reconcile_every
+        #: Flushes that sent something, for tests and benchmarks.
+        self.flushes = 0
+        self._inbox: deque[QueueEvent] = deque()
+        self._wake_pending = False
+        self._flush_scheduled = False
+        self._last_flush = -1e9
+        self._last_reconcile = clock()
+        self._closed = False
+        # Subscribe before the snapshot: an event published in between is applied after it,
+        # and a stale snapshot row can never undo a terminal event (see QueueModel.load).
+        self._unsubscribe = source.subscribe(self._on_events)
+        self._model.load(source.job_snapshot())
+        view = {"status": "", "sort": "id", "desc": True, "offset": 0, "limit": limit}
+        total, _, page = self._model.page(limit=limit)
+        # The first page travels with comm_open: no update message just to fill the table.
+        super().__init__(rows=page, counts=self._model.count_dict(), total=total, view=view,
+                         workers=len(self._model.workers), **kwargs)
+        self.on_msg(self._on_frontend_msg)
+        if self._inbox:
+            self._schedule_flush()
+        if reconcile_every > 0:
+            self._scheduler.call_later(reconcile_every, self._reconcile_tick)
+
+    # -- events in (any thread) --------------------------------------------------------------
+    def _on_events(self, events: list[QueueEvent]) -> None:
+        if self._closed:
+            return
+        self._inbox.extend(events)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._scheduler.call_soon_threadsafe(self._schedule_flush)
+
+    # -- widget thread -----------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        self._wake_pending = False
+        if self._flush_scheduled or self._closed:
+            return
+        self._flush_scheduled = True
+        # A short first delay lets a burst collapse into one flush even after a quiet spell.
+        delay = max(0.02, self._last_flush + self.interval - self._clock())
+        self._scheduler.call_later(delay, self._flush)
+
+    def _flush(self, force: bool = False) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        while self._inbox:
+            name, data, ts = self._inbox.popleft()
+            self._model.apply(name, data, ts)
+        if not (force or self._model.dirty):
+            return
+        v = self.view
+        total, offset, page = self._model.page(status=v["status"], sort=v["sort"],
+                                               desc=v["desc"], offset=v["offset"],
+                                               limit=v["limit"])
+        counts = self._model.count_dict()
+        view = v if offset == v["offset"] else {**v, "offset": offset}
+        sent = False
+        with self.hold_sync():
+            for name, value in (("rows", page), ("counts", counts), ("total", total),
+                                ("workers", len(self._model.workers)), ("view", view)):
+                if getattr(self, name) != value:
+                    setattr(self, name, value)
+                    sent = True
+        self._last_flush = self._clock()
+        self.flushes += sent
+        if self._inbox:  # arrived while we worked: next flush, still rate-limited
+            self._schedule_flush()
+
+    def pump(self) -> None:
+        """Flush pending events now if one is due (called by ``ctl.wait()`` between polls,
+        when the kernel's loop cannot run); a no-op off the widget thread."""
+        if threading.current_thread() is not self._thread or self._closed:
+            return
+        if self._clock() - self._last_reconcile >= self.reconcile_every > 0:
+            self.reconcile()
+        if self._inbox and self._clock() >= self._last_flush + self.interval:
+            self._flush()
+
+    def flush(self) -> None:
+        """Apply every pending event and sync now (ignores the rate limit)."""
+        self._flush(force=True)
+
+    def sync(self) -> None:
+        """Catch up completely now: pending events, then the unfinished jobs re-read from the
+        state DB (``ctl.wait()`` ends with this, so the table agrees with what it returned
+        even if the last events are still on their way)."""
+        if threading.current_thread() is not self._thread or self._closed:
+            return
+        self._flush()
+        self.reconcile()
+        self._flush(force=True)
+
+    def reconcile(self) -> None:
+        """Re-read the unfinished jobs from the state DB (covers events a slow subscriber
+        missed: PUB/SUB drops messages when a subscriber falls behind)."""
+        self._last_reconcile = self._clock()
+        active = self._model.active_ids()
+        if active:
+            self._model.load(self._source.job_snapshot(active))
+            self._flush()
+
+    def _reconcile_tick(self) -> None:
+        if self._closed:
+            return
+        if self._clock() - self._last_reconcile >= self.reconcile_every * 0.9:
+            self.reconcile()
+        self._scheduler.call_later(self.reconcile_every, self._reconcile_tick)
+
+    # -- front-end messages (widget thread) --------------------------------------------------
+    def _on_frontend_msg(self, _widget: Any, content: Any, buffers: Sequence[bytes]) -> None:
+        if not isinstance(content, dict):
+            return
+        kind = content.get("type")
+        if kind == "view":
+            self._set_view(content)
+        elif kind == "cancel":
+            self.cancel(content.get("job_id"))
+        elif kind == "cancel_all_queued":
+            self.cancel_all_queued()
+        elif kind == "refresh":
+            self._model.load(self._source.job_snapshot())
+            self._flush(force=True)
+
+    def _set_view(self, change: Mapping[str, Any]) -> None:
+        view = dict(self.view)
+        status = str(change.get("status", view["status"]) or "").upper()
+        view["status"] = status if status in (*STATUSES, "ABORTING") else ""
+        view["sort"] = str(change.get("sort", view["sort"]))
+        view["desc"] = bool(change.get("desc", view["desc"]))
+        view["limit"] = max(5, min(500, _int(change.get("limit"), view["limit"])))
+        view["offset"] = max(0, _int(change.get("offset"), view["offset"]))
+        if view != self.view:
+            self.view = view
+            self._flush(force=True)
+
+    def cancel(self, job_id: Any) -> None:
+        """What a row's cancel button does: mark it ``aborting…``, ask the sentinel."""
+        jid = _int(job_id, -1)
+        if jid < 0:
+            return
+        self._model.mark_aborting([jid])
+        self._flush(force=True)  # the click shows at once, before the round trip
+        self._after_cancel([jid], lambda: self._source.cancel(jid), f"job {jid}")
+
+    def cancel_all_queued(self) -> None:
+        """What "cancel all queued" does: every QUEUED row ``aborting…`` until confirmed."""
+        ids = self._model.ids_with_status("QUEUED")
+        self._model.mark_aborting(ids)
+        self._flush(force=True)
+        self._after_cancel(ids, self._source.cancel_all_queued, "queued jobs")
+
+    def _after_cancel(self, ids: list[int], call: Callable[[], Mapping[str, Any]],
+                      what: str) -> None:
+        try:
+            reply = call()
+        except Exception as exc:
+            self._model.mark_aborting(ids, on=False)
+            self.message = f"cancel {what} failed: {exc}"
+        else:
+            if reply.get("success") is False:
+                self._model.mark_aborting(ids, on=False)
+                self.message = f"cancel {what}: {reply.get('message') or reply.get('state')}"
+            else:
+                self.message = ""
+        self._flush(force=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop listening to events and close the widget's comm."""
+        if not self._closed:
+            self._closed = True
+            self._unsubscribe()
+        super().close()
+
+    def summary(self) -> str:
+        """``"12 jobs: queued 3, running 2, completed 7"`` (the counts right now)."""
+        c = self._model.count_dict()
+        parts = ", ".join(f"{k.lower()} {c[k]}" for k in STATUSES if c.get(k))
+        return f"{c['total']} jobs" + (f": {parts}" if parts else "")
+
+    def __repr__(self) -> str:
+        # Constant on purpose: nbval compares a widget's text/plain, and counts change.
+        return "<QueueWidget: live job queue>"
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

@@ -27,6 +27,7 @@ lint: install-test
 
 # Every test: unit, integration (real processes), notebooks, browser, hardening (reduced trials).
 test: install-test
+	bash scripts/test-deps.sh
 	$(BIN)/ruff check casparian_nb tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests

@@ -1,17 +1,28 @@
-"""Tape benchmark: writer throughput, and ``tape explain --format json`` against DuckDB.
+"""Tape benchmark: writer throughput, ``tape explain --format json`` against DuckDB, and the
+overhead the sentinel's tape adds to dispatching jobs.
 
 1. Generate a realistic tape of ``--events`` events (default 1,000,000; ~100,000 jobs)
-   with :class:`TapeWriter` (redaction on) and report the events/s it sustained.
+   with :class:`TapeWriter` (redaction on) and report the events/s it sustained
+   (``--tape FILE`` reuses a tape instead).
 2. Run ``python -m casparian_nb.tape explain FILE --format json`` as a subprocess, output to
-   /dev/null; wall time and the tool's own peak RSS (``os.wait4`` in a small fresh wrapper,
-   because ``ru_maxrss`` carries over through ``exec`` from whatever forked the tool).
+   /dev/null; wall time, CPU time,
+   the peak RSS of its largest process (``os.wait4`` in a small fresh wrapper, because
+   ``ru_maxrss`` carries over through ``exec`` from whatever forked the tool) and the peak of
+   the whole process tree's summed RSS (sampled every 10 ms; pages shared after ``fork`` count
+   twice, so this is an upper bound).
 3. Run DuckDB ``SELECT count(*) FROM read_json(FILE, format='newline_delimited')`` the same
-   way, in the same run, as the anchor.
+   way, interleaved with the explain runs, as the anchor.
+4. Recording overhead: 2,000 no-op jobs through a ``LocalCluster`` (2 workers, 1 slot each)
+   with the sentinel's tape on and off (setting ``sentinel_tape``), batches interleaved after
+   a warm-up: jobs/s both ways, and the sentinel's CPU per job.
 
 Goals (issue 4): explain <= 3x DuckDB's time, explain peak RSS <= 300 MB, writer >= 100,000
-events/s. A benchmark, not a test: it prints figures and ratios, and exits 0.
+events/s, recording overhead on dispatch <= 10%. The load averages are printed with each
+measurement: other work on the machine moves the figures. A benchmark, not a test: it prints
+figures and ratios, and exits 0.
 
     PYTHONPATH=. .venv/bin/python benchmarks/tape_explain.py [--events N] [--keep FILE]
+        [--tape FILE] [--repeat N] [--skip-writer] [--skip-overhead] [--overhead-jobs N]
 """
 
 from __future__ import annotations
@@ -142,29 +153,162 @@ def writer_only(source: Path, out: Path, limit: int = 200_000) -> float:
 
 
 # ru_maxrss survives exec(): a child forked from this (large) process would report our RSS.
-# A fresh, small interpreter forks and execs the tool instead, and reports its rusage.
+# A fresh, small interpreter forks and execs the tool instead, reports its rusage (the largest
+# process of its tree: wait4 includes the tool's own reaped children) and samples the tree's
+# summed RSS.
 _WRAPPER = """
 import os, sys, time
+import psutil
 t = time.perf_counter()
 pid = os.fork()
 if pid == 0:
     fd = os.open(os.devnull, os.O_WRONLY)
     os.dup2(fd, 1)
     os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
+proc = psutil.Process(pid)
+tree = 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    try:
+        rss = proc.memory_info().rss
+        for c in proc.children(recursive=True):
+            try:
+                rss += c.memory_info().rss
+            except psutil.Error:
+                pass
+        tree = max(tree, rss)
+    except psutil.Error:
+        pass
+    time.sleep(0.01)
 wall = time.perf_counter() - t
-print(f"{wall} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}", file=sys.stderr)
+cpu = usage.ru_utime + usage.ru_stime
+print(f"{wall} {usage.ru_maxrss} {tree} {os.waitstatus_to_exitcode(status)} {cpu}",
+      file=sys.stderr)
 """
 
 
-def run_child(argv: list[str]) -> tuple[float, float, int]:
-    """Run a tool to completion: (wall seconds, its peak RSS in MB, exit status)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+def run_child(argv: list[str], extra_env: dict[str, str] | None = None,
+              ) -> tuple[float, float, float, int, float]:
+    """Run a tool to completion: (wall seconds, peak RSS of its largest process in MB, peak
+    summed RSS of its process tree in MB, exit status, CPU seconds of the tree)."""
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     out = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], env=env, text=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-    wall, rss_kib, status = out.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss_kib) / 1024.0, int(status)  # ru_maxrss is KiB on Linux
+    wall, rss_kib, tree, status, cpu = out.stderr.strip().splitlines()[-1].split()
+    # ru_maxrss is KiB on Linux
+    return float(wall), int(rss_kib) / 1024.0, int(tree) / 2**20, int(status), float(cpu)
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages and the CPU count (other work moves every figure)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+# -- recording overhead ------------------------------------------------------------------------
+NOOP = """name = "noop"
+version = "1.0.0"
+def parse(path, ctx=None):
+    return None
+"""
+
+
+class _Dispatch:
+    """A LocalCluster (2 workers x 1 slot) with the sentinel's tape on or off."""
+
+    def __init__(self, tmp: Path, tape: bool, jobs: int, rounds: int) -> None:
+        from casparian_nb.config import load_settings
+        from casparian_nb.launcher import LocalCluster
+
+        self.label = "tape on" if tape else "tape off"
+        self.settings = load_settings(tmp / f"home-{int(tape)}", sentinel_tape=tape)
+        self.plugin = tmp / "noop.py"
+        self.plugin.write_text(NOOP)
+        self.sink = f"parquet://{tmp / f'out-{int(tape)}'}"
+        self.batches: list[list[str]] = []
+        for b, k in enumerate([50] + [jobs] * rounds):  # fresh files: old ones are skipped
+            d = tmp / f"in-{int(tape)}-{b}"
+            d.mkdir()
+            for i in range(k):
+                (d / f"f{i:05d}.txt").write_bytes(b"batch %d file %d\n" % (b, i))
+            self.batches.append(sorted(str(p) for p in d.iterdir()))
+        self.cluster = LocalCluster(self.settings, workers=2, slots=1)
+        self.rates: list[float] = []
+        self.sentinel_cpu: list[float] = []
+
+    def start(self) -> None:
+        from casparian_nb.client import ControlClient
+
+        self.ctl = ControlClient(self.cluster.start(), timeout=120)
+        self.batch()  # warm-up
+
+    def batch(self) -> None:
+        import psutil
+
+        files = self.batches.pop(0)
+        sentinel = psutil.Process(self.cluster.pids[0])
+        before = self.ctl.queue_stats()["completed"]
+        cpu0 = sum(sentinel.cpu_times()[:2])
+        t = time.perf_counter()
+        reply = self.ctl.submit(self.plugin, files, sink=self.sink)
+        assert len(reply["job_ids"]) == len(files)
+        while True:
+            stats = self.ctl.queue_stats()
+            if stats["completed"] - before >= len(files):
+                break
+            if stats["failed"] or stats["aborted"]:
+                raise RuntimeError(f"jobs failed: {stats}")
+            time.sleep(0.02)
+        wall = time.perf_counter() - t
+        if len(files) > 50:
+            self.rates.append(len(files) / wall)
+            self.sentinel_cpu.append((sum(sentinel.cpu_times()[:2]) - cpu0) / len(files))
+
+    def stop(self) -> int:
+        """Stop; the number of events on the sentinel's tape (0 when off)."""
+        self.ctl.close()
+        self.cluster.stop()
+        tapes = sorted(self.settings.tapes_dir.glob("sentinel-*.tape"))
+        return sum(1 for _ in open(tapes[-1], "rb")) if tapes else 0
+
+
+def recording_overhead(jobs: int, rounds: int) -> None:
+    """Jobs/s with the sentinel's tape on and off, batches interleaved round by round."""
+    import statistics
+
+    tmp = tempfile.TemporaryDirectory(prefix="tape_overhead_")
+    runs = [_Dispatch(Path(tmp.name), True, jobs, rounds),
+            _Dispatch(Path(tmp.name), False, jobs, rounds)]
+    events = {}
+    print(f"\nrecording overhead: {jobs:,} no-op jobs on 2 workers, {rounds} interleaved "
+          f"batches each after a warm-up ({load()})")
+    try:
+        for r in runs:
+            r.start()
+        for i in range(rounds):
+            for r in runs if i % 2 == 0 else runs[::-1]:
+                r.batch()
+    finally:
+        for r in runs:
+            try:
+                events[r.label] = r.stop()
+            except Exception as exc:  # report, keep stopping the other
+                print(f"stopping {r.label}: {exc!r}", file=sys.stderr)
+    on, off = runs
+    print(f"{'sentinel':<10} {'jobs/s median':>14} {'best':>8} {'all':>24} "
+          f"{'sentinel CPU us/job':>20} {'tape events':>12}")
+    for r in runs:
+        print(f"{r.label:<10} {statistics.median(r.rates):14.0f} {max(r.rates):8.0f} "
+              f"{', '.join(f'{x:.0f}' for x in r.rates):>24} "
+              f"{statistics.median(r.sentinel_cpu) * 1e6:20.0f} {events.get(r.label, 0):12,}")
+    slower = statistics.median(off.rates) / statistics.median(on.rates) - 1
+    cpu = statistics.median(on.sentinel_cpu) / statistics.median(off.sentinel_cpu) - 1
+    print(f"recording overhead: {slower:+.1%} wall (median jobs/s off vs on), {cpu:+.1%} "
+          f"sentinel CPU per job  goal <= 10%  ({load()})")
+    tmp.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per tool (best kept)")
     ap.add_argument("--keep", type=Path, help="write the tape here and keep it")
+    ap.add_argument("--tape", type=Path, help="explain this existing tape (no generation)")
+    ap.add_argument("--skip-writer", action="store_true", help="no writer measurement")
+    ap.add_argument("--skip-overhead", action="store_true",
+                    help="no recording-overhead measurement")
+    ap.add_argument("--overhead-jobs", type=int, default=2000)
+    ap.add_argument("--overhead-rounds", type=int, default=3)
     ap.add_argument("--writer-only", nargs=2, type=Path, metavar=("SRC", "OUT"),
                     help=argparse.SUPPRESS)  # internal: one writer measurement, fresh process
     args = ap.parse_args(argv)
@@ -180,45 +330,71 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     tmp = tempfile.TemporaryDirectory(prefix="tape_bench_")
-    path = args.keep or Path(tmp.name) / "bench.tape"
-    n, jobs, spent = generate(path, args.events)
-    size_mb = path.stat().st_size / 1e6
-    print(f"tape: {n:,} events, {jobs:,} jobs, {size_mb:.1f} MB")
-    print(f"generate + write: {n / spent:,.0f} events/s ({spent:.2f} s, payloads built in "
-          "Python per event)")
-    # In a fresh process per run (best kept), as a producer would run it: this process's
-    # heap after generating a million events is not what a sentinel's looks like.
-    rates = [float(subprocess.run(
-        [sys.executable, __file__, "--writer-only", str(path), str(Path(tmp.name) / "w.tape")],
-        check=True, capture_output=True, text=True).stdout) for _ in range(max(1, args.repeat))]
-    print(f"writer alone: {max(rates):,.0f} events/s best of {len(rates)} "
-          f"(all: {', '.join(f'{r:,.0f}' for r in rates)}; redaction on, one os.write per "
-          "event)  goal >= 100,000/s")
+    if args.tape:
+        path = args.tape
+        n = sum(1 for _ in path.open("rb"))
+        print(f"tape: {path} ({n:,} lines, {path.stat().st_size / 1e6:.1f} MB)")
+    else:
+        path = args.keep or Path(tmp.name) / "bench.tape"
+        n, jobs, spent = generate(path, args.events)
+        size_mb = path.stat().st_size / 1e6
+        print(f"tape: {n:,} events, {jobs:,} jobs, {size_mb:.1f} MB")
+        print(f"generate + write: {n / spent:,.0f} events/s ({spent:.2f} s, payloads built in "
+              "Python per event)")
+    if not args.skip_writer:
+        # In a fresh process per run (best kept), as a producer would run it: this process's
+        # heap after generating a million events is not what a sentinel's looks like.
+        rates = [float(subprocess.run(
+            [sys.executable, __file__, "--writer-only", str(path),
+             str(Path(tmp.name) / "w.tape")],
+            check=True, capture_output=True, text=True).stdout)
+            for _ in range(max(1, args.repeat))]
+        print(f"writer alone: {max(rates):,.0f} events/s best of {len(rates)} "
+              f"(all: {', '.join(f'{r:,.0f}' for r in rates)}; redaction on, one os.write per "
+              "event)  goal >= 100,000/s")
 
     py = sys.executable
     explain = [py, "-m", "casparian_nb.tape", "explain", str(path), "--format", "json"]
     quoted = str(path).replace("'", "''")
     duck = [py, "-c", "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM read_json("
             f"'{quoted}', format='newline_delimited')\").fetchall())"]
-    results: dict[str, tuple[float, float]] = {}
-    for label, cmd in (("duckdb count(*)", duck), ("tape explain --format json", explain)):
-        runs = [run_child(cmd) for _ in range(max(1, args.repeat))]
-        bad = [r for r in runs if r[2] != 0]
-        if bad:
-            print(f"{label}: exit status {bad[0][2]}")
-            return 0
-        results[label] = (min(r[0] for r in runs), max(r[1] for r in runs))
+    tools: dict[str, tuple[list[str], dict[str, str]]] = {
+        "duckdb count(*)": (duck, {}),
+        "tape explain --format json": (explain, {}),
+    }
+    runs: dict[str, list[tuple[float, float, float, int, float]]] = {k: [] for k in tools}
+    print(f"\nexplain vs DuckDB, {max(1, args.repeat)} interleaved rounds ({load()})")
+    for _ in range(max(1, args.repeat)):  # round-robin: a burst of load hits every tool
+        for label, (cmd, env) in tools.items():
+            runs[label].append(run_child(cmd, env))
+    bad = {label: r[3] for label, rs in runs.items() for r in rs if r[3] != 0}
+    if bad:
+        print(f"exit status: {bad}")
+        return 0
 
-    base_t, _ = results["duckdb count(*)"]
+    base_t = min(r[0] for r in runs["duckdb count(*)"])
+    base_c = min(r[4] for r in runs["duckdb count(*)"])
     print()
-    print(f"{'tool':<30} {'wall s':>8} {'peak RSS MB':>12} {'x DuckDB':>9}")
-    for label, (wall, rss) in results.items():
-        print(f"{label:<30} {wall:>8.3f} {rss:>12.1f} {wall / base_t:>9.2f}")
-    wall, rss = results["tape explain --format json"]
+    print(f"{'tool':<30} {'wall s (best)':>13} {'all runs':>20} {'x DuckDB':>9} "
+          f"{'CPU s':>6} {'x DuckDB':>9} {'peak RSS MB':>12} {'tree RSS MB':>12}")
+    for label, rs in runs.items():
+        wall, cpu = min(r[0] for r in rs), min(r[4] for r in rs)
+        print(f"{label:<30} {wall:>13.3f} {' '.join(f'{r[0]:.2f}' for r in rs):>20} "
+              f"{wall / base_t:>9.2f} {cpu:>6.2f} {cpu / base_c:>9.2f} "
+              f"{max(r[1] for r in rs):>12.1f} {max(r[2] for r in rs):>12.1f}")
+    wall = min(r[0] for r in runs["tape explain --format json"])
+    rss = max(r[1] for r in runs["tape explain --format json"])
+    tree = max(r[2] for r in runs["tape explain --format json"])
+    ratios = sorted(e[0] / d[0] for e, d in zip(runs["tape explain --format json"],
+                                                runs["duckdb count(*)"], strict=True))
     print()
-    print(f"explain vs DuckDB: {wall / base_t:.2f}x (goal <= 3x); "
-          f"explain peak RSS {rss:.0f} MB (goal <= 300 MB)")
+    print(f"explain vs DuckDB: {wall / base_t:.2f}x best vs best (per round: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}; goal <= 3x); "
+          f"explain peak RSS {rss:.0f} MB, process tree {tree:.0f} MB (goal <= 300 MB)  "
+          f"({load()})")
     tmp.cleanup()
+    if not args.skip_overhead:
+        recording_overhead(args.overhead_jobs, args.overhead_rounds)
     return 0
 
 

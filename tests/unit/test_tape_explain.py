@@ -219,3 +219,30 @@ def test_golden_session_is_reproducible_from_its_builder(tmp_path: Path) -> None
         return re.sub(r'"casparian_version":"[^"]*"', '"casparian_version":"X"', p.read_text())
 
     assert norm(out) == norm(TAPES / "golden_session.tape")
+
+
+def test_job_encoder_writes_what_json_encoding_of_to_dict_writes() -> None:
+    """The fast per-job formatter is byte-identical to encoding ``to_dict()``, whatever the
+    values (odd ones take the generic encoder)."""
+    import random
+
+    from casparian_nb.tape.explain import _enc, _JobEncoder
+    from casparian_nb.tape.reducer import JobRecord
+
+    rng = random.Random(3)
+    pool: list[Any] = [None, True, False, 0, -1, 7, 2**70, 0.0, -0.0, 1.5, 1e-05, 1e16,
+                       float("nan"), float("inf"), "", "x", 'q"uote', "back\\slash", "tab\t",
+                       "é\u2028\x7f", "\udc80", [], ["a"], {"k": [1, {"z": None}]}, ("t",)]
+    enc = _JobEncoder()
+    for i in range(3000):
+        job = JobRecord(rng.choice(["1", "j\"x", "é", ""]))
+        for attr in ("plugin_name", "plugin_version", "status", "error", "worker_id",
+                     "duration_ms", "error_kind", "reason", "quarantine_rows", "input_file",
+                     "cancel_requested", "retries", "attempts"):
+            if rng.random() < 0.6:
+                setattr(job, attr, rng.choice(pool))
+        if rng.random() < 0.7:
+            job.rows = rng.choice([0, 5, 2**64, True, 1.0])
+        if rng.random() < 0.7:
+            job.outputs = rng.choice([[], ["a", "b"], ["é", 'x"'], [1], ("a",)])
+        assert enc.encode(job) == _enc(job.to_dict()), i

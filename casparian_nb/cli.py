@@ -198,9 +198,36 @@ def _tape_payload(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
+#: Set by ``cf.start()`` for the sentinel and workers it launches: the kernel's pid.
+OWNER_PID_ENV = "CASPARIAN_OWNER_PID"
+
+
+def _watch_owner() -> None:
+    """Stop this process (SIGTERM to itself: the graceful path) once the process named by
+    ``$CASPARIAN_OWNER_PID`` — its parent, a notebook kernel — is gone. A kernel that is killed
+    (nbval's teardown, "kernel died") runs no atexit handler; this is what still stops its
+    sentinel and workers. The variable is removed so that grandchildren do not inherit it."""
+    raw = os.environ.pop(OWNER_PID_ENV, "")
+    if not raw.isdigit() or int(raw) != os.getppid():
+        return  # not started by that process (or it is gone already): nothing to watch
+
+    def watch(owner: int) -> None:
+        while os.getppid() == owner:
+            time.sleep(0.25)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30.0)  # the graceful stop hung: do not outlive the owner regardless
+        os._exit(70)
+
+    import threading
+
+    threading.Thread(target=watch, args=(int(raw),), name="casparian-owner-watch",
+                     daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _watch_owner()
     tape = None
     cmd_id: str | None = None
     corr = ""

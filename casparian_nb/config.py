@@ -113,6 +113,9 @@ class Settings:
     job_memory_limit_mb: int = 0
     #: Hash paths and free text in tape payloads.
     tape_redact: bool = True
+    #: The sentinel records its events on a tape under <home>/tapes (false: no sentinel tape;
+    #: for measuring what recording costs).
+    sentinel_tape: bool = True
     trust: TrustSettings = field(default_factory=TrustSettings)
 
     # -- derived locations -------------------------------------------------------------

@@ -70,9 +70,12 @@ def hash_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     the two are not distinguishable by looking; blake3 is a hard dependency for that reason.
     """
     hasher = _hasher_factory()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
+        # Small files are the common case: size the buffer to the file, not to 1 MiB
+        # (allocating 1 MiB per call was two thirds of the cost of hashing a tiny file).
+        size = os.fstat(fh.fileno()).st_size
+        buf = bytearray(max(1, min(chunk, size + 1)))
+        view = memoryview(buf)
         # readinto a reused buffer: no per-chunk allocation on multi-GB inputs.
         while n := fh.readinto(buf):
             hasher.update(view[:n])

@@ -164,6 +164,16 @@ def _manifest(path: Path, node: ast.expr) -> dict[str, dict[str, Any]]:
             raise OutputNameError(f"{path}: line {line}: outputs: {exc}") from None
         if not isinstance(spec, dict):
             raise PluginError(f"{path}: line {line}: outputs[{key!r}] must be a dict")
+        columns = spec.get("columns")
+        names = [c.get("name") for c in columns if isinstance(c, dict)] \
+            if isinstance(columns, list) else []
+        # The reserved lineage namespace (F7), refused before the plugin ever runs.
+        reserved = [n for n in names if isinstance(n, str) and n.startswith("_cf_")
+                    and n != "_cf_row_error"]
+        if reserved:
+            raise PluginError(f"{path}: line {line}: outputs[{key!r}] declares column "
+                              f"{reserved[0]!r}: columns starting with _cf_ are reserved for "
+                              "lineage (only _cf_row_error may be emitted); rename it")
     return value
 
 

@@ -76,7 +76,10 @@ def start(workers: int = 2, home: str | os.PathLike[str] | None = None, *,
         print(f"casparian: attached to the running sentinel (pid {existing.pid}) of {s.home}; "
               "it was not started here, so ctl.stop() leaves it running")
         return ctl
-    cluster = notebook_cluster(s, workers=workers, slots=slots, env=cluster_env(settings))
+    env = cluster_env(settings)
+    if not keep_alive:  # a killed kernel runs no atexit: the processes watch it themselves
+        env["CASPARIAN_OWNER_PID"] = str(os.getpid())
+    cluster = notebook_cluster(s, workers=workers, slots=slots, env=env)
     try:
         info = cluster.start(timeout=timeout)
         return Controller(s, info, cluster=cluster, command="Start", keep_alive=keep_alive,

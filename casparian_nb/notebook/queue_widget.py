@@ -123,10 +123,22 @@ class QueueWidget(anywidget.AnyWidget):
         self._flush_scheduled = True
         # A short first delay lets a burst collapse into one flush even after a quiet spell.
         delay = max(0.02, self._last_flush + self.interval - self._clock())
-        self._scheduler.call_later(delay, self._flush)
+        self._scheduler.call_later(delay, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        # Only the one pending timer clears the flag: a direct flush in between (reconcile, a
+        # click, a view change) must not start a second timer chain, or the rate doubles.
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        wait = self._last_flush + self.interval - self._clock()
+        if wait > 0.001:  # a direct flush ran since this timer was set: keep the spacing
+            self._flush_scheduled = True
+            self._scheduler.call_later(wait, self._timed_flush)
+            return
+        self._flush()
 
     def _flush(self, force: bool = False) -> None:
-        self._flush_scheduled = False
         if self._closed:
             return
         while self._inbox:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -27,13 +28,37 @@ log = logging.getLogger("casparian_nb.sentinel")
 
 class SentinelStore(StateStore):
     """The state store as the sentinel's loop uses it: every operation runs inside the loop
-    iteration's one transaction, so a single-statement transition needs no savepoint of its
-    own (one SQL statement is atomic by itself); this halves the statements per job."""
+    iteration's one transaction, which alone makes the batch atomic. Nested levels therefore
+    take no savepoint (one SQL statement is atomic by itself, and when anything in the batch
+    fails the loop rolls the whole batch back and replays it one operation per transaction):
+    this halves the statements per job."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            yield
+            return
+        with super().transaction():
+            yield
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self._depth:
             return int(self._conn.execute(sql, params).rowcount)
         return super()._exec(sql, params)
+
+    def count_jobs(self, status: str | None = None, submission_id: str | None = None) -> int:
+        """How many jobs match a ListJobs filter (the ``total`` of its pages)."""
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.upper())
+        if submission_id is not None:
+            where.append("submission_id = ?")
+            params.append(submission_id)
+        sql = "SELECT count(*) FROM cf_processing_queue"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return int(self._fetchall(sql, params)[0][0])
 
 
 class Persister:
@@ -43,6 +68,8 @@ class Persister:
         self._plugin_paths: dict[int, str] = {}
         self._submission_ids: dict[str, frozenset[str]] = {}
         self._plans: dict[str, list[plan.OutputTarget]] = {}
+        self._specs: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._plan_texts: dict[str, str] = {}
         self._reader: StateReader | None = None  # the committer thread's own connection
 
     # -- Persist actions (loop thread) ---------------------------------------------------
@@ -119,9 +146,11 @@ class Persister:
 
     def _rec(self, row: dict[str, Any], now: float) -> st.JobRec:
         spec = job_spec(row, self._plugin_path(row.get("plugin_id")), str(self.settings.staging_dir))
+        spec = self._specs.setdefault(tuple(spec.values()), spec)  # one dict per submission
         raw_plan = row.get("plan_json")
         plan_json = raw_plan if isinstance(raw_plan, str) or raw_plan is None else \
             plan.plan_to_json(plan.plan_from_json(raw_plan))
+        plan_json = self._plan_texts.setdefault(plan_json, plan_json) if plan_json else None
         ready_at = 0.0
         if row.get("scheduled_at"):
             try:
@@ -132,7 +161,7 @@ class Persister:
         return st.JobRec(id=int(row["id"]), priority=int(row.get("priority") or 0), spec=spec,
                          timeout_s=row.get("timeout_s"), retry_count=int(row.get("retry_count") or 0),
                          attempt=int(row.get("attempt") or 0), ready_at=ready_at,
-                         plan_json=plan_json)
+                         plan_json=plan_json, input_file=str(row["input_file"]))
 
     def reconcile(self, now: float) -> tuple[list[int], list[st.JobRec]]:
         """RUNNING rows after a restart: re-adopt those whose outputs were staged (recorded)

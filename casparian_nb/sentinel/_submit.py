@@ -8,7 +8,11 @@ and handed to the state machine as :class:`JobRec` objects.
 
 from __future__ import annotations
 
+import glob
+import os
+import stat
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,18 +36,55 @@ class SubmitOutcome:
 
 
 def job_spec(row: dict[str, Any], plugin_path: str, staging_root: str) -> dict[str, Any]:
-    """The dispatch payload of a job row (per-attempt fields are added at dispatch)."""
+    """The dispatch payload shared by the jobs of one submission (the input file and the
+    per-attempt fields are added at dispatch)."""
     return {
         "plugin_path": plugin_path,
         "plugin_source_hash": row.get("parser_fingerprint"),
         "plugin_name": row["plugin_name"],
         "parser_version": row.get("parser_version"),
-        "input_file": row["input_file"],
         "sink": row.get("sink_uri"),
         "mode": row.get("sink_mode") or "append",
         "submission_id": row.get("submission_id"),
         "staging_root": staging_root,
     }
+
+
+def _expand(specs: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """The input files of a submission, as :func:`expand_inputs` finds them, and the sizes
+    learnt on the way.
+
+    What the CLI and the notebook send — absolute, normalised paths of existing files — costs
+    one ``stat`` each (100,000 files in a submit); anything else (directories, globs, relative
+    or odd paths, missing files) goes through :func:`expand_inputs` and its error messages.
+    """
+    out: list[str] = []
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        text = os.fspath(spec)
+        if not text.startswith("/") or glob.has_magic(text) or os.path.normpath(text) != text:
+            return [str(p) for p in expand_inputs(specs)], {}
+        try:
+            st = os.stat(text)
+        except OSError:
+            return [str(p) for p in expand_inputs(specs)], {}
+        if not stat.S_ISREG(st.st_mode):
+            return [str(p) for p in expand_inputs(specs)], {}
+        if text not in sizes:
+            sizes[text] = st.st_size
+            out.append(text)
+    return out, sizes
+
+
+#: Hash small inputs with a small read buffer: allocating hash_file's default 1 MiB buffer
+#: is most of the cost of hashing a 1 KB file (~30 us of ~40; 100,000 of them per submit).
+_SMALL = 1 << 20
+
+
+def _hash(path: str, size: int | None) -> str:
+    if size is not None and size < _SMALL:
+        return lineage.hash_file(path, chunk=1 << 16)
+    return lineage.hash_file(path)
 
 
 class SubmitHandler:
@@ -69,7 +110,7 @@ class SubmitHandler:
         spec, _trust, plugin_id = self._plugin(str(payload["plugin"]))
         sink = sinks.parse_sink_uri(payload.get("sink") or self.settings.effective_default_sink)
         mode = sinks.SinkMode.parse(payload.get("mode") or "append")
-        files = expand_inputs(payload["inputs"])
+        files, sizes = _expand(payload["inputs"])
         if not files:
             raise PluginError("no input files given")
         out = SubmitOutcome(str(payload.get("submission_id") or uuid.uuid4().hex[:16]))
@@ -83,14 +124,14 @@ class SubmitHandler:
         todo: list[NewJob] = []
         skip: list[NewJob] = []
         hashes: list[tuple[NewJob, list[str]]] = []
+        sink_uri, timeout_s = str(sink), float(timeout) if timeout else None
         for path in files:
-            source_hash = lineage.hash_file(path)
-            job = NewJob(plugin_name=spec.name, input_file=str(path),
+            source_hash = _hash(path, sizes.get(path))
+            job = NewJob(plugin_name=spec.name, input_file=path,
                          submission_id=out.submission_id, plugin_id=plugin_id,
                          parser_version=spec.version, parser_fingerprint=spec.source_hash,
-                         source_hash=source_hash, sink_uri=str(sink), sink_mode=mode.value,
-                         plan_json=plan_json, priority=priority,
-                         timeout_s=float(timeout) if timeout else None)
+                         source_hash=source_hash, sink_uri=sink_uri, sink_mode=mode.value,
+                         plan_json=plan_json, priority=priority, timeout_s=timeout_s)
             hashes.append((job, plan.plan_keys(targets, source_hash, spec.name, spec.version)))
         done: set[str] = set()
         if not force:
@@ -101,15 +142,14 @@ class SubmitHandler:
         with self.store.transaction():
             ids = self.store.insert_jobs(todo) if todo else []
             skipped_ids = self.store.insert_skipped(skip) if skip else []
-        staging = str(self.settings.staging_dir)
+        shared = job_spec({"plugin_name": spec.name, "parser_fingerprint": spec.source_hash,
+                           "parser_version": spec.version, "sink_uri": str(sink),
+                           "sink_mode": mode.value, "submission_id": out.submission_id},
+                          str(spec.path), str(self.settings.staging_dir))
         for job_id, job in zip(ids, todo, strict=True):
-            row = {"plugin_name": job.plugin_name, "parser_fingerprint": job.parser_fingerprint,
-                   "parser_version": job.parser_version, "input_file": job.input_file,
-                   "sink_uri": job.sink_uri, "sink_mode": job.sink_mode,
-                   "submission_id": job.submission_id}
-            out.records.append(JobRec(id=job_id, priority=priority,
-                                      spec=job_spec(row, str(spec.path), staging),
-                                      timeout_s=job.timeout_s, plan_json=plan_json))
+            out.records.append(JobRec(id=job_id, priority=priority, spec=shared,
+                                      timeout_s=timeout_s, plan_json=plan_json,
+                                      input_file=job.input_file))
             out.events.append(("JobQueued", {
                 "job_id": job_id, "plugin_name": spec.name, "plugin_version": spec.version,
                 "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))

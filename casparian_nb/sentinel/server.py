@@ -32,7 +32,7 @@ from ..protocol import Codec, Message, error_code, error_reply
 from ..store.schema import now_iso
 from . import state as st
 from ._persist import Persister, SentinelStore
-from ._proc import pid_alive
+from ._proc import pid_alive, profiled
 from ._submit import SubmitHandler
 
 __all__ = ["Sentinel"]
@@ -47,7 +47,9 @@ class Sentinel:
         self.settings = settings
         self.key = os.urandom(32)
         self.codec = Codec(self.key, max_bytes=settings.max_message_bytes)
-        self.store = SentinelStore.open(settings.state_db)
+        store = SentinelStore.open(settings.state_db)
+        assert isinstance(store, SentinelStore)
+        self.store = store
         self.state = st.SentinelState(
             max_retries=settings.max_retries, retry_backoff=settings.retry_backoff,
             worker_timeout=settings.worker_timeout, default_timeout=settings.job_timeout,
@@ -85,11 +87,15 @@ class Sentinel:
         #: worker id -> (pid, same machine?) for the liveness check of local workers.
         self._worker_procs: dict[str, tuple[int, bool]] = {}
         self._committer_thread: threading.Thread | None = None
+        #: GetQueueStats, cached until the next write to the state DB.
+        self._stats: dict[str, int] | None = None
 
     # -- set-up --------------------------------------------------------------------------
     def _open_tape(self) -> Any:
         from ..tape import TapeWriter
 
+        if not self.settings.sentinel_tape:
+            return None
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         path = self.settings.tapes_dir / f"sentinel-{stamp}-{os.getpid()}.tape"
         return TapeWriter(path, producer="sentinel", redact=self.settings.tape_redact)
@@ -164,14 +170,17 @@ class Sentinel:
                 if wake is not None:
                     timeout = int(max(0, min(0.1, wake - time.time())) * 1000)
                 ready = dict(poller.poll(timeout))
+                if self.pub in ready:  # first: a subscriber sees what the requests cause
+                    self._drain_subscriptions()
                 if self.wrk in ready:
                     self._drain(self.wrk, self._handle_worker)
                 if self.ctl in ready:
                     self._drain(self.ctl, self._handle_control)
+                    # A long request (a submit of 100,000 files) must not make the workers'
+                    # heartbeats look overdue: read what they sent meanwhile before the Tick.
+                    self._drain(self.wrk, self._handle_worker)
                 if self.wake_rx in ready:
                     self._drain_wake()
-                if self.pub in ready:
-                    self._drain_subscriptions()
                 now = time.time()
                 if now - last_tick >= 0.1:
                     last_tick = now
@@ -260,6 +269,7 @@ class Sentinel:
                 self._reply_pending(a.request_id, a.type, a.payload)
 
     def _persist_all(self, persists: list[st.Persist]) -> None:
+        self._stats = None
         now = now_iso()
         try:
             with self.store.transaction():
@@ -283,7 +293,8 @@ class Sentinel:
             frames = self.codec.encode("Event", {"name": name, "seq": self._event_seq,
                                                  "data": data}, msg_id=self._msg_id())
             self.pub.send_multipart([topic, *frames])
-        self.tape.emit("domain_event", name, data)
+        if self.tape is not None:
+            self.tape.emit("domain_event", name, data)
 
     # -- control socket ------------------------------------------------------------------
     def _handle_control(self, frames: list[bytes]) -> None:
@@ -329,14 +340,25 @@ class Sentinel:
 
     def _on_list_jobs(self, routing: list[bytes], msg: Message) -> None:
         p = msg.payload
-        status = p.get("status")
-        jobs = self.store.list_jobs(status=status.upper() if status else None,
+        status = str(p["status"]).upper() if p.get("status") else None
+        submission = p.get("submission_id")
+        jobs = self.store.list_jobs(status=status,
                                     limit=max(0, min(int(p.get("limit") or 100), 10_000)),
                                     offset=max(0, int(p.get("offset") or 0)),
-                                    submission_id=p.get("submission_id"))
-        stats = self.store.queue_stats()
-        total = stats.get(status.lower(), 0) if status else stats.get("total", 0)
+                                    submission_id=submission)
+        if submission is not None:
+            total = self.store.count_jobs(status, submission)
+        else:
+            stats = self._queue_stats()
+            total = stats.get(status.lower(), 0) if status else stats.get("total", 0)
         self._reply(routing, msg, "Jobs", {"jobs": [_slim(j) for j in jobs], "total": total})
+
+    def _queue_stats(self) -> dict[str, int]:
+        """Counts per state, recounted only after the state DB changed (the sentinel is its
+        only writer): polling an idle queue of 100,000 jobs costs nothing."""
+        if self._stats is None:
+            self._stats = self.store.queue_stats()
+        return dict(self._stats)
 
     def _on_get_job(self, routing: list[bytes], msg: Message) -> None:
         job = self.store.get_job(int(msg.payload["job_id"]))
@@ -349,6 +371,7 @@ class Sentinel:
         job_id = int(msg.payload["job_id"])
         if job_id not in self.state.jobs:
             self._pending_replies.pop(msg.id)
+            self._flush()  # it may have just finished: let the DB say how before we read it
             row = self.store.get_job(job_id)
             text = (f"job {job_id} is already {row['status']}" if row
                     else f"job {job_id} does not exist")
@@ -366,23 +389,32 @@ class Sentinel:
             ids = [j.id for j in self.state.jobs.values()
                    if want == "ALL" or (j.status == want)]
         results: dict[str, str] = {}
+        now = time.time()
+        self._flush()  # what has finished in memory is in the DB before we read it
         for job_id in ids:
-            tmp_id = uuid.uuid4().hex
-            actions = self.state.handle(st.CancelRequested(job_id, tmp_id, time.time()))
-            for a in actions:
+            if job_id not in self.state.jobs:  # finished (or unknown): say which
+                row = self.store.get_job(job_id)
+                results[str(job_id)] = row["status"] if row else "UNKNOWN"
+                continue
+            for a in self.state.handle(st.CancelRequested(job_id, uuid.uuid4().hex, now)):
                 if isinstance(a, st.Reply):
                     results[str(job_id)] = a.payload.get("state", "")
                 else:
                     self._actions.append(a)
-        self._reply(routing, msg, "CancelResult", {
-            "success": True, "state": "MIXED", "message": f"{len(results)} job(s) cancelled",
-            "results": results})
+        cancelled = sum(1 for state in results.values() if state in ("ABORTED", "ABORTING"))
+        # Answered after this iteration's state changes are committed, like every write, so
+        # a client that reads right after the reply sees them.
+        self._pending_replies[msg.id] = (routing, msg)
+        self._actions.append(st.Reply(msg.id, "CancelResult", {
+            "success": True, "state": "MIXED", "message": f"{cancelled} job(s) cancelled",
+            "results": results}))
 
     def _on_stats(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "QueueStats", self.store.queue_stats())
+        self._reply(routing, msg, "QueueStats", self._queue_stats())
 
     def _on_submit(self, routing: list[bytes], msg: Message) -> None:
         now = time.time()
+        self._stats = None
         outcome = self.submitter.submit(msg.payload, now)
         for name, data in outcome.events:
             self._actions.append(st.Publish(name, data))
@@ -435,7 +467,10 @@ class Sentinel:
         self.wrk.send_multipart([ident, *self.codec.encode(
             "Welcome", {"worker_id": wid, "heartbeat_interval": self.settings.heartbeat_interval})])
         self._worker_procs[wid] = (int(p["pid"]), p.get("host") == socket.gethostname())
-        self._feed(st.WorkerJoined(wid, ident, int(p["slots"]), int(p["pid"]), time.time()))
+        prefetch = p.get("prefetch")
+        prefetch = prefetch if isinstance(prefetch, int) and 0 <= prefetch <= 64 else 0
+        self._feed(st.WorkerJoined(wid, ident, int(p["slots"]), int(p["pid"]), time.time(),
+                                   prefetch))
 
     def _on_heartbeat(self, ident: bytes, msg: Message) -> None:
         wid = self._known(ident, msg)
@@ -513,7 +548,8 @@ class Sentinel:
         except zmq.ZMQError:
             pass
         try:
-            self.tape.close("sentinel_stopped")
+            if self.tape is not None:
+                self.tape.close("sentinel_stopped")
         except Exception:
             log.exception("closing the tape failed")
         conn = self.settings.connection_file
@@ -551,40 +587,6 @@ def run_sentinel(settings: Settings) -> int:
     )
     sentinel = Sentinel(settings)
     install_signal_handlers(sentinel)
-    profile_dir = os.environ.get("CASPARIAN_PROFILE_DIR")
-    if not profile_dir:
+    with profiled("sentinel"):
         sentinel.serve_forever()
-        return 0
-    import cProfile  # development aid: profile the loop and the committer thread
-
-    threading.setprofile(_thread_profiler(profile_dir))
-    prof = cProfile.Profile()
-    prof.enable()
-    try:
-        sentinel.serve_forever()
-    finally:
-        prof.disable()
-        prof.dump_stats(os.path.join(profile_dir, f"sentinel-{os.getpid()}.prof"))
     return 0
-
-
-def _thread_profiler(profile_dir: str) -> Any:
-    """A ``threading.setprofile`` hook that profiles each new thread into its own file."""
-    import atexit
-    import cProfile
-    import sys
-
-    def start(frame: Any, event: str, arg: Any) -> None:
-        sys.setprofile(None)
-        prof = cProfile.Profile()
-        path = os.path.join(profile_dir, f"sentinel-{os.getpid()}-"
-                                         f"{threading.current_thread().name}.prof")
-
-        def dump() -> None:
-            prof.create_stats()
-            prof.dump_stats(path)
-
-        atexit.register(dump)
-        prof.enable()
-
-    return start

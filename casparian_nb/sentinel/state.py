@@ -45,7 +45,9 @@ class JobRec:
 
     id: int
     priority: int
-    spec: dict[str, Any]  # dispatch payload minus per-attempt fields
+    #: Dispatch payload minus the input file and per-attempt fields: one dict shared by
+    #: every job of a submission (never mutated), so 100,000 queued jobs stay small.
+    spec: dict[str, Any]
     timeout_s: float | None = None
     retry_count: int = 0
     attempt: int = 0
@@ -54,11 +56,15 @@ class JobRec:
     worker_id: str | None = None
     dispatched_at: float = 0.0
     cancel_requested: bool = False
+    #: The worker reported the plugin host it runs on (JobStarted, or the receipt), and when.
+    started: bool = False
+    started_at: float = 0.0
     #: When the sentinel sent its own timeout Abort (the worker-side timeout did not fire).
     abort_sent_at: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)  # rows etc. while promoting
     #: Output plan of the job (``plan.plan_to_json``), for its materializations.
     plan_json: str | None = None
+    input_file: str = ""
 
 
 @dataclass(slots=True)
@@ -74,6 +80,8 @@ class WorkerJoined:
     slots: int
     pid: int
     now: float
+    #: Jobs the worker keeps in a local backlog on top of its slots.
+    prefetch: int = 0
 
 
 @dataclass(slots=True)
@@ -182,7 +190,7 @@ Action = Persist | Send | Publish | Promote | Discard | Reply
 class _Worker:
     worker_id: str
     identity: bytes
-    slots: int  # as advertised
+    slots: int  # as advertised, plus the backlog it keeps (prefetch)
     pid: int
     last_seen: float
     running: set[int] = field(default_factory=set)
@@ -264,10 +272,10 @@ class SentinelState:
         actions: list[Action] = []
         if old is not None:  # the same id reconnecting: whatever it ran is gone
             actions += self._lose_worker(old, "worker re-registered", ev.now, graceful=False)
-        self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.identity, max(1, ev.slots), ev.pid,
-                                             ev.now)
+        capacity = max(1, ev.slots) + max(0, ev.prefetch)
+        self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.identity, capacity, ev.pid, ev.now)
         actions.append(Publish("WorkerJoined", {"worker_id": ev.worker_id, "slots": ev.slots,
-                                                "pid": ev.pid}))
+                                                "prefetch": ev.prefetch, "pid": ev.pid}))
         return actions
 
     def _on_heartbeat(self, ev: WorkerHeartbeat) -> list[Action]:
@@ -286,6 +294,7 @@ class SentinelState:
         job = self.jobs.get(ev.job_id)
         if job is None or job.worker_id != ev.worker_id or job.status != "RUNNING":
             return []
+        job.started, job.started_at = True, ev.now
         return [Persist("mark_started", {"job_id": job.id, "host_pid": ev.host_pid}),
                 Publish("JobStarted", {"job_id": job.id, "worker_id": ev.worker_id,
                                        "host_pid": ev.host_pid})]
@@ -303,6 +312,11 @@ class SentinelState:
             w.running.discard(job.id)
             w.last_seen = ev.now
         duration_ms = float(ev.data.get("duration_ms") or (ev.now - job.dispatched_at) * 1000)
+        if ev.status != "REJECTED" and not job.started and ev.data.get("host_pid"):
+            # A fast job's worker sends no JobStarted; the receipt names the host instead.
+            job.started, job.started_at = True, ev.now
+            return [Persist("mark_started", {"job_id": job.id, "host_pid": int(ev.data["host_pid"])}),
+                    *self._on_receipt(ev)]
         if ev.status == "REJECTED":
             # Capacity: back to the queue, no retry spent (F9). The worker has fewer slots
             # than it advertised; believe what it holds now until a heartbeat says more.
@@ -321,6 +335,10 @@ class SentinelState:
             job.result = {"rows": sum(outputs.values()), "outputs": outputs,
                           "quarantine_rows": quarantine, "duration_ms": round(duration_ms, 1),
                           "source_hash": ev.data.get("source_hash")}
+            if isinstance(staged, dict) and not staged.get("outputs"):
+                # Nothing was staged, so there is nothing to promote: complete now, in this
+                # same transaction (a crash cannot fall between the receipt and the end).
+                return [Discard(staged), *self._complete(job, [])]
             return [Persist("record_staged", {"job_id": job.id, "staged": staged,
                                               "source_hash": ev.data.get("source_hash"),
                                               "rows": outputs, "quarantine_rows": quarantine,
@@ -356,10 +374,13 @@ class SentinelState:
             err = {"ename": "SinkError", "evalue": ev.error or "promotion failed",
                    "kind": "permanent", "traceback": ""}
             return self._finish_failed(job, err, f"SinkError: {ev.error}", None)
-        self.jobs.pop(job.id)
+        return self._complete(job, ev.artifacts)
+
+    def _complete(self, job: JobRec, artifacts: list[dict[str, Any]]) -> list[Action]:
+        self.jobs.pop(job.id, None)
         result = job.result
         actions: list[Action] = [
-            Persist("complete_job", {"job_id": job.id, "artifacts": ev.artifacts,
+            Persist("complete_job", {"job_id": job.id, "artifacts": artifacts,
                                      "outputs": result.get("outputs") or {},
                                      "quarantine_rows": result.get("quarantine_rows") or 0,
                                      "source_hash": result.get("source_hash"),
@@ -371,7 +392,7 @@ class SentinelState:
                                      "quarantine_rows": result.get("quarantine_rows", 0),
                                      "duration_ms": result.get("duration_ms", 0.0)}),
         ]
-        for art in ev.artifacts:
+        for art in artifacts:
             actions.append(Publish("MaterializationRecorded", {
                 "job_id": job.id, "output_name": art.get("output"), "table": art.get("table"),
                 "rows": art.get("rows"), "sink": job.spec.get("sink")}))
@@ -438,7 +459,8 @@ class SentinelState:
                 job, f"timed out after {self.timeout_of(job):g}s (the worker did not confirm)",
                 (now - job.dispatched_at) * 1000)
         timeout = self.timeout_of(job)
-        if timeout is None or now - job.dispatched_at <= timeout + self.timeout_grace:
+        # Measured from the start the worker reported: a job may wait in its backlog first.
+        if timeout is None or not job.started or now - job.started_at <= timeout + self.timeout_grace:
             return []
         job.abort_sent_at = now
         return [Send(w.worker_id, "Abort", {
@@ -465,7 +487,7 @@ class SentinelState:
             heapq.heappush(self._ready, (-job.priority, job.id))
 
     def _reset(self, job: JobRec) -> None:
-        job.status, job.worker_id = "QUEUED", None
+        job.status, job.worker_id, job.started = "QUEUED", None, False
         job.cancel_requested, job.abort_sent_at = False, 0.0
 
     def _requeue(self, job: JobRec, now: float, reason: str, text: str) -> list[Action]:
@@ -538,7 +560,7 @@ class SentinelState:
                                                    "reason": "worker_lost"}))
         w.running.clear()
         # A clean goodbye is not a loss: the timeline and explain must not show it as one.
-        name = "WorkerLeft" if reason == "worker said goodbye" and not requeued else "WorkerLost"
+        name = "WorkerLeft" if graceful and not requeued else "WorkerLost"
         actions.append(Publish(name, {"worker_id": w.worker_id, "reason": reason,
                                       "requeued_job_ids": requeued}))
         return actions
@@ -573,7 +595,8 @@ class SentinelState:
             job.status, job.worker_id, job.dispatched_at = "RUNNING", worker.worker_id, now
             job.attempt += 1
             worker.running.add(job.id)
-            payload = {**job.spec, "job_id": str(job.id), "attempt": job.attempt,
+            payload = {**job.spec, "input_file": job.input_file or job.spec.get("input_file"),
+                       "job_id": str(job.id), "attempt": job.attempt,
                        "timeout_s": self.timeout_of(job)}
             actions += [
                 Persist("claim_job", {"job_id": job.id, "worker_id": worker.worker_id,

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import StoreError
-from .schema import JOB_STATUSES, SCHEMA_VERSION, check_schema
+from .schema import JOB_STATUSES, SCHEMA_VERSION, check_schema, not_a_file
 
 __all__ = ["JobQueries", "StateReader", "job_to_info"]
 
@@ -241,6 +241,8 @@ class StateReader(JobQueries):
         """Open ``path`` read-only. Raises :class:`StoreError` if it does not exist or is not
         initialised, :class:`SchemaVersionError` if its version is not ``expected_version``."""
         db = Path(path).absolute()
+        if (problem := not_a_file(db)) is not None:
+            raise problem
         if not db.is_file():
             raise StoreError(
                 f"state DB {db} does not exist: start a sentinel for this home "

@@ -27,6 +27,7 @@ __all__ = [
     "check_schema",
     "ensure_schema",
     "iso_from_epoch",
+    "not_a_file",
     "now_iso",
     "stamp",
 ]
@@ -231,11 +232,27 @@ def check_schema(conn: sqlite3.Connection, path: Path, expected: int = SCHEMA_VE
     if found > expected:
         raise _newer(path, found, expected)
     if found < expected:
+        if all(v in MIGRATIONS for v in range(found, expected)):
+            todo = "start the sentinel of this version once to migrate it"
+        else:  # the same advice the writer gives: a sentinel would refuse it too
+            todo = (f"no migration exists from version {found}: move it aside "
+                    f"(mv {path} {path}.old) to start fresh, or use the casparian_nb that made it")
         raise SchemaVersionError(
             f"state DB {path} has schema version {found}, older than this casparian_nb "
-            f"expects ({expected}): start the sentinel of this version once to migrate it"
+            f"expects ({expected}): {todo}"
         )
     return found
+
+
+def not_a_file(path: Path) -> StoreError | None:
+    """The error for a state DB path that exists but is no regular file (a directory, a
+    socket...): SQLite would only say "unable to open database file"."""
+    if path.exists() and not path.is_file():
+        return StoreError(
+            f"state DB {path} is not a regular file: move it aside (mv {path} {path}.old) "
+            "and start again"
+        )
+    return None
 
 
 def _backup_path(path: Path, old: int) -> Path:

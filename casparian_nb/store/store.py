@@ -32,6 +32,7 @@ from .schema import (
     Migration,
     check_iso,
     ensure_schema,
+    not_a_file,
     stamp,
 )
 
@@ -140,6 +141,8 @@ class StateStore(JobTransitions, JobQueries):
         """
         db = Path(path).absolute()
         db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if (problem := not_a_file(db)) is not None:
+            raise problem
         lock_fd = _lock_writer(db)
         conn: sqlite3.Connection | None = None
         try:

@@ -17,6 +17,7 @@ Messages (JSON over :class:`multiprocessing.connection.Connection`):
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,8 @@ from ..errors import (
 __all__ = ["classify_error", "execute_job", "main"]
 
 _MAX_TRACEBACK = 16_000
+#: The address-space limit this host runs under (0: none), for out-of-memory messages.
+_MEMORY_LIMIT_MB = 0
 _PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
 
 
@@ -72,6 +75,10 @@ def error_payload(exc: BaseException, *, input_file: str | None = None) -> dict[
     if len(tb) > _MAX_TRACEBACK:
         tb = tb[: _MAX_TRACEBACK // 2] + "\n... (traceback truncated) ...\n" + tb[-_MAX_TRACEBACK // 2 :]
     evalue = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, MemoryError):  # bare MemoryError() says nothing: say what happened
+        limit = (f"its memory limit of {_MEMORY_LIMIT_MB} MiB (job_memory_limit_mb)"
+                 if _MEMORY_LIMIT_MB else "the memory available")
+        evalue = f"out of memory: the job exceeded {limit}" + (f" ({evalue})" if evalue else "")
     return {
         "ename": type(exc).__name__,
         "evalue": evalue,
@@ -124,20 +131,26 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
             attempt=int(job.get("attempt") or 1),
         )
         sink = sinks.parse_sink_uri(job["sink"])
-        stager = sinks.JobStager(Path(job["staging_root"]), job_id, sink)
+        staging_root = Path(job["staging_root"])
         offsets: dict[str, int] = {}
         quarantined = 0
         for out in plugins.call_parse(loaded, input_file, ctx):
+            if stager is None:  # created on the first output: a job with none touches no disk
+                stager = sinks.JobStager(staging_root, job_id, sink)
             table_name = sink.table_for(out.name, out.table)
-            valid, bad = lineage_mod.prepare_output(
-                out.name, out.data, lineage, row_offset=offsets.get(out.name, 0)
-            )
+            try:
+                valid, bad = lineage_mod.prepare_output(
+                    out.name, out.data, lineage, row_offset=offsets.get(out.name, 0)
+                )
+            except LineageError as exc:  # name the plugin that broke the rule
+                raise LineageError(f"{loaded.spec.path}: {exc}") from exc
             offsets[out.name] = offsets.get(out.name, 0) + out.data.num_rows
             stager.write(out.name, table_name, valid)
             if bad is not None and bad.num_rows:
                 quarantined += bad.num_rows
                 stager.write(f"{out.name}_quarantine", f"{table_name}_quarantine", bad)
-        staged = stager.close()
+        staged = stager.close() if stager is not None else sinks.StagedJob(
+            job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
         return {
             "type": "result",
@@ -181,9 +194,52 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _limit_memory(megabytes: int) -> None:
+    global _MEMORY_LIMIT_MB
     if megabytes > 0:
         limit = megabytes * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        _MEMORY_LIMIT_MB = megabytes
+
+
+#: Test-only fault injection (tests/hardening/): with this variable set, every staged write
+#: of a job whose input path contains its value fails with ENOSPC, raised exactly where a
+#: full disk makes pyarrow's writer fail. Unset — always, outside those tests — nothing changes.
+TEST_ENOSPC_ENV = "CASPARIAN_TEST_ENOSPC"
+
+
+class _FullDisk:
+    """Stands in for a staged file's writer on a disk with no space left."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write_table(self, table: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _install_test_faults() -> None:
+    needle = os.environ.get(TEST_ENOSPC_ENV)
+    if not needle:
+        return
+    from ..sinks import staging
+
+    current = [""]
+    real_execute, real_init = execute_job, staging._Writer.__init__
+
+    def execute(job: dict[str, Any]) -> dict[str, Any]:
+        current[0] = str(job.get("input_file") or "")
+        return real_execute(job)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        if needle in current[0]:
+            self._file = _FullDisk(self._file)
+
+    globals()["execute_job"] = execute  # serve() looks the name up per job
+    setattr(staging._Writer, "__init__", init)  # noqa: B010
 
 
 def serve(conn: Connection) -> None:
@@ -202,8 +258,7 @@ def serve(conn: Connection) -> None:
                 result = execute_job(msg["job"])
             except MemoryError:
                 result = {"type": "result", "job_id": msg["job"].get("job_id"), "status": "FAILED",
-                          "error": {"ename": "MemoryError", "evalue": "job exceeded its memory limit",
-                                    "traceback": "", "kind": "permanent"}}
+                          "error": {**error_payload(MemoryError()), "traceback": ""}}
             try:
                 conn.send_bytes(json.dumps(result, default=str).encode())
             except (BrokenPipeError, OSError):
@@ -218,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threading.Thread(target=_watch_parent, args=(args.parent,), daemon=True).start()
     _limit_memory(args.memory_limit_mb)
+    _install_test_faults()
     # Plugin logging (ctx.logger) goes to this host's log file (our stderr).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")

@@ -253,7 +253,7 @@ class HostPool:
         if reason is not None and res.status != "ABORTED":
             # Cancelled after the host answered but before anyone could act on the answer.
             res = HostResult(job_id, "ABORTED", {"reason": reason, "timeout": False,
-                                                 "duration_ms": res.data.get("duration_ms")},
+                                                 "duration_ms": res.data.get("duration_ms") or 0.0},
                              host.pid)
         return res
 

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,20 @@ from ..client import ConnectionInfo, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, ProtocolError, SentinelError
 from ..protocol import Codec, Message
-from ..sentinel._proc import pid_alive
+from ..sentinel._proc import pid_alive, profiled
 from .pool import HostPool, HostResult
 
 __all__ = ["Worker", "run_worker"]
 
 log = logging.getLogger("casparian_nb.worker")
+
+#: How long a worker holds a JobStarted back (see ``Worker._started``), and how often its
+#: loop looks for started jobs while any run.
+STARTED_DELAY = 0.02
+LOOK_INTERVAL = 0.02
+#: Jobs a worker accepts beyond its slots and keeps in a local backlog, so a host starts its
+#: next job the moment it finishes one instead of idling for a round trip to the sentinel.
+PREFETCH = 1
 
 
 class Worker:
@@ -42,12 +51,13 @@ class Worker:
 
     def __init__(self, settings: Settings, *, info: ConnectionInfo | None = None,
                  slots: int | None = None, worker_id: str | None = None,
-                 advertise_slots: int | None = None) -> None:
+                 advertise_slots: int | None = None, prefetch: int = PREFETCH) -> None:
         self.settings = settings
         self.info = info or read_connection_file(settings.home)
         self.slots = slots or settings.effective_slots
         # Tests of capacity rejection advertise more slots than the worker really has.
         self.advertised = advertise_slots or self.slots
+        self.prefetch = max(0, prefetch)
         self.worker_id = worker_id or f"w-{socket.gethostname()[:12]}-{os.getpid()}"
         self.codec = Codec(bytes.fromhex(self.info.key), max_bytes=settings.max_message_bytes)
         self._stop = threading.Event()
@@ -55,10 +65,16 @@ class Worker:
         self._running: dict[str, dict[str, Any]] = {}
         self._trusted: dict[str, str] = {}
         self.pool: HostPool | None = None
-        # An Abort that arrives before the job reached a host (between Dispatch and the pool
-        # taking a host) is parked here; the job thread honours it as soon as it can.
-        self._abort_lock = threading.Lock()
+        # _lock guards the backlog, the job-thread count and parked aborts: an Abort that
+        # arrives between a job leaving the backlog and its host being taken is parked in
+        # _pending_aborts and honoured by the job thread as soon as it can.
+        self._lock = threading.Lock()
+        self._backlog: deque[dict[str, Any]] = deque()
+        self._threads = 0
         self._pending_aborts: dict[str, str] = {}
+        #: JobStarted messages held back for STARTED_DELAY: a job that finishes by then is
+        #: reported by its receipt alone (one message instead of two for fast jobs).
+        self._started: dict[str, tuple[float, HostResult]] = {}
         self._id_prefix = f"{os.getpid():x}-"
         self._ids = itertools.count(1)
 
@@ -83,9 +99,15 @@ class Worker:
                              name=f"host-{self.worker_id}")
         executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cf-job")
         try:
+            # While the hosts import their libraries: what the first killed job needs (the
+            # pool drops its staging through casparian_nb.sinks, which imports pyarrow), so
+            # the first cancel is as quick as the others (~0.15-0.4 s otherwise).
+            from .. import sinks  # noqa: F401
+
             self.pool.wait_ready()
             self._send("Identify", {"worker_id": self.worker_id, "slots": self.advertised,
-                                    "pid": os.getpid(), "host": socket.gethostname()})
+                                    "prefetch": self.prefetch, "pid": os.getpid(),
+                                    "host": socket.gethostname()})
             if not self._await_welcome():
                 return 2
             self._loop(executor)
@@ -119,13 +141,21 @@ class Worker:
         interval = self.settings.heartbeat_interval
         next_beat = 0.0
         while not self._stop.is_set():
-            ready = dict(poller.poll(int(min(interval, 0.25) * 1000)))
+            wait = min(interval, 0.25 if not self._running else LOOK_INTERVAL)
+            if self._started:
+                first = min(t for t, _ in self._started.values())
+                wait = max(0.0, min(wait, first - time.monotonic()))
+            ready = dict(poller.poll(int(wait * 1000)))
             if self.sock in ready:
                 for _ in range(1000):
                     msg = self._recv(zmq.NOBLOCK)
                     if msg is None:
                         break
-                    self._handle(msg, executor)
+                    try:
+                        self._handle(msg, executor)
+                    except Exception:  # one bad message must not take the worker down (F14)
+                        log.exception("handling %s failed", msg.type)
+                        self._refuse(msg)
             if self.wake_rx in ready:
                 while True:
                     try:
@@ -134,6 +164,8 @@ class Worker:
                         break
             self._send_results()
             now = time.monotonic()
+            if self._started:
+                self._send_started(now)
             if now >= next_beat:
                 next_beat = now + interval
                 if not pid_alive(self.info.pid):
@@ -141,7 +173,13 @@ class Worker:
                     return
                 self._send("Heartbeat", {"worker_id": self.worker_id,
                                          "active_job_ids": list(self._running),
-                                         "free_slots": self.slots - len(self._running)})
+                                         # counts the backlog: slots + prefetch in all
+                                         "free_slots": self.capacity - len(self._running)})
+
+    @property
+    def capacity(self) -> int:
+        """Jobs this worker holds at most: one per slot plus the backlog."""
+        return self.slots + self.prefetch
 
     # -- messages ------------------------------------------------------------------------
     def _send(self, type_: str, payload: dict[str, Any]) -> None:
@@ -172,7 +210,7 @@ class Worker:
 
     def _on_dispatch(self, job: dict[str, Any], executor: ThreadPoolExecutor) -> None:
         job_id = str(job["job_id"])
-        if len(self._running) >= self.slots:
+        if len(self._running) >= self.capacity:
             self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
                                    "status": "REJECTED", "error": {"ename": "Capacity",
                                    "evalue": "worker at capacity", "kind": "transient"}})
@@ -190,11 +228,41 @@ class Worker:
         job = {**job, "staging_root": str(Path(self.settings.staging_dir) /
                                           f"attempt-{job.get('attempt', 1)}")}
         self._running[job_id] = job
-        executor.submit(self._run_job, job)
+        with self._lock:
+            start = self._threads < self.slots
+            if start:
+                self._threads += 1
+            else:
+                self._backlog.append(job)
+        if start:
+            executor.submit(self._job_thread, job)
+
+    def _refuse(self, msg: Message) -> None:
+        """A Dispatch we could not take on still gets its receipt (FAILED, transient)."""
+        job = msg.payload.get("job") if msg.type == "Dispatch" else None
+        if not isinstance(job, dict) or "job_id" not in job:
+            return
+        job_id = str(job["job_id"])
+        if job_id in self._running:
+            return  # it was taken on after all: its own receipt will come
+        try:
+            self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
+                                   "status": "FAILED", "worker_id": self.worker_id,
+                                   "error": {"ename": "WorkerError", "traceback": "",
+                                             "evalue": "the worker could not take the job on",
+                                             "kind": "transient"}})
+        except (ProtocolError, zmq.ZMQError):
+            log.exception("could not refuse job %s", job_id)
 
     def _on_abort(self, job_id: str, reason: str) -> None:
         assert self.pool is not None
-        with self._abort_lock:
+        with self._lock:
+            for queued in self._backlog:  # not started: nothing to kill
+                if str(queued["job_id"]) == job_id:
+                    self._backlog.remove(queued)
+                    self._results.put((queued, HostResult(job_id, "ABORTED", {
+                        "reason": reason, "timeout": reason.startswith("timeout")})))
+                    return
             # Under the lock: either the job thread has its host (cancel kills it) or it has
             # not asked for one yet (it will find the parked abort first).
             if self.pool.cancel(job_id, reason):
@@ -205,7 +273,7 @@ class Worker:
         log.info("abort for job %s which is not running here", job_id)
 
     def _take_abort(self, job_id: str) -> str | None:
-        with self._abort_lock:
+        with self._lock:
             return self._pending_aborts.pop(job_id, None)
 
     def _check_trust(self, job: dict[str, Any]) -> None:
@@ -218,6 +286,18 @@ class Worker:
         if key and spec.source_hash != key:
             raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
 
+    def _job_thread(self, job: dict[str, Any]) -> None:
+        """Run ``job``, then whatever waits in the backlog, then end."""
+        next_job: dict[str, Any] | None = job
+        while next_job is not None:
+            self._run_job(next_job)
+            with self._lock:
+                if self._backlog and not self._stop.is_set():
+                    next_job = self._backlog.popleft()
+                else:
+                    next_job = None
+                    self._threads -= 1
+
     def _run_job(self, job: dict[str, Any]) -> None:
         """Job thread: run one job on a host; always hand back exactly one result."""
         assert self.pool is not None
@@ -229,8 +309,9 @@ class Worker:
             if reason is not None:  # aborted while waiting for a host: kill it right away
                 assert self.pool is not None
                 self.pool.cancel(job_id, reason)
-            self._results.put((job, HostResult(job_id, "STARTED", {}, pid)))
-            self._wake()
+            # No wake-up: the loop looks at least every LOOK_INTERVAL while jobs run, and
+            # holds a JobStarted back for STARTED_DELAY anyway.
+            self._results.put((job, HostResult(job_id, "STARTED", {"t": time.monotonic()}, pid)))
 
         try:
             reason = self._take_abort(job_id)
@@ -270,22 +351,53 @@ class Worker:
                 break
         # A job that started and finished since we last looked needs no JobStarted: its
         # receipt says it all (fast jobs: one message instead of two).
-        finished = {str(job["job_id"]) for job, res in items if res.status != "STARTED"}
+        now = time.monotonic()
         for job, res in items:
             job_id = str(job["job_id"])
             if res.status == "STARTED":
-                if job_id not in finished:
-                    self._send("JobStarted", {"worker_id": self.worker_id, "job_id": job_id,
-                                              "host_pid": res.host_pid or 0})
+                self._started[job_id] = (float(res.data.get("t") or now) + STARTED_DELAY, res)
                 continue
+            self._started.pop(job_id, None)
             self._running.pop(job_id, None)
-            payload = {**res.data, "job_id": job_id, "attempt": job.get("attempt", 0),
-                       "status": res.status, "host_pid": res.host_pid,
-                       "worker_id": self.worker_id}
-            payload.pop("type", None)
+            self._send_receipt(job, res)
+
+    def _send_receipt(self, job: dict[str, Any], res: HostResult) -> None:
+        """One Receipt per finished job, whatever the result holds: a field the protocol
+        refuses must cost the receipt that detail, never the worker its life."""
+        job_id = str(job["job_id"])
+        # Optional fields are left out rather than sent as null (e.g. no duration_ms).
+        payload = {k: v for k, v in res.data.items() if v is not None and k != "type"}
+        payload.update(job_id=job_id, attempt=job.get("attempt", 0), status=res.status,
+                       worker_id=self.worker_id)
+        if res.host_pid:
+            payload["host_pid"] = res.host_pid
+        if isinstance(payload.get("duration_ms"), int):
+            payload["duration_ms"] = float(payload["duration_ms"])
+        try:
             self._send("Receipt", payload)
+        except ProtocolError as exc:
+            log.error("job %s: receipt refused by the protocol (%s); sending it without "
+                      "its details", job_id, exc)
+            keep = ("job_id", "attempt", "status", "worker_id", "host_pid", "reason", "timeout")
+            minimal: dict[str, Any] = {k: payload[k] for k in keep if k in payload}
+            if res.status == "FAILED":
+                minimal["error"] = {"ename": "ReceiptError", "evalue": str(exc)[:500],
+                                    "traceback": "", "kind": "transient"}
+            if res.status == "SUCCESS":  # its staged outputs cannot be described: redo it
+                minimal = {**minimal, "status": "FAILED", "error": {
+                    "ename": "ReceiptError", "evalue": str(exc)[:500], "traceback": "",
+                    "kind": "transient"}}
+            self._send("Receipt", minimal)
+
+    def _send_started(self, now: float) -> None:
+        for job_id, (due, res) in list(self._started.items()):
+            if due <= now:
+                del self._started[job_id]
+                self._send("JobStarted", {"worker_id": self.worker_id, "job_id": job_id,
+                                          "host_pid": res.host_pid or 0})
 
     def _shutdown(self, executor: ThreadPoolExecutor) -> None:
+        self._stop.set()  # job threads take nothing more from the backlog
         if self.pool is not None:
             self.pool.close()
         executor.shutdown(wait=True, cancel_futures=True)
@@ -323,4 +435,5 @@ def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str |
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    return worker.run()
+    with profiled("worker"):
+        return worker.run()

@@ -177,6 +177,23 @@ def test_pump_respects_the_rate_limit(comms: list[RecordingComm]) -> None:
     assert w.flushes == 2 and w.comm.merged()["counts"]["COMPLETED"] == 1
 
 
+def test_direct_flushes_do_not_fork_the_timer(comms: list[RecordingComm]) -> None:
+    """A flush outside the timer (reconcile, a click) while a timed flush is pending must not
+    start a second timer chain: under a steady stream of events the rate stays <= 10/s."""
+    now = [100.0]
+    src = FakeSource([job(i) for i in range(1, 501)])
+    sched = ManualScheduler(clock=lambda: now[0])
+    w = _widget(src, scheduler=sched, clock=lambda: now[0], interval=0.1)
+    for step in range(200):  # 2 s of events every 10 ms, a direct flush every 0.2 s
+        src.publish("JobCompleted", {"job_id": step + 1, "rows": 1})
+        if step % 20 == 5:
+            w.reconcile()
+        now[0] += 0.01
+        sched.run_due()
+    assert w.flushes <= 2 * 10 + 10, w.flushes  # timed flushes + the 10 direct ones
+    w.close()
+
+
 def test_reconcile_recovers_a_missed_event(comms: list[RecordingComm]) -> None:
     """PUB/SUB may drop events under load; the periodic re-read from the DB catches up."""
     src = FakeSource([job(1, "RUNNING", worker_id="w1")])

@@ -8,11 +8,6 @@ reach the kernel and come back. Skipped without /usr/bin/chromium outside CI.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,65 +16,22 @@ import nbformat
 import psutil
 import pytest
 
+from tests.browser.lab import CHROMIUM, FLAGS, ROOT, Lab, requires_chromium
 from tests.conftest import make_inputs, wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[2]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = [
-    pytest.mark.browser,
-    # `make test` installs Debian's chromium; in CI a missing browser is a failure, not a skip.
-    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                       reason="no /usr/bin/chromium (run `bash scripts/test-deps.sh`)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Lab:
-    """A running JupyterLab: its URL, and ``stop()`` (SIGTERM: kernels shut down first)."""
-
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
-        self.url = url
-        self.proc = proc
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+pytestmark = [pytest.mark.browser, requires_chromium]
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     """JupyterLab on 127.0.0.1 serving ``tmp_path``; stopped by PID (kernels with it)."""
-    port = _free_port()
-    env = {**os.environ, "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
-    log = (tmp_path / "lab.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
-         "--port", str(port), "--ServerApp.token=", "--ServerApp.password=", "--allow-root",
-         f"--ServerApp.root_dir={tmp_path}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    state = tmp_path / "lab-state"
+    state.mkdir()
+    server = Lab.start(tmp_path, state)
     try:
-        def up() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        wait_until(up, 60, 0.2, message="JupyterLab to listen")
-        server = Lab(f"http://127.0.0.1:{port}", proc)
         yield server
     finally:
-        Lab("", proc).stop()
-        log.close()
+        server.stop()
 
 
 def test_queue_and_timeline_render_and_respond(lab: Lab, tmp_path: Path,

@@ -1,0 +1,245 @@
+"""The sentinel's CLI and control API with real processes: reads never blocked while jobs run
+(F5), ``casparian start`` stopped by SIGINT even when started with SIGINT ignored (DESIGN §5),
+``job cancel`` without a sentinel, and hostile control/worker messages (F14)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from casparian_nb.client import ControlClient, connection_is_live, read_connection_file
+from casparian_nb.config import Settings
+from casparian_nb.errors import SentinelError
+from casparian_nb.launcher import LocalCluster
+from casparian_nb.protocol import Codec
+from tests.conftest import make_inputs, wait_until
+from tests.integration.test_sentinel import FAST, control, jobs_by_id, wait_final, wait_job
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CASPARIAN_", "CF_FIXTURE_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "casparian_nb", "--home", str(home), *args],
+                          capture_output=True, text=True, env=cli_env(), timeout=timeout)
+
+
+# -- F5: reads while the sentinel writes ---------------------------------------------------
+
+def test_cli_and_control_api_stay_readable_while_200_jobs_run(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    cluster = cluster_factory(workers=2, **FAST)
+    files = make_inputs(tmp_path / "in", 200, mode="slow sleep=0.02")
+    problems: list[str] = []
+    api_calls = 0
+    stop = threading.Event()
+
+    def hammer_api() -> None:  # the notebook side: control requests in a loop
+        nonlocal api_calls
+        with control(cluster, timeout=5) as ctl:
+            while not stop.is_set():
+                try:
+                    ctl.queue_stats()
+                    page = ctl.list_jobs(limit=100)
+                    if page["jobs"]:
+                        ctl.get_job(page["jobs"][0]["id"])
+                    api_calls += 1
+                except Exception as exc:  # collected, asserted below
+                    problems.append(f"api: {exc!r}")
+
+    with control(cluster) as ctl:
+        ids = ctl.submit(fixture_plugin, [str(f) for f in files])["job_ids"]
+    api = threading.Thread(target=hammer_api)
+    api.start()
+    cli_runs = 0
+    seen_running = False
+    try:
+        while True:
+            listing = cli(settings.home, "jobs", "--json", "--limit", "500")
+            shown = cli(settings.home, "job", "show", str(ids[len(ids) // 2]), "--json")
+            for done in (listing, shown):
+                if done.returncode != 0 or "lock" in done.stderr.lower():
+                    problems.append(f"cli rc={done.returncode}: {done.stderr.strip()}")
+            jobs = json.loads(listing.stdout)
+            assert isinstance(jobs, list) and len(jobs) == 200
+            for j in jobs:
+                assert {"id", "status", "plugin_name", "input_file"} <= set(j)
+            assert json.loads(shown.stdout)["id"] == ids[len(ids) // 2]
+            cli_runs += 1
+            statuses = {j["status"] for j in jobs}
+            seen_running = seen_running or "RUNNING" in statuses
+            if statuses <= {"COMPLETED"}:
+                break
+            assert cli_runs < 200, "the run never finished"
+    finally:
+        stop.set()
+        api.join(10)
+    assert not problems, problems[:5]
+    assert seen_running and cli_runs >= 2 and api_calls >= 10
+    wait_final(settings, ids, status="COMPLETED")
+
+
+# -- casparian start / SIGINT ------------------------------------------------------------------
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's `cmd &` would leave it
+
+
+def test_start_in_the_foreground_stops_everything_on_sigint_even_with_sigint_ignored(
+        settings: Settings, fixture_plugin: Path, tmp_path: Path) -> None:
+    home = settings.home
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casparian_nb", "--home", str(home), "start", "--workers", "2",
+         "--slots", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=cli_env(), start_new_session=True, preexec_fn=_ignore_sigint)
+    tree: set[int] = set()
+    try:
+        def serving() -> Any:
+            try:
+                info = read_connection_file(home)
+            except SentinelError:
+                return None
+            if not connection_is_live(info):
+                return None
+            with ControlClient(info, timeout=2) as ctl:
+                return info if len(ctl.list_workers()) == 2 else None
+
+        info = wait_until(serving, 30, interval=0.05, message="casparian start to serve")
+        hang = make_inputs(tmp_path / "in", 1, mode="hang")  # a host busy, ignoring SIGTERM
+        with ControlClient(info) as ctl:
+            job_id = ctl.submit(fixture_plugin, [str(hang[0])])["job_ids"][0]
+        wait_job(settings, job_id, lambda j: j["host_pid"], 20, "the hang job to start")
+        tree = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert len(tree) >= 5  # sentinel + 2 workers + their hosts
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    assert elapsed < 8, f"stopping took {elapsed:.1f}s"
+
+    def all_gone() -> bool:
+        return not [p for p in tree if psutil.pid_exists(p)
+                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(all_gone, 5, message="sentinel, workers and hosts to exit")
+    # a clean stop: the running job is not lost (the next start re-queues it)
+    row = jobs_by_id(settings, [job_id])[job_id]
+    assert row["status"] in ("QUEUED", "RUNNING") and row["retry_count"] == 0
+
+
+# -- job cancel without a sentinel ----------------------------------------------------------
+
+def test_job_cancel_without_a_sentinel_cancels_a_queued_job_in_the_db(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    cluster = cluster_factory(workers=0)
+    files = make_inputs(tmp_path / "in", 3)
+    with control(cluster) as ctl:
+        ids = ctl.submit(fixture_plugin, [str(f) for f in files])["job_ids"]
+    via_api = cli(settings.home, "job", "cancel", str(ids[0]))
+    assert via_api.returncode == 0 and "ABORTED" in via_api.stdout
+    cluster.stop()
+    done = cli(settings.home, "job", "cancel", str(ids[1]))
+    assert done.returncode == 0, done.stderr
+    assert "directly in the state DB" in done.stdout and "no sentinel" in done.stdout
+    again = cli(settings.home, "job", "cancel", str(ids[1]))
+    assert again.returncode == 1 and "ABORTED" in again.stderr
+    assert len([ln for ln in again.stderr.splitlines() if ln.strip()]) == 1
+    rows = jobs_by_id(settings, ids)
+    assert [rows[i]["status"] for i in ids] == ["ABORTED", "ABORTED", "QUEUED"]
+    listing = json.loads(cli(settings.home, "jobs", "--json").stdout)
+    assert {j["id"]: j["status"] for j in listing} == {ids[0]: "ABORTED", ids[1]: "ABORTED",
+                                                       ids[2]: "QUEUED"}
+
+
+# -- F14: hostile messages -------------------------------------------------------------------
+
+def _signed(codec: Codec, body: dict[str, Any] | bytes) -> list[bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return [b"CF1", codec.sign(raw), raw]
+
+
+def test_bad_control_and_worker_messages_get_errors_and_the_loops_keep_running(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    cluster = cluster_factory(workers=1, **FAST)
+    assert cluster.info is not None
+    info = cluster.info
+    codec = info.codec()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(info.control)
+
+    def ask(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
+        sock.send_multipart(frames)
+        assert sock.poll(5000), "no reply to a bad message"
+        _, msg = codec.decode(sock.recv_multipart())
+        return msg.type, msg.payload
+
+    now = time.time()
+
+    def body(type_: str, payload: Any, **extra: Any) -> dict[str, Any]:
+        return {"v": 1, "type": type_, "id": uuid.uuid4().hex, "ts": now, "reply_to": None,
+                "payload": payload, **extra}
+
+    wrong_key = Codec(b"w" * 32)
+    cases = {
+        "garbage": ([b"garbage"], "PARSE_ERROR"),
+        "no signature": ([b"CF1", b"", json.dumps(body("Ping", {})).encode()], "AUTH_ERROR"),
+        "wrong signature": (wrong_key.encode("Ping", {}), "AUTH_ERROR"),
+        "not json": (_signed(codec, b"{not json"), "PARSE_ERROR"),
+        "unknown type": (_signed(codec, body("Frobnicate", {})), "UNKNOWN_TYPE"),
+        "worker message on control": (_signed(codec, body("Goodbye", {"worker_id": "x"})),
+                                      "UNKNOWN_TYPE"),
+        "bad payload": (_signed(codec, body("GetJob", {"job_id": "seven"})), "INVALID_REQUEST"),
+        "bad status filter": (codec.encode("ListJobs", {"status": "EXPLODED"}), "INVALID_REQUEST"),
+        "old protocol": (_signed(codec, body("Ping", {}, v=0)), "PARSE_ERROR"),
+        "too many frames": ([b"x"] * 200, None),
+    }
+    for name, (frames, code) in cases.items():
+        type_, payload = ask(frames)
+        assert type_ == "Error", name
+        if code is not None:
+            assert payload["code"] == code, (name, payload)
+
+    # the worker socket drops or refuses bad input; the worker that is connected is unharmed
+    wsock = ctx.socket(zmq.DEALER)
+    wsock.setsockopt(zmq.LINGER, 0)
+    wsock.connect(info.workers)
+    for frames in ([b"junk"], wrong_key.encode("Heartbeat", {"worker_id": "w", "active_job_ids": [],
+                                                             "free_slots": 1}),
+                   codec.encode("Receipt", {"job_id": "1", "status": "SUCCESS"})):
+        wsock.send_multipart(frames)
+    wsock.close(0)
+
+    with ControlClient(info) as ctl:
+        assert ctl.ping()["pid"] == info.pid
+        files = make_inputs(tmp_path / "in", 2)
+        ids = ctl.submit(fixture_plugin, [str(f) for f in files])["job_ids"]
+        wait_final(settings, ids, status="COMPLETED")
+        assert len(ctl.list_workers()) == 1
+    sock.close(0)
+    assert cluster.alive()

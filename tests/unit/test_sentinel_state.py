@@ -1,0 +1,541 @@
+"""The sentinel's pure state machine: every decision, no sockets, no DB, no clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from casparian_nb.sentinel import state as st
+from casparian_nb.sentinel.state import (
+    CancelRequested,
+    Discard,
+    JobRec,
+    JobsQueued,
+    JobStarted,
+    Persist,
+    Promote,
+    PromotionFinished,
+    Publish,
+    ReceiptReceived,
+    Reply,
+    Send,
+    SentinelState,
+    Tick,
+    WorkerGone,
+    WorkerHeartbeat,
+    WorkerJoined,
+)
+
+STAGED = {"job_id": "x", "sink": "parquet:///tmp/out", "staging_dir": "/tmp/s",
+          "outputs": [{"output": "out", "table": "out", "rows": 3, "path": "/tmp/s/out.parquet",
+                       "schema": [["n", "int64"]]}]}
+EMPTY = {**STAGED, "outputs": []}
+
+
+def rec(job_id: int, priority: int = 0, **kw: Any) -> JobRec:
+    spec = {"plugin_name": "p", "parser_version": "1", "input_file": f"/in/{job_id}",
+            "sink": "parquet:///tmp/out", "mode": "append", "plugin_path": "/p.py",
+            "staging_root": "/tmp/s"}
+    return JobRec(id=job_id, priority=priority, spec=spec, plan_json="[]", **kw)
+
+
+def machine(**kw: Any) -> SentinelState:
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("retry_backoff", 1.0)
+    kw.setdefault("worker_timeout", 10.0)
+    kw.setdefault("timeout_grace", 2.0)
+    return SentinelState(**kw)
+
+
+def join(m: SentinelState, wid: str, slots: int = 1, now: float = 0.0,
+         prefetch: int = 0) -> list[Any]:
+    return m.handle(WorkerJoined(wid, wid.encode(), slots, 100, now, prefetch))
+
+
+def sends(actions: list[Any], type_: str = "Dispatch") -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and a.type == type_]
+
+
+def dispatched(actions: list[Any]) -> dict[int, str]:
+    """job id -> worker id of the Dispatch sends."""
+    return {int(a.payload["job"]["job_id"]): a.worker_id for a in sends(actions)}
+
+
+def persists(actions: list[Any], op: str | None = None) -> list[Persist]:
+    return [a for a in actions if isinstance(a, Persist) and (op is None or a.op == op)]
+
+
+def published(actions: list[Any], name: str) -> list[Publish]:
+    return [a for a in actions if isinstance(a, Publish) and a.name == name]
+
+
+def receipt(m: SentinelState, job_id: int, status: str, now: float = 1.0, **data: Any) -> list[Any]:
+    job = m.jobs[job_id]
+    assert job.worker_id is not None
+    return m.handle(ReceiptReceived(job_id, job.worker_id, job.attempt, status, data, now))
+
+
+def success(m: SentinelState, job_id: int, now: float = 1.0) -> list[Any]:
+    return receipt(m, job_id, "SUCCESS", now, staged=STAGED, rows={"out": 3},
+                   source_hash="h", host_pid=42)
+
+
+def complete(m: SentinelState, job_id: int, now: float = 2.0) -> list[Any]:
+    acts = success(m, job_id, now)
+    return acts + m.handle(PromotionFinished(job_id, True, [], None, now))
+
+
+# -- dispatch ------------------------------------------------------------------------------
+
+def test_dispatch_fills_free_slots_across_workers() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(i) for i in range(1, 8)], 0.0))
+    acts = join(m, "a", slots=2) + join(m, "b", slots=3)
+    where = dispatched(acts)
+    assert len(where) == 5
+    assert sorted(where.values()).count("a") == 2 and sorted(where.values()).count("b") == 3
+    assert m.queued_count() == 2
+    # every dispatch is claimed in the DB and announced
+    assert len(persists(acts, "claim_job")) == 5 and len(published(acts, "JobDispatched")) == 5
+    # a receipt frees exactly one slot, which takes the next job at once
+    first_a = next(j for j, w in where.items() if w == "a")
+    acts = complete(m, first_a)
+    assert list(dispatched(acts).values()) == ["a"]
+    assert m.queued_count() == 1
+
+
+def test_no_dispatch_without_workers_and_prefetch_adds_capacity() -> None:
+    m = machine()
+    assert m.handle(JobsQueued([rec(1), rec(2), rec(3)], 0.0)) == []
+    acts = join(m, "a", slots=1, prefetch=1)
+    assert len(dispatched(acts)) == 2  # one running + one waiting in the worker's backlog
+
+
+def test_priority_order_then_fifo() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1, 0), rec(2, 5), rec(3, 0), rec(4, 9), rec(5, 5)], 0.0))
+    order = []
+    join(m, "a")
+    acts = m.handle(Tick(0.0))  # nothing new
+    assert not dispatched(acts)
+    order.append(next(iter(m.workers["a"].running)))
+    for _ in range(4):
+        acts = complete(m, order[-1])
+        order += list(dispatched(acts))
+    assert order == [4, 2, 5, 1, 3]
+
+
+def test_dispatch_payload_carries_attempt_and_timeout() -> None:
+    m = machine(default_timeout=30.0)
+    m.handle(JobsQueued([rec(1), rec(2, timeout_s=1.5)], 0.0))
+    acts = join(m, "a", slots=2)
+    jobs = {int(s.payload["job"]["job_id"]): s.payload["job"] for s in sends(acts)}
+    assert jobs[1]["attempt"] == 1 and jobs[1]["timeout_s"] == 30.0
+    assert jobs[2]["timeout_s"] == 1.5
+    assert jobs[1]["plugin_name"] == "p" and jobs[1]["input_file"] == "/in/1"
+
+
+# -- completion ------------------------------------------------------------------------------
+
+def test_success_promotes_then_completes_once() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = success(m, 1)
+    staged = persists(acts, "record_staged")
+    assert staged and staged[0].args["rows"] == {"out": 3}
+    # the receipt named the host: started is recorded without a JobStarted message
+    assert persists(acts, "mark_started")[0].args["host_pid"] == 42
+    assert next(a for a in acts if isinstance(a, Promote)).job_id == 1
+    assert m.jobs[1].status == "PROMOTING"
+    acts = m.handle(PromotionFinished(1, True, [{"output": "out", "table": "out", "rows": 3,
+                                                  "uri": "file:///x"}], None, 2.0))
+    done = persists(acts, "complete_job")
+    assert done and done[0].args["outputs"] == {"out": 3} and done[0].args["source_hash"] == "h"
+    assert published(acts, "JobCompleted")[0].data["rows"] == 3
+    assert len(published(acts, "MaterializationRecorded")) == 1
+    assert 1 not in m.jobs
+    # a duplicate PromotionFinished changes nothing
+    assert m.handle(PromotionFinished(1, True, [], None, 3.0)) == []
+
+
+def test_a_job_that_staged_nothing_completes_without_a_promotion() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = receipt(m, 1, "SUCCESS", staged=EMPTY, rows={}, source_hash="h", host_pid=1)
+    assert not [a for a in acts if isinstance(a, Promote)] and not persists(acts, "record_staged")
+    assert [a for a in acts if isinstance(a, Discard)] == [Discard(EMPTY)]
+    assert persists(acts, "complete_job")[0].args["outputs"] == {}
+    assert published(acts, "JobCompleted") and 1 not in m.jobs
+
+
+def test_promotion_failure_fails_the_job_permanently() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    success(m, 1)
+    acts = m.handle(PromotionFinished(1, False, [], "mode=error: output exists", 2.0))
+    failed = persists(acts, "fail_job")
+    assert failed and "mode=error" in failed[0].args["error"]
+    assert persists(acts, "dead_letter")
+    assert 1 not in m.jobs
+
+
+def test_job_started_is_recorded_and_published() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = m.handle(JobStarted(1, "a", 4242, 0.5))
+    assert persists(acts, "mark_started")[0].args == {"job_id": 1, "host_pid": 4242}
+    assert published(acts, "JobStarted")[0].data["host_pid"] == 4242
+    # the receipt then does not record the start a second time
+    assert not persists(success(m, 1), "mark_started")
+    # a JobStarted from a worker that does not run the job is ignored
+    m.handle(JobsQueued([rec(2)], 1.0))
+    assert m.handle(JobStarted(2, "zzz", 1, 1.0)) == []
+
+
+# -- failures, retries, dead letter -------------------------------------------------------
+
+def test_transient_failure_retries_with_exponential_backoff_then_dead_letters() -> None:
+    m = machine(max_retries=2, retry_backoff=1.0)
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    err = {"ename": "TransientError", "evalue": "flaky", "kind": "transient"}
+    acts = receipt(m, 1, "FAILED", 10.0, error=err)
+    requeue = persists(acts, "requeue_job")[0].args
+    assert requeue["retry_count"] == 1 and requeue["scheduled_at"] == 11.0
+    assert published(acts, "JobRetried")[0].data["delay_ms"] == 1000
+    assert not dispatched(acts)  # backoff: not before 11.0
+    assert m.next_wakeup() == 11.0
+    assert not dispatched(m.handle(Tick(10.9)))
+    acts = m.handle(Tick(11.0))
+    assert dispatched(acts) == {1: "a"} and m.jobs[1].attempt == 2
+    acts = receipt(m, 1, "FAILED", 20.0, error=err)
+    assert persists(acts, "requeue_job")[0].args["scheduled_at"] == 22.0  # doubled
+    m.handle(Tick(22.0))
+    acts = receipt(m, 1, "FAILED", 30.0, error=err)  # third failure: out of retries
+    assert persists(acts, "fail_job")[0].args["error_kind"] == "transient"
+    dead = persists(acts, "dead_letter")[0].args
+    assert dead["reason"] == "max_retries_exceeded" and "flaky" in dead["error"]
+    assert published(acts, "JobFailed")[0].data["retry_count"] == 2
+    assert 1 not in m.jobs
+
+
+def test_permanent_failure_fails_at_once() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = receipt(m, 1, "FAILED", error={"ename": "PermanentError", "evalue": "bad",
+                                          "kind": "permanent", "traceback": "tb"})
+    assert not persists(acts, "requeue_job")
+    assert persists(acts, "fail_job")[0].args["traceback"] == "tb"
+    assert persists(acts, "dead_letter")[0].args["reason"] == "permanent_error"
+
+
+def test_capacity_rejection_requeues_without_spending_a_retry() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(i) for i in range(1, 5)], 0.0))
+    acts = join(m, "liar", slots=3)  # advertises 3, really has 1
+    assert len(dispatched(acts)) == 3
+    running = sorted(m.workers["liar"].running)
+    acts = receipt(m, running[1], "REJECTED", 0.1)
+    req = persists(acts, "requeue_job")[0].args
+    assert req["retry_count"] == 0 and req["reason"] == "capacity"
+    assert m.jobs[running[1]].retry_count == 0 and m.jobs[running[1]].status == "QUEUED"
+    # the worker is believed to hold what it has now: no re-dispatch into the same hole
+    assert not dispatched(acts)
+    acts = receipt(m, running[2], "REJECTED", 0.2)
+    assert not dispatched(acts)
+    assert m.workers["liar"].free == 0
+    # its real job completes: exactly one slot opens
+    acts = complete(m, running[0])
+    assert len(dispatched(acts)) == 1
+    # a heartbeat reporting the real capacity keeps the cap
+    m.handle(WorkerHeartbeat("liar", 3.0, capacity=1))
+    assert m.workers["liar"].free == 0
+    assert all(j.retry_count == 0 for j in m.jobs.values())
+
+
+def test_heartbeat_with_full_capacity_lifts_the_cap() -> None:
+    m = machine()
+    join(m, "a", slots=2)
+    m.workers["a"].cap = 1
+    m.handle(WorkerHeartbeat("a", 1.0, capacity=2))
+    assert m.workers["a"].cap is None and m.workers["a"].free == 2
+
+
+# -- cancel ----------------------------------------------------------------------------------
+
+def test_cancel_queued_is_aborted_at_once() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1), rec(2)], 0.0))
+    acts = m.handle(CancelRequested(2, "r1", 1.0))
+    assert persists(acts, "abort_job")[0].args["job_id"] == 2
+    reply = next(a for a in acts if isinstance(a, Reply))
+    assert reply.payload["success"] and reply.payload["state"] == "ABORTED"
+    assert m.queued_count() == 1
+    # it is never dispatched
+    assert dispatched(join(m, "a", slots=2)) == {1: "a"}
+
+
+def test_cancel_running_sends_abort_and_waits_for_the_worker() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = m.handle(CancelRequested(1, "r1", 1.0))
+    assert persists(acts, "request_cancel")
+    abort = sends(acts, "Abort")
+    assert abort and abort[0].worker_id == "a" and abort[0].payload["job_id"] == "1"
+    assert next(a for a in acts if isinstance(a, Reply)).payload["state"] == "ABORTING"
+    assert m.jobs[1].status == "RUNNING"  # "aborting…" until the worker confirms
+    again = m.handle(CancelRequested(1, "r2", 1.1))
+    assert next(a for a in again if isinstance(a, Reply)).payload["state"] == "ABORTING"
+    assert not sends(again, "Abort")
+    acts = receipt(m, 1, "ABORTED", 1.2, reason="cancelled by user")
+    assert persists(acts, "abort_job")[0].args["reason"] == "cancelled by user"
+    assert 1 not in m.jobs
+
+
+def test_success_receipt_after_cancel_is_aborted_and_staged_discarded() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    m.handle(CancelRequested(1, "r1", 1.0))
+    acts = success(m, 1, 1.1)
+    assert next(a for a in acts if isinstance(a, Discard)).staged == STAGED
+    assert not [a for a in acts if isinstance(a, Promote)]
+    assert persists(acts, "abort_job") and not persists(acts, "record_staged")
+    assert 1 not in m.jobs
+
+
+def test_failed_receipt_after_cancel_is_aborted_not_retried() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    m.handle(CancelRequested(1, "r1", 1.0))
+    acts = receipt(m, 1, "FAILED", 1.1, error={"ename": "T", "evalue": "x", "kind": "transient"})
+    assert persists(acts, "abort_job") and not persists(acts, "requeue_job")
+
+
+def test_cancel_after_success_is_completing() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    success(m, 1)
+    acts = m.handle(CancelRequested(1, "r1", 1.5))
+    reply = next(a for a in acts if isinstance(a, Reply)).payload
+    assert not reply["success"] and reply["state"] == "COMPLETING"
+    assert "completing" in reply["message"]
+    assert not sends(acts, "Abort") and not persists(acts)
+    acts = m.handle(PromotionFinished(1, True, [], None, 2.0))
+    assert persists(acts, "complete_job")
+
+
+def test_cancel_of_unknown_job() -> None:
+    acts = machine().handle(CancelRequested(99, "r", 0.0))
+    assert next(a for a in acts if isinstance(a, Reply)).payload["success"] is False
+
+
+def test_cancel_running_without_confirmation_ends_after_worker_timeout() -> None:
+    m = machine(worker_timeout=5.0)
+    m.handle(JobsQueued([rec(1), rec(2)], 0.0))
+    join(m, "a")
+    m.handle(CancelRequested(1, "r", 1.0))
+    m.handle(WorkerHeartbeat("a", 5.0))
+    assert 1 in m.jobs
+    m.handle(WorkerHeartbeat("a", 6.1))
+    acts = m.handle(Tick(6.1))
+    assert "did not confirm" in persists(acts, "abort_job")[0].args["reason"]
+    assert dispatched(acts) == {2: "a"}  # the slot is given up
+
+
+# -- stale receipts, lost workers ---------------------------------------------------------
+
+def test_stale_receipts_are_discarded() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    join(m, "b")
+    assert m.jobs[1].worker_id == "a"
+    m.handle(WorkerGone("a", "killed", 1.0))
+    assert m.jobs[1].worker_id == "b" and m.jobs[1].attempt == 2
+    # the late SUCCESS of attempt 1 from the lost worker: discarded, nothing promoted
+    acts = m.handle(ReceiptReceived(1, "a", 1, "SUCCESS", {"staged": STAGED}, 2.0))
+    assert acts == [Discard(STAGED)]
+    # a receipt naming the wrong attempt on the right worker: also discarded
+    acts = m.handle(ReceiptReceived(1, "b", 1, "SUCCESS", {"staged": STAGED}, 2.0))
+    assert acts == [Discard(STAGED)]
+    assert m.jobs[1].status == "RUNNING"
+    # and one for a job that is already finished
+    complete(m, 1)
+    assert m.handle(ReceiptReceived(1, "b", 2, "SUCCESS", {"staged": STAGED}, 3.0)) == \
+        [Discard(STAGED)]
+    assert m.handle(ReceiptReceived(1, "b", 2, "FAILED", {}, 3.0)) == []
+
+
+def test_lost_worker_requeues_its_jobs_spending_a_retry() -> None:
+    m = machine(max_retries=1)
+    m.handle(JobsQueued([rec(1), rec(2), rec(3)], 0.0))
+    join(m, "a", slots=2)
+    assert m.workers["a"].running == {1, 2}
+    m.handle(CancelRequested(2, "r", 0.5))
+    acts = m.handle(WorkerGone("a", "worker process 100 exited", 1.0))
+    lost = published(acts, "WorkerLost")[0].data
+    assert lost["requeued_job_ids"] == [1]
+    assert persists(acts, "requeue_job")[0].args["retry_count"] == 1
+    assert persists(acts, "abort_job")[0].args["job_id"] == 2  # the cancelled one
+    assert m.jobs[1].status == "QUEUED" and "a" not in m.workers
+    join(m, "b", slots=2, now=1.0)
+    assert m.jobs[1].worker_id == "b"
+    # losing it again exceeds max_retries=1: failed and dead-lettered
+    acts = m.handle(WorkerGone("b", "gone again", 2.0))
+    assert persists(acts, "fail_job")[0].args["job_id"] in (1, 3)
+    assert any(p.args["reason"] == "max_retries_exceeded" for p in persists(acts, "dead_letter"))
+
+
+def test_graceful_goodbye_requeues_without_spending_a_retry() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = m.handle(WorkerGone("a", "worker said goodbye", 1.0, graceful=True))
+    assert persists(acts, "requeue_job")[0].args["retry_count"] == 0
+    assert published(acts, "WorkerLost")  # it had a job: that one went back to the queue
+    join(m, "b", now=1.0)
+    assert m.jobs[1].worker_id == "b"
+    complete(m, 1)
+    acts = m.handle(WorkerGone("b", "worker said goodbye", 3.0, graceful=True))
+    assert published(acts, "WorkerLeft") and not published(acts, "WorkerLost")
+
+
+def test_worker_shutdown_abort_requeues_without_spending_a_retry() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = receipt(m, 1, "ABORTED", reason="shutdown")
+    req = persists(acts, "requeue_job")[0].args
+    assert req["retry_count"] == 0 and req["reason"] == "worker_shutdown"
+    assert not persists(acts, "abort_job")
+
+
+def test_silent_worker_is_lost_after_worker_timeout() -> None:
+    m = machine(worker_timeout=3.0)
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a", now=0.0)
+    join(m, "b", now=0.0)
+    m.handle(WorkerHeartbeat("b", 2.9))
+    assert not published(m.handle(Tick(2.9)), "WorkerLost")
+    m.handle(WorkerHeartbeat("b", 3.5))
+    acts = m.handle(Tick(3.5))
+    assert [p.data["worker_id"] for p in published(acts, "WorkerLost")] == ["a"]
+    assert dispatched(acts) == {1: "b"}
+
+
+def test_rejoining_worker_loses_what_it_ran() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = join(m, "a", now=1.0)  # restarted under the same id
+    assert published(acts, "WorkerLost")
+    assert m.jobs[1].attempt == 2 and m.jobs[1].worker_id == "a"
+
+
+# -- timeouts --------------------------------------------------------------------------------
+
+def test_worker_reported_timeout_is_aborted_with_reason() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1, timeout_s=1.0)], 0.0))
+    join(m, "a")
+    acts = receipt(m, 1, "ABORTED", reason="timeout: job ran longer than 1s", timeout=True)
+    assert persists(acts, "abort_job")[0].args["reason"] == "timed out after 1s"
+    assert not persists(acts, "requeue_job")
+
+
+def test_sentinel_backstop_aborts_a_job_the_worker_did_not_time_out() -> None:
+    m = machine(timeout_grace=2.0, worker_timeout=5.0, default_timeout=10.0)
+    m.handle(JobsQueued([rec(1, timeout_s=1.0), rec(2)], 0.0))
+    join(m, "a", slots=2)
+    m.handle(JobStarted(1, "a", 7, 0.1))
+    m.handle(JobStarted(2, "a", 8, 0.1))
+    assert not sends(m.handle(Tick(3.0)), "Abort")  # 1 + 2 s grace not over yet
+    acts = m.handle(Tick(3.2))
+    abort = sends(acts, "Abort")
+    assert [a.payload["job_id"] for a in abort] == ["1"]
+    assert abort[0].payload["reason"].startswith("timeout")
+    assert not sends(m.handle(Tick(3.3)), "Abort")  # sent once
+    # the worker confirms: ABORTED "timed out"
+    acts = receipt(m, 1, "ABORTED", 3.4, reason=abort[0].payload["reason"])
+    assert persists(acts, "abort_job")[0].args["reason"] == "timed out after 1s"
+
+
+def test_backstop_gives_up_when_the_worker_never_confirms() -> None:
+    m = machine(timeout_grace=1.0, worker_timeout=2.0)
+    m.handle(JobsQueued([rec(1, timeout_s=1.0)], 0.0))
+    join(m, "a")
+    m.handle(JobStarted(1, "a", 7, 0.0))
+    m.handle(WorkerHeartbeat("a", 2.5))
+    assert sends(m.handle(Tick(2.5)), "Abort")
+    m.handle(WorkerHeartbeat("a", 4.4))
+    assert 1 in m.jobs
+    m.handle(WorkerHeartbeat("a", 4.6))
+    acts = m.handle(Tick(4.6))
+    assert "did not confirm" in persists(acts, "abort_job")[0].args["reason"]
+    assert m.workers["a"].free == 1
+
+
+def test_no_backstop_for_a_job_waiting_in_the_worker_backlog() -> None:
+    m = machine(timeout_grace=1.0)
+    m.handle(JobsQueued([rec(1, timeout_s=1.0)], 0.0))
+    join(m, "a")
+    assert not sends(m.handle(Tick(100.0)), "Abort")  # never reported started
+
+
+# -- restart re-adoption ---------------------------------------------------------------------
+
+def test_promoting_jobs_from_a_restart_are_not_dispatched() -> None:
+    m = machine()
+    adopted = rec(1)
+    adopted.status = "PROMOTING"
+    adopted.result = {"rows": 2, "outputs": {"out": 2}, "quarantine_rows": 0,
+                      "duration_ms": 1.0, "source_hash": "h"}
+    m.handle(JobsQueued([adopted, rec(2)], 0.0))
+    assert m.queued_count() == 1
+    assert dispatched(join(m, "a", slots=2)) == {2: "a"}
+    acts = m.handle(PromotionFinished(1, True, [], None, 1.0))
+    assert persists(acts, "complete_job")[0].args["outputs"] == {"out": 2}
+
+
+def test_jobs_waiting_for_a_retry_after_restart_keep_their_time() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1, ready_at=50.0)], 10.0))
+    assert not dispatched(join(m, "a", now=10.0))
+    assert m.next_wakeup() == 50.0
+    assert not dispatched(m.handle(WorkerHeartbeat("a", 49.9)))
+    assert dispatched(m.handle(Tick(50.0))) == {1: "a"}
+
+
+def test_paused_machine_dispatches_nothing() -> None:
+    m = machine()
+    m.paused = True
+    m.handle(JobsQueued([rec(1)], 0.0))
+    assert not dispatched(join(m, "a"))
+
+
+@pytest.mark.parametrize("n", [1000])
+def test_many_jobs_dispatch_in_priority_order(n: int) -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(i, priority=i % 3) for i in range(1, n + 1)], 0.0))
+    join(m, "a")
+    seen = [next(iter(m.workers["a"].running))]
+    while len(seen) < n:
+        seen += list(dispatched(complete(m, seen[-1])))
+    complete(m, seen[-1])
+    prios = [i % 3 for i in seen]
+    assert prios == sorted(prios, reverse=True)
+    assert m.queued_count() == 0 and not m.jobs
+
+
+def test_action_types_are_exported() -> None:
+    assert st.Action is not None

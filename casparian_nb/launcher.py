@@ -143,7 +143,7 @@ class LocalCluster:
         tail = ""
         try:
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            tail = f": {lines[-1][:200]}" if lines else ""
+            tail = f": {lines[-1]}" if lines else ""  # already one line: keep its advice
         except OSError:
             pass
         return f"{what}{tail} (log: {log})"

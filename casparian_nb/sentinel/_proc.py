@@ -21,7 +21,7 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # no such pid (or not a pid at all)
         return False
     except PermissionError:
         return True

@@ -14,6 +14,7 @@ import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import lineage, plan, plugins, sinks
@@ -93,7 +94,10 @@ class SubmitHandler:
         self.settings = settings
 
     def _plugin(self, ref: str) -> tuple[plugins.PluginSpec, str, int]:
-        path = plugins.resolve_plugin_path(ref, self.settings.plugins_dir)
+        # Clients resolve a user's path locally and send it absolute; anything else that comes
+        # over the wire is a plugin *name* and must stay under <home>/plugins (F12).
+        path = plugins.resolve_plugin_path(ref, self.settings.plugins_dir,
+                                           named_only=not Path(ref).is_absolute())
         spec = plugins.inspect_plugin(path)
         trust = plugins.check_trust(spec, self.settings.trust)
         plugin_id = self.store.register_plugin(

@@ -18,13 +18,15 @@ import contextlib
 import gc
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from ..errors import TapeError
+from ._decode import Envelope, Payload, decode_block, to_payload
 from .envelope import (
     COMMAND_SUCCEEDED,
     DOMAIN_EVENT,
@@ -38,8 +40,6 @@ from .reducer import JobReducer
 
 __all__ = ["Explanation", "explain_tape"]
 
-# The C scanner parses one JSON value at an offset: (value, end). Used for payloads only.
-_SCAN: Any = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 # JSONEncoder.encode builds a C encoder per call; one prebuilt encoder (", " / ": " like
 # json.dumps) costs a third per job line of a 100,000-job explanation.
 _C_ENCODE = (
@@ -299,32 +299,34 @@ class Explanation:
 
     # -- reduction -------------------------------------------------------------------------
     def _apply(self, obj: dict[str, Any]) -> bool:
-        """Apply a fully parsed line; False when it is not an envelope."""
+        """Apply a line parsed by ``json``; False when it is not an envelope."""
         en = obj.get("event_name")
         if not isinstance(en, dict):
             return False
-        kind, name, payload = en.get("type"), en.get("name"), obj.get("payload")
-        ts = obj.get("timestamp") if isinstance(obj.get("timestamp"), str) else None
+        ts = obj.get("timestamp")
+        self._event(en.get("type"), en.get("name"), obj.get("payload"),
+                    ts if type(ts) is str else None, obj.get("correlation_id"))
+        return True
+
+    def _event(self, kind: Any, name: Any, payload: Any, ts: str | None, corr: Any) -> None:
         if kind == DOMAIN_EVENT:
             self.reducer.apply(name, payload, ts)
         elif kind == UI_COMMAND:
-            corr = obj.get("correlation_id")
             if isinstance(corr, str):
                 self._by_corr[corr] = len(self.commands)
             self.commands.append([name, "pending", corr, None])
         elif kind in (SYSTEM_RESPONSE, ERROR_EVENT):
-            self._response(kind, str(name), payload, obj.get("correlation_id"))
-        return True
+            self._response(kind, str(name), to_payload(payload), corr)
 
-    def _response(self, kind: str, name: str, payload: Any, corr: Any) -> None:
-        p = payload if isinstance(payload, dict) else {}
-        text = p.get("error") if p.get("error") is not None else p.get("message")
+    def _response(self, kind: str, name: str, p: Payload | None, corr: Any) -> None:
+        error, message, status = (p.error, p.message, p.status) if p else (None, None, None)
+        text = error if error is not None else message
         failed = kind == ERROR_EVENT or "Failed" in name or "Error" in name
         if failed:
             self.errors.append(f"{name}: {text}" if text is not None else name)
         idx = self._by_corr.get(corr) if isinstance(corr, str) else None
         if idx is not None:
-            status = "failed" if failed else str(p.get("status") or (
+            status = "failed" if failed else str(status or (
                 "success" if name == COMMAND_SUCCEEDED else name))
             self.commands[idx][1] = status
             if failed:
@@ -333,7 +335,7 @@ class Explanation:
 
 @contextlib.contextmanager
 def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector: a million payload dicts would trigger it over and
+    """Pause the cyclic garbage collector: a million payloads would trigger it over and
     over to traverse every job record, and nothing here forms a reference cycle (reference
     counting frees it all)."""
     was = gc.isenabled()
@@ -345,112 +347,134 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
+# Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
+# enough that one block's decoded events stay a few MB.
+_BLOCK = 1 << 22
+
+
+class _Cursor:
+    """Where the scan is: line number, the last event's (timestamp, schema_version), and a
+    bad line held back until we know whether it is the last one (then: truncation)."""
+
+    __slots__ = ("last", "number", "pending_bad")
+
+    def __init__(self) -> None:
+        self.number = 0
+        self.last: tuple[Any, Any] | None = None
+        self.pending_bad: tuple[int, bool] | None = None  # (line, ends with a newline)
+
+
 def explain_tape(path: str | os.PathLike[str]) -> Explanation:
     """Explain a tape file (streaming). :class:`TapeError` when it cannot be read at all."""
     ex = Explanation()
-    with open_tape(path) as raw, no_gc():
-        # Text mode splitting on "\n" only; undecodable bytes survive as surrogates.
-        fh = open(raw.fileno(), encoding="utf-8", errors="surrogateescape",
-                  newline="\n", closefd=False)
-        number, last, pending_bad = _scan(ex, fh)
-        fh.close()
-    _finish(ex, Path(path), number, last, pending_bad)
+    cur = _Cursor()
+    with open_tape(path) as fh, no_gc():
+        while True:
+            data = fh.read(_BLOCK)
+            if not data:
+                break
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) == _BLOCK:  # a line longer than a block
+                data += fh.readline()
+                cut = len(data) if data.endswith(b"\n") else 0
+            if cut == 0:  # the last line, without a newline
+                _line_block(ex, cur, data)
+                continue
+            if cut < len(data):  # the partial line starts the next block
+                fh.seek(cut - len(data), os.SEEK_CUR)
+            if not _fast_block(ex, cur, data, cut):
+                _line_block(ex, cur, data[:cut])
+    _finish(ex, Path(path), cur)
     return ex
 
 
-def _fast_table(handlers: dict[str, tuple[Any, bool]]) -> dict[str, tuple[Any, bool]]:
-    """The canonical ``event_name`` text of each handled domain event -> its handler."""
-    return {f'{{"type":"{DOMAIN_EVENT}","name":"{name}"}}': entry
-            for name, entry in handlers.items()}
-
-
-def _scan(ex: Explanation, lines: Iterable[str], number: int = 0,
-          fast: dict[str, tuple[Any, bool]] | None = None,
-          ) -> tuple[int, str | None, tuple[int, str] | None]:
-    """Apply every line of ``lines`` to ``ex``; returns ``(line number reached, last event
-    line, pending bad line)``. ``number`` is the line number before the first line.
-
-    The first event of a tape (``ex.event_count == 0``) is parsed in full for its time; a
-    caller explaining a later part of a tape presets ``event_count`` to skip that.
-    """
-    if fast is None:
-        fast = _fast_table(ex.reducer.handlers)
-    scan = _SCAN
-    loads = json.loads
-    apply = ex._apply
+def _fast_block(ex: Explanation, cur: _Cursor, data: bytes, cut: int) -> bool:
+    """Apply ``data[:cut]``, whole lines, decoded by msgspec; False (nothing applied) when it
+    does not decode cleanly, so the caller parses it line by line instead."""
+    try:
+        events = decode_block(memoryview(data)[:cut])
+    except (msgspec.MsgspecError, ValueError):  # ValueError: bytes that are not UTF-8
+        return False
+    if cur.pending_bad is not None:  # a bad line that turned out not to be the last
+        _skip(ex, cur.pending_bad[0])
+        cur.pending_bad = None
+    handlers = ex.reducer.handlers
     count = ex.event_count
-    last: str | None = None
-    pending_bad: tuple[int, str] | None = None
-    for text in lines:
-        number += 1
-        if pending_bad is not None:  # a bad line that turned out not to be the last
-            _skip(ex, pending_bad[0])
-            pending_bad = None
-        # Fast path: the writer's (and the original's) canonical layout. Find the
-        # top-level event_name (no "{" before it), look the raw name object up, and
-        # parse only the payload — which must then close the line.
-        if text.startswith('{"schema_version":'):
-            i = text.find('"event_name":')
-            if i > 0 and text.find("{", 1, i) == -1:
-                k = text.find(',"payload":', i)
-                entry = fast.get(text[i + 13 : k]) if k > 0 else None
-                if entry is not None:
-                    try:
-                        payload, end = scan(text, k + 11)
-                    except (StopIteration, ValueError):
-                        end = -1
-                    n = len(text)
-                    if 0 < end < n and text[end] == "}" and (
-                        end == n - 1 or (end == n - 2 and text[-1] == "\n")
-                    ):
-                        if count == 0:  # first event: also take its time
-                            first = loads(text)
-                            ex.started_at = first.get("timestamp")
-                            apply(first)
-                        elif type(payload) is dict:
-                            if entry[1]:
-                                a = text.find('"timestamp":"', 0, i)
-                                ts = text[a + 13 : text.find('"', a + 13)] if a >= 0 else None
-                            else:
-                                ts = None
-                            entry[0](payload, ts)
-                        count += 1
-                        last = text
-                        continue
-        # Slow path: anything else, parsed in full.
+    last: Envelope | None = None
+    for i, e in enumerate(events):
+        en = e.event_name
+        if en is None:  # valid JSON, but not an envelope: skipped, by its line number
+            _skip(ex, cur.number + _line_of(data[:cut], i))
+            continue
+        ts = e.timestamp
+        if en.type == DOMAIN_EVENT:
+            name = en.name
+            entry = handlers.get(name) if type(name) is str else None
+            if entry is not None and e.payload is not None:
+                entry[0](e.payload, ts if type(ts) is str else None)
+        else:
+            ex._event(en.type, en.name, e.payload, ts if type(ts) is str else None,
+                      e.correlation_id)
+        if count == 0:
+            ex.started_at = ts
+        count += 1
+        last = e
+    ex.event_count = count
+    if last is not None:
+        cur.last = (last.timestamp, last.schema_version)
+    cur.number += data.count(b"\n", 0, cut)
+    return True
+
+
+def _line_of(block: bytes, index: int) -> int:
+    """1-based line (within ``block``) of the ``index``-th non-blank line (as msgspec
+    counts them: blank = JSON whitespace only)."""
+    seen = -1
+    for n, line in enumerate(block.split(b"\n"), 1):
+        if line.strip(b" \t\r"):
+            seen += 1
+            if seen == index:
+                return n
+    return 0
+
+
+def _line_block(ex: Explanation, cur: _Cursor, block: bytes) -> None:
+    """Apply lines one by one with ``json`` (lenient: bad lines skipped, by number)."""
+    loads = json.loads
+    for raw in block.splitlines(keepends=True):
+        cur.number += 1
+        if cur.pending_bad is not None:
+            _skip(ex, cur.pending_bad[0])
+            cur.pending_bad = None
+        text = raw.decode("utf-8", "surrogateescape")
         if not text.strip():
             continue
         try:
             obj = loads(text)
         except ValueError:
-            pending_bad = (number, text)
+            cur.pending_bad = (cur.number, text.endswith("\n"))
             continue
-        if not isinstance(obj, dict) or not apply(obj):
-            _skip(ex, number)
+        if not isinstance(obj, dict) or not ex._apply(obj):
+            _skip(ex, cur.number)
             continue
-        if count == 0:
+        if ex.event_count == 0:
             ex.started_at = obj.get("timestamp")
-        count += 1
-        last = text
-    ex.event_count = count
-    return number, last, pending_bad
+        ex.event_count += 1
+        cur.last = (obj.get("timestamp"), obj.get("schema_version"))
 
 
-def _finish(ex: Explanation, path: Path, number: int, last: str | None,
-            pending_bad: tuple[int, str] | None) -> None:
+def _finish(ex: Explanation, path: Path, cur: _Cursor) -> None:
     """End of the tape: a bad last line is truncation (no newline) or skipped; the last
     event gives the end time and schema version."""
-    if pending_bad is not None:
-        if pending_bad[1].endswith("\n"):
-            _skip(ex, pending_bad[0])
+    if cur.pending_bad is not None:
+        if cur.pending_bad[1]:
+            _skip(ex, cur.pending_bad[0])
         else:
-            ex.truncated = pending_bad[0]
-    if number and ex.event_count == 0 and ex.skipped_count:
+            ex.truncated = cur.pending_bad[0]
+    if cur.number and ex.event_count == 0 and ex.skipped_count:
         raise TapeError(f"{path} is not a tape: no line parses as an event")
-    if last is not None:
-        obj = json.loads(last)
-        ex.ended_at = obj.get("timestamp")
-        ex.schema_version = obj.get("schema_version")
+    if cur.last is not None:
+        ex.ended_at, ex.schema_version = cur.last
 
 
 def _skip(ex: Explanation, number: int) -> None:

@@ -28,6 +28,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from ._decode import UNSET, Payload, to_payload
 from .envelope import EventName, job_key, parse_timestamp
 
 __all__ = ["TERMINAL", "JobRecord", "JobReducer", "WorkerRecord"]
@@ -137,7 +138,7 @@ class WorkerRecord:
         return new
 
 
-Handler = Callable[[dict[str, Any], "str | None"], None]
+Handler = Callable[[Payload, "str | None"], None]
 
 
 class JobReducer:
@@ -173,11 +174,15 @@ class JobReducer:
         }
 
     def apply(self, name: str | None, payload: Any, timestamp: str | None = None) -> bool:
-        """Apply one domain event; returns whether it was a job/worker event."""
+        """Apply one domain event (``payload`` a dict or a :class:`Payload`); returns
+        whether it was a job/worker event."""
         entry = self.handlers.get(name or "")
-        if entry is None or not isinstance(payload, dict):
+        if entry is None:
             return False
-        entry[0](payload, timestamp)
+        p = payload if type(payload) is Payload else to_payload(payload)
+        if p is None:
+            return False
+        entry[0](p, timestamp)
         return True
 
     def copy(self) -> JobReducer:
@@ -218,8 +223,8 @@ class JobReducer:
         text = value if type(value) is str else str(value)
         return self._strings.setdefault(text, text)
 
-    def _job(self, payload: dict[str, Any]) -> JobRecord | None:
-        raw = payload.get("job_id")
+    def _job(self, payload: Payload) -> JobRecord | None:
+        raw = payload.job_id
         job = self.jobs.get(raw) if type(raw) is str else None
         if job is not None:
             return job
@@ -242,8 +247,8 @@ class JobReducer:
                 rec = self.workers[key] = WorkerRecord(key)
         return rec
 
-    def _plugin(self, job: JobRecord, p: dict[str, Any]) -> None:
-        name, version = p.get("plugin_name"), p.get("plugin_version")
+    def _plugin(self, job: JobRecord, p: Payload) -> None:
+        name, version = p.plugin_name, p.plugin_version
         if name is not None and name != job.plugin_name:
             job.plugin_name = self._s(name)
         if version is not None and version != job.plugin_version:
@@ -268,17 +273,17 @@ class JobReducer:
         job.ended_at = t
 
     # -- handlers --------------------------------------------------------------------------
-    def _queued(self, p: dict[str, Any], ts: str | None) -> None:
+    def _queued(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is None:
             return
         job.status = "queued"
         job.worker_id = None
         self._plugin(job, p)
-        if "input_file" in p:
-            job.input_file = p["input_file"]
+        if p.input_file is not UNSET:
+            job.input_file = p.input_file
 
-    def _dispatched(self, p: dict[str, Any], ts: str | None) -> None:
+    def _dispatched(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is None:
             return
@@ -291,45 +296,45 @@ class JobReducer:
         job.ended_at = None
         self._plugin(job, p)
         job.dispatched_at = job.run_start = t
-        rec = self._worker(p.get("worker_id"))
+        rec = self._worker(p.worker_id)
         if rec is not None:
             rec.jobs += 1
             job.worker_id = job.run_worker = rec.worker_id
         else:
             job.worker_id = None
 
-    def _started(self, p: dict[str, Any], ts: str | None) -> None:
+    def _started(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is None or job.status in TERMINAL:
             return
         job.status = "running"
-        self._set_worker(job, p.get("worker_id"))
+        self._set_worker(job, p.worker_id)
 
-    def _cancel(self, p: dict[str, Any], ts: str | None) -> None:
+    def _cancel(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is not None:
             job.cancel_requested = True
             self.cancels += 1
 
-    def _finish(self, job: JobRecord, p: dict[str, Any], ts: str | None, status: str) -> None:
+    def _finish(self, job: JobRecord, p: Payload, ts: str | None, status: str) -> None:
         job.status = status
-        self._set_worker(job, p.get("worker_id"))
-        dur = p.get("duration_ms")
+        self._set_worker(job, p.worker_id)
+        dur = p.duration_ms
         if type(dur) is int or type(dur) is float:
             job.duration_ms = dur
         self._end_run(job, parse_timestamp(ts))
 
-    def _completed(self, p: dict[str, Any], ts: str | None) -> None:
+    def _completed(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is None:
             return
         self._finish(job, p, ts, "completed")
-        rows = p.get("rows")
+        rows = p.rows
         if type(rows) is int:
             job.rows = rows
-        if "quarantine_rows" in p:
-            job.quarantine_rows = p["quarantine_rows"]
-        outputs = p.get("outputs")
+        if p.quarantine_rows is not UNSET:
+            job.quarantine_rows = p.quarantine_rows
+        outputs = p.outputs
         if type(outputs) is dict:
             for name in outputs:
                 if name not in job.outputs:
@@ -337,17 +342,17 @@ class JobReducer:
         job.error = None
         job.error_kind = None
 
-    def _failed(self, p: dict[str, Any], ts: str | None) -> None:
+    def _failed(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is None:
             return
-        self._finish(job, p, ts, "queued" if p.get("will_retry") is True else "failed")
-        job.error = p.get("error") if p.get("error") is not None else p.get("message")
-        job.error_kind = self._s(p.get("error_kind"))
-        if type(p.get("retry_count")) is int:
-            job.retries = max(job.retries, p["retry_count"])
+        self._finish(job, p, ts, "queued" if p.will_retry is True else "failed")
+        job.error = p.error if p.error is not None else p.message
+        job.error_kind = self._s(p.error_kind)
+        if type(p.retry_count) is int:
+            job.retries = max(job.retries, p.retry_count)
 
-    def _retried(self, p: dict[str, Any], ts: str | None) -> None:
+    def _retried(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is None:
             return
@@ -355,27 +360,27 @@ class JobReducer:
         job.retries += 1
         if job.status not in ("dispatched", "running"):
             job.status = "queued"
-        if p.get("error") is not None:
-            job.error = p["error"]
+        if p.error is not None:
+            job.error = p.error
 
-    def _aborted(self, p: dict[str, Any], ts: str | None) -> None:
+    def _aborted(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is not None:
             self._finish(job, p, ts, "aborted")
-            job.reason = p.get("reason")
+            job.reason = p.reason
 
-    def _skipped(self, p: dict[str, Any], ts: str | None) -> None:
+    def _skipped(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
         if job is not None:
             job.status = "skipped"
-            job.reason = p.get("reason")
-            if "input_file" in p:
-                job.input_file = p["input_file"]
+            job.reason = p.reason
+            if p.input_file is not UNSET:
+                job.input_file = p.input_file
 
-    def _materialized(self, p: dict[str, Any], ts: str | None) -> None:
+    def _materialized(self, p: Payload, ts: str | None) -> None:
         self.materializations += 1
-        name, rows = p.get("output_name"), p.get("rows")
-        key = (name, p.get("table"))
+        name, rows = p.output_name, p.rows
+        key = (name, p.table)
         agg = self.materialized.get(key)
         if agg is None:
             agg = self.materialized[key] = [0, 0]
@@ -390,29 +395,29 @@ class JobReducer:
         if type(rows) is int and not job.rows:
             job.rows = rows  # the original takes rows from here; JobCompleted's total wins
 
-    def _worker_joined(self, p: dict[str, Any], ts: str | None) -> None:
-        rec = self._worker(p.get("worker_id"))
+    def _worker_joined(self, p: Payload, ts: str | None) -> None:
+        rec = self._worker(p.worker_id)
         if rec is None:
             return
         rec.joined_at = parse_timestamp(ts)
         rec.lost_at = None
-        if isinstance(p.get("slots"), int):
-            rec.slots = p["slots"]
-        if isinstance(p.get("pid"), int):
-            rec.pid = p["pid"]
+        if isinstance(p.slots, int):
+            rec.slots = p.slots
+        if isinstance(p.pid, int):
+            rec.pid = p.pid
 
-    def _worker_left(self, p: dict[str, Any], ts: str | None) -> None:
+    def _worker_left(self, p: Payload, ts: str | None) -> None:
         self._worker_lost(p, ts)
-        rec = self._worker(p.get("worker_id"))
+        rec = self._worker(p.worker_id)
         if rec is not None:
             rec.left = True
 
-    def _worker_lost(self, p: dict[str, Any], ts: str | None) -> None:
-        rec = self._worker(p.get("worker_id"))
+    def _worker_lost(self, p: Payload, ts: str | None) -> None:
+        rec = self._worker(p.worker_id)
         t = parse_timestamp(ts)
         if rec is not None:
             rec.lost_at = t if t is not None else 0.0
-        ids = p.get("requeued_job_ids")
+        ids = p.requeued_job_ids
         for raw in ids if isinstance(ids, list) else ():
             job = self.jobs.get(job_key(raw) or "")
             if job is not None and job.status not in TERMINAL:

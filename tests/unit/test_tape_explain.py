@@ -246,3 +246,62 @@ def test_job_encoder_writes_what_json_encoding_of_to_dict_writes() -> None:
         if rng.random() < 0.7:
             job.outputs = rng.choice([[], ["a", "b"], ["é", 'x"'], [1], ("a",)])
         assert enc.encode(job) == _enc(job.to_dict()), i
+
+
+def _story(data: dict[str, Any]) -> dict[str, Any]:
+    drop = ("event_count", "skipped_lines", "truncated", "truncated_line")
+    return {k: v for k, v in data.items() if k not in drop}
+
+
+@pytest.mark.parametrize("block", [64, 700, 1 << 22])
+def test_decoded_blocks_and_line_by_line_parsing_agree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Blocks that msgspec decodes and blocks that fall back to ``json`` line by line (one
+    bad line spoils its block) explain the same story; lines longer than a block too."""
+    from casparian_nb.tape import explain as mod
+
+    monkeypatch.setattr(mod, "_BLOCK", block)
+    src = TAPES / "golden_session.tape"
+    lines = src.read_text().splitlines(keepends=True)
+    clean = explain_tape(src).to_json()
+    spoiled = tmp_path / "spoiled.tape"
+    bad_at = [3, len(lines) // 2, len(lines) - 1]
+    out = list(lines)
+    for n in reversed(bad_at):
+        out.insert(n, "not json\n")
+    spoiled.write_text("".join(out))
+    data = explain_tape(spoiled).to_json()
+    assert _story(data) == _story(clean)
+    assert data["event_count"] == clean["event_count"]
+    assert data["skipped_lines"] == [n + 1 + i for i, n in enumerate(bad_at)]
+
+
+def test_non_envelopes_and_blank_lines_keep_their_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "t.tape"
+    path.write_text(line(0, "tape_started", None, {}) + "\n  \n" + "{}\n" +
+                    dom(1, "JobQueued", job_id="1") + '{"event_name": null}\n' +
+                    dom(2, "JobCompleted", job_id=1, rows=4) + "\r\n")
+    data = explain_tape(path).to_json()
+    assert data["skipped_lines"] == [4, 6]
+    assert data["event_count"] == 3
+    assert [(j["job_id"], j["status"], j["rows"]) for j in data["jobs"]] == [("1", "completed", 4)]
+    assert data["ended_at"] == "2026-01-01T00:00:02Z"
+
+
+def test_values_of_unexpected_types_are_tolerated(tmp_path: Path) -> None:
+    """Explain is lenient: odd payload values decode as what they are and are ignored where
+    they make no sense; an unhashable event name is not a handler."""
+    path = tmp_path / "t.tape"
+    path.write_text(line(0, "tape_started", None, {}) +
+                    dom(1, "JobQueued", job_id="1", plugin_name=["x"], input_file=None) +
+                    line(2, "domain_event", None, {"job_id": "1"}).replace(
+                        '"type":"domain_event"}', '"type":"domain_event","name":[1]}') +
+                    dom(3, "JobCompleted", job_id="1", rows="many", outputs=[1],
+                        quarantine_rows=2, duration_ms=True) +
+                    dom(4, "MaterializationRecorded", job_id=1.0, output_name="o", rows=2**70))
+    data = explain_tape(path).to_json()
+    [job] = data["jobs"]
+    assert job["status"] == "completed" and job["input_file"] is None
+    assert job["rows"] == 2**70 and job["outputs"] == ["o"] and job["quarantine_rows"] == 2
+    assert data["materialization_summary"] == [
+        {"output_name": "o", "table": None, "count": 1, "rows": 2**70}]

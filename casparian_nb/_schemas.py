@@ -35,7 +35,8 @@ _OBJECTS: dict[str, dict[str, str]] = {
     # The job a worker runs: everything it needs without reading the state DB.
     "JobSpec": {
         "job_id": "str", "plugin_path": "str", "plugin_source_hash?": "str|None",
-        "plugin_name": "str", "parser_version?": "str|None", "input_file": "str",
+        "plugin_name": "str", "plugin_name_declared?": "bool",
+        "parser_version?": "str|None", "input_file": "str",
         "sink?": "str|None", "mode?": "str|None", "timeout_s?": "float|None", "attempt": "int",
         "staging_root": "str",
     },

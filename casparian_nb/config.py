@@ -107,10 +107,17 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     #: Control client per-request timeout.
     request_timeout: float = 5.0
+    #: How long a promotion waits for a DuckDB sink file another process holds (a notebook)
+    #: before its job fails; meanwhile other promotions go on.
+    sink_lock_timeout: float = 10.0
     #: Default sink when a submit names none ("" -> parquet://<home>/output).
     default_sink: str = ""
     #: Per-job address-space limit for plugin hosts in MiB (0 = none).
     job_memory_limit_mb: int = 0
+    #: Disk space each plugin host's log (its stdout + stderr) may take, in MiB (0 = no cap):
+    #: ``host-*.log`` plus one older part ``host-*.log.1``, each at most half; see
+    #: docs/internals.md "Logs".
+    host_log_max_mb: int = 10
     #: Hash paths and free text in tape payloads.
     tape_redact: bool = True
     #: The sentinel records its events on a tape under <home>/tapes (false: no sentinel tape;

@@ -139,14 +139,17 @@ class LocalCluster:
             time.sleep(0.05)
 
     def _failure(self, what: str) -> str:
-        log = self.settings.logs_dir / "sentinel.out"
-        tail = ""
-        try:
-            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            tail = f": {lines[-1]}" if lines else ""  # already one line: keep its advice
-        except OSError:
-            pass
-        return f"{what}{tail} (log: {log})"
+        # sentinel.out holds what the process printed (a `casparian: error: ...` line, a
+        # traceback); its log lines go to sentinel.log only, so look there when .out is empty.
+        for name in ("sentinel.out", "sentinel.log"):
+            log = self.settings.logs_dir / name
+            try:
+                lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            except OSError:
+                continue
+            if lines:  # the last line is already one line: keep its advice
+                return f"{what}: {lines[-1]} (log: {log})"
+        return f"{what} (log: {self.settings.logs_dir / 'sentinel.out'})"
 
     @property
     def pids(self) -> list[int]:

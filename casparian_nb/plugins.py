@@ -105,6 +105,9 @@ class PluginSpec:
     source: str                         #: UTF-8 source text (``source.encode()`` = file bytes)
     source_hash: str                    #: sha256 hex of the source bytes
     takes_ctx: bool                     #: parse() accepts a second positional argument
+    #: ``name`` came from a ``name = "..."`` constant. When False it is the file stem: user
+    #: data that tape redaction hashes, unlike a name the author chose.
+    name_declared: bool
 
 
 # -- static inspection ----------------------------------------------------------------------
@@ -240,6 +243,7 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
         path=p, name=consts.get("name", p.stem), version=consts.get("version", "0.0.0"),
         default_output=default, manifest=manifest, source=source,
         source_hash=hashlib.sha256(raw).hexdigest(), takes_ctx=takes_ctx,
+        name_declared="name" in consts,
     )
 
 

@@ -23,6 +23,7 @@ both from here.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections import Counter
@@ -64,6 +65,7 @@ __all__ = [
     "Handler",
     "HandlerTable",
     "InvalidPayloadError",
+    "LogLimiter",
     "Message",
     "MessageTooLargeError",
     "RequestFailed",
@@ -160,6 +162,52 @@ Handler = Callable[[Message], "tuple[str, Mapping[str, Any]] | None"]
 
 
 @dataclass
+class LogLimiter:
+    """Rate-limits the log lines that hostile input causes (F14: anyone who can reach a port,
+    key or no key, must not be able to grow the logs at will).
+
+    At most ``burst`` lines per ``interval`` seconds go to ``logger``; the rest are counted,
+    and the count is logged once the next window opens — at the next line, or at
+    :meth:`flush`, which a serving loop may call as often as it likes::
+
+        limiter = LogLimiter(log, name="control", what="rejected messages")
+        limiter.log("control: rejected message: %s", exc)   # False when suppressed
+    """
+
+    logger: logging.Logger
+    name: str = "socket"
+    what: str = "bad messages"
+    burst: int = 10
+    interval: float = 10.0
+    level: int = logging.WARNING
+    _window: float = field(default=-math.inf, init=False, repr=False)
+    _logged: int = field(default=0, init=False, repr=False)
+    _suppressed: int = field(default=0, init=False, repr=False)
+
+    def log(self, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless this window's burst is used up; whether it was logged."""
+        self._roll(time.monotonic())
+        if self._logged < self.burst:
+            self._logged += 1
+            self.logger.log(self.level, msg, *args)
+            return True
+        self._suppressed += 1
+        return False
+
+    def flush(self) -> None:
+        """Log the count of suppressed lines if their window is over (cheap; call often)."""
+        if self._suppressed:
+            self._roll(time.monotonic())
+
+    def _roll(self, now: float) -> None:
+        if now - self._window >= self.interval:
+            if self._suppressed:
+                self.logger.log(self.level, "%s: %d more %s not logged", self.name,
+                                self._suppressed, self.what)  # fmt: skip
+            self._window, self._logged, self._suppressed = now, 0, 0
+
+
+@dataclass
 class HandlerTable:
     """Routes the messages of one ROUTER socket to handler functions and never raises.
 
@@ -183,9 +231,11 @@ class HandlerTable:
     log_burst: int = 10  # bad-message lines per log_interval; the rest are counted
     log_interval: float = 10.0
     counts: Counter[str] = field(default_factory=Counter, init=False)
-    _window: float = field(default=0.0, init=False, repr=False)
-    _logged: int = field(default=0, init=False, repr=False)
-    _suppressed: int = field(default=0, init=False, repr=False)
+    limiter: LogLimiter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = LogLimiter(self.logger, name=self.name, burst=self.log_burst,
+                                  interval=self.log_interval)  # fmt: skip
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes] | None:
         """Process one received message; return the frames to send back, or None."""
@@ -232,17 +282,7 @@ class HandlerTable:
 
     def _bad(self, code: str, text: str) -> None:
         self.counts[code] += 1
-        now = time.monotonic()
-        if now - self._window >= self.log_interval:
-            if self._suppressed:
-                self.logger.warning("%s: %d more bad messages not logged", self.name,
-                                    self._suppressed)  # fmt: skip
-            self._window, self._logged, self._suppressed = now, 0, 0
-        if self._logged < self.log_burst:
-            self._logged += 1
-            self.logger.warning("%s: refused message [%s]: %s", self.name, code, text)
-        else:
-            self._suppressed += 1
+        self.limiter.log("%s: refused message [%s]: %s", self.name, code, text)
 
 
 def _first_frame(frames: object) -> list[bytes]:

@@ -243,7 +243,8 @@ def run(
     pool: HostPool | None = None
     try:
         pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
-                        memory_limit_mb=settings.job_memory_limit_mb, name="run")
+                        memory_limit_mb=settings.job_memory_limit_mb, name="run",
+                        log_max_bytes=settings.host_log_max_mb * 1024 * 1024)
         with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as ex:
             futures: dict[Future[HostResult], dict[str, Any]] = {
                 ex.submit(pool.run, job, timeout=limit): job for job in jobs

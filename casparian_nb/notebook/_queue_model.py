@@ -49,7 +49,8 @@ class Row:
     """One job as the table shows it."""
 
     __slots__ = ("aborting", "cancel_requested", "duration_ms", "end", "error", "id", "input",
-                 "input_file", "plugin", "retries", "rows", "start", "status", "worker")
+                 "input_file", "plugin", "retries", "rows", "start", "status", "touched",
+                 "worker")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
@@ -66,6 +67,7 @@ class Row:
         self.retries = 0
         self.cancel_requested = False  # confirmed by the sentinel (CancelRequested / DB)
         self.aborting = False  # the user clicked cancel here; the sentinel has not answered
+        self.touched = 0  # QueueModel.seq of the last event applied to this row
 
     @property
     def label(self) -> str:
@@ -109,6 +111,9 @@ class QueueModel:
         self.workers: set[str] = set()
         #: A change since the last page was taken (the widget re-pages only then).
         self.dirty = True
+        #: Events applied so far; a snapshot read at ``seq == n`` is older than any row
+        #: touched after n (see ``load(since=)``).
+        self.seq = 0
 
     # -- state changes -----------------------------------------------------------------------
     def _row(self, job_id: Any) -> Row | None:
@@ -130,11 +135,15 @@ class QueueModel:
         if status in TERMINAL:
             row.aborting = False
 
-    def load(self, jobs: Iterable[Mapping[str, Any]]) -> None:
-        """Merge job dicts from the state DB (``list_jobs``/``get_job``/``JobInfo``)."""
+    def load(self, jobs: Iterable[Mapping[str, Any]], since: int | None = None) -> None:
+        """Merge job dicts from the state DB (``list_jobs``/``get_job``/``JobInfo``).
+
+        ``since``: the :attr:`seq` when the snapshot was read; rows an event touched after
+        that keep what the event said (the snapshot is older).
+        """
         for job in jobs:
             row = self._row(job.get("id"))
-            if row is None:
+            if row is None or (since is not None and row.touched > since):
                 continue
             status = str(job.get("status") or "QUEUED").upper()
             if row.status in TERMINAL and status not in TERMINAL:
@@ -161,9 +170,11 @@ class QueueModel:
             return False
         if name in ("WorkerLost", "WorkerLeft"):
             self.workers.discard(str(data.get("worker_id")))
+            self.seq += 1
             for jid in data.get("requeued_job_ids") or ():
                 row = self._row(jid)
                 if row is not None and row.status not in TERMINAL:
+                    row.touched = self.seq
                     self._set_status(row, "QUEUED")
                     row.worker, row.start, row.end = None, None, None
             self.dirty = True
@@ -175,6 +186,8 @@ class QueueModel:
         if row.status in TERMINAL and name != "JobSkipped":
             return False  # terminal is final: a late or replayed event cannot undo it
         handler(self, row, data, ts)
+        self.seq += 1
+        row.touched = self.seq
         self.dirty = True
         return True
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import plan, sinks
 from ..config import Settings
+from ..errors import SinkLockedError
 from ..store import Materialization, StateReader, StateStore
 from ..store.schema import iso_from_epoch
 from . import state as st
@@ -208,24 +209,39 @@ class Persister:
             self._submission_ids[submission_id] = frozenset(str(i) for i in ids)
         return self._submission_ids[submission_id]
 
-    def promote(self, item: st.Promote) -> st.PromotionFinished:
+    def promote(self, item: st.Promote, *, lock_timeout: float = 10.0,
+                raise_locked: bool = False) -> st.PromotionFinished:
+        """Promote one job's staged outputs; a failure drops them and says why.
+
+        ``lock_timeout`` bounds the wait for a DuckDB file another process holds. With
+        ``raise_locked`` that case raises :class:`SinkLockedError` instead (nothing was
+        changed and the staging is kept), so the committer can retry it later.
+        """
         try:
             staged = sinks.StagedJob.from_dict(item.staged)
             run_ids = None
             if item.mode != "append":
                 run_ids = self._run_ids(item.submission_id, item.job_id)
             artifacts = sinks.promote(staged, mode=sinks.SinkMode.parse(item.mode),
-                                      run_job_ids=run_ids)
+                                      run_job_ids=run_ids, lock_timeout=lock_timeout)
             return st.PromotionFinished(item.job_id, True, [a.to_dict() for a in artifacts], None,
                                         time.time())
+        except SinkLockedError as exc:
+            if raise_locked:
+                raise
+            return self.failed(item, exc)
         except Exception as exc:
-            log.warning("promotion of job %s failed: %s", item.job_id, exc)
-            try:
-                sinks.discard(sinks.StagedJob.from_dict(item.staged))
-            except Exception:
-                log.exception("discarding staged outputs of job %s failed", item.job_id)
-            return st.PromotionFinished(item.job_id, False, [], str(exc).splitlines()[0] if
-                                        str(exc) else type(exc).__name__, time.time())
+            return self.failed(item, exc)
+
+    def failed(self, item: st.Promote, exc: BaseException) -> st.PromotionFinished:
+        """The job's promotion failed for good: drop its staged outputs, report the reason."""
+        log.warning("promotion of job %s failed: %s", item.job_id, exc)
+        try:
+            sinks.discard(sinks.StagedJob.from_dict(item.staged))
+        except Exception:
+            log.exception("discarding staged outputs of job %s failed", item.job_id)
+        return st.PromotionFinished(item.job_id, False, [], str(exc).splitlines()[0] if
+                                    str(exc) else type(exc).__name__, time.time())
 
     def close(self) -> None:
         if self._reader is not None:

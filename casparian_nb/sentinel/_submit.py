@@ -14,6 +14,7 @@ import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .._inputs import expand_inputs
 from ..config import Settings
 from ..errors import PluginError
 from ..store import NewJob, StateStore
-from .state import JobRec
+from .state import JobRec, plugin_name_fields
 
 __all__ = ["SubmitHandler", "SubmitOutcome", "job_spec"]
 
@@ -38,17 +39,55 @@ class SubmitOutcome:
 
 def job_spec(row: dict[str, Any], plugin_path: str, staging_root: str) -> dict[str, Any]:
     """The dispatch payload shared by the jobs of one submission (the input file and the
-    per-attempt fields are added at dispatch)."""
+    per-attempt fields are added at dispatch).
+
+    ``row`` is a state DB job row (a restart) or the submission's own fields, which also
+    carry ``plugin_name_declared`` (see :func:`name_declared`).
+    """
     return {
         "plugin_path": plugin_path,
         "plugin_source_hash": row.get("parser_fingerprint"),
         "plugin_name": row["plugin_name"],
+        "plugin_name_declared": name_declared(row, plugin_path),
         "parser_version": row.get("parser_version"),
         "sink": row.get("sink_uri"),
         "mode": row.get("sink_mode") or "append",
         "submission_id": row.get("submission_id"),
         "staging_root": staging_root,
     }
+
+
+def name_declared(row: dict[str, Any], plugin_path: str) -> bool:
+    """Whether a job's ``plugin_name`` is the plugin's declared ``name`` (readable on tapes)
+    rather than its file stem (user data: tapes hash it).
+
+    A submission knows (``row["plugin_name_declared"]``). A job row reloaded after a sentinel
+    restart does not: the state DB has no column for it. Then a name that differs from the
+    registered plugin file's stem cannot have come from it, so it was declared; a name equal
+    to the stem is looked up in that file while it still holds the submitted source (same
+    sha256). Without that evidence (no path, file changed or gone) the name counts as the
+    file's: redacting a declared name is harmless, keeping a file name would leak it.
+    """
+    flag = row.get("plugin_name_declared")
+    if isinstance(flag, bool):
+        return flag
+    if not plugin_path:
+        return False
+    if str(row.get("plugin_name") or "") != Path(plugin_path).stem:
+        return True
+    return _declared_in_file(plugin_path, row.get("parser_fingerprint"))
+
+
+@lru_cache(maxsize=256)
+def _declared_in_file(path: str, fingerprint: str | None) -> bool:
+    # Cached: a restart rebuilds the spec of every queued job (up to 100,000 of one plugin).
+    if not fingerprint:
+        return False
+    try:
+        spec = plugins.inspect_plugin(path)
+    except Exception:  # unreadable, gone, no longer a valid plugin: no evidence either way
+        return False
+    return spec.source_hash == fingerprint and spec.name_declared
 
 
 def _expand(specs: Sequence[str]) -> tuple[list[str], dict[str, int]]:
@@ -146,16 +185,18 @@ class SubmitHandler:
         with self.store.transaction():
             ids = self.store.insert_jobs(todo) if todo else []
             skipped_ids = self.store.insert_skipped(skip) if skip else []
-        shared = job_spec({"plugin_name": spec.name, "parser_fingerprint": spec.source_hash,
+        shared = job_spec({"plugin_name": spec.name, "plugin_name_declared": spec.name_declared,
+                           "parser_fingerprint": spec.source_hash,
                            "parser_version": spec.version, "sink_uri": str(sink),
                            "sink_mode": mode.value, "submission_id": out.submission_id},
                           str(spec.path), str(self.settings.staging_dir))
+        name_fields = plugin_name_fields(shared)
         for job_id, job in zip(ids, todo, strict=True):
             out.records.append(JobRec(id=job_id, priority=priority, spec=shared,
                                       timeout_s=timeout_s, plan_json=plan_json,
                                       input_file=job.input_file))
             out.events.append(("JobQueued", {
-                "job_id": job_id, "plugin_name": spec.name, "plugin_version": spec.version,
+                "job_id": job_id, **name_fields, "plugin_version": spec.version,
                 "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))
         for job_id, job in zip(skipped_ids, skip, strict=True):
             out.skipped.append({"job_id": job_id, "input_file": job.input_file,

@@ -141,11 +141,25 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
+def _live_client(settings: Settings) -> ControlClient | None:
+    """A client of the sentinel serving the home, or None when none is running (no
+    connection file, or the process it names is gone). A connection file that exists but
+    cannot be used (refused for its mode, corrupt) raises: a sentinel may well be running."""
     try:
-        client = _client(settings)
+        info = read_connection_file(settings.home)
     except SentinelError:
-        client = None
+        if settings.connection_file.exists():
+            raise
+        return None  # no file (or it vanished as its sentinel stopped): none is running
+    if not connection_is_live(info):
+        return None
+    return ControlClient(info, timeout=settings.request_timeout)
+
+
+def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    # Only with no sentinel alive is the state DB ours to write; any other problem reaching
+    # the sentinel (e.g. sentinel.json refused: chmod 600) is the error to report.
+    client = _live_client(settings)
     if client is not None:
         with client:
             reply = client.cancel_job(args.job_id)

@@ -4,7 +4,8 @@ One thread runs the ZMQ loop: it drains every ready socket, turns messages into 
 :class:`~casparian_nb.sentinel.state.SentinelState`, writes the resulting store operations in
 one transaction, then sends, publishes and records. A second thread, the committer, promotes
 staged outputs into sinks one job at a time, so each sink (a DuckDB file above all) has a single
-writer; it reports back through an inproc socket.
+writer; it reports back through an inproc socket (``_committer.py``: a DuckDB file another
+process holds parks only its own promotions).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -28,9 +30,10 @@ from .. import __version__, sinks
 from ..client import write_connection_file
 from ..config import Settings
 from ..errors import CasparianError, ProtocolError
-from ..protocol import Codec, Message, error_code, error_reply
+from ..protocol import Codec, LogLimiter, Message, error_code, error_reply
 from ..store.schema import now_iso
 from . import state as st
+from ._committer import Committer, sweep_staging
 from ._persist import Persister, SentinelStore
 from ._proc import pid_alive, profiled
 from ._submit import SubmitHandler
@@ -38,6 +41,19 @@ from ._submit import SubmitHandler
 __all__ = ["Sentinel"]
 
 log = logging.getLogger("casparian_nb.sentinel")
+
+#: Every topic the sentinel publishes on (see ``_publish``). A subscription can only ever
+#: match one of these if it is a prefix of it; all other topics are ignored.
+EVENT_TOPICS = (b"job", b"worker")
+#: Events queued per subscriber before the PUB socket drops for that subscriber (~1 KiB
+#: each): a stalled subscriber costs the sentinel at most a few MiB.
+EVENTS_SNDHWM = 1000
+#: Subscriptions are ``\x01 + topic``; ours are a few bytes. A longer message ends that
+#: subscriber's connection instead of being stored by the socket.
+EVENTS_MAXMSGSIZE = 1024
+#: Log lines about refused messages: per socket, at most this many per 10 s (the rest are
+#: counted), so hostile traffic cannot grow sentinel.log at will.
+REFUSED_LOG_BURST = 20
 
 
 class Sentinel:
@@ -83,7 +99,15 @@ class Sentinel:
         self._id_prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
         #: Topics someone subscribed to (XPUB reports them); no subscriber, nothing to encode.
+        #: Only prefixes of EVENT_TOPICS are kept, so it holds at most a handful.
         self._subscriptions: set[bytes] = set()
+        self._ignored_topic_logged = False
+        self._refused_log = {
+            "control": LogLimiter(log, name="control", what="rejected messages",
+                                  burst=REFUSED_LOG_BURST),
+            "workers": LogLimiter(log, name="worker socket", what="dropped messages",
+                                  burst=REFUSED_LOG_BURST),
+        }
         #: worker id -> (pid, same machine?) for the liveness check of local workers.
         self._worker_procs: dict[str, tuple[int, bool]] = {}
         self._committer_thread: threading.Thread | None = None
@@ -121,6 +145,9 @@ class Sentinel:
             "workers": self._bind(self.wrk, self.settings.worker_port),
             "events": self._bind(self.pub, self.settings.events_port),
         }
+        # Bound what subscribers can cost: queued events per subscriber, subscription size.
+        self.pub.setsockopt(zmq.SNDHWM, EVENTS_SNDHWM)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, EVENTS_MAXMSGSIZE)
         self.wake_rx = self.ctx.socket(zmq.PAIR)
         self.wake_rx.bind(f"inproc://wake-{id(self)}")
         self.wake_tx = self.ctx.socket(zmq.PAIR)
@@ -132,19 +159,24 @@ class Sentinel:
         sinks.recover(staging)
         if staging.is_dir():  # workers stage each attempt under staging/attempt-N/
             for sub in sorted(staging.glob("attempt-*")):
-                if sub.is_dir():
+                if sub.is_dir() and not sub.is_symlink():  # never act outside the home
                     sinks.recover(sub)
         now = time.time()
         requeued, adopted = self.persist.reconcile(now)
+        # Staged outputs no promotion needs (a receipt lost with the old sentinel; that job is
+        # QUEUED again and re-runs under a new attempt dir) would stay on disk for good.
+        keep = [str(rec.result["staged"].get("staging_dir") or "") for rec in adopted
+                if isinstance(rec.result.get("staged"), dict)]
+        swept = sweep_staging(staging, [k for k in keep if k])
         recs = self.persist.load_queued(now)
         self._feed(st.JobsQueued([*adopted, *recs], now))
         for rec in adopted:
             self._promotions.put(st.Promote(rec.id, rec.result.pop("staged"),
                                             str(rec.spec.get("mode") or "append"),
                                             rec.spec.get("submission_id")))
-        if requeued or adopted:
-            log.info("restart: re-queued %d job(s) left RUNNING, re-promoting %d",
-                     len(requeued), len(adopted))
+        if requeued or adopted or swept:
+            log.info("restart: re-queued %d job(s) left RUNNING, re-promoting %d, removed %d "
+                     "stale staging dir(s)", len(requeued), len(adopted), len(swept))
 
     # -- main loop -----------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -187,6 +219,8 @@ class Sentinel:
                     if now - last_pid_check >= 0.5:
                         last_pid_check = now
                         self._check_worker_pids(now)
+                        for limiter in self._refused_log.values():
+                            limiter.flush()  # "N more ... not logged", once a flood ends
                     self._feed(st.Tick(now))
                 self._flush()
         finally:
@@ -221,16 +255,31 @@ class Sentinel:
 
     def _drain_subscriptions(self) -> None:
         """XPUB hands us (un)subscriptions: b"\\x01topic" / b"\\x00topic" (first and last
-        subscriber of each topic only)."""
-        while True:
+        subscriber of each topic only).
+
+        Only topics that can match an event (prefixes of EVENT_TOPICS, b"" included) are
+        kept: a peer subscribing to millions of other topics grows neither this set nor the
+        cost of ``_publish``.
+        """
+        for _ in range(1000):  # bounded, like _drain: a stream of them cannot starve the loop
             try:
                 frame = self.pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if frame[:1] == b"\x01":
-                self._subscriptions.add(frame[1:])
-            elif frame[:1] == b"\x00":
-                self._subscriptions.discard(frame[1:])
+            op, topic = frame[:1], frame[1:]
+            if op not in (b"\x00", b"\x01"):
+                continue
+            if not any(t.startswith(topic) for t in EVENT_TOPICS):
+                if op == b"\x01" and not self._ignored_topic_logged:
+                    self._ignored_topic_logged = True  # once: a typo'd topic, or junk
+                    log.info("events socket: ignoring subscriptions to topics no event is "
+                             "published on (first: %r; topics are %s)", topic[:40],
+                             b", ".join(EVENT_TOPICS).decode())
+                continue
+            if op == b"\x01":
+                self._subscriptions.add(topic)
+            else:
+                self._subscriptions.discard(topic)
 
     def _check_worker_pids(self, now: float) -> None:
         """A local worker whose process is gone is lost now, not after the heartbeat timeout."""
@@ -304,7 +353,7 @@ class Sentinel:
             # WireError carries the routing frames, the error code and (once the signature
             # checked out) the request id, so the client can match the error to its request.
             routing = list(getattr(exc, "routing", None) or frames[:1])
-            log.warning("control: rejected message: %s", exc)
+            self._refused_log["control"].log("control: rejected message: %s", exc)
             self.ctl.send_multipart(error_reply(self.codec, getattr(exc, "request_id", None),
                                                 error_code(exc), str(exc), routing=routing))
             return
@@ -438,7 +487,7 @@ class Sentinel:
         try:
             routing, msg = self.codec.decode(frames)
         except ProtocolError as exc:
-            log.warning("worker socket: dropped message: %s", exc)
+            self._refused_log["workers"].log("worker socket: dropped message: %s", exc)
             ident = frames[0] if frames else b""
             if ident and len(frames) > 1:
                 self.wrk.send_multipart([ident, *self.codec.encode(
@@ -446,7 +495,7 @@ class Sentinel:
             return
         handler = self.worker_handlers.get(msg.type)
         if handler is None:
-            log.warning("worker socket: unknown message type %r", msg.type)
+            self._refused_log["workers"].log("worker socket: unknown message type %r", msg.type)
             return
         handler(routing[0], msg)
 
@@ -501,26 +550,11 @@ class Sentinel:
 
     # -- committer -----------------------------------------------------------------------
     def _committer(self) -> None:
-        """Promote staged outputs one job at a time (the single writer for every sink).
-
-        Results go back through ``_finished``; the loop is woken once per burst, not per job.
-        """
-        done = 0
-        while True:
-            item = self._promotions.get()
-            if item is None:
-                return
-            if isinstance(item, st.Discard):
-                try:
-                    sinks.discard(sinks.StagedJob.from_dict(item.staged))
-                except Exception:
-                    log.exception("discarding staged outputs failed")
-            else:
-                self._finished.put(self.persist.promote(item))
-                done += 1
-            if done and (done >= 64 or self._promotions.empty()):
-                self.wake_tx.send(b"")
-                done = 0
+        """The committer thread: the single writer of every sink (see ``_committer.py``);
+        results go back through ``_finished``, the loop is woken once per burst."""
+        Committer(self.persist, self._promotions, self._finished,
+                  lambda: self.wake_tx.send(b""),
+                  lock_timeout=self.settings.sink_lock_timeout).run()
 
     # -- shutdown ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -580,11 +614,27 @@ def install_signal_handlers(sentinel: Sentinel) -> None:
     signal.signal(signal.SIGTERM, _stop)
 
 
+#: Where LocalCluster sends a sentinel's stdout and stderr (in the home's logs dir).
+STDERR_LOG = "sentinel.out"
+
+
+def _stderr_is(path: Path) -> bool:
+    """Whether our stderr is the file ``path`` (same inode), e.g. when LocalCluster started us."""
+    try:
+        ours, theirs = os.fstat(2), path.stat()
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
 def run_sentinel(settings: Settings) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s sentinel %(levelname)s %(message)s",
-        handlers=[logging.FileHandler(settings.logs_dir / "sentinel.log"), logging.StreamHandler()],
-    )
+    """Entry point of ``casparian sentinel``: log to ``<home>/logs/sentinel.log`` (and to
+    stderr, unless stderr is ``sentinel.out`` next to it: each line is written once), serve."""
+    handlers: list[logging.Handler] = [logging.FileHandler(settings.logs_dir / "sentinel.log")]
+    if not _stderr_is(settings.logs_dir / STDERR_LOG):
+        handlers.append(logging.StreamHandler())  # a terminal, a pipe, a supervisor's journal
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s sentinel %(levelname)s %(message)s", handlers=handlers)
     sentinel = Sentinel(settings)
     install_signal_handlers(sentinel)
     with profiled("sentinel"):

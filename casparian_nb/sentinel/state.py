@@ -12,6 +12,7 @@ in the state DB. Times are unix seconds passed in by the events: the machine nev
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,18 @@ __all__ = [
     "WorkerGone",
     "WorkerHeartbeat",
     "WorkerJoined",
+    "plugin_name_fields",
 ]
+
+
+def plugin_name_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``plugin_name`` for an event payload, plus ``plugin_name_source: "file"`` when the name
+    is the plugin file's stem rather than a declared ``name`` (tape redaction then hashes it,
+    as it does every file name). A spec that does not say counts as the file's: safe side."""
+    name = spec.get("plugin_name")
+    if spec.get("plugin_name_declared") is True:
+        return {"plugin_name": name}
+    return {"plugin_name": name, "plugin_name_source": "file"}
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -386,7 +398,7 @@ class SentinelState:
                                      "source_hash": result.get("source_hash"),
                                      "spec": job.spec, "plan_json": job.plan_json}),
             Publish("JobCompleted", {"job_id": job.id, "worker_id": job.worker_id,
-                                     "plugin_name": job.spec.get("plugin_name"),
+                                     **plugin_name_fields(job.spec),
                                      "rows": result.get("rows", 0),
                                      "outputs": result.get("outputs") or {},
                                      "quarantine_rows": result.get("quarantine_rows", 0),
@@ -603,7 +615,7 @@ class SentinelState:
                                       "attempt": job.attempt}),
                 Send(worker.worker_id, "Dispatch", {"job": payload}),
                 Publish("JobDispatched", {"job_id": job.id, "worker_id": worker.worker_id,
-                                          "plugin_name": job.spec.get("plugin_name"),
+                                          **plugin_name_fields(job.spec),
                                           "plugin_version": job.spec.get("parser_version"),
                                           "attempt": job.attempt}),
             ]

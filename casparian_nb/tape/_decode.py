@@ -78,12 +78,13 @@ def decode_block(block: bytes | memoryview) -> list[Envelope]:
 
 def to_payload(value: Any) -> Payload | None:
     """A payload dict (as ``json`` parsed it) as a :class:`Payload`; None when it is not
-    a JSON object."""
+    a JSON object. Built field by field, no validation: any value (even a string with lone
+    surrogates from an undecodable line) is carried as it is."""
     if type(value) is Payload:
         return value
     if not isinstance(value, dict):
         return None
-    try:
-        return msgspec.convert(value, Payload)
-    except msgspec.MsgspecError:
-        return None
+    return Payload(**{k: v for k, v in value.items() if k in _FIELDS})
+
+
+_FIELDS = frozenset(Payload.__struct_fields__)

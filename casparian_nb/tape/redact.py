@@ -8,6 +8,9 @@ Each payload field has one of three policies:
 
 ``keep``
     ids, counts, statuses, durations, plugin names and versions, output names, error *kind*.
+    A plugin name is kept only when the plugin declared it (``name = "..."``): a payload
+    whose ``plugin_name_source`` is ``"file"`` carries the plugin file's stem instead, and
+    its ``plugin_name`` is hashed like any file name (:data:`HASH_WHEN`).
 ``hash``
     paths, file names, sink URIs, SQL text, host names: replaced by their 16-hex hash
     (lists element-wise, dicts recursively, keys included).
@@ -38,7 +41,7 @@ from blake3 import blake3
 
 from .envelope import COMMAND_FAILED, COMMAND_SUCCEEDED, EventName
 
-__all__ = ["HASH", "KEEP", "PAYLOAD_SCHEMAS", "TEXT", "Redactor", "policy_for"]
+__all__ = ["HASH", "HASH_WHEN", "KEEP", "PAYLOAD_SCHEMAS", "TEXT", "Redactor", "policy_for"]
 
 KEEP: Final = "keep"
 HASH: Final = "hash"
@@ -46,6 +49,8 @@ TEXT: Final = "text"
 
 _E = EventName
 _JOB = {"job_id": KEEP, "worker_id": KEEP, "duration_ms": KEEP}
+#: ``plugin_name`` plus the field that says where it came from (see :data:`HASH_WHEN`).
+_PLUGIN = {"plugin_name": KEEP, "plugin_name_source": KEEP}
 _CMD = {"plugin": HASH, "inputs": HASH, "input": HASH, "sink": HASH, "mode": KEEP,
         "path": HASH, "home": HASH, "file": HASH, "output": HASH, "status": KEEP,
         "limit": KEEP, "workers": KEEP, "job_id": KEEP, "job_ids": KEEP, "format": KEEP}
@@ -57,12 +62,13 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
                     "redaction": KEEP, "version": KEEP},
     "TapeStopped": {"reason": KEEP},
     # sentinel domain events
-    _E.JOB_QUEUED: {**_JOB, "plugin_name": KEEP, "plugin_version": KEEP, "input_file": HASH,
+    _E.JOB_QUEUED: {**_JOB, **_PLUGIN, "plugin_version": KEEP, "input_file": HASH,
                     "priority": KEEP, "sink": HASH},
-    _E.JOB_DISPATCHED: {**_JOB, "plugin_name": KEEP, "plugin_version": KEEP, "attempt": KEEP},
+    _E.JOB_DISPATCHED: {**_JOB, **_PLUGIN, "plugin_version": KEEP, "attempt": KEEP},
     _E.JOB_STARTED: {**_JOB},
     _E.CANCEL_REQUESTED: {**_JOB, "state": KEEP},
-    _E.JOB_COMPLETED: {**_JOB, "rows": KEEP, "quarantine_rows": KEEP, "outputs": KEEP},
+    _E.JOB_COMPLETED: {**_JOB, **_PLUGIN, "rows": KEEP, "quarantine_rows": KEEP,
+                       "outputs": KEEP},
     _E.JOB_FAILED: {**_JOB, "error": TEXT, "error_kind": KEEP, "retry_count": KEEP,
                     "will_retry": KEEP},
     _E.JOB_ABORTED: {**_JOB, "reason": TEXT},
@@ -84,11 +90,18 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
 #: Keys that pass through in fields no schema lists.
 _SAFE_KEYS = frozenset({
     "job_id", "job_ids", "status", "state", "kind", "error_kind", "attempt", "retry_count",
-    "will_retry", "rows", "count", "priority", "mode", "plugin_name", "plugin_version",
-    "output_name", "worker_id", "duration_ms", "delay_ms", "version", "producer", "redaction",
-    "salt_hash", "slots", "pid", "limit", "offset", "type", "name",
+    "will_retry", "rows", "count", "priority", "mode", "plugin_name", "plugin_name_source",
+    "plugin_version", "output_name", "worker_id", "duration_ms", "delay_ms", "version",
+    "producer", "redaction", "salt_hash", "slots", "pid", "limit", "offset", "type", "name",
 })
 _TEXT_KEYS = frozenset({"error", "message", "reason", "detail"})
+
+#: A kept field that is hashed after all when a sibling field of the same payload says its
+#: value is a file name: ``key -> (sibling, value)``. Applies to every event (and nested
+#: objects), so no producer can keep a file-derived plugin name by using another event name.
+HASH_WHEN: Final[Mapping[str, tuple[str, str]]] = {
+    "plugin_name": ("plugin_name_source", "file"),
+}
 
 
 @lru_cache(maxsize=4096)
@@ -219,11 +232,18 @@ class Redactor:
         policies = self._policies.get(event_name)
         if policies is None:
             policies = self._policies[event_name] = {}
+        # Payload-dependent overrides (HASH_WHEN): one lookup per rule, not per field.
+        hashed: set[str] | None = None
+        for field, (sibling, flag) in HASH_WHEN.items():
+            if field in payload and payload.get(sibling) == flag:
+                hashed = {field} if hashed is None else hashed | {field}
         for key, value in payload.items():
             k = key if type(key) is str else str(key)
             policy = policies.get(k)
             if policy is None:
                 policy = policies[k] = policy_for(event_name, k)
+            if hashed is not None and k in hashed and policy == KEEP:
+                policy = HASH
             # Exact type checks first: this runs per field of every event written.
             t = type(value)
             if t is str:

@@ -378,6 +378,7 @@ class JobReducer:
                 job.input_file = p.input_file
 
     def _materialized(self, p: Payload, ts: str | None) -> None:
+        # The most frequent event (one per output per job): the job lookup is inlined.
         self.materializations += 1
         name, rows = p.output_name, p.rows
         key = (name, p.table)
@@ -385,14 +386,18 @@ class JobReducer:
         if agg is None:
             agg = self.materialized[key] = [0, 0]
         agg[0] += 1
-        if type(rows) is int:
+        counted = type(rows) is int
+        if counted:
             agg[1] += rows
-        job = self._job(p)
+        raw = p.job_id
+        job = self.jobs.get(raw) if type(raw) is str else None
         if job is None:
-            return
+            job = self._job(p)
+            if job is None:
+                return
         if name is not None and name not in job.outputs:
             job.add_output(self._s(name) or str(name))
-        if type(rows) is int and not job.rows:
+        if counted and not job.rows:
             job.rows = rows  # the original takes rows from here; JobCompleted's total wins
 
     def _worker_joined(self, p: Payload, ts: str | None) -> None:

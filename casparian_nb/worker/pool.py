@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CasparianError
+from ._hostlog import CappedLog
 
 __all__ = ["HostPool", "HostResult", "PluginHostProcess"]
 
@@ -54,25 +55,42 @@ class PluginHostProcess:
     """One host child process and the parent's end of its socket pair."""
 
     def __init__(self, *, log_path: Path, memory_limit_mb: int = 0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, log_max_bytes: int = 0) -> None:
         parent_sock, child_sock = socket.socketpair()
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab", buffering=0)  # handed to the child, closed below
+        #: With a cap, the host writes into a pipe that a thread here copies (CappedLog);
+        #: without one, straight into the file.
+        self.log: CappedLog | None = None
+        read_fd = -1
+        if log_max_bytes > 0:
+            self.log = CappedLog(log_path, log_max_bytes)
+            read_fd, write_fd = os.pipe()
+            out: Any = write_fd
+        else:
+            out = open(log_path, "ab", buffering=0)  # handed to the child, closed below
         cmd = [sys.executable, "-m", "casparian_nb.worker.host", "--fd", str(child_sock.fileno()),
                "--parent", str(os.getpid()), "--memory-limit-mb", str(memory_limit_mb)]
         try:
             self.proc = subprocess.Popen(
-                cmd, pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL, stdout=log,
+                cmd, pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
                 start_new_session=True,  # a Ctrl-C in a terminal reaches the parent, not hosts
             )
         except BaseException:
             parent_sock.close()
+            if self.log is not None:
+                os.close(read_fd)
+                self.log.close()
             raise
         finally:
             child_sock.close()
-            log.close()
+            if isinstance(out, int):
+                os.close(out)  # the child has its copy: EOF comes when the host exits
+            else:
+                out.close()
+        if self.log is not None:
+            self.log.start(read_fd, f"cf-hostlog-{self.proc.pid}")
         self.conn = Connection(os.dup(parent_sock.fileno()))
         parent_sock.close()
         self.pid = self.proc.pid
@@ -147,11 +165,16 @@ def _discard_staging(job: dict[str, Any]) -> None:
 
 
 class HostPool:
-    """``size`` warm plugin hosts; thread-safe ``run``/``cancel``."""
+    """``size`` warm plugin hosts; thread-safe ``run``/``cancel``.
+
+    Each host logs its stdout and stderr to ``<log_dir>/<name>-<pid>-<n>.log``; with
+    ``log_max_bytes`` > 0 that log and its one rotated part (``.log.1``) hold at most that
+    many bytes together (see :class:`~casparian_nb.worker._hostlog.CappedLog`).
+    """
 
     def __init__(self, size: int, *, log_dir: Path, cancel_grace: float = 0.05,
                  memory_limit_mb: int = 0, env: Mapping[str, str] | None = None,
-                 name: str = "host") -> None:
+                 name: str = "host", log_max_bytes: int = 0) -> None:
         if size < 1:
             raise ValueError("a host pool needs at least one host")
         self.size = size
@@ -160,6 +183,7 @@ class HostPool:
         self._memory = memory_limit_mb
         self._env = env
         self._name = name
+        self._log_max = log_max_bytes  # per host log, its .1 part included (0: no cap)
         self._counter = 0
         self._lock = threading.Condition()
         self._idle: list[PluginHostProcess] = []
@@ -177,7 +201,8 @@ class HostPool:
             self._counter += 1
             n = self._counter
         log = self._log_dir / f"{self._name}-{os.getpid()}-{n}.log"
-        return PluginHostProcess(log_path=log, memory_limit_mb=self._memory, env=self._env)
+        return PluginHostProcess(log_path=log, memory_limit_mb=self._memory, env=self._env,
+                                 log_max_bytes=self._log_max)
 
     @property
     def pids(self) -> list[int]:
@@ -299,6 +324,8 @@ class HostPool:
             except subprocess.TimeoutExpired:  # EOF but still running: treat as a hang-up
                 host.terminate(0.0)
                 code = host.proc.returncode
+            if host.log is not None:  # the message points at the log: let it catch up
+                host.log.join(0.5)
             if host.killed_reason is None:
                 return HostResult(job_id, "FAILED", {"error": {
                     "ename": "PluginHostCrashed",

@@ -10,6 +10,7 @@ is gone, so it never outlives its home's sentinel.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import queue
@@ -28,8 +29,8 @@ import zmq
 from .. import plugins
 from ..client import ConnectionInfo, read_connection_file
 from ..config import Settings
-from ..errors import CasparianError, ProtocolError, SentinelError
-from ..protocol import Codec, Message
+from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
+from ..protocol import MAGIC, Codec, Message, SignatureError, one_line
 from ..sentinel._proc import pid_alive, profiled
 from .pool import HostPool, HostResult
 
@@ -96,6 +97,7 @@ class Worker:
         self.pool = HostPool(self.slots, log_dir=self.settings.logs_dir,
                              cancel_grace=self.settings.cancel_grace,
                              memory_limit_mb=self.settings.job_memory_limit_mb,
+                             log_max_bytes=self.settings.host_log_max_mb * 1024 * 1024,
                              name=f"host-{self.worker_id}")
         executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cf-job")
         try:
@@ -120,17 +122,46 @@ class Worker:
             ctx.destroy(linger=0)
 
     def _await_welcome(self, timeout: float = 10.0) -> bool:
+        """Wait for the sentinel's Welcome; False when stopped or unanswered in ``timeout``.
+
+        The sentinel answers an Identify it cannot verify with a Refused signed with *its*
+        key: a Refused that fails our verification means the key in our sentinel.json is not
+        the running sentinel's, and raises :class:`AuthenticationError` at once. Any other
+        unverifiable message (a forged Welcome) is dropped, as always. A Refused we can verify
+        raises :class:`SentinelError` with the sentinel's reason.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stop.is_set():
-            if self.sock.poll(100):
-                msg = self._recv()
-                if msg is None:
-                    continue
-                if msg.type == "Welcome":
-                    return True
-                if msg.type == "Refused":
-                    log.error("sentinel refused this worker: %s", msg.payload.get("reason"))
-                    return False
+            if not self.sock.poll(100):
+                continue
+            frames = self.sock.recv_multipart()
+            try:
+                msg = self.codec.decode(frames)[1]
+            except SignatureError as exc:
+                log.warning("dropped a message from the sentinel: %s", exc)
+                if _unverified_type(frames) != "Refused":
+                    continue  # nothing it says is acted on; only the peer we dialled can send
+                if str(exc).startswith(("stale", "message timestamp")):  # signed, but clocks
+                    raise AuthenticationError(
+                        f"the sentinel at {self.info.workers} answered with a message outside "
+                        f"the accepted time window ({exc}); check that the clocks agree"
+                    ) from None
+                conn = self.info.path or self.settings.connection_file
+                raise AuthenticationError(
+                    f"the sentinel at {self.info.workers} rejected our signature: the key in "
+                    f"{conn} is not the running sentinel's (restart the worker with the "
+                    "current sentinel.json)") from None
+            except ProtocolError as exc:
+                log.warning("dropped a message from the sentinel: %s", exc)
+                continue
+            if msg.type == "Welcome":
+                return True
+            if msg.type == "Refused":
+                reason = one_line(msg.payload.get("reason") or "no reason given", 300)
+                raise SentinelError(f"the sentinel at {self.info.workers} refused this "
+                                    f"worker: {reason}")
+        if self._stop.is_set():
+            return False
         log.error("no answer from the sentinel at %s within %.0fs", self.info.workers, timeout)
         return False
 
@@ -411,6 +442,17 @@ class Worker:
             self._send("Goodbye", {"worker_id": self.worker_id})
         except zmq.ZMQError:
             pass
+
+
+def _unverified_type(frames: list[bytes]) -> str | None:
+    """The ``type`` a message that failed verification claims to be (never acted on, only
+    used to word an error), or None when its body does not even say."""
+    try:
+        body = frames[frames.index(MAGIC) + 2]
+        claimed = json.loads(body).get("type")
+    except (ValueError, IndexError, AttributeError, RecursionError):
+        return None
+    return claimed if isinstance(claimed, str) else None
 
 
 def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str | None = None,

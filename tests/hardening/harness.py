@@ -430,6 +430,19 @@ def summarise(rows: Iterable[dict[str, Any]]) -> tuple[list[tuple[str, dict[str,
     return list(table.items()), dict(checks)
 
 
+def host_log_sizes(logs: Path) -> dict[str, int]:
+    """Bytes on disk per plugin host log: ``host-*.log`` and its rotated ``.log.1`` together
+    (a file rotated away between listing and stat is skipped)."""
+    sizes: dict[str, int] = {}
+    for p in logs.glob("host-*.log*"):
+        base = p.name.removesuffix(".1")
+        try:
+            sizes[base] = sizes.get(base, 0) + p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return sizes
+
+
 def note(text: str, value: float) -> None:
     """A measurement to print under the table (the largest value over the trials)."""
     record(text, None, note=True, value=value)

@@ -245,14 +245,6 @@ def test_a_worker_with_the_wrong_key_is_refused_and_exits_non_zero(
     record("auth: wrong-key worker refused", None, checks=1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "ROUTED (worker/supervisor.py Worker._await_welcome): a worker with the wrong key waits "
-    "the full 10 s and ends with the misleading 'no answer from the sentinel at ... within "
-    "10s' (exit 2): _recv() drops the sentinel's signed Refused as a bad signature and keeps "
-    "waiting. During the handshake an answer that fails verification means the key in "
-    "sentinel.json is not the running sentinel's: exit at once with e.g. 'the sentinel at "
-    "<endpoint> rejected our signature: the key in <home>/sentinel.json is not the running "
-    "sentinel's (restart the worker with the current sentinel.json)'."))
 def test_a_worker_with_the_wrong_key_says_so_promptly(
         hcluster: Callable[..., LocalCluster], settings: Settings, tmp_path: Path) -> None:
     cluster = hcluster(workers=0, **FAST)
@@ -494,12 +486,6 @@ def test_a_readable_connection_file_is_refused(hcluster: Callable[..., LocalClus
         settings.connection_file.chmod(0o600)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "ROUTED (sentinel/cli.py cmd_job_cancel): when sentinel.json is refused (mode 0644), "
-    "`casparian job cancel` swallows that SentinelError, falls back to cancelling in the state "
-    "DB and reports 'state DB ... is already open for writing by pid N (a sentinel serves "
-    "this home)' — the real reason and its fix (chmod 600 sentinel.json) are lost. Fall back "
-    "only when no sentinel is alive (connection_is_live false / no file), else re-raise."))
 def test_job_cancel_names_the_refused_connection_file(hcluster: Callable[..., LocalCluster],
                                                       settings: Settings) -> None:
     hcluster(workers=0)

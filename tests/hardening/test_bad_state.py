@@ -311,13 +311,6 @@ def test_a_duckdb_sink_held_by_another_process(
     record("DuckDB sink held by another process", a)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "ROUTED (sentinel/server.py _committer + sentinel/_persist.py Persister.promote): the one "
-    "committer thread promotes jobs strictly in order and waits up to lock_timeout=10 s on a "
-    "DuckDB file another process holds (a notebook with the file open), so every job behind "
-    "it — whatever its sink — waits too: N jobs to a held DuckDB file stall all promotions "
-    "for N x 10 s. Suggest: take DuckDB promotions whose file is locked off the line (retry "
-    "them later / a committer per sink) so parquet/csv sinks keep flowing."))
 def test_a_held_duckdb_file_does_not_stall_other_sinks(
         hcluster: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
         tmp_path: Path) -> None:

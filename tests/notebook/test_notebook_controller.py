@@ -22,7 +22,7 @@ from casparian_nb.notebook._models import WaitInterrupted, WaitTimeoutError
 from casparian_nb.notebook._scheduling import ManualScheduler
 from casparian_nb.notebook.controller import current_controller
 from casparian_nb.tape import read_tape, validate_tape
-from tests.conftest import make_inputs, wait_until
+from tests.conftest import FIXTURE_PLUGIN, make_inputs, wait_until
 from tests.notebook.nb_harness import RecordingComm, frontend_send
 
 Factory = Callable[..., Any]
@@ -76,6 +76,28 @@ def test_submit_wait_jobs_stats_sql_and_session_tape(
     names = [e.name for e in events if e.kind == "ui_command"]
     assert names[:2] == ["Start", "Submit"] and names[-1] == "Stop"
     assert events[-1].kind == "tape_stopped"
+
+
+def test_session_tape_hashes_a_plugin_name_taken_from_the_file_name(
+        controllers: Factory, tmp_path: Path) -> None:
+    """A plugin without ``name = "..."`` is named after its file: user data, so the session
+    tape (which relays the sentinel's events) hashes it like every other file name."""
+    marker = f"MRK{os.urandom(6).hex()}"
+    plugin = tmp_path / f"plugin_{marker}.py"
+    plugin.write_text(FIXTURE_PLUGIN.read_text().replace('name = "fixture_plugin"\n', ""))
+    ctl = controllers()
+    ids = ctl.submit(plugin, make_inputs(tmp_path / "data", 1))
+    assert ctl.wait(ids, timeout=60).ok
+    tape = ctl.tape_path
+    ctl.stop()
+    assert marker.encode() not in tape.read_bytes()
+    # JobQueued may beat the event subscription (a PUB/SUB slow joiner); JobCompleted cannot.
+    relayed = [e for e in read_tape(tape)
+               if e.name in ("JobQueued", "JobDispatched", "JobCompleted")]
+    assert "JobCompleted" in {e.name for e in relayed}
+    assert {e.payload["plugin_name_source"] for e in relayed} == {"file"}
+    [hashed] = {e.payload["plugin_name"] for e in relayed}
+    assert len(hashed) == 16
 
 
 def test_failed_job_renders_the_remote_traceback(

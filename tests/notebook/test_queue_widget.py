@@ -206,6 +206,61 @@ def test_reconcile_recovers_a_missed_event(comms: list[RecordingComm]) -> None:
     w.close()
 
 
+class _SlowSource(FakeSource):
+    """A source whose id-snapshot read blocks until released (the DB read in flight)."""
+
+    def __init__(self, jobs: Any) -> None:
+        super().__init__(jobs)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+        self.reader_threads: list[str] = []
+
+    def job_snapshot(self, ids: Any = None) -> list[dict[str, Any]]:
+        if ids is None:
+            return super().job_snapshot(ids)
+        self.reader_threads.append(threading.current_thread().name)
+        rows = [dict(r) for r in super().job_snapshot(ids)]  # read now: stale later
+        self.reading.set()
+        assert self.release.wait(10)
+        return rows
+
+
+def _run_until(sched: ManualScheduler, done: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        sched.run_due()
+        time.sleep(0.005)
+
+
+def test_periodic_reconcile_reads_off_the_widget_thread_and_keeps_newer_events(
+        comms: list[RecordingComm]) -> None:
+    """The 3 s re-read runs its query on a helper thread (the kernel stays free), merges in
+    slices on the widget thread, and a row an event changed while the query ran keeps the
+    event's (newer) state; rows no event touched take the snapshot's."""
+    now = [0.0]
+    jobs = [job(i, "QUEUED") for i in range(1, 2501)]
+    src = _SlowSource(jobs)
+    sched = ManualScheduler(clock=lambda: now[0])
+    w = _widget(src, scheduler=sched, reconcile_every=3.0, clock=lambda: now[0])
+    src.jobs[1] = job(1, "COMPLETED", worker_id="w1", rows=5)  # its events were missed
+    now[0] = 3.0
+    sched.run_due()  # the tick starts the read and returns at once
+    assert src.reading.wait(10)
+    assert src.reader_threads == ["cf-queue-reconcile"]
+    src.publish("JobDispatched", {"job_id": 2, "worker_id": "w2"})  # newer than the read
+    w.flush()
+    src.release.set()
+    _run_until(sched, lambda: not w._reconciling)
+    frontend_send(w, {"type": "view", "status": "", "sort": "id", "desc": False, "offset": 0,
+                      "limit": 5})
+    state = w.comm.merged()
+    assert _row(state, 1)["status"] == "COMPLETED"
+    assert _row(state, 2)["status"] == "RUNNING" and _row(state, 2)["worker"] == "w2"
+    assert state["counts"]["QUEUED"] == 2498
+    w.close()
+
+
 def test_coalescing_on_a_real_ioloop(comms: list[RecordingComm]) -> None:
     """1,000 events published over 100 ms from another thread → at most 2 flushes, all of
     them sent from the loop's thread (never from the publishing thread)."""

@@ -119,12 +119,19 @@ def test_inspect_reads_literal_metadata_without_executing(tmp_path: Path) -> Non
     assert spec.source == path.read_text(encoding="utf-8")
     assert spec.source_hash == hashlib.sha256(path.read_bytes()).hexdigest()
     assert spec.takes_ctx is True
+    assert spec.name_declared is True
 
 
 def test_inspect_defaults(tmp_path: Path) -> None:
     spec = inspect_plugin(write(tmp_path, "def parse(path):\n    pass\n", "my-parser.py"))
     assert (spec.name, spec.version, spec.default_output) == ("my-parser", "0.0.0", "output")
     assert spec.manifest is None and spec.takes_ctx is False
+    assert spec.name_declared is False  # the name is the file stem: tapes hash it
+
+
+def test_a_declared_name_equal_to_the_stem_is_still_declared(tmp_path: Path) -> None:
+    spec = inspect_plugin(write(tmp_path, 'name = "orders"\ndef parse(p): pass\n', "orders.py"))
+    assert spec.name == "orders" and spec.name_declared is True
 
 
 def test_default_output_falls_back_to_name_then_topic_wins(tmp_path: Path) -> None:

@@ -421,7 +421,7 @@ def test_bad_message_logging_is_rate_limited(codec: Codec, caplog: pytest.LogCap
         for _ in range(50):
             table.handle([b"peer", b"junk"])
     assert len(caplog.records) == 3 and table.counts["PARSE_ERROR"] == 50
-    table._window -= 7200  # next window: the suppressed count is reported once
+    table.limiter._window -= 7200  # next window: the suppressed count is reported once
     with caplog.at_level(logging.WARNING):
         table.handle([b"peer", b"junk"])
     assert "47 more bad messages not logged" in caplog.text

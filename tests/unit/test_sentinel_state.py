@@ -34,7 +34,8 @@ EMPTY = {**STAGED, "outputs": []}
 
 
 def rec(job_id: int, priority: int = 0, **kw: Any) -> JobRec:
-    spec = {"plugin_name": "p", "parser_version": "1", "input_file": f"/in/{job_id}",
+    spec = {"plugin_name": "p", "plugin_name_declared": True, "parser_version": "1",
+            "input_file": f"/in/{job_id}",
             "sink": "parquet:///tmp/out", "mode": "append", "plugin_path": "/p.py",
             "staging_root": "/tmp/s"}
     return JobRec(id=job_id, priority=priority, spec=spec, plan_json="[]", **kw)
@@ -158,6 +159,26 @@ def test_success_promotes_then_completes_once() -> None:
     assert 1 not in m.jobs
     # a duplicate PromotionFinished changes nothing
     assert m.handle(PromotionFinished(1, True, [], None, 3.0)) == []
+
+
+@pytest.mark.parametrize(("declared", "extra"), [
+    (True, {}), (False, {"plugin_name_source": "file"}), (None, {"plugin_name_source": "file"}),
+])
+def test_events_say_when_the_plugin_name_is_the_file_stem(declared: bool | None,
+                                                          extra: dict[str, str]) -> None:
+    """JobDispatched and JobCompleted flag an undeclared plugin name (tape redaction hashes
+    it); a spec that does not say is treated as undeclared (the safe side)."""
+    job = rec(1)
+    job.spec = {**job.spec, "plugin_name_declared": declared} if declared is not None else \
+        {k: v for k, v in job.spec.items() if k != "plugin_name_declared"}
+    assert st.plugin_name_fields(job.spec) == {"plugin_name": "p", **extra}
+    m = machine()
+    m.handle(JobsQueued([job], 0.0))
+    acts = join(m, "a") + complete(m, 1)
+    for name in ("JobDispatched", "JobCompleted"):
+        data = published(acts, name)[0].data
+        assert data["plugin_name"] == "p"
+        assert {k: data[k] for k in extra} == extra and ("plugin_name_source" in data) == bool(extra)
 
 
 def test_a_job_that_staged_nothing_completes_without_a_promotion() -> None:

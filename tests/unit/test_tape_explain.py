@@ -305,3 +305,14 @@ def test_values_of_unexpected_types_are_tolerated(tmp_path: Path) -> None:
     assert job["rows"] == 2**70 and job["outputs"] == ["o"] and job["quarantine_rows"] == 2
     assert data["materialization_summary"] == [
         {"output_name": "o", "table": None, "count": 1, "rows": 2**70}]
+
+
+def test_undecodable_bytes_in_a_payload_are_carried_not_fatal(tmp_path: Path) -> None:
+    """A line that is not UTF-8 takes the line path (surrogate escapes); its values reach
+    the reducer as they are."""
+    path = tmp_path / "t.tape"
+    raw = dom(1, "JobFailed", job_id="1", error="bad \udcff byte").encode(
+        "utf-8", "surrogateescape").replace(b"\\udcff", b"\xff")
+    path.write_bytes(line(0, "tape_started", None, {}).encode() + raw)
+    [job] = explain_tape(path).to_json()["jobs"]
+    assert job["status"] == "failed" and job["error"].startswith("bad ")

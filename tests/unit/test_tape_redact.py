@@ -32,6 +32,8 @@ def test_hash_is_salted_blake3_prefix() -> None:
     ("SomethingNew", "run_id", KEEP), ("SomethingNew", "hostname", HASH),
     ("SomethingNew", "intent", HASH), ("SomethingNew", "message", TEXT),
     ("JobQueued", "unexpected_field", HASH),
+    ("JobQueued", "plugin_name_source", KEEP), ("JobDispatched", "plugin_name_source", KEEP),
+    ("JobCompleted", "plugin_name", KEEP), ("SomethingNew", "plugin_name_source", KEEP),
 ])
 def test_policies(event: str, key: str, policy: str) -> None:
     assert policy_for(event, key) == policy
@@ -53,6 +55,49 @@ def test_payload_by_field() -> None:
     assert r.payload("JobCompleted", completed) == completed
     assert Redactor(enabled=False).payload("JobQueued", {"input_file": "/x"}) == {
         "input_file": "/x"}
+
+
+@pytest.mark.parametrize("event", ["JobQueued", "JobDispatched", "JobCompleted", "SomethingNew"])
+def test_a_plugin_name_taken_from_the_file_is_hashed(event: str) -> None:
+    """An undeclared plugin name is the file's stem: user data, hashed like any file name
+    (``plugin_name_source`` says so); a declared name stays readable."""
+    r = Redactor(b"s" * 32)
+    from_file = r.payload(event, {"job_id": 1, "plugin_name": "acme_q3_orders",
+                                  "plugin_name_source": "file", "plugin_version": "0.0.0"})
+    assert from_file == {"job_id": 1, "plugin_name": r.hash("acme_q3_orders"),
+                         "plugin_name_source": "file", "plugin_version": "0.0.0"}
+    declared = {"job_id": 1, "plugin_name": "orders", "plugin_version": "1.0"}
+    assert r.payload(event, declared) == declared
+    # Decided by the flag's value, not by its presence; other fields are unaffected.
+    other = r.payload(event, {"plugin_name": "orders", "plugin_name_source": "declared"})
+    assert other["plugin_name"] == "orders"
+    # Nested objects follow the same rule (e.g. a job record inside a free-text field).
+    nested = r.payload(event, {"detail": {"plugin_name": "acme", "plugin_name_source": "file"}})
+    assert nested["detail"]["plugin_name"] == r.hash("acme")
+    assert Redactor(enabled=False).payload(event, {"plugin_name": "acme",
+                                                   "plugin_name_source": "file"}) == {
+        "plugin_name": "acme", "plugin_name_source": "file"}
+
+
+def test_undeclared_plugin_name_never_reaches_the_tape(tmp_path: Path) -> None:
+    marker = f"MRK{uuid.uuid4().hex[:10]}"
+    path = tmp_path / "s.tape"
+    with TapeWriter(path, producer="sentinel") as tape:
+        for job_id, name, source in (("1", f"plugin_{marker}", "file"), ("2", "orders", None)):
+            extra = {"plugin_name_source": source} if source else {}
+            tape.domain("JobQueued", {"job_id": job_id, "plugin_name": name, **extra,
+                                      "plugin_version": "1", "input_file": "/x.csv"})
+            tape.domain("JobDispatched", {"job_id": job_id, "worker_id": "w1",
+                                          "plugin_name": name, **extra, "attempt": 1})
+            tape.domain("JobCompleted", {"job_id": job_id, "worker_id": "w1",
+                                         "plugin_name": name, **extra, "rows": 1,
+                                         "outputs": {"out": 1}})
+    assert marker.encode() not in path.read_bytes()
+    jobs = {j["job_id"]: j for j in explain_tape(path).to_json()["jobs"]}
+    hashed = jobs["1"]["plugin_name"]
+    assert len(hashed) == 16 and all(c in "0123456789abcdef" for c in hashed)
+    assert jobs["1"]["status"] == "completed"
+    assert jobs["2"]["plugin_name"] == "orders"  # a declared name stays readable
 
 
 def test_scrub_keeps_words_and_hashes_paths() -> None:

@@ -1,0 +1,219 @@
+"""The sentinel's committer thread, and the start-up sweep of the staging it leaves behind.
+
+The committer is the single writer of every sink: it promotes staged outputs one job at a
+time. A DuckDB file that another process holds (a notebook with it open) must not stall the
+line, so a DuckDB promotion never waits for the file: it is tried once, and when the file is
+locked it is *parked* and retried with backoff while every other promotion keeps flowing.
+Promotions to the same DuckDB file stay in order (once a file has parked promotions, new ones
+for it queue behind them). A promotion still locked out ``lock_timeout`` seconds after it
+arrived fails its job with the lock's one-line reason (which file, which process, what to do).
+
+A parked job stays PROMOTING. Nothing about it is lost across a crash: its staged record is in
+the state DB (``record_staged`` is written before the ``Promote`` reaches us), its staging dir
+is untouched until the load commits, and a restart re-adopts and re-promotes it (idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import sinks
+from ..errors import SinkLockedError
+from ..sinks.staging import JOURNAL
+from . import state as st
+from ._persist import Persister
+
+__all__ = ["Committer", "sweep_staging"]
+
+log = logging.getLogger("casparian_nb.sentinel")
+
+#: Retry delays for a locked DuckDB file: first, then doubling up to the cap.
+FIRST_RETRY = 0.05
+MAX_RETRY = 1.0
+#: Wake the loop at least once per this many finished promotions (else once per burst).
+WAKE_EVERY = 64
+
+
+@dataclass(slots=True)
+class _Parked:
+    item: st.Promote
+    deadline: float  # monotonic: give up on the lock after this
+
+
+@dataclass(slots=True)
+class _Line:
+    """The parked promotions of one DuckDB file, oldest first."""
+
+    items: deque[_Parked] = field(default_factory=deque)
+    next_try: float = 0.0
+    delay: float = FIRST_RETRY
+
+
+class Committer:
+    """Promote what arrives on ``promotions``; put a ``PromotionFinished`` per job on
+    ``finished`` and call ``wake`` once per burst. ``None`` on ``promotions`` stops it;
+    promotions still parked then are left to the next start (their jobs stay PROMOTING in
+    memory and RUNNING-with-staged-outputs in the state DB, which ``recover`` re-adopts)."""
+
+    def __init__(self, persist: Persister,
+                 promotions: queue.Queue[st.Promote | st.Discard | None],
+                 finished: queue.Queue[st.PromotionFinished], wake: Callable[[], None],
+                 *, lock_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.persist = persist
+        self.promotions = promotions
+        self.finished = finished
+        self.wake = wake
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        #: DuckDB file (real path) -> its parked promotions.
+        self.parked: dict[str, _Line] = {}
+        self._done = 0
+
+    # -- loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """The thread's body: returns after ``None`` arrives."""
+        while True:
+            try:
+                item = self.promotions.get(timeout=self._until_retry())
+            except queue.Empty:
+                pass  # a parked line is due
+            else:
+                if item is None:
+                    if self.parked:
+                        log.info("stopping with %d promotion(s) waiting for a DuckDB file; the "
+                                 "next start finishes them",
+                                 sum(len(line.items) for line in self.parked.values()))
+                    return
+                if isinstance(item, st.Promote):
+                    self.take(item)
+                else:
+                    try:
+                        sinks.discard(sinks.StagedJob.from_dict(item.staged))
+                    except Exception:
+                        log.exception("discarding staged outputs failed")
+            self.retry_due()
+            if self._done and self.promotions.empty():  # once per burst, not per job
+                self._wake()
+
+    def _until_retry(self) -> float | None:
+        """Seconds until the earliest parked line is due (None: nothing parked, block)."""
+        if not self.parked:
+            return None
+        soonest = min(line.next_try for line in self.parked.values())
+        return max(0.0, soonest - self.clock())
+
+    def _wake(self) -> None:
+        self.wake()
+        self._done = 0
+
+    def _finish(self, fin: st.PromotionFinished) -> None:
+        self.finished.put(fin)
+        self._done += 1
+        if self._done >= WAKE_EVERY:
+            self._wake()
+
+    # -- promotions ----------------------------------------------------------------------
+    def take(self, item: st.Promote) -> None:
+        """Promote ``item`` now, or park it behind its DuckDB file's parked promotions."""
+        key = _duckdb_key(item)
+        line = self.parked.get(key) if key is not None else None
+        if line is not None:  # keep per-file order: never overtake a parked promotion
+            line.items.append(_Parked(item, self.clock() + self.lock_timeout))
+            return
+        try:
+            fin = self.persist.promote(item, lock_timeout=0.0, raise_locked=True)
+        except SinkLockedError as exc:
+            now = self.clock()
+            if key is None or self.lock_timeout <= 0:
+                self._finish(self.persist.failed(item, exc))
+                return
+            log.warning("promotion of job %s waits (up to %gs): %s", item.job_id,
+                        self.lock_timeout, exc)
+            self.parked[key] = _Line(deque([_Parked(item, now + self.lock_timeout)]),
+                                     next_try=now + FIRST_RETRY)
+            return
+        self._finish(fin)
+
+    def retry_due(self) -> None:
+        """Retry the head of every parked line whose backoff has run out."""
+        now = self.clock()
+        for key, line in list(self.parked.items()):
+            if line.next_try <= now:
+                self._drain(key, line)
+
+    def _drain(self, key: str, line: _Line) -> None:
+        """Promote the line's promotions in order until one finds the file still locked."""
+        while line.items:
+            head = line.items[0]
+            try:
+                fin = self.persist.promote(head.item, lock_timeout=0.0, raise_locked=True)
+            except SinkLockedError as exc:
+                now = self.clock()
+                if now < head.deadline:
+                    line.delay = min(line.delay * 2, MAX_RETRY)
+                    line.next_try = min(now + line.delay, head.deadline)
+                    return
+                # Waited long enough: fail this job with the lock's reason; the next one in
+                # line (it arrived later) gets the rest of its own wait.
+                fin = self.persist.failed(head.item, exc)
+            line.items.popleft()
+            self._finish(fin)
+        del self.parked[key]
+
+
+def _duckdb_key(item: st.Promote) -> str | None:
+    """The DuckDB file a promotion writes (its real path), or None for other sinks."""
+    try:
+        sink = sinks.parse_sink_uri(str(item.staged.get("sink") or ""))
+    except Exception:
+        return None  # promote() reports the bad URI
+    return os.path.realpath(sink.path) if sink.kind == "duckdb" else None
+
+
+def sweep_staging(staging: Path, keep: Collection[str]) -> list[str]:
+    """Remove the sentinel's job staging dirs (``<staging>/attempt-N/<job dir>``) that no
+    promotion needs; return them.
+
+    Call at start-up, after crash recovery rolled the journals forward and the state DB was
+    reconciled: ``keep`` are the staging dirs of the jobs re-adopted as PROMOTING. Every other
+    job dir belongs to an attempt that is over (its worker died with the old sentinel; a late
+    receipt is discarded as stale). Dirs with a journal (a promotion recovery could not
+    finish) are left for a human. Symlinks are never followed: only real directories inside
+    ``attempt-*`` are removed, and ``rmtree`` unlinks links instead of descending into them.
+    Standalone runs (``run-*``) clean up after themselves and are not touched.
+    """
+    wanted = {os.path.realpath(p) for p in keep}
+    removed: list[str] = []
+    try:
+        attempts = [e for e in os.scandir(staging)
+                    if e.name.startswith("attempt-") and e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return removed
+    for attempt in attempts:
+        try:
+            jobs = [e for e in os.scandir(attempt.path) if e.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            log.warning("cannot list %s: %s", attempt.path, exc)
+            continue
+        for job in jobs:
+            if os.path.realpath(job.path) in wanted or os.path.lexists(
+                    os.path.join(job.path, JOURNAL)):
+                continue
+            try:
+                shutil.rmtree(job.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove stale staging %s: %s", job.path, exc)
+                continue
+            removed.append(job.path)
+    return removed

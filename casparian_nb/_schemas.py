@@ -93,6 +93,9 @@ _DECLARATIONS: dict[Kind, dict[str, dict[str, str]]] = {
     },
     "event": {
         "Event": {"name": "str", "seq": "int", "data": "dict"},
+        # Published on topic b"ready.<token>" when a subscription to it arrives: the
+        # subscriber then knows its earlier subscriptions are in place (no slow joiner).
+        "Subscribed": {"token": "str"},
     },
 }
 

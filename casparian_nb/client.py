@@ -293,13 +293,42 @@ class EventSubscriber:
         for topic in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
         self.socket.connect(info.events)
+        self._early: list[Message] = []  # events read while waiting for readiness
+        self._ready_token: str | None = None
+        self._is_ready = False
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Block until the sentinel has our subscriptions (then no event published from now
+        on is missed); False after ``timeout``. A SUB socket connects in the background, so
+        without this the first events after connecting can be lost ("slow joiner")."""
+        if self._is_ready:
+            return True
+        self._ready_token = uuid.uuid4().hex
+        topic = b"ready." + self._ready_token.encode()
+        self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        deadline = time.monotonic() + timeout
+        try:
+            while not self._is_ready:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._early += self._receive(left, 1000)
+            return True
+        finally:
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     def poll(self, timeout: float | None = 0.0, *, max_messages: int = 1000) -> list[Message]:
         """Wait up to ``timeout`` seconds (None: forever) for events, then return every event
         already received (at most ``max_messages``), oldest first."""
+        if self._early:
+            out, self._early = self._early[:max_messages], self._early[max_messages:]
+            return out + self._receive(0.0, max_messages - len(out))
+        return self._receive(timeout, max_messages)
+
+    def _receive(self, timeout: float | None, max_messages: int) -> list[Message]:
         ms = None if timeout is None else max(0, int(timeout * 1000))
         out: list[Message] = []
-        if not self.socket.poll(ms, zmq.POLLIN):
+        if max_messages <= 0 or not self.socket.poll(ms, zmq.POLLIN):
             return out
         while len(out) < max_messages:
             try:
@@ -310,6 +339,10 @@ class EventSubscriber:
                 _, msg = self._codec.decode(raw)
             except ProtocolError:
                 self.dropped += 1
+                continue
+            if msg.type == "Subscribed":  # ours ends wait_ready; others' are not for us
+                if msg.payload.get("token") == self._ready_token:
+                    self._is_ready = True
                 continue
             if msg.type != "Event":
                 self.dropped += 1

@@ -100,6 +100,14 @@ class EventPump:
             log.exception("cannot subscribe to the sentinel's events")
             self._ready.set()
             return
+        try:
+            # Until the sentinel has our subscription its events are not sent to us: the
+            # JobQueued of a submit right after start() would be missing from the tape.
+            if not sub.wait_ready(3.0):
+                log.warning("the sentinel did not confirm the event subscription within 3 s; "
+                            "early events may be missing from the session tape")
+        except Exception:
+            log.exception("waiting for the event subscription failed")
         self._ready.set()
         try:
             while not self._stop.is_set():

@@ -49,8 +49,8 @@ class Row:
     """One job as the table shows it."""
 
     __slots__ = ("aborting", "cancel_requested", "duration_ms", "end", "error", "id", "input",
-                 "input_file", "plugin", "retries", "rows", "start", "status", "touched",
-                 "worker")
+                 "input_file", "plugin", "retries", "rows", "start", "started", "status",
+                 "touched", "worker")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
@@ -68,12 +68,17 @@ class Row:
         self.cancel_requested = False  # confirmed by the sentinel (CancelRequested / DB)
         self.aborting = False  # the user clicked cancel here; the sentinel has not answered
         self.touched = 0  # QueueModel.seq of the last event applied to this row
+        #: Its plugin host began (JobStarted / ``started_at``). A RUNNING job that has not
+        #: started waits in its worker's backlog (prefetch): the label says "dispatched".
+        self.started = False
 
     @property
     def label(self) -> str:
         """What the status cell says: ``aborting…`` while a cancel is pending."""
         if self.status not in TERMINAL and (self.aborting or self.cancel_requested):
             return "aborting…"
+        if self.status == "RUNNING" and not self.started:
+            return "dispatched"
         return self.status
 
     def duration(self) -> float | None:
@@ -155,7 +160,8 @@ class QueueModel:
             row.worker = job.get("worker_id") or (None if status == "QUEUED" else row.worker)
             if job.get("rows") is not None and status != "QUEUED":
                 row.rows = int(job["rows"])
-            row.start = _epoch(job.get("claimed_at")) or _epoch(job.get("started_at"))
+            row.started = status == "RUNNING" and bool(job.get("started_at"))
+            row.start = _epoch(job.get("started_at")) or _epoch(job.get("claimed_at"))
             row.end = _epoch(job.get("ended_at"))
             row.retries = int(job.get("retry_count") or 0)
             row.cancel_requested = bool(job.get("cancel_requested_at")
@@ -203,12 +209,14 @@ class QueueModel:
         row.worker = d.get("worker_id") or row.worker
         row.plugin = d.get("plugin_name") or row.plugin
         row.start, row.end, row.duration_ms = ts, None, None
+        row.started = False
 
     def _started(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._set_status(row, "RUNNING")
         row.worker = d.get("worker_id") or row.worker
-        if row.start is None:
-            row.start = ts
+        row.started = True
+        if ts is not None or row.start is None:
+            row.start = ts  # the run's own start, not the dispatch (it may have waited)
 
     def _cancel(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         row.cancel_requested = True

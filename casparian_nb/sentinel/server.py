@@ -45,6 +45,9 @@ log = logging.getLogger("casparian_nb.sentinel")
 #: Every topic the sentinel publishes on (see ``_publish``). A subscription can only ever
 #: match one of these if it is a prefix of it; all other topics are ignored.
 EVENT_TOPICS = (b"job", b"worker")
+#: A subscription to b"ready.<token>" is answered with a ``Subscribed`` message on that
+#: topic (see EventSubscriber.wait_ready); never stored.
+READY_PREFIX = b"ready."
 #: Events queued per subscriber before the PUB socket drops for that subscriber (~1 KiB
 #: each): a stalled subscriber costs the sentinel at most a few MiB.
 EVENTS_SNDHWM = 1000
@@ -268,6 +271,12 @@ class Sentinel:
                 return
             op, topic = frame[:1], frame[1:]
             if op not in (b"\x00", b"\x01"):
+                continue
+            if topic.startswith(READY_PREFIX) and len(topic) <= 64:
+                if op == b"\x01":
+                    token = topic[len(READY_PREFIX):].decode("ascii", "replace")
+                    self.pub.send_multipart([topic, *self.codec.encode(
+                        "Subscribed", {"token": token}, msg_id=self._msg_id())])
                 continue
             if not any(t.startswith(topic) for t in EVENT_TOPICS):
                 if op == b"\x01" and not self._ignored_topic_logged:

@@ -20,8 +20,6 @@ from typing import Any
 import psutil
 import pyarrow.parquet as pq
 import pytest
-import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from casparian_nb import lineage
 from casparian_nb.client import ControlClient, EventSubscriber
@@ -87,15 +85,10 @@ def wait_job(settings: Settings, job_id: int, pred: Callable[[dict[str, Any]], A
 
 
 def subscribed(events: EventSubscriber, timeout: float = 5.0) -> None:
-    """Wait until the SUB socket's handshake with the sentinel is done (its subscription
-    goes out right after): a SUB socket sees only what is published after that."""
-    monitor = events.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    try:
-        assert monitor.poll(int(timeout * 1000)), "the event subscriber never connected"
-        recv_monitor_message(monitor)
-    finally:
-        events.socket.disable_monitor()
-        monitor.close(0)
+    """Wait until the sentinel has the subscription (a SUB socket sees only what is
+    published after that)."""
+    assert events.wait_ready(timeout), "the sentinel never confirmed the event subscription"
+    assert events.wait_ready(0.0)  # idempotent
 
 
 def output_files(sink: Path) -> list[Path]:
@@ -146,6 +139,9 @@ def test_submit_runs_to_completion_with_outputs_lineage_and_rows(
             return sum(1 for e in seen if e.payload["name"] == "JobCompleted") >= 6
 
         wait_until(six_completed, 10, message="JobCompleted events")
+        # subscribed before the submit: not one event of these jobs was missed
+        queued = [e.payload["data"]["job_id"] for e in seen if e.payload["name"] == "JobQueued"]
+        assert sorted(queued) == sorted(ids)
         stats = ctl.queue_stats()
         job = ctl.get_job(ids[0])
         listed = ctl.list_jobs(limit=3)

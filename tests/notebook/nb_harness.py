@@ -62,10 +62,12 @@ def frontend_send(widget: Any, content: dict[str, Any]) -> None:
 
 
 def job(job_id: int, status: str = "QUEUED", **extra: Any) -> dict[str, Any]:
-    """A job dict shaped like a state-DB row."""
+    """A job dict shaped like a state-DB row (a RUNNING one has started, unless
+    ``started_at=None`` is given)."""
+    started = "2026-01-01T00:00:00Z" if status == "RUNNING" else None
     return {"id": job_id, "status": status, "plugin_name": "orders",
             "input_file": f"/data/in_{job_id:05d}.csv", "worker_id": None, "rows": 0,
-            "claimed_at": None, "started_at": None, "ended_at": None,
+            "claimed_at": None, "started_at": started, "ended_at": None,
             "cancel_requested_at": None, "error_message": None, "retry_count": 0, **extra}
 
 

@@ -71,6 +71,8 @@ def test_submit_wait_jobs_stats_sql_and_session_tape(
     submit = next(e for e in events if e.kind == "ui_command" and e.name == "Submit")
     completed = [e for e in events if e.name == "JobCompleted"]
     assert len(completed) == 4
+    # start() returns only once the sentinel has the event subscription: nothing is missed
+    assert len([e for e in events if e.name == "JobQueued"]) == 4
     # the sentinel's events are linked to the command that caused them
     assert {e.correlation_id for e in completed} == {submit.correlation_id}
     names = [e.name for e in events if e.kind == "ui_command"]
@@ -91,10 +93,9 @@ def test_session_tape_hashes_a_plugin_name_taken_from_the_file_name(
     tape = ctl.tape_path
     ctl.stop()
     assert marker.encode() not in tape.read_bytes()
-    # JobQueued may beat the event subscription (a PUB/SUB slow joiner); JobCompleted cannot.
     relayed = [e for e in read_tape(tape)
                if e.name in ("JobQueued", "JobDispatched", "JobCompleted")]
-    assert "JobCompleted" in {e.name for e in relayed}
+    assert [e.name for e in relayed] == ["JobQueued", "JobDispatched", "JobCompleted"]
     assert {e.payload["plugin_name_source"] for e in relayed} == {"file"}
     [hashed] = {e.payload["plugin_name"] for e in relayed}
     assert len(hashed) == 16

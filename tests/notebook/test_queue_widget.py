@@ -352,3 +352,21 @@ def test_sync_agrees_with_the_db_even_before_the_event_arrives(
     src.jobs[1] = job(1, "COMPLETED", rows=3)
     w.sync()
     assert _row(w.comm.merged(), 1)["status"] == "COMPLETED"
+
+
+def test_a_dispatched_job_says_so_until_its_host_starts(comms: list[RecordingComm]) -> None:
+    """F10: a job dispatched into a worker's backlog (prefetch) is RUNNING in the DB but has
+    not started; the label says "dispatched" until JobStarted, and the run's start time is the
+    host's, not the dispatch's."""
+    src = FakeSource([job(1), job(2, "RUNNING", started_at=None, worker_id="w1")])
+    w = _widget(src)
+    assert _row(w.comm.merged(), 2)["label"] == "dispatched"
+    src.publish("JobDispatched", {"job_id": 1, "worker_id": "w1"}, 100.0)
+    w.flush()
+    row = _row(w.comm.merged(), 1)
+    assert (row["status"], row["label"], row["cancellable"]) == ("RUNNING", "dispatched", True)
+    src.publish("JobStarted", {"job_id": 1, "worker_id": "w1"}, 104.5)
+    w.flush()
+    row = _row(w.comm.merged(), 1)
+    assert (row["status"], row["label"], row["start"]) == ("RUNNING", "RUNNING", 104.5)
+    w.close()

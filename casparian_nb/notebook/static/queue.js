@@ -59,7 +59,7 @@ function h(tag, attrs = {}, ...children) {
 
 function statusCell(row) {
   const label = row.label || row.status;
-  const cls = label === "aborting…" ? "ABORTING" : row.status;
+  const cls = label === "aborting…" ? "ABORTING" : label === "dispatched" ? "DISPATCHED" : row.status;
   return h("span", { class: `cf-q-badge cf-st-${cls}` }, label);
 }
 

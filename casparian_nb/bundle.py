@@ -82,7 +82,7 @@ _DENY_SUFFIXES = frozenset({
 #: Names casparian itself gives to tapes and logs (kept; anything else is hashed).
 _OWN_NAME = re.compile(
     r"^(?:(?:sentinel|session|notebook|demo|cli)(?:-[0-9A-Za-z]+)*\.tape"
-    r"|sentinel\.(?:log|out)|worker-\d+\.out|host-w-[0-9a-f]{1,16}(?:-\d+)*\.log(?:\.1)?)$"
+    r"|sentinel\.(?:log(?:\.1)?|out)|worker-\d+\.out|host-w-[0-9a-f]{1,16}(?:-\d+)*\.log(?:\.1)?)$"
 )
 #: Directory and file names of a home's layout, kept inside scrubbed ``<home>/...`` paths.
 _LAYOUT = frozenset({

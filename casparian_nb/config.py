@@ -118,6 +118,9 @@ class Settings:
     #: ``host-*.log`` plus one older part ``host-*.log.1``, each at most half; see
     #: docs/internals.md "Logs".
     host_log_max_mb: int = 10
+    #: The same for the sentinel's own log (``sentinel.log`` + ``sentinel.log.1``), in MiB
+    #: (0 = no cap): refusals of hostile traffic are rate-limited, but never unbounded.
+    sentinel_log_max_mb: float = 10.0
     #: Hash paths and free text in tape payloads.
     tape_redact: bool = True
     #: The sentinel records its events on a tape under <home>/tapes (false: no sentinel tape;

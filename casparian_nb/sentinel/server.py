@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import logging.handlers
 import os
 import queue
 import signal
@@ -639,7 +640,9 @@ def _stderr_is(path: Path) -> bool:
 def run_sentinel(settings: Settings) -> int:
     """Entry point of ``casparian sentinel``: log to ``<home>/logs/sentinel.log`` (and to
     stderr, unless stderr is ``sentinel.out`` next to it: each line is written once), serve."""
-    handlers: list[logging.Handler] = [logging.FileHandler(settings.logs_dir / "sentinel.log")]
+    cap = int(max(0.0, settings.sentinel_log_max_mb) * 1024 * 1024)
+    handlers: list[logging.Handler] = [logging.handlers.RotatingFileHandler(
+        settings.logs_dir / "sentinel.log", maxBytes=cap // 2, backupCount=1 if cap else 0)]
     if not _stderr_is(settings.logs_dir / STDERR_LOG):
         handlers.append(logging.StreamHandler())  # a terminal, a pipe, a supervisor's journal
     logging.basicConfig(level=logging.INFO,

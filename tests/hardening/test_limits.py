@@ -23,6 +23,7 @@ import zmq
 from casparian_nb.client import ControlClient, EventSubscriber
 from casparian_nb.config import Settings
 from casparian_nb.launcher import LocalCluster
+from casparian_nb.protocol import MAGIC
 from tests.conftest import wait_until
 from tests.hardening.harness import (
     FAST,
@@ -35,6 +36,7 @@ from tests.hardening.harness import (
     note,
     record,
 )
+from tests.hardening.wire import Wire
 
 MiB = 1 << 20
 
@@ -164,3 +166,26 @@ def test_a_peer_subscribing_to_very_many_topics_does_not_stop_the_events(
          round(grown / MiB, 1))
     note("Ping during a storm of subscriptions, s (max)", round(max(first_ping, last_ping), 3))
     record("events: a peer subscribes to 100,000 topics", None, checks=5, serving=True)
+
+
+def test_the_sentinel_log_is_capped_by_sentinel_log_max_mb(
+        hcluster: Callable[..., LocalCluster], settings: Settings) -> None:
+    """sentinel.log rotates into one older part (sentinel.log.1), each at most half the cap:
+    refusals are rate-limited, but a sentinel that runs for months stays bounded too."""
+    cap = 2048  # bytes; 1 KiB per part
+    cluster = hcluster(workers=0, sentinel_log_max_mb=cap / MiB)
+    assert cluster.info is not None
+    log = settings.logs_dir / "sentinel.log"
+    wire = Wire(cluster.info)
+    try:
+        for _ in range(200):
+            wire.ask([MAGIC, b"", b"{}"])  # unsigned: a (rate-limited) refusal line each
+    finally:
+        wire.close()
+    rotated = log.with_name("sentinel.log.1")
+    wait_until(rotated.exists, 10, message=f"sentinel.log rotated ({log.stat().st_size} B: "
+               f"{log.read_text()[-300:]!r})")
+    for part in (log, rotated):
+        assert part.stat().st_size <= cap // 2 + 1000, part  # + at most one line past it
+    with ControlClient(cluster.info, timeout=5.0) as ctl:
+        assert ctl.ping()

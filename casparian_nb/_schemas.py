@@ -64,7 +64,7 @@ _DECLARATIONS: dict[Kind, dict[str, dict[str, str]]] = {
         "Shutdown": {},
     },
     "reply": {
-        "Pong": {"pid": "int", "version": "str", "uptime_s": "float"},
+        "Pong": {"pid": "int", "version": "str", "uptime_s": "float", "event_seq?": "int"},
         "Jobs": {"jobs": "list[dict]", "total": "int"},
         "Job": {"job": "dict|None"},
         "CancelResult": {"success": "bool", "message": "str", "state": "str"},

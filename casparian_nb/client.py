@@ -208,7 +208,8 @@ class ControlClient:
     # -- convenience -------------------------------------------------------------------------
 
     def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``Pong{pid, version, uptime_s}``; a short ``timeout`` makes a liveness probe."""
+        """``Pong{pid, version, uptime_s, event_seq}``; a short ``timeout`` makes a liveness
+        probe. ``event_seq`` is the ``seq`` of the last event the sentinel published."""
         return self.request("Ping", timeout=timeout)
 
     def list_jobs(self, status: str | None = None, *, limit: int | None = None,

@@ -46,6 +46,9 @@ class EventPump:
         #: Set whenever a job reaches a final state; ``wait()`` sleeps on it.
         self.changed = threading.Event()
         self._finished: dict[int, str] = {}
+        #: The highest event ``seq`` received (see :meth:`wait_seq`).
+        self.last_seq = 0
+        self._seq_seen = threading.Condition()
         self._links: dict[str, tuple[str, str]] = {}  # job id -> (correlation id, last event)
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
@@ -63,6 +66,13 @@ class EventPump:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def wait_seq(self, seq: int, timeout: float) -> bool:
+        """Block until every event up to ``seq`` has been handled (relayed to the tape);
+        False after ``timeout`` (an event the PUB socket dropped never comes)."""
+        with self._seq_seen:
+            return self._seq_seen.wait_for(lambda: self.last_seq >= seq or not self.alive,
+                                           timeout) and self.last_seq >= seq
 
     @property
     def alive(self) -> bool:
@@ -122,6 +132,10 @@ class EventPump:
                 if messages:
                     self._handle([(m.payload.get("name", ""), m.payload.get("data") or {}, m.ts)
                                   for m in messages])
+                    top = max(int(m.payload.get("seq") or 0) for m in messages)
+                    with self._seq_seen:
+                        self.last_seq = max(self.last_seq, top)
+                        self._seq_seen.notify_all()
         finally:
             sub.close()
 

@@ -23,6 +23,7 @@ kernel shutdown (``atexit``) — unless ``keep_alive=True``. ``attach()`` reconn
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
@@ -42,6 +43,8 @@ from ._session import SessionTape, cluster_env, notebook_cluster
 from ._state import JobRows
 from ._wait import wait_for
 from .catalog import OutputCatalog
+
+log = logging.getLogger("casparian_nb.notebook")
 
 __all__ = ["Controller", "attach", "current_controller", "start"]
 
@@ -304,6 +307,16 @@ class Controller:
         return df
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def _drain_events(self, timeout: float = 2.0) -> None:
+        """Let the event thread relay what the sentinel has published so far, so the session
+        tape ends with the last job events, not wherever the thread happened to be."""
+        try:
+            seq = int(self.client.ping(timeout=timeout).get("event_seq") or 0)
+        except Exception:  # the sentinel is gone: nothing more will come
+            return
+        if seq and not self.events.wait_seq(seq, timeout):
+            log.info("session tape: events up to seq %d not all received before stop", seq)
+
     def stop(self) -> None:
         """Disconnect; stop the sentinel and workers if this controller started them."""
         with self._lock:
@@ -314,6 +327,7 @@ class Controller:
         with self.session.command("Stop", {"stop_processes": started}, raise_=False):
             for w in list(self._widgets):
                 w.close()
+            self._drain_events()
             self.events.stop()
             self.client.close()
             if self.cluster is not None:

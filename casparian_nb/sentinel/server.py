@@ -394,8 +394,11 @@ class Sentinel:
             self._reply(pending[0], pending[1], type_, payload)
 
     def _on_ping(self, routing: list[bytes], msg: Message) -> None:
+        # event_seq: the seq of the last event published, so a subscriber can tell when it
+        # has everything up to now (the notebook drains its session tape before stopping).
         self._reply(routing, msg, "Pong", {"pid": os.getpid(), "version": __version__,
-                                           "uptime_s": round(time.time() - self.started_at, 3)})
+                                           "uptime_s": round(time.time() - self.started_at, 3),
+                                           "event_seq": self._event_seq})
 
     def _on_list_jobs(self, routing: list[bytes], msg: Message) -> None:
         p = msg.payload

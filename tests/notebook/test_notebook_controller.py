@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,33 @@ def test_submit_wait_jobs_stats_sql_and_session_tape(
     names = [e.name for e in events if e.kind == "ui_command"]
     assert names[:2] == ["Start", "Submit"] and names[-1] == "Stop"
     assert events[-1].kind == "tape_stopped"
+
+
+def test_stop_drains_the_events_into_the_session_tape(
+        controllers: Factory, fixture_plugin_path: Path, tmp_path: Path) -> None:
+    """stop() right after the jobs end (seen in the DB, not waited on through events): the
+    session tape still has every job event the sentinel published (the sentinel's own tape
+    is the reference), because stop() lets the event thread catch up to Pong.event_seq."""
+    ctl = controllers(workers=2)
+    # A slow widget on the event thread: the relay lags behind the sentinel (as it does
+    # under load), so a stop() that does not wait would cut the tape short.
+    ctl.events.subscribe(lambda batch: time.sleep(0.1))
+    ids = ctl.submit(fixture_plugin_path, make_inputs(tmp_path / "data", 8))
+    home = ctl.settings.home
+    wait_until(lambda: all(_status(ctl, j) == "COMPLETED" for j in ids), 60,
+               message="jobs completed (state DB)")
+    tape = ctl.tape_path
+    ctl.stop()
+
+    def job_events(path: Path) -> list[tuple[str, str]]:
+        return sorted((e.name or "", str(e.payload.get("job_id")))
+                      for e in read_tape(path, strict=False)
+                      if e.kind == "domain_event" and (e.name or "").startswith("Job"))
+
+    [sentinel_tape] = list((home / "tapes").glob("sentinel-*.tape"))
+    expected = job_events(sentinel_tape)
+    assert len([e for e in expected if e[0] == "JobCompleted"]) == 8
+    assert job_events(tape) == expected
 
 
 def test_session_tape_hashes_a_plugin_name_taken_from_the_file_name(

@@ -150,6 +150,19 @@ def main() -> int:
     finally:
         cluster.stop()
 
+    # Restart on the same home: the new sentinel reloads all queued jobs before it serves.
+    start = time.perf_counter()
+    again = LocalCluster(settings, workers=0)
+    info = again.start()
+    try:
+        with ControlClient(info, timeout=300) as ctl:
+            ctl.ping()
+            restart_s = time.perf_counter() - start
+            assert ctl.queue_stats()["queued"] == args.jobs
+            rss_restart, hwm_restart = _rss_and_peak(info.pid)
+    finally:
+        again.stop()
+
     p50 = statistics.median(pings)
     a50 = statistics.median(anchor)
     n = args.jobs
@@ -177,7 +190,17 @@ def main() -> int:
           f"= {n / submit_s:,.0f} jobs/s   goal <= 10 s")
     print(f"sentinel RSS: {rss_idle / 2**20:6.1f} MiB idle, {rss_full / 2**20:6.1f} MiB with "
           f"{n:,} jobs queued (+{(rss_full - rss_idle) / n:,.0f} bytes/job)")
+    print(f"restart with {n:,} jobs queued: first Pong after {restart_s:6.2f} s (process start "
+          f"included); RSS {rss_restart / 2**20:.1f} MiB, peak {hwm_restart / 2**20:.1f} MiB")
     return 0
+
+
+def _rss_and_peak(pid: int) -> tuple[int, int]:
+    """Current and peak (VmHWM) resident set of a process, bytes."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    kib = {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
+    return kib["VmRSS"], kib["VmHWM"]
 
 
 if __name__ == "__main__":

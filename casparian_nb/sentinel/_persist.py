@@ -193,10 +193,8 @@ class Persister:
         return requeued, adopted
 
     def load_queued(self, now: float) -> list[st.JobRec]:
-        rows = self.store.list_jobs(status=["QUEUED"], limit=10**9)
-        recs = [self._rec(r, now) for r in rows]
-        recs.sort(key=lambda r: r.id)
-        return recs
+        """Every QUEUED job as the state machine's record, oldest first (streamed)."""
+        return [self._rec(r, now) for r in self.store.iter_dispatchable("QUEUED")]
 
     # -- promotion (committer thread) ----------------------------------------------------
     def _run_ids(self, submission_id: str | None, job_id: int) -> frozenset[str]:

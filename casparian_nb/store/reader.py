@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -72,6 +72,12 @@ def _statuses(status: str | Iterable[str] | None) -> list[str]:
     return out
 
 
+#: What the sentinel reads of a job to queue and dispatch it (``iter_dispatchable``).
+DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "attempt", "scheduled_at",
+                    "plan_json", "input_file", "plugin_id", "parser_fingerprint",
+                    "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id")
+
+
 class JobQueries:
     """Queries shared by :class:`StateReader` and the writer ``StateStore``.
 
@@ -92,6 +98,22 @@ class JobQueries:
                 raise StoreError(f"state DB {self.path}: {exc}") from exc
 
     # -- jobs ------------------------------------------------------------------------------
+    def iter_dispatchable(self, status: str = "QUEUED", batch: int = 5000,
+                          ) -> Iterator[dict[str, Any]]:
+        """Jobs in ``status``, oldest first, with only the columns a sentinel needs to
+        dispatch them (``plan_json`` left as text), fetched ``batch`` rows at a time: a
+        restart with 100,000 queued jobs never holds them all as full rows."""
+        last = 0
+        while True:
+            rows = self._fetchall(
+                f"SELECT {', '.join(DISPATCH_COLUMNS)} FROM cf_processing_queue "
+                "WHERE status = ? AND id > ? ORDER BY id LIMIT ?", (status, last, batch))
+            for row in rows:
+                yield dict(zip(DISPATCH_COLUMNS, tuple(row), strict=True))
+            if len(rows) < batch:
+                return
+            last = int(rows[-1][0])
+
     def list_jobs(
         self,
         status: str | Iterable[str] | None = None,

@@ -712,3 +712,17 @@ def test_100k_jobs_insert_and_list_timing(db: Path, capsys: pytest.CaptureFixtur
             f"submission {r_sub:.2f} ms, +job_to_info {info:.2f} ms\n"
             f"[store timing] queue_stats {r_stats:.2f} ms, queued_jobs (98k rows) {queued:.1f} ms"
         )
+
+
+def test_iter_dispatchable_streams_one_status_oldest_first(store: StateStore) -> None:
+    """The restart path: only QUEUED jobs, ascending ids, across batch boundaries, with the
+    dispatch columns only (plan_json as stored text)."""
+    from casparian_nb.store.reader import DISPATCH_COLUMNS
+
+    ids = store.insert_jobs([NewJob("p", f"/in/{i}.csv", plan_json='[{"output": "*"}]')
+                             for i in range(7)])
+    assert store.claim_job(ids[2], "w1", T0)
+    rows = list(store.iter_dispatchable("QUEUED", batch=2))
+    assert [r["id"] for r in rows] == [i for i in ids if i != ids[2]]
+    assert set(rows[0]) == set(DISPATCH_COLUMNS)
+    assert rows[0]["plan_json"] == '[{"output": "*"}]' and rows[0]["input_file"] == "/in/0.csv"

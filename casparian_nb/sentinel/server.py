@@ -16,10 +16,8 @@ import logging.handlers
 import os
 import queue
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,14 +28,15 @@ import zmq
 from .. import __version__, sinks
 from ..client import write_connection_file
 from ..config import Settings
-from ..errors import CasparianError, ProtocolError
-from ..protocol import Codec, LogLimiter, Message, error_code, error_reply
+from ..protocol import Codec, LogLimiter, Message
 from ..store.schema import now_iso
 from . import state as st
 from ._committer import Committer, sweep_staging
+from ._control import ControlHandlers
 from ._persist import Persister, SentinelStore
 from ._proc import pid_alive, profiled
 from ._submit import SubmitHandler
+from ._workers import WorkerHandlers
 
 __all__ = ["Sentinel"]
 
@@ -60,7 +59,7 @@ EVENTS_MAXMSGSIZE = 1024
 REFUSED_LOG_BURST = 20
 
 
-class Sentinel:
+class Sentinel(ControlHandlers, WorkerHandlers):
     """Owns the home's state DB and serves the control, worker and event sockets."""
 
     def __init__(self, settings: Settings) -> None:
@@ -355,212 +354,6 @@ class Sentinel:
         if self.tape is not None:
             self.tape.emit("domain_event", name, data)
 
-    # -- control socket ------------------------------------------------------------------
-    def _handle_control(self, frames: list[bytes]) -> None:
-        try:
-            routing, msg = self.codec.decode(frames)
-        except ProtocolError as exc:
-            # WireError carries the routing frames, the error code and (once the signature
-            # checked out) the request id, so the client can match the error to its request.
-            routing = list(getattr(exc, "routing", None) or frames[:1])
-            self._refused_log["control"].log("control: rejected message: %s", exc)
-            self.ctl.send_multipart(error_reply(self.codec, getattr(exc, "request_id", None),
-                                                error_code(exc), str(exc), routing=routing))
-            return
-        handler = self.control_handlers.get(msg.type)
-        if handler is None:
-            self._reply(routing, msg, "Error", {"code": "UNKNOWN_TYPE",
-                                                "message": f"unknown request type {msg.type!r}"})
-            return
-        try:
-            handler(routing, msg)
-        except (CasparianError, ValueError, KeyError, TypeError) as exc:
-            code = error_code(exc)
-            text = (str(exc).splitlines() or [type(exc).__name__])[0]
-            self._reply(routing, msg, "Error", {
-                "code": "INVALID_REQUEST" if code == "INTERNAL" else code, "message": text})
-        except Exception as exc:
-            log.exception("control handler %s failed", msg.type)
-            self._reply(routing, msg, "Error", {"code": "INTERNAL", "message": repr(exc)[:300]})
-
-    def _reply(self, routing: list[bytes], req: Message, type_: str, payload: dict[str, Any]) -> None:
-        status = "error" if type_ == "Error" else "ok"
-        self.ctl.send_multipart([*routing, *self.codec.encode(
-            type_, payload, reply_to=req.id, status=status, msg_id=self._msg_id())])
-
-    def _reply_pending(self, request_id: str, type_: str, payload: dict[str, Any]) -> None:
-        pending = self._pending_replies.pop(request_id, None)
-        if pending is not None:
-            self._reply(pending[0], pending[1], type_, payload)
-
-    def _on_ping(self, routing: list[bytes], msg: Message) -> None:
-        # event_seq: the seq of the last event published, so a subscriber can tell when it
-        # has everything up to now (the notebook drains its session tape before stopping).
-        self._reply(routing, msg, "Pong", {"pid": os.getpid(), "version": __version__,
-                                           "uptime_s": round(time.time() - self.started_at, 3),
-                                           "event_seq": self._event_seq})
-
-    def _on_list_jobs(self, routing: list[bytes], msg: Message) -> None:
-        p = msg.payload
-        status = str(p["status"]).upper() if p.get("status") else None
-        submission = p.get("submission_id")
-        jobs = self.store.list_jobs(status=status,
-                                    limit=max(0, min(int(p.get("limit") or 100), 10_000)),
-                                    offset=max(0, int(p.get("offset") or 0)),
-                                    submission_id=submission)
-        if submission is not None:
-            total = self.store.count_jobs(status, submission)
-        else:
-            stats = self._queue_stats()
-            total = stats.get(status.lower(), 0) if status else stats.get("total", 0)
-        self._reply(routing, msg, "Jobs", {"jobs": [_slim(j) for j in jobs], "total": total})
-
-    def _queue_stats(self) -> dict[str, int]:
-        """Counts per state, recounted only after the state DB changed (the sentinel is its
-        only writer): polling an idle queue of 100,000 jobs costs nothing."""
-        if self._stats is None:
-            self._stats = self.store.queue_stats()
-        return dict(self._stats)
-
-    def _on_get_job(self, routing: list[bytes], msg: Message) -> None:
-        job = self.store.get_job(int(msg.payload["job_id"]))
-        if job is not None:
-            job.pop("staged_json", None)
-        self._reply(routing, msg, "Job", {"job": job})
-
-    def _on_cancel_job(self, routing: list[bytes], msg: Message) -> None:
-        self._pending_replies[msg.id] = (routing, msg)
-        job_id = int(msg.payload["job_id"])
-        if job_id not in self.state.jobs:
-            self._pending_replies.pop(msg.id)
-            self._flush()  # it may have just finished: let the DB say how before we read it
-            row = self.store.get_job(job_id)
-            text = (f"job {job_id} is already {row['status']}" if row
-                    else f"job {job_id} does not exist")
-            self._reply(routing, msg, "CancelResult", {
-                "success": False, "state": row["status"] if row else "UNKNOWN", "message": text})
-            return
-        self._feed(st.CancelRequested(job_id, msg.id, time.time()))
-
-    def _on_cancel_jobs(self, routing: list[bytes], msg: Message) -> None:
-        p = msg.payload
-        if p.get("job_ids"):
-            ids = [int(j) for j in p["job_ids"]]
-        else:
-            want = str(p.get("status") or "QUEUED").upper()
-            ids = [j.id for j in self.state.jobs.values()
-                   if want == "ALL" or (j.status == want)]
-        results: dict[str, str] = {}
-        now = time.time()
-        self._flush()  # what has finished in memory is in the DB before we read it
-        for job_id in ids:
-            if job_id not in self.state.jobs:  # finished (or unknown): say which
-                row = self.store.get_job(job_id)
-                results[str(job_id)] = row["status"] if row else "UNKNOWN"
-                continue
-            for a in self.state.handle(st.CancelRequested(job_id, uuid.uuid4().hex, now)):
-                if isinstance(a, st.Reply):
-                    results[str(job_id)] = a.payload.get("state", "")
-                else:
-                    self._actions.append(a)
-        cancelled = sum(1 for state in results.values() if state in ("ABORTED", "ABORTING"))
-        # Answered after this iteration's state changes are committed, like every write, so
-        # a client that reads right after the reply sees them.
-        self._pending_replies[msg.id] = (routing, msg)
-        self._actions.append(st.Reply(msg.id, "CancelResult", {
-            "success": True, "state": "MIXED", "message": f"{cancelled} job(s) cancelled",
-            "results": results}))
-
-    def _on_stats(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "QueueStats", self._queue_stats())
-
-    def _on_submit(self, routing: list[bytes], msg: Message) -> None:
-        now = time.time()
-        self._stats = None
-        outcome = self.submitter.submit(msg.payload, now)
-        for name, data in outcome.events:
-            self._actions.append(st.Publish(name, data))
-        self._feed(st.JobsQueued(outcome.records, now))
-        self._reply(routing, msg, "Submitted", {"job_ids": outcome.job_ids,
-                                                "skipped": outcome.skipped,
-                                                "submission_id": outcome.submission_id})
-
-    def _on_register(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "PluginRegistered", self.submitter.register(msg.payload["path"]))
-
-    def _on_workers(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "Workers", {"workers": self.state.worker_table()})
-
-    def _on_shutdown(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "ShutdownAck", {})
-        self._stop.set()
-
-    # -- worker socket -------------------------------------------------------------------
-    def _handle_worker(self, frames: list[bytes]) -> None:
-        try:
-            routing, msg = self.codec.decode(frames)
-        except ProtocolError as exc:
-            self._refused_log["workers"].log("worker socket: dropped message: %s", exc)
-            ident = frames[0] if frames else b""
-            if ident and len(frames) > 1:
-                self.wrk.send_multipart([ident, *self.codec.encode(
-                    "Refused", {"reason": str(exc)[:300]})])
-            return
-        handler = self.worker_handlers.get(msg.type)
-        if handler is None:
-            self._refused_log["workers"].log("worker socket: unknown message type %r", msg.type)
-            return
-        handler(routing[0], msg)
-
-    def _known(self, ident: bytes, msg: Message) -> str | None:
-        wid = str(msg.payload.get("worker_id") or "")
-        if wid and self.state.identity_of(wid) == ident:
-            return wid
-        for w in self.state.workers.values():
-            if w.identity == ident:
-                return w.worker_id
-        self.wrk.send_multipart([ident, *self.codec.encode(
-            "Refused", {"reason": "unknown worker: send Identify first"})])
-        return None
-
-    def _on_identify(self, ident: bytes, msg: Message) -> None:
-        p = msg.payload
-        wid = str(p["worker_id"])
-        self.wrk.send_multipart([ident, *self.codec.encode(
-            "Welcome", {"worker_id": wid, "heartbeat_interval": self.settings.heartbeat_interval})])
-        self._worker_procs[wid] = (int(p["pid"]), p.get("host") == socket.gethostname())
-        prefetch = p.get("prefetch")
-        prefetch = prefetch if isinstance(prefetch, int) and 0 <= prefetch <= 64 else 0
-        self._feed(st.WorkerJoined(wid, ident, int(p["slots"]), int(p["pid"]), time.time(),
-                                   prefetch))
-
-    def _on_heartbeat(self, ident: bytes, msg: Message) -> None:
-        wid = self._known(ident, msg)
-        if wid:
-            p = msg.payload
-            capacity = None
-            if isinstance(p.get("free_slots"), int) and isinstance(p.get("active_job_ids"), list):
-                capacity = p["free_slots"] + len(p["active_job_ids"])
-            self._feed(st.WorkerHeartbeat(wid, time.time(), capacity))
-
-    def _on_job_started(self, ident: bytes, msg: Message) -> None:
-        wid = self._known(ident, msg)
-        if wid:
-            self._feed(st.JobStarted(int(msg.payload["job_id"]), wid,
-                                     int(msg.payload["host_pid"]), time.time()))
-
-    def _on_receipt(self, ident: bytes, msg: Message) -> None:
-        wid = self._known(ident, msg)
-        if wid:
-            p = msg.payload
-            self._feed(st.ReceiptReceived(int(p["job_id"]), wid, int(p.get("attempt") or 0),
-                                          str(p["status"]), p, time.time()))
-
-    def _on_goodbye(self, ident: bytes, msg: Message) -> None:
-        wid = self._known(ident, msg)
-        if wid:
-            self._feed(st.WorkerGone(wid, "worker said goodbye", time.time(), graceful=True))
-
     # -- committer -----------------------------------------------------------------------
     def _committer(self) -> None:
         """The committer thread: the single writer of every sink (see ``_committer.py``);
@@ -609,12 +402,6 @@ class Sentinel:
         self.ctx.destroy(linger=0)
         self.store.close()
 
-_BULKY = ("plan_json", "staged_json", "traceback", "artifacts_json")
-
-
-def _slim(job: dict[str, Any]) -> dict[str, Any]:
-    """A job row for listings: without the bulky per-job JSON (GetJob has everything)."""
-    return {k: v for k, v in job.items() if k not in _BULKY}
 
 
 def install_signal_handlers(sentinel: Sentinel) -> None:

@@ -5,7 +5,8 @@ One thread runs the ZMQ loop: it drains every ready socket, turns messages into 
 one transaction, then sends, publishes and records. A second thread, the committer, promotes
 staged outputs into sinks one job at a time, so each sink (a DuckDB file above all) has a single
 writer; it reports back through an inproc socket (``_committer.py``: a DuckDB file another
-process holds parks only its own promotions).
+process holds parks only its own promotions). The socket handler tables are in
+``_control.py`` (control requests) and ``_workers.py`` (worker messages).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 from blake3 import blake3
 
 import casparian_nb
-from casparian_nb import bundle, cli
+from casparian_nb import _scrub, bundle, cli
 from casparian_nb.bundle import LOG_CAP_BYTES, BundleError, Scrubber, create_support_bundle
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.store import SCHEMA_VERSION, StateStore
@@ -36,8 +36,8 @@ DATA_TEXT = b"SECRET_OUTPUT_ROW,42"
 @pytest.fixture(autouse=True)
 def identities(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Known user, host and user-home names, so scrubbing is checked on any machine."""
-    monkeypatch.setattr(bundle, "_user_names", lambda: {USER})
-    monkeypatch.setattr(bundle, "_host_names", lambda: {HOST, f"{HOST}.corp.example"})
+    monkeypatch.setattr(_scrub, "_user_names", lambda: {USER})
+    monkeypatch.setattr(_scrub, "_host_names", lambda: {HOST, f"{HOST}.corp.example"})
     user_home = tmp_path / "users" / USER
     user_home.mkdir(parents=True)
     monkeypatch.setenv("HOME", str(user_home))

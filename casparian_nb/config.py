@@ -110,6 +110,9 @@ class Settings:
     #: How long a promotion waits for a DuckDB sink file another process holds (a notebook)
     #: before its job fails; meanwhile other promotions go on.
     sink_lock_timeout: float = 10.0
+    #: Longest the committer keeps a DuckDB sink file open through a burst of promotions,
+    #: seconds (0: open and close it for every job). Readers are skipped while it is open.
+    duckdb_hold_s: float = 1.0
     #: Default sink when a submit names none ("" -> parquet://<home>/output).
     default_sink: str = ""
     #: Per-job address-space limit for plugin hosts in MiB (0 = none).

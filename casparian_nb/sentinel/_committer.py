@@ -4,6 +4,8 @@ The committer is the single writer of every sink: it promotes staged outputs one
 time. A DuckDB file that another process holds (a notebook with it open) must not stall the
 line, so a DuckDB promotion never waits for the file: it is tried once, and when the file is
 locked it is *parked* and retried with backoff while every other promotion keeps flowing.
+Through a burst of promotions the DuckDB files stay open (``sinks._held``): closed when the
+queue runs dry, and at least every ``HOLD_MAX_AGE`` seconds.
 Promotions to the same DuckDB file stay in order (once a file has parked promotions, new ones
 for it queue behind them). A promotion still locked out ``lock_timeout`` seconds after it
 arrived fails its job with the lock's one-line reason (which file, which process, what to do).
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from .. import sinks
 from ..errors import SinkLockedError
+from ..sinks._held import ConnectionHolder, holding_connections
 from ..sinks.staging import JOURNAL
 from . import state as st
 from ._persist import Persister
@@ -40,6 +43,9 @@ FIRST_RETRY = 0.05
 MAX_RETRY = 1.0
 #: Wake the loop at least once per this many finished promotions (else once per burst).
 WAKE_EVERY = 64
+#: Longest a DuckDB file stays open across a burst of promotions, seconds (the default of
+#: Settings.duckdb_hold_s).
+HOLD_MAX_AGE = 1.0
 
 
 @dataclass(slots=True)
@@ -66,43 +72,51 @@ class Committer:
     def __init__(self, persist: Persister,
                  promotions: queue.Queue[st.Promote | st.Discard | None],
                  finished: queue.Queue[st.PromotionFinished], wake: Callable[[], None],
-                 *, lock_timeout: float = 10.0,
+                 *, lock_timeout: float = 10.0, hold_s: float = HOLD_MAX_AGE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.persist = persist
         self.promotions = promotions
         self.finished = finished
         self.wake = wake
         self.lock_timeout = lock_timeout
+        self.hold_s = hold_s
         self.clock = clock
         #: DuckDB file (real path) -> its parked promotions.
         self.parked: dict[str, _Line] = {}
         self._done = 0
+        self._held: ConnectionHolder | None = None
 
     # -- loop ----------------------------------------------------------------------------
     def run(self) -> None:
         """The thread's body: returns after ``None`` arrives."""
-        while True:
-            try:
-                item = self.promotions.get(timeout=self._until_retry())
-            except queue.Empty:
-                pass  # a parked line is due
-            else:
-                if item is None:
-                    if self.parked:
-                        log.info("stopping with %d promotion(s) waiting for a DuckDB file; the "
-                                 "next start finishes them",
-                                 sum(len(line.items) for line in self.parked.values()))
-                    return
-                if isinstance(item, st.Promote):
-                    self.take(item)
+        with holding_connections(max_age=self.hold_s) as held:
+            self._held = held
+            while True:
+                try:
+                    item = self.promotions.get(timeout=self._until_retry())
+                except queue.Empty:
+                    pass  # a parked line is due
                 else:
-                    try:
-                        sinks.discard(sinks.StagedJob.from_dict(item.staged))
-                    except Exception:
-                        log.exception("discarding staged outputs failed")
-            self.retry_due()
-            if self._done and self.promotions.empty():  # once per burst, not per job
-                self._wake()
+                    if item is None:
+                        if self.parked:
+                            log.info("stopping with %d promotion(s) waiting for a DuckDB "
+                                     "file; the next start finishes them",
+                                     sum(len(line.items) for line in self.parked.values()))
+                        return
+                    if isinstance(item, st.Promote):
+                        self.take(item)
+                    else:
+                        try:
+                            sinks.discard(sinks.StagedJob.from_dict(item.staged))
+                        except Exception:
+                            log.exception("discarding staged outputs failed")
+                self.retry_due()
+                # DuckDB files stay open through a burst (a small job loads in ~2 ms, an
+                # open + close costs ~15 ms) and are closed when it ends, or at least every
+                # HOLD_MAX_AGE seconds so a notebook waiting to read gets in.
+                held.release(only_old=self.hold_s > 0 and not self.promotions.empty())
+                if self._done and self.promotions.empty():  # once per burst, not per job
+                    self._wake()
 
     def _until_retry(self) -> float | None:
         """Seconds until the earliest parked line is due (None: nothing parked, block)."""
@@ -116,6 +130,10 @@ class Committer:
         self._done = 0
 
     def _finish(self, fin: st.PromotionFinished) -> None:
+        if self._held is not None and (self.hold_s <= 0 or self.promotions.empty()):
+            # The last of a burst: close the files before anyone hears the job is done, so
+            # a notebook that queries right after its wait() finds them free.
+            self._held.release()
         self.finished.put(fin)
         self._done += 1
         if self._done >= WAKE_EVERY:

@@ -361,7 +361,8 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         results go back through ``_finished``, the loop is woken once per burst."""
         Committer(self.persist, self._promotions, self._finished,
                   lambda: self.wake_tx.send(b""),
-                  lock_timeout=self.settings.sink_lock_timeout).run()
+                  lock_timeout=self.settings.sink_lock_timeout,
+                  hold_s=self.settings.duckdb_hold_s).run()
 
     # -- shutdown ------------------------------------------------------------------------
     def stop(self) -> None:

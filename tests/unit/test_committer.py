@@ -218,3 +218,74 @@ def test_sweep_removes_only_stale_attempt_dirs(tmp_path: Path):
 
 def test_sweep_of_a_missing_staging_dir_is_a_no_op(tmp_path: Path):
     assert sweep_staging(tmp_path / "nope", []) == []
+
+
+def _opens(db: Path) -> bool:
+    """Whether another connection could open ``db`` right now."""
+    try:
+        duckdb.connect(str(db), read_only=True).close()
+        return True
+    except duckdb.Error:
+        return False
+
+
+def test_a_burst_into_one_duckdb_file_opens_it_once_and_frees_it_before_the_last_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small job loads in ~2 ms but an open + close costs ~15 ms: through a burst the file
+    stays open (one connect for 20 jobs, each still its own committed transaction), and it is
+    closed before the burst's last job is reported, so a notebook querying right after its
+    wait() finds it free."""
+    from casparian_nb.sinks import duckdb_sink
+
+    db = tmp_path / "burst.duckdb"
+    connects: list[Path] = []
+    real_connect = duckdb_sink._connect
+
+    def counting(path: Path, deadline: float) -> Any:
+        connects.append(path)
+        return real_connect(path, deadline)
+
+    monkeypatch.setattr(duckdb_sink, "_connect", counting)
+    seen_free: list[bool] = []
+
+    class Reports(queue.Queue[st.PromotionFinished]):
+        def put(self, item: st.PromotionFinished, block: bool = True,
+                timeout: float | None = None) -> None:
+            seen_free.append(_opens(db))
+            super().put(item, block, timeout)
+
+    inbox: queue.Queue[st.Promote | st.Discard | None] = queue.Queue()
+    for job_id in range(1, 21):  # all queued before the committer starts: one burst
+        inbox.put(_promote(tmp_path / "stage", job_id, f"duckdb://{db}"))
+    out = Reports()
+    persist = Persister(None, load_settings(tmp_path / "home"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=Committer(persist, inbox, out, lambda: None).run)
+    thread.start()
+    try:
+        done = [out.get(timeout=20) for _ in range(20)]
+    finally:
+        inbox.put(None)
+        thread.join(10)
+    assert all(f.ok for f in done), [f.error for f in done if not f.ok]
+    assert len(connects) == 1
+    assert seen_free[0] is False and seen_free[-1] is True
+    assert job_rows(f"duckdb://{db}", "t") == {str(i): 2 for i in range(1, 21)}
+
+
+def test_a_failed_load_into_a_held_file_reconnects_for_the_next_job(
+        tmp_path: Path, running: Any) -> None:
+    """A job whose load fails (its staged file vanished) fails alone; the held connection is
+    dropped and the next job into the same file opens a fresh one."""
+    db = tmp_path / "burst.duckdb"
+    r = running()
+    bad = _promote(tmp_path / "stage", 1, f"duckdb://{db}")
+    for out in bad.staged["outputs"]:
+        Path(out["path"]).unlink()
+    r.inbox.put(bad)
+    r.inbox.put(_promote(tmp_path / "stage", 2, f"duckdb://{db}"))
+    done = r.wait(1, 2)
+    assert not done[1].ok and "missing" in (done[1].error or "")
+    assert done[2].ok, done[2].error
+    assert job_rows(f"duckdb://{db}", "t") == {"2": 2}
+    wait_until(lambda: _opens(db), 5, message="the file released after the burst")
+    r.stop()

@@ -249,7 +249,8 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
 
 # -- run time -------------------------------------------------------------------------------
 # Sentinel default (typed as a Logger, unlike None): replaced per plugin in __post_init__.
-_UNSET_LOGGER = logging.getLogger("casparian_nb.plugin")
+# Made directly, not by getLogger, so no logger a caller passes in can be mistaken for it.
+_UNSET_LOGGER = logging.Logger("casparian_nb.plugin.<unset>")
 
 
 @dataclass

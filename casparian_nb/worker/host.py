@@ -129,6 +129,10 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
             plugin_name=loaded.spec.name,
             parser_version=version,
             attempt=int(job.get("attempt") or 1),
+            # A name taken from the file name is user data (tapes hash it): keep it out of
+            # the logger's name too, so host logs and support bundles do not carry it.
+            logger=logging.getLogger("casparian_nb.plugin" + (
+                f".{loaded.spec.name}" if loaded.spec.name_declared else "")),
         )
         sink = sinks.parse_sink_uri(job["sink"])
         staging_root = Path(job["staging_root"])

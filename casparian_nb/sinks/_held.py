@@ -8,6 +8,7 @@ open and a close (with its checkpoint) per job. Importing this module does not i
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ class ConnectionHolder:
 
     def connection(self, db: Path, deadline: float) -> duckdb.DuckDBPyConnection:
         """The open connection to ``db``, opening (and locking) it if needed."""
+        db = Path(os.path.realpath(db))  # one connection per file, however it is spelled
         entry = self._held.get(db)
         if entry is not None:
             return entry[0]
@@ -57,7 +59,7 @@ class ConnectionHolder:
 
     def close(self, db: Path) -> None:
         """Close one file (its connection, then its lock)."""
-        entry = self._held.pop(db, None)
+        entry = self._held.pop(Path(os.path.realpath(db)), None)
         if entry is not None:
             try:
                 with contextlib.suppress(Exception):  # duckdb.Error: closing what broke

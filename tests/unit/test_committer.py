@@ -289,3 +289,19 @@ def test_a_failed_load_into_a_held_file_reconnects_for_the_next_job(
     assert job_rows(f"duckdb://{db}", "t") == {"2": 2}
     wait_until(lambda: _opens(db), 5, message="the file released after the burst")
     r.stop()
+
+
+def test_a_held_file_is_one_connection_however_its_path_is_spelled(tmp_path: Path) -> None:
+    from casparian_nb.sinks._held import holding_connections
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    with holding_connections(max_age=60) as held:
+        a = held.connection(real / "x.duckdb", time.monotonic() + 5)
+        b = held.connection(tmp_path / "alias" / "x.duckdb", time.monotonic() + 5)
+        assert a is b and len(held) == 1
+        assert not _opens(real / "x.duckdb")  # held: a reader is kept out
+        held.close(tmp_path / "alias" / "x.duckdb")
+        assert len(held) == 0
+    assert _opens(real / "x.duckdb")

@@ -46,19 +46,29 @@ _MERGE_SLICE = 1000
 QueueEvent = tuple[str, Mapping[str, Any], float | None]
 
 
-_frozen = False
+#: Queue widgets that want the collector frozen now (they have unfinished jobs).
+_freezers: set[int] = set()
 
 
-def _freeze_heap_once() -> None:
-    """Move everything allocated so far (the kernel, pandas, pyarrow, duckdb: ~10^6
-    objects) out of the cyclic collector's sight, once per kernel. Otherwise every full
-    collection — triggered every few seconds by the event dicts of a busy queue — walks them
-    all: 80-130 ms measured, felt as a stalled cell. Frozen objects are still freed by
-    reference counting; only cycles among them are never collected."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
+def _want_frozen(owner: int, want: bool) -> None:
+    """``gc.freeze()`` while any queue widget has unfinished jobs, ``gc.unfreeze()`` once
+    none has.
+
+    While jobs stream in, their event dicts trigger a full collection every few seconds,
+    and a full collection walks every object of the kernel and its imports (~10^6 objects,
+    80-130 ms measured): a stalled cell. Frozen objects are skipped. They are still freed by
+    reference counting; only cycles among them wait — until the queue is idle, when
+    ``unfreeze`` hands them back to the collector (a delay, never a leak).
+    """
+    before = bool(_freezers)
+    if want:
+        _freezers.add(owner)
+    else:
+        _freezers.discard(owner)
+    if _freezers and not before:
         gc.freeze()
+    elif before and not _freezers:
+        gc.unfreeze()
 
 
 class QueueSource(Protocol):
@@ -92,12 +102,15 @@ class QueueWidget(anywidget.AnyWidget):
 
     def __init__(self, source: QueueSource, *, limit: int = 25, interval: float = 0.1,
                  reconcile_every: float = 3.0, scheduler: Scheduler | None = None,
-                 clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+                 clock: Callable[[], float] = time.monotonic, freeze_gc: bool | None = None,
+                 **kwargs: Any) -> None:
         self._source = source
         self._model = QueueModel()
         self._scheduler = scheduler or default_scheduler()
-        if isinstance(self._scheduler, IOLoopScheduler):
-            _freeze_heap_once()
+        #: Freeze the cyclic collector while jobs are unfinished (see ``_want_frozen``);
+        #: default: in a kernel (its IO loop drives the widget), not in scripts and tests.
+        self._freeze_gc = (isinstance(self._scheduler, IOLoopScheduler) if freeze_gc is None
+                           else freeze_gc)
         self._clock = clock
         self._thread = threading.current_thread()  # the one thread that touches traits
         #: Minimum seconds between two flushes (0.1 → at most 10 updates per second).
@@ -182,6 +195,9 @@ class QueueWidget(anywidget.AnyWidget):
                     sent = True
         self._last_flush = self._clock()
         self.flushes += sent
+        if self._freeze_gc:
+            c = self._model.counts
+            _want_frozen(id(self), c["QUEUED"] + c["RUNNING"] > 0)
         if self._inbox:  # arrived while we worked: next flush, still rate-limited
             self._schedule_flush()
 
@@ -324,6 +340,7 @@ class QueueWidget(anywidget.AnyWidget):
         if not self._closed:
             self._closed = True
             self._unsubscribe()
+            _want_frozen(id(self), False)
         super().close()
 
     def summary(self) -> str:

@@ -460,6 +460,13 @@ def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str |
     """Entry point of ``casparian worker``: wait (bounded) for a sentinel, then serve."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s worker %(levelname)s %(message)s")
+    if settings.worker_nice > 0:
+        # Batch work yields the CPU to interactive work (a notebook kernel, a shell) on a
+        # busy machine, and costs nothing on an idle one; plugin hosts inherit it.
+        try:
+            os.nice(settings.worker_nice)
+        except OSError as exc:
+            log.warning("cannot lower the worker's priority: %s", exc)
     deadline = time.monotonic() + wait
     while True:
         try:

@@ -119,6 +119,20 @@ def materializations(settings: Settings, job_id: int | None = None) -> list[dict
 
 # -- submit → complete --------------------------------------------------------------------
 
+def test_workers_and_their_plugin_hosts_run_niced_the_sentinel_does_not(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings) -> None:
+    """worker_nice (default 5): batch work yields the CPU to the notebook kernel and to the
+    sentinel on a busy machine; plugin hosts inherit it from their worker."""
+    cluster = cluster_factory(workers=1, slots=2, **FAST)
+    sentinel, worker = (psutil.Process(p) for p in cluster.pids[:2])
+    base = psutil.Process().nice()
+    niced = min(19, base + settings.worker_nice)  # the kernel caps niceness at 19
+    assert sentinel.nice() == base
+    assert worker.nice() == niced
+    wait_until(lambda: len(worker.children()) >= 2, 20, message="warm plugin hosts")
+    assert {h.nice() for h in worker.children()} == {niced}
+
+
 def test_submit_runs_to_completion_with_outputs_lineage_and_rows(
         cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
         tmp_path: Path) -> None:

@@ -96,3 +96,10 @@ def test_unusable_home_is_a_clear_error(tmp_path: Path) -> None:
                                               ("1h", 3600.0), ("100ms", 0.1)])
 def test_durations(raw: object, seconds: float) -> None:
     assert parse_duration(raw) == seconds
+
+
+def test_worker_nice_defaults_to_yielding_and_reads_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(tmp_path / "h").worker_nice == 5
+    monkeypatch.setenv("CASPARIAN_WORKER_NICE", "0")
+    assert load_settings(tmp_path / "h").worker_nice == 0

@@ -176,7 +176,8 @@ class JobReducer:
     def apply(self, name: str | None, payload: Any, timestamp: str | None = None) -> bool:
         """Apply one domain event (``payload`` a dict or a :class:`Payload`); returns
         whether it was a job/worker event."""
-        entry = self.handlers.get(name or "")
+        # A corrupt tape may name an event with anything, a list included (unhashable).
+        entry = self.handlers.get(name) if type(name) is str else None
         if entry is None:
             return False
         p = payload if type(payload) is Payload else to_payload(payload)

@@ -316,3 +316,17 @@ def test_undecodable_bytes_in_a_payload_are_carried_not_fatal(tmp_path: Path) ->
     path.write_bytes(line(0, "tape_started", None, {}).encode() + raw)
     [job] = explain_tape(path).to_json()["jobs"]
     assert job["status"] == "failed" and job["error"].startswith("bad ")
+
+
+def test_an_unhashable_event_name_in_a_block_parsed_line_by_line_is_no_crash(
+        tmp_path: Path) -> None:
+    """A bad line sends its block to the line-by-line path; an event named ``[1]`` there is
+    an unknown event, as it is on the decoded path."""
+    path = tmp_path / "t.tape"
+    odd = line(2, "domain_event", None, {"job_id": "1"}).replace(
+        '"type":"domain_event"}', '"type":"domain_event","name":[1]}')
+    path.write_text(line(0, "tape_started", None, {}) + "garbage\n" + odd +
+                    dom(3, "JobQueued", job_id="1"))
+    data = explain_tape(path).to_json()
+    assert data["event_count"] == 3 and data["skipped_lines"] == [2]
+    assert [(j["job_id"], j["status"]) for j in data["jobs"]] == [("1", "queued")]

@@ -24,6 +24,7 @@ not confirmed (F10). A refused cancel clears the mark and shows the sentinel's r
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections import deque
@@ -38,6 +39,8 @@ from ._queue_model import STATUSES, QueueModel
 from ._scheduling import IOLoopScheduler, Scheduler, default_scheduler
 
 __all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
+
+log = logging.getLogger("casparian_nb.notebook")
 
 _STATIC = Path(__file__).parent / "static"
 #: Snapshot rows merged per turn of the kernel's loop (~5 ms each).
@@ -259,6 +262,7 @@ class QueueWidget(anywidget.AnyWidget):
             try:
                 rows = self._source.job_snapshot(active)
             except Exception:  # the DB went away (stop, restart): the next tick retries
+                log.debug("queue widget: re-reading unfinished jobs failed", exc_info=True)
                 rows = []
             self._scheduler.call_soon_threadsafe(lambda: self._merge(rows, mark, 0))
 

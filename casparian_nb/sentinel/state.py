@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _vocabulary
 from ._vocabulary import (
     Action,
     CancelRequested,
@@ -36,27 +37,7 @@ from ._vocabulary import (
     WorkerJoined,
 )
 
-__all__ = [
-    "Action",
-    "CancelRequested",
-    "Discard",
-    "JobRec",
-    "JobStarted",
-    "JobsQueued",
-    "Persist",
-    "Promote",
-    "PromotionFinished",
-    "Publish",
-    "ReceiptReceived",
-    "Reply",
-    "Send",
-    "SentinelState",
-    "Tick",
-    "WorkerGone",
-    "WorkerHeartbeat",
-    "WorkerJoined",
-    "plugin_name_fields",
-]
+__all__ = [*_vocabulary.__all__, "SentinelState", "plugin_name_fields"]
 
 
 def plugin_name_fields(spec: Mapping[str, Any]) -> dict[str, Any]:

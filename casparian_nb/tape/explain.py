@@ -409,9 +409,9 @@ def _fast_block(ex: Explanation, cur: _Cursor, data: bytes, cut: int) -> bool:
         ts = e.timestamp
         if en.type == DOMAIN_EVENT:
             name = en.name
-            entry = handlers.get(name) if type(name) is str else None
-            if entry is not None and e.payload is not None:
-                entry[0](e.payload, ts if type(ts) is str else None)
+            handler = handlers.get(name) if type(name) is str else None
+            if handler is not None and e.payload is not None:
+                handler(e.payload, ts if type(ts) is str else None)
         else:
             ex._event(en.type, en.name, e.payload, ts if type(ts) is str else None,
                       e.correlation_id)

@@ -144,8 +144,8 @@ Handler = Callable[[Payload, "str | None"], None]
 class JobReducer:
     """Applies job and worker domain events; holds jobs, workers and counters.
 
-    ``handlers`` maps an event name to ``(handler(payload, timestamp), needs_time)`` so a
-    fast reader can skip extracting timestamps for events that do not use them.
+    ``handlers`` maps an event name to its ``handler(payload, timestamp)``; a fast reader
+    (explain) calls them directly.
     """
 
     def __init__(self) -> None:
@@ -157,33 +157,33 @@ class JobReducer:
         #: (output_name, table) -> [count, rows]
         self.materialized: dict[tuple[str | None, str | None], list[int]] = {}
         self._strings: dict[str, str] = {}
-        self.handlers: dict[str, tuple[Handler, bool]] = {
-            _E.JOB_QUEUED: (self._queued, False),
-            _E.JOB_DISPATCHED: (self._dispatched, True),
-            _E.JOB_STARTED: (self._started, False),
-            _E.CANCEL_REQUESTED: (self._cancel, False),
-            _E.JOB_COMPLETED: (self._completed, True),
-            _E.JOB_FAILED: (self._failed, True),
-            _E.JOB_RETRIED: (self._retried, False),
-            _E.JOB_ABORTED: (self._aborted, True),
-            _E.JOB_SKIPPED: (self._skipped, False),
-            _E.MATERIALIZATION_RECORDED: (self._materialized, False),
-            _E.WORKER_JOINED: (self._worker_joined, True),
-            _E.WORKER_LOST: (self._worker_lost, True),
-            _E.WORKER_LEFT: (self._worker_left, True),
+        self.handlers: dict[str, Handler] = {
+            _E.JOB_QUEUED: self._queued,
+            _E.JOB_DISPATCHED: self._dispatched,
+            _E.JOB_STARTED: self._started,
+            _E.CANCEL_REQUESTED: self._cancel,
+            _E.JOB_COMPLETED: self._completed,
+            _E.JOB_FAILED: self._failed,
+            _E.JOB_RETRIED: self._retried,
+            _E.JOB_ABORTED: self._aborted,
+            _E.JOB_SKIPPED: self._skipped,
+            _E.MATERIALIZATION_RECORDED: self._materialized,
+            _E.WORKER_JOINED: self._worker_joined,
+            _E.WORKER_LOST: self._worker_lost,
+            _E.WORKER_LEFT: self._worker_left,
         }
 
     def apply(self, name: str | None, payload: Any, timestamp: str | None = None) -> bool:
         """Apply one domain event (``payload`` a dict or a :class:`Payload`); returns
         whether it was a job/worker event."""
         # A corrupt tape may name an event with anything, a list included (unhashable).
-        entry = self.handlers.get(name) if type(name) is str else None
-        if entry is None:
+        handler = self.handlers.get(name) if type(name) is str else None
+        if handler is None:
             return False
         p = payload if type(payload) is Payload else to_payload(payload)
         if p is None:
             return False
-        entry[0](p, timestamp)
+        handler(p, timestamp)
         return True
 
     def copy(self) -> JobReducer:

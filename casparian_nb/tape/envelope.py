@@ -150,7 +150,7 @@ def parse_timestamp(text: Any) -> float | None:
         frac = text[20:-1]
         if not frac:
             return base if text[19] == "Z" else None
-        return base + float("0." + frac) if frac.isdigit() and frac.isascii() else None
+        return base + float(text[19:-1]) if frac.isdigit() and frac.isascii() else None
     return _slow_timestamp(text)
 
 

@@ -14,19 +14,17 @@ memory grows with jobs, workers and commands, not with events.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
+import math
 import os
-from collections.abc import Iterator
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
-from ..errors import TapeError
-from ._decode import Envelope, Payload, decode_block, to_payload
+from ._decode import Payload, to_payload
+from ._scan import Cursor, finish, scan, settle
 from .envelope import (
     COMMAND_SUCCEEDED,
     DOMAIN_EVENT,
@@ -36,86 +34,98 @@ from .envelope import (
     parse_timestamp,
 )
 from .reader import open_tape
-from .reducer import JobReducer
+from .reducer import JobRecord, JobReducer
 
 __all__ = ["Explanation", "explain_tape"]
 
-# JSONEncoder.encode builds a C encoder per call; one prebuilt encoder (", " / ": " like
-# json.dumps) costs a third per job line of a 100,000-job explanation.
-_C_ENCODE = (
-    c_make_encoder(None, str, encode_basestring, None, ": ", ", ", False, False, True)
-    if c_make_encoder is not None
-    else None
-)
+_ENCODER = msgspec.json.Encoder()
 
 
-def _enc(value: Any) -> str:
-    if _C_ENCODE is not None:
-        return "".join(_C_ENCODE(value, 0))
-    return json.dumps(value, ensure_ascii=False)
+def encode_value(value: Any) -> bytes:
+    """Compact JSON of any value read from a tape: msgspec's, or, for what it refuses (a lone
+    surrogate from an undecodable line), ``json``'s with ASCII escapes. NaN and the
+    infinities become null either way (strict JSON has no literal for them)."""
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError):
+        return json.dumps(_finite(value), ensure_ascii=True, separators=(",", ":")).encode()
 
 
-# One job's JSON object is formatted from this template: the same bytes as
-# ``_enc(job.to_dict())`` (keys in ``to_dict`` order, ", " and ": " separators), about twice
-# as fast. Repeating values (plugin, status, worker, outputs, ...) are encoded once.
-_JOB_KEYS = ("job_id", "plugin_name", "status", "rows", "outputs", "error", "plugin_version",
-             "worker_id", "duration_ms", "retries", "attempts", "cancel_requested",
-             "error_kind", "reason", "quarantine_rows", "input_file")
-_JOB_TEMPLATE = "{" + ", ".join(f'"{k}": %s' for k in _JOB_KEYS) + "}"
-class _Memo(dict[Any, str]):
-    """value -> its JSON text, filled on first use (keys of one type per memo)."""
-
-    def __missing__(self, key: Any) -> str:
-        out = self[key] = _enc(key)
-        return out
+def _finite(value: Any) -> Any:
+    if type(value) is float and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
-class _JobEncoder:
-    """``encode(job)`` == ``_enc(job.to_dict())`` for every :class:`JobRecord`.
+class _JobView(msgspec.Struct, gc=False):
+    """A job's public fields in ``JobRecord.to_dict`` order: msgspec encodes it in C, five
+    times faster than formatting ``to_dict()``."""
 
-    Fields that repeat across jobs (plugin, status, worker, counts, outputs) are encoded once
-    per value; any value of an unexpected type sends the job through ``_enc(to_dict())``.
-    """
-
-    def __init__(self) -> None:
-        self._str = _Memo()  # str or None
-        self._int = _Memo()  # int (not bool)
-        self._outs = _Memo()  # tuple of str
-
-    def encode(self, job: Any) -> str:
-        pn, st, pv, wk, ek = (job.plugin_name, job.status, job.plugin_version, job.worker_id,
-                              job.error_kind)
-        jid, rows, dur, retries, attempts = (job.job_id, job.rows, job.duration_ms,
-                                             job.retries, job.attempts)
-        error, reason, qr, inf, outputs, cancel = (job.error, job.reason, job.quarantine_rows,
-                                                   job.input_file, job.outputs,
-                                                   job.cancel_requested)
-        t = type
-        if not (t(jid) is str and t(rows) is int and t(retries) is int
-                and t(attempts) is int and t(cancel) is bool
-                and (t(pn) is str or pn is None) and (t(st) is str or st is None)
-                and (t(pv) is str or pv is None) and (t(wk) is str or wk is None)
-                and (t(ek) is str or ek is None) and (t(outputs) is list or outputs == ())):
-            return _enc(job.to_dict())
-        okey = tuple(outputs)
-        if okey not in self._outs:
-            if not all(t(o) is str for o in okey):
-                return _enc(job.to_dict())
-            self._outs[okey] = _enc(list(okey))
-        s, i, esc = self._str, self._int, encode_basestring
-        return _JOB_TEMPLATE % (
-            esc(jid), s[pn], s[st], int.__repr__(rows), self._outs[okey],
-            esc(error) if t(error) is str else "null" if error is None else _enc(error),
-            s[pv], s[wk],
-            i[dur] if t(dur) is int else "null" if dur is None else _enc(dur),
-            i[retries], i[attempts], "true" if cancel else "false", s[ek],
-            s[reason] if t(reason) is str or reason is None else _enc(reason),
-            int.__repr__(qr) if t(qr) is int else "null" if qr is None else _enc(qr),
-            esc(inf) if t(inf) is str else "null" if inf is None else _enc(inf),
-        )
+    job_id: Any
+    plugin_name: Any
+    status: Any
+    rows: Any
+    outputs: Any
+    error: Any
+    plugin_version: Any
+    worker_id: Any
+    duration_ms: Any
+    retries: Any
+    attempts: Any
+    cancel_requested: Any
+    error_kind: Any
+    reason: Any
+    quarantine_rows: Any
+    input_file: Any
 
 
-_MAX_SKIPPED = 100
+def encode_jobs(jobs: Iterable[JobRecord]) -> bytes:
+    """The jobs' JSON objects joined by ``",\n    "`` (one per line in ``write_json``)."""
+    enc, view = _ENCODER.encode, _JobView
+    out = []
+    for j in jobs:
+        try:
+            out.append(enc(view(
+                j.job_id, j.plugin_name, j.status, j.rows, j.outputs, j.error,
+                j.plugin_version, j.worker_id, j.duration_ms, j.retries, j.attempts,
+                j.cancel_requested, j.error_kind, j.reason, j.quarantine_rows, j.input_file)))
+        except (TypeError, ValueError):
+            out.append(encode_value(j.to_dict()))
+    return b",\n    ".join(out)
+
+
+def _bytes_out(fp: IO[str]) -> tuple[Callable[[bytes], Any], Callable[[], Any]]:
+    """(write, flush) of UTF-8 bytes to a text stream: straight to its byte buffer when it
+    has one that takes UTF-8 (stdout, files), else decoded (``io.StringIO``)."""
+    buffer = getattr(fp, "buffer", None)
+    encoding = (getattr(fp, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    if buffer is not None and encoding == "utf8":
+        fp.flush()
+        return buffer.write, buffer.flush
+    return (lambda data: fp.write(data.decode("utf-8"))), fp.flush
+
+
+_JOB_BATCH = 4096
+
+
+def text_job_lines(j: Any) -> list[str]:
+    """A job's line(s) in the text summary."""
+    extra = [f"retries {j.retries}"] if j.retries else []
+    if j.cancel_requested:
+        extra.append("cancel requested")
+    if j.worker_id:
+        extra.append(f"on {j.worker_id}")
+    tail = f" ({', '.join(extra)})" if extra else ""
+    out = [f"  [{j.status}] {j.job_id} - {j.plugin_name or 'unknown'} {j.rows} rows{tail}"]
+    if j.error:
+        out.append(f"       Error: {j.error}")
+    elif j.reason and j.status in ("aborted", "skipped"):
+        out.append(f"       Reason: {j.reason}")
+    return out
 
 
 class Explanation:
@@ -134,6 +144,8 @@ class Explanation:
         self.skipped_lines: list[int] = []
         self.skipped_count = 0
         self._by_corr: dict[str, int] = {}
+        #: responses whose command was not seen (kept only by a split explain's segments)
+        self.unmatched: list[tuple[str, str, bool, Any]] | None = None
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -148,11 +160,14 @@ class Explanation:
         rows = sum(j.rows for j in self.reducer.jobs.values() if j.status == "completed")
         return {"total": len(self.reducer.jobs), **counts, "total_rows": rows}
 
+    def _busy(self) -> dict[str, float]:
+        """Busy seconds per worker up to the tape's end (runs still open count)."""
+        return self.reducer.busy_until(parse_timestamp(self.ended_at))
+
     def workers(self) -> list[dict[str, Any]]:
         """Per worker: dispatches, busy seconds and utilisation over the tape's span."""
-        end = parse_timestamp(self.ended_at)
         span = self.duration_s
-        busy = self.reducer.busy_until(end)
+        busy = self._busy()
         out = []
         for wid, rec in self.reducer.workers.items():
             d = rec.to_dict()
@@ -206,37 +221,45 @@ class Explanation:
     def write_json(self, fp: IO[str]) -> None:
         """Stream the JSON (same data as ``to_json``), one job per line, without building
         the whole document: a 100,000-job tape stays cheap."""
-        enc = _enc
+        write, flush = _bytes_out(fp)
 
-        def block(items: dict[str, Any], first: bool) -> None:
-            for i, (k, v) in enumerate(items.items()):
-                sep = "" if first and i == 0 else ",\n"
+        def items(values: dict[str, Any], first: bool) -> None:
+            for i, (k, v) in enumerate(values.items()):
+                sep = b"" if first and i == 0 else b",\n"
+                key = encode_value(k)
                 if isinstance(v, list) and v and isinstance(v[0], dict):
-                    rows = ",\n".join("    " + enc(x) for x in v)
-                    fp.write(f'{sep}  {enc(k)}: [\n{rows}\n  ]')
+                    rows = b",\n".join(b"    " + encode_value(x) for x in v)
+                    write(sep + b"  " + key + b": [\n" + rows + b"\n  ]")
                 else:
-                    fp.write(f"{sep}  {enc(k)}: {enc(v)}")
+                    write(sep + b"  " + key + b": " + encode_value(v))
 
-        fp.write("{\n")
-        block(self._head(), True)
-        fp.write(',\n  "jobs": [')
+        write(b"{\n")
+        items(self._head(), True)
+        write(b',\n  "jobs": [')
         any_job = False
-        batch: list[str] = []
-        for line in self._job_lines():
-            batch.append(line)
-            if len(batch) == 4096:
-                fp.write((",\n    " if any_job else "\n    ") + ",\n    ".join(batch))
-                any_job, batch = True, []
-        if batch:
-            fp.write((",\n    " if any_job else "\n    ") + ",\n    ".join(batch))
-            any_job = True
-        fp.write("\n  ]" if any_job else "]")
-        block(self._tail(), False)
-        fp.write("\n}\n")
+        for chunk in self._job_chunks():
+            if chunk:
+                write(b",\n    " if any_job else b"\n    ")
+                write(chunk)
+                any_job = True
+        write(b"\n  ]" if any_job else b"]")
+        items(self._tail(), False)
+        write(b"\n}\n")
+        flush()
 
-    def _job_lines(self) -> Iterator[str]:
-        """Each job's JSON object (one line), in order of first appearance."""
-        return map(_JobEncoder().encode, self.reducer.jobs.values())
+    def _job_count(self) -> int:
+        return len(self.reducer.jobs)
+
+    def _job_chunks(self) -> Iterator[bytes]:
+        """The jobs' JSON, in order of first appearance: chunks of ``encode_jobs``."""
+        jobs = list(self.reducer.jobs.values())
+        for i in range(0, len(jobs), _JOB_BATCH):
+            yield encode_jobs(jobs[i : i + _JOB_BATCH])
+
+    def _text_job_lines(self) -> Iterator[str]:
+        """Each job's line(s) of the text summary, in order of first appearance."""
+        for job in self.reducer.jobs.values():
+            yield from text_job_lines(job)
 
     def to_text(self) -> str:
         """The original's ``=== Tape Summary ===`` layout, with the additions."""
@@ -249,22 +272,9 @@ class Explanation:
         if self.commands:
             lines.append(f"Commands ({len(self.commands)}):")
             lines += [f"  - {n} [{s}]" for n, s, _, _ in self.commands]
-        jobs = self.reducer.jobs
-        if jobs:
-            lines.append(f"Jobs ({len(jobs)}):")
-            for j in jobs.values():
-                extra = [f"retries {j.retries}"] if j.retries else []
-                if j.cancel_requested:
-                    extra.append("cancel requested")
-                if j.worker_id:
-                    extra.append(f"on {j.worker_id}")
-                tail = f" ({', '.join(extra)})" if extra else ""
-                lines.append(f"  [{j.status}] {j.job_id} - {j.plugin_name or 'unknown'} "
-                             f"{j.rows} rows{tail}")
-                if j.error:
-                    lines.append(f"       Error: {j.error}")
-                elif j.reason and j.status in ("aborted", "skipped"):
-                    lines.append(f"       Reason: {j.reason}")
+        if self._job_count():
+            lines.append(f"Jobs ({self._job_count()}):")
+            lines.extend(self._text_job_lines())
             s = self.summary()
             lines.append(f"  Summary: {s['completed']} completed, {s['failed']} failed, "
                          f"{s['total_rows']} total rows")
@@ -324,160 +334,31 @@ class Explanation:
         failed = kind == ERROR_EVENT or "Failed" in name or "Error" in name
         if failed:
             self.errors.append(f"{name}: {text}" if text is not None else name)
-        idx = self._by_corr.get(corr) if isinstance(corr, str) else None
+        if not isinstance(corr, str):
+            return
+        status = "failed" if failed else str(status or (
+            "success" if name == COMMAND_SUCCEEDED else name))
+        idx = self._by_corr.get(corr)
         if idx is not None:
-            status = "failed" if failed else str(status or (
-                "success" if name == COMMAND_SUCCEEDED else name))
-            self.commands[idx][1] = status
-            if failed:
-                self.commands[idx][3] = text
+            self.settle_command(idx, status, failed, text)
+        elif self.unmatched is not None:  # a segment: its command may be in an earlier one
+            self.unmatched.append((corr, status, failed, text))
 
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector: a million payloads would trigger it over and
-    over to traverse every job record, and nothing here forms a reference cycle (reference
-    counting frees it all)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-# Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
-# enough that one block's decoded events stay a few MB.
-_BLOCK = 1 << 22
-
-
-class _Cursor:
-    """Where the scan is: line number, the last event's (timestamp, schema_version), and a
-    bad line held back until we know whether it is the last one (then: truncation)."""
-
-    __slots__ = ("last", "number", "pending_bad")
-
-    def __init__(self) -> None:
-        self.number = 0
-        self.last: tuple[Any, Any] | None = None
-        self.pending_bad: tuple[int, bool] | None = None  # (line, ends with a newline)
+    def settle_command(self, index: int, status: str, failed: bool, text: Any) -> None:
+        """A response to command ``index``: its status and, when it failed, its error."""
+        self.commands[index][1] = status
+        if failed:
+            self.commands[index][3] = text
 
 
 def explain_tape(path: str | os.PathLike[str]) -> Explanation:
     """Explain a tape file (streaming). :class:`TapeError` when it cannot be read at all."""
     ex = Explanation()
-    cur = _Cursor()
-    with open_tape(path) as fh, no_gc():
-        while True:
-            data = fh.read(_BLOCK)
-            if not data:
-                break
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and len(data) == _BLOCK:  # a line longer than a block
-                data += fh.readline()
-                cut = len(data) if data.endswith(b"\n") else 0
-            if cut == 0:  # the last line, without a newline
-                _line_block(ex, cur, data)
-                continue
-            if cut < len(data):  # the partial line starts the next block
-                fh.seek(cut - len(data), os.SEEK_CUR)
-            if not _fast_block(ex, cur, data, cut):
-                _line_block(ex, cur, data[:cut])
-    _finish(ex, Path(path), cur)
-    return ex
-
-
-def _fast_block(ex: Explanation, cur: _Cursor, data: bytes, cut: int) -> bool:
-    """Apply ``data[:cut]``, whole lines, decoded by msgspec; False (nothing applied) when it
-    does not decode cleanly, so the caller parses it line by line instead."""
-    try:
-        events = decode_block(memoryview(data)[:cut])
-    except (msgspec.MsgspecError, ValueError):  # ValueError: bytes that are not UTF-8
-        return False
-    if cur.pending_bad is not None:  # a bad line that turned out not to be the last
-        _skip(ex, cur.pending_bad[0])
-        cur.pending_bad = None
-    handlers = ex.reducer.handlers
-    count = ex.event_count
-    last: Envelope | None = None
-    for i, e in enumerate(events):
-        en = e.event_name
-        if en is None:  # valid JSON, but not an envelope: skipped, by its line number
-            _skip(ex, cur.number + _line_of(data[:cut], i))
-            continue
-        ts = e.timestamp
-        if en.type == DOMAIN_EVENT:
-            name = en.name
-            handler = handlers.get(name) if type(name) is str else None
-            if handler is not None and e.payload is not None:
-                handler(e.payload, ts if type(ts) is str else None)
-        else:
-            ex._event(en.type, en.name, e.payload, ts if type(ts) is str else None,
-                      e.correlation_id)
-        if count == 0:
-            ex.started_at = ts
-        count += 1
-        last = e
-    ex.event_count = count
-    if last is not None:
-        cur.last = (last.timestamp, last.schema_version)
-    cur.number += data.count(b"\n", 0, cut)
-    return True
-
-
-def _line_of(block: bytes, index: int) -> int:
-    """1-based line (within ``block``) of the ``index``-th non-blank line (as msgspec
-    counts them: blank = JSON whitespace only)."""
-    seen = -1
-    for n, line in enumerate(block.split(b"\n"), 1):
-        if line.strip(b" \t\r"):
-            seen += 1
-            if seen == index:
-                return n
-    return 0
-
-
-def _line_block(ex: Explanation, cur: _Cursor, block: bytes) -> None:
-    """Apply lines one by one with ``json`` (lenient: bad lines skipped, by number)."""
-    loads = json.loads
-    for raw in block.splitlines(keepends=True):
-        cur.number += 1
-        if cur.pending_bad is not None:
-            _skip(ex, cur.pending_bad[0])
-            cur.pending_bad = None
-        text = raw.decode("utf-8", "surrogateescape")
-        if not text.strip():
-            continue
-        try:
-            obj = loads(text)
-        except ValueError:
-            cur.pending_bad = (cur.number, text.endswith("\n"))
-            continue
-        if not isinstance(obj, dict) or not ex._apply(obj):
-            _skip(ex, cur.number)
-            continue
-        if ex.event_count == 0:
-            ex.started_at = obj.get("timestamp")
-        ex.event_count += 1
-        cur.last = (obj.get("timestamp"), obj.get("schema_version"))
-
-
-def _finish(ex: Explanation, path: Path, cur: _Cursor) -> None:
-    """End of the tape: a bad last line is truncation (no newline) or skipped; the last
-    event gives the end time and schema version."""
-    if cur.pending_bad is not None:
-        if cur.pending_bad[1]:
-            _skip(ex, cur.pending_bad[0])
-        else:
-            ex.truncated = cur.pending_bad[0]
-    if cur.number and ex.event_count == 0 and ex.skipped_count:
-        raise TapeError(f"{path} is not a tape: no line parses as an event")
+    cur = Cursor()
+    with open_tape(path) as fh:
+        scan(ex, cur, fh)
+    settle(ex, cur)
+    finish(ex, Path(path), cur.number)
     if cur.last is not None:
         ex.ended_at, ex.schema_version = cur.last
-
-
-def _skip(ex: Explanation, number: int) -> None:
-    ex.skipped_count += 1
-    if len(ex.skipped_lines) < _MAX_SKIPPED:
-        ex.skipped_lines.append(number)
+    return ex

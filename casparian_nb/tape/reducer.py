@@ -31,7 +31,7 @@ from typing import Any
 from ._decode import UNSET, Payload, to_payload
 from .envelope import EventName, job_key, parse_timestamp
 
-__all__ = ["TERMINAL", "JobRecord", "JobReducer", "WorkerRecord"]
+__all__ = ["TERMINAL", "JobRecord", "JobReducer", "WorkerRecord", "apply_worker_event"]
 
 TERMINAL = frozenset({"completed", "failed", "aborted", "skipped"})
 _E = EventName
@@ -64,6 +64,9 @@ class JobRecord:
     # the open run (dispatch -> end) for worker busy time
     run_start: float | None = None
     run_worker: str | None = None
+    # blocks of the tape (or segment) where the job was first and last seen
+    first_block = 0
+    last_block = 0
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -148,7 +151,7 @@ class JobReducer:
     (explain) calls them directly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, track: bool = False) -> None:
         self.jobs: dict[str, JobRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.retries = 0
@@ -157,6 +160,16 @@ class JobReducer:
         #: (output_name, table) -> [count, rows]
         self.materialized: dict[tuple[str | None, str | None], list[int]] = {}
         self._strings: dict[str, str] = {}
+        #: the block being applied: jobs note where they were first and last seen, so a
+        #: split explain can find a job's events in its segment again (``_split``)
+        self.block = 0
+        # Kept only when ``track`` (a segment of a split explain): worker events in order,
+        # blocks holding WorkerLost/WorkerLeft, and the job keys those named.
+        self.worker_log: list[tuple[str, str, float | None, Any, Any]] | None = None
+        self.lost_blocks: set[int] | None = None
+        self.lost_names: set[str] | None = None
+        if track:
+            self.worker_log, self.lost_blocks, self.lost_names = [], set(), set()
         self.handlers: dict[str, Handler] = {
             _E.JOB_QUEUED: self._queued,
             _E.JOB_DISPATCHED: self._dispatched,
@@ -227,14 +240,15 @@ class JobReducer:
     def _job(self, payload: Payload) -> JobRecord | None:
         raw = payload.job_id
         job = self.jobs.get(raw) if type(raw) is str else None
-        if job is not None:
-            return job
-        key = job_key(raw)
-        if key is None:
-            return None
-        job = self.jobs.get(key)
         if job is None:
-            job = self.jobs[key] = JobRecord(key)
+            key = job_key(raw)
+            if key is None:
+                return None
+            job = self.jobs.get(key)
+            if job is None:
+                job = self.jobs[key] = JobRecord(key)
+                job.first_block = self.block
+        job.last_block = self.block
         return job
 
     def _worker(self, worker_id: Any) -> WorkerRecord | None:
@@ -284,10 +298,17 @@ class JobReducer:
         if p.input_file is not UNSET:
             job.input_file = p.input_file
 
+    # The handlers of the frequent events look the job (and worker) up inline: a method
+    # call per event is a tenth of a million-event explain.
     def _dispatched(self, p: Payload, ts: str | None) -> None:
-        job = self._job(p)
+        raw = p.job_id
+        job = self.jobs.get(raw) if type(raw) is str else None
         if job is None:
-            return
+            job = self._job(p)
+            if job is None:
+                return
+        else:
+            job.last_block = self.block
         t = parse_timestamp(ts)
         if job.run_start is not None:
             self._end_run(job, t)  # a dispatch without an end: the previous run is over
@@ -295,9 +316,15 @@ class JobReducer:
         job.attempts += 1
         job.duration_ms = None
         job.ended_at = None
-        self._plugin(job, p)
+        name, version = p.plugin_name, p.plugin_version
+        if (name is not None and name != job.plugin_name) or (
+                version is not None and version != job.plugin_version):
+            self._plugin(job, p)
         job.dispatched_at = job.run_start = t
-        rec = self._worker(p.worker_id)
+        wid = p.worker_id
+        rec = self.workers.get(wid) if type(wid) is str else None
+        if rec is None:
+            rec = self._worker(wid)
         if rec is not None:
             rec.jobs += 1
             job.worker_id = job.run_worker = rec.worker_id
@@ -305,11 +332,20 @@ class JobReducer:
             job.worker_id = None
 
     def _started(self, p: Payload, ts: str | None) -> None:
-        job = self._job(p)
-        if job is None or job.status in TERMINAL:
+        raw = p.job_id
+        job = self.jobs.get(raw) if type(raw) is str else None
+        if job is None:
+            job = self._job(p)
+            if job is None:
+                return
+        else:
+            job.last_block = self.block
+        if job.status in TERMINAL:
             return
         job.status = "running"
-        self._set_worker(job, p.worker_id)
+        wid = p.worker_id
+        if wid is not None and wid != job.worker_id:
+            self._set_worker(job, wid)
 
     def _cancel(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
@@ -319,16 +355,23 @@ class JobReducer:
 
     def _finish(self, job: JobRecord, p: Payload, ts: str | None, status: str) -> None:
         job.status = status
-        self._set_worker(job, p.worker_id)
+        wid = p.worker_id
+        if wid is not None and wid != job.worker_id:
+            self._set_worker(job, wid)
         dur = p.duration_ms
         if type(dur) is int or type(dur) is float:
             job.duration_ms = dur
         self._end_run(job, parse_timestamp(ts))
 
     def _completed(self, p: Payload, ts: str | None) -> None:
-        job = self._job(p)
+        raw = p.job_id
+        job = self.jobs.get(raw) if type(raw) is str else None
         if job is None:
-            return
+            job = self._job(p)
+            if job is None:
+                return
+        else:
+            job.last_block = self.block
         self._finish(job, p, ts, "completed")
         rows = p.rows
         if type(rows) is int:
@@ -336,12 +379,15 @@ class JobReducer:
         if p.quarantine_rows is not UNSET:
             job.quarantine_rows = p.quarantine_rows
         outputs = p.outputs
-        if type(outputs) is dict:
+        # usually the outputs its materializations already named, in the same order
+        if type(outputs) is dict and outputs and list(outputs) != job.outputs:
             for name in outputs:
                 if name not in job.outputs:
                     job.add_output(self._s(name) or name)
-        job.error = None
-        job.error_kind = None
+        if job.error is not None:
+            job.error = None
+        if job.error_kind is not None:
+            job.error_kind = None
 
     def _failed(self, p: Payload, ts: str | None) -> None:
         job = self._job(p)
@@ -396,6 +442,8 @@ class JobReducer:
             job = self._job(p)
             if job is None:
                 return
+        else:
+            job.last_block = self.block
         if name is not None and name not in job.outputs:
             job.add_output(self._s(name) or str(name))
         if counted and not job.rows:
@@ -403,30 +451,56 @@ class JobReducer:
 
     def _worker_joined(self, p: Payload, ts: str | None) -> None:
         rec = self._worker(p.worker_id)
-        if rec is None:
-            return
-        rec.joined_at = parse_timestamp(ts)
-        rec.lost_at = None
-        if isinstance(p.slots, int):
-            rec.slots = p.slots
-        if isinstance(p.pid, int):
-            rec.pid = p.pid
+        if rec is not None:
+            self._worker_event(rec, "joined", parse_timestamp(ts), p.slots, p.pid)
 
     def _worker_left(self, p: Payload, ts: str | None) -> None:
-        self._worker_lost(p, ts)
-        rec = self._worker(p.worker_id)
-        if rec is not None:
-            rec.left = True
+        self._lost(p, ts, "left")
 
     def _worker_lost(self, p: Payload, ts: str | None) -> None:
+        self._lost(p, ts, "lost")
+
+    def _lost(self, p: Payload, ts: str | None, kind: str) -> None:
         rec = self._worker(p.worker_id)
         t = parse_timestamp(ts)
         if rec is not None:
-            rec.lost_at = t if t is not None else 0.0
+            self._worker_event(rec, kind, t, None, None)
         ids = p.requeued_job_ids
-        for raw in ids if isinstance(ids, list) else ():
-            job = self.jobs.get(job_key(raw) or "")
+        if self.lost_blocks is not None:
+            self.lost_blocks.add(self.block)
+        self.requeue(ids if isinstance(ids, list) else (), t)
+
+    def _worker_event(self, rec: WorkerRecord, kind: str, t: float | None, slots: Any,
+                      pid: Any) -> None:
+        if self.worker_log is not None:
+            self.worker_log.append((rec.worker_id, kind, t, slots, pid))
+        apply_worker_event(rec, kind, t, slots, pid)
+
+    def requeue(self, ids: Any, t: float | None) -> None:
+        """A lost worker's jobs (``requeued_job_ids``) back to ``queued``, unless finished."""
+        for raw in ids:
+            key = job_key(raw) or ""
+            if self.lost_names is not None:
+                self.lost_names.add(key)
+            job = self.jobs.get(key)
             if job is not None and job.status not in TERMINAL:
                 self._end_run(job, t)
                 job.status = "queued"
                 job.worker_id = None
+
+
+def apply_worker_event(rec: WorkerRecord, kind: str, t: float | None, slots: Any,
+                       pid: Any) -> None:
+    """What WorkerJoined (``joined``), WorkerLost (``lost``) and WorkerLeft (``left``) do to
+    the worker's own record (a split explain replays them on the merged record)."""
+    if kind == "joined":
+        rec.joined_at = t
+        rec.lost_at = None
+        if isinstance(slots, int):
+            rec.slots = slots
+        if isinstance(pid, int):
+            rec.pid = pid
+    else:
+        rec.lost_at = t if t is not None else 0.0
+        if kind == "left":
+            rec.left = True

@@ -1,0 +1,218 @@
+"""Reading a tape, or a byte range of one, block by block into an ``Explanation``.
+
+Blocks of whole lines are decoded by msgspec at once (``_fast_block``); a block that does
+not decode cleanly is parsed again line by line with ``json`` (``_line_block``), which skips
+bad lines by number and holds the last bad line back: only a bad *last* line is a
+truncation. :func:`scan` numbers the blocks it applies (``reducer.block``) and can list
+their byte ranges, so a split explain (``_split``) can read a job's events again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import msgspec
+
+from ..errors import TapeError
+from ._decode import decode_block
+from .envelope import DOMAIN_EVENT
+
+if TYPE_CHECKING:
+    from .explain import Explanation
+
+__all__ = ["FAST", "LINES", "Cursor", "apply_block", "finish", "no_gc", "scan", "settle"]
+
+# Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
+# enough that one block's decoded events stay a few MB.
+_BLOCK = 1 << 22
+_MAX_SKIPPED = 100
+FAST, LINES = 0, 1  # how a block is applied: decoded whole (falling back), or line by line
+
+Block = tuple[int, int, int]  # (start, end, FAST | LINES) byte range in the file
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a million payloads would trigger it over and
+    over to traverse every job record, and nothing here forms a reference cycle (reference
+    counting frees it all)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class Cursor:
+    """Where the scan is: line number, the last event's (timestamp, schema_version), and a
+    bad line held back until we know whether it is the last one (then: truncation)."""
+
+    __slots__ = ("last", "number", "pending_bad")
+
+    def __init__(self) -> None:
+        self.number = 0
+        self.last: tuple[Any, Any] | None = None
+        self.pending_bad: tuple[int, bool] | None = None  # (line, ends with a newline)
+
+
+def scan(ex: Explanation, cur: Cursor, fh: IO[bytes], start: int = 0, end: int | None = None,
+         blocks: list[Block] | None = None) -> None:
+    """Apply the lines of ``fh`` from byte ``start`` (at a line start) to ``end`` (just after
+    a newline) or, when ``end`` is None, to the end of the file."""
+    fh.seek(start)
+    pos = start
+    reducer = ex.reducer
+    with no_gc():
+        while end is None or pos < end:
+            want = _BLOCK if end is None else min(_BLOCK, end - pos)
+            data = fh.read(want)
+            if not data:
+                break
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) == _BLOCK:  # a line longer than a block
+                data += fh.readline()
+                cut = len(data) if data.endswith(b"\n") else 0
+            kind = FAST
+            if cut == 0:  # the last line, without a newline
+                kind, cut = LINES, len(data)
+            elif cut < len(data):  # the partial line starts the next block
+                fh.seek(cut - len(data), os.SEEK_CUR)
+            if blocks is not None:
+                reducer.block = len(blocks)
+                blocks.append((pos, pos + cut, kind))
+            apply_block(ex, cur, data, cut, kind)
+            pos += cut
+
+
+def apply_block(ex: Explanation, cur: Cursor, data: bytes, cut: int, kind: int) -> None:
+    """Apply ``data[:cut]`` (whole lines, or a last line without its newline)."""
+    if kind == LINES or not _fast_block(ex, cur, data, cut):
+        _line_block(ex, cur, data[:cut] if cut < len(data) else data)
+
+
+def reread(ex: Explanation, fh: IO[bytes], blocks: list[Block], which: Iterable[int]) -> None:
+    """Apply the listed blocks again, in order, into ``ex`` (a split explain's look-back)."""
+    cur = Cursor()
+    with no_gc():
+        for index in sorted(which):
+            start, end, kind = blocks[index]
+            fh.seek(start)
+            data = fh.read(end - start)
+            ex.reducer.block = index
+            apply_block(ex, cur, data, len(data), kind)
+
+
+def _fast_block(ex: Explanation, cur: Cursor, data: bytes, cut: int) -> bool:
+    """Apply ``data[:cut]``, whole lines, decoded by msgspec; False (nothing applied) when it
+    does not decode cleanly, so the caller parses it line by line instead."""
+    try:
+        events = decode_block(memoryview(data)[:cut])
+    except (msgspec.MsgspecError, ValueError):  # ValueError: bytes that are not UTF-8
+        return False
+    if cur.pending_bad is not None:  # a bad line that turned out not to be the last
+        _skip(ex, cur.pending_bad[0])
+        cur.pending_bad = None
+    get = ex.reducer.handlers.get
+    other = ex._event
+    skipped = 0
+    # The hot loop: one iteration per event of a million-event tape, so only what each
+    # event needs; counting, first and last events are worked out after it.
+    for e in events:
+        en = e.event_name
+        if en is None:  # valid JSON, but not an envelope: skipped, by line number below
+            skipped += 1
+        elif en.type == DOMAIN_EVENT:
+            p = e.payload
+            try:
+                handler = get(en.name)
+            except TypeError:  # a corrupt tape's unhashable event name: not a handler
+                continue
+            if handler is not None and p is not None:
+                handler(p, e.timestamp)
+        else:
+            ts = e.timestamp
+            other(en.type, en.name, e.payload, ts if type(ts) is str else None,
+                  e.correlation_id)
+    if skipped < len(events):
+        envelopes = [e for e in events if e.event_name is not None] if skipped else events
+        if ex.event_count == 0:
+            ex.started_at = envelopes[0].timestamp
+        ex.event_count += len(envelopes)
+        cur.last = (envelopes[-1].timestamp, envelopes[-1].schema_version)
+    if skipped:
+        indices = [i for i, e in enumerate(events) if e.event_name is None]
+        for number in _line_numbers(data[:cut], indices):
+            _skip(ex, cur.number + number)
+    cur.number += data.count(b"\n", 0, cut)
+    return True
+
+
+def _line_numbers(block: bytes, indices: list[int]) -> Iterator[int]:
+    """1-based lines (within ``block``) of the listed non-blank lines, by index (as msgspec
+    counts them: blank = JSON whitespace only)."""
+    wanted = iter(indices)
+    target = next(wanted, None)
+    seen = -1
+    for n, line in enumerate(block.split(b"\n"), 1):
+        if target is None:
+            return
+        if line.strip(b" \t\r"):
+            seen += 1
+            if seen == target:
+                yield n
+                target = next(wanted, None)
+
+
+def _line_block(ex: Explanation, cur: Cursor, block: bytes) -> None:
+    """Apply lines one by one with ``json`` (lenient: bad lines skipped, by number)."""
+    loads = json.loads
+    for raw in block.splitlines(keepends=True):
+        cur.number += 1
+        if cur.pending_bad is not None:
+            _skip(ex, cur.pending_bad[0])
+            cur.pending_bad = None
+        text = raw.decode("utf-8", "surrogateescape")
+        if not text.strip():
+            continue
+        try:
+            obj = loads(text)
+        except ValueError:
+            cur.pending_bad = (cur.number, text.endswith("\n"))
+            continue
+        if not isinstance(obj, dict) or not ex._apply(obj):
+            _skip(ex, cur.number)
+            continue
+        if ex.event_count == 0:
+            ex.started_at = obj.get("timestamp")
+        ex.event_count += 1
+        cur.last = (obj.get("timestamp"), obj.get("schema_version"))
+
+
+def settle(ex: Explanation, cur: Cursor) -> None:
+    """The scan is over: a bad last line is a truncation (no newline) or skipped."""
+    if cur.pending_bad is not None:
+        if cur.pending_bad[1]:
+            _skip(ex, cur.pending_bad[0])
+        else:
+            ex.truncated = cur.pending_bad[0]
+        cur.pending_bad = None
+
+
+def finish(ex: Explanation, path: Path, lines: int) -> None:
+    """:class:`TapeError` when ``lines`` lines held no event at all."""
+    if lines and ex.event_count == 0 and ex.skipped_count:
+        raise TapeError(f"{path} is not a tape: no line parses as an event")
+
+
+def _skip(ex: Explanation, number: int) -> None:
+    ex.skipped_count += 1
+    if len(ex.skipped_lines) < _MAX_SKIPPED:
+        ex.skipped_lines.append(number)

@@ -26,6 +26,7 @@ import os
 import pickle
 import struct
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,14 +159,21 @@ class MergedExplanation(Explanation):
     def _job_count(self) -> int:
         return super()._job_count() + self._others()["count"]
 
+    def _rendered(self, fmt: str) -> bytes:
+        if self._fetch_format != fmt:
+            raise TypeError(f"this explanation's jobs were rendered as {self._fetch_format}, "
+                            f"not {fmt}")
+        return bytes(self._others()["text"])
+
     def _job_chunks(self) -> Iterator[bytes]:
         yield from super()._job_chunks()
-        yield self._others()["text"]
+        yield self._rendered("json")
 
     def _text_job_lines(self) -> Iterator[str]:
         yield from super()._text_job_lines()
-        if self._others()["text"]:
-            yield self._others()["text"].decode("utf-8", "surrogatepass")
+        text = self._rendered("text")
+        if text:
+            yield text.decode("utf-8", "surrogatepass")
 
     def summary(self) -> dict[str, int]:
         out = super().summary()
@@ -188,10 +196,9 @@ class MergedExplanation(Explanation):
     def to_json(self) -> dict[str, Any]:
         import json
 
-        if self._fetch_format != "json":
-            raise TypeError("this explanation's jobs were rendered as text, not JSON")
+        others = self._rendered("json")
         data = super().to_json()
-        data["jobs"] += json.loads(b"[" + self._others()["text"] + b"]")
+        data["jobs"] += json.loads(b"[" + others + b"]")
         return data
 
     _fetch_format = "json"
@@ -333,6 +340,7 @@ class _Child:
         os.close(down_r)
         os.close(up_w)
         self.rfd, self.wfd = up_r, down_w
+        self.closed = False
 
     def ask(self, obj: Any | None = None) -> Any:
         if obj is not None:
@@ -353,6 +361,9 @@ class _Child:
         return jobs
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for fd in (self.rfd, self.wfd, self.textfd):
             try:
                 os.close(fd)
@@ -415,7 +426,9 @@ def explain_split(path: str | os.PathLike[str], fmt: str = "json", *,
                 candidates = child.ask()
                 keys = {k for k in candidates if k in first.ex.reducer.jobs}
                 story = child.ask((sorted(keys), fmt))
-                return merge(first, story, _from_child(child, second, keys, fmt), fmt)
+                merged = merge(first, story, _from_child(child, second, keys, fmt), fmt)
+                weakref.finalize(merged, child.close)  # never rendered: still reaped
+                return merged
             except _CHILD_FAILED:
                 child.close()
                 child = None

@@ -25,13 +25,17 @@ job it names, so a tape that starts mid-session still explains. Job ids ``123`` 
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._decode import UNSET, Payload, to_payload
 from .envelope import EventName, job_key, parse_timestamp
 
-__all__ = ["TERMINAL", "JobRecord", "JobReducer", "WorkerRecord", "apply_worker_event"]
+__all__ = ["COMPILED", "TERMINAL", "JobRecord", "JobReducer", "WorkerRecord", "apply_worker_event"]
 
 TERMINAL = frozenset({"completed", "failed", "aborted", "skipped"})
 _E = EventName
@@ -42,23 +46,25 @@ class JobRecord:
 
     Defaults live on the class and an instance stores only what events set: creating a
     record is on the hot path (one per job of a 100,000-job tape), and most stay sparse.
+    The public fields hold what the tape held, so they are typed ``Any``: explain is lenient,
+    and a compiled copy of this module (see the end) must not reject an odd value.
     """
 
-    plugin_name: str | None = None
-    plugin_version: str | None = None
-    status = "queued"
-    rows = 0
-    quarantine_rows: int | None = None
-    outputs: list[str] | tuple[()] = ()
-    error: str | None = None
-    error_kind: str | None = None
-    reason: str | None = None
-    worker_id: str | None = None
-    duration_ms: float | None = None
-    retries = 0
-    attempts = 0
-    cancel_requested = False
-    input_file: str | None = None
+    plugin_name: Any = None
+    plugin_version: Any = None
+    status: Any = "queued"
+    rows: Any = 0
+    quarantine_rows: Any = None
+    outputs: Any = ()  # a list of output names once there is one
+    error: Any = None
+    error_kind: Any = None
+    reason: Any = None
+    worker_id: Any = None
+    duration_ms: Any = None
+    retries: Any = 0
+    attempts: Any = 0
+    cancel_requested: Any = False
+    input_file: Any = None
     dispatched_at: float | None = None
     ended_at: float | None = None
     # the open run (dispatch -> end) for worker busy time
@@ -102,8 +108,20 @@ class JobRecord:
         }
 
     def __copy__(self) -> JobRecord:
-        new = JobRecord.__new__(JobRecord)
-        new.__dict__.update(self.__dict__)
+        new = JobRecord(self.job_id)
+        state = getattr(self, "__dict__", None)
+        if state is not None:  # plain Python: copy the sparse instance dict
+            new.__dict__.update(state)
+        else:  # compiled: every field is an attribute of its own
+            new.plugin_name, new.plugin_version = self.plugin_name, self.plugin_version
+            new.status, new.rows, new.quarantine_rows = self.status, self.rows, self.quarantine_rows
+            new.outputs, new.error, new.error_kind = self.outputs, self.error, self.error_kind
+            new.reason, new.worker_id, new.duration_ms = self.reason, self.worker_id, self.duration_ms
+            new.retries, new.attempts = self.retries, self.attempts
+            new.cancel_requested, new.input_file = self.cancel_requested, self.input_file
+            new.dispatched_at, new.ended_at = self.dispatched_at, self.ended_at
+            new.run_start, new.run_worker = self.run_start, self.run_worker
+            new.first_block, new.last_block = self.first_block, self.last_block
         if self.outputs:
             new.outputs = list(self.outputs)
         return new
@@ -112,12 +130,10 @@ class JobRecord:
 class WorkerRecord:
     """A worker seen on the tape (by WorkerJoined or as a dispatch target)."""
 
-    __slots__ = ("busy_s", "jobs", "joined_at", "left", "lost_at", "pid", "slots", "worker_id")
-
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        self.slots: int | None = None
-        self.pid: int | None = None
+        self.slots: Any = None
+        self.pid: Any = None
         self.jobs = 0
         self.busy_s = 0.0
         self.joined_at: float | None = None
@@ -135,13 +151,13 @@ class WorkerRecord:
         }
 
     def __copy__(self) -> WorkerRecord:
-        new = WorkerRecord.__new__(WorkerRecord)
-        for name in WorkerRecord.__slots__:
-            setattr(new, name, getattr(self, name))
+        new = WorkerRecord(self.worker_id)
+        new.slots, new.pid, new.jobs, new.busy_s = self.slots, self.pid, self.jobs, self.busy_s
+        new.joined_at, new.lost_at, new.left = self.joined_at, self.lost_at, self.left
         return new
 
 
-Handler = Callable[[Payload, "str | None"], None]
+Handler = Callable[[Payload, Any], None]
 
 
 class JobReducer:
@@ -158,7 +174,7 @@ class JobReducer:
         self.cancels = 0
         self.materializations = 0
         #: (output_name, table) -> [count, rows]
-        self.materialized: dict[tuple[str | None, str | None], list[int]] = {}
+        self.materialized: dict[tuple[Any, Any], list[int]] = {}
         self._strings: dict[str, str] = {}
         #: the block being applied: jobs note where they were first and last seen, so a
         #: split explain can find a job's events in its segment again (``_split``)
@@ -186,7 +202,7 @@ class JobReducer:
             _E.WORKER_LEFT: self._worker_left,
         }
 
-    def apply(self, name: str | None, payload: Any, timestamp: str | None = None) -> bool:
+    def apply(self, name: Any, payload: Any, timestamp: Any = None) -> bool:
         """Apply one domain event (``payload`` a dict or a :class:`Payload`); returns
         whether it was a job/worker event."""
         # A corrupt tape may name an event with anything, a list included (unhashable).
@@ -288,7 +304,7 @@ class JobReducer:
         job.ended_at = t
 
     # -- handlers --------------------------------------------------------------------------
-    def _queued(self, p: Payload, ts: str | None) -> None:
+    def _queued(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is None:
             return
@@ -300,7 +316,7 @@ class JobReducer:
 
     # The handlers of the frequent events look the job (and worker) up inline: a method
     # call per event is a tenth of a million-event explain.
-    def _dispatched(self, p: Payload, ts: str | None) -> None:
+    def _dispatched(self, p: Payload, ts: Any) -> None:
         raw = p.job_id
         job = self.jobs.get(raw) if type(raw) is str else None
         if job is None:
@@ -331,7 +347,7 @@ class JobReducer:
         else:
             job.worker_id = None
 
-    def _started(self, p: Payload, ts: str | None) -> None:
+    def _started(self, p: Payload, ts: Any) -> None:
         raw = p.job_id
         job = self.jobs.get(raw) if type(raw) is str else None
         if job is None:
@@ -340,20 +356,24 @@ class JobReducer:
                 return
         else:
             job.last_block = self.block
+        wid = p.worker_id
         if job.status in TERMINAL:
+            # A late start does not resurrect the job, but the worker it names exists: that
+            # does not depend on the job's state (a split explain relies on it).
+            if wid is not None:
+                self._worker(wid)
             return
         job.status = "running"
-        wid = p.worker_id
         if wid is not None and wid != job.worker_id:
             self._set_worker(job, wid)
 
-    def _cancel(self, p: Payload, ts: str | None) -> None:
+    def _cancel(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is not None:
             job.cancel_requested = True
             self.cancels += 1
 
-    def _finish(self, job: JobRecord, p: Payload, ts: str | None, status: str) -> None:
+    def _finish(self, job: JobRecord, p: Payload, ts: Any, status: str) -> None:
         job.status = status
         wid = p.worker_id
         if wid is not None and wid != job.worker_id:
@@ -363,7 +383,7 @@ class JobReducer:
             job.duration_ms = dur
         self._end_run(job, parse_timestamp(ts))
 
-    def _completed(self, p: Payload, ts: str | None) -> None:
+    def _completed(self, p: Payload, ts: Any) -> None:
         raw = p.job_id
         job = self.jobs.get(raw) if type(raw) is str else None
         if job is None:
@@ -389,7 +409,7 @@ class JobReducer:
         if job.error_kind is not None:
             job.error_kind = None
 
-    def _failed(self, p: Payload, ts: str | None) -> None:
+    def _failed(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is None:
             return
@@ -399,7 +419,7 @@ class JobReducer:
         if type(p.retry_count) is int:
             job.retries = max(job.retries, p.retry_count)
 
-    def _retried(self, p: Payload, ts: str | None) -> None:
+    def _retried(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is None:
             return
@@ -410,13 +430,13 @@ class JobReducer:
         if p.error is not None:
             job.error = p.error
 
-    def _aborted(self, p: Payload, ts: str | None) -> None:
+    def _aborted(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is not None:
             self._finish(job, p, ts, "aborted")
             job.reason = p.reason
 
-    def _skipped(self, p: Payload, ts: str | None) -> None:
+    def _skipped(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is not None:
             job.status = "skipped"
@@ -424,12 +444,16 @@ class JobReducer:
             if p.input_file is not UNSET:
                 job.input_file = p.input_file
 
-    def _materialized(self, p: Payload, ts: str | None) -> None:
+    def _materialized(self, p: Payload, ts: Any) -> None:
         # The most frequent event (one per output per job): the job lookup is inlined.
         self.materializations += 1
         name, rows = p.output_name, p.rows
         key = (name, p.table)
-        agg = self.materialized.get(key)
+        try:
+            agg = self.materialized.get(key)
+        except TypeError:  # a corrupt tape's list or object as a name: keyed by its text
+            key = (None if name is None else str(name), None if p.table is None else str(p.table))
+            agg = self.materialized.get(key)
         if agg is None:
             agg = self.materialized[key] = [0, 0]
         agg[0] += 1
@@ -449,18 +473,18 @@ class JobReducer:
         if counted and not job.rows:
             job.rows = rows  # the original takes rows from here; JobCompleted's total wins
 
-    def _worker_joined(self, p: Payload, ts: str | None) -> None:
+    def _worker_joined(self, p: Payload, ts: Any) -> None:
         rec = self._worker(p.worker_id)
         if rec is not None:
             self._worker_event(rec, "joined", parse_timestamp(ts), p.slots, p.pid)
 
-    def _worker_left(self, p: Payload, ts: str | None) -> None:
+    def _worker_left(self, p: Payload, ts: Any) -> None:
         self._lost(p, ts, "left")
 
-    def _worker_lost(self, p: Payload, ts: str | None) -> None:
+    def _worker_lost(self, p: Payload, ts: Any) -> None:
         self._lost(p, ts, "lost")
 
-    def _lost(self, p: Payload, ts: str | None, kind: str) -> None:
+    def _lost(self, p: Payload, ts: Any, kind: str) -> None:
         rec = self._worker(p.worker_id)
         t = parse_timestamp(ts)
         if rec is not None:
@@ -504,3 +528,24 @@ def apply_worker_event(rec: WorkerRecord, kind: str, t: float | None, slots: Any
         rec.lost_at = t if t is not None else 0.0
         if kind == "left":
             rec.left = True
+
+
+def _compiled() -> Any:
+    """The mypyc-compiled copy of this module (``setup.py``), if it was built from exactly
+    this source; None otherwise, or when ``CASPARIAN_PURE_PYTHON`` is set."""
+    if __name__ != "casparian_nb.tape.reducer" or os.environ.get("CASPARIAN_PURE_PYTHON"):
+        return None  # (the compiled copy runs this too, under its own name)
+    try:
+        module = importlib.import_module("casparian_nb.tape._reducer_c")
+        digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except (ImportError, OSError):
+        return None
+    return module if getattr(module, "SOURCE_DIGEST", None) == digest else None
+
+
+_COMPILED = _compiled()
+#: whether the compiled reducer is in use (explain is 30-40% faster with it)
+COMPILED = _COMPILED is not None
+if _COMPILED is not None:
+    globals().update({name: getattr(_COMPILED, name) for name in
+                      ("JobRecord", "WorkerRecord", "JobReducer", "apply_worker_event")})

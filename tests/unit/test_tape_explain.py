@@ -345,3 +345,16 @@ def test_an_unhashable_event_name_in_a_block_parsed_line_by_line_is_no_crash(
     data = explain_tape(path).to_json()
     assert data["event_count"] == 3 and data["skipped_lines"] == [2]
     assert [(j["job_id"], j["status"]) for j in data["jobs"]] == [("1", "queued")]
+
+
+def test_an_unhashable_output_name_or_table_is_explained_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "t.tape"
+    path.write_text(line(0, "tape_started", None, {}) +
+                    dom(1, "MaterializationRecorded", job_id="1", output_name=["a"],
+                        table={"t": 1}, rows=3) +
+                    dom(2, "MaterializationRecorded", job_id="1", output_name="b", rows=2))
+    data = explain_tape(path).to_json()
+    assert data["materializations"] == 2
+    assert [(m["output_name"], m["table"], m["rows"]) for m in
+            data["materialization_summary"]] == [("['a']", "{'t': 1}", 3), ("b", None, 2)]
+    assert data["jobs"][0]["rows"] == 3

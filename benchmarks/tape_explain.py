@@ -10,6 +10,9 @@ overhead the sentinel's tape adds to dispatching jobs.
    ``ru_maxrss`` carries over through ``exec`` from whatever forked the tool) and the peak of
    the whole process tree's summed RSS (sampled every 10 ms; pages shared after ``fork`` count
    twice, so this is an upper bound).
+   Two more rows unless ``--quick``: the same command on the plain-Python reducer
+   (``CASPARIAN_PURE_PYTHON=1``, when the installed one is compiled) and ``explain_tape`` in
+   one process (no split), to show what each part of the design buys.
 3. Run DuckDB ``SELECT count(*) FROM read_json(FILE, format='newline_delimited')`` the same
    way, interleaved with the explain runs, as the anchor.
 4. Recording overhead: 2,000 no-op jobs through a ``LocalCluster`` (2 workers, 1 slot each)
@@ -320,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-writer", action="store_true", help="no writer measurement")
     ap.add_argument("--skip-overhead", action="store_true",
                     help="no recording-overhead measurement")
+    ap.add_argument("--quick", action="store_true",
+                    help="explain and DuckDB only (no plain-Python / one-process rows)")
     ap.add_argument("--overhead-jobs", type=int, default=2000)
     ap.add_argument("--overhead-rounds", type=int, default=3)
     ap.add_argument("--writer-only", nargs=2, type=Path, metavar=("SRC", "OUT"),
@@ -358,12 +363,23 @@ def main(argv: list[str] | None = None) -> int:
     quoted = str(path).replace("'", "''")
     duck = [py, "-c", "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM read_json("
             f"'{quoted}', format='newline_delimited')\").fetchall())"]
+    from casparian_nb.tape.reducer import COMPILED
+
+    # The installed reducer (compiled by mypyc when the install could) is the figure; the
+    # plain-Python one, and one process without the split, show where the time goes.
     tools: dict[str, tuple[list[str], dict[str, str]]] = {
         "duckdb count(*)": (duck, {}),
         "tape explain --format json": (explain, {}),
     }
+    if not args.quick:
+        if COMPILED:
+            tools["  ... plain-Python reducer"] = (explain, {"CASPARIAN_PURE_PYTHON": "1"})
+        serial = [py, "-c", "import sys; from casparian_nb.tape.explain import explain_tape; "
+                  "explain_tape(sys.argv[1]).write_json(sys.stdout)", str(path)]
+        tools["  ... one process"] = (serial, {})
     runs: dict[str, list[tuple[float, float, float, int, float]]] = {k: [] for k in tools}
-    print(f"\nexplain vs DuckDB, {max(1, args.repeat)} interleaved rounds ({load()})")
+    print(f"\nexplain vs DuckDB, {max(1, args.repeat)} interleaved rounds ({load()}); "
+          f"tape reducer: {'compiled (mypyc)' if COMPILED else 'plain Python'}")
     for _ in range(max(1, args.repeat)):  # round-robin: a burst of load hits every tool
         for label, (cmd, env) in tools.items():
             runs[label].append(run_child(cmd, env))

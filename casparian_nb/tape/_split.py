@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
-import struct
-import sys
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ._decode import Payload
+from ._fork import CHILD_FAILED, Child
 from ._scan import Block, Cursor, finish, reread, scan, settle
 from .envelope import EventName, job_key, parse_timestamp
 from .explain import Explanation, encode_jobs, explain_tape, text_job_lines
@@ -271,123 +269,6 @@ def _replay(r: JobReducer, key: str, events: list[Event]) -> dict[str, float]:
             for w, rec in blank.workers.items() if w in r.workers and w in exact.workers}
 
 
-# -- the child process ---------------------------------------------------------------------
-_LEN = struct.Struct("<Q")
-
-
-def _send(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LEN.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _recv(fd: int) -> Any:
-    head = _read(fd, _LEN.size)
-    return pickle.loads(_read(fd, _LEN.unpack(head)[0]))
-
-
-def _read(fd: int, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, min(n - len(buf), 1 << 24))
-        if not chunk:
-            raise EOFError("the explain child process ended early")
-        buf += chunk
-    return bytes(buf)
-
-
-def _child(second: Segment, rfd: int, wfd: int, textfd: int) -> None:
-    """In the forked child: explain the second segment and answer the parent's questions."""
-    code = 1
-    try:
-        second.scan()
-        _send(wfd, ("ok", second.candidates()))
-        keys, fmt = _recv(rfd)
-        keys = set(keys)
-        _send(wfd, ("ok", second.story(keys)))
-        jobs = second.jobs(keys, fmt)
-        # Tens of MB of rendered jobs: through a shared file, not pickled down the pipe
-        view = memoryview(jobs.pop("text"))
-        jobs["text_bytes"] = len(view)
-        while view:
-            view = view[os.write(textfd, view):]
-        _send(wfd, ("ok", jobs))
-        code = 0
-    except BaseException as exc:  # the parent explains the segment itself
-        try:
-            _send(wfd, ("error", f"{type(exc).__name__}: {exc}"))
-        except BaseException:
-            pass
-    finally:
-        os._exit(code)
-
-
-class _Child:
-    """The forked child explaining the second segment, spoken to over two pipes."""
-
-    def __init__(self, second: Segment) -> None:
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
-        self.textfd = _scratch_fd()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - runs in the child, which never returns
-            os.close(down_w)
-            os.close(up_r)
-            _child(second, down_r, up_w, self.textfd)
-        os.close(down_r)
-        os.close(up_w)
-        self.rfd, self.wfd = up_r, down_w
-        self.closed = False
-
-    def ask(self, obj: Any | None = None) -> Any:
-        if obj is not None:
-            _send(self.wfd, obj)
-        status, value = _recv(self.rfd)
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-
-    def jobs(self) -> dict[str, Any]:
-        """The child's last answer, with its rendered jobs read from the shared file."""
-        jobs = dict(self.ask())
-        n = jobs.pop("text_bytes")
-        raw = os.pread(self.textfd, n, 0) if n else b""
-        if len(raw) != n:
-            raise EOFError("the explain child's rendered jobs are incomplete")
-        jobs["text"] = raw
-        return jobs
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for fd in (self.rfd, self.wfd, self.textfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            if pid == 0:
-                os.kill(self.pid, 9)
-                os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-
-
-def _scratch_fd() -> int:
-    """An anonymous file both processes can read and write (memfd where Linux has it)."""
-    if hasattr(os, "memfd_create"):
-        return os.memfd_create("casparian-explain", os.MFD_CLOEXEC)
-    import tempfile
-
-    with tempfile.TemporaryFile() as fh:
-        return os.dup(fh.fileno())
-
-
 def cut_point(path: Path, at: int) -> int | None:
     """The first line start at or after byte ``at`` (None if there is none before the end)."""
     with open_tape(path) as fh:
@@ -418,7 +299,7 @@ def explain_split(path: str | os.PathLike[str], fmt: str = "json", *,
     if mid is None:
         return explain_tape(p)
     first, second = Segment(p, 0, mid), Segment(p, mid, None)
-    child = _Child(second) if fork and hasattr(os, "fork") else None
+    child = Child(second) if fork and hasattr(os, "fork") else None
     try:
         first.scan()
         if child is not None:
@@ -429,7 +310,7 @@ def explain_split(path: str | os.PathLike[str], fmt: str = "json", *,
                 merged = merge(first, story, _from_child(child, second, keys, fmt), fmt)
                 weakref.finalize(merged, child.close)  # never rendered: still reaped
                 return merged
-            except _CHILD_FAILED:
+            except CHILD_FAILED:
                 child.close()
                 child = None
         second.scan()
@@ -442,16 +323,13 @@ def explain_split(path: str | os.PathLike[str], fmt: str = "json", *,
         raise
 
 
-_CHILD_FAILED = (OSError, EOFError, RuntimeError, pickle.UnpicklingError)
-
-
-def _from_child(child: _Child, second: Segment, keys: set[str],
+def _from_child(child: Child, second: Segment, keys: set[str],
                 fmt: str) -> Callable[[], dict[str, Any]]:
     """The child's rendered jobs; if it fails now, the segment is explained here instead."""
     def fetch() -> dict[str, Any]:
         try:
             return child.jobs()
-        except _CHILD_FAILED:
+        except CHILD_FAILED:
             return second.scan().jobs(keys, fmt)
         finally:
             child.close()

@@ -20,6 +20,16 @@ BUILT = sorted((PACKAGE / "tape").glob("_reducer_c*.so"))
 needs_build = pytest.mark.skipif(not BUILT, reason="no compiled reducer here (pure install)")
 
 
+@pytest.mark.skipif(os.environ.get("CASPARIAN_PURE_PYTHON") is not None,
+                    reason="installed as plain Python on purpose")
+@pytest.mark.skipif(shutil.which("cc") is None or sys.platform != "linux",
+                    reason="no C compiler: the package installs as plain Python")
+def test_the_reducer_is_compiled_where_there_is_a_compiler() -> None:
+    """``pip install`` (``make test``/``make demo``) builds it; a silent fallback to plain
+    Python would cost explain a quarter of its speed."""
+    assert BUILT, "no casparian_nb/tape/_reducer_c*.so: `pip install -v -e .` says why"
+
+
 def _compiled_in(root: Path, env: dict[str, str] | None = None) -> str:
     """``COMPILED`` and the JobReducer class as a fresh interpreter under ``root`` sees them."""
     code = ("from casparian_nb.tape import reducer as r; "

@@ -112,6 +112,9 @@ class QueueModel:
 
     def __init__(self) -> None:
         self.rows: dict[int, Row] = {}
+        #: the rows not finished yet: what a flush's counts and a reconcile look at, without
+        #: walking 10,000 finished rows ten times a second
+        self.active: dict[int, Row] = {}
         self.counts: Counter[str] = Counter()
         self.workers: set[str] = set()
         #: A change since the last page was taken (the widget re-pages only then).
@@ -128,7 +131,7 @@ class QueueModel:
             return None
         row = self.rows.get(jid)
         if row is None:
-            row = self.rows[jid] = Row(jid)
+            row = self.rows[jid] = self.active[jid] = Row(jid)
             self.counts[row.status] += 1
         return row
 
@@ -139,6 +142,9 @@ class QueueModel:
             row.status = status
         if status in TERMINAL:
             row.aborting = False
+            self.active.pop(row.id, None)
+        else:
+            self.active[row.id] = row
 
     def load(self, jobs: Iterable[Mapping[str, Any]], since: int | None = None) -> None:
         """Merge job dicts from the state DB (``list_jobs``/``get_job``/``JobInfo``).
@@ -270,17 +276,17 @@ class QueueModel:
         return changed
 
     def ids_with_status(self, status: str) -> list[int]:
-        return [r.id for r in self.rows.values() if r.status == status]
+        pool = self.rows if status in TERMINAL else self.active
+        return [r.id for r in pool.values() if r.status == status]
 
     def active_ids(self) -> list[int]:
         """Jobs not finished yet (what a reconcile with the state DB re-reads)."""
-        return [r.id for r in self.rows.values() if r.status not in TERMINAL]
+        return list(self.active)
 
     # -- reading -----------------------------------------------------------------------------
     def count_dict(self) -> dict[str, int]:
         out = {s: max(0, self.counts.get(s, 0)) for s in STATUSES}
-        out["aborting"] = sum(1 for r in self.rows.values()
-                              if r.status not in TERMINAL and (r.aborting or r.cancel_requested))
+        out["aborting"] = sum(1 for r in self.active.values() if r.aborting or r.cancel_requested)
         out["total"] = len(self.rows)
         return out
 
@@ -294,14 +300,21 @@ class QueueModel:
         key = sort if sort in SORT_KEYS else "id"
         limit = max(1, limit)
         if status == "ABORTING":
-            pool: Iterable[Row] = [r for r in self.rows.values() if r.label == "aborting…"]
+            pool: Iterable[Row] = [r for r in self.active.values() if r.label == "aborting…"]
         elif status:
-            pool = [r for r in self.rows.values() if r.status == status]
+            source = self.rows if status in TERMINAL else self.active
+            pool = [r for r in source.values() if r.status == status]
         else:
             pool = self.rows.values()
         total = len(pool) if isinstance(pool, list) else len(self.rows)
         offset = max(0, min(offset, (total - 1) // limit * limit if total else 0))
         want = offset + limit
+        if key == "id":
+            # The default view. Sorting the ids (ints, nearly in order already) is C all the
+            # way: ~0.3 ms for 10,000 jobs, where a heap selection loops in Python.
+            ids: Iterable[int] = [r.id for r in pool] if status else self.rows
+            chosen = sorted(ids, reverse=desc)[offset:want]
+            return total, offset, [self.rows[i].to_json() for i in chosen]
 
         def sort_key(r: Row) -> Any:
             return _sort_value(r, key, desc)

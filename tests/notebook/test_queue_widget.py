@@ -405,3 +405,50 @@ def test_the_collector_is_frozen_only_while_jobs_are_unfinished(
     plain = _widget(src)
     assert not plain._freeze_gc  # off outside a kernel by default
     plain.close()
+
+
+def test_pages_and_counts_match_a_full_scan_on_random_event_streams() -> None:
+    """The model keeps an index of unfinished rows and pages by id without a key function;
+    every page, count and id list must equal what scanning every row gives."""
+    import random
+
+    from casparian_nb.notebook._queue_model import STATUSES, TERMINAL, QueueModel
+
+    rng = random.Random(11)
+    names = ["JobQueued", "JobDispatched", "JobStarted", "CancelRequested", "JobCompleted",
+             "JobFailed", "JobAborted", "JobRetried", "JobSkipped"]
+    for trial in range(30):
+        m = QueueModel()
+        for step in range(rng.randint(1, 400)):
+            jid = rng.randint(1, 120)
+            r = rng.random()
+            if r < 0.05:
+                m.apply("WorkerLost", {"worker_id": "w1", "requeued_job_ids":
+                                       rng.sample(range(1, 120), 5)})
+            elif r < 0.08:
+                m.mark_aborting(rng.sample(range(1, 120), 4), on=rng.random() < 0.7)
+            elif r < 0.12:
+                m.load([{"id": jid, "status": rng.choice((*STATUSES, "PROMOTING"))}])
+            else:
+                m.apply(rng.choice(names), {"job_id": jid, "worker_id": "w1",
+                                            "will_retry": rng.random() < 0.3, "rows": 3},
+                        float(step))
+        rows = list(m.rows.values())
+        assert set(m.active) == {r.id for r in rows if r.status not in TERMINAL}, trial
+        assert sorted(m.active_ids()) == sorted(r.id for r in rows if r.status not in TERMINAL)
+        for s in STATUSES:
+            assert sorted(m.ids_with_status(s)) == sorted(r.id for r in rows if r.status == s)
+        assert m.count_dict()["aborting"] == sum(
+            1 for r in rows if r.status not in TERMINAL and (r.aborting or r.cancel_requested))
+        for status in ("", "ABORTING", *STATUSES):
+            pool = [r for r in rows if (r.label == "aborting…" if status == "ABORTING"
+                                        else not status or r.status == status)]
+            for desc in (True, False):
+                for offset, limit in ((0, 50), (40, 7), (10_000, 25)):
+                    total, off, page = m.page(status=status, sort="id", desc=desc,
+                                              offset=offset, limit=limit)
+                    ids = sorted((r.id for r in pool), reverse=desc)
+                    assert total == len(pool)
+                    assert off == max(0, min(offset, (total - 1) // limit * limit
+                                             if total else 0))
+                    assert [p["id"] for p in page] == ids[off:off + limit], (trial, status)

@@ -91,8 +91,11 @@ class Child:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
         self.textfd = _scratch_fd()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed, or a reader that left: not ours to fix
+                pass
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - runs in the child, which never returns
             os.close(down_w)

@@ -21,7 +21,6 @@ import msgspec
 
 from ..errors import TapeError
 from ._decode import decode_block
-from .envelope import DOMAIN_EVENT
 
 if TYPE_CHECKING:
     from .explain import Explanation
@@ -128,27 +127,7 @@ def _fast_block(ex: Explanation, cur: Cursor, data: bytes, cut: int) -> bool:
     if cur.pending_bad is not None:  # a bad line that turned out not to be the last
         _skip(ex, cur.pending_bad[0])
         cur.pending_bad = None
-    get = ex.reducer.handlers.get
-    other = ex._event
-    skipped = 0
-    # The hot loop: one iteration per event of a million-event tape, so only what each
-    # event needs; counting, first and last events are worked out after it.
-    for e in events:
-        en = e.event_name
-        if en is None:  # valid JSON, but not an envelope: skipped, by line number below
-            skipped += 1
-        elif en.type == DOMAIN_EVENT:
-            p = e.payload
-            try:
-                handler = get(en.name)
-            except TypeError:  # a corrupt tape's unhashable event name: not a handler
-                continue
-            if handler is not None and p is not None:
-                handler(p, e.timestamp)
-        else:
-            ts = e.timestamp
-            other(en.type, en.name, e.payload, ts if type(ts) is str else None,
-                  e.correlation_id)
+    skipped = ex.reducer.apply_envelopes(events, ex._envelope)
     if skipped < len(events):
         envelopes = [e for e in events if e.event_name is not None] if skipped else events
         if ex.event_count == 0:

@@ -318,6 +318,13 @@ class Explanation:
                     ts if type(ts) is str else None, obj.get("correlation_id"))
         return True
 
+    def _envelope(self, e: Any) -> None:
+        """A decoded envelope that is not a domain event (``JobReducer.apply_envelopes``)."""
+        ts = e.timestamp
+        en = e.event_name
+        self._event(en.type, en.name, e.payload, ts if type(ts) is str else None,
+                    e.correlation_id)
+
     def _event(self, kind: Any, name: Any, payload: Any, ts: str | None, corr: Any) -> None:
         if kind == DOMAIN_EVENT:
             self.reducer.apply(name, payload, ts)

@@ -202,6 +202,29 @@ class JobReducer:
             _E.WORKER_LEFT: self._worker_left,
         }
 
+    def apply_envelopes(self, events: list[Any], other: Callable[[Any], None]) -> int:
+        """Apply decoded envelopes (``_decode.Envelope``) in order: domain events through
+        ``handlers``, every other envelope through ``other(envelope)``. Returns how many
+        were not envelopes (``event_name`` None). This loop is here, not in the caller, so
+        that the compiled reducer runs it in C too."""
+        handlers = self.handlers
+        skipped = 0
+        for e in events:
+            en = e.event_name
+            if en is None:  # valid JSON, but not an envelope
+                skipped += 1
+            elif en.type == "domain_event":
+                p = e.payload
+                try:
+                    handler = handlers.get(en.name)
+                except TypeError:  # a corrupt tape's unhashable event name: not a handler
+                    continue
+                if handler is not None and p is not None:
+                    handler(p, e.timestamp)
+            else:
+                other(e)
+        return skipped
+
     def apply(self, name: Any, payload: Any, timestamp: Any = None) -> bool:
         """Apply one domain event (``payload`` a dict or a :class:`Payload`); returns
         whether it was a job/worker event."""

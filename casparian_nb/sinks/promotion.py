@@ -13,6 +13,11 @@ never in a plugin host. File sinks (parquet/csv) promote through a journal::
     5. replace     delete the other runs' files (only after this job's files are in place)
     6. done        journal state "done", staging dir removed
 
+Three fsyncs per job in mode append/error: the journal (file and directory) before anything
+moves, and the sink directory once every final is linked. Nothing else needs to reach the
+disk for recovery to end in the same place after a power cut. mode=replace adds the
+deletions' and the final journal's.
+
 A crash after step 2 is finished by :func:`recover` (roll forward: every staged file is
 complete and durable before promotion starts). An error in step 3 or 4 before the first
 final exists rolls back instead (temps return to staging), recorded as journal state
@@ -143,9 +148,11 @@ def _promote_files(
     write_json_atomic(journal, state)
     placed = 0
     try:
+        # No fsync between the moves and the links: recovery finishes from any mix of
+        # staged, ".cf-tmp" and final names the disk may hold after a power cut (the data
+        # itself was made durable in staging, and the journal above before any move).
         for m in moves:
             _move_to_tmp(Path(m["src"]), Path(m["tmp"]))
-        fsync_dir(sink.path)
         for m in moves:
             _place(Path(m["tmp"]), Path(m["dst"]))
             placed += 1
@@ -278,7 +285,11 @@ def _finish(journal: Path, state: dict[str, Any]) -> None:
     if sinkdir is not None and state.get("delete"):
         fsync_dir(sinkdir)
     state["state"] = "done"
-    write_json_atomic(journal, state)
+    # Without deletions, not durable: the finals are (the fsync above), and if a power cut
+    # brings "started" back, recover() rolls forward again, finds every final in place and
+    # does nothing. With them (mode=replace) it is: a replayed delete list could otherwise
+    # remove a file that another job wrote under one of those names since.
+    write_json_atomic(journal, state, durable=bool(state.get("delete")))
 
 
 def _resume(journal: Path) -> str:

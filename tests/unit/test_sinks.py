@@ -453,6 +453,71 @@ def test_place_refuses_a_final_that_appears_after_the_check(tmp_path):
     assert dst.read_text() == "old"
 
 
+def _trace_fs(monkeypatch) -> list[tuple[str, str]]:
+    """Record fsyncs (by the path their fd names) and renames/links/unlinks, in order."""
+    trace: list[tuple[str, str]] = []
+    real = {name: getattr(os, name) for name in ("fsync", "replace", "link", "unlink")}
+
+    def fsync(fd):
+        trace.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real["fsync"](fd)
+
+    def op(name):
+        def call(*args, **kw):
+            trace.append((name, str(args[-1] if name != "unlink" else args[0])))
+            return real[name](*args, **kw)
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for name in ("replace", "link", "unlink"):
+        monkeypatch.setattr(os, name, op(name))
+    return trace
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_promotion_makes_the_journal_then_the_finals_durable_and_nothing_more(
+        tmp_path, monkeypatch):
+    """Append mode: three fsyncs. The journal (file, then its directory) before any staged
+    file moves; the sink directory after the last final is linked; the "done" journal is not
+    synced (if a power cut loses it, recover() rolls forward over finals already there)."""
+    uri = sink_for(tmp_path, "parquet")
+    staged = stage(tmp_path / "stg", "j1", uri, {"orders": rows(3, bad=(0,)), "items": rows(2)})
+    sinkdir = str(tmp_path / "sink")
+    trace = _trace_fs(monkeypatch)
+    promote(staged, mode=SinkMode.APPEND)
+    syncs = [(i, path) for i, (kind, path) in enumerate(trace) if kind == "fsync"]
+    assert [p for _, p in syncs] == [
+        str(Path(staged.staging_dir) / JOURNAL) + ".tmp", staged.staging_dir, sinkdir]
+    moves = [i for i, (kind, dst) in enumerate(trace) if kind == "replace"
+             and dst.endswith(".cf-tmp")]
+    links = [i for i, (kind, _) in enumerate(trace) if kind == "link"]
+    assert len(moves) == len(links) == 3
+    assert syncs[1][0] < moves[0] and links[-1] < syncs[2][0]
+
+
+def test_a_lost_done_journal_is_rolled_forward_as_a_no_op(tmp_path):
+    """What a power cut may leave after an append promotion whose "done" never reached the
+    disk: the "started" journal again, every final in place. recover() changes nothing."""
+    uri = sink_for(tmp_path, "parquet")
+    staged = stage(tmp_path / "stg", "j1", uri, {"orders": rows(3, bad=(0,)), "items": rows(2)})
+    journal = Path(staged.staging_dir) / JOURNAL
+    promote(staged, mode=SinkMode.APPEND)
+    sinkdir = tmp_path / "sink"
+    before = {p.name: p.read_bytes() for p in sinkdir.iterdir()}
+    # the journal as it was written, durably, before the moves
+    state = {"job_id": "j1", "sink": str(parse_sink_uri(uri)), "state": "started", "delete": [],
+             "moves": [{"src": str(Path(staged.staging_dir) / Path(o.path).name),
+                        "tmp": str(sinkdir / f".{output_filename(o.output, 'j1', 'parquet')}"
+                                   ".cf-tmp"),
+                        "dst": str(sinkdir / output_filename(o.output, "j1", "parquet"))}
+                       for o in staged.outputs]}
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps(state))
+    assert recover(tmp_path / "stg") == ["j1"]
+    assert {p.name: p.read_bytes() for p in sinkdir.iterdir()} == before
+    assert not journal.parent.exists()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_repromotion_is_idempotent(tmp_path, kind):
     uri = sink_for(tmp_path, kind)

@@ -25,7 +25,8 @@ from ._decode import decode_block
 if TYPE_CHECKING:
     from .explain import Explanation
 
-__all__ = ["FAST", "LINES", "Cursor", "apply_block", "finish", "no_gc", "scan", "settle"]
+__all__ = ["FAST", "LINES", "Cursor", "apply_block", "finish", "no_gc", "read_blocks", "scan",
+           "settle"]
 
 # Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
 # enough that one block's decoded events stay a few MB.
@@ -66,29 +67,39 @@ def scan(ex: Explanation, cur: Cursor, fh: IO[bytes], start: int = 0, end: int |
          blocks: list[Block] | None = None) -> None:
     """Apply the lines of ``fh`` from byte ``start`` (at a line start) to ``end`` (just after
     a newline) or, when ``end`` is None, to the end of the file."""
-    fh.seek(start)
-    pos = start
     reducer = ex.reducer
     with no_gc():
-        while end is None or pos < end:
-            want = _BLOCK if end is None else min(_BLOCK, end - pos)
-            data = fh.read(want)
-            if not data:
-                break
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and len(data) == _BLOCK:  # a line longer than a block
-                data += fh.readline()
-                cut = len(data) if data.endswith(b"\n") else 0
-            kind = FAST
-            if cut == 0:  # the last line, without a newline
-                kind, cut = LINES, len(data)
-            elif cut < len(data):  # the partial line starts the next block
-                fh.seek(cut - len(data), os.SEEK_CUR)
+        for pos, data, cut, kind in read_blocks(fh, start, end):
             if blocks is not None:
                 reducer.block = len(blocks)
                 blocks.append((pos, pos + cut, kind))
             apply_block(ex, cur, data, cut, kind)
-            pos += cut
+
+
+def read_blocks(fh: IO[bytes], start: int = 0,
+                end: int | None = None) -> Iterator[tuple[int, bytes, int, int]]:
+    """``(position, data, cut, kind)`` for blocks of whole lines from ``start`` (a line start)
+    to ``end`` (just after a newline; None: the end of the file). ``data[:cut]`` is the
+    block; a line longer than a block comes whole; the file's last line without its newline
+    comes alone, as ``LINES``."""
+    fh.seek(start)
+    pos = start
+    while end is None or pos < end:
+        want = _BLOCK if end is None else min(_BLOCK, end - pos)
+        data = fh.read(want)
+        if not data:
+            break
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) == _BLOCK:  # a line longer than a block
+            data += fh.readline()
+            cut = len(data) if data.endswith(b"\n") else 0
+        kind = FAST
+        if cut == 0:  # the last line, without a newline
+            kind, cut = LINES, len(data)
+        elif cut < len(data):  # the partial line starts the next block
+            fh.seek(cut - len(data), os.SEEK_CUR)
+        yield pos, data, cut, kind
+        pos += cut
 
 
 def apply_block(ex: Explanation, cur: Cursor, data: bytes, cut: int, kind: int) -> None:

@@ -35,9 +35,11 @@ __all__ = [
     "TapeEvent",
     "casparian_version",
     "envelope_problem",
+    "field_problem",
     "format_timestamp",
     "job_key",
     "parse_timestamp",
+    "timestamp_problem",
 ]
 
 #: Envelope version written by this package (the original's ``SCHEMA_VERSION``).
@@ -250,36 +252,54 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def envelope_problem(obj: Any) -> tuple[str, str] | None:
+Problem = tuple[str, str]  # (issue kind, message)
+
+
+def envelope_problem(obj: Any) -> Problem | None:
     """``(issue kind, message)`` for the first thing wrong with an envelope, else None.
 
     Checks shape only (types and required keys); sequence and link checks are validate's.
+    The timestamp comes last: a line whose only defect is its timestamp is still an event.
     """
     if not isinstance(obj, dict):
         return ("bad_envelope", f"expected a JSON object, got {type(obj).__name__}")
     for key in ("schema_version", "event_id", "seq", "timestamp", "event_name"):
         if key not in obj:
             return ("bad_envelope", f"missing key {key!r}")
-    if not _is_int(obj["schema_version"]):
+    en = obj["event_name"]
+    is_obj = isinstance(en, dict)
+    return field_problem(obj["schema_version"], obj["event_id"], obj["seq"],
+                         obj.get("correlation_id"), obj.get("parent_id"), is_obj,
+                         en.get("type") if is_obj else None,
+                         en.get("name") if is_obj else None) or timestamp_problem(
+                             obj["timestamp"])
+
+
+def field_problem(version: Any, event_id: Any, seq: Any, correlation_id: Any, parent_id: Any,
+                  name_is_object: bool, kind: Any, name: Any) -> Problem | None:
+    """The envelope's field checks but the timestamp's, on values however they were
+    parsed (``json`` dicts or validate's msgspec structs: one set of rules for both)."""
+    if not _is_int(version):
         return ("bad_envelope", "schema_version is not an integer")
-    if not isinstance(obj["event_id"], str) or not obj["event_id"]:
+    if not isinstance(event_id, str) or not event_id:
         return ("missing_event_id", "event_id is missing or empty")
-    if not _is_int(obj["seq"]) or obj["seq"] < 0:
-        return ("bad_envelope", f"seq is not a non-negative integer: {obj['seq']!r}")
-    for key in ("correlation_id", "parent_id"):
-        v = obj.get(key)
+    if not _is_int(seq) or seq < 0:
+        return ("bad_envelope", f"seq is not a non-negative integer: {seq!r}")
+    for key, v in (("correlation_id", correlation_id), ("parent_id", parent_id)):
         if v is not None and not isinstance(v, str):
             return ("bad_envelope", f"{key} is neither a string nor null")
-    if parse_timestamp(obj["timestamp"]) is None:
-        return ("bad_timestamp", f"timestamp is not RFC 3339: {obj['timestamp']!r}")
-    en = obj["event_name"]
-    if not isinstance(en, dict) or not isinstance(en.get("type"), str):
+    if not name_is_object or not isinstance(kind, str):
         return ("bad_envelope", "event_name is not an object with a string 'type'")
-    kind = en["type"]
     if kind not in EVENT_TYPES:
         return ("unknown_event_type", f"unknown event type {kind!r}")
-    if kind in NAMED_TYPES and not (isinstance(en.get("name"), str) and en["name"]):
+    if kind in NAMED_TYPES and not (isinstance(name, str) and name):
         return ("bad_envelope", f"event_name of type {kind!r} has no name")
+    return None
+
+
+def timestamp_problem(timestamp: Any) -> Problem | None:
+    if parse_timestamp(timestamp) is None:
+        return ("bad_timestamp", f"timestamp is not RFC 3339: {timestamp!r}")
     return None
 
 

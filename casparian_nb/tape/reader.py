@@ -17,7 +17,7 @@ from typing import IO, Any
 from ..errors import TapeError
 from .envelope import TapeEvent, envelope_problem
 
-__all__ = ["RawLine", "TapeReader", "iter_raw", "open_tape", "read_tape"]
+__all__ = ["RawLine", "TapeReader", "iter_raw", "open_tape", "parse_line", "read_tape"]
 
 
 @dataclass(slots=True)
@@ -60,15 +60,16 @@ def _iter_lines(fh: IO[bytes]) -> Iterator[RawLine]:
         for raw in fh:
             number += 1
             if pending is not None:
-                yield _parse(*pending, last=False)
+                yield parse_line(*pending, last=False)
                 pending = None
             if raw.strip():
                 pending = (number, raw)
         if pending is not None:
-            yield _parse(*pending, last=True)
+            yield parse_line(*pending, last=True)
 
 
-def _parse(number: int, raw: bytes, *, last: bool) -> RawLine:
+def parse_line(number: int, raw: bytes, *, last: bool) -> RawLine:
+    """One line as ``json`` parses it; ``last``: the file's final line (truncation)."""
     try:
         return RawLine(number, json.loads(raw))
     except UnicodeDecodeError as exc:

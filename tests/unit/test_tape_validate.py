@@ -177,3 +177,94 @@ def test_missing_file_raises_tape_error(tmp_path: Path) -> None:
         validate_tape(tmp_path / "nope.tape")
     with pytest.raises(TapeError, match="directory"):
         validate_tape(tmp_path)
+
+
+def test_a_bad_timestamp_and_a_bad_event_name_on_one_line_is_one_issue_not_a_crash(
+        tmp_path: Path) -> None:
+    row = ev(1, "b")
+    row.update(timestamp="not a time", event_name="oops")
+    path = write(tmp_path, start(), row, stop(2))
+    assert kinds(path) == [(2, "bad_envelope")]
+
+
+def _adversarial_tape(rng: Any, n: int) -> bytes:
+    """Valid-looking events with every kind of defect sprinkled in, at random."""
+    lines: list[bytes] = []
+    ids: list[str] = []
+    seq = 0
+    for i in range(n):
+        r = rng.random()
+        row: Any = ev(seq, f"e{rng.randint(0, 10**9)}",
+                      rng.choice(["domain_event", "ui_command", "system_response",
+                                  "error_event", "tape_stopped"]), rng.choice(["X", "Y"]))
+        if i == 0:
+            row = start()
+        seq += rng.choice([1] * 12 + [0, 2, -1, 5])
+        if r < 0.05 and ids:
+            row["event_id"] = rng.choice(ids)  # duplicate
+        elif r < 0.10:
+            row["parent_id"] = rng.choice([*ids[-3:], "nowhere", 7])
+        elif r < 0.13:
+            row.pop(rng.choice(list(row)))
+        elif r < 0.16:
+            key = rng.choice(["schema_version", "seq", "event_id", "correlation_id"])
+            row[key] = rng.choice([True, -3, "1", None, "", 2, [1]])
+        elif r < 0.19:
+            row["timestamp"] = rng.choice(["bad", 5, "2026-01-01T00:00:00+02:00"])
+        elif r < 0.22:
+            row["event_name"] = rng.choice(["oops", {"type": "nope"}, {"type": "ui_command"},
+                                            {"name": "X"}, {"type": 3}])
+        if isinstance(row.get("event_id"), str):
+            ids.append(row["event_id"])
+        text = json.dumps(row, separators=(",", ":")).encode()
+        r = rng.random()
+        if r < 0.03:
+            lines.append(b"not json\n")
+        elif r < 0.05:
+            lines.append(rng.choice([b"\n", b"  \n", b"\r\n", b"[1]\n", b"{}\n", b"\xff\n"]))
+        elif r < 0.06:
+            lines.append(text + text + b"\n")  # two values on one line
+        elif r < 0.07:
+            lines.append(text.replace(b',"seq"', b',\n"seq"') + b"\n")  # one over two lines
+        lines.append(text + b"\n")
+    if rng.random() < 0.5:
+        lines.append(lines[-1][: rng.randint(1, 30)].rstrip(b"\n"))  # cut off
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("block", [1 << 22, 4096, 300])
+def test_decoded_blocks_and_line_by_line_checks_report_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """validate decodes blocks with msgspec and falls back to ``json`` line by line; on
+    adversarial tapes both give the same report, issue for issue."""
+    import random
+
+    from casparian_nb.tape import validate as mod
+
+    def report(path: Path) -> Any:
+        r = validate_tape(path)
+        return r.lines, r.events, r.schema_version, [
+            (i.line, i.kind, i.message, i.severity) for i in r.issues]
+
+    rng = random.Random(block)
+    from casparian_nb.tape import _scan
+
+    monkeypatch.setattr(_scan, "_BLOCK", block)
+    fast_used = 0
+    real_fast = mod._fast_block
+
+    def counting(*args: Any) -> bool:
+        nonlocal fast_used
+        ok = real_fast(*args)
+        fast_used += ok
+        return ok
+
+    for trial in range(25):
+        path = tmp_path / f"t{trial}.tape"
+        path.write_bytes(_adversarial_tape(rng, rng.randint(1, 400)))
+        monkeypatch.setattr(mod, "_fast_block", counting)
+        fast = report(path)
+        monkeypatch.setattr(mod, "_fast_block", lambda *args: False)
+        slow = report(path)
+        assert fast == slow, trial
+    assert fast_used > 0  # the decoded path really ran

@@ -34,7 +34,7 @@ test: install-test
 
 bench: install-test
 	for b in benchmarks/*.py; do \
-	  case $$b in */hardening_report.py) continue;; esac; $(BIN)/python $$b || exit 1; done
+	  case $$b in */hardening_report.py|*/_*.py) continue;; esac; $(BIN)/python $$b || exit 1; done
 
 # Fault matrix at full size (10 trials per scenario) + 10,000 fuzzed messages; prints the table.
 hardening: install-test

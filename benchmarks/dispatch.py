@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
+from benchmarks._harness import wait_completed  # noqa: E402
 from casparian_nb.client import ControlClient  # noqa: E402
 from casparian_nb.config import load_settings  # noqa: E402
 from casparian_nb.launcher import LocalCluster  # noqa: E402
@@ -130,13 +131,7 @@ class Casparian(Runner):
         cpu0 = self._cpu() if k > WARMUP else {}
         reply = self.ctl.submit(self.plugin, files, sink=self.sink)
         assert len(reply["job_ids"]) == k
-        while True:
-            stats = self.ctl.queue_stats()
-            if stats["completed"] - before >= k:
-                break
-            if stats["failed"] or stats["aborted"]:
-                raise RuntimeError(f"jobs failed: {stats}")
-            time.sleep(0.02)
+        wait_completed(self.ctl, before, k, poll=0.02)
         if cpu0:
             cpu1 = self._cpu()
             for key in cpu1:

@@ -32,6 +32,7 @@ import duckdb  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from benchmarks._harness import wait_completed  # noqa: E402
 from casparian_nb.client import ControlClient  # noqa: E402
 from casparian_nb.config import load_settings  # noqa: E402
 from casparian_nb.launcher import LocalCluster  # noqa: E402
@@ -69,13 +70,7 @@ def through_sentinel(tmp: Path, label: str, sink: str, jobs: int, **overrides: f
                 before = ctl.queue_stats()["completed"]
                 t0 = time.perf_counter()
                 ctl.submit(plugin, files, sink=sink)
-                while True:
-                    stats = ctl.queue_stats()
-                    if stats["completed"] - before >= len(files):
-                        break
-                    if stats["failed"] or stats["aborted"]:
-                        raise RuntimeError(f"jobs failed: {stats}")
-                    time.sleep(0.01)
+                wait_completed(ctl, before, len(files), poll=0.01)
                 spent = time.perf_counter() - t0
             return spent
     finally:

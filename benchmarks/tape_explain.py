@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._harness import wait_completed  # noqa: E402
 from casparian_nb.tape import TapeWriter  # noqa: E402
 
 OUTPUTS = ("orders", "order_lines", "customers", "orders_quarantine", "errors")
@@ -258,13 +259,7 @@ class _Dispatch:
         t = time.perf_counter()
         reply = self.ctl.submit(self.plugin, files, sink=self.sink)
         assert len(reply["job_ids"]) == len(files)
-        while True:
-            stats = self.ctl.queue_stats()
-            if stats["completed"] - before >= len(files):
-                break
-            if stats["failed"] or stats["aborted"]:
-                raise RuntimeError(f"jobs failed: {stats}")
-            time.sleep(0.02)
+        wait_completed(self.ctl, before, len(files), poll=0.02)
         wall = time.perf_counter() - t
         if len(files) > 50:
             self.rates.append(len(files) / wall)

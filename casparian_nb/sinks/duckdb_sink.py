@@ -89,8 +89,6 @@ def _transaction(con: duckdb.DuckDBPyConnection, staged: StagedJob, sink: SinkUR
         raise
 
 
-
-
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .explain import Explanation
 
 __all__ = ["FAST", "LINES", "Cursor", "apply_block", "finish", "no_gc", "read_blocks", "scan",
-           "settle"]
+           "settle", "split_lines"]
 
 # Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
 # enough that one block's decoded events stay a few MB.
@@ -172,7 +172,7 @@ def _line_numbers(block: bytes, indices: list[int]) -> Iterator[int]:
 def _line_block(ex: Explanation, cur: Cursor, block: bytes) -> None:
     """Apply lines one by one with ``json`` (lenient: bad lines skipped, by number)."""
     loads = json.loads
-    for raw in _split_lines(block):
+    for raw in split_lines(block):
         cur.number += 1
         if cur.pending_bad is not None:
             _skip(ex, cur.pending_bad[0])
@@ -194,7 +194,7 @@ def _line_block(ex: Explanation, cur: Cursor, block: bytes) -> None:
         cur.last = (obj.get("timestamp"), obj.get("schema_version"))
 
 
-def _split_lines(block: bytes) -> list[bytes]:
+def split_lines(block: bytes) -> list[bytes]:
     """Lines ending at each b"\\n" (kept), as msgspec and a tape reader count them: a bare
     b"\\r" is whitespace inside a line, not a line break (``bytes.splitlines`` differs)."""
     parts = block.split(b"\n")

@@ -12,6 +12,7 @@ every other type does. Readers accept any JSON key order; the writer always uses
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "casparian_version",
     "envelope_problem",
     "field_problem",
+    "finite",
     "format_timestamp",
     "job_key",
     "parse_timestamp",
@@ -246,6 +248,17 @@ class TapeEvent:
             payload=obj.get("payload"),
             line=line,
         )
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN/inf replaced by None: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _is_int(v: Any) -> bool:

@@ -15,7 +15,6 @@ memory grows with jobs, workers and commands, not with events.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from .envelope import (
     ERROR_EVENT,
     SYSTEM_RESPONSE,
     UI_COMMAND,
+    finite,
     parse_timestamp,
 )
 from .reader import open_tape
@@ -48,17 +48,7 @@ def encode_value(value: Any) -> bytes:
     try:
         return _ENCODER.encode(value)
     except (TypeError, ValueError):
-        return json.dumps(_finite(value), ensure_ascii=True, separators=(",", ":")).encode()
-
-
-def _finite(value: Any) -> Any:
-    if type(value) is float and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(finite(value), ensure_ascii=True, separators=(",", ":")).encode()
 
 
 class _JobView(msgspec.Struct, gc=False):

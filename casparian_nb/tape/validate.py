@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from ._scan import no_gc, read_blocks
+from ._scan import no_gc, read_blocks, split_lines
 from .envelope import (
     SCHEMA_VERSION,
     TAPE_STARTED,
@@ -152,13 +152,14 @@ def validate_tape(path: str | os.PathLike[str]) -> ValidationReport:
     with open_tape(path) as fh, no_gc():
         for _, data, cut, _ in read_blocks(fh):
             block = data[:cut] if cut < len(data) else data
-            if not _fast_block(check, block, number):
+            newlines = block.count(b"\n")
+            if not _fast_block(check, block, number, newlines):
                 _line_block(check, block, number)
-            number += block.count(b"\n") + (not block.endswith(b"\n"))
+            number += newlines + (not block.endswith(b"\n"))
     return check.finish()
 
 
-def _fast_block(check: _Checker, block: bytes, number: int) -> bool:
+def _fast_block(check: _Checker, block: bytes, number: int, newlines: int) -> bool:
     """Check a block of whole lines decoded at once; False (nothing checked) unless it holds
     exactly one envelope-shaped JSON object per line."""
     if not block.endswith(b"\n"):
@@ -167,7 +168,6 @@ def _fast_block(check: _Checker, block: bytes, number: int) -> bool:
         lines = _DECODER.decode_lines(block)
     except (msgspec.MsgspecError, ValueError):
         return False
-    newlines = block.count(b"\n")
     # Exactly one object per line: as many values as lines, and every line "{...}" (each
     # newline between "}" and "{"). Inside one JSON value a "}" is never followed by "{",
     # so no value can span lines; then two values on a line would leave a count short.
@@ -184,10 +184,7 @@ def _fast_block(check: _Checker, block: bytes, number: int) -> bool:
 
 def _line_block(check: _Checker, block: bytes, number: int) -> None:
     """Check lines one by one as ``json`` parses them (parse errors, truncation)."""
-    parts = block.split(b"\n")
-    last = parts.pop()
-    raws = [p + b"\n" for p in parts] + ([last] if last else [])
-    for i, raw in enumerate(raws, number + 1):
+    for i, raw in enumerate(split_lines(block), number + 1):
         if not raw.strip():
             continue
         check.last_line = i

@@ -50,6 +50,7 @@ from .envelope import (
     TAPE_STOPPED,
     UI_COMMAND,
     casparian_version,
+    finite,
 )
 from .redact import Redactor
 
@@ -76,17 +77,6 @@ def _encode(value: Any) -> str:
     return _ENCODER.encode(value)
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 _LIVE: weakref.WeakSet[TapeWriter] = weakref.WeakSet()
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN/inf replaced by None: JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 class _UUIDs:
@@ -283,7 +273,7 @@ class TapeWriter:
         try:
             encoded = _encode(body)
         except ValueError:
-            encoded = _encode(_finite(body))
+            encoded = _encode(finite(body))
         with self._lock:
             return self._write_locked(kind, name, encoded, corr, parent)
 

@@ -337,17 +337,10 @@ class JobReducer:
         if p.input_file is not UNSET:
             job.input_file = p.input_file
 
-    # The handlers of the frequent events look the job (and worker) up inline: a method
-    # call per event is a tenth of a million-event explain.
     def _dispatched(self, p: Payload, ts: Any) -> None:
-        raw = p.job_id
-        job = self.jobs.get(raw) if type(raw) is str else None
+        job = self._job(p)
         if job is None:
-            job = self._job(p)
-            if job is None:
-                return
-        else:
-            job.last_block = self.block
+            return
         t = parse_timestamp(ts)
         if job.run_start is not None:
             self._end_run(job, t)  # a dispatch without an end: the previous run is over
@@ -360,6 +353,7 @@ class JobReducer:
                 version is not None and version != job.plugin_version):
             self._plugin(job, p)
         job.dispatched_at = job.run_start = t
+        # the per-event checks stay here, not behind a call (plain Python pays per call)
         wid = p.worker_id
         rec = self.workers.get(wid) if type(wid) is str else None
         if rec is None:
@@ -371,14 +365,9 @@ class JobReducer:
             job.worker_id = None
 
     def _started(self, p: Payload, ts: Any) -> None:
-        raw = p.job_id
-        job = self.jobs.get(raw) if type(raw) is str else None
+        job = self._job(p)
         if job is None:
-            job = self._job(p)
-            if job is None:
-                return
-        else:
-            job.last_block = self.block
+            return
         wid = p.worker_id
         if job.status in TERMINAL:
             # A late start does not resurrect the job, but the worker it names exists: that
@@ -407,14 +396,9 @@ class JobReducer:
         self._end_run(job, parse_timestamp(ts))
 
     def _completed(self, p: Payload, ts: Any) -> None:
-        raw = p.job_id
-        job = self.jobs.get(raw) if type(raw) is str else None
+        job = self._job(p)
         if job is None:
-            job = self._job(p)
-            if job is None:
-                return
-        else:
-            job.last_block = self.block
+            return
         self._finish(job, p, ts, "completed")
         rows = p.rows
         if type(rows) is int:
@@ -468,7 +452,7 @@ class JobReducer:
                 job.input_file = p.input_file
 
     def _materialized(self, p: Payload, ts: Any) -> None:
-        # The most frequent event (one per output per job): the job lookup is inlined.
+        # The most frequent event (one per output per job).
         self.materializations += 1
         name, rows = p.output_name, p.rows
         key = (name, p.table)
@@ -483,14 +467,9 @@ class JobReducer:
         counted = type(rows) is int
         if counted:
             agg[1] += rows
-        raw = p.job_id
-        job = self.jobs.get(raw) if type(raw) is str else None
+        job = self._job(p)
         if job is None:
-            job = self._job(p)
-            if job is None:
-                return
-        else:
-            job.last_block = self.block
+            return
         if name is not None and name not in job.outputs:
             job.add_output(self._s(name) or str(name))
         if counted and not job.rows:

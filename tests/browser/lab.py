@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import nbformat
 import pytest
@@ -360,13 +361,20 @@ class NotebookPage:
     def cell(self, index: int) -> Any:
         return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(index)
 
-    def cell_sources(self) -> list[str | None]:
-        """Each cell's source text (None for a markdown or raw cell)."""
-        return self.page.evaluate("""() => [...document.querySelectorAll(
-            '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell')].map((c) =>
-            c.classList.contains('jp-CodeCell')
-              ? [...c.querySelectorAll('.cm-line')].map((l) => l.textContent).join('\\n')
-              : null)""")  # type: ignore[no-any-return]
+    def cell_sources(self, timeout: float = 30.0) -> list[str | None]:
+        """Each cell's source text (None for a markdown or raw cell), from the server's copy of
+        the notebook: JupyterLab attaches the editors of cells below the viewport only when the
+        browser is idle, so the page's DOM may not hold their text yet. Waits until the page
+        shows as many cells as the file has, so the indices agree with ``cell(i)``."""
+        model = self.lab.api("GET", f"contents/{quote(self.path)}?content=1")
+        cells = model["content"]["cells"]
+        sources = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+                   if c["cell_type"] == "code" else None for c in cells]
+        self.wait_js("""(n) => document.querySelectorAll(
+            '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell').length === n""",
+                     f"the page to show the notebook's {len(cells)} cells", timeout,
+                     arg=len(cells))
+        return sources
 
     def cell_index(self, contains: str, last: bool = False) -> int:
         """Index (among all cells) of the first (or last) code cell whose source contains

@@ -10,11 +10,11 @@ notebooks when the test ends (REST), and Chromium (playwright).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 
 from tests.browser.lab import Lab, NotebookPage, launch_chromium
@@ -56,8 +56,12 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def open_notebook(lab: Lab, browser: Any) -> Iterator[Callable[..., NotebookPage]]:
     """``open_notebook(source, shot)``: copy ``source`` into the lab's root (a folder per
-    test), open it in a fresh page and wait for its kernel. The kernels it started are shut
-    down when the test ends."""
+    test) with its stored outputs and execution counts cleared, open it in a fresh page and
+    wait for its kernel. The kernels it started are shut down when the test ends.
+
+    Clearing matters: the example notebooks are stored executed (nbval compares against
+    those outputs), and a stored ``[15]`` prompt or ``stopped: True`` would let a test pass
+    before, or without, the cell running in this lab."""
     assert lab.root is not None
     context = browser.new_context(viewport={"width": 1400, "height": 1100})
     opened: list[str] = []
@@ -65,7 +69,12 @@ def open_notebook(lab: Lab, browser: Any) -> Iterator[Callable[..., NotebookPage
     def open_(source: Path, shot: str) -> NotebookPage:
         folder = lab.root / shot
         folder.mkdir(exist_ok=True)
-        shutil.copy(source, folder / source.name)
+        notebook = nbformat.read(source, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.outputs = []
+                cell.execution_count = None
+        nbformat.write(notebook, folder / source.name)
         rel = f"{shot}/{source.name}"
         opened.append(rel)
         return NotebookPage(context.new_page(), lab, rel, shot).open()

@@ -76,10 +76,18 @@ def descendants(pids: list[int]) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie. A process that exits between the two questions is
+    not running (``pid_exists`` then ``Process(pid)`` alone races with its exit)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def assert_no_leaks(pids: list[int], timeout: float = 10.0) -> None:
     def gone() -> bool:
-        return not [p for p in pids if psutil.pid_exists(p) and
-                    psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        return not [p for p in pids if running(p)]
     wait_until(gone, timeout, message=f"processes {pids} to exit")
 
 

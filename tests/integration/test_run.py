@@ -33,7 +33,7 @@ from casparian_nb.config import Settings
 from casparian_nb.errors import SinkModeError
 from casparian_nb.plugins import generate_signing_key, sign_plugin
 from casparian_nb.worker.pool import HostPool
-from tests.conftest import make_inputs, wait_until
+from tests.conftest import make_inputs, running, wait_until
 
 HOST_MODULE = "casparian_nb.worker.host"
 FINAL = re.compile(r"^(?P<output>[a-z][a-z0-9_]*)_(?P<hash>[0-9a-f]{16})\.(?P<ext>parquet|csv)$")
@@ -612,8 +612,7 @@ def test_kill_9_of_the_whole_run_leaves_each_job_all_or_nothing(
             proc.kill()
             proc.wait(10)
     # The orphaned hosts notice their parent is gone and exit.
-    wait_until(lambda: not any(psutil.pid_exists(h) and psutil.Process(h).status()
-                               != psutil.STATUS_ZOMBIE for h in hosts), 5,
+    wait_until(lambda: not any(running(h) for h in hosts), 5,
                message="orphaned hosts to exit")
 
     per_job = {"fixture_output": 7, "fixture_output_quarantine": 3}
@@ -657,8 +656,7 @@ def test_interrupting_a_run_kills_its_hosts_and_promotes_nothing_unfinished(
             proc.wait(10)
     assert proc.returncode == 130
     assert "casparian: interrupted" in err
-    assert all(not psutil.pid_exists(h) or psutil.Process(h).status() == psutil.STATUS_ZOMBIE
-               for h in hosts)
+    assert not any(running(h) for h in hosts)
     assert len(sink_files(out)) == 2  # the slow job never appeared
     assert not list((home / "staging").iterdir())
 

@@ -24,7 +24,7 @@ from casparian_nb.config import Settings
 from casparian_nb.errors import SentinelError
 from casparian_nb.launcher import LocalCluster
 from casparian_nb.protocol import Codec
-from tests.conftest import make_inputs, wait_until
+from tests.conftest import make_inputs, running, wait_until
 from tests.integration.test_sentinel import FAST, control, jobs_by_id, wait_final, wait_job
 
 
@@ -140,8 +140,7 @@ def test_start_in_the_foreground_stops_everything_on_sigint_even_with_sigint_ign
     assert elapsed < 8, f"stopping took {elapsed:.1f}s"
 
     def all_gone() -> bool:
-        return not [p for p in tree if psutil.pid_exists(p)
-                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        return not [p for p in tree if running(p)]
 
     wait_until(all_gone, 5, message="sentinel, workers and hosts to exit")
     # a clean stop: the running job is not lost (the next start re-queues it)

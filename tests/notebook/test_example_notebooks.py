@@ -24,9 +24,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import nbformat
-import psutil
 import pytest
 
+from tests.conftest import running
 from tests.notebook.reaper import run_reaped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,8 +163,7 @@ def test_a_notebook_killed_half_way_leaves_nothing_running(tmp_path: Path) -> No
     pids = json.loads((tmp_path / "pids.json").read_text())
     assert len(pids["cluster"]) == 3 and pids["hosts"], pids
     assert report["killed"] == [], f"still running after the kernel was killed: {report}"
-    alive = [p for p in pids["cluster"] + pids["hosts"]
-             if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [p for p in pids["cluster"] + pids["hosts"] if running(p)]
     assert alive == [], alive
 
 

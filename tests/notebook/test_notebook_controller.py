@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -23,7 +22,7 @@ from casparian_nb.notebook._models import WaitInterrupted, WaitTimeoutError
 from casparian_nb.notebook._scheduling import ManualScheduler
 from casparian_nb.notebook.controller import current_controller
 from casparian_nb.tape import read_tape, validate_tape
-from tests.conftest import FIXTURE_PLUGIN, make_inputs, wait_until
+from tests.conftest import FIXTURE_PLUGIN, make_inputs, running, wait_until
 from tests.notebook.nb_harness import RecordingComm, frontend_send
 
 Factory = Callable[..., Any]
@@ -266,8 +265,7 @@ def test_interpreter_exit_stops_the_processes_it_started(home: Path) -> None:
                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr
     pids = json.loads(out.stdout.strip().splitlines()[-1])
-    wait_until(lambda: not [p for p in pids if psutil.pid_exists(p)
-                            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE],
+    wait_until(lambda: not [p for p in pids if running(p)],
                15, message=f"{pids} to exit")
     tapes = sorted((home / "tapes").glob("session-*.tape"))
     assert tapes and validate_tape(tapes[-1]).valid

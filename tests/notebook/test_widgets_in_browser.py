@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
-import psutil
 import pytest
 
 from tests.browser.lab import CHROMIUM, FLAGS, ROOT, Lab, requires_chromium
-from tests.conftest import make_inputs, wait_until
+from tests.conftest import make_inputs, running, wait_until
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 
@@ -68,10 +67,10 @@ def test_queue_and_timeline_render_and_respond(lab: Lab, tmp_path: Path,
 
             # queue: rows render; the slow job gets a cancel button; the click reaches the
             # sentinel and the row ends ABORTED
-            running = page.locator("tr.cf-row-RUNNING button.cf-q-cancel")
-            running.first.wait_for(timeout=60_000)
+            cancel = page.locator("tr.cf-row-RUNNING button.cf-q-cancel")
+            cancel.first.wait_for(timeout=60_000)
             page.wait_for_selector("tr.cf-row-COMPLETED >> nth=1", timeout=60_000)
-            running.first.click()
+            cancel.first.click()
             page.wait_for_selector("tr.cf-row-ABORTED", timeout=30_000)
             assert page.locator(".cf-q-chip.cf-st-ABORTED").inner_text() == "aborted 1"
             page.screenshot(path=str(tmp_path / "queue.png"))
@@ -90,6 +89,5 @@ def test_queue_and_timeline_render_and_respond(lab: Lab, tmp_path: Path,
     # Shutting the server down shuts the kernel down, and that stops the kernel's cluster.
     sentinel = json.loads((home / "sentinel.json").read_text())["pid"]
     lab.stop()
-    wait_until(lambda: not psutil.pid_exists(sentinel)
-               or psutil.Process(sentinel).status() == psutil.STATUS_ZOMBIE,
+    wait_until(lambda: not running(sentinel),
                20, message=f"sentinel {sentinel} to stop with the kernel")

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import nbformat
-import psutil
 from nbclient import NotebookClient
 
-from tests.conftest import make_inputs, wait_until
+from tests.conftest import make_inputs, running, wait_until
 
 
 def test_queue_widget_live_in_a_kernel(home: Path, fixture_plugin_path: Path,
@@ -65,6 +64,5 @@ def test_queue_widget_live_in_a_kernel(home: Path, fixture_plugin_path: Path,
     queue = [s["state"] for s in states.values() if "counts" in s["state"]]
     assert queue and queue[0]["counts"]["COMPLETED"] == 7
     assert len(queue[0]["rows"]) == 7
-    wait_until(lambda: not [p for p in pids if psutil.pid_exists(p)
-                            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE],
+    wait_until(lambda: not [p for p in pids if running(p)],
                15, message="the kernel's cluster to stop")

@@ -25,13 +25,13 @@ from ._decode import decode_block
 if TYPE_CHECKING:
     from .explain import Explanation
 
-__all__ = ["FAST", "LINES", "Cursor", "apply_block", "finish", "no_gc", "read_blocks", "scan",
-           "settle", "split_lines"]
+__all__ = ["FAST", "LINES", "MAX_SKIPPED", "Cursor", "apply_block", "finish", "no_gc",
+           "read_blocks", "scan", "settle", "split_lines"]
 
 # Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
 # enough that one block's decoded events stay a few MB.
 _BLOCK = 1 << 22
-_MAX_SKIPPED = 100
+MAX_SKIPPED = 100  # skipped line numbers kept (all are counted)
 FAST, LINES = 0, 1  # how a block is applied: decoded whole (falling back), or line by line
 
 Block = tuple[int, int, int]  # (start, end, FAST | LINES) byte range in the file
@@ -223,5 +223,5 @@ def finish(ex: Explanation, path: Path, lines: int) -> None:
 
 def _skip(ex: Explanation, number: int) -> None:
     ex.skipped_count += 1
-    if len(ex.skipped_lines) < _MAX_SKIPPED:
+    if len(ex.skipped_lines) < MAX_SKIPPED:
         ex.skipped_lines.append(number)

@@ -33,7 +33,7 @@ from typing import Any
 
 from ._decode import Payload
 from ._fork import CHILD_FAILED, Child
-from ._scan import Block, Cursor, finish, reread, scan, settle
+from ._scan import MAX_SKIPPED, Block, Cursor, finish, reread, scan, settle
 from .envelope import EventName, job_key, parse_timestamp
 from .explain import Explanation, encode_jobs, explain_tape, text_job_lines
 from .reader import open_tape
@@ -242,7 +242,7 @@ def merge(first: Segment, story: dict[str, Any],
         m.started_at = story["started_at"]
     m.event_count += story["event_count"]
     lines = first.cur.number
-    room = max(0, 100 - len(m.skipped_lines))
+    room = max(0, MAX_SKIPPED - len(m.skipped_lines))
     m.skipped_lines += [n + lines for n in story["skipped_lines"][:room]]
     m.skipped_count += story["skipped_count"]
     if story["truncated"] is not None:

@@ -368,8 +368,7 @@ class NotebookPage:
         shows as many cells as the file has, so the indices agree with ``cell(i)``."""
         model = self.lab.api("GET", f"contents/{quote(self.path)}?content=1")
         cells = model["content"]["cells"]
-        sources = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-                   if c["cell_type"] == "code" else None for c in cells]
+        sources = [c["source"] if c["cell_type"] == "code" else None for c in cells]
         self.wait_js("""(n) => document.querySelectorAll(
             '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell').length === n""",
                      f"the page to show the notebook's {len(cells)} cells", timeout,

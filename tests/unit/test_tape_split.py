@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import random
 import re
@@ -34,6 +33,7 @@ from casparian_nb.errors import TapeError
 from casparian_nb.tape import _scan, _split
 from casparian_nb.tape._split import MergedExplanation, Segment, explain_split
 from casparian_nb.tape.cli import explain_command
+from casparian_nb.tape.envelope import finite
 from casparian_nb.tape.explain import Explanation, explain_tape
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,19 +116,9 @@ def assert_same(serial: Explanation, split: Explanation, fmt: str, where: str = 
         assert_same_text(serial.to_text(), split.to_text(), where)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def assert_same_to_json(serial: Explanation, split: Explanation, where: str = "") -> None:
     """``to_json()`` (the dict API) agrees too: jobs, and the rest within tolerance."""
-    a, b = _finite(serial.to_json()), _finite(split.to_json())
+    a, b = finite(serial.to_json()), finite(split.to_json())
     wa, wb = a.pop("workers"), b.pop("workers")
     assert a == b, where
     assert len(wa) == len(wb), where

@@ -29,7 +29,8 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from ._codec import (
     DEFAULT_MAX_AGE,
@@ -54,6 +55,8 @@ __all__ = [
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BYTES",
     "ERROR_CODES",
+    "FINISHED_JOB_STATUSES",
+    "JOB_EVENTS",
     "MAGIC",
     "MAX_DEPTH",
     "MAX_FRAMES",
@@ -61,13 +64,21 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RECEIPT_STATUSES",
     "REPLY_FOR",
+    "STORED_JOB_STATUSES",
+    "TAPE_JOB_STATUSES",
     "Codec",
+    "CompletionStatus",
+    "ErrorKind",
+    "EventName",
     "Handler",
     "HandlerTable",
     "InvalidPayloadError",
+    "JobStatus",
     "LogLimiter",
+    "MaterializationStatus",
     "Message",
     "MessageTooLargeError",
+    "ReceiptStatus",
     "RequestFailed",
     "SignatureError",
     "UnknownMessageTypeError",
@@ -78,7 +89,123 @@ __all__ = [
     "event_frames",
     "one_line",
     "reply",
+    "vocabulary",
 ]
+
+
+# -- the vocabulary: every status and event name, defined once --------------------------------
+
+class JobStatus(StrEnum):
+    """Where a job is. The state DB stores :data:`STORED_JOB_STATUSES`; the sentinel also
+    knows a job as ``PROMOTING`` (outputs being committed) and tapes and replays report
+    ``DISPATCHED`` (sent to a worker, not started yet). Tapes spell them in lower case
+    (:meth:`tape_name`)."""
+
+    QUEUED = "QUEUED"
+    DISPATCHED = "DISPATCHED"
+    RUNNING = "RUNNING"
+    PROMOTING = "PROMOTING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    ABORTED = "ABORTED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def tape_name(self) -> str:
+        """The lower-case spelling ``tape explain`` and replays use (``"queued"``)."""
+        return self.value.lower()
+
+
+#: Statuses a row of ``cf_processing_queue`` may hold (its CHECK constraint).
+STORED_JOB_STATUSES: Final = (
+    JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED,
+    JobStatus.ABORTED, JobStatus.SKIPPED,
+)  # fmt: skip
+#: Statuses after which nothing more happens to a job.
+FINISHED_JOB_STATUSES: Final = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABORTED, JobStatus.SKIPPED}
+)
+#: Statuses a tape replay reports, in the order ``tape explain`` counts them.
+TAPE_JOB_STATUSES: Final = (
+    JobStatus.QUEUED, JobStatus.DISPATCHED, JobStatus.RUNNING, JobStatus.COMPLETED,
+    JobStatus.FAILED, JobStatus.ABORTED, JobStatus.SKIPPED,
+)  # fmt: skip
+
+
+class CompletionStatus(StrEnum):
+    """How a finished job ended (``cf_processing_queue.completion_status``)."""
+
+    SUCCESS = "SUCCESS"
+    PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    ABORTED = "ABORTED"
+    SKIPPED = "SKIPPED"
+
+
+class ReceiptStatus(StrEnum):
+    """What a worker reports of one job attempt (``Receipt.status``)."""
+
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    ABORTED = "ABORTED"
+    REJECTED = "REJECTED"
+
+
+class MaterializationStatus(StrEnum):
+    """What a materialization record says of a job's outputs."""
+
+    SUCCESS = "success"
+    PARTIAL_SUCCESS = "partial_success"
+    NO_DATA = "no_data"
+
+
+class ErrorKind(StrEnum):
+    """Whether a failed job may be retried."""
+
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+
+
+class EventName(StrEnum):
+    """Names of the events the sentinel publishes and records on its tape (``domain_event``),
+    and of the responses to recorded commands (``system_response``)."""
+
+    JOB_QUEUED = "JobQueued"
+    JOB_DISPATCHED = "JobDispatched"
+    JOB_STARTED = "JobStarted"
+    CANCEL_REQUESTED = "CancelRequested"
+    JOB_COMPLETED = "JobCompleted"
+    JOB_FAILED = "JobFailed"
+    JOB_ABORTED = "JobAborted"
+    JOB_RETRIED = "JobRetried"
+    JOB_SKIPPED = "JobSkipped"
+    MATERIALIZATION_RECORDED = "MaterializationRecorded"
+    WORKER_JOINED = "WorkerJoined"
+    WORKER_LOST = "WorkerLost"
+    WORKER_LEFT = "WorkerLeft"
+    COMMAND_SUCCEEDED = "CommandSucceeded"
+    COMMAND_FAILED = "CommandFailed"
+
+
+#: Events that concern one job (their payload has ``job_id``).
+JOB_EVENTS: Final = frozenset({
+    EventName.JOB_QUEUED, EventName.JOB_DISPATCHED, EventName.JOB_STARTED,
+    EventName.CANCEL_REQUESTED, EventName.JOB_COMPLETED, EventName.JOB_FAILED,
+    EventName.JOB_ABORTED, EventName.JOB_RETRIED, EventName.JOB_SKIPPED,
+    EventName.MATERIALIZATION_RECORDED,
+})  # fmt: skip
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """Every status list, for front-ends that must not spell them themselves (the queue
+    widget's JavaScript gets this from the kernel)."""
+    return {
+        "job_statuses": [s.value for s in JobStatus],
+        "finished_job_statuses": sorted(s.value for s in FINISHED_JOB_STATUSES),
+        "completion_statuses": [s.value for s in CompletionStatus],
+        "event_names": [e.value for e in EventName],
+    }
 
 
 # -- building replies ------------------------------------------------------------------------

@@ -27,11 +27,11 @@ from typing import Any
 import zmq
 
 from .. import plugins
+from .._proc import pid_alive, profiled
 from ..client import ConnectionInfo, read_connection_file
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
 from ..protocol import MAGIC, Codec, Message, SignatureError, one_line
-from ..sentinel._proc import pid_alive, profiled
 from .pool import HostPool, HostResult
 
 __all__ = ["Worker", "run_worker"]

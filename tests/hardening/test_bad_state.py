@@ -27,7 +27,7 @@ from casparian_nb.config import Settings, load_settings
 from casparian_nb.errors import CasparianError, ConfigError, SentinelError
 from casparian_nb.launcher import LocalCluster
 from casparian_nb.store import StateStore
-from casparian_nb.tape.cli import explain_command, validate_command
+from casparian_nb.cli.tape import explain_command, validate_command
 from tests.hardening.harness import FAST, ROOT, audit, record, wait_final
 
 GOLDEN = ROOT / "tapes" / "golden_session.tape"

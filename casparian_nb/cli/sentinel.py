@@ -28,16 +28,12 @@ def sentinel(app: App) -> int:
               help="Plugin hosts, i.e. jobs run at once (default: one per core).")
 @click.option("--worker-id", default=None, metavar="ID",
               help="Name the worker reports to the sentinel (default: a random one).")
-@click.option("--advertise-slots", type=int, default=None, hidden=True,
-              help="Claim this many slots (capacity-rejection tests).")
 @recorded("Worker")
-def worker(app: App, slots: int | None, worker_id: str | None,
-           advertise_slots: int | None) -> int:
+def worker(app: App, slots: int | None, worker_id: str | None) -> int:
     """Run one worker of the home's sentinel in the foreground."""
     from ..worker.supervisor import run_worker
 
-    return run_worker(app.settings, slots=slots, worker_id=worker_id,
-                      advertise_slots=advertise_slots)
+    return run_worker(app.settings, slots=slots, worker_id=worker_id)
 
 
 @click.command(short_help="Run a sentinel and workers in the foreground; Ctrl-C stops all.")

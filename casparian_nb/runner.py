@@ -314,7 +314,7 @@ def _owner_alive(run_dir: Path) -> bool:
     try:
         owner = json.loads((run_dir / _OWNER).read_text(encoding="utf-8"))
         proc = psutil.Process(int(owner["pid"]))
-        return abs(proc.create_time() - float(owner["create_time"])) < 1.0
+        return bool(abs(proc.create_time() - float(owner["create_time"])) < 1.0)
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return False
 

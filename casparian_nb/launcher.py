@@ -18,6 +18,8 @@ from .client import ConnectionInfo, ControlClient, connection_is_live, read_conn
 from .config import Settings
 from .errors import CasparianError, SentinelError
 
+__all__ = ["LocalCluster", "settings_env"]
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``CASPARIAN_*`` variables that make a child process load exactly ``settings`` (keyword
@@ -32,8 +34,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["CASPARIAN_ALLOW_UNSIGNED_PYTHON"] = \
         "true" if settings.trust.allow_unsigned_python else "false"
     return env
-
-__all__ = ["LocalCluster"]
 
 
 class LocalCluster:

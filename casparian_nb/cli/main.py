@@ -61,15 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except click.UsageError as exc:  # a bad option or argument: one line, exit 2
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        print(f"casparian: error: {exc.format_message()}{hint}", file=sys.stderr)
+        print(f"casparian: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except click.ClickException as exc:
-        print(f"casparian: error: {exc.format_message()}", file=sys.stderr)
+        print(f"casparian: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except click.Abort:  # Ctrl-C while click itself was reading input
+    except click.Abort:  # Ctrl-C outside a command's body (click turns it into Abort)
         print("casparian: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         app.close()
         sys.stdout.flush()
     return int(code or 0)
+
+
+def _one_line(exc: click.ClickException) -> str:
+    return " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())

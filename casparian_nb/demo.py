@@ -156,7 +156,7 @@ def run_demo(settings: Settings, *, files: int = 12, workers: int = 2, timeout: 
                 stats = client.queue_stats()
                 if progress is not None:
                     progress(stats)
-                if stats["queued"] + stats["running"] == 0:
+                if stats[JobStatus.QUEUED.lower()] + stats[JobStatus.RUNNING.lower()] == 0:
                     break
                 if time.monotonic() > deadline:
                     raise CasparianError(f"demo jobs did not finish within {timeout:.0f}s")

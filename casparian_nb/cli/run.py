@@ -13,9 +13,14 @@ from pathlib import Path
 import click
 
 from ..errors import CasparianError
+from ..protocol import JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, SINK_MODES, App, recorded
 
 __all__ = ["demo", "run"]
+
+#: The queue counts the demo's progress line shows.
+_PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED,
+                                 JobStatus.FAILED)]
 
 
 @click.command(short_help="Run a plugin over files in this process (no sentinel).")
@@ -86,9 +91,9 @@ def demo(app: App, files: int, workers: int, timeout: float, force: bool) -> int
 
     tty = sys.stderr.isatty()
 
-    def progress(stats: dict[str, int]) -> None:
-        sys.stderr.write(f"\r  queued {stats['queued']}  running {stats['running']}  "
-                         f"completed {stats['completed']}  failed {stats['failed']} ")
+    def progress(stats: dict[str, int]) -> None:  # queue counts, keyed by lower-case status
+        counts = "  ".join(f"{name} {stats[name]}" for name in _PROGRESS)
+        sys.stderr.write(f"\r  {counts} ")
         sys.stderr.flush()
 
     try:

@@ -34,7 +34,6 @@ naming are replaced by a salted hash of the name. One salt per bundle, never wri
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -62,7 +61,6 @@ __all__ = [
     "BundleError",
     "BundleResult",
     "Scrubber",
-    "add_commands",
     "create_support_bundle",
 ]
 
@@ -377,32 +375,3 @@ def create_support_bundle(settings: Settings, out: Path | str, *, tapes: bool = 
                         tapes=tuple(tape_names), logs=tuple(log_names),
                         config_included=bool(config), truncated_logs=tuple(truncated),
                         manifest=manifest)
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-def cmd_support_bundle(args: argparse.Namespace, settings: Settings) -> int:
-    result = create_support_bundle(settings, Path(args.output), tapes=not args.no_tapes,
-                                   logs=not args.no_logs, config=not args.no_config)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(result)
-    args._tape_response = {"tape_count": result.tape_count, "log_count": result.log_count,
-                           "size_bytes": result.size_bytes}
-    return 0
-
-
-def add_commands(sub: Any) -> None:
-    """Register ``support-bundle OUT.zip [--no-tapes] [--no-logs] [--no-config] [--json]``."""
-    p = sub.add_parser(
-        "support-bundle", help="zip tapes, scrubbed logs and a redacted config for a bug report",
-        description="Write a zip with the home's tapes, its logs (paths, home, user and host "
-                    "names scrubbed), a redacted config summary and a manifest. Never "
-                    "includes output data or plugin source.")
-    p.add_argument("output", metavar="OUT.zip", help="the zip file to write")
-    p.add_argument("--no-tapes", action="store_true", help="leave the tapes out")
-    p.add_argument("--no-logs", action="store_true", help="leave the logs out")
-    p.add_argument("--no-config", action="store_true", help="leave the config summary out")
-    p.add_argument("--json", action="store_true", help="machine-readable summary")
-    p.set_defaults(handler=cmd_support_bundle, tape_name="SupportBundle")
-

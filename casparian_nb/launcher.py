@@ -18,6 +18,8 @@ from .client import ConnectionInfo, ControlClient, connection_is_live, read_conn
 from .config import Settings
 from .errors import CasparianError, SentinelError
 
+__all__ = ["LocalCluster", "settings_env"]
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``CASPARIAN_*`` variables that make a child process load exactly ``settings`` (keyword
@@ -32,8 +34,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["CASPARIAN_ALLOW_UNSIGNED_PYTHON"] = \
         "true" if settings.trust.allow_unsigned_python else "false"
     return env
-
-__all__ = ["LocalCluster"]
 
 
 class LocalCluster:
@@ -77,16 +77,14 @@ class LocalCluster:
         info = self._wait_for_sentinel(deadline)
         self.info = info
         for _ in range(self.n_workers):
-            self._spawn_worker(self.slots, None)
+            self._spawn_worker(self.slots)
         self._wait_for_workers(len(self.workers), deadline, timeout)
         return info
 
-    def _spawn_worker(self, slots: int | None, advertise_slots: int | None) -> None:
+    def _spawn_worker(self, slots: int | None) -> None:
         args = ["worker"]
         if slots:
             args += ["--slots", str(slots)]
-        if advertise_slots:
-            args += ["--advertise-slots", str(advertise_slots)]
         self.workers.append(self._spawn(args, f"worker-{len(self.workers)}.out"))
 
     def _wait_for_workers(self, n: int, deadline: float, timeout: float) -> None:
@@ -107,15 +105,13 @@ class LocalCluster:
                                          f"within {timeout:.0f}s; see {self.settings.logs_dir}")
                 time.sleep(0.05)
 
-    def add_worker(self, *, slots: int | None = None, advertise_slots: int | None = None,
-                   timeout: float = 60.0) -> int:
-        """Start one more worker (``advertise_slots`` > ``slots`` makes a worker that
-        over-promises, for capacity-rejection tests) and wait until it joined; its pid."""
+    def add_worker(self, *, slots: int | None = None, timeout: float = 60.0) -> int:
+        """Start one more worker and wait until it joined; its pid."""
         if self.info is None:
             raise CasparianError("start the cluster first")
         with ControlClient(self.info, timeout=5.0) as client:
             before = len(client.list_workers())
-        self._spawn_worker(slots or self.slots, advertise_slots)
+        self._spawn_worker(slots or self.slots)
         self._wait_for_workers(before + 1, time.monotonic() + timeout, timeout)
         return self.workers[-1].pid
 

@@ -13,6 +13,7 @@ so each job's outputs appear all together or not at all) and removes the rest.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,19 +34,20 @@ from . import plugins, sinks
 from ._inputs import expand_inputs
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
+from .protocol import JobStatus, ReceiptStatus
 from .sinks.staging import JOURNAL
 from .worker.pool import HostPool, HostResult
 
 __all__ = ["FileResult", "RunResult", "run"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FileResult:
     """The outcome of one input file."""
 
     job_id: str
     input_file: str
-    status: str  # COMPLETED | FAILED | ABORTED
+    status: JobStatus  # COMPLETED | FAILED | ABORTED
     rows: dict[str, int] = field(default_factory=dict)
     quarantine_rows: int = 0
     artifacts: list[dict[str, Any]] = field(default_factory=list)
@@ -53,10 +55,10 @@ class FileResult:
     duration_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     """Summary of a standalone run (``str()`` is the human summary)."""
 
@@ -65,12 +67,18 @@ class RunResult:
     plugin_version: str
     sink: str
     mode: str
-    files: list[FileResult]
+    files: tuple[FileResult, ...]
     duration_s: float
 
     @property
     def failed(self) -> list[FileResult]:
-        return [f for f in self.files if f.status != "COMPLETED"]
+        """The files that did not complete (failed or aborted), in input order."""
+        return [f for f in self.files if f.status != JobStatus.COMPLETED]
+
+    @property
+    def succeeded(self) -> int:
+        """How many files completed."""
+        return len(self.files) - len(self.failed)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +86,7 @@ class RunResult:
 
     @property
     def rows(self) -> dict[str, int]:
+        """Rows written per output, summed over the files."""
         total: dict[str, int] = {}
         for f in self.files:
             for name, n in f.rows.items():
@@ -89,10 +98,11 @@ class RunResult:
         return sum(f.quarantine_rows for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``casparian run --json`` document."""
         return {
             "run_id": self.run_id, "plugin_name": self.plugin_name,
             "plugin_version": self.plugin_version, "sink": self.sink, "mode": self.mode,
-            "files": len(self.files), "succeeded": len(self.files) - len(self.failed),
+            "files": len(self.files), "succeeded": self.succeeded,
             "failed": len(self.failed), "rows": self.rows,
             "quarantine_rows": self.quarantine_rows, "duration_s": round(self.duration_s, 3),
             "jobs": [f.to_dict() for f in self.files],
@@ -101,7 +111,7 @@ class RunResult:
     def __str__(self) -> str:
         lines = [
             f"casparian run {self.plugin_name} {self.plugin_version}: {len(self.files)} files, "
-            f"{len(self.files) - len(self.failed)} succeeded, {len(self.failed)} failed "
+            f"{self.succeeded} succeeded, {len(self.failed)} failed "
             f"in {self.duration_s:.2f}s"
         ]
         for name, n in sorted(self.rows.items()):
@@ -205,39 +215,32 @@ def run(
 
     def finish(job: dict[str, Any], res: HostResult) -> FileResult:
         nonlocal stop
-        out = FileResult(job["job_id"], job["input_file"], "FAILED",
-                         duration_ms=float(res.data.get("duration_ms") or 0.0))
-        if res.status == "SUCCESS":
-            staged = sinks.StagedJob.from_dict(res.data["staged"])
-            if stop is not None:
-                sinks.discard(staged)
-                out.status, out.error = "ABORTED", f"run stopped: {stop}"
-                return out
-            try:
-                artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
-            except SinkModeError as exc:
-                sinks.discard(staged)
-                stop = exc
-                out.error = f"{type(exc).__name__}: {exc}"
-                return out
-            except Exception as exc:  # one bad promotion must not stop the other files
-                with contextlib.suppress(Exception):
-                    sinks.discard(staged)
-                out.error = f"{type(exc).__name__}: {exc}"
-                return out
-            out.status = "COMPLETED"
-            out.rows = dict(res.data.get("rows", {}))
-            out.quarantine_rows = int(res.data.get("quarantine_rows", 0))
-            out.artifacts = [a.to_dict() for a in artifacts]
-        elif res.status == "ABORTED":
-            out.status = "ABORTED"
-            out.error = str(res.data.get("reason", "aborted"))
-        else:
-            out.error = _one_line(res.error, "failed")
+        done = functools.partial(FileResult, job["job_id"], job["input_file"],
+                                 duration_ms=float(res.data.get("duration_ms") or 0.0))
+        if res.status == ReceiptStatus.ABORTED:
+            return done(JobStatus.ABORTED, error=str(res.data.get("reason", "aborted")))
+        if res.status != ReceiptStatus.SUCCESS:
             if stop is None and res.error and res.error.get("phase") == "load":
                 ename, evalue = res.error.get("ename"), str(res.error.get("evalue", ""))
                 stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
-        return out
+            return done(JobStatus.FAILED, error=_one_line(res.error, "failed"))
+        staged = sinks.StagedJob.from_dict(res.data["staged"])
+        if stop is not None:
+            sinks.discard(staged)
+            return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
+        try:
+            artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
+        except SinkModeError as exc:
+            sinks.discard(staged)
+            stop = exc
+            return done(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # one bad promotion must not stop the other files
+            with contextlib.suppress(Exception):
+                sinks.discard(staged)
+            return done(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return done(JobStatus.COMPLETED, rows=dict(res.data.get("rows", {})),
+                    quarantine_rows=int(res.data.get("quarantine_rows", 0)),
+                    artifacts=[a.to_dict() for a in artifacts])
 
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
@@ -263,7 +266,7 @@ def run(
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")
                     results.append(file_result)
-                    bar.step(file_result.status == "COMPLETED")
+                    bar.step(file_result.status == JobStatus.COMPLETED)
                     if on_file is not None:
                         on_file(file_result)
             except BaseException:
@@ -283,8 +286,8 @@ def run(
         raise stop
     order = {j["job_id"]: i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[r.job_id])
-    return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value, results,
-                     time.perf_counter() - started)
+    return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value,
+                     tuple(results), time.perf_counter() - started)
 
 
 # -- staging ownership ----------------------------------------------------------------------
@@ -311,7 +314,7 @@ def _owner_alive(run_dir: Path) -> bool:
     try:
         owner = json.loads((run_dir / _OWNER).read_text(encoding="utf-8"))
         proc = psutil.Process(int(owner["pid"]))
-        return abs(proc.create_time() - float(owner["create_time"])) < 1.0
+        return bool(abs(proc.create_time() - float(owner["create_time"])) < 1.0)
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return False
 

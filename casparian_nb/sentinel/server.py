@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from .. import __version__, sinks
+from .._proc import pid_alive, profiled
 from ..client import write_connection_file
 from ..config import Settings
 from ..protocol import Codec, LogLimiter, Message
@@ -35,7 +36,6 @@ from . import state as st
 from ._committer import Committer, sweep_staging
 from ._control import ControlHandlers
 from ._persist import Persister, SentinelStore
-from ._proc import pid_alive, profiled
 from ._submit import SubmitHandler
 from ._workers import WorkerHandlers
 

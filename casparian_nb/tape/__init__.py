@@ -16,7 +16,6 @@ The envelope (v1) is the original Casparian Flow's, so its tapes read here uncha
 
 from __future__ import annotations
 
-from .cli import add_tape_commands, explain_command, validate_command
 from .envelope import (
     COMMAND_FAILED,
     COMMAND_SUCCEEDED,
@@ -65,14 +64,11 @@ __all__ = [
     "TapeWriter",
     "Timeline",
     "ValidationReport",
-    "add_tape_commands",
     "build_timeline",
-    "explain_command",
     "explain_tape",
     "job_key",
     "new_correlation_id",
     "read_tape",
     "state_at",
-    "validate_command",
     "validate_tape",
 ]

@@ -17,13 +17,11 @@ Messages (JSON over :class:`multiprocessing.connection.Connection`):
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import resource
 import sys
-import threading
 import time
 import traceback
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ import pyarrow  # noqa: F401
 
 from .. import lineage as lineage_mod
 from .. import plugins, sinks
+from .._proc import exit_with_parent
 from ..errors import (
     LineageError,
     PermanentError,
@@ -189,61 +188,12 @@ def _job_timestamp(job: dict[str, Any]) -> datetime:
     return datetime.now(UTC)
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the process that started us is gone, so no host outlives its worker."""
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(70)
-        time.sleep(0.2)
-
-
 def _limit_memory(megabytes: int) -> None:
     global _MEMORY_LIMIT_MB
     if megabytes > 0:
         limit = megabytes * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         _MEMORY_LIMIT_MB = megabytes
-
-
-#: Test-only fault injection (tests/hardening/): with this variable set, every staged write
-#: of a job whose input path contains its value fails with ENOSPC, raised exactly where a
-#: full disk makes pyarrow's writer fail. Unset — always, outside those tests — nothing changes.
-TEST_ENOSPC_ENV = "CASPARIAN_TEST_ENOSPC"
-
-
-class _FullDisk:
-    """Stands in for a staged file's writer on a disk with no space left."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def write_table(self, table: Any) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-def _install_test_faults() -> None:
-    needle = os.environ.get(TEST_ENOSPC_ENV)
-    if not needle:
-        return
-    from ..sinks import staging
-
-    current = [""]
-    real_execute, real_init = execute_job, staging._Writer.__init__
-
-    def execute(job: dict[str, Any]) -> dict[str, Any]:
-        current[0] = str(job.get("input_file") or "")
-        return real_execute(job)
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        if needle in current[0]:
-            self._file = _FullDisk(self._file)
-
-    globals()["execute_job"] = execute  # serve() looks the name up per job
-    setattr(staging._Writer, "__init__", init)  # noqa: B010
 
 
 def serve(conn: Connection) -> None:
@@ -275,9 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=os.getppid())
     parser.add_argument("--memory-limit-mb", type=int, default=0)
     args = parser.parse_args(argv)
-    threading.Thread(target=_watch_parent, args=(args.parent,), daemon=True).start()
+    exit_with_parent(args.parent)  # no host outlives its worker
     _limit_memory(args.memory_limit_mb)
-    _install_test_faults()
     # Plugin logging (ctx.logger) goes to this host's log file (our stderr).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")

@@ -27,11 +27,11 @@ from typing import Any
 import zmq
 
 from .. import plugins
+from .._proc import pid_alive, profiled
 from ..client import ConnectionInfo, read_connection_file
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
 from ..protocol import MAGIC, Codec, Message, SignatureError, one_line
-from ..sentinel._proc import pid_alive, profiled
 from .pool import HostPool, HostResult
 
 __all__ = ["Worker", "run_worker"]
@@ -52,12 +52,12 @@ class Worker:
 
     def __init__(self, settings: Settings, *, info: ConnectionInfo | None = None,
                  slots: int | None = None, worker_id: str | None = None,
-                 advertise_slots: int | None = None, prefetch: int = PREFETCH) -> None:
+                 prefetch: int = PREFETCH) -> None:
         self.settings = settings
         self.info = info or read_connection_file(settings.home)
         self.slots = slots or settings.effective_slots
-        # Tests of capacity rejection advertise more slots than the worker really has.
-        self.advertised = advertise_slots or self.slots
+        #: Slots announced to the sentinel (Identify).
+        self.advertised = self.slots
         self.prefetch = max(0, prefetch)
         self.worker_id = worker_id or f"w-{socket.gethostname()[:12]}-{os.getpid()}"
         self.codec = Codec(bytes.fromhex(self.info.key), max_bytes=settings.max_message_bytes)
@@ -456,7 +456,7 @@ def _unverified_type(frames: list[bytes]) -> str | None:
 
 
 def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str | None = None,
-               advertise_slots: int | None = None, wait: float = 10.0) -> int:
+               wait: float = 10.0) -> int:
     """Entry point of ``casparian worker``: wait (bounded) for a sentinel, then serve."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s worker %(levelname)s %(message)s")
@@ -477,7 +477,7 @@ def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str |
                 raise
             time.sleep(0.1)
     worker = Worker(settings, info=info, slots=slots, worker_id=worker_id or
-                    f"w-{uuid.uuid4().hex[:6]}", advertise_slots=advertise_slots)
+                    f"w-{uuid.uuid4().hex[:6]}")
 
     def _stop(signum: int, frame: object) -> None:
         worker.stop()

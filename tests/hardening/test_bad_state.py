@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from casparian_nb.cli.tape import explain_command, validate_command
 from casparian_nb.client import ControlClient
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.errors import CasparianError, ConfigError, SentinelError
 from casparian_nb.launcher import LocalCluster
 from casparian_nb.store import StateStore
-from casparian_nb.tape.cli import explain_command, validate_command
 from tests.hardening.harness import FAST, ROOT, audit, record, wait_final
 
 GOLDEN = ROOT / "tapes" / "golden_session.tape"

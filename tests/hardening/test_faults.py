@@ -9,8 +9,8 @@ Faults: ``kill -9`` of a worker while its plugin runs and right after its receip
 sentinel promotes); ``kill -9`` of the sentinel while it dispatches and while it records
 receipts and promotions, then a restart on the same home; plugins that hang, flood
 stdout/stderr, allocate without bound (per-job memory limit), call ``os._exit``, raise in the
-middle of a generator; disk errors while staging (ENOSPC through the host's test-only hook
-``CASPARIAN_TEST_ENOSPC``, and a staging directory that cannot be created).
+middle of a generator; disk errors while staging (a real ENOSPC: the hostile plugin points the
+file being staged at ``/dev/full``; and a staging directory that cannot be created).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import pytest
 from casparian_nb.client import ControlClient
 from casparian_nb.config import Settings
 from casparian_nb.launcher import LocalCluster
-from casparian_nb.worker.host import TEST_ENOSPC_ENV
 from tests.conftest import wait_until
 from tests.hardening.harness import (
     FAST,
@@ -344,14 +343,11 @@ def test_a_sentinel_restart_leaves_no_staged_debris(
 # -- plugins that misbehave ----------------------------------------------------------------
 
 class Behaviour:
-    """One cluster for the misbehaving-plugin scenarios (hosts limited to 1 GiB, the ENOSPC
-    hook armed for inputs whose path contains ``enospc``)."""
+    """One cluster for the misbehaving-plugin scenarios (hosts limited to 1 GiB)."""
 
     def __init__(self, hcluster: Callable[..., LocalCluster], settings: Settings,
-                 tracker: ProcessTracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv(TEST_ENOSPC_ENV, "enospc")
+                 tracker: ProcessTracker, tmp_path: Path) -> None:
         self.cluster = hcluster(workers=2, **BEHAVIOUR)
-        monkeypatch.delenv(TEST_ENOSPC_ENV)
         self.settings, self.tracker, self.tmp = settings, tracker, tmp_path
         self.worker_pids = [w.pid for w in self.cluster.workers]
 
@@ -381,8 +377,8 @@ class Behaviour:
 
 @pytest.fixture
 def behaviour(hcluster: Callable[..., LocalCluster], settings: Settings, tracker: ProcessTracker,
-              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Behaviour:
-    return Behaviour(hcluster, settings, tracker, tmp_path, monkeypatch)
+              tmp_path: Path) -> Behaviour:
+    return Behaviour(hcluster, settings, tracker, tmp_path)
 
 
 def test_plugins_that_hang_flood_exit_or_raise_mid_generator(
@@ -424,9 +420,9 @@ def test_a_plugin_that_allocates_without_bound_fails_with_a_clear_message(
 
 def test_disk_errors_while_staging(behaviour: Behaviour, settings: Settings) -> None:
     for trial in range(TRIALS):
-        # ENOSPC on every write of the job (a full disk): retried once, then failed.
-        row, _ = behaviour.trial("disk full while staging (ENOSPC)", trial, "mode=normal rows=50",
-                                 "FAILED", tag="enospc")
+        # ENOSPC from the kernel on every attempt (the disk stays full): retried once, failed.
+        row, _ = behaviour.trial("disk full while staging (ENOSPC)", trial,
+                                 "mode=disk-full rows=50", "FAILED", tag="enospc")
         assert "No space left on device" in row["error_message"], row["error_message"]
         assert row["retry_count"] == 1 and row["error_kind"] == "transient"
         assert "\n" not in row["error_message"]

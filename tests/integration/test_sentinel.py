@@ -10,7 +10,10 @@ and the control API in test_sentinel_cli.py; the helpers here are shared with bo
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -24,9 +27,9 @@ import pytest
 from casparian_nb import lineage
 from casparian_nb.client import ControlClient, EventSubscriber
 from casparian_nb.config import Settings
-from casparian_nb.launcher import LocalCluster
+from casparian_nb.launcher import LocalCluster, settings_env
 from casparian_nb.store import StateReader
-from tests.conftest import make_inputs, wait_until
+from tests.conftest import ROOT, make_inputs, wait_until
 
 FINAL = {"COMPLETED", "FAILED", "ABORTED", "SKIPPED"}
 OUT_FILE = re.compile(r"^fixture_output_[0-9a-f]{16}\.parquet$")
@@ -298,11 +301,27 @@ def test_cancel_right_after_submit_and_in_the_worker_backlog(
 
 # -- capacity rejection (F9) ----------------------------------------------------------------
 
+OVERPROMISING_WORKER = ROOT / "tests" / "fixtures" / "workers" / "overpromising_worker.py"
+
+
+def start_overpromising_worker(cluster: LocalCluster, *, slots: int, claim: int) -> None:
+    """Start a worker that claims ``claim`` slots but has ``slots``; wait until it joined.
+    It joins ``cluster.workers``, so stopping the cluster stops it too."""
+    env = {**os.environ, **settings_env(cluster.settings), "PYTHONPATH": str(ROOT)}
+    with open(cluster.settings.logs_dir / "worker-overpromising.out", "ab") as log:
+        cluster.workers.append(subprocess.Popen(
+            [sys.executable, str(OVERPROMISING_WORKER), "--home", str(cluster.settings.home),
+             "--slots", str(slots), "--claim", str(claim)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True))
+    with control(cluster) as ctl:
+        wait_until(lambda: ctl.list_workers(), 30, message="the overpromising worker to join")
+
 def test_capacity_rejection_requeues_without_spending_retries(
         cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
         tmp_path: Path) -> None:
     cluster = cluster_factory(workers=0, **FAST)
-    cluster.add_worker(slots=1, advertise_slots=3)  # promises 3 slots, has 1
+    start_overpromising_worker(cluster, slots=1, claim=3)  # promises 3 slots, has 1
     files = make_inputs(tmp_path / "in", 8)
     with control(cluster) as ctl:
         workers = ctl.list_workers()

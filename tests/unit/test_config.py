@@ -103,3 +103,17 @@ def test_worker_nice_defaults_to_yielding_and_reads_the_environment(
     assert load_settings(tmp_path / "h").worker_nice == 5
     monkeypatch.setenv("CASPARIAN_WORKER_NICE", "0")
     assert load_settings(tmp_path / "h").worker_nice == 0
+
+
+def test_settings_env_gives_a_child_process_exactly_these_settings(tmp_path: Path) -> None:
+    """What LocalCluster passes its sentinel and workers: overrides survive the trip."""
+    from casparian_nb.launcher import settings_env
+
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").write_text("max_retries = 5\n[trust]\nallow_unsigned_python = false\n")
+    mine = load_settings(home, env={}, job_timeout="90s", worker_slots=3, tape_redact=False)
+    child = load_settings(env=settings_env(mine))
+    assert child == mine
+    assert (child.job_timeout, child.worker_slots, child.max_retries) == (90.0, 3, 5)
+    assert child.tape_redact is False and child.trust.allow_unsigned_python is False

@@ -1,8 +1,7 @@
-"""tape explain/validate commands: argparse wiring, formats and exit codes."""
+"""``casparian tape explain|validate``: formats, exit codes and one-line errors."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -12,59 +11,49 @@ from pathlib import Path
 
 import pytest
 
-from casparian_nb.tape import add_tape_commands, explain_command, validate_command
-from casparian_nb.tape.cli import main
+from casparian_nb.cli import main
+from casparian_nb.cli.tape import explain_command, validate_command
+from casparian_nb.tape import read_tape
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tapes" / "golden_original.tape"
+EXPLAINED = json.loads((ROOT / "tapes" / "golden_original.explain.json").read_text())
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    parser = argparse.ArgumentParser(prog="casparian")
-    add_tape_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    assert args.command == "tape"
-    sys_stdout, sys_stderr = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
-        code = args.func(args)
-    finally:
-        sys.stdout, sys.stderr = sys_stdout, sys_stderr
-    return code, out.getvalue(), err.getvalue()
+def test_explain_and_validate_in_both_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tape", "explain", str(GOLDEN)]) == 0
+    assert capsys.readouterr().out.startswith("=== Tape Summary ===")
+    assert main(["tape", "explain", str(GOLDEN), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == EXPLAINED
+    assert main(["tape", "validate", str(GOLDEN), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] is True
+    assert main(["tape", "validate", str(GOLDEN)]) == 0
+    assert "Result: VALID ✓" in capsys.readouterr().out
 
 
-def test_registered_on_a_host_parser() -> None:
-    code, out, _ = run("tape", "explain", str(GOLDEN))
-    assert code == 0 and out.startswith("=== Tape Summary ===")
-    code, out, _ = run("tape", "explain", str(GOLDEN), "--format", "json")
-    assert code == 0 and json.loads(out)["commands"] == ["Scan"]
-    code, out, _ = run("tape", "validate", str(GOLDEN), "--format", "json")
-    assert code == 0 and json.loads(out)["valid"] is True
-    code, out, _ = run("tape", "validate", str(GOLDEN))
-    assert code == 0 and "Result: VALID ✓" in out
+@pytest.mark.parametrize("command", ["explain", "validate"])
+def test_json_flag_is_format_json(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tape", command, str(GOLDEN), "--json"]) == 0
+    short = capsys.readouterr().out
+    assert main(["tape", command, str(GOLDEN), "--format", "json"]) == 0
+    assert short == capsys.readouterr().out and json.loads(short)
 
 
-def test_casparian_cli_conventions() -> None:
-    """The main CLI calls ``args.handler(args, settings)`` and records ``args.tape_name``."""
-    parser = argparse.ArgumentParser(prog="casparian")
-    add_tape_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tape", "validate", str(GOLDEN), "--format", "json"])
-    assert args.tape_name == "Tape"
-    out = io.StringIO()
-    sys_stdout, sys.stdout = sys.stdout, out
-    try:
-        assert args.handler(args, None) == 0
-    finally:
-        sys.stdout = sys_stdout
-    assert json.loads(out.getvalue())["valid"] is True
+def test_the_command_is_recorded_as_tape(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    recording = tmp_path / "cli.tape"
+    assert main(["--home", str(tmp_path / "home"), "--tape", str(recording),
+                 "tape", "validate", str(GOLDEN)]) == 0
+    events = list(read_tape(recording))
+    assert [e.name for e in events][1:3] == ["Tape", "CommandSucceeded"]
 
 
-def test_tape_requires_a_subcommand() -> None:
-    parser = argparse.ArgumentParser(prog="casparian")
-    add_tape_commands(parser.add_subparsers(dest="command"))
-    with pytest.raises(SystemExit):
-        parser.parse_args(["tape"])
+def test_tape_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tape"]) == 2
+    assert "explain" in capsys.readouterr().err  # the group's help, listing its commands
+    assert main(["tape", "explain", str(GOLDEN), "--format", "xml"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("casparian: error: ") and "'xml'" in line
 
 
 def test_invalid_tape_exits_1(tmp_path: Path) -> None:
@@ -84,20 +73,15 @@ def test_unreadable_file_exits_2_with_one_line(tmp_path: Path, command) -> None:
     assert err.getvalue().count("\n") == 1 and "cannot read tape" in err.getvalue()
 
 
-def test_main_standalone(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(GOLDEN)]) == 0
-    assert "Result: VALID" in capsys.readouterr().out
-
-
 def test_python_dash_m(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "casparian_nb.tape", "explain", str(GOLDEN),
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CASPARIAN_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "casparian_nb", "tape", "explain", str(GOLDEN),
                           "--format", "json"], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    expected = json.loads((ROOT / "tapes" / "golden_original.explain.json").read_text())
-    assert json.loads(out.stdout) == expected
-    missing = subprocess.run([sys.executable, "-m", "casparian_nb.tape", "validate",
+    assert json.loads(out.stdout) == EXPLAINED
+    missing = subprocess.run([sys.executable, "-m", "casparian_nb", "tape", "validate",
                               str(tmp_path / "x.tape")], capture_output=True, text=True,
                              env=env, timeout=60)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.count("\n") == 1

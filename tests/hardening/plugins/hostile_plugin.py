@@ -11,6 +11,8 @@ its first line ``mode=<mode> [key=value ...]``; without one the plugin is ``norm
 | `exit` | `os._exit(code)` (default 7) in the middle of parse |
 | `raise-mid-generator` | a generator: `batches` batches of `rows` rows, then `RuntimeError` |
 | `slow` | sleeps `sleep` seconds (default 1) in 20 ms steps, then `normal` |
+| `disk-full` | a generator: one batch of `rows` rows, then points the file being staged at \
+`/dev/full` and yields another: staging fails with a real ENOSPC from the kernel |
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pyarrow as pa
 
 from casparian_nb import Output
@@ -57,6 +60,26 @@ def _raise_mid_generator(batches: int, rows: int) -> Iterator[Output]:
     raise RuntimeError(f"hostile plugin: failed after {batches} batches")
 
 
+def _disk_full(rows: int) -> Iterator[Output]:
+    """The disk fills up under the job while it stages: after the first batch opened the
+    staged file, that descriptor is pointed at ``/dev/full`` (this host is the process that
+    writes it), so the staging writer's next real write fails with ENOSPC, as on a full disk.
+    """
+    before = {f.fd for f in psutil.Process().open_files()}
+    yield Output("hostile_output", _table(0, rows))
+    staged = [f.fd for f in psutil.Process().open_files()
+              if f.fd not in before and f.path.endswith(".parquet")]
+    if not staged:
+        raise RuntimeError("hostile plugin: the first batch opened no staged file")
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        for fd in staged:
+            os.dup2(full, fd)
+    finally:
+        os.close(full)
+    yield Output("hostile_output", _table(rows, 2 * rows))
+
+
 def parse(path: str, ctx: Any = None) -> Any:
     s = _settings(path)
     mode = s.get("mode", "normal")
@@ -76,6 +99,8 @@ def parse(path: str, ctx: Any = None) -> Any:
         os._exit(int(s.get("code", "7")))
     elif mode == "raise-mid-generator":
         return _raise_mid_generator(int(s.get("batches", "3")), rows)
+    elif mode == "disk-full":
+        return _disk_full(rows)
     elif mode == "slow":
         deadline = time.monotonic() + float(s.get("sleep", "1"))
         while time.monotonic() < deadline:

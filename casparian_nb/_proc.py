@@ -1,0 +1,120 @@
+"""Process lifetimes, shared by every process role (sentinel, worker, plugin host, CLI).
+
+* :func:`pid_alive`: the sentinel asks whether its local workers live, a worker whether its
+  sentinel does. A zombie counts as dead: a parent that has not reaped a killed child yet
+  must not keep its peers waiting.
+* :func:`exit_with_parent`: the one way a process dies when the process that started it is
+  gone (a plugin host when its worker is killed; a sentinel or worker when the notebook kernel
+  that started it is killed and runs no ``atexit``).
+* :func:`profiled`: a development aid (``CASPARIAN_PROFILE_DIR``).
+
+This module sits at the bottom of the layers (next to ``config``): it imports nothing of
+casparian_nb, so the worker and the sentinel can both use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+__all__ = ["ORPHANED_EXIT", "OWNER_PID_ENV", "exit_with_owner", "exit_with_parent", "pid_alive", "profiled"]
+
+#: Set by ``cf.start()`` for the sentinel and workers it launches: the kernel's pid.
+OWNER_PID_ENV = "CASPARIAN_OWNER_PID"
+#: Exit status of a process that left because its parent did.
+ORPHANED_EXIT = 70
+_POLL = 0.2
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a running (not zombie) process."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):  # no such pid (or not a pid at all)
+        return False
+    except PermissionError:
+        return True
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def exit_with_parent(parent_pid: int, *, grace: float | None = None) -> bool:
+    """Leave when ``parent_pid`` stops being this process's parent (it died; we were
+    re-parented). Polls from a daemon thread, so it works on every POSIX system and for a
+    parent killed with SIGKILL.
+
+    ``grace=None``: ``os._exit`` at once (a plugin host: nothing of its own to clean up).
+    Otherwise SIGTERM to this process first, which runs its graceful stop, and ``os._exit``
+    only if that has not finished within ``grace`` seconds.
+
+    Returns False, watching nothing, when ``parent_pid`` is not the parent (already gone).
+    """
+    if parent_pid != os.getppid():
+        return False
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_POLL)
+        if grace is not None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(grace)
+        os._exit(ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="casparian-parent-watch", daemon=True).start()
+    return True
+
+
+def exit_with_owner(*, grace: float = 30.0) -> bool:
+    """:func:`exit_with_parent` for a process started with ``$CASPARIAN_OWNER_PID`` naming its
+    parent (``cf.start()`` sets it to the kernel's pid). The variable is removed so that
+    grandchildren (plugin hosts) do not inherit it: they watch their own parent."""
+    raw = os.environ.pop(OWNER_PID_ENV, "")
+    return raw.isdigit() and exit_with_parent(int(raw), grace=grace)
+
+
+@contextlib.contextmanager
+def profiled(name: str) -> Iterator[None]:
+    """Development aid: with ``CASPARIAN_PROFILE_DIR`` set, cProfile this thread and every
+    thread started inside, one ``<name>-<pid>[-<thread>].prof`` file each (written at exit)."""
+    profile_dir = os.environ.get("CASPARIAN_PROFILE_DIR")
+    if not profile_dir:
+        yield
+        return
+    import atexit
+    import cProfile
+    import sys
+
+    def start(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        path = os.path.join(profile_dir, f"{name}-{os.getpid()}-"
+                                         f"{threading.current_thread().name}.prof")
+
+        def dump() -> None:
+            prof.create_stats()
+            prof.dump_stats(path)
+
+        atexit.register(dump)
+        prof.enable()
+
+    threading.setprofile(start)
+    main = cProfile.Profile()
+    main.enable()
+    try:
+        yield
+    finally:
+        main.disable()
+        main.dump_stats(os.path.join(profile_dir, f"{name}-{os.getpid()}.prof"))

@@ -1,0 +1,127 @@
+"""What every ``casparian`` command shares: the global options, the settings, the ``--tape``
+recording of the command, and the one-line error convention.
+
+A command is a click command decorated with :func:`recorded`: it receives the :class:`App`
+first, returns its exit code and may set :attr:`App.response` (what its tape records on
+success). Errors are reported here, once, for every command:
+
+* a :class:`~casparian_nb.errors.CasparianError` → ``casparian: error: <one line>``, exit 2
+  (``-v`` shows the traceback instead);
+* Ctrl-C (or SIGTERM during ``run``) → ``casparian: interrupted``, exit 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
+
+import click
+
+from ..config import Settings, load_settings
+from ..errors import CasparianError
+
+if TYPE_CHECKING:
+    from ..tape import TapeWriter
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MODES", "App",
+           "recorded"]
+
+#: 0 success; 1 the command ran but something it did failed (a job, a validation); 2 it could
+#: not run (bad arguments, bad plugin, no sentinel), with a one-line reason; 130 interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Parameters a command's tape event records (when given); the tape redacts them by field.
+_TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers")
+
+#: ``--mode`` choices: the values of :class:`casparian_nb.sinks.SinkMode`, spelled here because
+#: importing ``sinks`` loads pyarrow, too slow for every ``casparian jobs`` (a unit test keeps
+#: the two equal).
+SINK_MODES = ("append", "replace", "error")
+
+P = ParamSpec("P")
+
+
+@dataclass
+class App:
+    """The global options of one ``casparian`` invocation and what its command recorded."""
+
+    home: str | None = None
+    tape_path: Path | None = None
+    verbose: bool = False
+    #: Set by the running command: the payload of its ``CommandSucceeded`` tape event.
+    response: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+    _tape: TapeWriter | None = None
+    _command: tuple[str, str] | None = None  # (event id, correlation id) on the tape
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.home)
+        return self._settings
+
+    def begin(self, name: str, params: dict[str, Any]) -> None:
+        """Load the settings and, with ``--tape``, record the command ``name``."""
+        settings = self.settings
+        if self.tape_path is None:
+            return
+        from ..tape import TapeWriter
+
+        self._tape = TapeWriter(self.tape_path, producer="cli", redact=settings.tape_redact)
+        payload = {key: list(value) if isinstance(value, tuple) else value
+                   for key, value in params.items()
+                   if key in _TAPE_FIELDS and value is not None}
+        self._command = self._tape.command(name, payload)
+
+    def finish(self, code: int) -> None:
+        if self._tape is not None and self._command is not None:
+            cmd_id, corr = self._command
+            if code == EXIT_OK:
+                self._tape.succeeded(cmd_id, corr, self.response)
+            else:
+                self._tape.failed(cmd_id, corr, f"exit code {code}")
+
+    def fail(self, message: str) -> None:
+        if self._tape is not None and self._command is not None:
+            self._tape.failed(*self._command, message)
+
+    def close(self) -> None:
+        if self._tape is not None:
+            self._tape.close()
+            self._tape = None
+
+
+def recorded(name: str) -> Callable[[Callable[Concatenate[App, P], int]],
+                                    Callable[P, int]]:
+    """Make ``fn(app, **params) -> exit code`` a command body recorded on ``--tape`` as
+    ``name`` (one of the tape envelope's CLI command names), with the shared error handling."""
+
+    def decorate(fn: Callable[Concatenate[App, P], int]) -> Callable[P, int]:
+        @functools.wraps(fn)
+        def invoke(*args: P.args, **params: P.kwargs) -> int:
+            app = click.get_current_context().find_object(App)
+            assert app is not None, "casparian commands run under the root group"
+            try:
+                app.begin(name, params)
+                code = fn(app, *args, **params)
+                app.finish(code)
+                return code
+            except KeyboardInterrupt:
+                print("casparian: interrupted", file=sys.stderr)
+                app.fail("interrupted")
+                return EXIT_INTERRUPTED
+            except CasparianError as exc:
+                if app.verbose:
+                    raise
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"casparian: error: {message}", file=sys.stderr)
+                app.fail(message)
+                return EXIT_USAGE
+
+        return invoke
+
+    return decorate

@@ -1,0 +1,69 @@
+"""The processes: ``casparian sentinel`` and ``casparian worker`` (one each, in the
+foreground; what :class:`~casparian_nb.launcher.LocalCluster` starts) and ``casparian start``
+(a sentinel and its workers in the foreground until Ctrl-C)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import click
+
+from ._app import EXIT_OK, App, recorded
+
+__all__ = ["sentinel", "start", "worker"]
+
+
+@click.command()
+@recorded("Sentinel")
+def sentinel(app: App) -> int:
+    """Run the sentinel of the home in the foreground."""
+    from ..sentinel.server import run_sentinel
+
+    return run_sentinel(app.settings)
+
+
+@click.command()
+@click.option("--slots", type=int, default=None, metavar="N",
+              help="Plugin hosts, i.e. jobs run at once (default: one per core).")
+@click.option("--worker-id", default=None, metavar="ID",
+              help="Name the worker reports to the sentinel (default: a random one).")
+@recorded("Worker")
+def worker(app: App, slots: int | None, worker_id: str | None) -> int:
+    """Run one worker of the home's sentinel in the foreground."""
+    from ..worker.supervisor import run_worker
+
+    return run_worker(app.settings, slots=slots, worker_id=worker_id)
+
+
+@click.command(short_help="Run a sentinel and workers in the foreground; Ctrl-C stops all.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Workers to start.")
+@click.option("--slots", type=int, default=None, metavar="N",
+              help="Plugin hosts per worker (default: one per core).")
+@recorded("Start")
+def start(app: App, workers: int, slots: int | None) -> int:
+    """Run a sentinel and its workers in the foreground; Ctrl-C (or SIGTERM) stops them all,
+    workers first."""
+    from ..launcher import LocalCluster
+
+    settings = app.settings
+    cluster = LocalCluster(settings, workers=workers, slots=slots)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # Installed, not inherited: `casparian start &` in a shell starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    info = cluster.start()
+    print(f"casparian: sentinel pid {info.pid} serving {settings.home} "
+          f"(control {info.control}); {workers} worker(s). Ctrl-C stops all.", flush=True)
+    try:
+        while not stopping and cluster.alive():
+            time.sleep(0.1)
+    finally:
+        cluster.stop()
+    print("casparian: stopped", flush=True)
+    return EXIT_OK

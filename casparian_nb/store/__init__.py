@@ -6,7 +6,8 @@ is never blocked by the writer (WAL). Both share the query API of ``JobQueries``
 
 from __future__ import annotations
 
-from .reader import JobQueries, StateReader, job_to_info
+from ._transitions import CANCELLED_BY_USER
+from .reader import QUEUE_ROW_COLUMNS, TABLES, JobQueries, StateReader, job_to_info
 from .schema import (
     COMPLETION_STATUSES,
     JOB_STATUSES,
@@ -17,14 +18,18 @@ from .schema import (
     iso_from_epoch,
     now_iso,
 )
-from .store import Materialization, NewJob, StateStore
+from .store import BatchingStateStore, Materialization, NewJob, StateStore
 
 __all__ = [
+    "CANCELLED_BY_USER",
     "COMPLETION_STATUSES",
     "JOB_STATUSES",
     "MATERIALIZATION_STATUSES",
     "MIGRATIONS",
+    "QUEUE_ROW_COLUMNS",
     "SCHEMA_VERSION",
+    "TABLES",
+    "BatchingStateStore",
     "JobQueries",
     "Materialization",
     "Migration",

@@ -33,7 +33,6 @@ from ._vocabulary import (
     JobsQueued,
     JobStarted,
     MarkStarted,
-    Persist,
     Promote,
     PromotionFinished,
     Publish,
@@ -47,6 +46,9 @@ from ._vocabulary import (
     WorkerGone,
     WorkerHeartbeat,
     WorkerJoined,
+)
+from ._vocabulary import (
+    Persist as Persist,  # re-exported: the loop tells store writes apart by it
 )
 
 _QUEUED, _RUNNING, _PROMOTING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PROMOTING

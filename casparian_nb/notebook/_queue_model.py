@@ -82,7 +82,7 @@ class Row:
         if self.status not in TERMINAL and (self.aborting or self.cancel_requested):
             return "aborting…"
         if self.status == JobStatus.RUNNING and not self.started:
-            return "dispatched"
+            return JobStatus.DISPATCHED.tape_name
         return self.status
 
     def duration(self) -> float | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 from .. import plan, sinks
 from ..config import Settings
@@ -72,6 +72,8 @@ class Persister:
                 store.fail_job(job_id, error, error_kind, traceback, now)
             case st.DeadLetter(job_id, reason, error):
                 store.dead_letter(job_id, reason, error, now)
+            case _:
+                assert_never(action)
 
     def _targets(self, plan_json: str | None) -> list[plan.OutputTarget]:
         if not plan_json:

@@ -1,7 +1,10 @@
 """What the sentinel's state machine hears (events) and says (actions): plain records.
 
 :mod:`.state` decides; the server loop builds these events from sockets, timers and the
-committer, and carries out the actions. Re-exported by :mod:`.state` (``st.Promote``, ...).
+committer, and carries out the actions. A store write is one small frozen record per
+operation (``ClaimJob``, ``CompleteJob``, ... — together the ``Persist`` union), which
+``Persister.apply`` maps onto the typed method of the store. Re-exported by :mod:`.state`
+(``st.Promote``, ...).
 """
 
 from __future__ import annotations

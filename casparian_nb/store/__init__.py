@@ -1,7 +1,10 @@
 """SQLite state store (``<home>/state.sqlite``): the one job model, materializations, plugins.
 
-``StateStore`` is the single writer (the sentinel); ``StateReader`` is for everyone else and
-is never blocked by the writer (WAL). Both share the query API of ``JobQueries``.
+Every SQL statement of the state DB lives in this package. ``StateStore`` is the single
+writer (the sentinel uses it as ``BatchingStateStore``: one transaction per loop iteration);
+``StateReader`` is for everyone else (CLI, notebook, widgets) and is never blocked by the
+writer (WAL). Both share the query API of ``JobQueries``. Statuses are the enums of
+:mod:`casparian_nb.protocol`; the schema's CHECK constraints are generated from them.
 """
 
 from __future__ import annotations

@@ -159,8 +159,8 @@ class SentinelState:
             actions += self._lose_worker(old, "worker re-registered", ev.now, graceful=False)
         capacity = max(1, ev.slots) + max(0, ev.prefetch)
         self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.identity, capacity, ev.pid, ev.now)
-        actions.append(Publish(EventName.WORKER_JOINED, {"worker_id": ev.worker_id, "slots": ev.slots,
-                                                "prefetch": ev.prefetch, "pid": ev.pid}))
+        actions.append(Publish(EventName.WORKER_JOINED, {
+            "worker_id": ev.worker_id, "slots": ev.slots, "prefetch": ev.prefetch, "pid": ev.pid}))
         return actions
 
     def _on_heartbeat(self, ev: WorkerHeartbeat) -> list[Action]:
@@ -182,7 +182,7 @@ class SentinelState:
         job.started, job.started_at = True, ev.now
         return [MarkStarted(job.id, ev.host_pid),
                 Publish(EventName.JOB_STARTED, {"job_id": job.id, "worker_id": ev.worker_id,
-                                       "host_pid": ev.host_pid})]
+                                                "host_pid": ev.host_pid})]
 
     def _on_receipt(self, ev: ReceiptReceived) -> list[Action]:
         job = self.jobs.get(ev.job_id)
@@ -266,11 +266,11 @@ class SentinelState:
                         result.get("quarantine_rows") or 0, result.get("source_hash"),
                         job.spec, job.plan_json),
             Publish(EventName.JOB_COMPLETED, {"job_id": job.id, "worker_id": job.worker_id,
-                                     **plugin_name_fields(job.spec),
-                                     "rows": result.get("rows", 0),
-                                     "outputs": result.get("outputs") or {},
-                                     "quarantine_rows": result.get("quarantine_rows", 0),
-                                     "duration_ms": result.get("duration_ms", 0.0)}),
+                                              **plugin_name_fields(job.spec),
+                                              "rows": result.get("rows", 0),
+                                              "outputs": result.get("outputs") or {},
+                                              "quarantine_rows": result.get("quarantine_rows", 0),
+                                              "duration_ms": result.get("duration_ms", 0.0)}),
         ]
         for art in artifacts:
             actions.append(Publish(EventName.MATERIALIZATION_RECORDED, {
@@ -289,8 +289,9 @@ class SentinelState:
             self._queued -= 1
             # The heap entries go stale; _pop_ready skips ids no longer queued.
             return [AbortJob(job.id, CANCELLED_BY_USER),
-                    Publish(EventName.JOB_ABORTED, {"job_id": job.id, "reason": "cancelled while queued",
-                                           "worker_id": None, "duration_ms": 0}),
+                    Publish(EventName.JOB_ABORTED, {"job_id": job.id,
+                                                    "reason": "cancelled while queued",
+                                                    "worker_id": None, "duration_ms": 0}),
                     Reply(ev.request_id, "CancelResult",
                           {"success": True, "state": JobStatus.ABORTED,
                            "message": "Job cancelled"})]
@@ -378,13 +379,14 @@ class SentinelState:
         self._enqueue(job, now)
         return [RequeueJob(job.id, job.retry_count, now, text, reason),
                 Publish(EventName.JOB_RETRIED, {"job_id": job.id, "retry_count": job.retry_count,
-                                       "delay_ms": 0, "error": text, "reason": reason})]
+                                                "delay_ms": 0, "error": text, "reason": reason})]
 
     def _finish_aborted(self, job: JobRec, reason: str, duration_ms: float) -> list[Action]:
         self.jobs.pop(job.id, None)
         return [AbortJob(job.id, reason),
                 Publish(EventName.JOB_ABORTED, {"job_id": job.id, "worker_id": job.worker_id,
-                                       "reason": reason, "duration_ms": round(duration_ms, 1)})]
+                                                "reason": reason,
+                                                "duration_ms": round(duration_ms, 1)})]
 
     def _finish_failed(self, job: JobRec, error: dict[str, Any], text: str,
                        duration_ms: float | None) -> list[Action]:
@@ -393,10 +395,10 @@ class SentinelState:
         reason = "max_retries_exceeded" if kind == ErrorKind.TRANSIENT else "permanent_error"
         return [FailJob(job.id, text, kind, str(error.get("traceback") or "")),
                 DeadLetter(job.id, reason, text),
-                Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id, "error": text,
-                                      "error_kind": kind, "retry_count": job.retry_count,
-                                      "will_retry": False,
-                                      "duration_ms": round(duration_ms or 0.0, 1)})]
+                Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id,
+                                               "error": text, "error_kind": kind,
+                                               "retry_count": job.retry_count, "will_retry": False,
+                                               "duration_ms": round(duration_ms or 0.0, 1)})]
 
     def _retry(self, job: JobRec, text: str, now: float) -> list[Action]:
         job.retry_count += 1
@@ -406,8 +408,8 @@ class SentinelState:
         self._enqueue(job, now)
         return [RequeueJob(job.id, job.retry_count, job.ready_at, text, "retry"),
                 Publish(EventName.JOB_RETRIED, {"job_id": job.id, "retry_count": job.retry_count,
-                                       "delay_ms": round(delay * 1000), "error": text,
-                                       "reason": "retry"})]
+                                                "delay_ms": round(delay * 1000), "error": text,
+                                                "reason": "retry"})]
 
     def _lose_worker(self, w: _Worker, reason: str, now: float, *, graceful: bool) -> list[Action]:
         """A worker is gone: its running jobs go back to the queue (a crash spends a retry,
@@ -477,10 +479,10 @@ class SentinelState:
             actions += [
                 ClaimJob(job.id, worker.worker_id, job.attempt),
                 Send(worker.worker_id, "Dispatch", {"job": payload}),
-                Publish(EventName.JOB_DISPATCHED, {"job_id": job.id, "worker_id": worker.worker_id,
-                                          **plugin_name_fields(job.spec),
-                                          "plugin_version": job.spec.get("parser_version"),
-                                          "attempt": job.attempt}),
+                Publish(EventName.JOB_DISPATCHED, {
+                    "job_id": job.id, "worker_id": worker.worker_id,
+                    **plugin_name_fields(job.spec),
+                    "plugin_version": job.spec.get("parser_version"), "attempt": job.attempt}),
             ]
 
     def next_wakeup(self) -> float | None:

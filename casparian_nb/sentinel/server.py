@@ -300,7 +300,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                 self._worker_procs.pop(wid, None)
                 self._feed(st.WorkerGone(wid, f"worker process {pid} exited", now))
 
-    def _feed(self, event: Any) -> None:
+    def _feed(self, event: st.Event) -> None:
         self._actions += self.state.handle(event)
 
     def _msg_id(self) -> str:

@@ -250,7 +250,7 @@ def main() -> int:
         ("  max while jobs ran", f"{max(samples[:running]) * 1000:.1f} ms", "",
          f"{running} samples"),
         ("  max in the 2 s after", f"{max(samples[running:]) * 1000:.1f} ms", "",
-         "last flushes, final reconcile, collector unfrozen"),
+         "last flushes, final reconcile"),
         ("sentinel events (tape lines)", f"{events:,}", "",
          f"{events / max(1, comm):.0f} events per comm message"),
         ("widget flushes / final counts", f"{widget['flushes']}", "",

@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import re
-import sqlite3
 import sys
 import tempfile
 import zipfile
@@ -48,12 +47,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 from . import __version__
 from ._scrub import _OWN_NAME, Scrubber
 from .config import Settings, TrustSettings
 from .errors import CasparianError
+from .store.schema import stored_version
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -223,24 +222,6 @@ def _read_log(path: Path, cap: int) -> tuple[str, bool]:
     return text, truncated
 
 
-def _schema_version(db: Path) -> int | None:
-    """The state DB's schema version, read-only; None when there is no readable DB."""
-    if not db.is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(db.absolute()))}?mode=ro", uri=True,
-                               timeout=1.0)
-    except sqlite3.Error:
-        return None
-    try:
-        row = conn.execute("SELECT value FROM cf_meta WHERE key = 'schema_version'").fetchone()
-        return int(row[0]) if row is not None else None
-    except (sqlite3.Error, TypeError, ValueError):
-        return None
-    finally:
-        conn.close()
-
-
 def _redacted_config(settings: Settings, scrub: Scrubber) -> dict[str, Any]:
     """Settings that differ from their defaults, trust flags and counts: no keys, no paths."""
     changed: dict[str, Any] = {}
@@ -356,7 +337,7 @@ def create_support_bundle(settings: Settings, out: Path | str, *, tapes: bool = 
                 "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "casparian_version": __version__,
                 "platform": _platform(),
-                "schema_version": _schema_version(settings.state_db),
+                "schema_version": stored_version(settings.state_db),
                 "redaction": "hash",
                 "contents": {"tapes": tape_names, "logs": log_names, "config": bool(config),
                              "truncated_logs": truncated},

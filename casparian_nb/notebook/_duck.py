@@ -6,10 +6,9 @@ Both exist to keep one promise: the notebook never blocks the sentinel or a sink
   attached, the committer cannot open it. So :class:`DuckFile` attaches only for the duration
   of one query, and first checks the committer's ``<file>.lock`` with a non-blocking shared
   ``flock``: if a committer holds it, the file is skipped with a note instead of waited for.
-* The state DB is SQLite in WAL mode; :class:`StateTables` reads it through a ``mode=ro``
-  connection in autocommit (each statement its own short snapshot), the way
-  :class:`~casparian_nb.store.StateReader` does, and re-reads a table only when
-  ``PRAGMA data_version`` says another connection committed since the last read.
+* The state DB is SQLite in WAL mode; :class:`StateTables` reads it through a
+  :class:`~casparian_nb.store.StateReader` (each statement its own short snapshot), and
+  re-reads a table only when its ``data_version`` says another connection committed since.
 """
 
 from __future__ import annotations
@@ -18,19 +17,20 @@ import contextlib
 import fcntl
 import os
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from ._state import connect_ro
+from ..errors import StoreError
+from ..store import TABLES, StateReader
+from ..store.reader import table_columns
 
 __all__ = ["DuckFile", "StateTables", "duck_alias", "lit", "quote_ident"]
 
 #: catalog name -> state DB table.
-STATE_TABLES = {"jobs": "cf_processing_queue", "materializations": "cf_output_materializations"}
+STATE_TABLES = TABLES
 _ARROW_TYPES = {"INTEGER": pa.int64(), "REAL": pa.float64(), "TEXT": pa.string()}
 
 
@@ -137,72 +137,52 @@ class StateTables:
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self._conn: sqlite3.Connection | None = None
+        self._reader: StateReader | None = None
         self._version: int | None = None
         self._loaded: dict[str, pa.Table] = {}
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self._conn is None:
-            self._conn = connect_ro(self.db)  # None until the sentinel initialised it
-        return self._conn
+    def _connect(self) -> StateReader | None:
+        if self._reader is None:
+            self._reader = StateReader.open_if_ready(self.db)  # None until the sentinel ran
+        return self._reader
 
     def sink_uris(self) -> list[str]:
         """Every distinct ``sink_uri`` jobs were submitted with."""
-        conn = self._connect()
-        if conn is None:
+        reader = self._connect()
+        if reader is None:
             return []
         try:
-            rows = conn.execute("SELECT DISTINCT sink_uri FROM cf_processing_queue "
-                                "WHERE sink_uri IS NOT NULL").fetchall()
-        except sqlite3.Error:
+            return reader.sink_uris()
+        except StoreError:
             return []
-        return [r[0] for r in rows]
 
     def register(self, con: duckdb.DuckDBPyConnection) -> list[str]:
         """(Re-)register ``_cf_jobs`` / ``_cf_materializations`` if the DB changed; names."""
-        conn = self._connect()
+        reader = self._connect()
         version = None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if reader is not None:
+            with contextlib.suppress(StoreError):
+                version = reader.data_version()
         changed = version is None or version != self._version or not self._loaded
         if changed:
-            for name, table in STATE_TABLES.items():
-                self._loaded[name] = _read_table(conn, table)
+            for name in STATE_TABLES:
+                self._loaded[name] = _read_table(reader, name)
                 con.register(f"_cf_{name}", self._loaded[name])
             self._version = version
         return list(STATE_TABLES)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
-def _declared(conn: sqlite3.Connection | None, table: str) -> list[tuple[str, str]]:
-    if conn is not None:
-        with contextlib.suppress(sqlite3.Error):
-            rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
-            if rows:
-                return [(r[1], str(r[2]).upper()) for r in rows]
-    # No DB yet: take the columns from the schema itself, so queries work on a fresh home.
-    from ..store.schema import DDL
-
-    mem = sqlite3.connect(":memory:")
-    try:
-        mem.executescript(DDL)
-        return [(r[1], str(r[2]).upper()) for r in mem.execute(f"PRAGMA table_info({table})")]
-    finally:
-        mem.close()
-
-
-def _read_table(conn: sqlite3.Connection | None, table: str) -> pa.Table:
-    columns = _declared(conn, table)
+def _read_table(reader: StateReader | None, name: str) -> pa.Table:
+    columns = table_columns(reader, name)
     rows: list[tuple[Any, ...]] = []
-    if conn is not None:
-        with contextlib.suppress(sqlite3.Error):
-            names = ", ".join(quote_ident(c) for c, _ in columns)
-            rows = conn.execute(f"SELECT {names} FROM {table}").fetchall()
+    if reader is not None:
+        with contextlib.suppress(StoreError):
+            rows = reader.table_rows(name, [c for c, _ in columns])
     arrays = []
     for i, (_, decl) in enumerate(columns):
         values = [r[i] for r in rows]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..client import ConnectionInfo, EventSubscriber
+from ..protocol import EventName, JobStatus
 from ..tape import TapeWriter
 
 __all__ = ["EventPump", "is_final"]
@@ -27,12 +28,16 @@ log = logging.getLogger("casparian_nb.notebook")
 #: ``(event name, data, publish time)``, what subscribers receive.
 Event = tuple[str, Mapping[str, Any], float | None]
 Subscriber = Callable[[list[Event]], None]
-_FINAL = {"JobCompleted", "JobAborted", "JobSkipped"}
+_FINAL = {EventName.JOB_COMPLETED, EventName.JOB_ABORTED, EventName.JOB_SKIPPED}
+#: The status each final event leaves its job in.
+_FINAL_STATUS: dict[str, JobStatus] = {EventName.JOB_COMPLETED: JobStatus.COMPLETED,
+                 EventName.JOB_ABORTED: JobStatus.ABORTED,
+                 EventName.JOB_SKIPPED: JobStatus.SKIPPED, EventName.JOB_FAILED: JobStatus.FAILED}
 
 
 def is_final(name: str, data: Mapping[str, Any]) -> bool:
     """Whether this event ends its job (a failure that will be retried does not)."""
-    return name in _FINAL or (name == "JobFailed" and data.get("will_retry") is not True)
+    return name in _FINAL or (name == EventName.JOB_FAILED and data.get("will_retry") is not True)
 
 
 class EventPump:
@@ -174,6 +179,5 @@ class EventPump:
             self._links[str(jid)] = (corr, event_id)
 
 
-def _final_status(name: str) -> str:
-    return {"JobCompleted": "COMPLETED", "JobAborted": "ABORTED", "JobSkipped": "SKIPPED",
-            "JobFailed": "FAILED"}[name]
+def _final_status(name: str) -> JobStatus:
+    return _FINAL_STATUS[name]

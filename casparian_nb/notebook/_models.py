@@ -4,15 +4,18 @@ notebooks and a readable text repr everywhere else — plus the errors of waitin
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import CasparianError, RemoteJobError
+from ..protocol import FINISHED_JOB_STATUSES, JobStatus
 from ._reprs import STATUS_COLORS, badge, esc, html_rows, kv_table, short_path
 
 __all__ = ["Job", "QueueStats", "WaitInterrupted", "WaitResult", "WaitTimeoutError"]
 
-TERMINAL = frozenset({"COMPLETED", "FAILED", "ABORTED", "SKIPPED"})
+TERMINAL = FINISHED_JOB_STATUSES
+#: Final statuses that count as success for :attr:`WaitResult.ok`.
+_OK = frozenset({JobStatus.COMPLETED, JobStatus.SKIPPED})
 _SHOWN = ("status", "plugin_name", "parser_version", "input_file", "worker_id", "rows",
           "quarantine_rows", "retry_count", "attempt", "created_at", "claimed_at", "started_at",
           "ended_at", "sink_uri", "sink_mode", "error_kind", "error_message")
@@ -40,21 +43,55 @@ class WaitInterrupted(KeyboardInterrupt):
         return [f"WaitInterrupted: {self.args[0]}"]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Job:
-    """One job as the state DB has it (``ctl.job(id)``); ``raw`` holds every column."""
+    """One job as the state DB has it (``ctl.job(id)``); ``raw`` holds every column, and any
+    column is also an attribute (``job.submission_id``, ``job.outputs_json``, ...)."""
 
     id: int
-    status: str
-    raw: dict[str, Any] = field(repr=False)
+    status: JobStatus
+    plugin_name: str
+    input_file: str
+    parser_version: str | None = None
+    worker_id: str | None = None
+    rows: int = 0
+    quarantine_rows: int = 0
+    retry_count: int = 0
+    attempt: int = 0
+    created_at: str | None = None
+    claimed_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    sink_uri: str | None = None
+    sink_mode: str | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+    traceback: str | None = field(default=None, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
-        return cls(int(row["id"]), str(row["status"]), dict(row))
+        """The job of a state DB row (``StateReader.get_job``)."""
+        def text(key: str) -> str | None:
+            value = row.get(key)
+            return None if value is None else str(value)
+
+        return cls(
+            id=int(row["id"]), status=JobStatus(row["status"]),
+            plugin_name=str(row.get("plugin_name") or ""),
+            input_file=str(row.get("input_file") or ""),
+            parser_version=text("parser_version"), worker_id=text("worker_id"),
+            rows=int(row.get("rows") or 0), quarantine_rows=int(row.get("quarantine_rows") or 0),
+            retry_count=int(row.get("retry_count") or 0), attempt=int(row.get("attempt") or 0),
+            created_at=text("created_at"), claimed_at=text("claimed_at"),
+            started_at=text("started_at"), ended_at=text("ended_at"),
+            sink_uri=text("sink_uri"), sink_mode=text("sink_mode"),
+            error_kind=text("error_kind"), error_message=text("error_message"),
+            traceback=text("traceback"), raw=dict(row))
 
     def __getattr__(self, name: str) -> Any:
-        # Columns as attributes: job.plugin_name, job.rows, job.error_message, ...
-        raw = self.__dict__.get("raw", {})
+        # Only called for names that are not fields: the other columns of the row.
+        raw = object.__getattribute__(self, "raw")
         if name in raw:
             return raw[name]
         raise AttributeError(f"Job has no attribute or column {name!r}")
@@ -67,14 +104,14 @@ class Job:
     @property
     def error(self) -> RemoteJobError | None:
         """The plugin's failure with its remote traceback (None unless FAILED)."""
-        if self.status != "FAILED":
+        if self.status != JobStatus.FAILED:
             return None
-        message = str(self.raw.get("error_message") or "")
+        message = self.error_message or ""
         ename, sep, evalue = message.partition(": ")
         if not sep or " " in ename:
             ename, evalue = "Error", message
-        return RemoteJobError(ename, evalue, str(self.raw.get("traceback") or ""),
-                              job_id=str(self.id), input_file=self.raw.get("input_file"))
+        return RemoteJobError(ename, evalue, self.traceback or "",
+                              job_id=str(self.id), input_file=self.input_file)
 
     def raise_for_status(self) -> Job:
         """Raise the job's :class:`RemoteJobError` if it FAILED; else return the job."""
@@ -84,15 +121,15 @@ class Job:
         return self
 
     def _fields(self) -> list[tuple[str, Any]]:
-        return [(k, self.raw.get(k)) for k in _SHOWN if self.raw.get(k) not in (None, "", 0)
-                or k in ("status", "rows")]
+        values = [(k, getattr(self, k)) for k in _SHOWN]
+        return [(k, v) for k, v in values if v not in (None, "", 0) or k in ("status", "rows")]
 
     def __repr__(self) -> str:
         lines = [f"Job {self.id}: {self.status}"]
         lines += [f"  {k:>16}: {v}" for k, v in self._fields() if k != "status"]
-        tb = self.raw.get("traceback")
-        if self.status == "FAILED" and tb:
-            lines += ["  remote traceback:", *("    " + ln for ln in str(tb).rstrip().splitlines())]
+        if self.status == JobStatus.FAILED and self.traceback:
+            lines += ["  remote traceback:",
+                      *("    " + ln for ln in self.traceback.rstrip().splitlines())]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -100,29 +137,44 @@ class Job:
         rows += [(k, esc(short_path(v, 80) if k == "input_file" else v))
                  for k, v in self._fields() if k != "status"]
         html = kv_table(rows, f"Job {self.id}")
-        tb = self.raw.get("traceback")
-        if self.status == "FAILED" and tb:
+        if self.status == JobStatus.FAILED and self.traceback:
             html += ('<details open><summary style="cursor:pointer">remote traceback</summary>'
-                     f'<pre style="font-size:11px;color:{STATUS_COLORS["FAILED"]};'
-                     f'white-space:pre-wrap">{esc(tb)}</pre></details>')
+                     f'<pre style="font-size:11px;color:{STATUS_COLORS[JobStatus.FAILED]};'
+                     f'white-space:pre-wrap">{esc(self.traceback)}</pre></details>')
         return html
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Jobs per status (``ctl.stats()``)."""
+    """Jobs per status (``ctl.stats()``): ``stats.queued``, ``stats["running"]``, ..."""
 
-    counts: dict[str, int]
+    queued: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    aborted: int = 0
+    skipped: int = 0
+    #: RUNNING jobs being aborted (counted in ``running`` too).
+    cancel_requested: int = 0
+    #: Every job, whatever its status.
+    total: int = 0
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int]) -> QueueStats:
+        """From ``StateReader.queue_stats()`` (lower-case status -> count)."""
+        return cls(**{f: int(counts.get(f, 0)) for f in _STATS_FIELDS})
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Lower-case status (and ``cancel_requested``, ``total``) -> count."""
+        return {f: getattr(self, f) for f in _STATS_FIELDS}
 
     def __getitem__(self, status: str) -> int:
         return self.counts.get(status.lower(), 0)
 
-    @property
-    def total(self) -> int:
-        return self.counts.get("total", 0)
-
     def to_dict(self) -> dict[str, int]:
-        return dict(self.counts)
+        """:attr:`counts` as a new dict."""
+        return self.counts
 
     def __repr__(self) -> str:
         parts = [f"{k} {v}" for k, v in self.counts.items() if v and k != "total"]
@@ -134,14 +186,19 @@ class QueueStats:
         return html_rows(["status", "jobs"], [*cells, ("<b>total</b>", f"<b>{self.total:,}</b>")])
 
 
-@dataclass
+_STATS_FIELDS = tuple(f.name for f in fields(QueueStats))
+
+
+@dataclass(frozen=True, slots=True)
 class WaitResult:
-    """What ``ctl.wait()`` saw when every job it waited for had finished."""
+    """What ``ctl.wait()`` saw when every job it waited for had finished: each job's final
+    status, or ``"UNKNOWN"`` for a job the state DB does not have."""
 
     statuses: dict[int, str]
 
     @property
     def counts(self) -> dict[str, int]:
+        """Final status -> how many of the jobs ended so."""
         out: dict[str, int] = {}
         for s in self.statuses.values():
             out[s] = out.get(s, 0) + 1
@@ -150,11 +207,12 @@ class WaitResult:
     @property
     def ok(self) -> bool:
         """True when no job FAILED or was ABORTED."""
-        return all(s in ("COMPLETED", "SKIPPED") for s in self.statuses.values())
+        return all(s in _OK for s in self.statuses.values())
 
     @property
     def failed(self) -> list[int]:
-        return sorted(j for j, s in self.statuses.items() if s == "FAILED")
+        """Ids of the jobs that FAILED, ascending."""
+        return sorted(j for j, s in self.statuses.items() if s == JobStatus.FAILED)
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(self.counts.items()))

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, EventName, JobStatus
+
 __all__ = ["STATUSES", "TERMINAL", "QueueModel", "Row"]
 
-STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "ABORTED", "SKIPPED")
-TERMINAL = frozenset({"COMPLETED", "FAILED", "ABORTED", "SKIPPED"})
+#: The statuses the table counts, in the order its header shows them.
+STATUSES = STORED_JOB_STATUSES
+TERMINAL = FINISHED_JOB_STATUSES
+_CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 SORT_KEYS = ("id", "status", "plugin", "input", "worker", "rows", "duration")
 _ERROR_WIDTH = 300
 
@@ -54,7 +58,7 @@ class Row:
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
-        self.status = "QUEUED"
+        self.status: str = JobStatus.QUEUED  # what the sentinel or the DB said last
         self.plugin: str | None = None
         self.input: str = ""
         self.input_file: str | None = None
@@ -77,8 +81,8 @@ class Row:
         """What the status cell says: ``aborting…`` while a cancel is pending."""
         if self.status not in TERMINAL and (self.aborting or self.cancel_requested):
             return "aborting…"
-        if self.status == "RUNNING" and not self.started:
-            return "dispatched"
+        if self.status == JobStatus.RUNNING and not self.started:
+            return JobStatus.DISPATCHED.tape_name
         return self.status
 
     def duration(self) -> float | None:
@@ -94,7 +98,7 @@ class Row:
                 "plugin": self.plugin, "input": self.input, "path": self.input_file,
                 "worker": self.worker, "rows": self.rows, "start": self.start,
                 "duration_ms": self.duration(), "error": self.error, "retries": self.retries,
-                "cancellable": self.status in ("QUEUED", "RUNNING") and self.label != "aborting…"}
+                "cancellable": self.status in _CANCELLABLE and self.label != "aborting…"}
 
 
 def _sort_value(row: Row, key: str, desc: bool) -> Any:
@@ -156,38 +160,40 @@ class QueueModel:
             row = self._row(job.get("id"))
             if row is None or (since is not None and row.touched > since):
                 continue
-            status = str(job.get("status") or "QUEUED").upper()
+            status = str(job.get("status") or JobStatus.QUEUED).upper()
             if row.status in TERMINAL and status not in TERMINAL:
                 continue  # an event already told us more than this (older) snapshot
             self._set_status(row, status)
             row.plugin = job.get("plugin_name") or row.plugin
             row.input_file = job.get("input_file") or row.input_file
             row.input = _short(row.input_file)
-            row.worker = job.get("worker_id") or (None if status == "QUEUED" else row.worker)
-            if job.get("rows") is not None and status != "QUEUED":
+            queued = status == JobStatus.QUEUED
+            row.worker = job.get("worker_id") or (None if queued else row.worker)
+            if job.get("rows") is not None and not queued:
                 row.rows = int(job["rows"])
-            row.started = status == "RUNNING" and bool(job.get("started_at"))
+            row.started = status == JobStatus.RUNNING and bool(job.get("started_at"))
             row.start = _epoch(job.get("started_at")) or _epoch(job.get("claimed_at"))
             row.end = _epoch(job.get("ended_at"))
             row.retries = int(job.get("retry_count") or 0)
             row.cancel_requested = bool(job.get("cancel_requested_at")
                                         or job.get("cancel_requested"))
-            row.error = _one_line(job.get("error_message")) if status != "COMPLETED" else None
+            completed = status == JobStatus.COMPLETED
+            row.error = None if completed else _one_line(job.get("error_message"))
         self.dirty = True
 
     def apply(self, name: str, data: Mapping[str, Any], ts: float | None = None) -> bool:
         """Apply one sentinel event; returns whether the table changed."""
-        if name == "WorkerJoined":
+        if name == EventName.WORKER_JOINED:
             self.workers.add(str(data.get("worker_id")))
             return False
-        if name in ("WorkerLost", "WorkerLeft"):
+        if name in (EventName.WORKER_LOST, EventName.WORKER_LEFT):
             self.workers.discard(str(data.get("worker_id")))
             self.seq += 1
             for jid in data.get("requeued_job_ids") or ():
                 row = self._row(jid)
                 if row is not None and row.status not in TERMINAL:
                     row.touched = self.seq
-                    self._set_status(row, "QUEUED")
+                    self._set_status(row, JobStatus.QUEUED)
                     row.worker, row.start, row.end = None, None, None
             self.dirty = True
             return True
@@ -195,7 +201,7 @@ class QueueModel:
         row = self._row(data.get("job_id")) if handler else None
         if handler is None or row is None:
             return False
-        if row.status in TERMINAL and name != "JobSkipped":
+        if row.status in TERMINAL and name != EventName.JOB_SKIPPED:
             return False  # terminal is final: a late or replayed event cannot undo it
         handler(self, row, data, ts)
         self.seq += 1
@@ -204,21 +210,21 @@ class QueueModel:
         return True
 
     def _queued(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._set_status(row, "QUEUED")
+        self._set_status(row, JobStatus.QUEUED)
         row.plugin = d.get("plugin_name") or row.plugin
         if d.get("input_file"):
             row.input_file = str(d["input_file"])
             row.input = _short(row.input_file)
 
     def _dispatched(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._set_status(row, "RUNNING")
+        self._set_status(row, JobStatus.RUNNING)
         row.worker = d.get("worker_id") or row.worker
         row.plugin = d.get("plugin_name") or row.plugin
         row.start, row.end, row.duration_ms = ts, None, None
         row.started = False
 
     def _started(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._set_status(row, "RUNNING")
+        self._set_status(row, JobStatus.RUNNING)
         row.worker = d.get("worker_id") or row.worker
         row.started = True
         if ts is not None or row.start is None:
@@ -235,28 +241,28 @@ class QueueModel:
         row.duration_ms = float(dur) if isinstance(dur, int | float) else None
 
     def _completed(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._finish(row, "COMPLETED", d, ts)
+        self._finish(row, JobStatus.COMPLETED, d, ts)
         row.rows = int(d["rows"]) if isinstance(d.get("rows"), int) else row.rows
         row.error = None
 
     def _failed(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         retry = d.get("will_retry") is True
-        self._finish(row, "QUEUED" if retry else "FAILED", d, ts)
+        self._finish(row, JobStatus.QUEUED if retry else JobStatus.FAILED, d, ts)
         row.error = _one_line(d.get("error"))
 
     def _aborted(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._finish(row, "ABORTED", d, ts)
+        self._finish(row, JobStatus.ABORTED, d, ts)
         row.error = _one_line(d.get("reason"))
 
     def _retried(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._set_status(row, "QUEUED")
+        self._set_status(row, JobStatus.QUEUED)
         row.worker, row.start, row.end, row.duration_ms = None, None, None, None
         row.cancel_requested = False
         row.retries = int(d.get("retry_count") or row.retries + 1)
         row.error = _one_line(d.get("error"))
 
     def _skipped(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
-        self._set_status(row, "SKIPPED")
+        self._set_status(row, JobStatus.SKIPPED)
         if d.get("input_file"):
             row.input_file = str(d["input_file"])
             row.input = _short(row.input_file)
@@ -285,7 +291,7 @@ class QueueModel:
 
     # -- reading -----------------------------------------------------------------------------
     def count_dict(self) -> dict[str, int]:
-        out = {s: max(0, self.counts.get(s, 0)) for s in STATUSES}
+        out: dict[str, int] = {s: max(0, self.counts.get(s, 0)) for s in STATUSES}
         out["aborting"] = sum(1 for r in self.active.values() if r.aborting or r.cancel_requested)
         out["total"] = len(self.rows)
         return out
@@ -326,14 +332,14 @@ class QueueModel:
         return total, offset, [r.to_json() for r in top[offset:want]]
 
 
-_HANDLERS = {
-    "JobQueued": QueueModel._queued,
-    "JobDispatched": QueueModel._dispatched,
-    "JobStarted": QueueModel._started,
-    "CancelRequested": QueueModel._cancel,
-    "JobCompleted": QueueModel._completed,
-    "JobFailed": QueueModel._failed,
-    "JobAborted": QueueModel._aborted,
-    "JobRetried": QueueModel._retried,
-    "JobSkipped": QueueModel._skipped,
+_HANDLERS: dict[str, Callable[[QueueModel, Row, Mapping[str, Any], float | None], None]] = {
+    EventName.JOB_QUEUED: QueueModel._queued,
+    EventName.JOB_DISPATCHED: QueueModel._dispatched,
+    EventName.JOB_STARTED: QueueModel._started,
+    EventName.CANCEL_REQUESTED: QueueModel._cancel,
+    EventName.JOB_COMPLETED: QueueModel._completed,
+    EventName.JOB_FAILED: QueueModel._failed,
+    EventName.JOB_ABORTED: QueueModel._aborted,
+    EventName.JOB_RETRIED: QueueModel._retried,
+    EventName.JOB_SKIPPED: QueueModel._skipped,
 }

@@ -14,17 +14,19 @@ from typing import Any
 
 import pandas as pd
 
+from ..protocol import JobStatus
+
 __all__ = ["STATUS_COLORS", "QueryResult", "badge", "esc", "kv_table", "short_path"]
 
 #: Job status -> colour (queue widget, timeline and HTML reprs agree).
 STATUS_COLORS = {
-    "QUEUED": "#6b7280",
-    "RUNNING": "#2563eb",
+    JobStatus.QUEUED: "#6b7280",
+    JobStatus.RUNNING: "#2563eb",
     "ABORTING": "#d97706",
-    "COMPLETED": "#16a34a",
-    "FAILED": "#dc2626",
-    "ABORTED": "#9333ea",
-    "SKIPPED": "#9ca3af",
+    JobStatus.COMPLETED: "#16a34a",
+    JobStatus.FAILED: "#dc2626",
+    JobStatus.ABORTED: "#9333ea",
+    JobStatus.SKIPPED: "#9ca3af",
 }
 
 _TABLE = "border-collapse:collapse;font-size:12px;font-family:var(--jp-ui-font-family,sans-serif)"

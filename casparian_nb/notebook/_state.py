@@ -1,48 +1,26 @@
 """Light, read-only reads of the state DB for the widgets and ``wait()``.
 
-:class:`~casparian_nb.store.StateReader` returns whole rows with their JSON columns decoded —
-right for ``ctl.job(id)``, too heavy to re-read 10,000 queued jobs every few seconds from the
-kernel's thread. These queries fetch only the columns the queue table shows, and take any
-number of ids in one bound parameter (``json_each``). Same connection discipline as
-StateReader: ``mode=ro`` URI, autocommit, so each statement is its own short WAL snapshot and
-the sentinel (the only writer) is never blocked (F5).
+:meth:`StateReader.get_job <casparian_nb.store.StateReader.get_job>` returns whole rows with
+their JSON columns decoded — right for ``ctl.job(id)``, too heavy to re-read 10,000 queued jobs
+every few seconds from the kernel's thread. :class:`JobRows` asks the store for the queue-table
+projection instead (:meth:`~casparian_nb.store.StateReader.queue_rows`), and opens its reader
+only once the sentinel has created the DB.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-__all__ = ["JOB_COLUMNS", "JobRows", "connect_ro"]
+from ..protocol import JobStatus
+from ..store import QUEUE_ROW_COLUMNS, StateReader
+
+__all__ = ["JOB_COLUMNS", "JobRows"]
 
 #: What the queue widget needs of a job (QueueModel.load reads these keys).
-JOB_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows", "claimed_at",
-               "started_at", "ended_at", "cancel_requested_at", "error_message", "retry_count")
-_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM cf_processing_queue"
-
-
-def connect_ro(db: Path) -> sqlite3.Connection | None:
-    """A read-only connection to an initialised state DB, or None (missing / not ours yet)."""
-    if not db.is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True,
-                               isolation_level=None, check_same_thread=False)
-    except sqlite3.Error:
-        return None
-    try:
-        conn.execute("PRAGMA busy_timeout = 1000")  # WAL readers wait only in recovery
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("SELECT 1 FROM cf_processing_queue LIMIT 0")
-    except sqlite3.Error:
-        conn.close()
-        return None
-    return conn
+JOB_COLUMNS = QUEUE_ROW_COLUMNS
 
 
 class JobRows:
@@ -50,36 +28,31 @@ class JobRows:
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self._conn: sqlite3.Connection | None = None
+        self._reader: StateReader | None = None
         self._lock = threading.Lock()
 
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    def _store(self) -> StateReader | None:
         with self._lock:
-            if self._conn is None:
-                self._conn = connect_ro(self.db)
-                if self._conn is None:
-                    return []
-            cur = self._conn.execute(sql, tuple(params))
-            return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+            if self._reader is None:
+                self._reader = StateReader.open_if_ready(self.db)
+            return self._reader
 
     def newest(self, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` jobs, newest first."""
-        return self._rows(f"{_SELECT} ORDER BY id DESC LIMIT ?", (max(0, int(limit)),))
+        reader = self._store()
+        return reader.queue_rows(newest=limit) if reader is not None else []
 
     def by_ids(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """These jobs (any number of ids in one query)."""
-        wanted = [int(i) for i in ids]
-        if not wanted:
-            return []
-        return self._rows(f"{_SELECT} WHERE id IN (SELECT value FROM json_each(?))",
-                          (json.dumps(wanted),))
+        reader = self._store()
+        return reader.queue_rows(ids=ids) if reader is not None else []
 
-    def statuses(self, ids: Iterable[int]) -> dict[int, str]:
+    def statuses(self, ids: Iterable[int]) -> dict[int, JobStatus]:
         """``{id: status}`` of these jobs (ids missing from the DB are left out)."""
-        return {int(r["id"]): str(r["status"]) for r in self.by_ids(ids)}
+        return {int(r["id"]): JobStatus(r["status"]) for r in self.by_ids(ids)}
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None

@@ -25,7 +25,7 @@ __all__ = ["wait_for"]
 def _db_statuses(ctl: Controller, pending: set[int]) -> dict[int, str]:
     """Final statuses, from the state DB, of the pending jobs that have one."""
     found = ctl._rows.statuses(pending)
-    out = {j: s for j, s in found.items() if s in TERMINAL}
+    out: dict[int, str] = {j: s for j, s in found.items() if s in TERMINAL}
     for jid in pending - set(found):
         out[jid] = "UNKNOWN"  # not in the DB at all: waiting for it would never end
     return out

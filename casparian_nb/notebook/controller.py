@@ -37,6 +37,7 @@ from ..client import ConnectionInfo, ControlClient, connection_is_live, read_con
 from ..config import Settings, load_settings
 from ..errors import SentinelError
 from ..launcher import LocalCluster
+from ..protocol import JobStatus
 from ._events import EventPump
 from ._models import Job, QueueStats
 from ._session import SessionTape, cluster_env, notebook_cluster
@@ -211,8 +212,8 @@ class Controller:
     def cancel_all_queued(self) -> dict[str, Any]:
         """Cancel every job still QUEUED (running jobs keep running)."""
         self._check()
-        with self.session.command("Cancel", {"status": "QUEUED"}) as r:
-            reply = self.client.cancel_jobs(status="QUEUED")
+        with self.session.command("Cancel", {"status": JobStatus.QUEUED}) as r:
+            reply = self.client.cancel_jobs(status=JobStatus.QUEUED)
             r.update(count=len(reply.get("results") or {}))
         return reply
 
@@ -242,7 +243,7 @@ class Controller:
 
     def stats(self) -> QueueStats:
         """Jobs per status (plus ``cancel_requested`` and ``total``)."""
-        return QueueStats(self._state().queue_stats())
+        return QueueStats.from_counts(self._state().queue_stats())
 
     def job_snapshot(self, ids: Sequence[int] | None = None,
                      limit: int = 20_000) -> list[dict[str, Any]]:
@@ -267,7 +268,7 @@ class Controller:
             result = wait_for(self, wanted, timeout, cancel_on_interrupt, poll)
             r.update(count=len(result.statuses), failed_job_ids=result.failed,
                      aborted_job_ids=sorted(j for j, s in result.statuses.items()
-                                            if s == "ABORTED"))
+                                            if s == JobStatus.ABORTED))
         return result
 
     def _pump_widgets(self, final: bool = False) -> None:

@@ -23,7 +23,6 @@ not confirmed (F10). A refused cancel clears the mark and shows the sentinel's r
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -35,8 +34,9 @@ from typing import Any, Protocol
 import anywidget
 import traitlets
 
+from ..protocol import JobStatus, vocabulary
 from ._queue_model import STATUSES, QueueModel
-from ._scheduling import IOLoopScheduler, Scheduler, default_scheduler
+from ._scheduling import Scheduler, default_scheduler
 
 __all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
 
@@ -49,29 +49,12 @@ _MERGE_SLICE = 1000
 QueueEvent = tuple[str, Mapping[str, Any], float | None]
 
 
-#: Queue widgets that want the collector frozen now (they have unfinished jobs).
-_freezers: set[int] = set()
-
-
-def _want_frozen(owner: int, want: bool) -> None:
-    """``gc.freeze()`` while any queue widget has unfinished jobs, ``gc.unfreeze()`` once
-    none has.
-
-    While jobs stream in, their event dicts trigger a full collection every few seconds,
-    and a full collection walks every object of the kernel and its imports (~10^6 objects,
-    80-130 ms measured): a stalled cell. Frozen objects are skipped. They are still freed by
-    reference counting; only cycles among them wait — until the queue is idle, when
-    ``unfreeze`` hands them back to the collector (a delay, never a leak).
-    """
-    before = bool(_freezers)
-    if want:
-        _freezers.add(owner)
-    else:
-        _freezers.discard(owner)
-    if _freezers and not before:
-        gc.freeze()
-    elif before and not _freezers:
-        gc.unfreeze()
+#: What the ``vocabulary`` trait holds.
+STATUS_VOCABULARY: dict[str, Any] = {
+    "statuses": [str(s) for s in STATUSES], "queued": str(JobStatus.QUEUED),
+    "running": str(JobStatus.RUNNING), "dispatched": str(JobStatus.DISPATCHED),
+    "finished": vocabulary()["finished_job_statuses"],
+}
 
 
 class QueueSource(Protocol):
@@ -102,18 +85,17 @@ class QueueWidget(anywidget.AnyWidget):
     view = traitlets.Dict().tag(sync=True)
     message = traitlets.Unicode("").tag(sync=True)
     workers = traitlets.Int(0).tag(sync=True)
+    #: The status names the front-end shows (it spells none itself): the statuses counted,
+    #: in table order, and which mean queued, running and dispatched.
+    vocabulary = traitlets.Dict(STATUS_VOCABULARY).tag(sync=True)
 
     def __init__(self, source: QueueSource, *, limit: int = 25, interval: float = 0.1,
                  reconcile_every: float = 3.0, scheduler: Scheduler | None = None,
-                 clock: Callable[[], float] = time.monotonic, freeze_gc: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  **kwargs: Any) -> None:
         self._source = source
         self._model = QueueModel()
         self._scheduler = scheduler or default_scheduler()
-        #: Freeze the cyclic collector while jobs are unfinished (see ``_want_frozen``);
-        #: default: in a kernel (its IO loop drives the widget), not in scripts and tests.
-        self._freeze_gc = (isinstance(self._scheduler, IOLoopScheduler) if freeze_gc is None
-                           else freeze_gc)
         self._clock = clock
         self._thread = threading.current_thread()  # the one thread that touches traits
         #: Minimum seconds between two flushes (0.1 → at most 10 updates per second).
@@ -198,9 +180,6 @@ class QueueWidget(anywidget.AnyWidget):
                     sent = True
         self._last_flush = self._clock()
         self.flushes += sent
-        if self._freeze_gc:
-            c = self._model.counts
-            _want_frozen(id(self), c["QUEUED"] + c["RUNNING"] > 0)
         if self._inbox:  # arrived while we worked: next flush, still rate-limited
             self._schedule_flush()
 
@@ -318,7 +297,7 @@ class QueueWidget(anywidget.AnyWidget):
 
     def cancel_all_queued(self) -> None:
         """What "cancel all queued" does: every QUEUED row ``aborting…`` until confirmed."""
-        ids = self._model.ids_with_status("QUEUED")
+        ids = self._model.ids_with_status(JobStatus.QUEUED)
         self._model.mark_aborting(ids)
         self._flush(force=True)
         self._after_cancel(ids, self._source.cancel_all_queued, "queued jobs")
@@ -344,7 +323,6 @@ class QueueWidget(anywidget.AnyWidget):
         if not self._closed:
             self._closed = True
             self._unsubscribe()
-            _want_frozen(id(self), False)
         super().close()
 
     def summary(self) -> str:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 from .. import plan, sinks
 from ..config import Settings
 from ..errors import SinkLockedError
-from ..store import Materialization, StateReader, StateStore
+from ..protocol import CompletionStatus, JobStatus, MaterializationStatus
+from ..store import BatchingStateStore, Materialization, StateReader, StateStore
 from ..store.schema import iso_from_epoch
 from . import state as st
 from ._submit import job_spec
@@ -27,42 +26,14 @@ __all__ = ["Persister", "SentinelStore"]
 log = logging.getLogger("casparian_nb.sentinel")
 
 
-class SentinelStore(StateStore):
-    """The state store as the sentinel's loop uses it: every operation runs inside the loop
-    iteration's one transaction, which alone makes the batch atomic. Nested levels therefore
-    take no savepoint (one SQL statement is atomic by itself, and when anything in the batch
-    fails the loop rolls the whole batch back and replays it one operation per transaction):
-    this halves the statements per job."""
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        if self._depth:
-            yield
-            return
-        with super().transaction():
-            yield
-
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self._depth:
-            return int(self._conn.execute(sql, params).rowcount)
-        return super()._exec(sql, params)
-
-    def count_jobs(self, status: str | None = None, submission_id: str | None = None) -> int:
-        """How many jobs match a ListJobs filter (the ``total`` of its pages)."""
-        where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status.upper())
-        if submission_id is not None:
-            where.append("submission_id = ?")
-            params.append(submission_id)
-        sql = "SELECT count(*) FROM cf_processing_queue"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return int(self._fetchall(sql, params)[0][0])
+#: The sentinel's store: writes batched into one transaction per loop iteration.
+SentinelStore = BatchingStateStore
 
 
 class Persister:
+    """Carries out the state machine's store writes (loop thread) and promotions (committer
+    thread), and rebuilds its records from the state DB at start-up."""
+
     def __init__(self, store: StateStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
@@ -75,25 +46,34 @@ class Persister:
 
     # -- Persist actions (loop thread) ---------------------------------------------------
     def apply(self, action: st.Persist, now: str | None = None) -> None:
-        """Carry out one ``Persist``; ``now`` (RFC 3339) stamps it (one clock read per batch)."""
-        a = action.args
-        op = action.op
-        if op == "claim_job":
-            self.store.claim_job(a["job_id"], a["worker_id"], now, attempt=a["attempt"])
-        elif op == "mark_started":
-            self.store.mark_started(a["job_id"], a["host_pid"], now)
-        elif op == "record_staged":
-            self.store.record_staged(a["job_id"], a["staged"], source_hash=a["source_hash"],
-                                     rows=a["rows"], quarantine_rows=a["quarantine_rows"],
-                                     duration_ms=a["duration_ms"], now=now)
-        elif op == "complete_job":
-            self._complete(a, now)
-        elif op == "requeue_job":
-            self.store.requeue_job(a["job_id"], scheduled_at=iso_from_epoch(a["scheduled_at"]),
-                                   retry_count=a["retry_count"], error=a["error"],
-                                   reason=a["reason"], now=now)
-        else:
-            getattr(self.store, op)(**a, now=now)
+        """Carry out one store write of the state machine; ``now`` (RFC 3339) stamps it (one
+        clock read per batch)."""
+        store = self.store
+        match action:
+            case st.ClaimJob(job_id, worker_id, attempt):
+                store.claim_job(job_id, worker_id, now, attempt=attempt)
+            case st.MarkStarted(job_id, host_pid):
+                store.mark_started(job_id, host_pid, now)
+            case st.RequestCancel(job_id):
+                store.request_cancel(job_id, now)
+            case st.RecordStaged():
+                store.record_staged(action.job_id, action.staged, source_hash=action.source_hash,
+                                    rows=action.rows, quarantine_rows=action.quarantine_rows,
+                                    duration_ms=action.duration_ms, now=now)
+            case st.CompleteJob():
+                self._complete(action, now)
+            case st.RequeueJob():
+                store.requeue_job(action.job_id, scheduled_at=iso_from_epoch(action.scheduled_at),
+                                  retry_count=action.retry_count, error=action.error,
+                                  reason=action.reason, now=now)
+            case st.AbortJob(job_id, reason):
+                store.abort_job(job_id, reason, now)
+            case st.FailJob(job_id, error, error_kind, traceback):
+                store.fail_job(job_id, error, error_kind, traceback, now)
+            case st.DeadLetter(job_id, reason, error):
+                store.dead_letter(job_id, reason, error, now)
+            case _:
+                assert_never(action)
 
     def _targets(self, plan_json: str | None) -> list[plan.OutputTarget]:
         if not plan_json:
@@ -105,24 +85,24 @@ class Persister:
             targets = self._plans[plan_json] = plan.plan_from_json(plan_json)
         return targets
 
-    def _complete(self, a: dict[str, Any], now: str | None) -> None:
+    def _complete(self, a: st.CompleteJob, now: str | None) -> None:
         """RUNNING → COMPLETED plus one materialization per planned output (F4)."""
-        job_id = a["job_id"]
-        outputs: dict[str, int] = dict(a.get("outputs") or {})
-        quarantine = int(a.get("quarantine_rows") or 0)
+        outputs = dict(a.outputs)
+        quarantine = int(a.quarantine_rows or 0)
         moved = self.store.complete_job(
-            job_id, "PARTIAL_SUCCESS" if quarantine else "SUCCESS",
+            a.job_id,
+            CompletionStatus.PARTIAL_SUCCESS if quarantine else CompletionStatus.SUCCESS,
             rows=sum(outputs.values()), quarantine_rows=quarantine, outputs=outputs,
-            artifacts=a.get("artifacts"), now=now,
+            artifacts=a.artifacts, now=now,
             result_summary="Partial success" if quarantine else "Success")
         if not moved:
             return  # not RUNNING (a duplicate): its materializations exist already
-        spec: dict[str, Any] = a.get("spec") or {}
-        source_hash = a.get("source_hash") or ""
+        spec = a.spec
+        source_hash = a.source_hash or ""
         plugin_name = str(spec.get("plugin_name") or "")
         version = spec.get("parser_version")
         mats = []
-        for t in self._targets(a.get("plan_json")):
+        for t in self._targets(a.plan_json):
             produced = outputs.get(t.output) if t.output != plan.ALL_OUTPUTS else sum(outputs.values())
             mats.append(Materialization(
                 materialization_key=plan.materialization_key(source_hash, plugin_name,
@@ -131,8 +111,8 @@ class Persister:
                 plugin_name=plugin_name, parser_version=version,
                 output_name=t.output, table_name=t.table, sink_uri=spec.get("sink"),
                 sink_mode=spec.get("mode"), schema_hash=t.schema_hash,
-                status="success" if produced else "no_data", rows=int(produced or 0),
-                job_id=job_id))
+                status=MaterializationStatus.SUCCESS if produced else MaterializationStatus.NO_DATA,
+                rows=int(produced or 0), job_id=a.job_id))
         if mats:
             self.store.record_materializations(mats, now)
 
@@ -176,7 +156,7 @@ class Persister:
                 record = row.get("staged_json") or {}
                 if record.get("staged") is not None:
                     rec = self._rec(row, now)
-                    rec.status = "PROMOTING"
+                    rec.status = JobStatus.PROMOTING
                     rec.worker_id = row.get("worker_id")
                     outputs = {str(k): int(v) for k, v in dict(record.get("rows") or {}).items()}
                     rec.result = {"rows": sum(outputs.values()), "outputs": outputs,
@@ -194,7 +174,7 @@ class Persister:
 
     def load_queued(self, now: float) -> list[st.JobRec]:
         """Every QUEUED job as the state machine's record, oldest first (streamed)."""
-        return [self._rec(r, now) for r in self.store.iter_dispatchable("QUEUED")]
+        return [self._rec(r, now) for r in self.store.iter_dispatchable(JobStatus.QUEUED)]
 
     # -- promotion (committer thread) ----------------------------------------------------
     def _run_ids(self, submission_id: str | None, job_id: int) -> frozenset[str]:

@@ -22,6 +22,7 @@ from .. import lineage, plan, plugins, sinks
 from .._inputs import expand_inputs
 from ..config import Settings
 from ..errors import PluginError
+from ..protocol import EventName
 from ..store import NewJob, StateStore
 from .state import JobRec, plugin_name_fields
 
@@ -34,7 +35,7 @@ class SubmitOutcome:
     job_ids: list[int] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     records: list[JobRec] = field(default_factory=list)
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    events: list[tuple[EventName, dict[str, Any]]] = field(default_factory=list)
 
 
 def job_spec(row: dict[str, Any], plugin_path: str, staging_root: str) -> dict[str, Any]:
@@ -195,13 +196,13 @@ class SubmitHandler:
             out.records.append(JobRec(id=job_id, priority=priority, spec=shared,
                                       timeout_s=timeout_s, plan_json=plan_json,
                                       input_file=job.input_file))
-            out.events.append(("JobQueued", {
+            out.events.append((EventName.JOB_QUEUED, {
                 "job_id": job_id, **name_fields, "plugin_version": spec.version,
                 "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))
         for job_id, job in zip(skipped_ids, skip, strict=True):
             out.skipped.append({"job_id": job_id, "input_file": job.input_file,
                                 "reason": "already materialized"})
-            out.events.append(("JobSkipped", {"job_id": job_id, "input_file": job.input_file,
+            out.events.append((EventName.JOB_SKIPPED, {"job_id": job_id, "input_file": job.input_file,
                                               "reason": "already materialized"}))
         out.job_ids = ids
         return out

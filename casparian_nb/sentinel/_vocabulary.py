@@ -1,7 +1,10 @@
 """What the sentinel's state machine hears (events) and says (actions): plain records.
 
 :mod:`.state` decides; the server loop builds these events from sockets, timers and the
-committer, and carries out the actions. Re-exported by :mod:`.state` (``st.Promote``, ...).
+committer, and carries out the actions. A store write is one small frozen record per
+operation (``ClaimJob``, ``CompleteJob``, ... — together the ``Persist`` union), which
+``Persister.apply`` maps onto the typed method of the store. Re-exported by :mod:`.state`
+(``st.Promote``, ...).
 """
 
 from __future__ import annotations
@@ -9,19 +12,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import ErrorKind, EventName, JobStatus, ReceiptStatus
+
 __all__ = [
+    "AbortJob",
     "Action",
     "CancelRequested",
+    "ClaimJob",
+    "CompleteJob",
+    "DeadLetter",
     "Discard",
+    "Event",
+    "FailJob",
     "JobRec",
     "JobStarted",
     "JobsQueued",
+    "MarkStarted",
     "Persist",
     "Promote",
     "PromotionFinished",
     "Publish",
     "ReceiptReceived",
+    "RecordStaged",
     "Reply",
+    "RequestCancel",
+    "RequeueJob",
     "Send",
     "Tick",
     "WorkerGone",
@@ -45,7 +60,7 @@ class JobRec:
     retry_count: int = 0
     attempt: int = 0
     ready_at: float = 0.0
-    status: str = "QUEUED"  # QUEUED | RUNNING | PROMOTING
+    status: JobStatus = JobStatus.QUEUED  # QUEUED | RUNNING | PROMOTING
     worker_id: str | None = None
     dispatched_at: float = 0.0
     cancel_requested: bool = False
@@ -107,7 +122,7 @@ class ReceiptReceived:
     job_id: int
     worker_id: str
     attempt: int
-    status: str  # SUCCESS | FAILED | ABORTED | REJECTED
+    status: ReceiptStatus
     data: dict[str, Any]
     now: float
 
@@ -133,14 +148,107 @@ class Tick:
     now: float
 
 
+#: Everything :meth:`SentinelState.handle <casparian_nb.sentinel.state.SentinelState.handle>`
+#: accepts.
+Event = (JobsQueued | WorkerJoined | WorkerHeartbeat | WorkerGone | JobStarted | ReceiptReceived
+         | PromotionFinished | CancelRequested | Tick)
+
+
 # -- actions --------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class Persist:
-    """Call ``store.<op>(**args)`` inside this iteration's transaction."""
+# Persistence: one record per store operation. The loop carries out every one of them of a
+# loop iteration in a single transaction (``Persister.apply`` maps each to its store method).
 
-    op: str
-    args: dict[str, Any]
+@dataclass(frozen=True, slots=True)
+class ClaimJob:
+    """QUEUED -> RUNNING on ``worker_id`` (``StateStore.claim_job``)."""
+
+    job_id: int
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkStarted:
+    """The plugin host ``host_pid`` began the RUNNING job (``StateStore.mark_started``)."""
+
+    job_id: int
+    host_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCancel:
+    """A RUNNING job is being aborted (``StateStore.request_cancel``)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStaged:
+    """The worker staged the job's outputs; promotion pending (``StateStore.record_staged``)."""
+
+    job_id: int
+    staged: dict[str, Any] | None
+    source_hash: str | None
+    rows: dict[str, int]
+    quarantine_rows: int
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteJob:
+    """RUNNING -> COMPLETED plus one materialization per planned output."""
+
+    job_id: int
+    artifacts: list[dict[str, Any]]
+    outputs: dict[str, int]
+    quarantine_rows: int
+    source_hash: str | None
+    spec: dict[str, Any]
+    plan_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueJob:
+    """RUNNING -> QUEUED, ready again at ``scheduled_at`` (unix seconds)."""
+
+    job_id: int
+    retry_count: int
+    scheduled_at: float
+    error: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbortJob:
+    """QUEUED or RUNNING -> ABORTED (``StateStore.abort_job``)."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailJob:
+    """QUEUED or RUNNING -> FAILED (``StateStore.fail_job``)."""
+
+    job_id: int
+    error: str
+    error_kind: ErrorKind
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Record the failed job in ``cf_dead_letter`` (``StateStore.dead_letter``)."""
+
+    job_id: int
+    reason: str
+    error: str
+
+
+#: A store write the state machine asks for (``isinstance(action, Persist)`` works).
+Persist = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob | RequeueJob
+           | AbortJob | FailJob | DeadLetter)
 
 
 @dataclass(slots=True)
@@ -152,7 +260,7 @@ class Send:
 
 @dataclass(slots=True)
 class Publish:
-    name: str
+    name: EventName
     data: dict[str, Any]
 
 
@@ -176,4 +284,5 @@ class Reply:
     payload: dict[str, Any]
 
 
-Action = Persist | Send | Publish | Promote | Discard | Reply
+Action = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob | RequeueJob
+          | AbortJob | FailJob | DeadLetter | Send | Publish | Promote | Discard | Reply)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
-from ..protocol import Codec, LogLimiter, Message
+from ..protocol import Codec, LogLimiter, Message, ReceiptStatus
 from . import state as st
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class WorkerHandlers:
         if wid:
             p = msg.payload
             self._feed(st.ReceiptReceived(int(p["job_id"]), wid, int(p.get("attempt") or 0),
-                                          str(p["status"]), p, time.time()))
+                                          ReceiptStatus(p["status"]), p, time.time()))
 
     def _on_goodbye(self, ident: bytes, msg: Message) -> None:
         wid = self._known(ident, msg)

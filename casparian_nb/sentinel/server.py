@@ -30,7 +30,7 @@ from .. import __version__, sinks
 from .._proc import pid_alive, profiled
 from ..client import write_connection_file
 from ..config import Settings
-from ..protocol import Codec, LogLimiter, Message
+from ..protocol import Codec, EventName, LogLimiter, Message
 from ..store.schema import now_iso
 from . import state as st
 from ._committer import Committer, sweep_staging
@@ -300,7 +300,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                 self._worker_procs.pop(wid, None)
                 self._feed(st.WorkerGone(wid, f"worker process {pid} exited", now))
 
-    def _feed(self, event: Any) -> None:
+    def _feed(self, event: st.Event) -> None:
         self._actions += self.state.handle(event)
 
     def _msg_id(self) -> str:
@@ -311,7 +311,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         actions, self._actions = self._actions, []
         if not actions:
             return
-        persists = [a for a in actions if isinstance(a, st.Persist)]
+        persists: list[st.Persist] = [a for a in actions if isinstance(a, st.Persist)]
         if persists:
             self._persist_all(persists)
         for a in actions:
@@ -343,9 +343,9 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                 with self.store.transaction():
                     self.persist.apply(a, now)
             except Exception:
-                log.exception("state change %s%r failed", a.op, a.args)
+                log.exception("state change %r failed", a)
 
-    def _publish(self, name: str, data: dict[str, Any]) -> None:
+    def _publish(self, name: EventName, data: dict[str, Any]) -> None:
         self._event_seq += 1
         topic = b"worker" if name.startswith("Worker") else b"job"
         if any(topic.startswith(t) for t in self._subscriptions):

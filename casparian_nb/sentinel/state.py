@@ -12,30 +12,46 @@ in the state DB. Times are unix seconds passed in by the events: the machine nev
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import ErrorKind, EventName, JobStatus, ReceiptStatus
+from ..store import CANCELLED_BY_USER
 from . import _vocabulary
 from ._vocabulary import (
+    AbortJob,
     Action,
     CancelRequested,
+    ClaimJob,
+    CompleteJob,
+    DeadLetter,
     Discard,
+    Event,
+    FailJob,
     JobRec,
     JobsQueued,
     JobStarted,
-    Persist,
+    MarkStarted,
     Promote,
     PromotionFinished,
     Publish,
     ReceiptReceived,
+    RecordStaged,
     Reply,
+    RequestCancel,
+    RequeueJob,
     Send,
     Tick,
     WorkerGone,
     WorkerHeartbeat,
     WorkerJoined,
 )
+from ._vocabulary import (
+    Persist as Persist,  # re-exported: the loop tells store writes apart by it
+)
+
+_QUEUED, _RUNNING, _PROMOTING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PROMOTING
 
 __all__ = [*_vocabulary.__all__, "SentinelState", "plugin_name_fields"]
 
@@ -98,9 +114,11 @@ class SentinelState:
 
     # -- introspection -------------------------------------------------------------------
     def queued_count(self) -> int:
+        """How many jobs wait in the queue (ready or delayed)."""
         return self._queued
 
     def worker_table(self) -> list[dict[str, Any]]:
+        """The connected workers, as ``ListWorkers`` reports them."""
         return [
             {"worker_id": w.worker_id, "slots": w.slots, "pid": w.pid, "running": sorted(w.running),
              "last_seen": w.last_seen, "free": w.free}
@@ -108,16 +126,19 @@ class SentinelState:
         ]
 
     def identity_of(self, worker_id: str) -> bytes | None:
+        """The worker socket's routing id of ``worker_id`` (None once it is gone)."""
         w = self.workers.get(worker_id)
         return w.identity if w else None
 
     def timeout_of(self, job: JobRec) -> float | None:
+        """The job's own timeout, else the sentinel's default (None: no timeout)."""
         return job.timeout_s if job.timeout_s is not None else self.default_timeout
 
     # -- entry point ---------------------------------------------------------------------
-    def handle(self, event: Any) -> list[Action]:
+    def handle(self, event: Event) -> list[Action]:
+        """Everything to do because of ``event``, in order (then any new dispatches)."""
         handler = self._handlers[type(event)]
-        actions: list[Action] = handler(self, event)
+        actions = handler(self, event)
         actions.extend(self._dispatch(event.now))
         return actions
 
@@ -125,7 +146,7 @@ class SentinelState:
     def _on_jobs_queued(self, ev: JobsQueued) -> list[Action]:
         for job in ev.jobs:
             self.jobs[job.id] = job
-            if job.status == "QUEUED":
+            if job.status == _QUEUED:
                 self._enqueue(job, ev.now)
             # PROMOTING (a restart re-adopting a job whose outputs were staged before the
             # crash): only a PromotionFinished moves it on.
@@ -138,8 +159,8 @@ class SentinelState:
             actions += self._lose_worker(old, "worker re-registered", ev.now, graceful=False)
         capacity = max(1, ev.slots) + max(0, ev.prefetch)
         self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.identity, capacity, ev.pid, ev.now)
-        actions.append(Publish("WorkerJoined", {"worker_id": ev.worker_id, "slots": ev.slots,
-                                                "prefetch": ev.prefetch, "pid": ev.pid}))
+        actions.append(Publish(EventName.WORKER_JOINED, {
+            "worker_id": ev.worker_id, "slots": ev.slots, "prefetch": ev.prefetch, "pid": ev.pid}))
         return actions
 
     def _on_heartbeat(self, ev: WorkerHeartbeat) -> list[Action]:
@@ -156,18 +177,18 @@ class SentinelState:
 
     def _on_job_started(self, ev: JobStarted) -> list[Action]:
         job = self.jobs.get(ev.job_id)
-        if job is None or job.worker_id != ev.worker_id or job.status != "RUNNING":
+        if job is None or job.worker_id != ev.worker_id or job.status != _RUNNING:
             return []
         job.started, job.started_at = True, ev.now
-        return [Persist("mark_started", {"job_id": job.id, "host_pid": ev.host_pid}),
-                Publish("JobStarted", {"job_id": job.id, "worker_id": ev.worker_id,
-                                       "host_pid": ev.host_pid})]
+        return [MarkStarted(job.id, ev.host_pid),
+                Publish(EventName.JOB_STARTED, {"job_id": job.id, "worker_id": ev.worker_id,
+                                                "host_pid": ev.host_pid})]
 
     def _on_receipt(self, ev: ReceiptReceived) -> list[Action]:
         job = self.jobs.get(ev.job_id)
         staged = ev.data.get("staged")
         if (job is None or job.worker_id != ev.worker_id or job.attempt != ev.attempt
-                or job.status != "RUNNING"):
+                or job.status != _RUNNING):
             # A receipt for an attempt we gave up on (lost worker, restart, timeout): never
             # let it complete the job a second time; throw its staged outputs away.
             return [Discard(staged)] if staged else []
@@ -176,12 +197,11 @@ class SentinelState:
             w.running.discard(job.id)
             w.last_seen = ev.now
         duration_ms = float(ev.data.get("duration_ms") or (ev.now - job.dispatched_at) * 1000)
-        if ev.status != "REJECTED" and not job.started and ev.data.get("host_pid"):
+        if ev.status != ReceiptStatus.REJECTED and not job.started and ev.data.get("host_pid"):
             # A fast job's worker sends no JobStarted; the receipt names the host instead.
             job.started, job.started_at = True, ev.now
-            return [Persist("mark_started", {"job_id": job.id, "host_pid": int(ev.data["host_pid"])}),
-                    *self._on_receipt(ev)]
-        if ev.status == "REJECTED":
+            return [MarkStarted(job.id, int(ev.data["host_pid"])), *self._on_receipt(ev)]
+        if ev.status == ReceiptStatus.REJECTED:
             # Capacity: back to the queue, no retry spent (F9). The worker has fewer slots
             # than it advertised; believe what it holds now until a heartbeat says more.
             if w is not None:
@@ -189,11 +209,11 @@ class SentinelState:
             if job.cancel_requested:
                 return self._finish_aborted(job, "cancelled by user", 0.0)
             return self._requeue(job, ev.now, "capacity", "capacity_rejection")
-        if ev.status == "SUCCESS":
+        if ev.status == ReceiptStatus.SUCCESS:
             if job.cancel_requested:  # cancel arrived first: it wins, nothing is promoted
                 return [*([Discard(staged)] if staged else []),
                         *self._finish_aborted(job, "cancelled by user", duration_ms)]
-            job.status = "PROMOTING"
+            job.status = _PROMOTING
             outputs = {str(k): int(v) for k, v in dict(ev.data.get("rows") or {}).items()}
             quarantine = int(ev.data.get("quarantine_rows") or 0)
             job.result = {"rows": sum(outputs.values()), "outputs": outputs,
@@ -203,13 +223,11 @@ class SentinelState:
                 # Nothing was staged, so there is nothing to promote: complete now, in this
                 # same transaction (a crash cannot fall between the receipt and the end).
                 return [Discard(staged), *self._complete(job, [])]
-            return [Persist("record_staged", {"job_id": job.id, "staged": staged,
-                                              "source_hash": ev.data.get("source_hash"),
-                                              "rows": outputs, "quarantine_rows": quarantine,
-                                              "duration_ms": duration_ms}),
+            return [RecordStaged(job.id, staged, ev.data.get("source_hash"), outputs, quarantine,
+                                 duration_ms),
                     Promote(job.id, staged or {}, str(job.spec.get("mode") or "append"),
                             job.spec.get("submission_id"))]
-        if ev.status == "ABORTED":
+        if ev.status == ReceiptStatus.ABORTED:
             reason = str(ev.data.get("reason") or "aborted")
             if job.cancel_requested:
                 return self._finish_aborted(job, "cancelled by user", duration_ms)
@@ -224,19 +242,19 @@ class SentinelState:
         text = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".strip()
         if job.cancel_requested:
             return self._finish_aborted(job, "cancelled by user", duration_ms)
-        if error.get("kind") == "transient" and job.retry_count < self.max_retries:
+        if error.get("kind") == ErrorKind.TRANSIENT and job.retry_count < self.max_retries:
             return self._retry(job, text, ev.now)
         return self._finish_failed(job, error, text, duration_ms)
 
     def _on_promotion(self, ev: PromotionFinished) -> list[Action]:
         job = self.jobs.get(ev.job_id)
-        if job is None or job.status != "PROMOTING":
+        if job is None or job.status != _PROMOTING:
             return []
         if not ev.ok:
             # Staged outputs were fine but the sink refused them (mode=error, a locked file,
             # a full disk): a permanent failure of this job, with the reason.
             err = {"ename": "SinkError", "evalue": ev.error or "promotion failed",
-                   "kind": "permanent", "traceback": ""}
+                   "kind": ErrorKind.PERMANENT, "traceback": ""}
             return self._finish_failed(job, err, f"SinkError: {ev.error}", None)
         return self._complete(job, ev.artifacts)
 
@@ -244,20 +262,18 @@ class SentinelState:
         self.jobs.pop(job.id, None)
         result = job.result
         actions: list[Action] = [
-            Persist("complete_job", {"job_id": job.id, "artifacts": artifacts,
-                                     "outputs": result.get("outputs") or {},
-                                     "quarantine_rows": result.get("quarantine_rows") or 0,
-                                     "source_hash": result.get("source_hash"),
-                                     "spec": job.spec, "plan_json": job.plan_json}),
-            Publish("JobCompleted", {"job_id": job.id, "worker_id": job.worker_id,
-                                     **plugin_name_fields(job.spec),
-                                     "rows": result.get("rows", 0),
-                                     "outputs": result.get("outputs") or {},
-                                     "quarantine_rows": result.get("quarantine_rows", 0),
-                                     "duration_ms": result.get("duration_ms", 0.0)}),
+            CompleteJob(job.id, artifacts, result.get("outputs") or {},
+                        result.get("quarantine_rows") or 0, result.get("source_hash"),
+                        job.spec, job.plan_json),
+            Publish(EventName.JOB_COMPLETED, {"job_id": job.id, "worker_id": job.worker_id,
+                                              **plugin_name_fields(job.spec),
+                                              "rows": result.get("rows", 0),
+                                              "outputs": result.get("outputs") or {},
+                                              "quarantine_rows": result.get("quarantine_rows", 0),
+                                              "duration_ms": result.get("duration_ms", 0.0)}),
         ]
         for art in artifacts:
-            actions.append(Publish("MaterializationRecorded", {
+            actions.append(Publish(EventName.MATERIALIZATION_RECORDED, {
                 "job_id": job.id, "output_name": art.get("output"), "table": art.get("table"),
                 "rows": art.get("rows"), "sink": job.spec.get("sink")}))
         return actions
@@ -268,16 +284,18 @@ class SentinelState:
             return [Reply(ev.request_id, "CancelResult",
                           {"success": False, "state": "UNKNOWN",
                            "message": f"job {ev.job_id} is not queued or running"})]
-        if job.status == "QUEUED":
+        if job.status == _QUEUED:
             self.jobs.pop(job.id)
             self._queued -= 1
             # The heap entries go stale; _pop_ready skips ids no longer queued.
-            return [Persist("abort_job", {"job_id": job.id, "reason": "Cancelled by user"}),
-                    Publish("JobAborted", {"job_id": job.id, "reason": "cancelled while queued",
-                                           "worker_id": None, "duration_ms": 0}),
+            return [AbortJob(job.id, CANCELLED_BY_USER),
+                    Publish(EventName.JOB_ABORTED, {"job_id": job.id,
+                                                    "reason": "cancelled while queued",
+                                                    "worker_id": None, "duration_ms": 0}),
                     Reply(ev.request_id, "CancelResult",
-                          {"success": True, "state": "ABORTED", "message": "Job cancelled"})]
-        if job.status == "PROMOTING":
+                          {"success": True, "state": JobStatus.ABORTED,
+                           "message": "Job cancelled"})]
+        if job.status == _PROMOTING:
             return [Reply(ev.request_id, "CancelResult",
                           {"success": False, "state": "COMPLETING",
                            "message": "job already finished running; its outputs are being "
@@ -287,9 +305,9 @@ class SentinelState:
                           {"success": True, "state": "ABORTING", "message": "cancel already requested"})]
         job.cancel_requested = True
         job.abort_sent_at = ev.now
-        return [Persist("request_cancel", {"job_id": job.id}),
+        return [RequestCancel(job.id),
                 Send(job.worker_id or "", "Abort", {"job_id": str(job.id), "reason": "cancelled by user"}),
-                Publish("CancelRequested", {"job_id": job.id, "state": "RUNNING"}),
+                Publish(EventName.CANCEL_REQUESTED, {"job_id": job.id, "state": _RUNNING}),
                 Reply(ev.request_id, "CancelResult",
                       {"success": True, "state": "ABORTING",
                        "message": "Abort sent to worker; the job shows ABORTED once it confirms"})]
@@ -330,7 +348,7 @@ class SentinelState:
         return [Send(w.worker_id, "Abort", {
             "job_id": str(job.id), "reason": f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s"})]
 
-    _handlers: dict[type, Any] = {
+    _handlers: dict[type, Callable[[SentinelState, Any], list[Action]]] = {
         JobsQueued: _on_jobs_queued,
         WorkerJoined: _on_worker_joined,
         WorkerHeartbeat: _on_heartbeat,
@@ -351,7 +369,7 @@ class SentinelState:
             heapq.heappush(self._ready, (-job.priority, job.id))
 
     def _reset(self, job: JobRec) -> None:
-        job.status, job.worker_id, job.started = "QUEUED", None, False
+        job.status, job.worker_id, job.started = _QUEUED, None, False
         job.cancel_requested, job.abort_sent_at = False, 0.0
 
     def _requeue(self, job: JobRec, now: float, reason: str, text: str) -> list[Action]:
@@ -359,29 +377,28 @@ class SentinelState:
         self._reset(job)
         job.ready_at = now
         self._enqueue(job, now)
-        return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
-                                        "scheduled_at": now, "error": text, "reason": reason}),
-                Publish("JobRetried", {"job_id": job.id, "retry_count": job.retry_count,
-                                       "delay_ms": 0, "error": text, "reason": reason})]
+        return [RequeueJob(job.id, job.retry_count, now, text, reason),
+                Publish(EventName.JOB_RETRIED, {"job_id": job.id, "retry_count": job.retry_count,
+                                                "delay_ms": 0, "error": text, "reason": reason})]
 
     def _finish_aborted(self, job: JobRec, reason: str, duration_ms: float) -> list[Action]:
         self.jobs.pop(job.id, None)
-        return [Persist("abort_job", {"job_id": job.id, "reason": reason}),
-                Publish("JobAborted", {"job_id": job.id, "worker_id": job.worker_id,
-                                       "reason": reason, "duration_ms": round(duration_ms, 1)})]
+        return [AbortJob(job.id, reason),
+                Publish(EventName.JOB_ABORTED, {"job_id": job.id, "worker_id": job.worker_id,
+                                                "reason": reason,
+                                                "duration_ms": round(duration_ms, 1)})]
 
     def _finish_failed(self, job: JobRec, error: dict[str, Any], text: str,
                        duration_ms: float | None) -> list[Action]:
         self.jobs.pop(job.id, None)
-        kind = str(error.get("kind") or "permanent")
-        reason = "max_retries_exceeded" if kind == "transient" else "permanent_error"
-        return [Persist("fail_job", {"job_id": job.id, "error": text, "error_kind": kind,
-                                     "traceback": error.get("traceback") or ""}),
-                Persist("dead_letter", {"job_id": job.id, "reason": reason, "error": text}),
-                Publish("JobFailed", {"job_id": job.id, "worker_id": job.worker_id, "error": text,
-                                      "error_kind": kind, "retry_count": job.retry_count,
-                                      "will_retry": False,
-                                      "duration_ms": round(duration_ms or 0.0, 1)})]
+        kind = ErrorKind(error.get("kind") or ErrorKind.PERMANENT)
+        reason = "max_retries_exceeded" if kind == ErrorKind.TRANSIENT else "permanent_error"
+        return [FailJob(job.id, text, kind, str(error.get("traceback") or "")),
+                DeadLetter(job.id, reason, text),
+                Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id,
+                                               "error": text, "error_kind": kind,
+                                               "retry_count": job.retry_count, "will_retry": False,
+                                               "duration_ms": round(duration_ms or 0.0, 1)})]
 
     def _retry(self, job: JobRec, text: str, now: float) -> list[Action]:
         job.retry_count += 1
@@ -389,12 +406,10 @@ class SentinelState:
         self._reset(job)
         job.ready_at = now + delay
         self._enqueue(job, now)
-        return [Persist("requeue_job", {"job_id": job.id, "retry_count": job.retry_count,
-                                        "scheduled_at": job.ready_at, "error": text,
-                                        "reason": "retry"}),
-                Publish("JobRetried", {"job_id": job.id, "retry_count": job.retry_count,
-                                       "delay_ms": round(delay * 1000), "error": text,
-                                       "reason": "retry"})]
+        return [RequeueJob(job.id, job.retry_count, job.ready_at, text, "retry"),
+                Publish(EventName.JOB_RETRIED, {"job_id": job.id, "retry_count": job.retry_count,
+                                                "delay_ms": round(delay * 1000), "error": text,
+                                                "reason": "retry"})]
 
     def _lose_worker(self, w: _Worker, reason: str, now: float, *, graceful: bool) -> list[Action]:
         """A worker is gone: its running jobs go back to the queue (a crash spends a retry,
@@ -404,7 +419,7 @@ class SentinelState:
         requeued: list[int] = []
         for job_id in sorted(w.running):
             job = self.jobs.get(job_id)
-            if job is None or job.status != "RUNNING" or job.worker_id != w.worker_id:
+            if job is None or job.status != _RUNNING or job.worker_id != w.worker_id:
                 continue
             if job.cancel_requested:
                 actions += self._finish_aborted(job, "cancelled; its worker was lost", 0.0)
@@ -412,19 +427,18 @@ class SentinelState:
             if not graceful:
                 job.retry_count += 1
             if job.retry_count > self.max_retries:
-                err = {"ename": "WorkerLost", "evalue": reason, "kind": "transient"}
+                err = {"ename": "WorkerLost", "evalue": reason, "kind": ErrorKind.TRANSIENT}
                 actions += self._finish_failed(job, err, f"WorkerLost: {reason}", None)
                 continue
             self._reset(job)
             job.ready_at = now
             self._enqueue(job, now)
             requeued.append(job_id)
-            actions.append(Persist("requeue_job", {"job_id": job_id, "retry_count": job.retry_count,
-                                                   "scheduled_at": now, "error": f"worker lost: {reason}",
-                                                   "reason": "worker_lost"}))
+            actions.append(RequeueJob(job_id, job.retry_count, now, f"worker lost: {reason}",
+                                      "worker_lost"))
         w.running.clear()
         # A clean goodbye is not a loss: the timeline and explain must not show it as one.
-        name = "WorkerLeft" if graceful and not requeued else "WorkerLost"
+        name = EventName.WORKER_LEFT if graceful and not requeued else EventName.WORKER_LOST
         actions.append(Publish(name, {"worker_id": w.worker_id, "reason": reason,
                                       "requeued_job_ids": requeued}))
         return actions
@@ -433,12 +447,12 @@ class SentinelState:
         while self._delayed and self._delayed[0][0] <= now:
             _, jid = heapq.heappop(self._delayed)
             job = self.jobs.get(jid)
-            if job is not None and job.status == "QUEUED":
+            if job is not None and job.status == _QUEUED:
                 heapq.heappush(self._ready, (-job.priority, jid))
         while self._ready:
             _, jid = heapq.heappop(self._ready)
             job = self.jobs.get(jid)
-            if job is not None and job.status == "QUEUED":
+            if job is not None and job.status == _QUEUED:
                 if job.ready_at > now:  # a stale entry of a job now waiting for a retry
                     continue
                 return job
@@ -456,20 +470,19 @@ class SentinelState:
             if job is None:
                 return actions
             self._queued -= 1
-            job.status, job.worker_id, job.dispatched_at = "RUNNING", worker.worker_id, now
+            job.status, job.worker_id, job.dispatched_at = _RUNNING, worker.worker_id, now
             job.attempt += 1
             worker.running.add(job.id)
             payload = {**job.spec, "input_file": job.input_file or job.spec.get("input_file"),
                        "job_id": str(job.id), "attempt": job.attempt,
                        "timeout_s": self.timeout_of(job)}
             actions += [
-                Persist("claim_job", {"job_id": job.id, "worker_id": worker.worker_id,
-                                      "attempt": job.attempt}),
+                ClaimJob(job.id, worker.worker_id, job.attempt),
                 Send(worker.worker_id, "Dispatch", {"job": payload}),
-                Publish("JobDispatched", {"job_id": job.id, "worker_id": worker.worker_id,
-                                          **plugin_name_fields(job.spec),
-                                          "plugin_version": job.spec.get("parser_version"),
-                                          "attempt": job.attempt}),
+                Publish(EventName.JOB_DISPATCHED, {
+                    "job_id": job.id, "worker_id": worker.worker_id,
+                    **plugin_name_fields(job.spec),
+                    "plugin_version": job.spec.get("parser_version"), "attempt": job.attempt}),
             ]
 
     def next_wakeup(self) -> float | None:
@@ -477,7 +490,7 @@ class SentinelState:
         while self._delayed:
             ready_at, jid = self._delayed[0]
             job = self.jobs.get(jid)
-            if job is not None and job.status == "QUEUED" and job.ready_at == ready_at:
+            if job is not None and job.status == _QUEUED and job.ready_at == ready_at:
                 return ready_at
             heapq.heappop(self._delayed)  # stale: cancelled, or re-queued since
         return None

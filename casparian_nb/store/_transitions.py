@@ -23,9 +23,17 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ..protocol import CompletionStatus, JobStatus
 from .schema import check_iso, stamp
 
-__all__ = ["JobTransitions", "dumps"]
+_QUEUED, _RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
+
+__all__ = ["CANCELLED_BY_USER", "JobTransitions", "dumps"]
+
+#: The error message of a job cancelled by its user.
+CANCELLED_BY_USER = "Cancelled by user"
+#: The completion statuses a COMPLETED job may have.
+_COMPLETED_AS = frozenset({CompletionStatus.SUCCESS, CompletionStatus.PARTIAL_SUCCESS})
 
 
 def dumps(value: Any) -> str | None:
@@ -51,10 +59,10 @@ class JobTransitions:
         False if the job is not QUEUED."""
         now = stamp(now)
         return 1 == self._exec(
-            "UPDATE cf_processing_queue SET status = 'RUNNING', worker_id = ?, claimed_at = ?,"
+            "UPDATE cf_processing_queue SET status = ?, worker_id = ?, claimed_at = ?,"
             " started_at = NULL, host_pid = NULL, attempt = coalesce(?, attempt + 1),"
-            " updated_at = ? WHERE id = ? AND status = 'QUEUED'",
-            (worker_id, now, attempt, now, job_id),
+            " updated_at = ? WHERE id = ? AND status = ?",
+            (_RUNNING, worker_id, now, attempt, now, job_id, _QUEUED),
         )
 
     def mark_started(self, job_id: int, host_pid: int | None, now: str | None = None) -> bool:
@@ -62,8 +70,8 @@ class JobTransitions:
         now = stamp(now)
         return 1 == self._exec(
             "UPDATE cf_processing_queue SET started_at = ?, host_pid = ?, updated_at = ?"
-            " WHERE id = ? AND status = 'RUNNING'",
-            (now, host_pid, now, job_id),
+            " WHERE id = ? AND status = ?",
+            (now, host_pid, now, job_id, _RUNNING),
         )
 
     def request_cancel(self, job_id: int, now: str | None = None) -> bool:
@@ -73,8 +81,8 @@ class JobTransitions:
         return 1 == self._exec(
             "UPDATE cf_processing_queue SET cancel_requested_at ="
             " coalesce(cancel_requested_at, ?), updated_at = ?"
-            " WHERE id = ? AND status = 'RUNNING'",
-            (now, now, job_id),
+            " WHERE id = ? AND status = ?",
+            (now, now, job_id, _RUNNING),
         )
 
     def record_staged(
@@ -105,14 +113,14 @@ class JobTransitions:
         return 1 == self._exec(
             "UPDATE cf_processing_queue SET staged_json = ?,"
             " source_hash = coalesce(source_hash, ?), updated_at = ?"
-            " WHERE id = ? AND status = 'RUNNING'",
-            (dumps(record), source_hash, now, job_id),
+            " WHERE id = ? AND status = ?",
+            (dumps(record), source_hash, now, job_id, _RUNNING),
         )
 
     def complete_job(
         self,
         job_id: int,
-        completion_status: str = "SUCCESS",
+        completion_status: CompletionStatus = CompletionStatus.SUCCESS,
         rows: int = 0,
         quarantine_rows: int = 0,
         outputs: Mapping[str, Any] | None = None,
@@ -123,15 +131,16 @@ class JobTransitions:
     ) -> bool:
         """RUNNING -> COMPLETED with the receipt's figures. False if the job is not RUNNING
         (a duplicate or late receipt), so no job completes twice."""
-        if completion_status not in ("SUCCESS", "PARTIAL_SUCCESS"):
+        if completion_status not in _COMPLETED_AS:
             raise ValueError(f"complete_job: completion_status {completion_status!r}")
         now = stamp(now)
         return 1 == self._exec(
-            "UPDATE cf_processing_queue SET status = 'COMPLETED', completion_status = ?,"
+            "UPDATE cf_processing_queue SET status = ?, completion_status = ?,"
             " rows = ?, quarantine_rows = ?, outputs_json = ?, artifacts_json = ?,"
             " result_summary = ?, ended_at = ?, updated_at = ?"
-            " WHERE id = ? AND status = 'RUNNING'",
+            " WHERE id = ? AND status = ?",
             (
+                JobStatus.COMPLETED,
                 completion_status,
                 rows,
                 quarantine_rows,
@@ -141,6 +150,7 @@ class JobTransitions:
                 now,
                 now,
                 job_id,
+                _RUNNING,
             ),
         )
 
@@ -155,32 +165,35 @@ class JobTransitions:
         """QUEUED or RUNNING -> FAILED (completion FAILED). False if already final."""
         now = stamp(now)
         return 1 == self._exec(
-            "UPDATE cf_processing_queue SET status = 'FAILED', completion_status = 'FAILED',"
+            "UPDATE cf_processing_queue SET status = ?, completion_status = ?,"
             " error_message = ?, error_kind = ?, traceback = ?, ended_at = ?, updated_at = ?"
-            " WHERE id = ? AND status IN ('QUEUED', 'RUNNING')",
-            (error, error_kind, traceback, now, now, job_id),
+            " WHERE id = ? AND status IN (?, ?)",
+            (JobStatus.FAILED, CompletionStatus.FAILED, error, error_kind, traceback, now, now,
+             job_id, _QUEUED, _RUNNING),
         )
 
     def abort_job(
-        self, job_id: int, reason: str = "Cancelled by user", now: str | None = None
+        self, job_id: int, reason: str = CANCELLED_BY_USER, now: str | None = None
     ) -> bool:
         """QUEUED or RUNNING -> ABORTED (the worker confirmed, or a timeout). False if final."""
         now = stamp(now)
         return 1 == self._exec(
-            "UPDATE cf_processing_queue SET status = 'ABORTED', completion_status = 'ABORTED',"
+            "UPDATE cf_processing_queue SET status = ?, completion_status = ?,"
             " error_message = ?, ended_at = ?, updated_at = ?"
-            " WHERE id = ? AND status IN ('QUEUED', 'RUNNING')",
-            (reason, now, now, job_id),
+            " WHERE id = ? AND status IN (?, ?)",
+            (JobStatus.ABORTED, CompletionStatus.ABORTED, reason, now, now, job_id, _QUEUED,
+             _RUNNING),
         )
 
     def cancel_queued(self, job_id: int, now: str | None = None) -> bool:
         """QUEUED -> ABORTED "Cancelled by user" at once. False unless the job was QUEUED."""
         now = stamp(now)
         return 1 == self._exec(
-            "UPDATE cf_processing_queue SET status = 'ABORTED', completion_status = 'ABORTED',"
-            " error_message = 'Cancelled by user', ended_at = ?, updated_at = ?"
-            " WHERE id = ? AND status = 'QUEUED'",
-            (now, now, job_id),
+            "UPDATE cf_processing_queue SET status = ?, completion_status = ?,"
+            " error_message = ?, ended_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = ?",
+            (JobStatus.ABORTED, CompletionStatus.ABORTED, CANCELLED_BY_USER, now, now, job_id,
+             _QUEUED),
         )
 
     def requeue_job(
@@ -203,13 +216,14 @@ class JobTransitions:
         now = stamp(now)
         check_iso(scheduled_at, "scheduled_at")
         return 1 == self._exec(
-            "UPDATE cf_processing_queue SET status = 'QUEUED', completion_status = NULL,"
+            "UPDATE cf_processing_queue SET status = ?, completion_status = NULL,"
             " worker_id = NULL, host_pid = NULL, claimed_at = NULL, started_at = NULL,"
             " cancel_requested_at = NULL, staged_json = NULL, scheduled_at = ?,"
             " retry_count = coalesce(?, retry_count), error_message = coalesce(?, error_message),"
             " result_summary = ?, updated_at = ?"
-            " WHERE id = ? AND status = 'RUNNING'",
-            (scheduled_at, retry_count, error, reason and f"requeued: {reason}", now, job_id),
+            " WHERE id = ? AND status = ?",
+            (_QUEUED, scheduled_at, retry_count, error, reason and f"requeued: {reason}", now,
+             job_id, _RUNNING),
         )
 
     def reconcile_running(self, now: str | None = None) -> list[int]:
@@ -219,8 +233,7 @@ class JobTransitions:
         now = stamp(now)
         with self.transaction():
             rows = self._conn.execute(
-                "UPDATE cf_processing_queue SET updated_at = ? WHERE status = 'RUNNING'"
-                " RETURNING id",
-                (now,),
+                "UPDATE cf_processing_queue SET updated_at = ? WHERE status = ? RETURNING id",
+                (now, _RUNNING),
             ).fetchall()
         return sorted(int(r[0]) for r in rows)

@@ -17,10 +17,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import StoreError
-from .schema import JOB_STATUSES, SCHEMA_VERSION, check_schema, not_a_file
+from ..errors import SchemaVersionError, StoreError
+from ..protocol import JobStatus
+from .schema import JOB_STATUSES, SCHEMA_VERSION, check_schema, ddl_columns, not_a_file
 
-__all__ = ["JobQueries", "StateReader", "job_to_info"]
+__all__ = [
+    "QUEUE_ROW_COLUMNS", "TABLES", "JobQueries", "StateReader", "job_to_info", "table_columns",
+]
 
 #: Columns holding JSON text; row dicts carry them decoded (key unchanged).
 _JSON_COLUMNS = frozenset(
@@ -59,7 +62,7 @@ def job_to_info(row: Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
-def _statuses(status: str | Iterable[str] | None) -> list[str]:
+def _statuses(status: str | Iterable[str] | None) -> list[JobStatus]:
     if status is None:
         return []
     wanted = [status] if isinstance(status, str) else list(status)
@@ -68,14 +71,31 @@ def _statuses(status: str | Iterable[str] | None) -> list[str]:
         upper = s.strip().upper()
         if upper not in JOB_STATUSES:
             raise ValueError(f"unknown job status {s!r}; expected one of {', '.join(JOB_STATUSES)}")
-        out.append(upper)
+        out.append(JobStatus(upper))
     return out
+
+
+def _where(clauses: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """`` WHERE a = ? AND b = ?`` for the clauses whose value is not None, and its params."""
+    used = {column: value for column, value in clauses.items() if value is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c in used), list(used.values())
 
 
 #: What the sentinel reads of a job to queue and dispatch it (``iter_dispatchable``).
 DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "attempt", "scheduled_at",
                     "plan_json", "input_file", "plugin_id", "parser_fingerprint",
-                    "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id")
+                                    "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id")
+
+#: What the notebook's queue table shows of a job (``queue_rows``): no JSON, no traceback.
+QUEUE_ROW_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows",
+                     "claimed_at", "started_at", "ended_at", "cancel_requested_at",
+                     "error_message", "retry_count")
+_QUEUE_ROW_SELECT = f"SELECT {', '.join(QUEUE_ROW_COLUMNS)} FROM cf_processing_queue"
+
+#: Tables a reader may export whole (the notebook's SQL catalog), by their public name.
+TABLES = {"jobs": "cf_processing_queue", "materializations": "cf_output_materializations"}
 
 
 class JobQueries:
@@ -98,7 +118,7 @@ class JobQueries:
                 raise StoreError(f"state DB {self.path}: {exc}") from exc
 
     # -- jobs ------------------------------------------------------------------------------
-    def iter_dispatchable(self, status: str = "QUEUED", batch: int = 5000,
+    def iter_dispatchable(self, status: JobStatus = JobStatus.QUEUED, batch: int = 5000,
                           ) -> Iterator[dict[str, Any]]:
         """Jobs in ``status``, oldest first, with only the columns a sentinel needs to
         dispatch them (``plan_json`` left as text), fetched ``batch`` rows at a time: a
@@ -139,6 +159,37 @@ class JobQueries:
         params.extend([max(0, int(limit)), max(0, int(offset))])
         return [_row_dict(r) for r in self._fetchall(sql, params)]
 
+    def count_jobs(self, status: str | None = None, submission_id: str | None = None) -> int:
+        """How many jobs match a ``list_jobs`` filter (the ``total`` of its pages)."""
+        where, params = _where({"status": status and JobStatus(status.upper()),
+                                "submission_id": submission_id})
+        return int(self._fetchall(f"SELECT count(*) FROM cf_processing_queue{where}",
+                                  params)[0][0])
+
+    def queue_rows(self, *, newest: int | None = None,
+                   ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """The queue-table projection (:data:`QUEUE_ROW_COLUMNS`) of the ``newest`` jobs
+        (newest first) or of the jobs ``ids`` (any number, one query): light enough to
+        re-read 10,000 jobs every few seconds from a notebook's thread."""
+        if ids is not None:
+            wanted = [int(i) for i in ids]
+            if not wanted:
+                return []
+            # json_each takes any number of ids in one bound parameter.
+            rows = self._fetchall(
+                f"{_QUEUE_ROW_SELECT} WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),))
+        else:
+            rows = self._fetchall(f"{_QUEUE_ROW_SELECT} ORDER BY id DESC LIMIT ?",
+                                  (max(0, int(newest or 0)),))
+        return [dict(zip(QUEUE_ROW_COLUMNS, tuple(r), strict=True)) for r in rows]
+
+    def sink_uris(self) -> list[str]:
+        """Every distinct ``sink_uri`` jobs were submitted with."""
+        rows = self._fetchall(
+            "SELECT DISTINCT sink_uri FROM cf_processing_queue WHERE sink_uri IS NOT NULL")
+        return [str(r[0]) for r in rows]
+
     def get_job(self, job_id: int) -> dict[str, Any] | None:
         """One job with every column (JSON columns decoded), or None."""
         rows = self._fetchall("SELECT * FROM cf_processing_queue WHERE id = ?", (int(job_id),))
@@ -155,7 +206,7 @@ class JobQueries:
     def running_jobs(self) -> list[dict[str, Any]]:
         """Every RUNNING job, oldest first."""
         rows = self._fetchall(
-            "SELECT * FROM cf_processing_queue WHERE status = 'RUNNING' ORDER BY id"
+            "SELECT * FROM cf_processing_queue WHERE status = ? ORDER BY id", (JobStatus.RUNNING,)
         )
         return [_row_dict(r) for r in rows]
 
@@ -164,7 +215,7 @@ class JobQueries:
         (priority descending, then id) — what the sentinel needs to rebuild its queue."""
         rows = self._fetchall(
             "SELECT priority, id, scheduled_at FROM cf_processing_queue "
-            "WHERE status = 'QUEUED' ORDER BY priority DESC, id"
+            "WHERE status = ? ORDER BY priority DESC, id", (JobStatus.QUEUED,)
         )
         return [(int(r[0]), int(r[1]), r[2]) for r in rows]
 
@@ -174,14 +225,14 @@ class JobQueries:
         # One statement = one snapshot, so the counts always add up.
         rows = self._fetchall(
             "SELECT status, count(*) FROM cf_processing_queue GROUP BY status "
-            "UNION ALL SELECT '_CANCEL', count(*) FROM cf_processing_queue "
-            "WHERE status = 'RUNNING' AND cancel_requested_at IS NOT NULL"
+            "UNION ALL SELECT NULL, count(*) FROM cf_processing_queue "
+            "WHERE status = ? AND cancel_requested_at IS NOT NULL", (JobStatus.RUNNING,)
         )
         stats = {s.lower(): 0 for s in JOB_STATUSES}
         stats["cancel_requested"] = 0
         total = 0
         for status, count in rows:
-            if status == "_CANCEL":
+            if status is None:  # the second SELECT: RUNNING jobs being aborted
                 stats["cancel_requested"] = int(count)
             else:
                 stats[status.lower()] = int(count)
@@ -247,6 +298,34 @@ class JobQueries:
         """Registered plugins, oldest first."""
         return [_row_dict(r) for r in self._fetchall("SELECT * FROM cf_plugins ORDER BY id")]
 
+    # -- whole tables, for the notebook's SQL catalog --------------------------------------
+    def data_version(self) -> int:
+        """SQLite's ``data_version`` of this connection: it changes when another connection
+        commits, so a cache of :meth:`table_rows` knows when to read again."""
+        return int(self._fetchall("PRAGMA data_version")[0][0])
+
+    def table_columns(self, name: str) -> list[tuple[str, str]]:
+        """``(column, declared type)`` of one of :data:`TABLES`, in table order."""
+        rows = self._fetchall(f"PRAGMA table_info({TABLES[name]})")
+        return [(str(r[1]), str(r[2]).upper()) for r in rows]
+
+    def table_rows(self, name: str, columns: Iterable[str]) -> list[tuple[Any, ...]]:
+        """Every row of one of :data:`TABLES` (raw values: JSON columns stay text)."""
+        names = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+        return [tuple(r) for r in self._fetchall(f"SELECT {names} FROM {TABLES[name]}")]
+
+
+def table_columns(reader: JobQueries | None, name: str) -> list[tuple[str, str]]:
+    """:meth:`JobQueries.table_columns`, or the columns this build's schema gives the table
+    when there is no DB yet (so queries over an empty home still know them)."""
+    if reader is not None:
+        try:
+            if columns := reader.table_columns(name):
+                return columns
+        except StoreError:
+            pass
+    return ddl_columns(TABLES[name])
+
 
 class StateReader(JobQueries):
     """A read-only view of the state DB, safe to use while the sentinel writes."""
@@ -292,6 +371,15 @@ class StateReader(JobQueries):
             conn.close()
             raise
         return cls(db, conn)
+
+    @classmethod
+    def open_if_ready(cls, path: str | os.PathLike[str]) -> StateReader | None:
+        """Like :meth:`open`, but None while there is nothing to read yet (no file, not
+        initialised, another schema version): for views that poll until a sentinel ran."""
+        try:
+            return cls.open(path)
+        except (StoreError, SchemaVersionError):
+            return None
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -12,9 +12,13 @@ import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
+from typing import Final
+from urllib.parse import quote
 
 from ..errors import SchemaVersionError, StoreError
+from ..protocol import STORED_JOB_STATUSES, CompletionStatus, JobStatus, MaterializationStatus
 
 __all__ = [
     "COMPLETION_STATUSES",
@@ -25,22 +29,24 @@ __all__ = [
     "Migration",
     "check_iso",
     "check_schema",
+    "ddl_columns",
     "ensure_schema",
     "iso_from_epoch",
     "not_a_file",
     "now_iso",
     "stamp",
+    "stored_version",
 ]
 
 #: Schema version this build reads and writes.
 SCHEMA_VERSION = 1
 
-#: ``cf_processing_queue.status`` (one spelling: upper case).
-JOB_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "ABORTED", "SKIPPED")
+#: ``cf_processing_queue.status`` (one spelling: upper case), from the protocol's vocabulary.
+JOB_STATUSES: Final[tuple[JobStatus, ...]] = STORED_JOB_STATUSES
 #: ``cf_processing_queue.completion_status`` (the worker receipt's verdict).
-COMPLETION_STATUSES = ("SUCCESS", "PARTIAL_SUCCESS", "FAILED", "REJECTED", "ABORTED", "SKIPPED")
+COMPLETION_STATUSES: Final[tuple[CompletionStatus, ...]] = tuple(CompletionStatus)
 #: ``cf_output_materializations.status`` (lower case, as in the original).
-MATERIALIZATION_STATUSES = ("success", "partial_success", "no_data")
+MATERIALIZATION_STATUSES: Final[tuple[MaterializationStatus, ...]] = tuple(MaterializationStatus)
 
 #: A migration upgrades an open connection from version ``v`` to ``v + 1``. It runs inside the
 #: writer's transaction, so it must not COMMIT; it must never drop user data.
@@ -80,11 +86,13 @@ def stamp(now: str | None) -> str:
     return now or now_iso()
 
 
-def _in(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
+def _in(values: tuple[StrEnum, ...]) -> str:
+    """The SQL list of a CHECK constraint, e.g. ``'QUEUED', 'RUNNING'``."""
+    return ", ".join(f"'{v.value}'" for v in values)
 
 
-DDL = f"""
+#: The schema of version 1; its CHECK lists come from the enums above.
+DDL: Final = f"""
 CREATE TABLE cf_meta (
     key   TEXT PRIMARY KEY,
     value TEXT
@@ -114,7 +122,7 @@ CREATE TABLE cf_processing_queue (
     sink_uri            TEXT,
     sink_mode           TEXT,
     plan_json           TEXT,
-    status              TEXT NOT NULL DEFAULT 'QUEUED' CHECK (status IN ({_in(JOB_STATUSES)})),
+    status              TEXT NOT NULL DEFAULT '{JobStatus.QUEUED.value}' CHECK (status IN ({_in(JOB_STATUSES)})),
     completion_status   TEXT CHECK (completion_status IS NULL
                                     OR completion_status IN ({_in(COMPLETION_STATUSES)})),
     priority            INTEGER NOT NULL DEFAULT 0,
@@ -180,6 +188,18 @@ CREATE TABLE cf_dead_letter (
 """
 
 
+def ddl_columns(table: str) -> list[tuple[str, str]]:
+    """``(column, declared type)`` of ``table`` as this build's :data:`DDL` creates it (for a
+    view of the state DB before any sentinel created the file)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(DDL)
+        rows = mem.execute(f"PRAGMA table_info({table})").fetchall()
+        return [(str(r[1]), str(r[2]).upper()) for r in rows]
+    finally:
+        mem.close()
+
+
 def _version_of(conn: sqlite3.Connection, path: Path) -> int | None:
     """The stored schema version; None for an empty (fresh) database.
 
@@ -212,6 +232,25 @@ def _version_of(conn: sqlite3.Connection, path: Path) -> int | None:
             f"state DB {path} has an unreadable schema version {row[0]!r}: "
             f"move it aside (mv {path} {path}.old) and start again"
         ) from None
+
+
+def stored_version(path: Path) -> int | None:
+    """The schema version of the state DB at ``path``, read-only and without any check (for
+    diagnostics such as the support bundle); None when there is no readable version."""
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True,
+                               timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM cf_meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row is not None else None
+    except (sqlite3.Error, TypeError, ValueError):
+        return None
+    finally:
+        conn.close()
 
 
 def _newer(path: Path, found: int, supported: int) -> SchemaVersionError:

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import StoreError
+from ..protocol import CompletionStatus, JobStatus, MaterializationStatus
 from ._transitions import JobTransitions, dumps
 from .reader import JobQueries
 from .schema import (
@@ -36,7 +37,7 @@ from .schema import (
     stamp,
 )
 
-__all__ = ["Materialization", "NewJob", "StateStore"]
+__all__ = ["BatchingStateStore", "Materialization", "NewJob", "StateStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +84,15 @@ class Materialization:
     sink_uri: str | None
     sink_mode: str | None
     schema_hash: str | None
-    status: str  # success | partial_success | no_data
+    status: MaterializationStatus
     rows: int
     job_id: int | None
 
 
 # attrgetter builds the parameter tuples ~5x faster than dataclasses.astuple (100k jobs).
 _JOB_VALUES = attrgetter(*_JOB_COLUMNS)
+#: Statuses from which a job may be dead-lettered.
+_DEAD_LETTERABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED})
 _MAT_VALUES = attrgetter(*(f.name for f in fields(Materialization)))
 
 
@@ -304,7 +307,8 @@ class StateStore(JobTransitions, JobQueries):
     def insert_jobs(self, jobs: Sequence[NewJob], now: str | None = None) -> list[int]:
         """Enqueue jobs (status QUEUED) in one batch; return their ids in input order."""
         now = stamp(now)
-        return self._insert(jobs, {"status": "QUEUED", "created_at": now, "updated_at": now})
+        return self._insert(jobs, {"status": JobStatus.QUEUED, "created_at": now,
+                                   "updated_at": now})
 
     def insert_skipped(
         self,
@@ -317,7 +321,8 @@ class StateStore(JobTransitions, JobQueries):
         so a re-submit is visible in the queue and reported truthfully."""
         now = stamp(now)
         return self._insert(jobs, {
-            "status": "SKIPPED", "completion_status": "SKIPPED", "result_summary": reason,
+            "status": JobStatus.SKIPPED, "completion_status": CompletionStatus.SKIPPED,
+            "result_summary": reason,
             "created_at": now, "updated_at": now, "ended_at": now,
         })  # fmt: skip
 
@@ -336,14 +341,15 @@ class StateStore(JobTransitions, JobQueries):
             ).fetchone()
             if job is None:
                 raise StoreError(f"dead_letter: no job {job_id}")
-            if job["status"] not in ("QUEUED", "RUNNING", "FAILED"):
+            if job["status"] not in _DEAD_LETTERABLE:
                 return None
             message = error if error is not None else job["error_message"]
-            if job["status"] != "FAILED":
+            if job["status"] != JobStatus.FAILED:
                 self._conn.execute(
-                    "UPDATE cf_processing_queue SET status = 'FAILED', completion_status ="
-                    " 'FAILED', error_message = ?, ended_at = ?, updated_at = ? WHERE id = ?",
-                    (message or reason, now, now, job_id),
+                    "UPDATE cf_processing_queue SET status = ?, completion_status = ?,"
+                    " error_message = ?, ended_at = ?, updated_at = ? WHERE id = ?",
+                    (JobStatus.FAILED, CompletionStatus.FAILED, message or reason, now, now,
+                     job_id),
                 )
             self._conn.execute(
                 "INSERT INTO cf_dead_letter (original_job_id, plugin_name, input_file,"
@@ -387,3 +393,25 @@ class StateStore(JobTransitions, JobQueries):
                 batch,
             )
             return self._conn.total_changes - before
+
+
+class BatchingStateStore(StateStore):
+    """The writer as the sentinel's loop uses it: every operation runs inside the loop
+    iteration's one transaction, which alone makes the batch atomic. Nested levels therefore
+    take no savepoint (one SQL statement is atomic by itself, and when anything in the batch
+    fails the loop rolls the whole batch back and replays it one operation per transaction):
+    this halves the statements per job."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The outermost level as :meth:`StateStore.transaction`; nested levels join it."""
+        if self._depth:
+            yield
+            return
+        with super().transaction():
+            yield
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._depth:
+            return int(self._conn.execute(sql, params).rowcount)
+        return super()._exec(sql, params)

@@ -40,8 +40,27 @@ assert.equal(q.pageLabel({{offset: 0, limit: 25}}, 0), "no jobs");
 assert.deepEqual(q.nextSort({{sort: "id", desc: true}}, "id"), {{sort: "id", desc: false, offset: 0}});
 assert.deepEqual(q.nextSort({{sort: "id", desc: true}}, "plugin"), {{sort: "plugin", desc: false, offset: 0}});
 assert.deepEqual(q.nextSort({{sort: "id", desc: true}}, "duration"), {{sort: "duration", desc: true, offset: 0}});
-assert.deepEqual(q.STATUSES, ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "ABORTED", "SKIPPED"]);
+// the status names come from the kernel: none is spelled in the module
+assert.equal(q.STATUSES, undefined);
+const voc = {{statuses: ["QUEUED", "RUNNING", "COMPLETED", "FAILED"], queued: "QUEUED", running: "RUNNING"}};
+assert.deepEqual(q.shownStatuses(voc, {{RUNNING: 2, FAILED: 1, total: 3}}, ""), ["RUNNING", "FAILED"]);
+assert.deepEqual(q.shownStatuses(voc, {{RUNNING: 2}}, "COMPLETED"), ["RUNNING", "COMPLETED"]);
+assert.deepEqual(q.vocabularyOf({{get: () => voc}}), voc);
+assert.deepEqual(q.vocabularyOf({{get: () => undefined}}).statuses, []);
 """)
+
+
+def test_queue_module_spells_no_status() -> None:
+    """The widget's JavaScript takes every status name from the kernel's vocabulary."""
+    from casparian_nb.notebook.queue_widget import STATUS_VOCABULARY
+    from casparian_nb.protocol import STORED_JOB_STATUSES, JobStatus
+
+    source = (STATIC / "queue.js").read_text()
+    for status in JobStatus:
+        assert f'"{status}"' not in source and f"'{status}'" not in source, status
+    assert STATUS_VOCABULARY["statuses"] == [str(s) for s in STORED_JOB_STATUSES]
+    assert [STATUS_VOCABULARY[k] for k in ("queued", "running", "dispatched")] == [
+        "QUEUED", "RUNNING", "DISPATCHED"]
 
 
 def test_timeline_module_helpers() -> None:

@@ -372,41 +372,6 @@ def test_a_dispatched_job_says_so_until_its_host_starts(comms: list[RecordingCom
     w.close()
 
 
-def test_the_collector_is_frozen_only_while_jobs_are_unfinished(
-        comms: list[RecordingComm], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Full collections walk the whole kernel (80-130 ms measured): frozen while jobs stream
-    in, handed back once the queue is idle (cycles are collected late, never leaked), and
-    on close."""
-    from casparian_nb.notebook import queue_widget as qw
-
-    calls: list[str] = []
-    monkeypatch.setattr(qw, "gc", type("FakeGC", (), {
-        "freeze": staticmethod(lambda: calls.append("freeze")),
-        "unfreeze": staticmethod(lambda: calls.append("unfreeze"))}))
-    monkeypatch.setattr(qw, "_freezers", set())
-    src = FakeSource([job(1, "COMPLETED")])
-    w = _widget(src, freeze_gc=True)
-    w.flush()
-    assert calls == []  # nothing unfinished
-    src.publish("JobQueued", {"job_id": 2})
-    src.publish("JobQueued", {"job_id": 3})
-    w.flush()
-    assert calls == ["freeze"]
-    src.publish("JobCompleted", {"job_id": 2, "rows": 1})
-    w.flush()
-    assert calls == ["freeze"]  # job 3 is still queued
-    src.publish("JobAborted", {"job_id": 3, "reason": "cancelled"})
-    w.flush()
-    assert calls == ["freeze", "unfreeze"]
-    src.publish("JobQueued", {"job_id": 4})
-    w.flush()
-    w.close()
-    assert calls == ["freeze", "unfreeze", "freeze", "unfreeze"]
-    plain = _widget(src)
-    assert not plain._freeze_gc  # off outside a kernel by default
-    plain.close()
-
-
 def test_pages_and_counts_match_a_full_scan_on_random_event_streams() -> None:
     """The model keeps an index of unfinished rows and pages by id without a key function;
     every page, count and id list must equal what scanning every row gives."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from casparian_nb.protocol import ErrorKind, EventName
 from casparian_nb.sentinel import state as st
 from casparian_nb.sentinel.state import (
     CancelRequested,
@@ -63,11 +64,12 @@ def dispatched(actions: list[Any]) -> dict[int, str]:
     return {int(a.payload["job"]["job_id"]): a.worker_id for a in sends(actions)}
 
 
-def persists(actions: list[Any], op: str | None = None) -> list[Persist]:
-    return [a for a in actions if isinstance(a, Persist) and (op is None or a.op == op)]
+def persists(actions: list[Any], op: type[Persist] | None = None) -> list[Persist]:
+    """The store writes among ``actions``, or only those of type ``op``."""
+    return [a for a in actions if isinstance(a, op or Persist)]
 
 
-def published(actions: list[Any], name: str) -> list[Publish]:
+def published(actions: list[Any], name: EventName) -> list[Publish]:
     return [a for a in actions if isinstance(a, Publish) and a.name == name]
 
 
@@ -98,7 +100,7 @@ def test_dispatch_fills_free_slots_across_workers() -> None:
     assert sorted(where.values()).count("a") == 2 and sorted(where.values()).count("b") == 3
     assert m.queued_count() == 2
     # every dispatch is claimed in the DB and announced
-    assert len(persists(acts, "claim_job")) == 5 and len(published(acts, "JobDispatched")) == 5
+    assert len(persists(acts, st.ClaimJob)) == 5 and len(published(acts, EventName.JOB_DISPATCHED)) == 5
     # a receipt frees exactly one slot, which takes the next job at once
     first_a = next(j for j, w in where.items() if w == "a")
     acts = complete(m, first_a)
@@ -144,18 +146,18 @@ def test_success_promotes_then_completes_once() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = success(m, 1)
-    staged = persists(acts, "record_staged")
-    assert staged and staged[0].args["rows"] == {"out": 3}
+    staged = persists(acts, st.RecordStaged)
+    assert staged and staged[0].rows == {"out": 3}
     # the receipt named the host: started is recorded without a JobStarted message
-    assert persists(acts, "mark_started")[0].args["host_pid"] == 42
+    assert persists(acts, st.MarkStarted)[0].host_pid == 42
     assert next(a for a in acts if isinstance(a, Promote)).job_id == 1
     assert m.jobs[1].status == "PROMOTING"
     acts = m.handle(PromotionFinished(1, True, [{"output": "out", "table": "out", "rows": 3,
                                                   "uri": "file:///x"}], None, 2.0))
-    done = persists(acts, "complete_job")
-    assert done and done[0].args["outputs"] == {"out": 3} and done[0].args["source_hash"] == "h"
-    assert published(acts, "JobCompleted")[0].data["rows"] == 3
-    assert len(published(acts, "MaterializationRecorded")) == 1
+    done = persists(acts, st.CompleteJob)
+    assert done and done[0].outputs == {"out": 3} and done[0].source_hash == "h"
+    assert published(acts, EventName.JOB_COMPLETED)[0].data["rows"] == 3
+    assert len(published(acts, EventName.MATERIALIZATION_RECORDED)) == 1
     assert 1 not in m.jobs
     # a duplicate PromotionFinished changes nothing
     assert m.handle(PromotionFinished(1, True, [], None, 3.0)) == []
@@ -186,10 +188,10 @@ def test_a_job_that_staged_nothing_completes_without_a_promotion() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = receipt(m, 1, "SUCCESS", staged=EMPTY, rows={}, source_hash="h", host_pid=1)
-    assert not [a for a in acts if isinstance(a, Promote)] and not persists(acts, "record_staged")
+    assert not [a for a in acts if isinstance(a, Promote)] and not persists(acts, st.RecordStaged)
     assert [a for a in acts if isinstance(a, Discard)] == [Discard(EMPTY)]
-    assert persists(acts, "complete_job")[0].args["outputs"] == {}
-    assert published(acts, "JobCompleted") and 1 not in m.jobs
+    assert persists(acts, st.CompleteJob)[0].outputs == {}
+    assert published(acts, EventName.JOB_COMPLETED) and 1 not in m.jobs
 
 
 def test_promotion_failure_fails_the_job_permanently() -> None:
@@ -198,9 +200,9 @@ def test_promotion_failure_fails_the_job_permanently() -> None:
     join(m, "a")
     success(m, 1)
     acts = m.handle(PromotionFinished(1, False, [], "mode=error: output exists", 2.0))
-    failed = persists(acts, "fail_job")
-    assert failed and "mode=error" in failed[0].args["error"]
-    assert persists(acts, "dead_letter")
+    failed = persists(acts, st.FailJob)
+    assert failed and "mode=error" in failed[0].error
+    assert persists(acts, st.DeadLetter)
     assert 1 not in m.jobs
 
 
@@ -209,10 +211,10 @@ def test_job_started_is_recorded_and_published() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = m.handle(JobStarted(1, "a", 4242, 0.5))
-    assert persists(acts, "mark_started")[0].args == {"job_id": 1, "host_pid": 4242}
-    assert published(acts, "JobStarted")[0].data["host_pid"] == 4242
+    assert persists(acts, st.MarkStarted)[0] == st.MarkStarted(job_id=1, host_pid=4242)
+    assert published(acts, EventName.JOB_STARTED)[0].data["host_pid"] == 4242
     # the receipt then does not record the start a second time
-    assert not persists(success(m, 1), "mark_started")
+    assert not persists(success(m, 1), st.MarkStarted)
     # a JobStarted from a worker that does not run the job is ignored
     m.handle(JobsQueued([rec(2)], 1.0))
     assert m.handle(JobStarted(2, "zzz", 1, 1.0)) == []
@@ -226,22 +228,22 @@ def test_transient_failure_retries_with_exponential_backoff_then_dead_letters() 
     join(m, "a")
     err = {"ename": "TransientError", "evalue": "flaky", "kind": "transient"}
     acts = receipt(m, 1, "FAILED", 10.0, error=err)
-    requeue = persists(acts, "requeue_job")[0].args
-    assert requeue["retry_count"] == 1 and requeue["scheduled_at"] == 11.0
-    assert published(acts, "JobRetried")[0].data["delay_ms"] == 1000
+    requeue = persists(acts, st.RequeueJob)[0]
+    assert requeue.retry_count == 1 and requeue.scheduled_at == 11.0
+    assert published(acts, EventName.JOB_RETRIED)[0].data["delay_ms"] == 1000
     assert not dispatched(acts)  # backoff: not before 11.0
     assert m.next_wakeup() == 11.0
     assert not dispatched(m.handle(Tick(10.9)))
     acts = m.handle(Tick(11.0))
     assert dispatched(acts) == {1: "a"} and m.jobs[1].attempt == 2
     acts = receipt(m, 1, "FAILED", 20.0, error=err)
-    assert persists(acts, "requeue_job")[0].args["scheduled_at"] == 22.0  # doubled
+    assert persists(acts, st.RequeueJob)[0].scheduled_at == 22.0  # doubled
     m.handle(Tick(22.0))
     acts = receipt(m, 1, "FAILED", 30.0, error=err)  # third failure: out of retries
-    assert persists(acts, "fail_job")[0].args["error_kind"] == "transient"
-    dead = persists(acts, "dead_letter")[0].args
-    assert dead["reason"] == "max_retries_exceeded" and "flaky" in dead["error"]
-    assert published(acts, "JobFailed")[0].data["retry_count"] == 2
+    assert persists(acts, st.FailJob)[0].error_kind == ErrorKind.TRANSIENT
+    dead = persists(acts, st.DeadLetter)[0]
+    assert dead.reason == "max_retries_exceeded" and "flaky" in dead.error
+    assert published(acts, EventName.JOB_FAILED)[0].data["retry_count"] == 2
     assert 1 not in m.jobs
 
 
@@ -251,9 +253,9 @@ def test_permanent_failure_fails_at_once() -> None:
     join(m, "a")
     acts = receipt(m, 1, "FAILED", error={"ename": "PermanentError", "evalue": "bad",
                                           "kind": "permanent", "traceback": "tb"})
-    assert not persists(acts, "requeue_job")
-    assert persists(acts, "fail_job")[0].args["traceback"] == "tb"
-    assert persists(acts, "dead_letter")[0].args["reason"] == "permanent_error"
+    assert not persists(acts, st.RequeueJob)
+    assert persists(acts, st.FailJob)[0].traceback == "tb"
+    assert persists(acts, st.DeadLetter)[0].reason == "permanent_error"
 
 
 def test_capacity_rejection_requeues_without_spending_a_retry() -> None:
@@ -263,8 +265,8 @@ def test_capacity_rejection_requeues_without_spending_a_retry() -> None:
     assert len(dispatched(acts)) == 3
     running = sorted(m.workers["liar"].running)
     acts = receipt(m, running[1], "REJECTED", 0.1)
-    req = persists(acts, "requeue_job")[0].args
-    assert req["retry_count"] == 0 and req["reason"] == "capacity"
+    req = persists(acts, st.RequeueJob)[0]
+    assert req.retry_count == 0 and req.reason == "capacity"
     assert m.jobs[running[1]].retry_count == 0 and m.jobs[running[1]].status == "QUEUED"
     # the worker is believed to hold what it has now: no re-dispatch into the same hole
     assert not dispatched(acts)
@@ -294,7 +296,7 @@ def test_cancel_queued_is_aborted_at_once() -> None:
     m = machine()
     m.handle(JobsQueued([rec(1), rec(2)], 0.0))
     acts = m.handle(CancelRequested(2, "r1", 1.0))
-    assert persists(acts, "abort_job")[0].args["job_id"] == 2
+    assert persists(acts, st.AbortJob)[0].job_id == 2
     reply = next(a for a in acts if isinstance(a, Reply))
     assert reply.payload["success"] and reply.payload["state"] == "ABORTED"
     assert m.queued_count() == 1
@@ -307,7 +309,7 @@ def test_cancel_running_sends_abort_and_waits_for_the_worker() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = m.handle(CancelRequested(1, "r1", 1.0))
-    assert persists(acts, "request_cancel")
+    assert persists(acts, st.RequestCancel)
     abort = sends(acts, "Abort")
     assert abort and abort[0].worker_id == "a" and abort[0].payload["job_id"] == "1"
     assert next(a for a in acts if isinstance(a, Reply)).payload["state"] == "ABORTING"
@@ -316,7 +318,7 @@ def test_cancel_running_sends_abort_and_waits_for_the_worker() -> None:
     assert next(a for a in again if isinstance(a, Reply)).payload["state"] == "ABORTING"
     assert not sends(again, "Abort")
     acts = receipt(m, 1, "ABORTED", 1.2, reason="cancelled by user")
-    assert persists(acts, "abort_job")[0].args["reason"] == "cancelled by user"
+    assert persists(acts, st.AbortJob)[0].reason == "cancelled by user"
     assert 1 not in m.jobs
 
 
@@ -328,7 +330,7 @@ def test_success_receipt_after_cancel_is_aborted_and_staged_discarded() -> None:
     acts = success(m, 1, 1.1)
     assert next(a for a in acts if isinstance(a, Discard)).staged == STAGED
     assert not [a for a in acts if isinstance(a, Promote)]
-    assert persists(acts, "abort_job") and not persists(acts, "record_staged")
+    assert persists(acts, st.AbortJob) and not persists(acts, st.RecordStaged)
     assert 1 not in m.jobs
 
 
@@ -338,7 +340,7 @@ def test_failed_receipt_after_cancel_is_aborted_not_retried() -> None:
     join(m, "a")
     m.handle(CancelRequested(1, "r1", 1.0))
     acts = receipt(m, 1, "FAILED", 1.1, error={"ename": "T", "evalue": "x", "kind": "transient"})
-    assert persists(acts, "abort_job") and not persists(acts, "requeue_job")
+    assert persists(acts, st.AbortJob) and not persists(acts, st.RequeueJob)
 
 
 def test_cancel_after_success_is_completing() -> None:
@@ -352,7 +354,7 @@ def test_cancel_after_success_is_completing() -> None:
     assert "completing" in reply["message"]
     assert not sends(acts, "Abort") and not persists(acts)
     acts = m.handle(PromotionFinished(1, True, [], None, 2.0))
-    assert persists(acts, "complete_job")
+    assert persists(acts, st.CompleteJob)
 
 
 def test_cancel_of_unknown_job() -> None:
@@ -369,7 +371,7 @@ def test_cancel_running_without_confirmation_ends_after_worker_timeout() -> None
     assert 1 in m.jobs
     m.handle(WorkerHeartbeat("a", 6.1))
     acts = m.handle(Tick(6.1))
-    assert "did not confirm" in persists(acts, "abort_job")[0].args["reason"]
+    assert "did not confirm" in persists(acts, st.AbortJob)[0].reason
     assert dispatched(acts) == {2: "a"}  # the slot is given up
 
 
@@ -404,17 +406,17 @@ def test_lost_worker_requeues_its_jobs_spending_a_retry() -> None:
     assert m.workers["a"].running == {1, 2}
     m.handle(CancelRequested(2, "r", 0.5))
     acts = m.handle(WorkerGone("a", "worker process 100 exited", 1.0))
-    lost = published(acts, "WorkerLost")[0].data
+    lost = published(acts, EventName.WORKER_LOST)[0].data
     assert lost["requeued_job_ids"] == [1]
-    assert persists(acts, "requeue_job")[0].args["retry_count"] == 1
-    assert persists(acts, "abort_job")[0].args["job_id"] == 2  # the cancelled one
+    assert persists(acts, st.RequeueJob)[0].retry_count == 1
+    assert persists(acts, st.AbortJob)[0].job_id == 2  # the cancelled one
     assert m.jobs[1].status == "QUEUED" and "a" not in m.workers
     join(m, "b", slots=2, now=1.0)
     assert m.jobs[1].worker_id == "b"
     # losing it again exceeds max_retries=1: failed and dead-lettered
     acts = m.handle(WorkerGone("b", "gone again", 2.0))
-    assert persists(acts, "fail_job")[0].args["job_id"] in (1, 3)
-    assert any(p.args["reason"] == "max_retries_exceeded" for p in persists(acts, "dead_letter"))
+    assert persists(acts, st.FailJob)[0].job_id in (1, 3)
+    assert any(p.reason == "max_retries_exceeded" for p in persists(acts, st.DeadLetter))
 
 
 def test_graceful_goodbye_requeues_without_spending_a_retry() -> None:
@@ -422,13 +424,13 @@ def test_graceful_goodbye_requeues_without_spending_a_retry() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = m.handle(WorkerGone("a", "worker said goodbye", 1.0, graceful=True))
-    assert persists(acts, "requeue_job")[0].args["retry_count"] == 0
-    assert published(acts, "WorkerLost")  # it had a job: that one went back to the queue
+    assert persists(acts, st.RequeueJob)[0].retry_count == 0
+    assert published(acts, EventName.WORKER_LOST)  # it had a job: that one went back to the queue
     join(m, "b", now=1.0)
     assert m.jobs[1].worker_id == "b"
     complete(m, 1)
     acts = m.handle(WorkerGone("b", "worker said goodbye", 3.0, graceful=True))
-    assert published(acts, "WorkerLeft") and not published(acts, "WorkerLost")
+    assert published(acts, EventName.WORKER_LEFT) and not published(acts, EventName.WORKER_LOST)
 
 
 def test_worker_shutdown_abort_requeues_without_spending_a_retry() -> None:
@@ -436,9 +438,9 @@ def test_worker_shutdown_abort_requeues_without_spending_a_retry() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = receipt(m, 1, "ABORTED", reason="shutdown")
-    req = persists(acts, "requeue_job")[0].args
-    assert req["retry_count"] == 0 and req["reason"] == "worker_shutdown"
-    assert not persists(acts, "abort_job")
+    req = persists(acts, st.RequeueJob)[0]
+    assert req.retry_count == 0 and req.reason == "worker_shutdown"
+    assert not persists(acts, st.AbortJob)
 
 
 def test_silent_worker_is_lost_after_worker_timeout() -> None:
@@ -447,10 +449,10 @@ def test_silent_worker_is_lost_after_worker_timeout() -> None:
     join(m, "a", now=0.0)
     join(m, "b", now=0.0)
     m.handle(WorkerHeartbeat("b", 2.9))
-    assert not published(m.handle(Tick(2.9)), "WorkerLost")
+    assert not published(m.handle(Tick(2.9)), EventName.WORKER_LOST)
     m.handle(WorkerHeartbeat("b", 3.5))
     acts = m.handle(Tick(3.5))
-    assert [p.data["worker_id"] for p in published(acts, "WorkerLost")] == ["a"]
+    assert [p.data["worker_id"] for p in published(acts, EventName.WORKER_LOST)] == ["a"]
     assert dispatched(acts) == {1: "b"}
 
 
@@ -459,7 +461,7 @@ def test_rejoining_worker_loses_what_it_ran() -> None:
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
     acts = join(m, "a", now=1.0)  # restarted under the same id
-    assert published(acts, "WorkerLost")
+    assert published(acts, EventName.WORKER_LOST)
     assert m.jobs[1].attempt == 2 and m.jobs[1].worker_id == "a"
 
 
@@ -470,8 +472,8 @@ def test_worker_reported_timeout_is_aborted_with_reason() -> None:
     m.handle(JobsQueued([rec(1, timeout_s=1.0)], 0.0))
     join(m, "a")
     acts = receipt(m, 1, "ABORTED", reason="timeout: job ran longer than 1s", timeout=True)
-    assert persists(acts, "abort_job")[0].args["reason"] == "timed out after 1s"
-    assert not persists(acts, "requeue_job")
+    assert persists(acts, st.AbortJob)[0].reason == "timed out after 1s"
+    assert not persists(acts, st.RequeueJob)
 
 
 def test_sentinel_backstop_aborts_a_job_the_worker_did_not_time_out() -> None:
@@ -488,7 +490,7 @@ def test_sentinel_backstop_aborts_a_job_the_worker_did_not_time_out() -> None:
     assert not sends(m.handle(Tick(3.3)), "Abort")  # sent once
     # the worker confirms: ABORTED "timed out"
     acts = receipt(m, 1, "ABORTED", 3.4, reason=abort[0].payload["reason"])
-    assert persists(acts, "abort_job")[0].args["reason"] == "timed out after 1s"
+    assert persists(acts, st.AbortJob)[0].reason == "timed out after 1s"
 
 
 def test_backstop_gives_up_when_the_worker_never_confirms() -> None:
@@ -502,7 +504,7 @@ def test_backstop_gives_up_when_the_worker_never_confirms() -> None:
     assert 1 in m.jobs
     m.handle(WorkerHeartbeat("a", 4.6))
     acts = m.handle(Tick(4.6))
-    assert "did not confirm" in persists(acts, "abort_job")[0].args["reason"]
+    assert "did not confirm" in persists(acts, st.AbortJob)[0].reason
     assert m.workers["a"].free == 1
 
 
@@ -525,7 +527,7 @@ def test_promoting_jobs_from_a_restart_are_not_dispatched() -> None:
     assert m.queued_count() == 1
     assert dispatched(join(m, "a", slots=2)) == {2: "a"}
     acts = m.handle(PromotionFinished(1, True, [], None, 1.0))
-    assert persists(acts, "complete_job")[0].args["outputs"] == {"out": 2}
+    assert persists(acts, st.CompleteJob)[0].outputs == {"out": 2}
 
 
 def test_jobs_waiting_for_a_retry_after_restart_keep_their_time() -> None:

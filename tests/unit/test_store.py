@@ -726,3 +726,86 @@ def test_iter_dispatchable_streams_one_status_oldest_first(store: StateStore) ->
     assert [r["id"] for r in rows] == [i for i in ids if i != ids[2]]
     assert set(rows[0]) == set(DISPATCH_COLUMNS)
     assert rows[0]["plan_json"] == '[{"output": "*"}]' and rows[0]["input_file"] == "/in/0.csv"
+
+
+# -- the vocabulary, and the reads the sentinel, CLI and notebook use --------------------------
+def test_check_constraints_are_generated_from_the_protocol_enums(store: StateStore) -> None:
+    """The CHECK lists are the enums' values, in order; a value outside them is refused."""
+    from casparian_nb.protocol import (
+        STORED_JOB_STATUSES,
+        CompletionStatus,
+        JobStatus,
+        MaterializationStatus,
+    )
+    from casparian_nb.store.schema import DDL
+
+    def in_list(values: object) -> str:
+        return ", ".join(f"'{v}'" for v in values)  # type: ignore[attr-defined]
+
+    assert f"status IN ({in_list(STORED_JOB_STATUSES)})" in DDL
+    assert f"completion_status IN ({in_list(CompletionStatus)})" in DDL
+    assert f"status IN ({in_list(MaterializationStatus)})" in DDL
+    assert f"DEFAULT '{JobStatus.QUEUED}'" in DDL
+    (jid,) = store.insert_jobs([job()])
+    with pytest.raises(sqlite3.IntegrityError), store._conn:
+        store._conn.execute("UPDATE cf_processing_queue SET status = ? WHERE id = ?",
+                            (JobStatus.PROMOTING, jid))
+
+
+def test_count_jobs_matches_list_jobs(store: StateStore) -> None:
+    ids = store.insert_jobs([job(i, submission_id="a" if i < 3 else "b") for i in range(5)])
+    store.claim_job(ids[0], "w")
+    assert store.count_jobs() == 5
+    assert store.count_jobs("running") == 1 == len(store.list_jobs(status="RUNNING"))
+    assert store.count_jobs("QUEUED", "a") == 2 and store.count_jobs(submission_id="b") == 2
+    assert store.count_jobs("COMPLETED") == 0
+
+
+def test_queue_rows_are_the_light_projection(store: StateStore, db: Path) -> None:
+    from casparian_nb.store import QUEUE_ROW_COLUMNS
+
+    ids = store.insert_jobs([job(i) for i in range(4)])
+    store.claim_job(ids[1], "w1", T0)
+    with StateReader.open(db) as reader:
+        newest = reader.queue_rows(newest=2)
+        assert [r["id"] for r in newest] == [ids[3], ids[2]]
+        assert all(list(r) == list(QUEUE_ROW_COLUMNS) for r in newest)
+        picked = {r["id"]: r for r in reader.queue_rows(ids=[ids[1], ids[0], 999])}
+        assert set(picked) == {ids[0], ids[1]}
+        assert picked[ids[1]]["status"] == "RUNNING" and picked[ids[1]]["worker_id"] == "w1"
+        assert reader.queue_rows(ids=[]) == [] and reader.queue_rows(newest=0) == []
+
+
+def test_catalog_reads_tables_sinks_and_data_version(store: StateStore, db: Path) -> None:
+    from casparian_nb.store.reader import table_columns
+    from casparian_nb.store.schema import ddl_columns
+
+    with StateReader.open(db) as reader:
+        before = reader.data_version()
+        store.insert_jobs([job(1, sink_uri="parquet:///o"), job(2, sink_uri="parquet:///o"),
+                           job(3)])
+        assert reader.data_version() != before  # another connection committed
+        assert reader.sink_uris() == ["parquet:///o"]
+        columns = reader.table_columns("jobs")
+        assert columns == ddl_columns("cf_processing_queue") == table_columns(None, "jobs")
+        assert ("status", "TEXT") in columns and ("id", "INTEGER") in columns
+        rows = reader.table_rows("jobs", ["id", "input_file"])
+        assert sorted(r[1] for r in rows) == ["/data/f1.csv", "/data/f2.csv", "/data/f3.csv"]
+        assert reader.table_rows("materializations", ["materialization_key"]) == []
+
+
+def test_open_if_ready_and_stored_version(tmp_path: Path, db: Path) -> None:
+    from casparian_nb.store.schema import stored_version
+
+    assert StateReader.open_if_ready(db) is None and stored_version(db) is None
+    StateStore.open(db).close()
+    reader = StateReader.open_if_ready(db)
+    assert reader is not None
+    reader.close()
+    assert stored_version(db) == SCHEMA_VERSION
+    set_version(db, SCHEMA_VERSION + 1)
+    assert StateReader.open_if_ready(db) is None  # another version: nothing to show yet
+    assert stored_version(db) == SCHEMA_VERSION + 1
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database")
+    assert stored_version(junk) is None and StateReader.open_if_ready(junk) is None

@@ -5,9 +5,19 @@
 // (filter, sort, offset, limit). Every interaction is a message back to the kernel
 // (`model.send`), which answers with a new page; nothing here changes a job's status.
 // Running jobs' durations tick locally from their start time, so an idle queue costs
-// no comm traffic.
+// no comm traffic. The status names come from the kernel too (`vocabulary`: the statuses
+// the table counts, in order, and which of them mean queued, running and dispatched), so
+// this file spells none of them.
 
-export const STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "ABORTED", "SKIPPED"];
+/** The kernel's status vocabulary, or an empty one before the first sync. */
+export function vocabularyOf(model) {
+  return model.get("vocabulary") || { statuses: [], queued: null, running: null, dispatched: null };
+}
+
+/** The status chips to show: every status with jobs, and the one filtered on. */
+export function shownStatuses(vocabulary, counts, current) {
+  return vocabulary.statuses.filter((s) => counts[s] || current === s);
+}
 
 export const COLUMNS = [
   { key: "id", label: "#", sortable: true, cls: "num" },
@@ -57,19 +67,20 @@ function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-function statusCell(row) {
+function statusCell(row, vocabulary) {
   const label = row.label || row.status;
-  const cls = label === "aborting…" ? "ABORTING" : label === "dispatched" ? "DISPATCHED" : row.status;
+  const cls = label === "aborting…" ? "ABORTING" : label === "dispatched" ? vocabulary.dispatched : row.status;
   return h("span", { class: `cf-q-badge cf-st-${cls}` }, label);
 }
 
-function durationText(row, now) {
+function durationText(row, now, running) {
   if (row.duration_ms !== null && row.duration_ms !== undefined) return formatDuration(row.duration_ms);
-  if (row.status === "RUNNING" && row.start) return formatDuration(Math.max(0, now - row.start * 1000));
+  if (row.status === running && row.start) return formatDuration(Math.max(0, now - row.start * 1000));
   return "";
 }
 
-function rowNode(row, now) {
+function rowNode(row, now, vocabulary) {
+  const running = vocabulary.running;
   const action = row.cancellable
     ? h("button", { class: "cf-q-cancel", title: `cancel job ${row.id}`, dataset: { id: row.id } }, "cancel")
     : "";
@@ -77,16 +88,16 @@ function rowNode(row, now) {
     "tr",
     { class: `cf-q-row cf-row-${row.status}`, dataset: { id: row.id } },
     h("td", { class: "num" }, row.id),
-    h("td", {}, statusCell(row)),
+    h("td", {}, statusCell(row, vocabulary)),
     h("td", {}, row.plugin ?? ""),
     h("td", { class: "cf-q-input", title: row.path ?? "" }, row.input ?? ""),
     h("td", {}, row.worker ?? ""),
     h("td", { class: "num" }, row.rows === null || row.rows === undefined ? "" : row.rows.toLocaleString()),
-    h("td", { class: "num cf-q-dur", dataset: { start: row.start ?? "" } }, durationText(row, now)),
+    h("td", { class: "num cf-q-dur", dataset: { start: row.start ?? "" } }, durationText(row, now, running)),
     h("td", { class: "cf-q-error", title: row.error ?? "" }, row.error ?? ""),
     h("td", {}, action),
   );
-  if (row.status === "RUNNING" && (row.duration_ms === null || row.duration_ms === undefined)) {
+  if (row.status === running && (row.duration_ms === null || row.duration_ms === undefined)) {
     tr.classList.add("cf-q-live");
   }
   return tr;
@@ -132,18 +143,20 @@ function render({ model, el }) {
     const chip = (status, text, n) =>
       h("button", { class: `cf-q-chip cf-st-${status || "ALL"} ${v.status === status ? "cf-q-on" : ""}`, dataset: { status } }, `${text} ${Number(n || 0).toLocaleString()}`);
     const nodes = [chip("", "all", counts.total)];
-    for (const s of STATUSES) if (counts[s] || v.status === s) nodes.push(chip(s, s.toLowerCase(), counts[s]));
+    const vocabulary = vocabularyOf(model);
+    for (const s of shownStatuses(vocabulary, counts, v.status)) nodes.push(chip(s, s.toLowerCase(), counts[s]));
     if (counts.aborting) nodes.push(chip("ABORTING", "aborting…", counts.aborting));
     const workers = model.get("workers");
     if (workers) nodes.push(h("span", { class: "cf-q-workers" }, `${workers} worker${workers === 1 ? "" : "s"}`));
     chips.replaceChildren(...nodes);
-    cancelAll.disabled = !counts.QUEUED;
+    cancelAll.disabled = !counts[vocabulary.queued];
   }
 
   function drawRows() {
     const now = Date.now();
     const rows = model.get("rows") || [];
-    tbody.replaceChildren(...rows.map((r) => rowNode(r, now)));
+    const vocabulary = vocabularyOf(model);
+    tbody.replaceChildren(...rows.map((r) => rowNode(r, now, vocabulary)));
     if (!rows.length) tbody.append(h("tr", {}, h("td", { class: "cf-q-empty", colspan: COLUMNS.length }, "no jobs")));
   }
 
@@ -206,6 +219,7 @@ function render({ model, el }) {
   model.on("change:workers", drawChips);
   model.on("change:total", drawPager);
   model.on("change:message", drawMessage);
+  model.on("change:vocabulary", drawAll);
   model.on("change:view", () => {
     drawHeader();
     drawChips();

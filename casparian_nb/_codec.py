@@ -75,6 +75,11 @@ class SignatureError(WireError, AuthenticationError):
     code = "AUTH_ERROR"
 
 
+class StaleMessageError(SignatureError):
+    """Correctly signed, but its timestamp is outside the accepted window: the clocks of
+    sender and receiver disagree (or it is a replay)."""
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, for error messages."""
     if value is None:
@@ -313,10 +318,10 @@ class FrameCodec:
         if self.max_age is not None:
             skew = time.time() - ts
             if skew > self.max_age:
-                raise SignatureError(f"stale message: sent {skew:.0f} s ago "
+                raise StaleMessageError(f"stale message: sent {skew:.0f} s ago "
                                      f"(limit {self.max_age:.0f} s)")  # fmt: skip
             if skew < -self.max_age:
-                raise SignatureError(f"message timestamp {-skew:.0f} s in the future "
+                raise StaleMessageError(f"message timestamp {-skew:.0f} s in the future "
                                      f"(limit {self.max_age:.0f} s)")  # fmt: skip
         msg_id = obj.get("id")
         if not isinstance(msg_id, str) or not 0 < len(msg_id) <= _MAX_ID_LEN:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._codec import Codec, one_line
+from ._codec import one_line
 from .errors import ConfigError, SentinelError
+from .protocol import Codec
 
 CONNECTION_FILE = "sentinel.json"
 _FORMAT_VERSION = 1
@@ -55,7 +56,8 @@ class ConnectionInfo:
         return bytes.fromhex(self.key)
 
     def codec(self, **kwargs: Any) -> Codec:
-        """A :class:`Codec` with this connection's key (kwargs: ``max_bytes``, ``max_age``)."""
+        """A :class:`~casparian_nb.protocol.Codec` with this connection's key (kwargs:
+        ``accepts``, ``max_bytes``, ``max_age``)."""
         return Codec(self.key_bytes, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from ._codec import (
     Message,
     MessageTooLargeError,
     SignatureError,
+    StaleMessageError,
     UnknownMessageTypeError,
     WireError,
     one_line,
@@ -109,7 +110,9 @@ __all__ = [
     "Handler",
     "HandlerTable",
     "Heartbeat",
+    "HostExit",
     "HostJob",
+    "HostReady",
     "Identify",
     "Int64",
     "InvalidPayloadError",
@@ -137,6 +140,7 @@ __all__ = [
     "Shutdown",
     "ShutdownAck",
     "SignatureError",
+    "StaleMessageError",
     "SubmitJobs",
     "Submitted",
     "Subscribed",
@@ -288,7 +292,7 @@ class ErrorCode(StrEnum):
 Int64: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
-class WireMessage(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class WireMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of every payload: the envelope's ``type`` is the class name. Unknown payload keys
     are ignored, so a newer peer may add optional fields without breaking an older one."""
 
@@ -555,14 +559,25 @@ class Subscribed(WireMessage):
     token: str
 
 
-# Worker -> plugin host (over the host's socket pair, not signed: a private pipe).
+# Worker <-> plugin host, over the host's socket pair (a private pipe: not signed). The host
+# says HostReady once, then answers each HostJob with a Receipt, until HostExit.
 
-class HostJob(msgspec.Struct, kw_only=True, frozen=True):
+class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     """One attempt of a job on a plugin host, staging under ``staging_root``."""
 
     job: JobSpec
     attempt: Int64 = 1
     staging_root: str
+
+
+class HostExit(msgspec.Struct, frozen=True, tag=True):
+    """Finish (the host exits after its current job)."""
+
+
+class HostReady(msgspec.Struct, frozen=True):
+    """The host's imports are done."""
+
+    pid: Int64
 
 
 ControlRequest: TypeAlias = Union[  # noqa: UP007 - a runtime union: get_args lists it
@@ -735,11 +750,12 @@ class HandlerTable:
             # Without a CF1 frame the routing is unknown; on a ROUTER frame 0 is the peer id.
             return self._answer(exc.routing or _first_frame(frames), exc.request_id,
                                 error_reply(exc))  # fmt: skip
-        handler = self.handlers.get(type(msg.payload))
+        handler = self.handlers.get(type(msg.payload))  # type: ignore[arg-type]
         if handler is None:
-            exc = UnknownMessageTypeError(f"no handler for {msg.type!r} on the {self.name} socket")
-            self._bad(exc.code, str(exc))
-            return self._answer(routing, msg.id, error_reply(exc))
+            unknown = UnknownMessageTypeError(
+                f"no handler for {msg.type!r} on the {self.name} socket")
+            self._bad(unknown.code, str(unknown))
+            return self._answer(routing, msg.id, error_reply(unknown))
         try:
             result = handler(msg, routing)
         except Exception as exc:

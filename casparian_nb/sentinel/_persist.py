@@ -17,10 +17,11 @@ from typing import Any
 from .. import plan, sinks
 from ..config import Settings
 from ..errors import SinkLockedError
+from ..protocol import JobSpec
 from ..store import Materialization, StateReader, StateStore
 from ..store.schema import iso_from_epoch
 from . import state as st
-from ._submit import job_spec
+from ._submit import job_spec_from_row
 
 __all__ = ["Persister", "SentinelStore"]
 
@@ -69,7 +70,6 @@ class Persister:
         self._plugin_paths: dict[int, str] = {}
         self._submission_ids: dict[str, frozenset[str]] = {}
         self._plans: dict[str, list[plan.OutputTarget]] = {}
-        self._specs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._plan_texts: dict[str, str] = {}
         self._reader: StateReader | None = None  # the committer thread's own connection
 
@@ -117,10 +117,10 @@ class Persister:
             result_summary="Partial success" if quarantine else "Success")
         if not moved:
             return  # not RUNNING (a duplicate): its materializations exist already
-        spec: dict[str, Any] = a.get("spec") or {}
+        spec: JobSpec = a["spec"]
         source_hash = a.get("source_hash") or ""
-        plugin_name = str(spec.get("plugin_name") or "")
-        version = spec.get("parser_version")
+        plugin_name = spec.plugin_name
+        version = spec.parser_version
         mats = []
         for t in self._targets(a.get("plan_json")):
             produced = outputs.get(t.output) if t.output != plan.ALL_OUTPUTS else sum(outputs.values())
@@ -129,8 +129,8 @@ class Persister:
                                                              version or "", t.target_key),
                 output_target_key=t.target_key, source_hash=source_hash,
                 plugin_name=plugin_name, parser_version=version,
-                output_name=t.output, table_name=t.table, sink_uri=spec.get("sink"),
-                sink_mode=spec.get("mode"), schema_hash=t.schema_hash,
+                output_name=t.output, table_name=t.table, sink_uri=spec.sink,
+                sink_mode=spec.mode, schema_hash=t.schema_hash,
                 status="success" if produced else "no_data", rows=int(produced or 0),
                 job_id=job_id))
         if mats:
@@ -146,8 +146,7 @@ class Persister:
         return self._plugin_paths[plugin_id]
 
     def _rec(self, row: dict[str, Any], now: float) -> st.JobRec:
-        spec = job_spec(row, self._plugin_path(row.get("plugin_id")), str(self.settings.staging_dir))
-        spec = self._specs.setdefault(tuple(spec.values()), spec)  # one dict per submission
+        spec = job_spec_from_row(row, self._plugin_path(row.get("plugin_id")))
         raw_plan = row.get("plan_json")
         plan_json = raw_plan if isinstance(raw_plan, str) or raw_plan is None else \
             plan.plan_to_json(plan.plan_from_json(raw_plan))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import JobSpec, Receipt, ReceiptStatus, WireMessage
+
 __all__ = [
     "Action",
     "CancelRequested",
@@ -38,9 +40,8 @@ class JobRec:
 
     id: int
     priority: int
-    #: Dispatch payload minus the input file and per-attempt fields: one dict shared by
-    #: every job of a submission (never mutated), so 100,000 queued jobs stay small.
-    spec: dict[str, Any]
+    #: The job as submitted; sent unchanged in every Dispatch.
+    spec: JobSpec
     timeout_s: float | None = None
     retry_count: int = 0
     attempt: int = 0
@@ -107,8 +108,8 @@ class ReceiptReceived:
     job_id: int
     worker_id: str
     attempt: int
-    status: str  # SUCCESS | FAILED | ABORTED | REJECTED
-    data: dict[str, Any]
+    status: ReceiptStatus
+    data: Receipt
     now: float
 
 
@@ -146,8 +147,11 @@ class Persist:
 @dataclass(slots=True)
 class Send:
     worker_id: str
-    type: str
-    payload: dict[str, Any]
+    message: WireMessage
+
+    @property
+    def type(self) -> str:
+        return type(self.message).__name__
 
 
 @dataclass(slots=True)
@@ -171,9 +175,10 @@ class Discard:
 
 @dataclass(slots=True)
 class Reply:
+    """Answer the control request ``request_id`` (held by the server) with ``message``."""
+
     request_id: str
-    type: str
-    payload: dict[str, Any]
+    message: WireMessage
 
 
 Action = Persist | Send | Publish | Promote | Discard | Reply

@@ -292,7 +292,7 @@ class ErrorCode(StrEnum):
 Int64: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
-class WireMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+class WireMessage(msgspec.Struct, kw_only=True):
     """Base of every payload: the envelope's ``type`` is the class name. Unknown payload keys
     are ignored, so a newer peer may add optional fields without breaking an older one."""
 
@@ -470,7 +470,7 @@ class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     phase: str | None = None
 
 
-class Receipt(WireMessage):
+class Receipt(WireMessage, omit_defaults=True):
     """The outcome of one job attempt: made by the plugin host, completed by the worker
     (``attempt``, ``worker_id``, ``host_pid``) and sent to the sentinel."""
 

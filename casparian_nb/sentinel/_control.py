@@ -161,7 +161,7 @@ class ControlHandlers:
             want = (req.status or JobStatus.QUEUED).upper()
             everything = want == "ALL"
             if not everything:
-                want = _job_status(want, JobStatus)
+                want = _job_status(want, tuple(JobStatus))
             ids = [j.id for j in self.state.jobs.values() if everything or j.status == want]
         results: dict[str, str] = {}
         now = time.time()

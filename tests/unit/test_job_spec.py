@@ -19,8 +19,8 @@ from casparian_nb.sentinel._persist import Persister
 from casparian_nb.sentinel._submit import SubmitHandler, job_spec_from_row, name_declared
 from casparian_nb.sentinel.state import (
     JobsQueued,
-    SentinelState,
     Send,
+    SentinelState,
     WorkerJoined,
     plugin_name_fields,
 )

@@ -98,7 +98,8 @@ class Worker:
         self.table = HandlerTable(self.codec, {Dispatch: self._on_dispatch, Abort: self._on_abort,
                                                Shutdown: self._on_shutdown,
                                                Refused: self._on_refused},
-                                  name="worker", refusal=None, logger=log)  # fmt: skip
+                                  name="worker", refusal=None, logger=log,
+                                  log_burst=20)  # fmt: skip
         self._stop = threading.Event()
         self._results: queue.Queue[tuple[Dispatch, Receipt | _Started]] = queue.Queue()
         self._running: dict[str, Dispatch] = {}

@@ -166,7 +166,9 @@ class ControlClient:
         if expected is not None and not isinstance(msg.payload, expected):
             raise SentinelError(f"{type}: sentinel answered {msg.type}, "
                                 f"expected {expected.__name__}")
-        return msg.payload
+        reply = msg.payload
+        assert isinstance(reply, WireMessage)  # every Struct of the catalogue is one
+        return reply
 
     def _call(self, message: WireMessage, *, timeout: float | None = None) -> dict[str, Any]:
         """:meth:`request`, with the reply as plain data (what the CLI and notebook read)."""

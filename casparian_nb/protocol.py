@@ -538,8 +538,11 @@ class Dispatch(WireMessage):
 
 
 class Abort(WireMessage):
+    """Kill the job; ``timeout``: because it ran past its timeout."""
+
     job_id: str
     reason: str
+    timeout: bool = False
 
 
 # Events socket (sentinel -> subscribers).
@@ -750,7 +753,7 @@ class HandlerTable:
             # Without a CF1 frame the routing is unknown; on a ROUTER frame 0 is the peer id.
             return self._answer(exc.routing or _first_frame(frames), exc.request_id,
                                 error_reply(exc))  # fmt: skip
-        handler = self.handlers.get(type(msg.payload))  # type: ignore[arg-type]
+        handler = self.handlers.get(type(msg.payload))  # type: ignore[arg-type]  # a WireMessage
         if handler is None:
             unknown = UnknownMessageTypeError(
                 f"no handler for {msg.type!r} on the {self.name} socket")

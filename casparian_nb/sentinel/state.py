@@ -334,7 +334,8 @@ class SentinelState:
             return []
         job.abort_sent_at = now
         return [Send(w.worker_id, Abort(
-            job_id=job.spec.job_id, reason=f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s"))]
+            job_id=job.spec.job_id, reason=f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s",
+            timeout=True))]
 
     _handlers: dict[type, Any] = {
         JobsQueued: _on_jobs_queued,

@@ -43,11 +43,10 @@ _EXIT = _to_host.encode(HostExit())
 
 
 def aborted(job_id: str, reason: str, host_pid: int | None = None,
-            duration_ms: float | None = None) -> Receipt:  # fmt: skip
-    """The receipt of a job that was killed (``reason`` "timeout: ..." marks a timeout)."""
-    return Receipt(job_id=job_id, status=ReceiptStatus.ABORTED, reason=reason,
-                   timeout=reason.startswith("timeout"), host_pid=host_pid,
-                   duration_ms=duration_ms)  # fmt: skip
+            duration_ms: float | None = None, *, timeout: bool = False) -> Receipt:  # fmt: skip
+    """The receipt of a job that was killed (``timeout``: because it ran too long)."""
+    return Receipt(job_id=job_id, status=ReceiptStatus.ABORTED, reason=reason, timeout=timeout,
+                   host_pid=host_pid, duration_ms=duration_ms)
 
 
 def _failed(job_id: str, exc_name: str, text: str, kind: ErrorKind,
@@ -103,6 +102,8 @@ class PluginHostProcess:
         self.job_id: str | None = None
         #: Why the pool killed this host (cancel, timeout, shutdown); None while it is healthy.
         self.killed_reason: str | None = None
+        #: ... and whether that was because the job ran past its timeout.
+        self.killed_by_timeout = False
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
         if self.ready:
@@ -315,6 +316,7 @@ class HostPool:
                 return self._dead_host_result(host, job_id), False
             if deadline is not None and time.monotonic() >= deadline:
                 host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
+                host.killed_by_timeout = True
                 return self._dead_host_result(host, job_id), False
 
     def _dead_host_result(self, host: PluginHostProcess, job_id: str) -> Receipt:
@@ -331,9 +333,11 @@ class HostPool:
                                f"plugin host exited with {_describe_exit(code)} while running "
                                f"the job (see {host.log_path})", ErrorKind.PERMANENT, host.pid)
         host.terminate(self._grace)
-        return aborted(job_id, host.killed_reason or "aborted", host.pid)
+        return aborted(job_id, host.killed_reason or "aborted", host.pid,
+                       timeout=host.killed_by_timeout)
 
-    def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
+    def cancel(self, job_id: str, reason: str = "cancelled by user", *,
+               timeout: bool = False) -> bool:
         """Kill the host running ``job_id``; its ``run`` call returns ABORTED. Returns
         whether the job was running here. When this returns True the host is gone."""
         with self._lock:
@@ -341,7 +345,7 @@ class HostPool:
             if host is None:
                 return False
             if host.killed_reason is None:
-                host.killed_reason = reason
+                host.killed_reason, host.killed_by_timeout = reason, timeout
         host.terminate(self._grace)
         return True
 

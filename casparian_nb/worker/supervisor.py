@@ -111,7 +111,7 @@ class Worker:
         self._lock = threading.Lock()
         self._backlog: deque[Dispatch] = deque()
         self._threads = 0
-        self._pending_aborts: dict[str, str] = {}
+        self._pending_aborts: dict[str, Abort] = {}
         #: JobStarted messages held back for STARTED_DELAY: a job that finishes by then is
         #: reported by its receipt alone (one message instead of two for fast jobs).
         self._started: dict[str, tuple[float, _Started]] = {}
@@ -302,24 +302,26 @@ class Worker:
             self._executor.submit(self._job_thread, dispatch)
 
     def _on_abort(self, msg: Message, routing: list[bytes]) -> None:
-        assert isinstance(msg.payload, Abort) and self.pool is not None
-        job_id, reason = msg.payload.job_id, msg.payload.reason or "cancelled"
+        abort = msg.payload
+        assert isinstance(abort, Abort) and self.pool is not None
+        job_id = abort.job_id
         with self._lock:
             for queued in self._backlog:  # not started: nothing to kill
                 if queued.job.job_id == job_id:
                     self._backlog.remove(queued)
-                    self._results.put((queued, aborted(job_id, reason)))
+                    self._results.put((queued, aborted(job_id, abort.reason,
+                                                       timeout=abort.timeout)))
                     return
             # Under the lock: either the job thread has its host (cancel kills it) or it has
             # not asked for one yet (it will find the parked abort first).
-            if self.pool.cancel(job_id, reason):
+            if self.pool.cancel(job_id, abort.reason, timeout=abort.timeout):
                 return
             if job_id in self._running:
-                self._pending_aborts[job_id] = reason
+                self._pending_aborts[job_id] = abort
                 return
         log.info("abort for job %s which is not running here", job_id)
 
-    def _take_abort(self, job_id: str) -> str | None:
+    def _take_abort(self, job_id: str) -> Abort | None:
         with self._lock:
             return self._pending_aborts.pop(job_id, None)
 
@@ -355,18 +357,18 @@ class Worker:
         attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging))
 
         def started(pid: int) -> None:
-            reason = self._take_abort(job_id)
-            if reason is not None:  # aborted while waiting for a host: kill it right away
+            abort = self._take_abort(job_id)
+            if abort is not None:  # aborted while waiting for a host: kill it right away
                 assert self.pool is not None
-                self.pool.cancel(job_id, reason)
+                self.pool.cancel(job_id, abort.reason, timeout=abort.timeout)
             # No wake-up: the loop looks at least every LOOK_INTERVAL while jobs run, and
             # holds a JobStarted back for STARTED_DELAY anyway.
             self._results.put((dispatch, _Started(pid, time.monotonic())))
 
         try:
-            reason = self._take_abort(job_id)
-            if reason is not None:
-                res = aborted(job_id, reason)
+            abort = self._take_abort(job_id)
+            if abort is not None:
+                res = aborted(job_id, abort.reason, timeout=abort.timeout)
             else:
                 res = self.pool.run(attempt, timeout=dispatch.timeout_s or None,
                                     on_start=started)

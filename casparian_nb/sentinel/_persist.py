@@ -161,7 +161,7 @@ class Persister:
         return st.JobRec(id=int(row["id"]), priority=int(row.get("priority") or 0), spec=spec,
                          timeout_s=row.get("timeout_s"), retry_count=int(row.get("retry_count") or 0),
                          attempt=int(row.get("attempt") or 0), ready_at=ready_at,
-                         plan_json=plan_json, input_file=str(row["input_file"]))
+                         plan_json=plan_json, input_file=spec.input_file)
 
     def reconcile(self, now: float) -> tuple[list[int], list[st.JobRec]]:
         """RUNNING rows after a restart: re-adopt those whose outputs were staged (recorded)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,16 +42,24 @@ class SubmitOutcome:
 
 def job_spec_from_row(row: dict[str, Any], plugin_path: str) -> JobSpec:
     """The :class:`JobSpec` of a job the state DB holds (a sentinel restart), made from the
-    columns its submission filled in — the same fields :meth:`SubmitHandler.submit` set."""
+    columns its submission filled in — the same fields :meth:`SubmitHandler.submit` set.
+
+    The columns a submission's jobs share are interned: a restart with 100,000 queued jobs
+    then holds each plugin name, hash and sink once, as the submission itself did.
+    """
     return JobSpec(
         job_id=str(row["id"]), input_file=str(row["input_file"]), plugin_path=plugin_path,
-        plugin_name=str(row["plugin_name"]),
+        plugin_name=_shared(row["plugin_name"]) or "",
         plugin_name_declared=name_declared(row, plugin_path),
-        plugin_source_hash=row.get("parser_fingerprint"),
-        parser_version=row.get("parser_version"), sink=str(row.get("sink_uri") or ""),
-        mode=str(row.get("sink_mode") or sinks.SinkMode.APPEND.value),
-        submission_id=row.get("submission_id"), timeout_s=row.get("timeout_s"),
+        plugin_source_hash=_shared(row.get("parser_fingerprint")),
+        parser_version=_shared(row.get("parser_version")), sink=_shared(row.get("sink_uri")) or "",
+        mode=_shared(row.get("sink_mode")) or sinks.SinkMode.APPEND.value,
+        submission_id=_shared(row.get("submission_id")), timeout_s=row.get("timeout_s"),
     )  # fmt: skip
+
+
+def _shared(value: object) -> str | None:
+    return None if value is None else sys.intern(str(value))
 
 
 def name_declared(row: dict[str, Any], plugin_path: str) -> bool:

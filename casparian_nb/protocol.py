@@ -140,6 +140,7 @@ __all__ = [
     "Shutdown",
     "ShutdownAck",
     "SignatureError",
+    "SkippedInput",
     "StaleMessageError",
     "SubmitJobs",
     "Submitted",
@@ -148,6 +149,7 @@ __all__ = [
     "Welcome",
     "WireError",
     "WireMessage",
+    "WorkerInfo",
     "WorkerMessage",
     "Workers",
     "error_code",
@@ -400,9 +402,17 @@ class QueueStats(WireMessage):
     total: Int64 = 0
 
 
+class SkippedInput(msgspec.Struct, kw_only=True):
+    """An input a submission did not queue: every output it would make is materialized."""
+
+    job_id: Int64
+    input_file: str
+    reason: str
+
+
 class Submitted(WireMessage):
     job_ids: list[Int64]
-    skipped: list[dict[str, Any]]
+    skipped: list[SkippedInput]
     submission_id: str
 
 
@@ -414,8 +424,20 @@ class PluginRegistered(WireMessage):
     trust: str
 
 
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A connected worker: its slots (plus backlog), the jobs it runs, when it was last heard
+    from (unix seconds) and how many more jobs it takes."""
+
+    worker_id: str
+    slots: Int64
+    pid: Int64
+    running: list[Int64]
+    last_seen: float
+    free: Int64
+
+
 class Workers(WireMessage):
-    workers: list[dict[str, Any]]
+    workers: list[WorkerInfo]
 
 
 class ShutdownAck(WireMessage):

@@ -45,6 +45,7 @@ from ..protocol import (
     SubmitJobs,
     Submitted,
     WireMessage,
+    WorkerInfo,
     Workers,
 )
 from . import state as st
@@ -203,7 +204,7 @@ class ControlHandlers:
         return self.submitter.register(msg.payload.path)
 
     def _on_workers(self, msg: Message, routing: list[bytes]) -> Workers:
-        return Workers(workers=self.state.worker_table())
+        return Workers(workers=[WorkerInfo(**w) for w in self.state.worker_table()])
 
     def _on_shutdown(self, msg: Message, routing: list[bytes]) -> ShutdownAck:
         self._stop.set()

@@ -24,7 +24,7 @@ from .. import lineage, plan, plugins, sinks
 from .._inputs import expand_inputs
 from ..config import Settings
 from ..errors import PluginError
-from ..protocol import EventName, JobSpec, PluginRegistered, SubmitJobs
+from ..protocol import EventName, JobSpec, PluginRegistered, SkippedInput, SubmitJobs
 from ..store import NewJob, StateStore
 from .state import JobRec, plugin_name_fields
 
@@ -35,7 +35,7 @@ __all__ = ["SubmitHandler", "SubmitOutcome", "job_spec_from_row"]
 class SubmitOutcome:
     submission_id: str
     job_ids: list[int] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkippedInput] = field(default_factory=list)
     records: list[JobRec] = field(default_factory=list)
     events: list[tuple[EventName, dict[str, Any]]] = field(default_factory=list)
 
@@ -207,8 +207,8 @@ class SubmitHandler:
                 "job_id": job_id, **name_fields, "plugin_version": spec.version,
                 "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))
         for job_id, job in zip(skipped_ids, skip, strict=True):
-            out.skipped.append({"job_id": job_id, "input_file": job.input_file,
-                                "reason": "already materialized"})
+            out.skipped.append(SkippedInput(job_id=job_id, input_file=job.input_file,
+                                            reason="already materialized"))
             out.events.append((EventName.JOB_SKIPPED, {"job_id": job_id, "input_file": job.input_file,
                                               "reason": "already materialized"}))
         out.job_ids = ids

@@ -62,6 +62,7 @@ from casparian_nb.protocol import (
     SubmitJobs,
     Submitted,
     WireMessage,
+    WorkerInfo,
     Workers,
 )
 
@@ -126,7 +127,8 @@ class FakeSentinel:
             GetQueueStats: lambda m, r: QueueStats(),
             SubmitJobs: lambda m, r: Submitted(job_ids=[1, 2], skipped=[], submission_id="s1"),
             RegisterPlugin: register,
-            ListWorkers: lambda m, r: Workers(workers=[{"worker_id": "w1"}]),
+            ListWorkers: lambda m, r: Workers(workers=[WorkerInfo(
+                worker_id="w1", slots=1, pid=1, running=[], last_seen=0.0, free=1)]),
             Shutdown: lambda m, r: ShutdownAck(),
         }  # fmt: skip
 
@@ -217,7 +219,8 @@ def test_convenience_methods(client: ControlClient, sentinel: FakeSentinel, tmp_
                         priority=3, force=True)  # fmt: skip
     assert out["job_ids"] == [1, 2]
     assert client.register_plugin(tmp_path / "p.py")["plugin_id"] == 3
-    assert client.list_workers() == [{"worker_id": "w1"}]
+    assert client.list_workers() == [{"worker_id": "w1", "slots": 1, "pid": 1, "running": [],
+                                      "last_seen": 0.0, "free": 1}]
     assert client.shutdown() == {}
     sent = {m.type: m.payload for m in sentinel.received}
     assert sent["ListJobs"] == ListJobs(status="QUEUED", limit=5)

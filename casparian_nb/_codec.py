@@ -13,7 +13,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar, cast
+from enum import StrEnum
+from typing import Annotated, Any, Final, Generic, TypeAlias, TypeVar, cast
 
 import msgspec
 
@@ -32,10 +33,33 @@ _MAX_ID_LEN: Final = 128
 P = TypeVar("P")
 
 
+#: Ids and counts go straight into SQLite, which stores signed 64-bit integers at most.
+Int64: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class WireMessage(msgspec.Struct, kw_only=True):
+    """Base of every payload: the envelope's ``type`` is the class name. Unknown payload keys
+    are ignored, so a newer peer may add optional fields without breaking an older one."""
+
+
+
 def one_line(text: object, limit: int = 80) -> str:
     """``text`` on one line, cut to ``limit`` characters, for error messages about input."""
     s = " ".join(str(text)[: limit * 4].split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``Error`` reply; :func:`error_code` picks it from the exception."""
+
+    PARSE_ERROR = "PARSE_ERROR"
+    AUTH_ERROR = "AUTH_ERROR"
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    NOT_FOUND = "NOT_FOUND"
+    DB_ERROR = "DB_ERROR"
+    INTERNAL = "INTERNAL"
+    TOO_LARGE = "TOO_LARGE"
 
 
 class WireError(ProtocolError):
@@ -43,7 +67,7 @@ class WireError(ProtocolError):
     ``routing`` the frames before the magic frame (to address that reply); ``request_id`` the
     message id once the signature has been verified (so the reply can carry ``reply_to``)."""
 
-    code: str = "PARSE_ERROR"
+    code: ErrorCode = ErrorCode.PARSE_ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -54,25 +78,25 @@ class WireError(ProtocolError):
 class MessageTooLargeError(WireError):
     """The frames exceed the codec's ``max_bytes``."""
 
-    code = "TOO_LARGE"
+    code = ErrorCode.TOO_LARGE
 
 
 class UnknownMessageTypeError(WireError):
     """A well-formed, signed message of a type this build does not know."""
 
-    code = "UNKNOWN_TYPE"
+    code = ErrorCode.UNKNOWN_TYPE
 
 
 class InvalidPayloadError(WireError):
     """A payload that does not match its type's schema."""
 
-    code = "INVALID_REQUEST"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class SignatureError(WireError, AuthenticationError):
     """Missing or wrong signature, or a timestamp outside the accepted window (F14)."""
 
-    code = "AUTH_ERROR"
+    code = ErrorCode.AUTH_ERROR
 
 
 class StaleMessageError(SignatureError):
@@ -129,7 +153,7 @@ class Catalogue:
     of them it decodes (``accepts``; None: all), and the envelope ``status`` each one needs
     (``status``: "ok"/"error" for control replies, None for every other message)."""
 
-    types: Mapping[str, type[msgspec.Struct]]
+    types: Mapping[str, type[WireMessage]]
     status: Callable[[str], str | None]
     accepts: frozenset[str] | None = None
 
@@ -145,7 +169,7 @@ class Message:
     """A decoded, authenticated, validated message: ``payload`` is its Struct; ``status`` is
     set on control replies only."""
 
-    payload: msgspec.Struct
+    payload: WireMessage
     id: str
     ts: float
     reply_to: str | None
@@ -187,7 +211,7 @@ class FrameCodec:
         mac.update(body)
         return mac.hexdigest().encode("ascii")
 
-    def encode(self, message: msgspec.Struct | str, payload: Mapping[str, Any] | None = None,
+    def encode(self, message: WireMessage | str, payload: Mapping[str, Any] | None = None,
                *, reply_to: str | None = None, msg_id: str | None = None,
                ts: float | None = None) -> list[bytes]:  # fmt: skip
         """The three frames ``[MAGIC, signature, body]`` of a message (no routing frames).
@@ -232,7 +256,7 @@ class FrameCodec:
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidPayloadError(f"{name}: payload is not JSON: {one_line(exc)}") from None
 
-    def _convert(self, name: str, payload: Any) -> msgspec.Struct:
+    def _convert(self, name: str, payload: Any) -> WireMessage:
         """Validate a payload (a dict, as JSON decoded it) into the Struct of type ``name``."""
         wrapped = self._wrapped.get(name)
         if wrapped is None:
@@ -241,7 +265,7 @@ class FrameCodec:
             envelope: _Envelope[Any] = msgspec.convert({"payload": payload}, wrapped, strict=True)
         except msgspec.ValidationError as exc:
             raise InvalidPayloadError(f"{name}: {one_line(exc, 160)}") from None
-        return cast(msgspec.Struct, envelope.payload)
+        return cast(WireMessage, envelope.payload)
 
     def decode(self, frames: Sequence[bytes]) -> tuple[list[bytes], Message]:
         """Split off routing frames and return them with the verified message.

@@ -38,13 +38,10 @@ plugin host (:class:`HostJob`). The outcome of an attempt is one :class:`Receipt
 
 from __future__ import annotations
 
-import logging
 import traceback
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Final, TypeAlias, Union, get_args
+from typing import Any, Final, TypeAlias, Union, get_args
 
 import msgspec
 
@@ -57,6 +54,7 @@ from ._codec import (
     PROTOCOL_VERSION,
     Catalogue,
     FrameCodec,
+    Int64,
     InvalidPayloadError,
     Message,
     MessageTooLargeError,
@@ -64,16 +62,20 @@ from ._codec import (
     StaleMessageError,
     UnknownMessageTypeError,
     WireError,
+    WireMessage,
     one_line,
 )
 from ._ratelimit import LogLimiter
-from .errors import (
-    AuthenticationError,
-    CasparianError,
-    ProtocolError,
-    StoreError,
-    TransientError,
+from ._router import (
+    Error,
+    ErrorCode,
+    Handler,
+    HandlerTable,
+    RequestFailed,
+    error_code,
+    error_reply,
 )
+from .errors import TransientError
 
 __all__ = [
     "DEFAULT_MAX_AGE",
@@ -275,29 +277,8 @@ def vocabulary() -> dict[str, list[str]]:
     }
 
 
-class ErrorCode(StrEnum):
-    """The ``code`` of an ``Error`` reply; :func:`error_code` picks it from the exception."""
-
-    PARSE_ERROR = "PARSE_ERROR"
-    AUTH_ERROR = "AUTH_ERROR"
-    UNKNOWN_TYPE = "UNKNOWN_TYPE"
-    INVALID_REQUEST = "INVALID_REQUEST"
-    NOT_FOUND = "NOT_FOUND"
-    DB_ERROR = "DB_ERROR"
-    INTERNAL = "INTERNAL"
-    TOO_LARGE = "TOO_LARGE"
-
-
 # -- the messages ----------------------------------------------------------------------------
-
-#: Ids and counts go straight into SQLite, which stores signed 64-bit integers at most.
-Int64: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-
-
-class WireMessage(msgspec.Struct, kw_only=True):
-    """Base of every payload: the envelope's ``type`` is the class name. Unknown payload keys
-    are ignored, so a newer peer may add optional fields without breaking an older one."""
-
+# (their base, WireMessage, and Int64 are in _codec; Error, the failed reply, in _router)
 
 # Control requests (client -> sentinel).
 
@@ -442,13 +423,6 @@ class Workers(WireMessage):
 
 class ShutdownAck(WireMessage):
     pass
-
-
-class Error(WireMessage):
-    """The answer to a request that failed; ``message`` is one line."""
-
-    code: ErrorCode
-    message: str
 
 
 # The job and its outcome.
@@ -682,146 +656,3 @@ def error_info(exc: BaseException, *, kind: ErrorKind | None = None,
     if kind is None:
         kind = ErrorKind.TRANSIENT if isinstance(exc, TransientError) else ErrorKind.PERMANENT
     return ErrorInfo(ename=type(exc).__name__, evalue=str(exc)[:limit], traceback=tb, kind=kind)
-
-
-class RequestFailed(CasparianError):
-    """Raised by a handler to answer with ``Error{code, message}``, e.g.
-    ``raise RequestFailed(ErrorCode.NOT_FOUND, f"no job {job_id}")``."""
-
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
-        super().__init__(message)
-        self.code = ErrorCode(code)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.code.value, str(self)))
-
-
-def error_code(exc: BaseException) -> ErrorCode:
-    """The ``Error`` code for an exception raised while serving a request, by its class:
-    a refused message or a :class:`RequestFailed` says its own; a bad key is AUTH_ERROR;
-    other protocol errors and every other :class:`CasparianError` (a bad plugin, sink or
-    argument the request named) are INVALID_REQUEST; the state DB's are DB_ERROR; anything
-    else is a bug of ours, INTERNAL."""
-    if isinstance(exc, WireError | RequestFailed):
-        return ErrorCode(exc.code)
-    if isinstance(exc, AuthenticationError):
-        return ErrorCode.AUTH_ERROR
-    if isinstance(exc, StoreError):
-        return ErrorCode.DB_ERROR
-    if isinstance(exc, ProtocolError | CasparianError):
-        return ErrorCode.INVALID_REQUEST
-    return ErrorCode.INTERNAL
-
-
-def error_reply(exc: BaseException, request_type: str = "request") -> Error:
-    """The one way an ``Error`` reply is made: its code from the exception's class, its
-    message one line (an INTERNAL one names the exception: it is our bug to report)."""
-    code = error_code(exc)
-    text = str(exc) or type(exc).__name__
-    if code is ErrorCode.INTERNAL:
-        text = f"internal error in {request_type}: {type(exc).__name__}: {text}"
-    return Error(code=code, message=one_line(text, 1000))
-
-
-# -- serving a socket ------------------------------------------------------------------------
-
-#: A handler gets the request and the routing frames it came with (the peer's identity on a
-#: ROUTER) and returns the reply, or None when it replies later or not at all.
-Handler = Callable[[Message, list[bytes]], "WireMessage | None"]
-
-
-def _refuse_with_error(error: Error) -> WireMessage:
-    return error
-
-
-@dataclass
-class HandlerTable:
-    """Routes the messages of one ROUTER socket, by Struct class, to handler functions, and
-    never raises.
-
-    Decoding failures, unknown types, handler exceptions and invalid replies all become an
-    ``Error`` reply built by :func:`error_reply` — turned into another message by ``refusal``
-    (the worker socket answers ``Refused``) or into none (``refusal=None``) — plus a
-    rate-limited log line, so hostile input cannot stop the loop (F14)::
-
-        table = HandlerTable(codec, {Ping: on_ping, GetJob: on_get_job})
-        out = table.handle(sock.recv_multipart())
-        if out:
-            sock.send_multipart(out)
-
-    ``counts`` tallies outcomes ("ok" or the error code) for tests and the hardening report.
-    """
-
-    codec: Codec
-    handlers: Mapping[type[WireMessage], Handler]
-    name: str = "control"
-    refusal: Callable[[Error], WireMessage | None] | None = _refuse_with_error
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
-    log_burst: int = 10  # bad-message lines per log_interval; the rest are counted
-    log_interval: float = 10.0
-    counts: Counter[str] = field(default_factory=Counter, init=False)
-    limiter: LogLimiter = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.limiter = LogLimiter(self.logger, name=self.name, burst=self.log_burst,
-                                  interval=self.log_interval)  # fmt: skip
-
-    def handle(self, frames: Sequence[bytes]) -> list[bytes] | None:
-        """Process one received message; return the frames to send back, or None."""
-        try:
-            routing, msg = self.codec.decode(frames)
-        except WireError as exc:
-            self._bad(exc.code, str(exc))
-            # Without a CF1 frame the routing is unknown; on a ROUTER frame 0 is the peer id.
-            return self._answer(exc.routing or _first_frame(frames), exc.request_id,
-                                error_reply(exc))  # fmt: skip
-        handler = self.handlers.get(type(msg.payload))  # type: ignore[arg-type]  # a WireMessage
-        if handler is None:
-            unknown = UnknownMessageTypeError(
-                f"no handler for {msg.type!r} on the {self.name} socket")
-            self._bad(unknown.code, str(unknown))
-            return self._answer(routing, msg.id, error_reply(unknown))
-        try:
-            result = handler(msg, routing)
-        except Exception as exc:
-            error = error_reply(exc, msg.type)
-            if error.code is ErrorCode.INTERNAL:
-                self.logger.exception("%s: handler for %s failed", self.name, msg.type)
-            self.counts[error.code] += 1
-            return self._answer(routing, msg.id, error)
-        self.counts["ok"] += 1
-        if result is None:
-            return None
-        return self.reply(routing, msg, result)
-
-    def reply(self, routing: Sequence[bytes], request: Message, payload: WireMessage) -> list[bytes]:
-        """Frames answering ``request`` with ``payload`` (for replies sent later, too)."""
-        try:
-            return [*routing, *self.codec.encode(payload, reply_to=request.id)]
-        except ProtocolError as exc:  # the handler built a reply the protocol refuses: our bug
-            self.logger.exception("%s: bad reply to %s", self.name, request.type)
-            self.counts["ok"] -= 1
-            self.counts[ErrorCode.INTERNAL] += 1
-            error = Error(code=ErrorCode.INTERNAL,
-                          message=one_line(f"internal error in {request.type}: {exc}", 1000))
-            return [*routing, *self.codec.encode(error, reply_to=request.id)]
-
-    def _answer(self, routing: Sequence[bytes], request_id: str | None,
-                error: Error) -> list[bytes] | None:  # fmt: skip
-        answer = self.refusal(error) if self.refusal is not None else None
-        if answer is None or not routing:
-            return None
-        return [*routing, *self.codec.encode(answer, reply_to=request_id)]
-
-    def _bad(self, code: str, text: str) -> None:
-        self.counts[code] += 1
-        self.limiter.log("%s: refused message [%s]: %s", self.name, code, text)
-
-
-def _first_frame(frames: object) -> list[bytes]:
-    if isinstance(frames, list | tuple) and frames:
-        first = frames[0]
-        # ZMQ routing ids are 1-255 bytes; a leading CF1 means there was no routing at all.
-        if isinstance(first, bytes | bytearray) and 0 < len(first) <= 255 and first != MAGIC:
-            return [bytes(first)]
-    return []

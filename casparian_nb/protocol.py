@@ -75,7 +75,7 @@ from ._router import (
     error_code,
     error_reply,
 )
-from .errors import TransientError
+from .errors import ProtocolError, TransientError
 
 __all__ = [
     "DEFAULT_MAX_AGE",
@@ -132,6 +132,7 @@ __all__ = [
     "Ping",
     "PluginRegistered",
     "Pong",
+    "ProtocolError",
     "QueueStats",
     "Receipt",
     "ReceiptStatus",

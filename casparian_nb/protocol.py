@@ -23,8 +23,9 @@ is the one place an ``Error`` reply is built, with the code given by the excepti
 catches that one class survives hostile input (F14).
 
 The job itself: :class:`JobSpec` is built once when a job is submitted (``sentinel/_submit.py``)
-and travels unchanged — through the state DB (msgspec JSON), the sentinel, the worker and the
-plugin host — to the plugin's ``ctx``. What differs per attempt does not belong to the job and
+and travels unchanged — through the sentinel's state machine, the worker and the plugin host —
+to the plugin's ``ctx``; it round-trips through ``msgspec.json`` for the state DB (a restarted
+sentinel reads an equal one back). What differs per attempt does not belong to the job and
 travels beside it: :class:`Dispatch` (sentinel -> worker) adds the attempt number and the
 timeout; the worker adds its staging directory for that attempt when it hands the job to a
 plugin host (:class:`HostJob`). The outcome of an attempt is one :class:`Receipt` (plugin host

@@ -156,7 +156,8 @@ class HandlerTable:
             return None
         return self.reply(routing, msg, result)
 
-    def reply(self, routing: Sequence[bytes], request: Message, payload: WireMessage) -> list[bytes]:
+    def reply(self, routing: Sequence[bytes], request: Message,
+              payload: WireMessage) -> list[bytes]:
         """Frames answering ``request`` with ``payload`` (for replies sent later, too)."""
         try:
             return [*routing, *self.codec.encode(payload, reply_to=request.id)]

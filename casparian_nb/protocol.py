@@ -94,6 +94,7 @@ __all__ = [
     "Abort",
     "CancelJob",
     "CancelJobs",
+    "CancelOutcome",
     "CancelResult",
     "Codec",
     "CompletionStatus",
@@ -364,8 +365,21 @@ class Job(WireMessage):
     job: dict[str, Any] | None
 
 
+class CancelOutcome(StrEnum):
+    """What a cancel found, besides a job's :class:`JobStatus` (``CancelResult.state``)."""
+
+    #: Abort sent; the job shows ABORTED once its worker confirms.
+    ABORTING = "ABORTING"
+    #: The job finished running; its outputs are being committed.
+    COMPLETING = "COMPLETING"
+    #: No such job.
+    UNKNOWN = "UNKNOWN"
+    #: The answer to CancelJobs: see its ``results``.
+    MIXED = "MIXED"
+
+
 class CancelResult(WireMessage):
-    """``state``: the job's status, or ABORTING / COMPLETING / UNKNOWN (MIXED for
+    """``state``: a :class:`JobStatus` or a :class:`CancelOutcome` value (MIXED for
     :class:`CancelJobs`, whose ``results`` map each job id to its state)."""
 
     success: bool

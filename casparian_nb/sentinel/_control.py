@@ -24,6 +24,7 @@ from ..protocol import (
     STORED_JOB_STATUSES,
     CancelJob,
     CancelJobs,
+    CancelOutcome,
     CancelResult,
     ErrorCode,
     GetJob,
@@ -60,9 +61,8 @@ __all__ = ["ControlHandlers"]
 
 log = logging.getLogger("casparian_nb.sentinel")
 
-#: CancelResult states besides a job's status: the job is being aborted, its outputs are
-#: being committed, it does not exist; MIXED answers CancelJobs (see its ``results``).
-ABORTING, UNKNOWN, MIXED = "ABORTING", "UNKNOWN", "MIXED"
+#: CancelJobs' ``status`` that selects every job not finished yet.
+ALL_JOBS = "ALL"
 
 
 class ControlHandlers:
@@ -147,8 +147,8 @@ class ControlHandlers:
             row = self.store.get_job(job_id)
             text = (f"job {job_id} is already {row['status']}" if row
                     else f"job {job_id} does not exist")
-            return CancelResult(success=False, state=row["status"] if row else UNKNOWN,
-                                message=text)
+            state = row["status"] if row else CancelOutcome.UNKNOWN
+            return CancelResult(success=False, state=state, message=text)
         self._pending_replies[msg.id] = (routing, msg)
         self._feed(st.CancelRequested(job_id, msg.id, time.time()))
         return None
@@ -160,7 +160,7 @@ class ControlHandlers:
             ids = list(req.job_ids)
         else:
             want = (req.status or JobStatus.QUEUED).upper()
-            everything = want == "ALL"
+            everything = want == ALL_JOBS
             if not everything:
                 want = _job_status(want, tuple(JobStatus))
             ids = [j.id for j in self.state.jobs.values() if everything or j.status == want]
@@ -170,7 +170,7 @@ class ControlHandlers:
         for job_id in ids:
             if job_id not in self.state.jobs:  # finished (or unknown): say which
                 row = self.store.get_job(job_id)
-                results[str(job_id)] = row["status"] if row else UNKNOWN
+                results[str(job_id)] = row["status"] if row else CancelOutcome.UNKNOWN
                 continue
             for a in self.state.handle(st.CancelRequested(job_id, uuid.uuid4().hex, now)):
                 if isinstance(a, st.Reply):
@@ -178,12 +178,14 @@ class ControlHandlers:
                     results[str(job_id)] = a.message.state
                 else:
                     self._actions.append(a)
-        cancelled = sum(1 for s in results.values() if s in (JobStatus.ABORTED, ABORTING))
+        cancelled = sum(1 for s in results.values()
+                        if s in (JobStatus.ABORTED, CancelOutcome.ABORTING))
         # Answered after this iteration's state changes are committed, like every write, so
         # a client that reads right after the reply sees them.
         self._pending_replies[msg.id] = (routing, msg)
         self._actions.append(st.Reply(msg.id, CancelResult(
-            success=True, state=MIXED, message=f"{cancelled} job(s) cancelled", results=results)))
+            success=True, state=CancelOutcome.MIXED, message=f"{cancelled} job(s) cancelled",
+            results=results)))
 
     def _on_stats(self, msg: Message, routing: list[bytes]) -> QueueStats:
         return msgspec.convert(self._queue_stats(), QueueStats)

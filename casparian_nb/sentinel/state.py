@@ -17,11 +17,13 @@ from typing import Any
 
 from ..protocol import (
     Abort,
+    CancelOutcome,
     CancelResult,
     Dispatch,
     ErrorInfo,
     ErrorKind,
     JobSpec,
+    JobStatus,
     ReceiptStatus,
 )
 from . import _vocabulary
@@ -272,7 +274,7 @@ class SentinelState:
         job = self.jobs.get(ev.job_id)
         if job is None:
             return [Reply(ev.request_id, CancelResult(
-                success=False, state="UNKNOWN",
+                success=False, state=CancelOutcome.UNKNOWN,
                 message=f"job {ev.job_id} is not queued or running"))]
         if job.status == "QUEUED":
             self.jobs.pop(job.id)
@@ -281,23 +283,24 @@ class SentinelState:
             return [Persist("abort_job", {"job_id": job.id, "reason": "Cancelled by user"}),
                     Publish("JobAborted", {"job_id": job.id, "reason": "cancelled while queued",
                                            "worker_id": None, "duration_ms": 0}),
-                    Reply(ev.request_id, CancelResult(success=True, state="ABORTED",
+                    Reply(ev.request_id, CancelResult(success=True, state=JobStatus.ABORTED,
                                                       message="Job cancelled"))]
         if job.status == "PROMOTING":
             return [Reply(ev.request_id, CancelResult(
-                success=False, state="COMPLETING",
+                success=False, state=CancelOutcome.COMPLETING,
                 message="job already finished running; its outputs are being committed "
                         "(completing)"))]
         if job.cancel_requested:
-            return [Reply(ev.request_id, CancelResult(success=True, state="ABORTING",
+            return [Reply(ev.request_id, CancelResult(success=True, state=CancelOutcome.ABORTING,
                                                       message="cancel already requested"))]
         job.cancel_requested = True
         job.abort_sent_at = ev.now
         return [Persist("request_cancel", {"job_id": job.id}),
-                Send(job.worker_id or "", Abort(job_id=job.spec.job_id, reason="cancelled by user")),
+                Send(job.worker_id or "", Abort(job_id=job.spec.job_id,
+                                                reason="cancelled by user")),
                 Publish("CancelRequested", {"job_id": job.id, "state": "RUNNING"}),
                 Reply(ev.request_id, CancelResult(
-                    success=True, state="ABORTING",
+                    success=True, state=CancelOutcome.ABORTING,
                     message="Abort sent to worker; the job shows ABORTED once it confirms"))]
 
     def _on_tick(self, ev: Tick) -> list[Action]:

@@ -3,9 +3,9 @@
 A host is started once (``python -m casparian_nb.worker.host --fd N``), imports pyarrow, pandas
 and the plugin machinery up front, then serves jobs over a socket pair until its parent goes
 away. Jobs arrive as :class:`~casparian_nb.protocol.HostJob` (the job's unchanged
-:class:`~casparian_nb.protocol.JobSpec` plus this attempt); the host loads the plugin (cached by source hash), hashes
-the input, calls ``parse``, checks and stamps lineage, and stages every output under
-``<staging_root>/<job>/``. It never writes into a sink location: promotion belongs to the
+:class:`~casparian_nb.protocol.JobSpec` plus this attempt); the host loads the plugin (cached
+by source hash), hashes the input, calls ``parse``, checks and stamps lineage, and stages every
+output under ``<staging_root>/<job>/``. It never writes into a sink location: promotion belongs to the
 committer, so killing a host at any instant leaves nothing visible in the outputs.
 
 Messages (msgspec JSON over :class:`multiprocessing.connection.Connection`, Structs of

@@ -97,7 +97,8 @@ class Worker:
                            max_bytes=settings.max_message_bytes)
         self.table = HandlerTable(self.codec, {Dispatch: self._on_dispatch, Abort: self._on_abort,
                                                Shutdown: self._on_shutdown,
-                                               Refused: self._on_refused},
+                                               Refused: self._on_refused,
+                                               Welcome: self._on_welcome},
                                   name="worker", refusal=None, logger=log,
                                   log_burst=20)  # fmt: skip
         self._stop = threading.Event()
@@ -254,6 +255,9 @@ class Worker:
     def _send(self, message: WireMessage) -> None:
         self.sock.send_multipart(self.codec.encode(message,
                                                    msg_id=f"{self._id_prefix}{next(self._ids):x}"))
+
+    def _on_welcome(self, msg: Message, routing: list[bytes]) -> None:
+        """A second Welcome (the answer to an Identify sent again) changes nothing."""
 
     def _on_shutdown(self, msg: Message, routing: list[bytes]) -> None:
         self._stop.set()

@@ -122,6 +122,25 @@ def test_every_socket_union_is_in_the_catalogue() -> None:
     assert set(REPLY_FOR.values()) | {Error} == set(get_args(ControlReply))
 
 
+def test_every_message_of_a_socket_has_its_handler(settings: Any) -> None:
+    """The sentinel's control and worker tables and the worker's own table serve exactly the
+    unions their codecs accept: no message decodes only to find no handler."""
+    from pathlib import Path
+
+    from casparian_nb.client import ConnectionInfo
+    from casparian_nb.sentinel._control import ControlHandlers
+    from casparian_nb.sentinel._workers import WorkerHandlers
+    from casparian_nb.worker.supervisor import Worker
+
+    assert set(ControlHandlers()._control_handlers()) == set(get_args(ControlRequest))
+    assert set(WorkerHandlers()._worker_handlers()) == set(get_args(WorkerMessage))
+    info = ConnectionInfo(control="tcp://127.0.0.1:1", workers="tcp://127.0.0.1:2",
+                          events="tcp://127.0.0.1:3", key=KEY.hex(), pid=1, home=Path("/h"))
+    worker = Worker(settings, info=info, slots=1)
+    assert set(worker.table.handlers) == set(get_args(SentinelMessage))
+    assert worker.codec.catalogue.accepts == {c.__name__ for c in get_args(SentinelMessage)}
+
+
 def test_a_socket_codec_decodes_only_its_messages() -> None:
     sentinel_side = Codec(KEY, accepts=ControlRequest)
     sentinel_side.decode(Codec(KEY).encode(GetJob(job_id=1)))

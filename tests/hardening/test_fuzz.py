@@ -45,7 +45,7 @@ from casparian_nb.protocol import (
 )
 from tests.conftest import wait_until
 from tests.hardening.harness import FAST, FUZZ_MESSAGES, record, wait_final
-from tests.hardening.wire import Wire, envelope, error_code, fields_of, is_valid, signed
+from tests.hardening.wire import Wire, envelope, fields_of, is_valid, reply_code, signed
 
 #: Small, so that "over the limit" costs little to send.
 MAX_BYTES = 64 * 1024
@@ -226,12 +226,12 @@ class Fuzzer:
         frames, code = self.frames("control", kind, item)
         msg = self.wire.ask(frames)
         if code is None:
-            if error_code(msg) is None:
+            if reply_code(msg) is None:
                 request = _type_of(frames)
                 assert request in REPLY_NAMES and request not in MUTATING, (request, msg.type)
                 assert msg.type == REPLY_NAMES[request], (request, msg.type)
             return
-        assert error_code(msg) == code, (kind, code, msg.payload)
+        assert reply_code(msg) == code, (kind, code, msg.payload)
         if code == "AUTH_ERROR" and frames[-2:-1] != [self.codec.sign(frames[-1])]:
             assert msg.reply_to is None, "an unauthenticated request id was echoed"
 
@@ -363,7 +363,7 @@ def test_non_finite_numbers_never_reach_a_handler(hcluster: Callable[..., LocalC
                                ("Ping", {}),):
             body = envelope(type_, payload, ts=value if type_ == "Ping" else time.time())
             msg = wire.ask(signed(wire.codec, _json_bytes(body)))
-            assert error_code(msg) == "PARSE_ERROR", msg
+            assert reply_code(msg) == "PARSE_ERROR", msg
     finally:
         wire.close()
 

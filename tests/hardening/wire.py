@@ -79,7 +79,7 @@ def is_valid(cls: type[msgspec.Struct], payload: Any) -> bool:
     return True
 
 
-def error_code(msg: Message) -> str | None:
+def reply_code(msg: Message) -> str | None:
     """The code of an ``Error`` reply, None for any other message."""
     return msg.payload.code.value if isinstance(msg.payload, Error) else None
 
@@ -146,7 +146,7 @@ class Wire:
         if not self.ctl.poll(int(timeout * 1000)):
             raise AssertionError(f"no reply within {timeout}s to {_show(frames)}")
         _, msg = self.reader.decode(self.ctl.recv_multipart())
-        self.replies[error_code(msg) or "ok"] += 1
+        self.replies[reply_code(msg) or "ok"] += 1
         return msg
 
     def to_workers(self, frames: list[bytes]) -> None:

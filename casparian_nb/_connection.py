@@ -198,7 +198,8 @@ def connection_is_live(info: ConnectionInfo) -> bool:
             return False
         started = dt.datetime.fromisoformat(info.started_at.replace("Z", "+00:00"))
         # The sentinel writes the file after it starts; a process born later reused the pid.
-        return proc.create_time() <= started.timestamp() + 2.0
+        created: float = proc.create_time()
+        return created <= started.timestamp() + 2.0
     except psutil.NoSuchProcess:
         return False
     except (psutil.Error, ValueError):

@@ -130,7 +130,7 @@ class ControlClient:
         return cls(read_connection_file(home), **kwargs)
 
     def _open(self) -> zmq.Socket[Any]:
-        sock = self._ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)  # close() must never wait for an absent sentinel
         sock.setsockopt(zmq.MAXMSGSIZE, self._codec.max_bytes)  # cap memory per reply frame
         sock.connect(self.address)

@@ -106,8 +106,8 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"job {job_id} did not start")
                     for ev in events.poll(0.05):
-                        d = ev.payload["data"]
-                        if ev.payload["name"] == "JobStarted" and d.get("job_id") == job_id:
+                        d = ev.payload.data
+                        if ev.payload.name == "JobStarted" and d.get("job_id") == job_id:
                             host = int(d["host_pid"])
                     if host is None and i == 0:  # the very first events may predate the SUB
                         row = ctl.get_job(job_id)
@@ -119,8 +119,8 @@ def main() -> int:
                 aborted = False
                 while not (aborted and gone(host)):
                     for ev in events.poll(0.0005):
-                        d = ev.payload["data"]
-                        if ev.payload["name"] == "JobAborted" and d.get("job_id") == job_id:
+                        d = ev.payload.data
+                        if ev.payload.name == "JobAborted" and d.get("job_id") == job_id:
                             aborted = True
                     if time.perf_counter() - start > 10:
                         raise RuntimeError(f"job {job_id} not aborted within 10 s: {reply}")

@@ -32,10 +32,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import msgspec
 import pyarrow.parquet as pq
 
 from casparian_nb import lineage, plugins, runner, sinks
 from casparian_nb.config import load_settings
+from casparian_nb.protocol import HostJob, JobSpec
 from casparian_nb.worker.pool import HostPool
 
 BIG_PLUGIN = '''\
@@ -94,14 +96,21 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def job_spec(job_id: str, plugin: Path, src: Path, sink: str, staging: Path) -> dict[str, Any]:
-    """A job spec as ``runner.run`` builds it (the source hash lets the host reuse the
+def job_spec(job_id: str, plugin: Path, src: Path, sink: str, staging: Path) -> HostJob:
+    """A job attempt as ``runner.run`` builds it (the source hash lets the host reuse the
     plugin module it already loaded instead of re-reading and re-checking the file)."""
     spec = plugins.inspect_plugin(plugin)
-    return {"job_id": job_id, "plugin_path": str(spec.path), "plugin_source_hash": spec.source_hash,
-            "plugin_name": spec.name, "parser_version": spec.version, "input_file": str(src),
-            "sink": sink, "staging_root": str(staging),
-            "processed_at": datetime.now(UTC).isoformat(), "attempt": 1}
+    return HostJob(job=JobSpec(
+        job_id=job_id, plugin_path=str(spec.path), plugin_source_hash=spec.source_hash,
+        plugin_name=spec.name, parser_version=spec.version, input_file=str(src), sink=sink,
+        processed_at=datetime.now(UTC).isoformat()), attempt=1, staging_root=str(staging))
+
+
+def for_file(proto: HostJob, job_id: str, src: Path | None = None) -> HostJob:
+    """``proto`` for another job id (and input file)."""
+    job = msgspec.structs.replace(proto.job, job_id=job_id,
+                                  input_file=str(src) if src else proto.job.input_file)
+    return msgspec.structs.replace(proto, job=job)
 
 
 class Bench:
@@ -139,9 +148,9 @@ class Bench:
                        self.settings.staging_dir)
         t0 = time.perf_counter()
         res = pool.run(job)
-        assert res.status == "SUCCESS", res.data
-        staged = sinks.StagedJob.from_dict(res.data["staged"])
-        sinks.promote(staged, mode="append", run_job_ids=[job["job_id"]])
+        assert res.status == "SUCCESS", res
+        staged = sinks.StagedJob.from_dict(res.staged or {})
+        sinks.promote(staged, mode="append", run_job_ids=[job.job.job_id])
         elapsed = time.perf_counter() - t0
         assert sum(o.rows for o in staged.outputs) == self.rows
         return elapsed
@@ -162,14 +171,13 @@ class Bench:
         sink = f"parquet://{d / 'out'}"
         files = sorted(self.tiny_dir.iterdir())[:limit]
         proto = job_spec("proto", self.tiny_plugin, files[0], sink, self.settings.staging_dir)
-        jobs = [{**proto, "job_id": f"tiny-{self.n}-{i:06d}", "input_file": str(f)}
-                for i, f in enumerate(files)]
-        ids = frozenset(j["job_id"] for j in jobs)
+        jobs = [for_file(proto, f"tiny-{self.n}-{i:06d}", f) for i, f in enumerate(files)]
+        ids = frozenset(j.job.job_id for j in jobs)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(pool.size) as ex:
             for res in ex.map(pool.run, jobs):
-                assert res.status == "SUCCESS", res.data
-                sinks.promote(sinks.StagedJob.from_dict(res.data["staged"]), mode="append",
+                assert res.status == "SUCCESS", res
+                sinks.promote(sinks.StagedJob.from_dict(res.staged or {}), mode="append",
                               run_job_ids=ids)
         elapsed = time.perf_counter() - t0
         assert len(os.listdir(d / "out")) == len(files)
@@ -204,14 +212,13 @@ def tiny_breakdown(b: Bench, n: int = 100) -> dict[str, float]:
     d = b.fresh("tiny-breakdown")
     files = sorted(b.tiny_dir.iterdir())[:n]
     proto = job_spec("proto", b.tiny_plugin, files[0], f"parquet://{d / 'out'}", d / "staging")
-    execute_job({**proto, "job_id": "warm-up"})
+    execute_job(for_file(proto, "warm-up"))
     t0 = time.perf_counter()
-    results = [execute_job({**proto, "job_id": f"tb-{i}", "input_file": str(f)})
-               for i, f in enumerate(files)]
+    results = [execute_job(for_file(proto, f"tb-{i}", f)) for i, f in enumerate(files)]
     host = (time.perf_counter() - t0) / len(files)
     t0 = time.perf_counter()
     for r in results:
-        sinks.promote(sinks.StagedJob.from_dict(r["staged"]), mode="append")
+        sinks.promote(sinks.StagedJob.from_dict(r.staged or {}), mode="append")
     promote = (time.perf_counter() - t0) / len(files)
     return {"tiny job in the host (load, hash, lineage, stage)": host,
             "tiny job promote (committer, serial)": promote}

@@ -1,7 +1,7 @@
 """Framing, signing and decoding of wire messages (re-exported by :mod:`casparian_nb.protocol`).
 
-Kept apart from the socket-serving helpers so each module stays readable; import from
-``casparian_nb.protocol``, not from here.
+Knows the envelope, not the messages: :class:`casparian_nb.protocol.Codec` gives it the
+catalogue of payload Structs. Import from ``casparian_nb.protocol``, not from here.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from enum import StrEnum
+from typing import Annotated, Any, Final, Generic, TypeAlias, TypeVar, cast
 
-from ._schemas import MESSAGE_TYPES, check_fields, json_type
+import msgspec
+
 from .errors import AuthenticationError, ConfigError, ProtocolError
 
 PROTOCOL_VERSION: Final = 1
@@ -28,6 +30,17 @@ MAX_DEPTH: Final = 32
 #: More frames than this is never a real message (routing adds one or two).
 MAX_FRAMES: Final = 16
 _MAX_ID_LEN: Final = 128
+P = TypeVar("P")
+
+
+#: Ids and counts go straight into SQLite, which stores signed 64-bit integers at most.
+Int64: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class WireMessage(msgspec.Struct, kw_only=True):
+    """Base of every payload: the envelope's ``type`` is the class name. Unknown payload keys
+    are ignored, so a newer peer may add optional fields without breaking an older one."""
+
 
 
 def one_line(text: object, limit: int = 80) -> str:
@@ -36,12 +49,25 @@ def one_line(text: object, limit: int = 80) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``Error`` reply; :func:`error_code` picks it from the exception."""
+
+    PARSE_ERROR = "PARSE_ERROR"
+    AUTH_ERROR = "AUTH_ERROR"
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    NOT_FOUND = "NOT_FOUND"
+    DB_ERROR = "DB_ERROR"
+    INTERNAL = "INTERNAL"
+    TOO_LARGE = "TOO_LARGE"
+
+
 class WireError(ProtocolError):
     """A message that cannot be accepted. ``code`` is the ``Error`` reply code to answer with;
     ``routing`` the frames before the magic frame (to address that reply); ``request_id`` the
     message id once the signature has been verified (so the reply can carry ``reply_to``)."""
 
-    code: str = "PARSE_ERROR"
+    code: ErrorCode = ErrorCode.PARSE_ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,37 +78,41 @@ class WireError(ProtocolError):
 class MessageTooLargeError(WireError):
     """The frames exceed the codec's ``max_bytes``."""
 
-    code = "TOO_LARGE"
+    code = ErrorCode.TOO_LARGE
 
 
 class UnknownMessageTypeError(WireError):
     """A well-formed, signed message of a type this build does not know."""
 
-    code = "UNKNOWN_TYPE"
+    code = ErrorCode.UNKNOWN_TYPE
 
 
 class InvalidPayloadError(WireError):
     """A payload that does not match its type's schema."""
 
-    code = "INVALID_REQUEST"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class SignatureError(WireError, AuthenticationError):
     """Missing or wrong signature, or a timestamp outside the accepted window (F14)."""
 
-    code = "AUTH_ERROR"
+    code = ErrorCode.AUTH_ERROR
 
 
-@dataclass(frozen=True)
-class Message:
-    """A decoded, authenticated, validated message. ``status`` is set on control replies only."""
+class StaleMessageError(SignatureError):
+    """Correctly signed, but its timestamp is outside the accepted window: the clocks of
+    sender and receiver disagree (or it is a replay)."""
 
-    type: str
-    id: str
-    ts: float
-    reply_to: str | None
-    payload: dict[str, Any]
-    status: str | None = None
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    for py, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+                     (list, "list"), (tuple, "list"), (dict, "object")):  # fmt: skip
+        if isinstance(value, py):
+            return name
+    return type(value).__name__
 
 
 def _short(value: Any) -> str:
@@ -117,22 +147,65 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-class Codec:
-    """Encodes, signs, verifies and decodes messages with one shared key.
+@dataclass(frozen=True)
+class Catalogue:
+    """The message types a codec knows (``types``: envelope ``type`` -> payload Struct), which
+    of them it decodes (``accepts``; None: all), and the envelope ``status`` each one needs
+    (``status``: "ok"/"error" for control replies, None for every other message)."""
+
+    types: Mapping[str, type[WireMessage]]
+    status: Callable[[str], str | None]
+    accepts: frozenset[str] | None = None
+
+
+class _Envelope(msgspec.Struct, Generic[P]):
+    """Wraps a payload for validation, so msgspec's error paths read ``$.payload.job_id``."""
+
+    payload: P
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded, authenticated, validated message: ``payload`` is its Struct; ``status`` is
+    set on control replies only."""
+
+    payload: WireMessage
+    id: str
+    ts: float
+    reply_to: str | None
+    status: str | None = None
+
+    @property
+    def type(self) -> str:
+        """The envelope's ``type``: the payload's class name."""
+        return type(self.payload).__name__
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+class FrameCodec:
+    """Encodes, signs, verifies and decodes the messages of a :class:`Catalogue` with one key
+    (:class:`casparian_nb.protocol.Codec` binds the protocol's catalogue).
 
     ``max_bytes`` caps a whole message (checked before parsing or hashing anything);
     ``max_age`` is how far ``ts`` may lie in the past or future (None: no check, for replaying
     recorded traffic). Thread-safe: it holds no mutable state.
     """
 
-    def __init__(self, key: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+    def __init__(self, key: bytes, catalogue: Catalogue, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_age: float | None = DEFAULT_MAX_AGE) -> None:  # fmt: skip
         if not isinstance(key, bytes) or len(key) < 16:
             # An empty key would mean "no authentication" in Jupyter; here it is a setup bug.
             raise ConfigError("protocol key must be at least 16 bytes (see sentinel.json 'key')")
         self.max_bytes = max_bytes
         self.max_age = max_age
+        self.catalogue = catalogue
         self._mac = hmac.new(key, MAGIC, hashlib.sha256)  # copied per message: MAGIC pre-hashed
+        # One validating type per message, built once (msgspec caches its plan on it).
+        self._wrapped = {name: _Envelope[cls]  # type: ignore[valid-type]
+                         for name, cls in catalogue.types.items()}
 
     def sign(self, body: bytes) -> bytes:
         """The signature frame for ``body``: hex HMAC-SHA256 of ``MAGIC + body``."""
@@ -140,42 +213,61 @@ class Codec:
         mac.update(body)
         return mac.hexdigest().encode("ascii")
 
-    def encode(self, type: str, payload: Mapping[str, Any] | None = None, *,
-               reply_to: str | None = None, msg_id: str | None = None,
-               ts: float | None = None, status: str | None = None) -> list[bytes]:  # fmt: skip
+    def encode(self, message: WireMessage | str, payload: Mapping[str, Any] | None = None,
+               *, reply_to: str | None = None, msg_id: str | None = None,
+               ts: float | None = None) -> list[bytes]:  # fmt: skip
         """The three frames ``[MAGIC, signature, body]`` of a message (no routing frames).
 
-        The payload is validated here too, so a bug shows up at the sender with the field name,
-        not as a dropped message at the receiver. Control replies get their ``status`` from the
-        type (``Error`` is "error", every other reply "ok"); passing ``status`` only checks it.
+        ``message`` is the payload Struct. A type name and a ``payload`` mapping are accepted
+        too and validated into that Struct here (raw tools and tests build messages so), so a
+        bad field shows up at the sender with its name. Control replies get their ``status``
+        from their type (``Error`` is "error", every other reply "ok").
         """
-        spec = MESSAGE_TYPES.get(type)
-        if spec is None:
-            raise UnknownMessageTypeError(f"unknown message type {_short(type)}")
-        payload = dict(payload or {})
-        problem = check_fields(spec.fields, payload)
-        if problem:
-            raise InvalidPayloadError(f"{type}: {problem}")
+        if isinstance(message, str):
+            message = self._convert(message, dict(payload or {}))
+        name = type(message).__name__
+        if self.catalogue.types.get(name) is not type(message):
+            raise UnknownMessageTypeError(f"unknown message type {_short(name)}")
         body_obj: dict[str, Any] = {
-            "v": PROTOCOL_VERSION, "type": type, "id": msg_id or uuid.uuid4().hex,
-            "ts": time.time() if ts is None else ts, "reply_to": reply_to, "payload": payload,
+            "v": PROTOCOL_VERSION, "type": name, "id": msg_id or uuid.uuid4().hex,
+            "ts": time.time() if ts is None else ts, "reply_to": reply_to, "payload": message,
         }  # fmt: skip
-        expected = ("error" if type == "Error" else "ok") if spec.kind == "reply" else None
-        if status != expected and status is not None:
-            raise InvalidPayloadError(f"{type}: status {status!r} does not fit this message type")
-        if expected is not None:
-            body_obj["status"] = expected
+        status = self.catalogue.status(name)
+        if status is not None:
+            body_obj["status"] = status
         try:
-            # ensure_ascii: paths with undecodable bytes (surrogate escapes) survive the trip.
-            body = json.dumps(body_obj, separators=(",", ":"), allow_nan=False).encode("ascii")
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise InvalidPayloadError(f"{type}: payload is not JSON: {one_line(exc)}") from None
+            body = _encoder.encode(body_obj)
+        except UnicodeEncodeError:
+            # A lone surrogate (a path with undecodable bytes) is not UTF-8; JSON's \u escape
+            # carries it, and decode reads it back the same way.
+            body = self._encode_escaped(name, body_obj)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise InvalidPayloadError(f"{name}: payload is not JSON: {one_line(exc)}") from None
         # Leave room for the signature and routing frames the receiver counts too.
         if len(body) + 256 > self.max_bytes:
             raise MessageTooLargeError(
-                f"{type}: message of {len(body)} bytes exceeds the {self.max_bytes} byte limit"
+                f"{name}: message of {len(body)} bytes exceeds the {self.max_bytes} byte limit"
             )
         return [MAGIC, self.sign(body), body]
+
+    @staticmethod
+    def _encode_escaped(name: str, body_obj: dict[str, Any]) -> bytes:
+        try:
+            return json.dumps(msgspec.to_builtins(body_obj), separators=(",", ":"),
+                              allow_nan=False).encode("ascii")  # fmt: skip
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidPayloadError(f"{name}: payload is not JSON: {one_line(exc)}") from None
+
+    def _convert(self, name: str, payload: Any) -> WireMessage:
+        """Validate a payload (a dict, as JSON decoded it) into the Struct of type ``name``."""
+        wrapped = self._wrapped.get(name)
+        if wrapped is None:
+            raise UnknownMessageTypeError(f"unknown message type {_short(name)}")
+        try:
+            envelope: _Envelope[Any] = msgspec.convert({"payload": payload}, wrapped, strict=True)
+        except msgspec.ValidationError as exc:
+            raise InvalidPayloadError(f"{name}: {one_line(exc, 160)}") from None
+        return cast(WireMessage, envelope.payload)
 
     def decode(self, frames: Sequence[bytes]) -> tuple[list[bytes], Message]:
         """Split off routing frames and return them with the verified message.
@@ -224,13 +316,7 @@ class Codec:
             raise SignatureError("message is not signed")
         if not hmac.compare_digest(self.sign(body), signature):
             raise SignatureError("bad signature (is the key from the current sentinel.json?)")
-        try:
-            obj = json.loads(body.decode("utf-8"), parse_constant=_json_constant,
-                             parse_float=_finite_float)  # fmt: skip
-        except RecursionError:
-            raise WireError("body nests too deeply") from None
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise WireError(f"body is not JSON: {one_line(exc)}") from None
+        obj = _parse(body)
         if not isinstance(obj, dict):
             raise WireError(f"body must be a JSON object, got {json_type(obj)}")
         if _too_deep(obj, MAX_DEPTH):
@@ -258,10 +344,10 @@ class Codec:
         if self.max_age is not None:
             skew = time.time() - ts
             if skew > self.max_age:
-                raise SignatureError(f"stale message: sent {skew:.0f} s ago "
+                raise StaleMessageError(f"stale message: sent {skew:.0f} s ago "
                                      f"(limit {self.max_age:.0f} s)")  # fmt: skip
             if skew < -self.max_age:
-                raise SignatureError(f"message timestamp {-skew:.0f} s in the future "
+                raise StaleMessageError(f"message timestamp {-skew:.0f} s in the future "
                                      f"(limit {self.max_age:.0f} s)")  # fmt: skip
         msg_id = obj.get("id")
         if not isinstance(msg_id, str) or not 0 < len(msg_id) <= _MAX_ID_LEN:
@@ -272,24 +358,39 @@ class Codec:
         type_ = obj.get("type")
         if not isinstance(type_, str):
             raise WireError(f"'type' must be a string, got {json_type(type_)}")
-        spec = MESSAGE_TYPES.get(type_)
-        if spec is None:
+        accepts = self.catalogue.accepts
+        if type_ not in self.catalogue.types:
             raise UnknownMessageTypeError(f"unknown message type {_short(type_)}")
+        if accepts is not None and type_ not in accepts:
+            raise UnknownMessageTypeError(f"message type {_short(type_)} does not belong on "
+                                          "this socket")  # fmt: skip
         status = obj.get("status")
-        if spec.kind == "reply":
-            expected = "error" if type_ == "Error" else "ok"
-            if status != expected:
-                raise WireError(f"{type_}: 'status' must be {expected!r}, "
-                                f"got {_short(status)}")  # fmt: skip
-        else:
-            status = None
+        expected = self.catalogue.status(type_)
+        if expected is not None and status != expected:
+            raise WireError(f"{type_}: 'status' must be {expected!r}, got {_short(status)}")
         payload = obj.get("payload", {})
         if payload is None:
             payload = {}  # the original sends unit variants without a payload
         if not isinstance(payload, dict):
             raise InvalidPayloadError(f"{type_}: payload must be an object, "
                                       f"got {json_type(payload)}")  # fmt: skip
-        problem = check_fields(spec.fields, payload)
-        if problem:
-            raise InvalidPayloadError(f"{type_}: {problem}")
-        return Message(type_, msg_id, ts, reply_to, payload, status)
+        return Message(self._convert(type_, payload), msg_id, ts, reply_to, expected)
+
+
+def _parse(body: bytes) -> Any:
+    """The body as JSON values. msgspec reads real traffic; what it refuses gets a second
+    reading by :mod:`json` — for the reason, worded as before, or to accept the ``\\u``
+    escape of a lone surrogate (a path with undecodable bytes), which msgspec refuses."""
+    try:
+        return _decoder.decode(body)
+    except RecursionError:
+        raise WireError("body nests too deeply") from None
+    except msgspec.MsgspecError:
+        pass
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_json_constant,
+                          parse_float=_finite_float)  # fmt: skip
+    except RecursionError:
+        raise WireError("body nests too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WireError(f"body is not JSON: {one_line(exc)}") from None

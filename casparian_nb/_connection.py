@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._codec import Codec, one_line
+from ._codec import one_line
 from .errors import ConfigError, SentinelError
+from .protocol import Codec
 
 CONNECTION_FILE = "sentinel.json"
 _FORMAT_VERSION = 1
@@ -55,7 +56,8 @@ class ConnectionInfo:
         return bytes.fromhex(self.key)
 
     def codec(self, **kwargs: Any) -> Codec:
-        """A :class:`Codec` with this connection's key (kwargs: ``max_bytes``, ``max_age``)."""
+        """A :class:`~casparian_nb.protocol.Codec` with this connection's key (kwargs:
+        ``accepts``, ``max_bytes``, ``max_age``)."""
         return Codec(self.key_bytes, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,7 +198,8 @@ def connection_is_live(info: ConnectionInfo) -> bool:
             return False
         started = dt.datetime.fromisoformat(info.started_at.replace("Z", "+00:00"))
         # The sentinel writes the file after it starts; a process born later reused the pid.
-        return proc.create_time() <= started.timestamp() + 2.0
+        created: float = proc.create_time()
+        return created <= started.timestamp() + 2.0
     except psutil.NoSuchProcess:
         return False
     except (psutil.Error, ValueError):

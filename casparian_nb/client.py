@@ -18,9 +18,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import zmq
 
 from ._connection import (
@@ -34,7 +35,29 @@ from ._connection import (
     write_connection_file,
 )
 from .errors import ControlTimeoutError, ProtocolError, SentinelError
-from .protocol import REPLY_FOR, Message, SignatureError
+from .protocol import (
+    REPLY_FOR,
+    CancelJob,
+    CancelJobs,
+    Codec,
+    ControlReply,
+    Error,
+    ErrorCode,
+    Event,
+    EventMessage,
+    GetJob,
+    GetQueueStats,
+    ListJobs,
+    ListWorkers,
+    Message,
+    Ping,
+    RegisterPlugin,
+    Shutdown,
+    SignatureError,
+    SubmitJobs,
+    Subscribed,
+    WireMessage,
+)
 
 __all__ = [
     "CONNECTION_FILE",
@@ -61,10 +84,10 @@ class RemoteRequestError(SentinelError):
         self.request_type = request_type
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], request_type: str = "") -> RemoteRequestError:
-        code, message = str(payload.get("code", "INTERNAL")), str(payload.get("message", ""))
-        klass = RemoteNotFoundError if code == "NOT_FOUND" else RemoteRequestError
-        return klass(code, message, request_type=request_type)
+    def from_error(cls, error: Error, request_type: str = "") -> RemoteRequestError:
+        """The exception for an ``Error`` reply: :class:`RemoteNotFoundError` for NOT_FOUND."""
+        klass = RemoteNotFoundError if error.code is ErrorCode.NOT_FOUND else RemoteRequestError
+        return klass(error.code.value, error.message, request_type=request_type)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.code, self.remote_message, self.request_type))
@@ -96,7 +119,7 @@ class ControlClient:
         self.discarded = 0
         #: Sockets replaced after a timeout or an interrupted request.
         self.resets = 0
-        self._codec = info.codec()
+        self._codec = Codec(info.key_bytes, accepts=ControlReply)
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.Lock()
         self._sock: zmq.Socket[Any] | None = self._open()
@@ -107,7 +130,7 @@ class ControlClient:
         return cls(read_connection_file(home), **kwargs)
 
     def _open(self) -> zmq.Socket[Any]:
-        sock = self._ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)  # close() must never wait for an absent sentinel
         sock.setsockopt(zmq.MAXMSGSIZE, self._codec.max_bytes)  # cap memory per reply frame
         sock.connect(self.address)
@@ -121,12 +144,12 @@ class ControlClient:
 
     # -- the one primitive -----------------------------------------------------------------
 
-    def request(self, type: str, payload: Mapping[str, Any] | None = None, *,
-                timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
-        """Send one control request and return the payload of its reply."""
+    def request(self, message: WireMessage, *, timeout: float | None = None) -> WireMessage:
+        """Send one control request and return its reply (the Struct ``REPLY_FOR`` names)."""
         timeout = self.timeout if timeout is None else timeout
         req_id = uuid.uuid4().hex
-        frames = self._codec.encode(type, payload, msg_id=req_id)  # bad payload: nothing sent
+        type = message.__class__.__name__
+        frames = self._codec.encode(message, msg_id=req_id)  # bad payload: nothing sent
         with self._lock:
             if self._sock is None:
                 raise SentinelError(f"control client for {self.address} is closed")
@@ -137,12 +160,20 @@ class ControlClient:
                 # guarantees that answer is never read as the reply to the next request.
                 self._reset()
                 raise
-        if msg.type == "Error":
-            raise RemoteRequestError.from_payload(msg.payload, type)
-        expected = REPLY_FOR.get(type)
-        if expected is not None and msg.type != expected:
-            raise SentinelError(f"{type}: sentinel answered {msg.type}, expected {expected}")
-        return msg.payload
+        if isinstance(msg.payload, Error):
+            raise RemoteRequestError.from_error(msg.payload, type)
+        expected = REPLY_FOR.get(message.__class__)
+        if expected is not None and not isinstance(msg.payload, expected):
+            raise SentinelError(f"{type}: sentinel answered {msg.type}, "
+                                f"expected {expected.__name__}")
+        reply = msg.payload
+        assert isinstance(reply, WireMessage)  # every Struct of the catalogue is one
+        return reply
+
+    def _call(self, message: WireMessage, *, timeout: float | None = None) -> dict[str, Any]:
+        """:meth:`request`, with the reply as plain data (what the CLI and notebook read)."""
+        reply: dict[str, Any] = msgspec.to_builtins(self.request(message, timeout=timeout))
+        return reply
 
     def _exchange(self, type: str, req_id: str, frames: list[bytes], timeout: float) -> Message:
         sock = self._sock
@@ -210,40 +241,34 @@ class ControlClient:
     def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
         """``Pong{pid, version, uptime_s, event_seq}``; a short ``timeout`` makes a liveness
         probe. ``event_seq`` is the ``seq`` of the last event the sentinel published."""
-        return self.request("Ping", timeout=timeout)
+        return self._call(Ping(), timeout=timeout)
 
     def list_jobs(self, status: str | None = None, *, limit: int | None = None,
                   offset: int | None = None,
                   submission_id: str | None = None) -> dict[str, Any]:  # fmt: skip
         """``{"jobs": [job, ...], "total": n}`` (``total`` counts all matches, not the page)."""
-        payload = {"status": status, "limit": limit, "offset": offset}
-        if submission_id is not None:
-            payload["submission_id"] = submission_id
-        return self.request("ListJobs", payload)
+        return self._call(ListJobs(status=status, limit=limit, offset=offset,
+                                   submission_id=submission_id))  # fmt: skip
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
         """One job as a dict, or None when there is no such job."""
-        job: dict[str, Any] | None = self.request("GetJob", {"job_id": job_id})["job"]
+        job: dict[str, Any] | None = self._call(GetJob(job_id=job_id)).get("job")
         return job
 
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         """``{"success", "message", "state"}``; a running job is "cancel_requested" until its
         worker confirms ABORTED."""
-        return self.request("CancelJob", {"job_id": job_id})
+        return self._call(CancelJob(job_id=job_id))
 
     def cancel_jobs(self, job_ids: Sequence[int] | None = None, *,
                     status: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Cancel several jobs, or every job in ``status`` (e.g. "QUEUED")."""
-        payload: dict[str, Any] = {}
-        if job_ids is not None:
-            payload["job_ids"] = list(job_ids)
-        if status is not None:
-            payload["status"] = status
-        return self.request("CancelJobs", payload)
+        ids = list(job_ids) if job_ids is not None else None
+        return self._call(CancelJobs(job_ids=ids, status=status))
 
     def queue_stats(self) -> dict[str, int]:
         """Counts per state plus ``total``."""
-        return self.request("GetQueueStats")
+        return self._call(GetQueueStats())
 
     def submit(self, plugin: PathLike, inputs: PathLike | Sequence[PathLike], *,
                sink: str | None = None, mode: str | None = None, priority: int | None = None,
@@ -251,27 +276,22 @@ class ControlClient:
                force: bool = False) -> dict[str, Any]:  # fmt: skip
         """Queue one job per input file: ``{"job_ids", "skipped", "submission_id"}``."""
         files = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-        payload: dict[str, Any] = {
-            "plugin": os.fspath(plugin), "inputs": [os.fspath(f) for f in files],
-            "sink": sink, "mode": mode, "timeout": timeout,
-            "submission_id": submission_id, "force": force,
-        }  # fmt: skip
-        if priority is not None:
-            payload["priority"] = priority
-        return self.request("SubmitJobs", payload)
+        return self._call(SubmitJobs(
+            plugin=os.fspath(plugin), inputs=[os.fspath(f) for f in files], sink=sink, mode=mode,
+            priority=priority or 0, timeout=timeout, submission_id=submission_id, force=force))
 
     def register_plugin(self, path: PathLike) -> dict[str, Any]:
         """Register (or refresh) a plugin file: ``{plugin_id, name, version, source_hash, trust}``."""
-        return self.request("RegisterPlugin", {"path": os.fspath(path)})
+        return self._call(RegisterPlugin(path=os.fspath(path)))
 
     def list_workers(self) -> list[dict[str, Any]]:
         """The connected workers, one dict each."""
-        workers: list[dict[str, Any]] = self.request("ListWorkers")["workers"]
+        workers: list[dict[str, Any]] = self._call(ListWorkers())["workers"]
         return workers
 
     def shutdown(self) -> dict[str, Any]:
         """Ask the sentinel to stop (it answers first, then stops)."""
-        return self.request("Shutdown")
+        return self._call(Shutdown())
 
 
 class EventSubscriber:
@@ -286,7 +306,7 @@ class EventSubscriber:
         self.info = info
         #: Messages dropped: unsigned, badly signed, malformed or not an Event.
         self.dropped = 0
-        self._codec = info.codec()
+        self._codec = Codec(info.key_bytes, accepts=EventMessage)
         ctx = context or zmq.Context.instance()
         self.socket: zmq.Socket[Any] = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -341,11 +361,11 @@ class EventSubscriber:
             except ProtocolError:
                 self.dropped += 1
                 continue
-            if msg.type == "Subscribed":  # ours ends wait_ready; others' are not for us
-                if msg.payload.get("token") == self._ready_token:
+            if isinstance(msg.payload, Subscribed):  # ours ends wait_ready; others' are not
+                if msg.payload.token == self._ready_token:
                     self._is_ready = True
                 continue
-            if msg.type != "Event":
+            if not isinstance(msg.payload, Event):
                 self.dropped += 1
                 continue
             out.append(msg)

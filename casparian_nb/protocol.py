@@ -1,4 +1,4 @@
-"""Every wire message of casparian_nb: framing, signing, (de)serialisation and validation.
+"""Every wire message of casparian_nb, as ``msgspec.Struct`` classes, and how a socket serves them.
 
 A message on any socket (control, worker, events) is the multipart frame list::
 
@@ -8,29 +8,43 @@ A message on any socket (control, worker, events) is the multipart frame list::
 PUB message. ``body`` is UTF-8 JSON ``{"v": 1, "type", "id", "ts", "reply_to", "payload"}``
 (control replies add ``"status": "ok" | "error"``) and ``signature`` is the ASCII hex
 HMAC-SHA256 of ``b"CF1" + body`` with the key from ``sentinel.json``, as in Jupyter's kernel
-protocol. :meth:`Codec.decode` raises only :class:`~casparian_nb.errors.ProtocolError`
-subclasses — whatever the bytes — so a loop that catches that one class survives hostile
-input (F14). The :class:`Codec` lives in :mod:`casparian_nb._codec` and the payload schema of
-every message type (the catalogue of the protocol) in :mod:`casparian_nb._schemas`; import
-both from here.
+protocol. ``type`` is the name of the payload's Struct class (the tag of a tagged union whose
+tag sits in the envelope), so ``GetJob(job_id=7)`` travels as
+``{"type": "GetJob", ..., "payload": {"job_id": 7}}``.
+
+Each socket has its union of the Structs it carries (:data:`ControlRequest`,
+:data:`ControlReply`, :data:`WorkerMessage`, :data:`SentinelMessage`, :data:`EventMessage`)
+and a :class:`Codec` built for it (``Codec(key, accepts=ControlRequest)``): decoding verifies
+the signature before anything else, then validates the payload into its Struct. A ROUTER socket
+serves its union through a :class:`HandlerTable` (Struct class -> handler); :func:`error_reply`
+is the one place an ``Error`` reply is built, with the code given by the exception's class
+(:func:`error_code`). :meth:`Codec.decode` raises only
+:class:`~casparian_nb.errors.ProtocolError` subclasses — whatever the bytes — so a loop that
+catches that one class survives hostile input (F14).
+
+The job itself: :class:`JobSpec` is built once when a job is submitted (``sentinel/_submit.py``)
+and travels unchanged — through the sentinel's state machine, the worker and the plugin host —
+to the plugin's ``ctx``; it round-trips through ``msgspec.json`` for the state DB (a restarted
+sentinel reads an equal one back). What differs per attempt does not belong to the job and
+travels beside it: :class:`Dispatch` (sentinel -> worker) adds the attempt number and the
+timeout; the worker adds its staging directory for that attempt when it hands the job to a
+plugin host (:class:`HostJob`). The outcome of an attempt is one :class:`Receipt` (plugin host
+-> worker -> sentinel), whose failures are an :class:`ErrorInfo`.
 
 >>> codec = Codec(b"k" * 32)
->>> routing, msg = codec.decode([b"id", *codec.encode("GetJob", {"job_id": 7})])
+>>> routing, msg = codec.decode([b"id", *codec.encode(GetJob(job_id=7))])
 >>> routing, msg.type, msg.payload
-([b'id'], 'GetJob', {'job_id': 7})
+([b'id'], 'GetJob', GetJob(job_id=7))
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, Union, get_args
+
+import msgspec
 
 from ._codec import (
     DEFAULT_MAX_AGE,
@@ -39,22 +53,34 @@ from ._codec import (
     MAX_DEPTH,
     MAX_FRAMES,
     PROTOCOL_VERSION,
-    Codec,
+    Catalogue,
+    FrameCodec,
+    Int64,
     InvalidPayloadError,
     Message,
     MessageTooLargeError,
     SignatureError,
+    StaleMessageError,
     UnknownMessageTypeError,
     WireError,
+    WireMessage,
     one_line,
 )
-from ._schemas import ERROR_CODES, MESSAGE_TYPES, RECEIPT_STATUSES, REPLY_FOR
-from .errors import AuthenticationError, CasparianError, ProtocolError, StoreError, TransientError
+from ._ratelimit import LogLimiter
+from ._router import (
+    Error,
+    ErrorCode,
+    Handler,
+    HandlerTable,
+    RequestFailed,
+    error_code,
+    error_reply,
+)
+from .errors import ProtocolError, TransientError
 
 __all__ = [
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BYTES",
-    "ERROR_CODES",
     "FINISHED_JOB_STATUSES",
     "JOB_EVENTS",
     "MAGIC",
@@ -62,33 +88,79 @@ __all__ = [
     "MAX_FRAMES",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
-    "RECEIPT_STATUSES",
     "REPLY_FOR",
     "STORED_JOB_STATUSES",
     "TAPE_JOB_STATUSES",
+    "Abort",
+    "CancelJob",
+    "CancelJobs",
+    "CancelOutcome",
+    "CancelResult",
     "Codec",
     "CompletionStatus",
+    "ControlReply",
+    "ControlRequest",
+    "Dispatch",
+    "Error",
+    "ErrorCode",
+    "ErrorInfo",
     "ErrorKind",
+    "Event",
+    "EventMessage",
     "EventName",
+    "GetJob",
+    "GetQueueStats",
+    "Goodbye",
     "Handler",
     "HandlerTable",
+    "Heartbeat",
+    "HostExit",
+    "HostJob",
+    "HostReady",
+    "Identify",
+    "Int64",
     "InvalidPayloadError",
+    "Job",
+    "JobSpec",
+    "JobStarted",
     "JobStatus",
+    "Jobs",
+    "ListJobs",
+    "ListWorkers",
     "LogLimiter",
     "MaterializationStatus",
     "Message",
     "MessageTooLargeError",
+    "Ping",
+    "PluginRegistered",
+    "Pong",
+    "ProtocolError",
+    "QueueStats",
+    "Receipt",
     "ReceiptStatus",
+    "Refused",
+    "RegisterPlugin",
     "RequestFailed",
+    "SentinelMessage",
+    "Shutdown",
+    "ShutdownAck",
     "SignatureError",
+    "SkippedInput",
+    "StaleMessageError",
+    "SubmitJobs",
+    "Submitted",
+    "Subscribed",
     "UnknownMessageTypeError",
+    "Welcome",
     "WireError",
+    "WireMessage",
+    "WorkerInfo",
+    "WorkerMessage",
+    "Workers",
     "error_code",
     "error_info",
     "error_reply",
-    "event_frames",
     "one_line",
-    "reply",
     "vocabulary",
 ]
 
@@ -208,214 +280,395 @@ def vocabulary() -> dict[str, list[str]]:
     }
 
 
-# -- building replies ------------------------------------------------------------------------
+# -- the messages ----------------------------------------------------------------------------
+# (their base, WireMessage, and Int64 are in _codec; Error, the failed reply, in _router)
 
-def reply(codec: Codec, request: Message | None, type: str,
-          payload: Mapping[str, Any] | None = None, *,
-          routing: Sequence[bytes] = ()) -> list[bytes]:  # fmt: skip
-    """Frames answering ``request`` (``reply_to`` set; ``status`` follows from ``type``),
-    prefixed with ``routing`` (the frames :meth:`Codec.decode` split off)."""
-    return [*routing, *codec.encode(type, payload, reply_to=request.id if request else None)]
+# Control requests (client -> sentinel).
 
-
-def error_reply(codec: Codec, request: Message | str | None, code: str, message: str, *,
-                routing: Sequence[bytes] = ()) -> list[bytes]:  # fmt: skip
-    """Frames of an ``Error{code, message}`` reply. ``request`` may be the Message, its id
-    (e.g. :attr:`WireError.request_id`) or None when the request could not be authenticated."""
-    if code not in ERROR_CODES:
-        raise InvalidPayloadError(f"Error: unknown error code {code!r}")
-    reply_to = request.id if isinstance(request, Message) else request
-    payload = {"code": code, "message": one_line(message, 1000)}
-    return [*routing, *codec.encode("Error", payload, reply_to=reply_to)]
+class Ping(WireMessage):
+    """Liveness probe; answered by :class:`Pong`."""
 
 
-def event_frames(codec: Codec, topic: bytes, name: str, seq: int,
-                 data: Mapping[str, Any] | None = None) -> list[bytes]:  # fmt: skip
-    """Frames to publish on the PUB socket: ``[topic, MAGIC, signature, body]``.
-    Subscribers filter on the topic prefix (``b"job"``, ``b"worker"``, ...)."""
-    return [topic, *codec.encode("Event", {"name": name, "seq": seq, "data": dict(data or {})})]
+class ListJobs(WireMessage):
+    """A page of jobs, newest first; ``status`` filters (any case)."""
+
+    status: str | None = None
+    limit: Int64 | None = None
+    offset: Int64 | None = None
+    submission_id: str | None = None
 
 
-def error_info(exc: BaseException, *, kind: str | None = None, limit: int = 20_000) -> dict[str, str]:
-    """A plugin failure as ``Receipt.error`` data: ``{ename, evalue, traceback, kind}``.
+class GetJob(WireMessage):
+    job_id: Int64
 
-    ``kind`` defaults to "transient" for :class:`TransientError`, else "permanent". The
+
+class CancelJob(WireMessage):
+    job_id: Int64
+
+
+class CancelJobs(WireMessage):
+    """Cancel the listed jobs, or every job in ``status`` (default QUEUED; "ALL" for all)."""
+
+    job_ids: list[Int64] | None = None
+    status: str | None = None
+
+
+class GetQueueStats(WireMessage):
+    pass
+
+
+class SubmitJobs(WireMessage):
+    """Queue one job per input file (directories and globs are expanded by the sentinel)."""
+
+    plugin: str
+    inputs: list[str]
+    sink: str | None = None
+    mode: str | None = None
+    priority: Int64 = 0
+    timeout: float | None = None
+    submission_id: str | None = None
+    force: bool = False
+
+
+class RegisterPlugin(WireMessage):
+    path: str
+
+
+class ListWorkers(WireMessage):
+    pass
+
+
+class Shutdown(WireMessage):
+    """Stop (a control request to the sentinel; also sent by the sentinel to its workers)."""
+
+
+# Control replies (sentinel -> client).
+
+class Pong(WireMessage):
+    """``event_seq``: the ``seq`` of the last event published."""
+
+    pid: Int64
+    version: str
+    uptime_s: float
+    event_seq: Int64 = 0
+
+
+class Jobs(WireMessage):
+    """One page of job rows (state DB columns, without the bulky JSON ones) and how many
+    jobs match in all."""
+
+    jobs: list[dict[str, Any]]
+    total: Int64
+
+
+class Job(WireMessage):
+    job: dict[str, Any] | None
+
+
+class CancelOutcome(StrEnum):
+    """What a cancel found, besides a job's :class:`JobStatus` (``CancelResult.state``)."""
+
+    #: Abort sent; the job shows ABORTED once its worker confirms.
+    ABORTING = "ABORTING"
+    #: The job finished running; its outputs are being committed.
+    COMPLETING = "COMPLETING"
+    #: No such job.
+    UNKNOWN = "UNKNOWN"
+    #: The answer to CancelJobs: see its ``results``.
+    MIXED = "MIXED"
+
+
+class CancelResult(WireMessage):
+    """``state``: a :class:`JobStatus` or a :class:`CancelOutcome` value (MIXED for
+    :class:`CancelJobs`, whose ``results`` map each job id to its state)."""
+
+    success: bool
+    message: str
+    state: str
+    results: dict[str, str] | None = None
+
+
+class QueueStats(WireMessage):
+    queued: Int64 = 0
+    running: Int64 = 0
+    completed: Int64 = 0
+    failed: Int64 = 0
+    aborted: Int64 = 0
+    skipped: Int64 = 0
+    cancel_requested: Int64 = 0
+    total: Int64 = 0
+
+
+class SkippedInput(msgspec.Struct, kw_only=True):
+    """An input a submission did not queue: every output it would make is materialized."""
+
+    job_id: Int64
+    input_file: str
+    reason: str
+
+
+class Submitted(WireMessage):
+    job_ids: list[Int64]
+    skipped: list[SkippedInput]
+    submission_id: str
+
+
+class PluginRegistered(WireMessage):
+    plugin_id: Int64
+    name: str
+    version: str
+    source_hash: str
+    trust: str
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A connected worker: its slots (plus backlog), the jobs it runs, when it was last heard
+    from (unix seconds) and how many more jobs it takes."""
+
+    worker_id: str
+    slots: Int64
+    pid: Int64
+    running: list[Int64]
+    last_seen: float
+    free: Int64
+
+
+class Workers(WireMessage):
+    workers: list[WorkerInfo]
+
+
+class ShutdownAck(WireMessage):
+    pass
+
+
+# The job and its outcome.
+
+class JobSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
+    """One job, as submitted: built once and never rebuilt (see the module docstring).
+
+    ``job_id`` is text: the sentinel's integer id, or a standalone run's ``run-...`` id.
+    ``plugin_name_declared`` says whether ``plugin_name`` is the plugin's declared ``name``
+    (readable on tapes) or its file stem (user data: tapes hash it). Not tracked by the
+    garbage collector (it holds only strings and numbers): 100,000 queued jobs hold one each.
+    """
+
+    job_id: str
+    input_file: str
+    plugin_path: str
+    plugin_name: str
+    plugin_name_declared: bool = False
+    plugin_source_hash: str | None = None
+    parser_version: str | None = None
+    sink: str
+    mode: str = "append"
+    submission_id: str | None = None
+    timeout_s: float | None = None
+    #: One ``_cf_processed_at`` for every job of a standalone run (RFC 3339); None: the
+    #: plugin host stamps the job when it runs it.
+    processed_at: str | None = None
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A failure travelling as data: exception type name (``ename``), one-line message
+    (``evalue``), the remote traceback, and whether a retry may help. Rendered on the
+    controller by :class:`~casparian_nb.errors.RemoteJobError`."""
+
+    ename: str
+    evalue: str
+    traceback: str = ""
+    kind: ErrorKind = ErrorKind.PERMANENT
+    input_file: str | None = None
+    #: "load" when the plugin itself could not be loaded (the same for every input file).
+    phase: str | None = None
+
+
+class Receipt(WireMessage, omit_defaults=True):
+    """The outcome of one job attempt: made by the plugin host, completed by the worker
+    (``attempt``, ``worker_id``, ``host_pid``) and sent to the sentinel."""
+
+    job_id: str
+    status: ReceiptStatus
+    attempt: Int64 = 0
+    worker_id: str | None = None
+    host_pid: Int64 | None = None
+    rows: dict[str, Int64] | None = None
+    quarantine_rows: Int64 = 0
+    source_hash: str | None = None
+    staged: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    duration_ms: float | None = None
+    #: ABORTED: why ("cancelled by user", "shutdown", "timeout: ...").
+    reason: str | None = None
+    timeout: bool = False
+
+
+# Worker socket (worker -> sentinel).
+
+class Identify(WireMessage):
+    """A worker's first message; ``prefetch`` jobs beyond ``slots`` wait in its backlog."""
+
+    worker_id: str
+    slots: Int64
+    pid: Int64
+    host: str
+    prefetch: Int64 = 0
+
+
+class Heartbeat(WireMessage):
+    worker_id: str
+    active_job_ids: list[str]
+    free_slots: Int64
+
+
+class JobStarted(WireMessage):
+    job_id: str
+    host_pid: Int64
+    worker_id: str | None = None
+
+
+class Goodbye(WireMessage):
+    worker_id: str
+
+
+# Worker socket (sentinel -> worker).
+
+class Welcome(WireMessage):
+    worker_id: str
+    heartbeat_interval: float
+
+
+class Refused(WireMessage):
+    reason: str
+
+
+class Dispatch(WireMessage):
+    """Run ``job`` as its attempt number ``attempt`` (from 1), killed after ``timeout_s``."""
+
+    job: JobSpec
+    attempt: Int64
+    timeout_s: float | None = None
+
+
+class Abort(WireMessage):
+    """Kill the job; ``timeout``: because it ran past its timeout."""
+
+    job_id: str
+    reason: str
+    timeout: bool = False
+
+
+# Events socket (sentinel -> subscribers).
+
+class Event(WireMessage):
+    """One published event; ``seq`` counts every event the sentinel published."""
+
+    name: EventName
+    seq: Int64
+    data: dict[str, Any]
+
+
+class Subscribed(WireMessage):
+    """Published on topic ``b"ready.<token>"`` when a subscription to it arrives: the
+    subscriber then knows its earlier subscriptions are in place (no slow joiner)."""
+
+    token: str
+
+
+# Worker <-> plugin host, over the host's socket pair (a private pipe: not signed). The host
+# says HostReady once, then answers each HostJob with a Receipt, until HostExit.
+
+class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
+    """One attempt of a job on a plugin host, staging under ``staging_root``."""
+
+    job: JobSpec
+    attempt: Int64 = 1
+    staging_root: str
+
+
+class HostExit(msgspec.Struct, frozen=True, tag=True):
+    """Finish (the host exits after its current job)."""
+
+
+class HostReady(msgspec.Struct, frozen=True):
+    """The host's imports are done."""
+
+    pid: Int64
+
+
+ControlRequest: TypeAlias = Union[  # noqa: UP007 - a runtime union: get_args lists it
+    Ping, ListJobs, GetJob, CancelJob, CancelJobs, GetQueueStats, SubmitJobs, RegisterPlugin,
+    ListWorkers, Shutdown,
+]
+ControlReply: TypeAlias = Union[  # noqa: UP007
+    Pong, Jobs, Job, CancelResult, QueueStats, Submitted, PluginRegistered, Workers,
+    ShutdownAck, Error,
+]
+WorkerMessage: TypeAlias = Union[Identify, Heartbeat, JobStarted, Receipt, Goodbye]  # noqa: UP007
+SentinelMessage: TypeAlias = Union[Welcome, Refused, Dispatch, Abort, Shutdown]  # noqa: UP007
+EventMessage: TypeAlias = Union[Event, Subscribed]  # noqa: UP007
+
+
+def _catalogue(*unions: Any) -> dict[str, type[WireMessage]]:
+    return {cls.__name__: cls for union in unions for cls in get_args(union)}
+
+
+#: Every message type on every socket, by name (the envelope's ``type``).
+MESSAGE_TYPES: Final[Mapping[str, type[WireMessage]]] = _catalogue(
+    ControlRequest, ControlReply, WorkerMessage, SentinelMessage, EventMessage)
+_REPLIES: Final = frozenset(_catalogue(ControlReply))
+
+#: The reply each control request expects (``Error`` is always possible too).
+REPLY_FOR: Final[Mapping[type[WireMessage], type[WireMessage]]] = {
+    Ping: Pong, ListJobs: Jobs, GetJob: Job, CancelJob: CancelResult, CancelJobs: CancelResult,
+    GetQueueStats: QueueStats, SubmitJobs: Submitted, RegisterPlugin: PluginRegistered,
+    ListWorkers: Workers, Shutdown: ShutdownAck,
+}  # fmt: skip
+
+
+def _reply_status(type_name: str) -> str | None:
+    """A control reply's envelope ``status``: "error" for ``Error``, "ok" for the others;
+    None for messages that are not control replies."""
+    if type_name not in _REPLIES:
+        return None
+    return "error" if type_name == "Error" else "ok"
+
+
+_ALL: Final = Catalogue(MESSAGE_TYPES, _reply_status)
+
+
+class Codec(FrameCodec):
+    """Encodes, signs, verifies and decodes the messages of one socket with one shared key.
+
+    ``accepts`` is the union (or tuple of Struct classes) :meth:`decode` admits; any other
+    known type is refused as ``UNKNOWN_TYPE`` (default: every message type). ``max_bytes``
+    caps a whole message (checked before parsing or hashing anything); ``max_age`` is how far
+    ``ts`` may lie in the past or future (None: no check, for replaying recorded traffic).
+    Thread-safe: it holds no mutable state.
+    """
+
+    def __init__(self, key: bytes, *, accepts: Any = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_age: float | None = DEFAULT_MAX_AGE) -> None:  # fmt: skip
+        catalogue = _ALL
+        if accepts is not None:
+            classes = (accepts,) if isinstance(accepts, type) else get_args(accepts) or accepts
+            catalogue = Catalogue(MESSAGE_TYPES, _reply_status,
+                                  accepts=frozenset(c.__name__ for c in classes))
+        super().__init__(key, catalogue, max_bytes=max_bytes, max_age=max_age)
+
+
+# -- errors as data --------------------------------------------------------------------------
+
+def error_info(exc: BaseException, *, kind: ErrorKind | None = None,
+               limit: int = 20_000) -> ErrorInfo:  # fmt: skip
+    """A failure as :class:`ErrorInfo`.
+
+    ``kind`` defaults to transient for :class:`TransientError`, else permanent. The
     traceback keeps its last ``limit`` characters (the frames nearest the error), so a
     recursion error cannot produce a message near the size cap.
     """
     tb = "".join(traceback.format_exception(exc))
     if len(tb) > limit:
         tb = f"[... {len(tb) - limit} characters cut ...]\n" + tb[-limit:]
-    return {
-        "ename": type(exc).__name__,
-        "evalue": str(exc)[:limit],
-        "traceback": tb,
-        "kind": kind or ("transient" if isinstance(exc, TransientError) else "permanent"),
-    }
-
-
-# -- serving a socket ------------------------------------------------------------------------
-
-def error_code(exc: BaseException) -> str:
-    """The ``Error`` reply code for an exception raised while serving a request."""
-    if isinstance(exc, WireError | RequestFailed):
-        return exc.code
-    if isinstance(exc, AuthenticationError):
-        return "AUTH_ERROR"
-    if isinstance(exc, ProtocolError):
-        return "INVALID_REQUEST"
-    if isinstance(exc, StoreError):
-        return "DB_ERROR"
-    return "INTERNAL"
-
-
-
-class RequestFailed(CasparianError):
-    """Raised by a handler to answer with ``Error{code, message}``, e.g.
-    ``raise RequestFailed("NOT_FOUND", f"no job {job_id}")``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"unknown error code {code!r}")
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.code, str(self)))
-
-
-#: A handler gets the request and returns ``(reply_type, payload)``, or None for no reply.
-Handler = Callable[[Message], "tuple[str, Mapping[str, Any]] | None"]
-
-
-@dataclass
-class LogLimiter:
-    """Rate-limits the log lines that hostile input causes (F14: anyone who can reach a port,
-    key or no key, must not be able to grow the logs at will).
-
-    At most ``burst`` lines per ``interval`` seconds go to ``logger``; the rest are counted,
-    and the count is logged once the next window opens — at the next line, or at
-    :meth:`flush`, which a serving loop may call as often as it likes::
-
-        limiter = LogLimiter(log, name="control", what="rejected messages")
-        limiter.log("control: rejected message: %s", exc)   # False when suppressed
-    """
-
-    logger: logging.Logger
-    name: str = "socket"
-    what: str = "bad messages"
-    burst: int = 10
-    interval: float = 10.0
-    level: int = logging.WARNING
-    _window: float = field(default=-math.inf, init=False, repr=False)
-    _logged: int = field(default=0, init=False, repr=False)
-    _suppressed: int = field(default=0, init=False, repr=False)
-
-    def log(self, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` unless this window's burst is used up; whether it was logged."""
-        self._roll(time.monotonic())
-        if self._logged < self.burst:
-            self._logged += 1
-            self.logger.log(self.level, msg, *args)
-            return True
-        self._suppressed += 1
-        return False
-
-    def flush(self) -> None:
-        """Log the count of suppressed lines if their window is over (cheap; call often)."""
-        if self._suppressed:
-            self._roll(time.monotonic())
-
-    def _roll(self, now: float) -> None:
-        if now - self._window >= self.interval:
-            if self._suppressed:
-                self.logger.log(self.level, "%s: %d more %s not logged", self.name,
-                                self._suppressed, self.what)  # fmt: skip
-            self._window, self._logged, self._suppressed = now, 0, 0
-
-
-@dataclass
-class HandlerTable:
-    """Routes the messages of one ROUTER socket to handler functions and never raises.
-
-    Decoding failures, unknown types, handler exceptions and invalid replies all become an
-    ``Error`` reply (or a drop, with ``reply_errors=False`` as on the worker socket) plus a
-    rate-limited log line, so hostile input cannot stop the loop (F14)::
-
-        table = HandlerTable(codec, {"Ping": on_ping, "GetJob": on_get_job})
-        out = table.handle(sock.recv_multipart())
-        if out:
-            sock.send_multipart(out)
-
-    ``counts`` tallies outcomes ("ok" or the error code) for tests and the hardening report.
-    """
-
-    codec: Codec
-    handlers: Mapping[str, Handler]
-    name: str = "control"
-    reply_errors: bool = True
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
-    log_burst: int = 10  # bad-message lines per log_interval; the rest are counted
-    log_interval: float = 10.0
-    counts: Counter[str] = field(default_factory=Counter, init=False)
-    limiter: LogLimiter = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.limiter = LogLimiter(self.logger, name=self.name, burst=self.log_burst,
-                                  interval=self.log_interval)  # fmt: skip
-
-    def handle(self, frames: Sequence[bytes]) -> list[bytes] | None:
-        """Process one received message; return the frames to send back, or None."""
-        try:
-            routing, msg = self.codec.decode(frames)
-        except WireError as exc:
-            self._bad(exc.code, str(exc))
-            # Without a CF1 frame the routing is unknown; on a ROUTER frame 0 is the peer id.
-            return self._error(exc.routing or _first_frame(frames), exc.request_id,
-                               exc.code, str(exc))  # fmt: skip
-        handler = self.handlers.get(msg.type)
-        if handler is None:
-            text = f"no handler for {msg.type!r} on the {self.name} socket"
-            self._bad("UNKNOWN_TYPE", text)
-            return self._error(routing, msg.id, "UNKNOWN_TYPE", text)
-        try:
-            result = handler(msg)
-        except Exception as exc:
-            code = error_code(exc)
-            if code == "INTERNAL":
-                self.logger.exception("%s: handler for %s failed", self.name, msg.type)
-                text = f"internal error in {msg.type}: {type(exc).__name__}: {exc}"
-            else:
-                text = str(exc)
-            self.counts[code] += 1
-            return self._error(routing, msg.id, code, text)
-        if result is None:
-            self.counts["ok"] += 1
-            return None
-        try:
-            out = reply(self.codec, msg, result[0], result[1], routing=routing)
-        except Exception as exc:  # the handler built a reply the schema refuses: our bug
-            self.logger.exception("%s: bad reply to %s", self.name, msg.type)
-            self.counts["INTERNAL"] += 1
-            return self._error(routing, msg.id, "INTERNAL", f"internal error in {msg.type}: {exc}")
-        self.counts["ok"] += 1
-        return out
-
-    def _error(self, routing: Sequence[bytes], request_id: str | None, code: str,
-               text: str) -> list[bytes] | None:  # fmt: skip
-        if not self.reply_errors or not routing:
-            return None
-        return error_reply(self.codec, request_id, code, text, routing=routing)
-
-    def _bad(self, code: str, text: str) -> None:
-        self.counts[code] += 1
-        self.limiter.log("%s: refused message [%s]: %s", self.name, code, text)
-
-
-def _first_frame(frames: object) -> list[bytes]:
-    if isinstance(frames, list | tuple) and frames:
-        first = frames[0]
-        # ZMQ routing ids are 1-255 bytes; a leading CF1 means there was no routing at all.
-        if isinstance(first, bytes | bytearray) and 0 < len(first) <= 255 and first != MAGIC:
-            return [bytes(first)]
-    return []
+    if kind is None:
+        kind = ErrorKind.TRANSIENT if isinstance(exc, TransientError) else ErrorKind.PERMANENT
+    return ErrorInfo(ename=type(exc).__name__, evalue=str(exc)[:limit], traceback=tb, kind=kind)

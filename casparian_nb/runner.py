@@ -34,9 +34,9 @@ from . import plugins, sinks
 from ._inputs import expand_inputs
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
-from .protocol import JobStatus, ReceiptStatus
+from .protocol import ErrorInfo, HostJob, JobSpec, JobStatus, Receipt, ReceiptStatus
 from .sinks.staging import JOURNAL
-from .worker.pool import HostPool, HostResult
+from .worker.pool import HostPool
 
 __all__ = ["FileResult", "RunResult", "run"]
 
@@ -149,10 +149,10 @@ class _Progress:
                 sys.stderr.flush()
 
 
-def _one_line(error: dict[str, Any] | None, fallback: str) -> str:
+def _one_line(error: ErrorInfo | None, fallback: str) -> str:
     if not error:
         return fallback
-    return f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".strip()
+    return f"{error.ename}: {error.evalue}".strip()
 
 
 def run(
@@ -190,22 +190,15 @@ def run(
     staging_root = _claim_staging(settings.staging_dir, run_id)
     processed_at = datetime.now(UTC).isoformat()
     jobs = [
-        {
-            "job_id": f"run-{run_id}-{i:06d}",
-            "plugin_path": str(spec.path),
-            "plugin_source_hash": spec.source_hash,
-            "plugin_name": spec.name,
-            "parser_version": spec.version,
-            "input_file": str(path),
-            "sink": str(sink_uri),
-            "mode": sink_mode.value,
-            "staging_root": str(staging_root),
-            "processed_at": processed_at,
-            "attempt": 1,
-        }
+        HostJob(job=JobSpec(
+            job_id=f"run-{run_id}-{i:06d}", input_file=str(path), plugin_path=str(spec.path),
+            plugin_name=spec.name, plugin_name_declared=spec.name_declared,
+            plugin_source_hash=spec.source_hash, parser_version=spec.version,
+            sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
+        ), attempt=1, staging_root=str(staging_root))
         for i, path in enumerate(files)
     ]
-    run_job_ids = frozenset(str(j["job_id"]) for j in jobs)
+    run_job_ids = frozenset(j.job.job_id for j in jobs)
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
     bar = _Progress(len(jobs), sys.stderr.isatty() if progress is None else progress)
     results: list[FileResult] = []
@@ -213,18 +206,19 @@ def run(
     # cannot even be loaded (the same for every file). Running jobs are then killed.
     stop: CasparianError | None = None
 
-    def finish(job: dict[str, Any], res: HostResult) -> FileResult:
+    def finish(attempt: HostJob, res: Receipt) -> FileResult:
         nonlocal stop
-        done = functools.partial(FileResult, job["job_id"], job["input_file"],
-                                 duration_ms=float(res.data.get("duration_ms") or 0.0))
+        job = attempt.job
+        done = functools.partial(FileResult, job.job_id, job.input_file,
+                                 duration_ms=float(res.duration_ms or 0.0))
         if res.status == ReceiptStatus.ABORTED:
-            return done(JobStatus.ABORTED, error=str(res.data.get("reason", "aborted")))
+            return done(JobStatus.ABORTED, error=res.reason or "aborted")
         if res.status != ReceiptStatus.SUCCESS:
-            if stop is None and res.error and res.error.get("phase") == "load":
-                ename, evalue = res.error.get("ename"), str(res.error.get("evalue", ""))
+            if stop is None and res.error and res.error.phase == "load":
+                ename, evalue = res.error.ename, res.error.evalue
                 stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
             return done(JobStatus.FAILED, error=_one_line(res.error, "failed"))
-        staged = sinks.StagedJob.from_dict(res.data["staged"])
+        staged = sinks.StagedJob.from_dict(res.staged or {})
         if stop is not None:
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
@@ -238,8 +232,8 @@ def run(
             with contextlib.suppress(Exception):
                 sinks.discard(staged)
             return done(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-        return done(JobStatus.COMPLETED, rows=dict(res.data.get("rows", {})),
-                    quarantine_rows=int(res.data.get("quarantine_rows", 0)),
+        return done(JobStatus.COMPLETED, rows=dict(res.rows or {}),
+                    quarantine_rows=int(res.quarantine_rows or 0),
                     artifacts=[a.to_dict() for a in artifacts])
 
     limit = timeout if timeout is not None else settings.job_timeout
@@ -249,7 +243,7 @@ def run(
                         memory_limit_mb=settings.job_memory_limit_mb, name="run",
                         log_max_bytes=settings.host_log_max_mb * 1024 * 1024)
         with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as ex:
-            futures: dict[Future[HostResult], dict[str, Any]] = {
+            futures: dict[Future[Receipt], HostJob] = {
                 ex.submit(pool.run, job, timeout=limit): job for job in jobs
             }
             try:
@@ -284,7 +278,7 @@ def run(
         _remove_tree(staging_root)
     if stop is not None:
         raise stop
-    order = {j["job_id"]: i for i, j in enumerate(jobs)}
+    order = {j.job.job_id: i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[r.job_id])
     return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value,
                      tuple(results), time.perf_counter() - started)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..client import ConnectionInfo, EventSubscriber
+from ..protocol import Event as EventMessage
 from ..protocol import EventName, JobStatus
 from ..tape import TapeWriter
 
@@ -134,10 +135,10 @@ class EventPump:
                     log.exception("event subscriber failed; retrying")
                     self._stop.wait(0.5)
                     continue
-                if messages:
-                    self._handle([(m.payload.get("name", ""), m.payload.get("data") or {}, m.ts)
-                                  for m in messages])
-                    top = max(int(m.payload.get("seq") or 0) for m in messages)
+                events = [(m.payload, m.ts) for m in messages if isinstance(m.payload, EventMessage)]
+                if events:
+                    self._handle([(e.name, e.data, ts) for e, ts in events])
+                    top = max(e.seq for e, _ in events)
                     with self._seq_seen:
                         self.last_seq = max(self.last_seq, top)
                         self._seq_seen.notify_all()

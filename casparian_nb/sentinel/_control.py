@@ -1,9 +1,10 @@
-"""The sentinel's control socket: one handler per request type (``Sentinel.control_handlers``).
+"""The sentinel's control socket: one handler per request Struct (``Sentinel.control_table``).
 
-Every request gets a reply with a status; a message that does not decode gets an ``Error``
-reply (and a rate-limited log line), an unknown type ``UNKNOWN_TYPE``, a handler that raises
-a one-line ``Error`` — never a dead loop. Writes go through the state machine (``_feed``) or
-are queued as actions, so a reply is sent only after what it reports is committed.
+The socket is served by a :class:`~casparian_nb.protocol.HandlerTable`: every request gets a
+reply; a message that does not decode, an unknown type or a handler that raises gets a one-line
+``Error`` reply (and a rate-limited log line) — never a dead loop. Writes go through the state
+machine (``_feed``) or are queued as actions, so a reply is sent only after what it reports is
+committed: a handler that cannot answer at once parks the request and returns None.
 """
 
 from __future__ import annotations
@@ -13,12 +14,41 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .. import __version__
-from ..errors import CasparianError, ProtocolError
-from ..protocol import Codec, LogLimiter, Message, error_code, error_reply
+from ..protocol import (
+    STORED_JOB_STATUSES,
+    CancelJob,
+    CancelJobs,
+    CancelOutcome,
+    CancelResult,
+    ErrorCode,
+    GetJob,
+    GetQueueStats,
+    HandlerTable,
+    Job,
+    Jobs,
+    JobStatus,
+    ListJobs,
+    ListWorkers,
+    Message,
+    Ping,
+    Pong,
+    QueueStats,
+    RegisterPlugin,
+    RequestFailed,
+    Shutdown,
+    ShutdownAck,
+    SubmitJobs,
+    Submitted,
+    WireMessage,
+    WorkerInfo,
+    Workers,
+)
 from . import state as st
 
 if TYPE_CHECKING:
@@ -31,87 +61,69 @@ __all__ = ["ControlHandlers"]
 
 log = logging.getLogger("casparian_nb.sentinel")
 
+#: CancelJobs' ``status`` that selects every job not finished yet.
+ALL_JOBS = "ALL"
+
 
 class ControlHandlers:
     """Mixin of :class:`~casparian_nb.sentinel.server.Sentinel`: the control requests."""
 
     if TYPE_CHECKING:  # provided by Sentinel
-        codec: Codec
         ctl: zmq.Socket[bytes]
         store: SentinelStore
         state: st.SentinelState
         submitter: SubmitHandler
         started_at: float
-        control_handlers: dict[str, Callable[[list[bytes], Message], None]]
+        control_table: HandlerTable
         _actions: list[st.Action]
         _event_seq: int
         _pending_replies: dict[str, tuple[list[bytes], Message]]
-        _refused_log: dict[str, LogLimiter]
         _stats: dict[str, int] | None
         _stop: threading.Event
 
-        def _msg_id(self) -> str: ...
         def _flush(self) -> None: ...
         def _feed(self, event: Any) -> None: ...
 
+    def _control_handlers(self) -> dict[type[WireMessage], Any]:
+        return {
+            Ping: self._on_ping, ListJobs: self._on_list_jobs, GetJob: self._on_get_job,
+            CancelJob: self._on_cancel_job, CancelJobs: self._on_cancel_jobs,
+            GetQueueStats: self._on_stats, SubmitJobs: self._on_submit,
+            RegisterPlugin: self._on_register, ListWorkers: self._on_workers,
+            Shutdown: self._on_shutdown,
+        }  # fmt: skip
+
     def _handle_control(self, frames: list[bytes]) -> None:
-        try:
-            routing, msg = self.codec.decode(frames)
-        except ProtocolError as exc:
-            # WireError carries the routing frames, the error code and (once the signature
-            # checked out) the request id, so the client can match the error to its request.
-            routing = list(getattr(exc, "routing", None) or frames[:1])
-            self._refused_log["control"].log("control: rejected message: %s", exc)
-            self.ctl.send_multipart(error_reply(self.codec, getattr(exc, "request_id", None),
-                                                error_code(exc), str(exc), routing=routing))
-            return
-        handler = self.control_handlers.get(msg.type)
-        if handler is None:
-            self._reply(routing, msg, "Error", {"code": "UNKNOWN_TYPE",
-                                                "message": f"unknown request type {msg.type!r}"})
-            return
-        try:
-            handler(routing, msg)
-        except (CasparianError, ValueError, KeyError, TypeError) as exc:
-            code = error_code(exc)
-            text = (str(exc).splitlines() or [type(exc).__name__])[0]
-            self._reply(routing, msg, "Error", {
-                "code": "INVALID_REQUEST" if code == "INTERNAL" else code, "message": text})
-        except Exception as exc:
-            log.exception("control handler %s failed", msg.type)
-            self._reply(routing, msg, "Error", {"code": "INTERNAL", "message": repr(exc)[:300]})
+        out = self.control_table.handle(frames)
+        if out:
+            self.ctl.send_multipart(out)
 
-    def _reply(self, routing: list[bytes], req: Message, type_: str, payload: dict[str, Any]) -> None:
-        status = "error" if type_ == "Error" else "ok"
-        self.ctl.send_multipart([*routing, *self.codec.encode(
-            type_, payload, reply_to=req.id, status=status, msg_id=self._msg_id())])
-
-    def _reply_pending(self, request_id: str, type_: str, payload: dict[str, Any]) -> None:
+    def _reply_pending(self, request_id: str, reply: WireMessage) -> None:
         pending = self._pending_replies.pop(request_id, None)
         if pending is not None:
-            self._reply(pending[0], pending[1], type_, payload)
+            routing, request = pending
+            self.ctl.send_multipart(self.control_table.reply(routing, request, reply))
 
-    def _on_ping(self, routing: list[bytes], msg: Message) -> None:
+    def _on_ping(self, msg: Message, routing: list[bytes]) -> Pong:
         # event_seq: the seq of the last event published, so a subscriber can tell when it
         # has everything up to now (the notebook drains its session tape before stopping).
-        self._reply(routing, msg, "Pong", {"pid": os.getpid(), "version": __version__,
-                                           "uptime_s": round(time.time() - self.started_at, 3),
-                                           "event_seq": self._event_seq})
+        return Pong(pid=os.getpid(), version=__version__,
+                    uptime_s=round(time.time() - self.started_at, 3), event_seq=self._event_seq)
 
-    def _on_list_jobs(self, routing: list[bytes], msg: Message) -> None:
-        p = msg.payload
-        status = str(p["status"]).upper() if p.get("status") else None
-        submission = p.get("submission_id")
+    def _on_list_jobs(self, msg: Message, routing: list[bytes]) -> Jobs:
+        req = msg.payload
+        assert isinstance(req, ListJobs)
+        status = _job_status(req.status) if req.status else None
         jobs = self.store.list_jobs(status=status,
-                                    limit=max(0, min(int(p.get("limit") or 100), 10_000)),
-                                    offset=max(0, int(p.get("offset") or 0)),
-                                    submission_id=submission)
-        if submission is not None:
-            total = self.store.count_jobs(status, submission)
+                                    limit=max(0, min(req.limit or 100, 10_000)),
+                                    offset=max(0, req.offset or 0),
+                                    submission_id=req.submission_id)
+        if req.submission_id is not None:
+            total = self.store.count_jobs(status, req.submission_id)
         else:
             stats = self._queue_stats()
             total = stats.get(status.lower(), 0) if status else stats.get("total", 0)
-        self._reply(routing, msg, "Jobs", {"jobs": [_slim(j) for j in jobs], "total": total})
+        return Jobs(jobs=[_slim(j) for j in jobs], total=total)
 
     def _queue_stats(self) -> dict[str, int]:
         """Counts per state, recounted only after the state DB changed (the sentinel is its
@@ -120,78 +132,95 @@ class ControlHandlers:
             self._stats = self.store.queue_stats()
         return dict(self._stats)
 
-    def _on_get_job(self, routing: list[bytes], msg: Message) -> None:
-        job = self.store.get_job(int(msg.payload["job_id"]))
+    def _on_get_job(self, msg: Message, routing: list[bytes]) -> Job:
+        assert isinstance(msg.payload, GetJob)
+        job = self.store.get_job(msg.payload.job_id)
         if job is not None:
             job.pop("staged_json", None)
-        self._reply(routing, msg, "Job", {"job": job})
+        return Job(job=job)
 
-    def _on_cancel_job(self, routing: list[bytes], msg: Message) -> None:
-        self._pending_replies[msg.id] = (routing, msg)
-        job_id = int(msg.payload["job_id"])
+    def _on_cancel_job(self, msg: Message, routing: list[bytes]) -> CancelResult | None:
+        assert isinstance(msg.payload, CancelJob)
+        job_id = msg.payload.job_id
         if job_id not in self.state.jobs:
-            self._pending_replies.pop(msg.id)
             self._flush()  # it may have just finished: let the DB say how before we read it
             row = self.store.get_job(job_id)
             text = (f"job {job_id} is already {row['status']}" if row
                     else f"job {job_id} does not exist")
-            self._reply(routing, msg, "CancelResult", {
-                "success": False, "state": row["status"] if row else "UNKNOWN", "message": text})
-            return
+            state = row["status"] if row else CancelOutcome.UNKNOWN
+            return CancelResult(success=False, state=state, message=text)
+        self._pending_replies[msg.id] = (routing, msg)
         self._feed(st.CancelRequested(job_id, msg.id, time.time()))
+        return None
 
-    def _on_cancel_jobs(self, routing: list[bytes], msg: Message) -> None:
-        p = msg.payload
-        if p.get("job_ids"):
-            ids = [int(j) for j in p["job_ids"]]
+    def _on_cancel_jobs(self, msg: Message, routing: list[bytes]) -> None:
+        req = msg.payload
+        assert isinstance(req, CancelJobs)
+        if req.job_ids:
+            ids = list(req.job_ids)
         else:
-            want = str(p.get("status") or "QUEUED").upper()
-            ids = [j.id for j in self.state.jobs.values()
-                   if want == "ALL" or (j.status == want)]
+            want = (req.status or JobStatus.QUEUED).upper()
+            everything = want == ALL_JOBS
+            if not everything:
+                want = _job_status(want, tuple(JobStatus))
+            ids = [j.id for j in self.state.jobs.values() if everything or j.status == want]
         results: dict[str, str] = {}
         now = time.time()
         self._flush()  # what has finished in memory is in the DB before we read it
         for job_id in ids:
             if job_id not in self.state.jobs:  # finished (or unknown): say which
                 row = self.store.get_job(job_id)
-                results[str(job_id)] = row["status"] if row else "UNKNOWN"
+                results[str(job_id)] = row["status"] if row else CancelOutcome.UNKNOWN
                 continue
             for a in self.state.handle(st.CancelRequested(job_id, uuid.uuid4().hex, now)):
                 if isinstance(a, st.Reply):
-                    results[str(job_id)] = a.payload.get("state", "")
+                    assert isinstance(a.message, CancelResult)
+                    results[str(job_id)] = a.message.state
                 else:
                     self._actions.append(a)
-        cancelled = sum(1 for state in results.values() if state in ("ABORTED", "ABORTING"))
+        cancelled = sum(1 for s in results.values()
+                        if s in (JobStatus.ABORTED, CancelOutcome.ABORTING))
         # Answered after this iteration's state changes are committed, like every write, so
         # a client that reads right after the reply sees them.
         self._pending_replies[msg.id] = (routing, msg)
-        self._actions.append(st.Reply(msg.id, "CancelResult", {
-            "success": True, "state": "MIXED", "message": f"{cancelled} job(s) cancelled",
-            "results": results}))
+        self._actions.append(st.Reply(msg.id, CancelResult(
+            success=True, state=CancelOutcome.MIXED, message=f"{cancelled} job(s) cancelled",
+            results=results)))
 
-    def _on_stats(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "QueueStats", self._queue_stats())
+    def _on_stats(self, msg: Message, routing: list[bytes]) -> QueueStats:
+        return msgspec.convert(self._queue_stats(), QueueStats)
 
-    def _on_submit(self, routing: list[bytes], msg: Message) -> None:
+    def _on_submit(self, msg: Message, routing: list[bytes]) -> Submitted:
+        assert isinstance(msg.payload, SubmitJobs)
         now = time.time()
         self._stats = None
         outcome = self.submitter.submit(msg.payload, now)
         for name, data in outcome.events:
             self._actions.append(st.Publish(name, data))
         self._feed(st.JobsQueued(outcome.records, now))
-        self._reply(routing, msg, "Submitted", {"job_ids": outcome.job_ids,
-                                                "skipped": outcome.skipped,
-                                                "submission_id": outcome.submission_id})
+        return Submitted(job_ids=outcome.job_ids, skipped=outcome.skipped,
+                         submission_id=outcome.submission_id)
 
-    def _on_register(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "PluginRegistered", self.submitter.register(msg.payload["path"]))
+    def _on_register(self, msg: Message, routing: list[bytes]) -> WireMessage:
+        assert isinstance(msg.payload, RegisterPlugin)
+        return self.submitter.register(msg.payload.path)
 
-    def _on_workers(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "Workers", {"workers": self.state.worker_table()})
+    def _on_workers(self, msg: Message, routing: list[bytes]) -> Workers:
+        return Workers(workers=[WorkerInfo(**w) for w in self.state.worker_table()])
 
-    def _on_shutdown(self, routing: list[bytes], msg: Message) -> None:
-        self._reply(routing, msg, "ShutdownAck", {})
+    def _on_shutdown(self, msg: Message, routing: list[bytes]) -> ShutdownAck:
         self._stop.set()
+        return ShutdownAck()
+
+
+def _job_status(text: str, allowed: Collection[JobStatus] = STORED_JOB_STATUSES) -> JobStatus:
+    """A status filter as a client sent it (any case), or INVALID_REQUEST."""
+    status = text.strip().upper()
+    if status not in allowed:
+        raise RequestFailed(ErrorCode.INVALID_REQUEST, f"unknown job status {text[:40]!r}; "
+                            f"expected one of {', '.join(allowed)}")
+    return JobStatus(status)
+
 
 _BULKY = ("plan_json", "staged_json", "traceback", "artifacts_json")
 

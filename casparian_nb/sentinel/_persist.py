@@ -19,7 +19,7 @@ from ..protocol import CompletionStatus, JobStatus, MaterializationStatus
 from ..store import BatchingStateStore, Materialization, StateReader, StateStore
 from ..store.schema import iso_from_epoch
 from . import state as st
-from ._submit import job_spec
+from ._submit import job_spec_from_row
 
 __all__ = ["Persister", "SentinelStore"]
 
@@ -40,7 +40,6 @@ class Persister:
         self._plugin_paths: dict[int, str] = {}
         self._submission_ids: dict[str, frozenset[str]] = {}
         self._plans: dict[str, list[plan.OutputTarget]] = {}
-        self._specs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._plan_texts: dict[str, str] = {}
         self._reader: StateReader | None = None  # the committer thread's own connection
 
@@ -99,8 +98,8 @@ class Persister:
             return  # not RUNNING (a duplicate): its materializations exist already
         spec = a.spec
         source_hash = a.source_hash or ""
-        plugin_name = str(spec.get("plugin_name") or "")
-        version = spec.get("parser_version")
+        plugin_name = spec.plugin_name
+        version = spec.parser_version
         mats = []
         for t in self._targets(a.plan_json):
             produced = outputs.get(t.output) if t.output != plan.ALL_OUTPUTS else sum(outputs.values())
@@ -109,8 +108,8 @@ class Persister:
                                                              version or "", t.target_key),
                 output_target_key=t.target_key, source_hash=source_hash,
                 plugin_name=plugin_name, parser_version=version,
-                output_name=t.output, table_name=t.table, sink_uri=spec.get("sink"),
-                sink_mode=spec.get("mode"), schema_hash=t.schema_hash,
+                output_name=t.output, table_name=t.table, sink_uri=spec.sink,
+                sink_mode=spec.mode, schema_hash=t.schema_hash,
                 status=MaterializationStatus.SUCCESS if produced else MaterializationStatus.NO_DATA,
                 rows=int(produced or 0), job_id=a.job_id))
         if mats:
@@ -126,8 +125,7 @@ class Persister:
         return self._plugin_paths[plugin_id]
 
     def _rec(self, row: dict[str, Any], now: float) -> st.JobRec:
-        spec = job_spec(row, self._plugin_path(row.get("plugin_id")), str(self.settings.staging_dir))
-        spec = self._specs.setdefault(tuple(spec.values()), spec)  # one dict per submission
+        spec = job_spec_from_row(row, self._plugin_path(row.get("plugin_id")))
         raw_plan = row.get("plan_json")
         plan_json = raw_plan if isinstance(raw_plan, str) or raw_plan is None else \
             plan.plan_to_json(plan.plan_from_json(raw_plan))
@@ -142,7 +140,7 @@ class Persister:
         return st.JobRec(id=int(row["id"]), priority=int(row.get("priority") or 0), spec=spec,
                          timeout_s=row.get("timeout_s"), retry_count=int(row.get("retry_count") or 0),
                          attempt=int(row.get("attempt") or 0), ready_at=ready_at,
-                         plan_json=plan_json, input_file=str(row["input_file"]))
+                         plan_json=plan_json, input_file=spec.input_file)
 
     def reconcile(self, now: float) -> tuple[list[int], list[st.JobRec]]:
         """RUNNING rows after a restart: re-adopt those whose outputs were staged (recorded)

@@ -3,7 +3,8 @@
 A submission resolves and inspects the plugin, enforces the trust policy before anything runs,
 hashes every input, computes the output plan once (:mod:`casparian_nb.plan`) and skips inputs
 whose every planned output is already materialized (F4). What remains is inserted as QUEUED rows
-and handed to the state machine as :class:`JobRec` objects.
+and handed to the state machine as :class:`JobRec` objects, each with its
+:class:`~casparian_nb.protocol.JobSpec`: built here, once, and sent unchanged to the worker.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,40 +24,42 @@ from .. import lineage, plan, plugins, sinks
 from .._inputs import expand_inputs
 from ..config import Settings
 from ..errors import PluginError
-from ..protocol import EventName
+from ..protocol import EventName, JobSpec, PluginRegistered, SkippedInput, SubmitJobs
 from ..store import NewJob, StateStore
 from .state import JobRec, plugin_name_fields
 
-__all__ = ["SubmitHandler", "SubmitOutcome", "job_spec"]
+__all__ = ["SubmitHandler", "SubmitOutcome", "job_spec_from_row"]
 
 
 @dataclass
 class SubmitOutcome:
     submission_id: str
     job_ids: list[int] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkippedInput] = field(default_factory=list)
     records: list[JobRec] = field(default_factory=list)
     events: list[tuple[EventName, dict[str, Any]]] = field(default_factory=list)
 
 
-def job_spec(row: dict[str, Any], plugin_path: str, staging_root: str) -> dict[str, Any]:
-    """The dispatch payload shared by the jobs of one submission (the input file and the
-    per-attempt fields are added at dispatch).
+def job_spec_from_row(row: dict[str, Any], plugin_path: str) -> JobSpec:
+    """The :class:`JobSpec` of a job the state DB holds (a sentinel restart), made from the
+    columns its submission filled in — the same fields :meth:`SubmitHandler.submit` set.
 
-    ``row`` is a state DB job row (a restart) or the submission's own fields, which also
-    carry ``plugin_name_declared`` (see :func:`name_declared`).
+    The columns a submission's jobs share are interned: a restart with 100,000 queued jobs
+    then holds each plugin name, hash and sink once, as the submission itself did.
     """
-    return {
-        "plugin_path": plugin_path,
-        "plugin_source_hash": row.get("parser_fingerprint"),
-        "plugin_name": row["plugin_name"],
-        "plugin_name_declared": name_declared(row, plugin_path),
-        "parser_version": row.get("parser_version"),
-        "sink": row.get("sink_uri"),
-        "mode": row.get("sink_mode") or "append",
-        "submission_id": row.get("submission_id"),
-        "staging_root": staging_root,
-    }
+    return JobSpec(
+        job_id=str(row["id"]), input_file=str(row["input_file"]), plugin_path=plugin_path,
+        plugin_name=_shared(row["plugin_name"]) or "",
+        plugin_name_declared=name_declared(row, plugin_path),
+        plugin_source_hash=_shared(row.get("parser_fingerprint")),
+        parser_version=_shared(row.get("parser_version")), sink=_shared(row.get("sink_uri")) or "",
+        mode=_shared(row.get("sink_mode")) or sinks.SinkMode.APPEND.value,
+        submission_id=_shared(row.get("submission_id")), timeout_s=row.get("timeout_s"),
+    )  # fmt: skip
+
+
+def _shared(value: object) -> str | None:
+    return None if value is None else sys.intern(str(value))
 
 
 def name_declared(row: dict[str, Any], plugin_path: str) -> bool:
@@ -145,25 +149,25 @@ class SubmitHandler:
             trust_status=trust, manifest=spec.manifest, default_output=spec.default_output)
         return spec, trust, plugin_id
 
-    def register(self, ref: str) -> dict[str, Any]:
+    def register(self, ref: str) -> PluginRegistered:
         spec, trust, plugin_id = self._plugin(ref)
-        return {"plugin_id": plugin_id, "name": spec.name, "version": spec.version,
-                "source_hash": spec.source_hash, "trust": trust}
+        return PluginRegistered(plugin_id=plugin_id, name=spec.name, version=spec.version,
+                                source_hash=spec.source_hash, trust=trust)
 
-    def submit(self, payload: dict[str, Any], now: float) -> SubmitOutcome:
-        spec, _trust, plugin_id = self._plugin(str(payload["plugin"]))
-        sink = sinks.parse_sink_uri(payload.get("sink") or self.settings.effective_default_sink)
-        mode = sinks.SinkMode.parse(payload.get("mode") or "append")
-        files, sizes = _expand(payload["inputs"])
+    def submit(self, request: SubmitJobs, now: float) -> SubmitOutcome:
+        spec, _trust, plugin_id = self._plugin(request.plugin)
+        sink = sinks.parse_sink_uri(request.sink or self.settings.effective_default_sink)
+        mode = sinks.SinkMode.parse(request.mode or sinks.SinkMode.APPEND)
+        files, sizes = _expand(request.inputs)
         if not files:
             raise PluginError("no input files given")
-        out = SubmitOutcome(str(payload.get("submission_id") or uuid.uuid4().hex[:16]))
+        out = SubmitOutcome(request.submission_id or uuid.uuid4().hex[:16])
         targets = plan.output_plan(manifest=spec.manifest, default_output=spec.default_output,
                                    sink_uri=str(sink), sink_mode=mode.value)
         plan_json = plan.plan_to_json(targets)
-        force = bool(payload.get("force"))
-        timeout = payload.get("timeout")
-        priority = int(payload.get("priority") or 0)
+        force = request.force
+        timeout = request.timeout
+        priority = request.priority
 
         todo: list[NewJob] = []
         skip: list[NewJob] = []
@@ -186,22 +190,25 @@ class SubmitHandler:
         with self.store.transaction():
             ids = self.store.insert_jobs(todo) if todo else []
             skipped_ids = self.store.insert_skipped(skip) if skip else []
-        shared = job_spec({"plugin_name": spec.name, "plugin_name_declared": spec.name_declared,
-                           "parser_fingerprint": spec.source_hash,
-                           "parser_version": spec.version, "sink_uri": str(sink),
-                           "sink_mode": mode.value, "submission_id": out.submission_id},
-                          str(spec.path), str(self.settings.staging_dir))
-        name_fields = plugin_name_fields(shared)
+        name_fields: dict[str, Any] = {}
         for job_id, job in zip(ids, todo, strict=True):
-            out.records.append(JobRec(id=job_id, priority=priority, spec=shared,
+            job_spec = JobSpec(
+                job_id=str(job_id), input_file=job.input_file, plugin_path=str(spec.path),
+                plugin_name=spec.name, plugin_name_declared=spec.name_declared,
+                plugin_source_hash=spec.source_hash, parser_version=spec.version,
+                sink=sink_uri, mode=mode.value, submission_id=out.submission_id,
+                timeout_s=timeout_s,
+            )  # fmt: skip
+            name_fields = name_fields or plugin_name_fields(job_spec)
+            out.records.append(JobRec(id=job_id, priority=priority, spec=job_spec,
                                       timeout_s=timeout_s, plan_json=plan_json,
                                       input_file=job.input_file))
             out.events.append((EventName.JOB_QUEUED, {
                 "job_id": job_id, **name_fields, "plugin_version": spec.version,
                 "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))
         for job_id, job in zip(skipped_ids, skip, strict=True):
-            out.skipped.append({"job_id": job_id, "input_file": job.input_file,
-                                "reason": "already materialized"})
+            out.skipped.append(SkippedInput(job_id=job_id, input_file=job.input_file,
+                                            reason="already materialized"))
             out.events.append((EventName.JOB_SKIPPED, {"job_id": job_id, "input_file": job.input_file,
                                               "reason": "already materialized"}))
         out.job_ids = ids

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import ErrorKind, EventName, JobStatus, ReceiptStatus
+from ..protocol import ErrorKind, EventName, JobSpec, JobStatus, Receipt, ReceiptStatus, WireMessage
 
 __all__ = [
     "AbortJob",
@@ -53,9 +53,8 @@ class JobRec:
 
     id: int
     priority: int
-    #: Dispatch payload minus the input file and per-attempt fields: one dict shared by
-    #: every job of a submission (never mutated), so 100,000 queued jobs stay small.
-    spec: dict[str, Any]
+    #: The job as submitted; sent unchanged in every Dispatch.
+    spec: JobSpec
     timeout_s: float | None = None
     retry_count: int = 0
     attempt: int = 0
@@ -123,7 +122,7 @@ class ReceiptReceived:
     worker_id: str
     attempt: int
     status: ReceiptStatus
-    data: dict[str, Any]
+    data: Receipt
     now: float
 
 
@@ -204,7 +203,7 @@ class CompleteJob:
     outputs: dict[str, int]
     quarantine_rows: int
     source_hash: str | None
-    spec: dict[str, Any]
+    spec: JobSpec
     plan_json: str | None
 
 
@@ -254,8 +253,11 @@ Persist = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob |
 @dataclass(slots=True)
 class Send:
     worker_id: str
-    type: str
-    payload: dict[str, Any]
+    message: WireMessage
+
+    @property
+    def type(self) -> str:
+        return type(self.message).__name__
 
 
 @dataclass(slots=True)
@@ -279,9 +281,10 @@ class Discard:
 
 @dataclass(slots=True)
 class Reply:
+    """Answer the control request ``request_id`` (held by the server) with ``message``."""
+
     request_id: str
-    type: str
-    payload: dict[str, Any]
+    message: WireMessage
 
 
 Action = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob | RequeueJob

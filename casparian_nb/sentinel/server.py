@@ -30,14 +30,26 @@ from .. import __version__, sinks
 from .._proc import pid_alive, profiled
 from ..client import write_connection_file
 from ..config import Settings
-from ..protocol import Codec, EventName, LogLimiter, Message
+from ..protocol import (
+    Codec,
+    ControlRequest,
+    Event,
+    EventMessage,
+    EventName,
+    HandlerTable,
+    Message,
+    Shutdown,
+    Subscribed,
+    WireMessage,
+    WorkerMessage,
+)
 from ..store.schema import now_iso
 from . import state as st
 from ._committer import Committer, sweep_staging
 from ._control import ControlHandlers
 from ._persist import Persister, SentinelStore
 from ._submit import SubmitHandler
-from ._workers import WorkerHandlers
+from ._workers import WorkerHandlers, refused
 
 __all__ = ["Sentinel"]
 
@@ -66,7 +78,12 @@ class Sentinel(ControlHandlers, WorkerHandlers):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.key = os.urandom(32)
-        self.codec = Codec(self.key, max_bytes=settings.max_message_bytes)
+        # One codec per socket: each decodes only the messages its socket carries.
+        self.codec = Codec(self.key, accepts=ControlRequest, max_bytes=settings.max_message_bytes)
+        self.worker_codec = Codec(self.key, accepts=WorkerMessage,
+                                  max_bytes=settings.max_message_bytes)
+        self.events_codec = Codec(self.key, accepts=EventMessage,
+                                  max_bytes=settings.max_message_bytes)
         store = SentinelStore.open(settings.state_db)
         assert isinstance(store, SentinelStore)
         self.store = store
@@ -86,18 +103,11 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self.tape = self._open_tape()
         self.ctx = zmq.Context()
         self.endpoints: dict[str, str] = {}
-        self.control_handlers: dict[str, Callable[[list[bytes], Message], None]] = {
-            "Ping": self._on_ping, "ListJobs": self._on_list_jobs, "GetJob": self._on_get_job,
-            "CancelJob": self._on_cancel_job, "CancelJobs": self._on_cancel_jobs,
-            "GetQueueStats": self._on_stats, "SubmitJobs": self._on_submit,
-            "RegisterPlugin": self._on_register, "ListWorkers": self._on_workers,
-            "Shutdown": self._on_shutdown,
-        }
-        self.worker_handlers: dict[str, Callable[[bytes, Message], None]] = {
-            "Identify": self._on_identify, "Heartbeat": self._on_heartbeat,
-            "JobStarted": self._on_job_started, "Receipt": self._on_receipt,
-            "Goodbye": self._on_goodbye,
-        }
+        self.control_table = HandlerTable(self.codec, self._control_handlers(), name="control",
+                                          logger=log, log_burst=REFUSED_LOG_BURST)
+        self.worker_table = HandlerTable(self.worker_codec, self._worker_handlers(),
+                                         name="worker socket", refusal=refused, logger=log,
+                                         log_burst=REFUSED_LOG_BURST)
         self._actions: list[st.Action] = []
         # Message ids: a per-process prefix and a counter (uuid4 costs a getrandom per message).
         self._id_prefix = os.urandom(4).hex()
@@ -106,12 +116,6 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         #: Only prefixes of EVENT_TOPICS are kept, so it holds at most a handful.
         self._subscriptions: set[bytes] = set()
         self._ignored_topic_logged = False
-        self._refused_log = {
-            "control": LogLimiter(log, name="control", what="rejected messages",
-                                  burst=REFUSED_LOG_BURST),
-            "workers": LogLimiter(log, name="worker socket", what="dropped messages",
-                                  burst=REFUSED_LOG_BURST),
-        }
         #: worker id -> (pid, same machine?) for the liveness check of local workers.
         self._worker_procs: dict[str, tuple[int, bool]] = {}
         self._committer_thread: threading.Thread | None = None
@@ -175,9 +179,8 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         recs = self.persist.load_queued(now)
         self._feed(st.JobsQueued([*adopted, *recs], now))
         for rec in adopted:
-            self._promotions.put(st.Promote(rec.id, rec.result.pop("staged"),
-                                            str(rec.spec.get("mode") or "append"),
-                                            rec.spec.get("submission_id")))
+            self._promotions.put(st.Promote(rec.id, rec.result.pop("staged"), rec.spec.mode,
+                                            rec.spec.submission_id))
         if requeued or adopted or swept:
             log.info("restart: re-queued %d job(s) left RUNNING, re-promoting %d, removed %d "
                      "stale staging dir(s)", len(requeued), len(adopted), len(swept))
@@ -223,8 +226,8 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                     if now - last_pid_check >= 0.5:
                         last_pid_check = now
                         self._check_worker_pids(now)
-                        for limiter in self._refused_log.values():
-                            limiter.flush()  # "N more ... not logged", once a flood ends
+                        for table in (self.control_table, self.worker_table):
+                            table.limiter.flush()  # "N more ... not logged", once a flood ends
                     self._feed(st.Tick(now))
                 self._flush()
         finally:
@@ -276,8 +279,8 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             if topic.startswith(READY_PREFIX) and len(topic) <= 64:
                 if op == b"\x01":
                     token = topic[len(READY_PREFIX):].decode("ascii", "replace")
-                    self.pub.send_multipart([topic, *self.codec.encode(
-                        "Subscribed", {"token": token}, msg_id=self._msg_id())])
+                    self.pub.send_multipart([topic, *self.events_codec.encode(
+                        Subscribed(token=token), msg_id=self._msg_id())])
                 continue
             if not any(t.startswith(topic) for t in EVENT_TOPICS):
                 if op == b"\x01" and not self._ignored_topic_logged:
@@ -306,6 +309,9 @@ class Sentinel(ControlHandlers, WorkerHandlers):
     def _msg_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
+    def _send_worker(self, ident: bytes, message: WireMessage) -> None:
+        self.wrk.send_multipart([ident, *self.worker_codec.encode(message, msg_id=self._msg_id())])
+
     def _flush(self) -> None:
         """Carry out the actions: store first (one transaction), then messages."""
         actions, self._actions = self._actions, []
@@ -318,14 +324,13 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             if isinstance(a, st.Send):
                 ident = self.state.identity_of(a.worker_id)
                 if ident is not None:
-                    self.wrk.send_multipart(
-                        [ident, *self.codec.encode(a.type, a.payload, msg_id=self._msg_id())])
+                    self._send_worker(ident, a.message)
             elif isinstance(a, st.Publish):
                 self._publish(a.name, a.data)
             elif isinstance(a, st.Promote | st.Discard):
                 self._promotions.put(a)
             elif isinstance(a, st.Reply):
-                self._reply_pending(a.request_id, a.type, a.payload)
+                self._reply_pending(a.request_id, a.message)
 
     def _persist_all(self, persists: list[st.Persist]) -> None:
         self._stats = None
@@ -349,8 +354,8 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self._event_seq += 1
         topic = b"worker" if name.startswith("Worker") else b"job"
         if any(topic.startswith(t) for t in self._subscriptions):
-            frames = self.codec.encode("Event", {"name": name, "seq": self._event_seq,
-                                                 "data": data}, msg_id=self._msg_id())
+            event = Event(name=EventName(name), seq=self._event_seq, data=data)
+            frames = self.events_codec.encode(event, msg_id=self._msg_id())
             self.pub.send_multipart([topic, *frames])
         if self.tape is not None:
             self.tape.emit("domain_event", name, data)
@@ -386,7 +391,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             log.exception("recording the last promotions failed")
         try:
             for w in list(self.state.workers.values()):
-                self.wrk.send_multipart([w.identity, *self.codec.encode("Shutdown", {})])
+                self._send_worker(w.identity, Shutdown())
         except zmq.ZMQError:
             pass
         try:

@@ -12,11 +12,22 @@ in the state DB. Times are unix seconds passed in by the events: the machine nev
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import ErrorKind, EventName, JobStatus, ReceiptStatus
+from ..protocol import (
+    Abort,
+    CancelOutcome,
+    CancelResult,
+    Dispatch,
+    ErrorInfo,
+    ErrorKind,
+    EventName,
+    JobSpec,
+    JobStatus,
+    ReceiptStatus,
+)
 from ..store import CANCELLED_BY_USER
 from . import _vocabulary
 from ._vocabulary import (
@@ -56,14 +67,13 @@ _QUEUED, _RUNNING, _PROMOTING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.P
 __all__ = [*_vocabulary.__all__, "SentinelState", "plugin_name_fields"]
 
 
-def plugin_name_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+def plugin_name_fields(spec: JobSpec) -> dict[str, Any]:
     """``plugin_name`` for an event payload, plus ``plugin_name_source: "file"`` when the name
     is the plugin file's stem rather than a declared ``name`` (tape redaction then hashes it,
-    as it does every file name). A spec that does not say counts as the file's: safe side."""
-    name = spec.get("plugin_name")
-    if spec.get("plugin_name_declared") is True:
-        return {"plugin_name": name}
-    return {"plugin_name": name, "plugin_name_source": "file"}
+    as it does every file name)."""
+    if spec.plugin_name_declared:
+        return {"plugin_name": spec.plugin_name}
+    return {"plugin_name": spec.plugin_name, "plugin_name_source": "file"}
 
 
 @dataclass(slots=True)
@@ -186,7 +196,8 @@ class SentinelState:
 
     def _on_receipt(self, ev: ReceiptReceived) -> list[Action]:
         job = self.jobs.get(ev.job_id)
-        staged = ev.data.get("staged")
+        receipt = ev.data
+        staged = receipt.staged
         if (job is None or job.worker_id != ev.worker_id or job.attempt != ev.attempt
                 or job.status != _RUNNING):
             # A receipt for an attempt we gave up on (lost worker, restart, timeout): never
@@ -196,11 +207,11 @@ class SentinelState:
         if w is not None:
             w.running.discard(job.id)
             w.last_seen = ev.now
-        duration_ms = float(ev.data.get("duration_ms") or (ev.now - job.dispatched_at) * 1000)
-        if ev.status != ReceiptStatus.REJECTED and not job.started and ev.data.get("host_pid"):
+        duration_ms = float(receipt.duration_ms or (ev.now - job.dispatched_at) * 1000)
+        if ev.status != ReceiptStatus.REJECTED and not job.started and receipt.host_pid:
             # A fast job's worker sends no JobStarted; the receipt names the host instead.
             job.started, job.started_at = True, ev.now
-            return [MarkStarted(job.id, int(ev.data["host_pid"])), *self._on_receipt(ev)]
+            return [MarkStarted(job.id, receipt.host_pid), *self._on_receipt(ev)]
         if ev.status == ReceiptStatus.REJECTED:
             # Capacity: back to the queue, no retry spent (F9). The worker has fewer slots
             # than it advertised; believe what it holds now until a heartbeat says more.
@@ -214,35 +225,34 @@ class SentinelState:
                 return [*([Discard(staged)] if staged else []),
                         *self._finish_aborted(job, "cancelled by user", duration_ms)]
             job.status = _PROMOTING
-            outputs = {str(k): int(v) for k, v in dict(ev.data.get("rows") or {}).items()}
-            quarantine = int(ev.data.get("quarantine_rows") or 0)
+            outputs = dict(receipt.rows or {})
+            quarantine = receipt.quarantine_rows
             job.result = {"rows": sum(outputs.values()), "outputs": outputs,
                           "quarantine_rows": quarantine, "duration_ms": round(duration_ms, 1),
-                          "source_hash": ev.data.get("source_hash")}
+                          "source_hash": receipt.source_hash}
             if isinstance(staged, dict) and not staged.get("outputs"):
                 # Nothing was staged, so there is nothing to promote: complete now, in this
                 # same transaction (a crash cannot fall between the receipt and the end).
                 return [Discard(staged), *self._complete(job, [])]
-            return [RecordStaged(job.id, staged, ev.data.get("source_hash"), outputs, quarantine,
+            return [RecordStaged(job.id, staged, receipt.source_hash, outputs, quarantine,
                                  duration_ms),
-                    Promote(job.id, staged or {}, str(job.spec.get("mode") or "append"),
-                            job.spec.get("submission_id"))]
+                    Promote(job.id, staged or {}, job.spec.mode, job.spec.submission_id)]
         if ev.status == ReceiptStatus.ABORTED:
-            reason = str(ev.data.get("reason") or "aborted")
+            reason = receipt.reason or "aborted"
             if job.cancel_requested:
                 return self._finish_aborted(job, "cancelled by user", duration_ms)
             if reason == "shutdown":  # the worker is stopping, not the job failing
                 return self._requeue(job, ev.now, "worker_shutdown",
                                      "worker stopped while the job ran")
-            if ev.data.get("timeout") or reason.startswith(TIMEOUT_REASON):
+            if receipt.timeout or reason.startswith(TIMEOUT_REASON):
                 reason = f"timed out after {self.timeout_of(job):g}s"
             return self._finish_aborted(job, reason, duration_ms)
         # FAILED
-        error = dict(ev.data.get("error") or {})
-        text = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".strip()
+        error = receipt.error or ErrorInfo(ename="Error", evalue="")
+        text = f"{error.ename}: {error.evalue}".strip()
         if job.cancel_requested:
             return self._finish_aborted(job, "cancelled by user", duration_ms)
-        if error.get("kind") == ErrorKind.TRANSIENT and job.retry_count < self.max_retries:
+        if error.kind == ErrorKind.TRANSIENT and job.retry_count < self.max_retries:
             return self._retry(job, text, ev.now)
         return self._finish_failed(job, error, text, duration_ms)
 
@@ -253,8 +263,7 @@ class SentinelState:
         if not ev.ok:
             # Staged outputs were fine but the sink refused them (mode=error, a locked file,
             # a full disk): a permanent failure of this job, with the reason.
-            err = {"ename": "SinkError", "evalue": ev.error or "promotion failed",
-                   "kind": ErrorKind.PERMANENT, "traceback": ""}
+            err = ErrorInfo(ename="SinkError", evalue=ev.error or "promotion failed")
             return self._finish_failed(job, err, f"SinkError: {ev.error}", None)
         return self._complete(job, ev.artifacts)
 
@@ -275,15 +284,15 @@ class SentinelState:
         for art in artifacts:
             actions.append(Publish(EventName.MATERIALIZATION_RECORDED, {
                 "job_id": job.id, "output_name": art.get("output"), "table": art.get("table"),
-                "rows": art.get("rows"), "sink": job.spec.get("sink")}))
+                "rows": art.get("rows"), "sink": job.spec.sink}))
         return actions
 
     def _on_cancel(self, ev: CancelRequested) -> list[Action]:
         job = self.jobs.get(ev.job_id)
         if job is None:
-            return [Reply(ev.request_id, "CancelResult",
-                          {"success": False, "state": "UNKNOWN",
-                           "message": f"job {ev.job_id} is not queued or running"})]
+            return [Reply(ev.request_id, CancelResult(
+                success=False, state=CancelOutcome.UNKNOWN,
+                message=f"job {ev.job_id} is not queued or running"))]
         if job.status == _QUEUED:
             self.jobs.pop(job.id)
             self._queued -= 1
@@ -292,25 +301,25 @@ class SentinelState:
                     Publish(EventName.JOB_ABORTED, {"job_id": job.id,
                                                     "reason": "cancelled while queued",
                                                     "worker_id": None, "duration_ms": 0}),
-                    Reply(ev.request_id, "CancelResult",
-                          {"success": True, "state": JobStatus.ABORTED,
-                           "message": "Job cancelled"})]
+                    Reply(ev.request_id, CancelResult(success=True, state=JobStatus.ABORTED,
+                                                      message="Job cancelled"))]
         if job.status == _PROMOTING:
-            return [Reply(ev.request_id, "CancelResult",
-                          {"success": False, "state": "COMPLETING",
-                           "message": "job already finished running; its outputs are being "
-                                      "committed (completing)"})]
+            return [Reply(ev.request_id, CancelResult(
+                success=False, state=CancelOutcome.COMPLETING,
+                message="job already finished running; its outputs are being committed "
+                        "(completing)"))]
         if job.cancel_requested:
-            return [Reply(ev.request_id, "CancelResult",
-                          {"success": True, "state": "ABORTING", "message": "cancel already requested"})]
+            return [Reply(ev.request_id, CancelResult(success=True, state=CancelOutcome.ABORTING,
+                                                      message="cancel already requested"))]
         job.cancel_requested = True
         job.abort_sent_at = ev.now
         return [RequestCancel(job.id),
-                Send(job.worker_id or "", "Abort", {"job_id": str(job.id), "reason": "cancelled by user"}),
+                Send(job.worker_id or "", Abort(job_id=job.spec.job_id,
+                                                reason="cancelled by user")),
                 Publish(EventName.CANCEL_REQUESTED, {"job_id": job.id, "state": _RUNNING}),
-                Reply(ev.request_id, "CancelResult",
-                      {"success": True, "state": "ABORTING",
-                       "message": "Abort sent to worker; the job shows ABORTED once it confirms"})]
+                Reply(ev.request_id, CancelResult(
+                    success=True, state=CancelOutcome.ABORTING,
+                    message="Abort sent to worker; the job shows ABORTED once it confirms"))]
 
     def _on_tick(self, ev: Tick) -> list[Action]:
         actions: list[Action] = []
@@ -345,8 +354,9 @@ class SentinelState:
         if timeout is None or not job.started or now - job.started_at <= timeout + self.timeout_grace:
             return []
         job.abort_sent_at = now
-        return [Send(w.worker_id, "Abort", {
-            "job_id": str(job.id), "reason": f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s"})]
+        return [Send(w.worker_id, Abort(
+            job_id=job.spec.job_id, reason=f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s",
+            timeout=True))]
 
     _handlers: dict[type, Callable[[SentinelState, Any], list[Action]]] = {
         JobsQueued: _on_jobs_queued,
@@ -388,12 +398,12 @@ class SentinelState:
                                                 "reason": reason,
                                                 "duration_ms": round(duration_ms, 1)})]
 
-    def _finish_failed(self, job: JobRec, error: dict[str, Any], text: str,
+    def _finish_failed(self, job: JobRec, error: ErrorInfo, text: str,
                        duration_ms: float | None) -> list[Action]:
         self.jobs.pop(job.id, None)
-        kind = ErrorKind(error.get("kind") or ErrorKind.PERMANENT)
+        kind = error.kind
         reason = "max_retries_exceeded" if kind == ErrorKind.TRANSIENT else "permanent_error"
-        return [FailJob(job.id, text, kind, str(error.get("traceback") or "")),
+        return [FailJob(job.id, text, kind, error.traceback or ""),
                 DeadLetter(job.id, reason, text),
                 Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id,
                                                "error": text, "error_kind": kind,
@@ -427,7 +437,7 @@ class SentinelState:
             if not graceful:
                 job.retry_count += 1
             if job.retry_count > self.max_retries:
-                err = {"ename": "WorkerLost", "evalue": reason, "kind": ErrorKind.TRANSIENT}
+                err = ErrorInfo(ename="WorkerLost", evalue=reason, kind=ErrorKind.TRANSIENT)
                 actions += self._finish_failed(job, err, f"WorkerLost: {reason}", None)
                 continue
             self._reset(job)
@@ -473,16 +483,14 @@ class SentinelState:
             job.status, job.worker_id, job.dispatched_at = _RUNNING, worker.worker_id, now
             job.attempt += 1
             worker.running.add(job.id)
-            payload = {**job.spec, "input_file": job.input_file or job.spec.get("input_file"),
-                       "job_id": str(job.id), "attempt": job.attempt,
-                       "timeout_s": self.timeout_of(job)}
             actions += [
                 ClaimJob(job.id, worker.worker_id, job.attempt),
-                Send(worker.worker_id, "Dispatch", {"job": payload}),
+                Send(worker.worker_id, Dispatch(job=job.spec, attempt=job.attempt,
+                                                timeout_s=self.timeout_of(job))),
                 Publish(EventName.JOB_DISPATCHED, {
                     "job_id": job.id, "worker_id": worker.worker_id,
                     **plugin_name_fields(job.spec),
-                    "plugin_version": job.spec.get("parser_version"), "attempt": job.attempt}),
+                    "plugin_version": job.spec.parser_version, "attempt": job.attempt}),
             ]
 
     def next_wakeup(self) -> float | None:

@@ -2,22 +2,23 @@
 
 A host is started once (``python -m casparian_nb.worker.host --fd N``), imports pyarrow, pandas
 and the plugin machinery up front, then serves jobs over a socket pair until its parent goes
-away. Jobs arrive as JSON job specs; the host loads the plugin (cached by source hash), hashes
-the input, calls ``parse``, checks and stamps lineage, and stages every output under
-``<staging_root>/<job>/``. It never writes into a sink location: promotion belongs to the
+away. Jobs arrive as :class:`~casparian_nb.protocol.HostJob` (the job's unchanged
+:class:`~casparian_nb.protocol.JobSpec` plus this attempt); the host loads the plugin (cached
+by source hash), hashes the input, calls ``parse``, checks and stamps lineage, and stages every
+output under ``<staging_root>/<job>/``. It never writes into a sink location: promotion belongs to the
 committer, so killing a host at any instant leaves nothing visible in the outputs.
 
-Messages (JSON over :class:`multiprocessing.connection.Connection`):
+Messages (msgspec JSON over :class:`multiprocessing.connection.Connection`, Structs of
+:mod:`casparian_nb.protocol`):
 
-* host → parent ``{"type": "ready", "pid": int}`` once imports are done;
-* parent → host ``{"type": "job", "job": {...}}``; host → parent ``{"type": "result", ...}``;
-* parent → host ``{"type": "exit"}``.
+* host → parent ``HostReady`` once imports are done;
+* parent → host ``HostJob``; host → parent its ``Receipt``;
+* parent → host ``HostExit``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -27,7 +28,8 @@ import traceback
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 # Imported at start-up on purpose: this is what makes a host "warm".
 import pandas  # noqa: F401
@@ -43,6 +45,16 @@ from ..errors import (
     SinkError,
     TransientError,
 )
+from ..protocol import (
+    ErrorInfo,
+    ErrorKind,
+    HostExit,
+    HostJob,
+    HostReady,
+    JobSpec,
+    Receipt,
+    ReceiptStatus,
+)
 
 __all__ = ["classify_error", "execute_job", "main"]
 
@@ -52,23 +64,24 @@ _MEMORY_LIMIT_MB = 0
 _PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
 
 
-def classify_error(exc: BaseException) -> str:
-    """``"transient"`` (retry with backoff) or ``"permanent"`` (fail now).
+def classify_error(exc: BaseException) -> ErrorKind:
+    """Transient (retry with backoff) or permanent (fail now).
 
     Plugins choose with :class:`TransientError` / :class:`PermanentError`. Anything else a
     parser raises is a bug or bad input that a retry will not fix, so it is permanent; sink
     I/O errors (a full disk, a locked file) are transient.
     """
     if isinstance(exc, TransientError):
-        return "transient"
+        return ErrorKind.TRANSIENT
     if isinstance(exc, PermanentError | PluginError | LineageError):
-        return "permanent"
+        return ErrorKind.PERMANENT
     if isinstance(exc, SinkError | OSError) and not isinstance(exc, FileNotFoundError):
-        return "transient"
-    return "permanent"
+        return ErrorKind.TRANSIENT
+    return ErrorKind.PERMANENT
 
 
-def error_payload(exc: BaseException, *, input_file: str | None = None) -> dict[str, Any]:
+def error_payload(exc: BaseException, *, input_file: str | None = None,
+                  phase: str | None = None) -> ErrorInfo:  # fmt: skip
     """The wire form of an error: ename, evalue, traceback (size-capped), kind."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if len(tb) > _MAX_TRACEBACK:
@@ -78,20 +91,15 @@ def error_payload(exc: BaseException, *, input_file: str | None = None) -> dict[
         limit = (f"its memory limit of {_MEMORY_LIMIT_MB} MiB (job_memory_limit_mb)"
                  if _MEMORY_LIMIT_MB else "the memory available")
         evalue = f"out of memory: the job exceeded {limit}" + (f" ({evalue})" if evalue else "")
-    return {
-        "ename": type(exc).__name__,
-        "evalue": evalue,
-        "traceback": tb,
-        "kind": classify_error(exc),
-        "input_file": input_file,
-    }
+    return ErrorInfo(ename=type(exc).__name__, evalue=evalue, traceback=tb,
+                     kind=classify_error(exc), input_file=input_file, phase=phase)
 
 
-def _load(job: dict[str, Any]) -> plugins.LoadedPlugin:
-    expected = job.get("plugin_source_hash")
+def _load(job: JobSpec) -> plugins.LoadedPlugin:
+    expected = job.plugin_source_hash
     if expected and expected in _PLUGIN_CACHE:
         return _PLUGIN_CACHE[expected]
-    spec = plugins.inspect_plugin(job["plugin_path"])
+    spec = plugins.inspect_plugin(job.plugin_path)
     if expected and spec.source_hash != expected:
         raise PluginError(
             f"{spec.path}: plugin changed on disk since it was submitted "
@@ -102,11 +110,12 @@ def _load(job: dict[str, Any]) -> plugins.LoadedPlugin:
     return loaded
 
 
-def execute_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job spec to staged outputs. Never raises: failures become a FAILED result."""
+def execute_job(attempt: HostJob) -> Receipt:
+    """Run one job attempt to staged outputs. Never raises: failures become a FAILED receipt."""
     started = time.perf_counter()
-    job_id = str(job["job_id"])
-    input_file = str(job["input_file"])
+    job = attempt.job
+    job_id = job.job_id
+    input_file = job.input_file
     stager: sinks.JobStager | None = None
     source_hash: str | None = None
     phase = "load"  # "load": the plugin itself is unusable, whatever the input file
@@ -114,7 +123,7 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
         loaded = _load(job)
         phase = "run"
         source_hash = lineage_mod.hash_file(input_file)
-        version = job.get("parser_version") or loaded.spec.version
+        version = job.parser_version or loaded.spec.version
         lineage = lineage_mod.Lineage(
             source_hash=source_hash,
             job_id=job_id,
@@ -127,14 +136,14 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
             source_hash=source_hash,
             plugin_name=loaded.spec.name,
             parser_version=version,
-            attempt=int(job.get("attempt") or 1),
+            attempt=attempt.attempt,
             # A name taken from the file name is user data (tapes hash it): keep it out of
             # the logger's name too, so host logs and support bundles do not carry it.
             logger=logging.getLogger("casparian_nb.plugin" + (
                 f".{loaded.spec.name}" if loaded.spec.name_declared else "")),
         )
-        sink = sinks.parse_sink_uri(job["sink"])
-        staging_root = Path(job["staging_root"])
+        sink = sinks.parse_sink_uri(job.sink)
+        staging_root = Path(attempt.staging_root)
         offsets: dict[str, int] = {}
         quarantined = 0
         for out in plugins.call_parse(loaded, input_file, ctx):
@@ -155,36 +164,23 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
         staged = stager.close() if stager is not None else sinks.StagedJob(
             job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
-        return {
-            "type": "result",
-            "job_id": job_id,
-            "status": "SUCCESS",
-            "source_hash": source_hash,
-            "staged": staged.to_dict(),
-            "rows": rows,
-            "quarantine_rows": quarantined,
-            "duration_ms": (time.perf_counter() - started) * 1000.0,
-        }
+        return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,
+                       staged=staged.to_dict(), rows=rows, quarantine_rows=quarantined,
+                       duration_ms=(time.perf_counter() - started) * 1000.0)
     except BaseException as exc:  # a plugin may raise anything, SystemExit included
         if stager is not None:
             stager.discard()
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return {
-            "type": "result",
-            "job_id": job_id,
-            "status": "FAILED",
-            "source_hash": source_hash,
-            "error": {**error_payload(exc, input_file=input_file), "phase": phase},
-            "duration_ms": (time.perf_counter() - started) * 1000.0,
-        }
+        return Receipt(job_id=job_id, status=ReceiptStatus.FAILED, source_hash=source_hash,
+                       error=error_payload(exc, input_file=input_file, phase=phase),
+                       duration_ms=(time.perf_counter() - started) * 1000.0)
 
 
-def _job_timestamp(job: dict[str, Any]) -> datetime:
-    """One ``_cf_processed_at`` per job: the dispatcher's timestamp when it sent one."""
-    raw = job.get("processed_at")
-    if raw:
-        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).astimezone(UTC)
+def _job_timestamp(job: JobSpec) -> datetime:
+    """One ``_cf_processed_at`` per job: the submitter's timestamp when it set one."""
+    if job.processed_at:
+        return datetime.fromisoformat(job.processed_at.replace("Z", "+00:00")).astimezone(UTC)
     return datetime.now(UTC)
 
 
@@ -198,25 +194,25 @@ def _limit_memory(megabytes: int) -> None:
 
 def serve(conn: Connection) -> None:
     """Answer job requests until told to exit or the parent closes the pipe."""
-    conn.send_bytes(json.dumps({"type": "ready", "pid": os.getpid()}).encode())
+    encoder = msgspec.json.Encoder()
+    decoder = msgspec.json.Decoder(HostJob | HostExit)
+    conn.send_bytes(encoder.encode(HostReady(pid=os.getpid())))
     while True:
         try:
-            raw = conn.recv_bytes()
+            msg = decoder.decode(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        msg = json.loads(raw)
-        if msg.get("type") == "exit":
+        if isinstance(msg, HostExit):
             return
-        if msg.get("type") == "job":
-            try:
-                result = execute_job(msg["job"])
-            except MemoryError:
-                result = {"type": "result", "job_id": msg["job"].get("job_id"), "status": "FAILED",
-                          "error": {**error_payload(MemoryError()), "traceback": ""}}
-            try:
-                conn.send_bytes(json.dumps(result, default=str).encode())
-            except (BrokenPipeError, OSError):
-                return
+        try:
+            result = execute_job(msg)
+        except MemoryError:
+            error = msgspec.structs.replace(error_payload(MemoryError()), traceback="")
+            result = Receipt(job_id=msg.job.job_id, status=ReceiptStatus.FAILED, error=error)
+        try:
+            conn.send_bytes(encoder.encode(result))
+        except (BrokenPipeError, OSError):
+            return
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ job leaves nothing behind (F1, F2). A cancel that lands after the host answered 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -23,32 +22,37 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..errors import CasparianError
+from ..protocol import ErrorInfo, ErrorKind, HostExit, HostJob, HostReady, Receipt, ReceiptStatus
 from ._hostlog import CappedLog
 
-__all__ = ["HostPool", "HostResult", "PluginHostProcess"]
+__all__ = ["HostPool", "PluginHostProcess", "aborted"]
 
 _READY_TIMEOUT = 60.0
 _POLL = 0.5
+_to_host = msgspec.json.Encoder()
+_ready = msgspec.json.Decoder(HostReady)
+_receipt = msgspec.json.Decoder(Receipt)
+_EXIT = _to_host.encode(HostExit())
 
 
-@dataclass
-class HostResult:
-    """What a job run on a host came to."""
+def aborted(job_id: str, reason: str, host_pid: int | None = None,
+            duration_ms: float | None = None, *, timeout: bool = False) -> Receipt:  # fmt: skip
+    """The receipt of a job that was killed (``timeout``: because it ran too long)."""
+    return Receipt(job_id=job_id, status=ReceiptStatus.ABORTED, reason=reason, timeout=timeout,
+                   host_pid=host_pid, duration_ms=duration_ms)
 
-    job_id: str
-    status: str  # SUCCESS | FAILED | ABORTED
-    data: dict[str, Any] = field(default_factory=dict)
-    host_pid: int | None = None
 
-    @property
-    def error(self) -> dict[str, Any] | None:
-        return self.data.get("error")
+def _failed(job_id: str, exc_name: str, text: str, kind: ErrorKind,
+            host_pid: int | None) -> Receipt:  # fmt: skip
+    return Receipt(job_id=job_id, status=ReceiptStatus.FAILED, host_pid=host_pid,
+                   error=ErrorInfo(ename=exc_name, evalue=text, kind=kind))
 
 
 class PluginHostProcess:
@@ -98,6 +102,8 @@ class PluginHostProcess:
         self.job_id: str | None = None
         #: Why the pool killed this host (cancel, timeout, shutdown); None while it is healthy.
         self.killed_reason: str | None = None
+        #: ... and whether that was because the job ran past its timeout.
+        self.killed_by_timeout = False
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
         if self.ready:
@@ -107,13 +113,15 @@ class PluginHostProcess:
             raise CasparianError(f"plugin host pid {self.pid} did not start within {timeout:.0f}s "
                                  f"(see {self.log_path})")
         try:
-            msg = json.loads(self.conn.recv_bytes())
+            raw = self.conn.recv_bytes()
         except (EOFError, OSError):
             code = self.proc.wait(5)
             raise CasparianError(f"plugin host exited during start-up with code {code} "
                                  f"(see {self.log_path})") from None
-        if msg.get("type") != "ready":
-            raise CasparianError(f"plugin host sent {msg.get('type')!r} instead of ready")
+        try:
+            _ready.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise CasparianError(f"plugin host sent {raw[:60]!r} instead of ready: {exc}") from None
         self.ready = True
 
     def alive(self) -> bool:
@@ -150,18 +158,15 @@ class PluginHostProcess:
 
     def request_exit(self) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self.conn.send_bytes(b'{"type": "exit"}')
+            self.conn.send_bytes(_EXIT)
 
 
-def _discard_staging(job: dict[str, Any]) -> None:
+def _discard_staging(job: HostJob) -> None:
     """Remove what a killed job staged (never a directory with a promotion under way)."""
-    root = job.get("staging_root")
-    if not root:
-        return
     from .. import sinks  # lazily: only killed jobs need it, and it imports pyarrow
 
     with contextlib.suppress(OSError):  # SinkError (an OSError) when a journal is present
-        sinks.discard(Path(root) / sinks.job_dirname(str(job["job_id"])))
+        sinks.discard(Path(job.staging_root) / sinks.job_dirname(job.job.job_id))
 
 
 class HostPool:
@@ -258,41 +263,39 @@ class HostPool:
             self._lock.notify()
         return reason
 
-    def run(self, job: dict[str, Any], *, timeout: float | None = None,
-            on_start: Callable[[int], object] | None = None) -> HostResult:
-        """Run one job spec on an idle host and return its result (blocking).
+    def run(self, job: HostJob, *, timeout: float | None = None,
+            on_start: Callable[[int], object] | None = None) -> Receipt:
+        """Run one job attempt on an idle host and return its receipt (blocking), with
+        ``host_pid`` set.
 
         A host that dies mid-job yields FAILED (crash) or ABORTED (cancel / timeout / pool
         closed); the host is then replaced and whatever the job staged is removed.
         """
-        job_id = str(job["job_id"])
+        job_id = job.job.job_id
         host = self._acquire(job_id)
-        res: HostResult | None = None
+        res: Receipt | None = None
         answered = False
         try:
             res, answered = self._drive(host, job, timeout, on_start)
         finally:
             reason = self._release(host, reusable=answered)
-            if res is None or res.status != "SUCCESS" or reason is not None:
+            if res is None or res.status != ReceiptStatus.SUCCESS or reason is not None:
                 _discard_staging(job)
-        if reason is not None and res.status != "ABORTED":
+        if reason is not None and res.status != ReceiptStatus.ABORTED:
             # Cancelled after the host answered but before anyone could act on the answer.
-            res = HostResult(job_id, "ABORTED", {"reason": reason, "timeout": False,
-                                                 "duration_ms": res.data.get("duration_ms") or 0.0},
-                             host.pid)
-        return res
+            res = aborted(job_id, reason, host.pid, res.duration_ms or 0.0)
+        return msgspec.structs.replace(res, host_pid=host.pid)
 
-    def _drive(self, host: PluginHostProcess, job: dict[str, Any], timeout: float | None,
-               on_start: Callable[[int], object] | None) -> tuple[HostResult, bool]:
-        """Send the job and wait for the answer; (result, whether the host may be reused)."""
-        job_id = str(job["job_id"])
+    def _drive(self, host: PluginHostProcess, job: HostJob, timeout: float | None,
+               on_start: Callable[[int], object] | None) -> tuple[Receipt, bool]:
+        """Send the job and wait for the answer; (receipt, whether the host may be reused)."""
+        job_id = job.job.job_id
         try:
             host.wait_ready()
-            host.conn.send_bytes(json.dumps({"type": "job", "job": job}).encode())
+            host.conn.send_bytes(_to_host.encode(job))
         except CasparianError as exc:
-            return HostResult(job_id, "FAILED", {"error": {
-                "ename": type(exc).__name__, "evalue": str(exc), "traceback": "",
-                "kind": "transient"}}, host.pid), False
+            return _failed(job_id, type(exc).__name__, str(exc), ErrorKind.TRANSIENT,
+                           host.pid), False
         except (OSError, ValueError):  # host died (or was cancelled) before the job reached it
             return self._dead_host_result(host, job_id), False
         if on_start is not None:
@@ -306,18 +309,17 @@ class HostPool:
                 ready = False
             if ready:
                 try:
-                    msg = json.loads(host.conn.recv_bytes())
-                except (EOFError, OSError, ValueError):
+                    return _receipt.decode(host.conn.recv_bytes()), True
+                except (EOFError, OSError, msgspec.DecodeError):
                     return self._dead_host_result(host, job_id), False
-                status = str(msg.get("status"))
-                return HostResult(job_id, status, msg, host.pid), True
             if host.killed_reason is not None or not host.alive():
                 return self._dead_host_result(host, job_id), False
             if deadline is not None and time.monotonic() >= deadline:
                 host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
+                host.killed_by_timeout = True
                 return self._dead_host_result(host, job_id), False
 
-    def _dead_host_result(self, host: PluginHostProcess, job_id: str) -> HostResult:
+    def _dead_host_result(self, host: PluginHostProcess, job_id: str) -> Receipt:
         if host.killed_reason is None:
             try:
                 code = host.proc.wait(5)
@@ -327,18 +329,15 @@ class HostPool:
             if host.log is not None:  # the message points at the log: let it catch up
                 host.log.join(0.5)
             if host.killed_reason is None:
-                return HostResult(job_id, "FAILED", {"error": {
-                    "ename": "PluginHostCrashed",
-                    "evalue": f"plugin host exited with {_describe_exit(code)} while running "
-                              f"the job (see {host.log_path})",
-                    "traceback": "", "kind": "permanent"}}, host.pid)
+                return _failed(job_id, "PluginHostCrashed",
+                               f"plugin host exited with {_describe_exit(code)} while running "
+                               f"the job (see {host.log_path})", ErrorKind.PERMANENT, host.pid)
         host.terminate(self._grace)
-        reason = host.killed_reason or "aborted"
-        return HostResult(job_id, "ABORTED", {"reason": reason,
-                                              "timeout": reason.startswith("timeout")},
-                          host.pid)
+        return aborted(job_id, host.killed_reason or "aborted", host.pid,
+                       timeout=host.killed_by_timeout)
 
-    def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
+    def cancel(self, job_id: str, reason: str = "cancelled by user", *,
+               timeout: bool = False) -> bool:
         """Kill the host running ``job_id``; its ``run`` call returns ABORTED. Returns
         whether the job was running here. When this returns True the host is gone."""
         with self._lock:
@@ -346,7 +345,7 @@ class HostPool:
             if host is None:
                 return False
             if host.killed_reason is None:
-                host.killed_reason = reason
+                host.killed_reason, host.killed_by_timeout = reason, timeout
         host.terminate(self._grace)
         return True
 

@@ -21,9 +21,10 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import zmq
 
 from .. import plugins
@@ -31,8 +32,32 @@ from .._proc import pid_alive, profiled
 from ..client import ConnectionInfo, read_connection_file
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
-from ..protocol import MAGIC, Codec, Message, SignatureError, one_line
-from .pool import HostPool, HostResult
+from ..protocol import (
+    MAGIC,
+    Abort,
+    Codec,
+    Dispatch,
+    ErrorInfo,
+    ErrorKind,
+    Goodbye,
+    HandlerTable,
+    Heartbeat,
+    HostJob,
+    Identify,
+    JobStarted,
+    Message,
+    Receipt,
+    ReceiptStatus,
+    Refused,
+    SentinelMessage,
+    Shutdown,
+    SignatureError,
+    StaleMessageError,
+    Welcome,
+    WireMessage,
+    one_line,
+)
+from .pool import HostPool, aborted
 
 __all__ = ["Worker", "run_worker"]
 
@@ -45,6 +70,14 @@ LOOK_INTERVAL = 0.02
 #: Jobs a worker accepts beyond its slots and keeps in a local backlog, so a host starts its
 #: next job the moment it finishes one instead of idling for a round trip to the sentinel.
 PREFETCH = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """A job's host has it (``host_pid``) since ``at`` (monotonic)."""
+
+    host_pid: int
+    at: float
 
 
 class Worker:
@@ -60,24 +93,32 @@ class Worker:
         self.advertised = self.slots
         self.prefetch = max(0, prefetch)
         self.worker_id = worker_id or f"w-{socket.gethostname()[:12]}-{os.getpid()}"
-        self.codec = Codec(bytes.fromhex(self.info.key), max_bytes=settings.max_message_bytes)
+        self.codec = Codec(self.info.key_bytes, accepts=SentinelMessage,
+                           max_bytes=settings.max_message_bytes)
+        self.table = HandlerTable(self.codec, {Dispatch: self._on_dispatch, Abort: self._on_abort,
+                                               Shutdown: self._on_shutdown,
+                                               Refused: self._on_refused,
+                                               Welcome: self._on_welcome},
+                                  name="worker", refusal=None, logger=log,
+                                  log_burst=20)  # fmt: skip
         self._stop = threading.Event()
-        self._results: queue.Queue[tuple[dict[str, Any], HostResult]] = queue.Queue()
-        self._running: dict[str, dict[str, Any]] = {}
+        self._results: queue.Queue[tuple[Dispatch, Receipt | _Started]] = queue.Queue()
+        self._running: dict[str, Dispatch] = {}
         self._trusted: dict[str, str] = {}
         self.pool: HostPool | None = None
         # _lock guards the backlog, the job-thread count and parked aborts: an Abort that
         # arrives between a job leaving the backlog and its host being taken is parked in
         # _pending_aborts and honoured by the job thread as soon as it can.
         self._lock = threading.Lock()
-        self._backlog: deque[dict[str, Any]] = deque()
+        self._backlog: deque[Dispatch] = deque()
         self._threads = 0
-        self._pending_aborts: dict[str, str] = {}
+        self._pending_aborts: dict[str, Abort] = {}
         #: JobStarted messages held back for STARTED_DELAY: a job that finishes by then is
         #: reported by its receipt alone (one message instead of two for fast jobs).
-        self._started: dict[str, tuple[float, HostResult]] = {}
+        self._started: dict[str, tuple[float, _Started]] = {}
         self._id_prefix = f"{os.getpid():x}-"
         self._ids = itertools.count(1)
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -100,6 +141,7 @@ class Worker:
                              log_max_bytes=self.settings.host_log_max_mb * 1024 * 1024,
                              name=f"host-{self.worker_id}")
         executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cf-job")
+        self._executor = executor
         try:
             # While the hosts import their libraries: what the first killed job needs (the
             # pool drops its staging through casparian_nb.sinks, which imports pyarrow), so
@@ -107,12 +149,12 @@ class Worker:
             from .. import sinks  # noqa: F401
 
             self.pool.wait_ready()
-            self._send("Identify", {"worker_id": self.worker_id, "slots": self.advertised,
-                                    "prefetch": self.prefetch, "pid": os.getpid(),
-                                    "host": socket.gethostname()})
+            self._send(Identify(worker_id=self.worker_id, slots=self.advertised,
+                                prefetch=self.prefetch, pid=os.getpid(),
+                                host=socket.gethostname()))  # fmt: skip
             if not self._await_welcome():
                 return 2
-            self._loop(executor)
+            self._loop()
             return 0
         finally:
             self._shutdown(executor)
@@ -139,9 +181,9 @@ class Worker:
                 msg = self.codec.decode(frames)[1]
             except SignatureError as exc:
                 log.warning("dropped a message from the sentinel: %s", exc)
-                if _unverified_type(frames) != "Refused":
+                if _unverified_type(frames) != Refused.__name__:
                     continue  # nothing it says is acted on; only the peer we dialled can send
-                if str(exc).startswith(("stale", "message timestamp")):  # signed, but clocks
+                if isinstance(exc, StaleMessageError):  # signed, but the clocks disagree
                     raise AuthenticationError(
                         f"the sentinel at {self.info.workers} answered with a message outside "
                         f"the accepted time window ({exc}); check that the clocks agree"
@@ -154,10 +196,10 @@ class Worker:
             except ProtocolError as exc:
                 log.warning("dropped a message from the sentinel: %s", exc)
                 continue
-            if msg.type == "Welcome":
+            if isinstance(msg.payload, Welcome):
                 return True
-            if msg.type == "Refused":
-                reason = one_line(msg.payload.get("reason") or "no reason given", 300)
+            if isinstance(msg.payload, Refused):
+                reason = one_line(msg.payload.reason or "no reason given", 300)
                 raise SentinelError(f"the sentinel at {self.info.workers} refused this "
                                     f"worker: {reason}")
         if self._stop.is_set():
@@ -165,7 +207,7 @@ class Worker:
         log.error("no answer from the sentinel at %s within %.0fs", self.info.workers, timeout)
         return False
 
-    def _loop(self, executor: ThreadPoolExecutor) -> None:
+    def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_rx, zmq.POLLIN)
@@ -179,14 +221,11 @@ class Worker:
             ready = dict(poller.poll(int(wait * 1000)))
             if self.sock in ready:
                 for _ in range(1000):
-                    msg = self._recv(zmq.NOBLOCK)
-                    if msg is None:
-                        break
                     try:
-                        self._handle(msg, executor)
-                    except Exception:  # one bad message must not take the worker down (F14)
-                        log.exception("handling %s failed", msg.type)
-                        self._refuse(msg)
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.table.handle(frames)  # never raises; nothing is answered
             if self.wake_rx in ready:
                 while True:
                     try:
@@ -202,10 +241,10 @@ class Worker:
                 if not pid_alive(self.info.pid):
                     log.warning("sentinel pid %d is gone; worker exits", self.info.pid)
                     return
-                self._send("Heartbeat", {"worker_id": self.worker_id,
-                                         "active_job_ids": list(self._running),
-                                         # counts the backlog: slots + prefetch in all
-                                         "free_slots": self.capacity - len(self._running)})
+                self._send(Heartbeat(worker_id=self.worker_id,
+                                     active_job_ids=list(self._running),
+                                     # counts the backlog: slots + prefetch in all
+                                     free_slots=self.capacity - len(self._running)))
 
     @property
     def capacity(self) -> int:
@@ -213,113 +252,96 @@ class Worker:
         return self.slots + self.prefetch
 
     # -- messages ------------------------------------------------------------------------
-    def _send(self, type_: str, payload: dict[str, Any]) -> None:
-        self.sock.send_multipart(self.codec.encode(type_, payload,
+    def _send(self, message: WireMessage) -> None:
+        self.sock.send_multipart(self.codec.encode(message,
                                                    msg_id=f"{self._id_prefix}{next(self._ids):x}"))
 
-    def _recv(self, flags: int = 0) -> Message | None:
-        try:
-            frames = self.sock.recv_multipart(flags)
-        except zmq.Again:
-            return None
-        try:
-            return self.codec.decode(frames)[1]
-        except ProtocolError as exc:
-            log.warning("dropped a message from the sentinel: %s", exc)
-            return None
+    def _on_welcome(self, msg: Message, routing: list[bytes]) -> None:
+        """A second Welcome (the answer to an Identify sent again) changes nothing."""
 
-    def _handle(self, msg: Message, executor: ThreadPoolExecutor) -> None:
-        if msg.type == "Dispatch":
-            self._on_dispatch(msg.payload["job"], executor)
-        elif msg.type == "Abort":
-            self._on_abort(str(msg.payload["job_id"]), str(msg.payload.get("reason") or "cancelled"))
-        elif msg.type == "Shutdown":
-            self._stop.set()
-        elif msg.type == "Refused":
-            log.error("sentinel refused us: %s", msg.payload.get("reason"))
-            self._stop.set()
+    def _on_shutdown(self, msg: Message, routing: list[bytes]) -> None:
+        self._stop.set()
 
-    def _on_dispatch(self, job: dict[str, Any], executor: ThreadPoolExecutor) -> None:
-        job_id = str(job["job_id"])
+    def _on_refused(self, msg: Message, routing: list[bytes]) -> None:
+        assert isinstance(msg.payload, Refused)
+        log.error("sentinel refused us: %s", msg.payload.reason)
+        self._stop.set()
+
+    def _on_dispatch(self, msg: Message, routing: list[bytes]) -> None:
+        dispatch = msg.payload
+        assert isinstance(dispatch, Dispatch)
+        job_id = dispatch.job.job_id
         if len(self._running) >= self.capacity:
-            self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
-                                   "status": "REJECTED", "error": {"ename": "Capacity",
-                                   "evalue": "worker at capacity", "kind": "transient"}})
+            self._send(Receipt(job_id=job_id, attempt=dispatch.attempt,
+                               status=ReceiptStatus.REJECTED,
+                               error=ErrorInfo(ename="Capacity", evalue="worker at capacity",
+                                               kind=ErrorKind.TRANSIENT)))  # fmt: skip
             return
         try:
-            self._check_trust(job)
+            self._check_trust(dispatch)
+            self._accept(dispatch)
         except CasparianError as exc:
-            self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
-                                   "status": "FAILED", "error": {
-                                       "ename": type(exc).__name__, "evalue": str(exc),
-                                       "traceback": "", "kind": "permanent"}})
-            return
-        # Each attempt stages in its own directory, so a straggler from a lost attempt can
-        # never touch the files of the attempt that replaced it.
-        job = {**job, "staging_root": str(Path(self.settings.staging_dir) /
-                                          f"attempt-{job.get('attempt', 1)}")}
-        self._running[job_id] = job
+            self._send(Receipt(job_id=job_id, attempt=dispatch.attempt,
+                               status=ReceiptStatus.FAILED,
+                               error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc))))
+        except Exception:  # a bug of ours: the job still gets its receipt (transient)
+            log.exception("taking on job %s failed", job_id)
+            if job_id not in self._running:
+                self._send(Receipt(job_id=job_id, attempt=dispatch.attempt,
+                                   status=ReceiptStatus.FAILED, worker_id=self.worker_id,
+                                   error=ErrorInfo(ename="WorkerError",
+                                                   evalue="the worker could not take the job on",
+                                                   kind=ErrorKind.TRANSIENT)))  # fmt: skip
+
+    def _accept(self, dispatch: Dispatch) -> None:
+        assert self._executor is not None
+        self._running[dispatch.job.job_id] = dispatch
         with self._lock:
             start = self._threads < self.slots
             if start:
                 self._threads += 1
             else:
-                self._backlog.append(job)
+                self._backlog.append(dispatch)
         if start:
-            executor.submit(self._job_thread, job)
+            self._executor.submit(self._job_thread, dispatch)
 
-    def _refuse(self, msg: Message) -> None:
-        """A Dispatch we could not take on still gets its receipt (FAILED, transient)."""
-        job = msg.payload.get("job") if msg.type == "Dispatch" else None
-        if not isinstance(job, dict) or "job_id" not in job:
-            return
-        job_id = str(job["job_id"])
-        if job_id in self._running:
-            return  # it was taken on after all: its own receipt will come
-        try:
-            self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
-                                   "status": "FAILED", "worker_id": self.worker_id,
-                                   "error": {"ename": "WorkerError", "traceback": "",
-                                             "evalue": "the worker could not take the job on",
-                                             "kind": "transient"}})
-        except (ProtocolError, zmq.ZMQError):
-            log.exception("could not refuse job %s", job_id)
-
-    def _on_abort(self, job_id: str, reason: str) -> None:
-        assert self.pool is not None
+    def _on_abort(self, msg: Message, routing: list[bytes]) -> None:
+        abort = msg.payload
+        assert isinstance(abort, Abort) and self.pool is not None
+        job_id = abort.job_id
         with self._lock:
             for queued in self._backlog:  # not started: nothing to kill
-                if str(queued["job_id"]) == job_id:
+                if queued.job.job_id == job_id:
                     self._backlog.remove(queued)
-                    self._results.put((queued, HostResult(job_id, "ABORTED", {
-                        "reason": reason, "timeout": reason.startswith("timeout")})))
+                    self._results.put((queued, aborted(job_id, abort.reason,
+                                                       timeout=abort.timeout)))
                     return
             # Under the lock: either the job thread has its host (cancel kills it) or it has
             # not asked for one yet (it will find the parked abort first).
-            if self.pool.cancel(job_id, reason):
+            if self.pool.cancel(job_id, abort.reason, timeout=abort.timeout):
                 return
             if job_id in self._running:
-                self._pending_aborts[job_id] = reason
+                self._pending_aborts[job_id] = abort
                 return
         log.info("abort for job %s which is not running here", job_id)
 
-    def _take_abort(self, job_id: str) -> str | None:
+    def _take_abort(self, job_id: str) -> Abort | None:
         with self._lock:
             return self._pending_aborts.pop(job_id, None)
 
-    def _check_trust(self, job: dict[str, Any]) -> None:
+    def _check_trust(self, dispatch: Dispatch) -> None:
         """The worker runs code, so it enforces the trust policy itself (F13)."""
-        key = str(job.get("plugin_source_hash") or "")
+        key = dispatch.job.plugin_source_hash or ""
         if key and key in self._trusted:
             return
-        spec = plugins.inspect_plugin(job["plugin_path"])
+        spec = plugins.inspect_plugin(dispatch.job.plugin_path)
         self._trusted[spec.source_hash] = plugins.check_trust(spec, self.settings.trust)
         if key and spec.source_hash != key:
             raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
 
-    def _job_thread(self, job: dict[str, Any]) -> None:
-        """Run ``job``, then whatever waits in the backlog, then end."""
-        next_job: dict[str, Any] | None = job
+    def _job_thread(self, dispatch: Dispatch) -> None:
+        """Run ``dispatch``, then whatever waits in the backlog, then end."""
+        next_job: Dispatch | None = dispatch
         while next_job is not None:
             self._run_job(next_job)
             with self._lock:
@@ -329,39 +351,41 @@ class Worker:
                     next_job = None
                     self._threads -= 1
 
-    def _run_job(self, job: dict[str, Any]) -> None:
+    def _run_job(self, dispatch: Dispatch) -> None:
         """Job thread: run one job on a host; always hand back exactly one result."""
         assert self.pool is not None
-        job_id = str(job["job_id"])
-        timeout = job.get("timeout_s")
+        job_id = dispatch.job.job_id
+        # Each attempt stages in its own directory, so a straggler from a lost attempt can
+        # never touch the files of the attempt that replaced it.
+        staging = Path(self.settings.staging_dir) / f"attempt-{dispatch.attempt}"
+        attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging))
 
         def started(pid: int) -> None:
-            reason = self._take_abort(job_id)
-            if reason is not None:  # aborted while waiting for a host: kill it right away
+            abort = self._take_abort(job_id)
+            if abort is not None:  # aborted while waiting for a host: kill it right away
                 assert self.pool is not None
-                self.pool.cancel(job_id, reason)
+                self.pool.cancel(job_id, abort.reason, timeout=abort.timeout)
             # No wake-up: the loop looks at least every LOOK_INTERVAL while jobs run, and
             # holds a JobStarted back for STARTED_DELAY anyway.
-            self._results.put((job, HostResult(job_id, "STARTED", {"t": time.monotonic()}, pid)))
+            self._results.put((dispatch, _Started(pid, time.monotonic())))
 
         try:
-            reason = self._take_abort(job_id)
-            if reason is not None:
-                res = HostResult(job_id, "ABORTED", {"reason": reason,
-                                                     "timeout": reason.startswith("timeout")})
+            abort = self._take_abort(job_id)
+            if abort is not None:
+                res = aborted(job_id, abort.reason, timeout=abort.timeout)
             else:
-                res = self.pool.run(job, timeout=float(timeout) if timeout else None,
+                res = self.pool.run(attempt, timeout=dispatch.timeout_s or None,
                                     on_start=started)
         except Exception as exc:  # the pool closed under us (shutdown), or a bug
             closing = self._stop.is_set()
             log.log(logging.INFO if closing else logging.ERROR, "job %s: %s", job_id, exc,
                     exc_info=not closing)
-            res = HostResult(job_id, "ABORTED", {"reason": "shutdown", "timeout": False}) \
-                if closing else HostResult(job_id, "FAILED", {"error": {
-                    "ename": type(exc).__name__, "evalue": str(exc), "traceback": "",
-                    "kind": "transient"}})
+            res = aborted(job_id, "shutdown") if closing else Receipt(
+                job_id=job_id, status=ReceiptStatus.FAILED,
+                error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
+                                kind=ErrorKind.TRANSIENT))  # fmt: skip
         self._take_abort(job_id)
-        self._results.put((job, res))
+        self._results.put((dispatch, res))
         self._wake()
 
     def _wake(self) -> None:
@@ -374,7 +398,7 @@ class Worker:
         sock.send(b"", zmq.NOBLOCK)
 
     def _send_results(self) -> None:
-        items: list[tuple[dict[str, Any], HostResult]] = []
+        items: list[tuple[Dispatch, Receipt | _Started]] = []
         while True:
             try:
                 items.append(self._results.get_nowait())
@@ -382,50 +406,40 @@ class Worker:
                 break
         # A job that started and finished since we last looked needs no JobStarted: its
         # receipt says it all (fast jobs: one message instead of two).
-        now = time.monotonic()
-        for job, res in items:
-            job_id = str(job["job_id"])
-            if res.status == "STARTED":
-                self._started[job_id] = (float(res.data.get("t") or now) + STARTED_DELAY, res)
+        for dispatch, res in items:
+            job_id = dispatch.job.job_id
+            if isinstance(res, _Started):
+                self._started[job_id] = (res.at + STARTED_DELAY, res)
                 continue
             self._started.pop(job_id, None)
             self._running.pop(job_id, None)
-            self._send_receipt(job, res)
+            self._send_receipt(dispatch, res)
 
-    def _send_receipt(self, job: dict[str, Any], res: HostResult) -> None:
-        """One Receipt per finished job, whatever the result holds: a field the protocol
-        refuses must cost the receipt that detail, never the worker its life."""
-        job_id = str(job["job_id"])
-        # Optional fields are left out rather than sent as null (e.g. no duration_ms).
-        payload = {k: v for k, v in res.data.items() if v is not None and k != "type"}
-        payload.update(job_id=job_id, attempt=job.get("attempt", 0), status=res.status,
-                       worker_id=self.worker_id)
-        if res.host_pid:
-            payload["host_pid"] = res.host_pid
-        if isinstance(payload.get("duration_ms"), int):
-            payload["duration_ms"] = float(payload["duration_ms"])
+    def _send_receipt(self, dispatch: Dispatch, res: Receipt) -> None:
+        """One Receipt per finished job, whatever it holds: a receipt the protocol refuses
+        (too large, say) must cost that receipt its details, never the worker its life."""
+        receipt = msgspec.structs.replace(res, attempt=dispatch.attempt, worker_id=self.worker_id)
         try:
-            self._send("Receipt", payload)
+            self._send(receipt)
         except ProtocolError as exc:
             log.error("job %s: receipt refused by the protocol (%s); sending it without "
-                      "its details", job_id, exc)
-            keep = ("job_id", "attempt", "status", "worker_id", "host_pid", "reason", "timeout")
-            minimal: dict[str, Any] = {k: payload[k] for k in keep if k in payload}
-            if res.status == "FAILED":
-                minimal["error"] = {"ename": "ReceiptError", "evalue": str(exc)[:500],
-                                    "traceback": "", "kind": "transient"}
-            if res.status == "SUCCESS":  # its staged outputs cannot be described: redo it
-                minimal = {**minimal, "status": "FAILED", "error": {
-                    "ename": "ReceiptError", "evalue": str(exc)[:500], "traceback": "",
-                    "kind": "transient"}}
-            self._send("Receipt", minimal)
+                      "its details", receipt.job_id, exc)
+            error = ErrorInfo(ename="ReceiptError", evalue=str(exc)[:500],
+                              kind=ErrorKind.TRANSIENT)
+            status = receipt.status
+            if status == ReceiptStatus.SUCCESS:  # its staged outputs cannot be described: redo
+                status = ReceiptStatus.FAILED
+            self._send(Receipt(job_id=receipt.job_id, attempt=receipt.attempt, status=status,
+                               worker_id=self.worker_id, host_pid=receipt.host_pid,
+                               reason=receipt.reason, timeout=receipt.timeout,
+                               error=error if status == ReceiptStatus.FAILED else None))
 
     def _send_started(self, now: float) -> None:
         for job_id, (due, res) in list(self._started.items()):
             if due <= now:
                 del self._started[job_id]
-                self._send("JobStarted", {"worker_id": self.worker_id, "job_id": job_id,
-                                          "host_pid": res.host_pid or 0})
+                self._send(JobStarted(worker_id=self.worker_id, job_id=job_id,
+                                      host_pid=res.host_pid))
 
     def _shutdown(self, executor: ThreadPoolExecutor) -> None:
         self._stop.set()  # job threads take nothing more from the backlog
@@ -434,12 +448,12 @@ class Worker:
         executor.shutdown(wait=True, cancel_futures=True)
         try:
             self._send_results()
-            for job_id, job in list(self._running.items()):  # never reached a job thread
+            for job_id, dispatch in list(self._running.items()):  # never reached a job thread
                 self._running.pop(job_id, None)
-                self._send("Receipt", {"job_id": job_id, "attempt": job.get("attempt", 0),
-                                       "status": "ABORTED", "reason": "shutdown",
-                                       "worker_id": self.worker_id})
-            self._send("Goodbye", {"worker_id": self.worker_id})
+                self._send(Receipt(job_id=job_id, attempt=dispatch.attempt,
+                                   status=ReceiptStatus.ABORTED, reason="shutdown",
+                                   worker_id=self.worker_id))
+            self._send(Goodbye(worker_id=self.worker_id))
         except zmq.ZMQError:
             pass
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 import zmq
@@ -36,7 +37,16 @@ from casparian_nb.client import (
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.errors import ConfigError, SentinelError
 from casparian_nb.launcher import LocalCluster, settings_env
-from casparian_nb.protocol import MAGIC, Codec
+from casparian_nb.protocol import (
+    MAGIC,
+    Codec,
+    Error,
+    Event,
+    EventName,
+    Identify,
+    Ping,
+    Shutdown,
+)
 from tests.conftest import wait_until
 from tests.hardening.harness import (
     FAST,
@@ -110,13 +120,13 @@ def test_control_socket_refuses_unsigned_wrong_and_stale_requests_with_a_log_lin
         "Ping from the future": signed(key, envelope("Ping", ts=now + 3600)),
         "stale Shutdown": signed(key, envelope("Shutdown", ts=now - 3600)),
     }
-    before = len(log_lines(settings, "control: rejected message"))
+    before = len(log_lines(settings, "control: refused message"))
     try:
         for name, frames, reason in cases:
             msg = wire.ask(fill.get(name, frames))
-            assert msg.type == "Error", name
-            assert msg.payload["code"] == "AUTH_ERROR", (name, msg.payload)
-            assert reason in msg.payload["message"], (name, msg.payload)
+            assert isinstance(msg.payload, Error), name
+            assert msg.payload.code == "AUTH_ERROR", (name, msg.payload)
+            assert reason in msg.payload.message, (name, msg.payload)
             if "stale" not in name and "future" not in name:
                 assert msg.reply_to is None, f"{name}: an unverified request id was echoed"
         with ControlClient(cluster.info) as ctl:
@@ -124,7 +134,7 @@ def test_control_socket_refuses_unsigned_wrong_and_stale_requests_with_a_log_lin
             assert ctl.queue_stats()["total"] == 0  # no SubmitJobs either
     finally:
         wire.close()
-    lines = log_lines(settings, "control: rejected message")
+    lines = log_lines(settings, "control: refused message")
     assert len(lines) - before == len(cases), lines[-len(cases):]
     for (_, _, reason), line in zip(cases, lines[before:], strict=True):
         assert reason in line, line
@@ -150,7 +160,7 @@ def test_worker_socket_drops_unauthenticated_workers_and_forged_receipts(
         sink = tmp_path / "out"
         [job_id] = ctl.submit(fixture_plugin, [str(src)], sink=f"parquet://{sink}")["job_ids"]
         wait_job(settings, job_id, lambda j: j["status"] == "RUNNING", 20, "the job to start")
-        before = len(log_lines(settings, "worker socket: dropped message"))
+        before = len(log_lines(settings, "worker socket: refused message"))
         receipt = {"job_id": str(job_id), "attempt": 1, "status": "SUCCESS", "rows": {"x": 1},
                    "staged": {"job_id": str(job_id), "sink": f"parquet://{sink}",
                               "staging_dir": str(tmp_path / "forged"), "outputs": []}}
@@ -169,7 +179,7 @@ def test_worker_socket_drops_unauthenticated_workers_and_forged_receipts(
             # Correctly signed, but from a peer that never identified: refused too.
             wire.to_workers(signed(key, envelope("Receipt", receipt)))
             refused = wire.worker_replies(wait=2.0)
-            wait_until(lambda: len(log_lines(settings, "worker socket: dropped message"))
+            wait_until(lambda: len(log_lines(settings, "worker socket: refused message"))
                        - before >= len(unauthenticated), 5, message="a log line per message")
             assert {m.type for m in refused} <= {"Refused"}, refused
             assert [w["worker_id"] for w in ctl.list_workers()] == real
@@ -193,8 +203,8 @@ def test_a_signed_identify_with_an_out_of_range_pid_does_not_stop_the_sentinel(
     assert cluster.info is not None
     wire = Wire(cluster.info)
     try:
-        wire.to_workers(wire.codec.encode("Identify", {
-            "worker_id": "odd", "slots": 1, "pid": 2**40, "host": socket.gethostname()}))
+        wire.to_workers(wire.codec.encode(Identify(
+            worker_id="odd", slots=1, pid=2**40, host=socket.gethostname())))
         assert wire.worker_replies(wait=5.0)[0].type == "Welcome"
         time.sleep(1.0)  # the loop checks local worker pids every 0.5 s
         with ControlClient(cluster.info, timeout=3) as ctl:
@@ -240,7 +250,7 @@ def test_a_worker_with_the_wrong_key_is_refused_and_exits_non_zero(
             assert ctl.list_workers() == []
         # it never got the job
         assert jobs_by_id(settings, [job_id])[job_id]["status"] == "QUEUED"
-    assert log_lines(settings, "worker socket: dropped message: bad signature")
+    assert log_lines(settings, "worker socket: refused message [AUTH_ERROR]: bad signature")
     assert not tracker.orphans()
     record("auth: wrong-key worker refused", None, checks=1)
 
@@ -284,7 +294,7 @@ class FakeSentinel:
         frames = self.sock.recv_multipart()
         self.ident = frames[0]
         _, msg = self.codec.decode(frames)
-        return msg.type, msg.payload
+        return msg.type, msgspec.to_builtins(msg.payload)
 
     def expect_nothing_but_heartbeats(self, seconds: float) -> list[str]:
         seen = []
@@ -317,8 +327,8 @@ def test_a_worker_obeys_only_its_sentinels_signature(tmp_path: Path,
 
     def job(plugin: Path, job_id: str) -> dict[str, Any]:
         return {"job": {"job_id": job_id, "plugin_path": str(plugin), "plugin_name": plugin.stem,
-                        "input_file": str(src), "sink": f"parquet://{tmp_path / 'out'}",
-                        "attempt": 1, "staging_root": str(settings.staging_dir)}}
+                        "input_file": str(src), "sink": f"parquet://{tmp_path / 'out'}"},
+                "attempt": 1}
 
     def forged(type_: str, payload: dict[str, Any]) -> list[list[bytes]]:
         return [signed(fake.codec, envelope(type_, payload), "unsigned"),
@@ -356,7 +366,7 @@ def test_a_worker_obeys_only_its_sentinels_signature(tmp_path: Path,
             types.append(got[0])
             if got[0] == "Receipt":
                 assert got[1]["status"] == "SUCCESS" and got[1]["job_id"] == "7", got
-        fake.send(fake.codec.encode("Shutdown", {}))
+        fake.send(fake.codec.encode(Shutdown()))
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
     finally:
@@ -365,7 +375,8 @@ def test_a_worker_obeys_only_its_sentinels_signature(tmp_path: Path,
             proc.communicate(timeout=10)
         fake.close()
     assert not marker.exists()
-    assert out.count("dropped a message from the sentinel") >= dropped - 2, out  # junk: 1 line
+    logged = out.count("dropped a message from the sentinel") + out.count("refused message")
+    assert logged >= dropped - 2, out  # junk: 1 line
     assert not tracker.leftovers(), "the worker left processes behind"
     record("auth: worker drops forged sentinel messages", None, checks=dropped)
 
@@ -395,7 +406,7 @@ def test_the_events_socket_ignores_input_and_subscribers_drop_forged_events(
             names: list[str] = []
             deadline = time.monotonic() + 20
             while "JobCompleted" not in names and time.monotonic() < deadline:
-                names += [m.payload["name"] for m in events.poll(0.5)]
+                names += [m.payload.name for m in events.poll(0.5) if isinstance(m.payload, Event)]
             assert "JobCompleted" in names, names
             assert events.dropped == 0
             assert ctl.ping()["pid"] == info.pid
@@ -411,12 +422,14 @@ def test_the_events_socket_ignores_input_and_subscribers_drop_forged_events(
                           events=f"tcp://127.0.0.1:{port}", key=info.key, pid=info.pid,
                           home=info.home)
     codec = fake.codec()
-    good = codec.encode("Event", {"name": "Genuine", "seq": 9, "data": {}})
-    bad = [signed(WRONG_KEY, envelope("Event", {"name": "Forged", "seq": 1, "data": {}})),
-           signed(codec, envelope("Event", {"name": "Forged", "seq": 1, "data": {}}), "unsigned"),
-           signed(codec, envelope("Event", {"name": "Stale", "seq": 1, "data": {}},
+    good = codec.encode(Event(name=EventName.JOB_COMPLETED, seq=9, data={}))
+    bad = [signed(WRONG_KEY, envelope("Event", {"name": "JobFailed", "seq": 1, "data": {}})),
+           signed(codec, envelope("Event", {"name": "JobFailed", "seq": 1, "data": {}}),
+                  "unsigned"),
+           signed(codec, envelope("Event", {"name": "JobAborted", "seq": 1, "data": {}},
                                   ts=time.time() - 3600)),
-           codec.encode("Ping", {}),  # signed, but not an event
+           signed(codec, envelope("Event", {"name": "Forged", "seq": 1, "data": {}})),  # no name
+           codec.encode(Ping()),  # signed, but not an event
            [b"garbage"]]
     try:
         with EventSubscriber(fake) as sub:
@@ -426,11 +439,12 @@ def test_the_events_socket_ignores_input_and_subscribers_drop_forged_events(
                 for frames in bad:
                     rogue.send_multipart([b"job", *frames])
                 rogue.send_multipart([b"job", *good])
-                seen.extend(m.payload["name"] for m in sub.poll(0.1))
-                return "Genuine" in seen
+                seen.extend(m.payload.name for m in sub.poll(0.1)
+                            if isinstance(m.payload, Event))
+                return "JobCompleted" in seen
 
             wait_until(genuine_arrived, 10, message="the genuine event")
-            assert set(seen) == {"Genuine"}, seen
+            assert set(seen) == {"JobCompleted"}, seen
             assert sub.dropped >= len(bad)
     finally:
         ctx.destroy(linger=0)

@@ -26,18 +26,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec.inspect as mi
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casparian_nb import _schemas as schemas
 from casparian_nb.client import ControlClient
 from casparian_nb.config import Settings
 from casparian_nb.launcher import LocalCluster
-from casparian_nb.protocol import MAGIC, MESSAGE_TYPES, REPLY_FOR, ProtocolError, SignatureError
+from casparian_nb.protocol import (
+    MAGIC,
+    MESSAGE_TYPES,
+    REPLY_FOR,
+    Goodbye,
+    Heartbeat,
+    ProtocolError,
+    SignatureError,
+)
 from tests.conftest import wait_until
 from tests.hardening.harness import FAST, FUZZ_MESSAGES, record, wait_final
-from tests.hardening.wire import Wire, envelope, signed
+from tests.hardening.wire import Wire, envelope, fields_of, is_valid, reply_code, signed
 
 #: Small, so that "over the limit" costs little to send.
 MAX_BYTES = 64 * 1024
@@ -52,40 +60,51 @@ json_values = st.recursive(
     max_leaves=10,
 )
 known_types = sorted(MESSAGE_TYPES)
+#: Request name -> the name of its reply.
+REPLY_NAMES = {request.__name__: reply.__name__ for request, reply in REPLY_FOR.items()}
 any_type = st.integers(0, 3).flatmap(
     lambda i: st.text(max_size=12) if i == 0 else st.sampled_from(known_types))
 #: What a worker the sentinel knows may send (Identify and Goodbye would change the table).
 WORKER_TYPES = ["Heartbeat", "JobStarted", "Receipt"]
 
 
-def _well_typed(f: schemas.FieldSpec) -> st.SearchStrategy[Any]:
-    base = {
-        "str": st.text(max_size=20), "int": st.integers(-(2**63), 2**63 - 1),
-        "float": st.floats(allow_nan=False, allow_infinity=False), "bool": st.booleans(),
-        "dict": st.dictionaries(st.text(max_size=8), json_scalars, max_size=3),
-        "list[str]": st.lists(st.text(max_size=12), max_size=3),
-        "list[int]": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
-        "list[dict]": st.lists(st.dictionaries(st.text(max_size=5), json_scalars, max_size=2),
-                               max_size=2),
-    }
-    if f.base == "enum":
-        return st.sampled_from(f.choices) | st.text(max_size=10)
-    if f.base == "obj":
-        return st.fixed_dictionaries({g.name: _well_typed(g) | json_values for g in f.nested})
-    return base[f.base]
+def _well_typed(t: mi.Type) -> st.SearchStrategy[Any]:
+    """Values of type ``t`` (enums: a member, or any short text)."""
+    if isinstance(t, mi.UnionType):
+        return st.one_of(*[_well_typed(u) for u in t.types])
+    if isinstance(t, mi.NoneType):
+        return st.none()
+    if isinstance(t, mi.StrType):
+        return st.text(max_size=20)
+    if isinstance(t, mi.BoolType):
+        return st.booleans()
+    if isinstance(t, mi.IntType):
+        return st.integers(-(2**63), 2**63 - 1)
+    if isinstance(t, mi.FloatType):
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if isinstance(t, mi.EnumType):
+        return st.sampled_from([m.value for m in t.cls]) | st.text(max_size=10)
+    if isinstance(t, mi.DictType):
+        return st.dictionaries(st.text(max_size=8), _well_typed(t.value_type), max_size=3)
+    if isinstance(t, mi.ListType):
+        return st.lists(_well_typed(t.item_type), max_size=3)
+    if isinstance(t, mi.StructType):
+        return st.fixed_dictionaries({f.encode_name: _well_typed(f.type) | json_values
+                                      for f in t.fields})
+    return json_scalars  # Any
 
 
 @st.composite
 def payloads(draw: st.DrawFn, type_: str) -> Any:
-    spec = MESSAGE_TYPES.get(type_)
-    if spec is None or draw(st.integers(0, 9)) == 0:
+    cls = MESSAGE_TYPES.get(type_)
+    if cls is None or draw(st.integers(0, 9)) == 0:
         return draw(json_values)  # anything at all, not even an object
     out: dict[str, Any] = {}
-    for f in spec.fields:
+    for f in fields_of(cls):
         choice = draw(st.integers(0, 7))
         if choice == 0:
             continue  # missing
-        out[f.name] = draw(json_values) if choice == 1 else draw(_well_typed(f))
+        out[f.encode_name] = draw(json_values) if choice == 1 else draw(_well_typed(f.type))
     if draw(st.booleans()):
         out.update(draw(st.dictionaries(st.text(max_size=8), json_scalars, max_size=2)))
     return out
@@ -196,10 +215,10 @@ class Fuzzer:
         payload = body.get("payload", {})
         if payload is None:  # the codec reads a null payload as {}
             payload = body["payload"] = {}
-        spec = MESSAGE_TYPES[type_]
-        if isinstance(payload, dict) and schemas.check_fields(spec.fields, payload) is None:
-            if spec.fields:
-                payload[spec.fields[0].name] = {"not": "valid"}
+        cls = MESSAGE_TYPES[type_]
+        if isinstance(payload, dict) and is_valid(cls, payload):
+            if fields_of(cls):
+                payload[fields_of(cls)[0].encode_name] = {"not": "valid"}
             else:
                 body["type"] = f"{type_}!"  # Shutdown has no fields: make it unknown
 
@@ -207,13 +226,12 @@ class Fuzzer:
         frames, code = self.frames("control", kind, item)
         msg = self.wire.ask(frames)
         if code is None:
-            if msg.type != "Error":
+            if reply_code(msg) is None:
                 request = _type_of(frames)
-                assert request in REPLY_FOR and request not in MUTATING, (request, msg.type)
-                assert msg.type == REPLY_FOR[request], (request, msg.type)
+                assert request in REPLY_NAMES and request not in MUTATING, (request, msg.type)
+                assert msg.type == REPLY_NAMES[request], (request, msg.type)
             return
-        assert msg.type == "Error", (kind, msg.type, msg.payload)
-        assert msg.payload["code"] == code, (kind, code, msg.payload)
+        assert reply_code(msg) == code, (kind, code, msg.payload)
         if code == "AUTH_ERROR" and frames[-2:-1] != [self.codec.sign(frames[-1])]:
             assert msg.reply_to is None, "an unauthenticated request id was echoed"
 
@@ -231,8 +249,8 @@ class Fuzzer:
         self.wire.to_events(frames)
 
     def check(self) -> None:
-        self.wire.known.send_multipart(self.codec.encode("Heartbeat", {  # (not counted)
-            "worker_id": "fuzz-worker", "active_job_ids": [], "free_slots": 1}))
+        self.wire.known.send_multipart(self.codec.encode(Heartbeat(  # (not counted)
+            worker_id="fuzz-worker", active_job_ids=[], free_slots=1)))
         for reply in self.wire.known_replies():  # no Dispatch: nothing is queued
             assert reply.type in ("Refused",), f"the identified worker got {reply.type}"
         for reply in self.wire.worker_replies(wait=0.005):
@@ -292,7 +310,7 @@ def test_fuzz_the_control_worker_and_event_sockets_of_a_real_sentinel(
                 fuzz.check()
             elapsed = time.monotonic() - started
             tried = sum(wire.sent.values())
-            wire.known.send_multipart(wire.codec.encode("Goodbye", {"worker_id": "fuzz-worker"}))
+            wire.known.send_multipart(wire.codec.encode(Goodbye(worker_id="fuzz-worker")))
             wait_until(lambda: len(client.list_workers()) == 1, 10, message="the fake to leave")
         finally:
             wire.close()
@@ -304,7 +322,7 @@ def test_fuzz_the_control_worker_and_event_sockets_of_a_real_sentinel(
         assert wait_final(settings, job["job_ids"])[job["job_ids"][0]]["status"] == "COMPLETED"
     assert cluster.alive()
     log = (settings.logs_dir / "sentinel.log").read_text(errors="replace")
-    assert "control: rejected message" in log and "worker socket: dropped message" in log
+    assert "control: refused message" in log and "worker socket: refused message" in log
     record("fuzz: control+worker+events sockets", None, messages=tried,
            by_socket=dict(wire.sent), replies=dict(wire.replies), refused=fuzz.refused,
            seconds=round(elapsed, 1), serving=True)
@@ -345,7 +363,7 @@ def test_non_finite_numbers_never_reach_a_handler(hcluster: Callable[..., LocalC
                                ("Ping", {}),):
             body = envelope(type_, payload, ts=value if type_ == "Ping" else time.time())
             msg = wire.ask(signed(wire.codec, _json_bytes(body)))
-            assert msg.type == "Error" and msg.payload["code"] == "PARSE_ERROR", msg
+            assert reply_code(msg) == "PARSE_ERROR", msg
     finally:
         wire.close()
 
@@ -366,8 +384,8 @@ def test_a_flood_of_unauthenticated_junk_does_not_flood_the_sentinel_log(
         wire.close()
     grown = log.read_text().count("\n") - before
     assert grown <= 100, f"2000 junk messages added {grown} lines to {log}"
-    assert "control: rejected message" in log.read_text()  # logged, just not each one
+    assert "control: refused message" in log.read_text()  # logged, just not each one
     # Each line goes to one file: sentinel.out (the process's stderr, under LocalCluster)
     # does not repeat sentinel.log.
     out = (settings.logs_dir / "sentinel.out").read_text(errors="replace")
-    assert "rejected message" not in out and "dropped message" not in out, out[-2000:]
+    assert "refused message" not in out, out[-2000:]

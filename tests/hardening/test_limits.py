@@ -23,7 +23,7 @@ import zmq
 from casparian_nb.client import ControlClient, EventSubscriber
 from casparian_nb.config import Settings
 from casparian_nb.launcher import LocalCluster
-from casparian_nb.protocol import MAGIC
+from casparian_nb.protocol import MAGIC, Event
 from tests.conftest import wait_until
 from tests.hardening.harness import (
     FAST,
@@ -144,8 +144,9 @@ def test_a_peer_subscribing_to_very_many_topics_does_not_stop_the_events(
             names: list[str] = []
 
             def completed() -> bool:
-                names.extend(m.payload["name"] for m in events.poll(0.2)
-                             if m.payload["data"].get("job_id") == job_id)
+                names.extend(m.payload.name for m in events.poll(0.2)
+                             if isinstance(m.payload, Event)
+                             and m.payload.data.get("job_id") == job_id)
                 return "JobCompleted" in names
 
             wait_until(completed, 30, interval=0.0, message="the normal subscriber's events")

@@ -13,12 +13,75 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import msgspec
+import msgspec.inspect as mi
 import zmq
 
 from casparian_nb.client import ConnectionInfo
-from casparian_nb.protocol import MAGIC, Codec, Message, ProtocolError
+from casparian_nb.protocol import (
+    MAGIC,
+    Codec,
+    Error,
+    Identify,
+    Message,
+    ProtocolError,
+)
 
 WRONG_KEY = Codec(b"w" * 32)
+
+
+def fields_of(cls: type[msgspec.Struct]) -> tuple[mi.Field, ...]:
+    """A message Struct's fields, as msgspec sees them (name, type, required)."""
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return info.fields
+
+
+def sample_value(t: mi.Type, full: bool = True) -> Any:
+    """A valid JSON value of type ``t``, at the edges (the largest int64, a path with a
+    non-ASCII character and an undecodable byte, the last member of an enum)."""
+    if isinstance(t, mi.UnionType):
+        real = [u for u in t.types if not isinstance(u, mi.NoneType)]
+        return sample_value(real[0], full) if real else None
+    if isinstance(t, mi.StrType):
+        return "x/ä/\udcff"
+    if isinstance(t, mi.BoolType):
+        return False
+    if isinstance(t, mi.IntType):
+        return t.le if t.le is not None else 7
+    if isinstance(t, mi.FloatType):
+        return 1.5
+    if isinstance(t, mi.EnumType):
+        return list(t.cls)[-1].value  # type: ignore[var-annotated]
+    if isinstance(t, mi.DictType):
+        return {"a": sample_value(t.value_type, full)}
+    if isinstance(t, mi.ListType):
+        return [sample_value(t.item_type, full)]
+    if isinstance(t, mi.StructType):
+        return sample_payload(t.cls, full)
+    if isinstance(t, mi.AnyType):
+        return {"a": [1, {}]}
+    raise AssertionError(f"no sample for {t}")
+
+
+def sample_payload(cls: type[msgspec.Struct], full: bool = True) -> dict[str, Any]:
+    """A valid payload of ``cls``: its required fields only, or every field."""
+    return {f.encode_name: sample_value(f.type, full) for f in fields_of(cls)
+            if f.required or full}
+
+
+def is_valid(cls: type[msgspec.Struct], payload: Any) -> bool:
+    """Whether ``payload`` decodes into ``cls`` (as the receiving codec would)."""
+    try:
+        msgspec.convert(payload, cls, strict=True)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def reply_code(msg: Message) -> str | None:
+    """The code of an ``Error`` reply, None for any other message."""
+    return msg.payload.code.value if isinstance(msg.payload, Error) else None
 
 
 def envelope(type_: str, payload: Any = None, **over: Any) -> dict[str, Any]:
@@ -83,7 +146,7 @@ class Wire:
         if not self.ctl.poll(int(timeout * 1000)):
             raise AssertionError(f"no reply within {timeout}s to {_show(frames)}")
         _, msg = self.reader.decode(self.ctl.recv_multipart())
-        self.replies[msg.payload.get("code", msg.type) if msg.type == "Error" else "ok"] += 1
+        self.replies[reply_code(msg) or "ok"] += 1
         return msg
 
     def to_workers(self, frames: list[bytes]) -> None:
@@ -107,8 +170,8 @@ class Wire:
 
     def identify(self, worker_id: str = "fuzz-worker") -> None:
         """Register :attr:`known` as a worker on another host (no local pid check)."""
-        self.known.send_multipart(self.codec.encode("Identify", {
-            "worker_id": worker_id, "slots": 1, "pid": 1, "host": "fuzz.invalid"}))
+        self.known.send_multipart(self.codec.encode(Identify(
+            worker_id=worker_id, slots=1, pid=1, host="fuzz.invalid")))
         assert self.known.poll(5000), "no Welcome"
         _, msg = self.reader.decode(self.known.recv_multipart())
         assert msg.type == "Welcome", msg

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -32,6 +33,7 @@ from casparian_nb import lineage, runner, sinks
 from casparian_nb.config import Settings
 from casparian_nb.errors import SinkModeError
 from casparian_nb.plugins import generate_signing_key, sign_plugin
+from casparian_nb.protocol import HostJob, JobSpec
 from casparian_nb.worker.pool import HostPool
 from tests.conftest import make_inputs, running, wait_until
 
@@ -473,9 +475,10 @@ def _rss_during(settings: Settings, plugin: Path, src: Path) -> tuple[int, list[
         [pid] = pool.pids
         host = psutil.Process(pid)
         idle = host.memory_info().rss
-        job = {"job_id": f"mem-{src.stem}", "plugin_path": str(plugin), "input_file": str(src),
-               "sink": f"parquet://{settings.home / 'mem'}",
-               "staging_root": str(settings.staging_dir / "mem")}
+        job = HostJob(job=JobSpec(job_id=f"mem-{src.stem}", plugin_path=str(plugin),
+                                  plugin_name=plugin.stem, input_file=str(src),
+                                  sink=f"parquet://{settings.home / 'mem'}"),
+                      staging_root=str(settings.staging_dir / "mem"))
         box: list[Any] = []
         t = threading.Thread(target=lambda: box.append(pool.run(job)))
         t.start()
@@ -488,8 +491,8 @@ def _rss_during(settings: Settings, plugin: Path, src: Path) -> tuple[int, list[
             time.sleep(0.005)
         t.join()
         [res] = box
-        assert res.status == "SUCCESS", res.data
-        return idle, samples, res.data
+        assert res.status == "SUCCESS", res
+        return idle, samples, msgspec.to_builtins(res)
     finally:
         pool.close()
 

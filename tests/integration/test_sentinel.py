@@ -153,11 +153,11 @@ def test_submit_runs_to_completion_with_outputs_lineage_and_rows(
 
         def six_completed() -> bool:
             seen.extend(events.poll(0.05))
-            return sum(1 for e in seen if e.payload["name"] == "JobCompleted") >= 6
+            return sum(1 for e in seen if e.payload.name == "JobCompleted") >= 6
 
         wait_until(six_completed, 10, message="JobCompleted events")
         # subscribed before the submit: not one event of these jobs was missed
-        queued = [e.payload["data"]["job_id"] for e in seen if e.payload["name"] == "JobQueued"]
+        queued = [e.payload.data["job_id"] for e in seen if e.payload.name == "JobQueued"]
         assert sorted(queued) == sorted(ids)
         stats = ctl.queue_stats()
         job = ctl.get_job(ids[0])
@@ -200,9 +200,9 @@ def test_submit_runs_to_completion_with_outputs_lineage_and_rows(
     assert all(m["status"] == "success" and m["rows"] == 10 for m in mats)
 
     # the event stream and the sentinel's tape tell the same story
-    names = [e.payload["name"] for e in seen]
+    names = [e.payload.name for e in seen]
     assert names.count("MaterializationRecorded") == 6
-    assert {e.payload["data"]["job_id"] for e in seen if e.payload["name"] == "JobCompleted"} \
+    assert {e.payload.data["job_id"] for e in seen if e.payload.name == "JobCompleted"} \
         == set(ids)
     [tape] = settings.tapes_dir.glob("sentinel-*.tape")
     taped = [json.loads(line)["event_name"].get("name") for line in tape.read_text().splitlines()]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import zmq
 
@@ -196,7 +197,7 @@ def test_bad_control_and_worker_messages_get_errors_and_the_loops_keep_running(
         sock.send_multipart(frames)
         assert sock.poll(5000), "no reply to a bad message"
         _, msg = codec.decode(sock.recv_multipart())
-        return msg.type, msg.payload
+        return msg.type, msgspec.to_builtins(msg.payload)
 
     now = time.time()
 

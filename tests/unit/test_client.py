@@ -34,13 +34,36 @@ from casparian_nb.client import (
 from casparian_nb.errors import ControlTimeoutError, SentinelError
 from casparian_nb.protocol import (
     MAGIC,
+    CancelJob,
+    CancelJobs,
+    CancelResult,
     Codec,
+    ControlRequest,
+    ErrorCode,
+    Event,
+    EventName,
+    GetJob,
+    GetQueueStats,
     HandlerTable,
     InvalidPayloadError,
+    Job,
+    Jobs,
+    ListJobs,
+    ListWorkers,
     Message,
+    Ping,
+    PluginRegistered,
+    Pong,
+    QueueStats,
+    RegisterPlugin,
     RequestFailed,
-    event_frames,
-    reply,
+    Shutdown,
+    ShutdownAck,
+    SubmitJobs,
+    Submitted,
+    WireMessage,
+    WorkerInfo,
+    Workers,
 )
 
 SLOW_JOB, DOUBLE_JOB = 999, 777
@@ -77,33 +100,36 @@ class FakeSentinel:
     _ready: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def handlers(self) -> dict[str, Any]:
-        def get_job(m: Message) -> tuple[str, dict[str, Any]]:
-            if m.payload["job_id"] == 404:
-                raise RequestFailed("NOT_FOUND", "no job 404")
-            if m.payload["job_id"] == 500:
-                raise RequestFailed("DB_ERROR", "database is locked")
-            return ("Job", {"job": {"id": m.payload["job_id"]}})
+    def handlers(self) -> dict[type[WireMessage], Any]:
+        def get_job(m: Message, routing: list[bytes]) -> Job:
+            assert isinstance(m.payload, GetJob)
+            if m.payload.job_id == 404:
+                raise RequestFailed(ErrorCode.NOT_FOUND, "no job 404")
+            if m.payload.job_id == 500:
+                raise RequestFailed(ErrorCode.DB_ERROR, "database is locked")
+            return Job(job={"id": m.payload.job_id})
 
-        stats = dict.fromkeys(("queued", "running", "completed", "failed", "aborted", "skipped",
-                               "cancel_requested", "total"), 0)  # fmt: skip
+        def register(m: Message, routing: list[bytes]) -> WireMessage:
+            assert isinstance(m.payload, RegisterPlugin)
+            if m.payload.path == "wrong-reply":
+                return Pong(pid=1, version="x", uptime_s=0)
+            return PluginRegistered(plugin_id=3, name="p", version="1", source_hash="h",
+                                    trust="unsigned")
+
         return {
-            "Ping": lambda m: ("Pong", {"pid": os.getpid(), "version": "test", "uptime_s": 1.0}),
-            "GetJob": get_job,
-            "ListJobs": lambda m: ("Jobs", {"jobs": [{"id": 1}], "total": 1}),
-            "CancelJob": lambda m: ("CancelResult", {"success": True, "message": "Job cancelled",
-                                                     "state": "ABORTED"}),
-            "CancelJobs": lambda m: ("CancelResult", {"success": True, "message": "2 job(s)",
-                                                      "state": "MIXED"}),
-            "GetQueueStats": lambda m: ("QueueStats", stats),
-            "SubmitJobs": lambda m: ("Submitted", {"job_ids": [1, 2], "skipped": [],
-                                                   "submission_id": "s1"}),
-            "RegisterPlugin": lambda m: (("Pong", {"pid": 1, "version": "x", "uptime_s": 0})
-                                         if m.payload["path"] == "wrong-reply" else
-                                         ("PluginRegistered", {"plugin_id": 3, "name": "p",
-                                          "version": "1", "source_hash": "h", "trust": "unsigned"})),
-            "ListWorkers": lambda m: ("Workers", {"workers": [{"worker_id": "w1"}]}),
-            "Shutdown": lambda m: ("ShutdownAck", {}),
+            Ping: lambda m, r: Pong(pid=os.getpid(), version="test", uptime_s=1.0),
+            GetJob: get_job,
+            ListJobs: lambda m, r: Jobs(jobs=[{"id": 1}], total=1),
+            CancelJob: lambda m, r: CancelResult(success=True, message="Job cancelled",
+                                                 state="ABORTED"),
+            CancelJobs: lambda m, r: CancelResult(success=True, message="2 job(s)",
+                                                  state="MIXED"),
+            GetQueueStats: lambda m, r: QueueStats(),
+            SubmitJobs: lambda m, r: Submitted(job_ids=[1, 2], skipped=[], submission_id="s1"),
+            RegisterPlugin: register,
+            ListWorkers: lambda m, r: Workers(workers=[WorkerInfo(
+                worker_id="w1", slots=1, pid=1, running=[], last_seen=0.0, free=1)]),
+            Shutdown: lambda m, r: ShutdownAck(),
         }  # fmt: skip
 
     def run(self) -> None:
@@ -127,14 +153,13 @@ class FakeSentinel:
                 msg = None
             if msg is not None:
                 self.received.append(msg)
-                job_id = msg.payload.get("job_id") if msg.type == "GetJob" else None
+                job_id = msg.payload.job_id if isinstance(msg.payload, GetJob) else None
                 if job_id == SLOW_JOB:  # answered after the client gave up
                     late.append((time.monotonic() + 0.3,
-                                 reply(self.codec, msg, "Job", {"job": {"id": SLOW_JOB}},
-                                       routing=routing)))  # fmt: skip
+                                 table.reply(routing, msg, Job(job={"id": SLOW_JOB}))))
                     continue
                 if job_id == DOUBLE_JOB:  # a stray answer to some earlier request first
-                    stray = self.codec.encode("Job", {"job": {"id": -1}}, reply_to="earlier")
+                    stray = self.codec.encode(Job(job={"id": -1}), reply_to="earlier")
                     sock.send_multipart([*routing, *stray])
                     sock.send_multipart([*routing, MAGIC, b"bad", b"{}"])
             out = table.handle(frames)
@@ -169,7 +194,7 @@ def ctx() -> Iterator[zmq.Context[Any]]:
 
 @pytest.fixture
 def sentinel(key: bytes, ctx: zmq.Context[Any]) -> Iterator[FakeSentinel]:
-    s = FakeSentinel(Codec(key), ctx).start()
+    s = FakeSentinel(Codec(key, accepts=ControlRequest), ctx).start()
     yield s
     s.stop()
 
@@ -194,15 +219,19 @@ def test_convenience_methods(client: ControlClient, sentinel: FakeSentinel, tmp_
                         priority=3, force=True)  # fmt: skip
     assert out["job_ids"] == [1, 2]
     assert client.register_plugin(tmp_path / "p.py")["plugin_id"] == 3
-    assert client.list_workers() == [{"worker_id": "w1"}]
+    assert client.list_workers() == [{"worker_id": "w1", "slots": 1, "pid": 1, "running": [],
+                                      "last_seen": 0.0, "free": 1}]
     assert client.shutdown() == {}
     sent = {m.type: m.payload for m in sentinel.received}
-    assert sent["ListJobs"] == {"status": "QUEUED", "limit": 5, "offset": None}
-    assert sent["SubmitJobs"]["inputs"] == [str(tmp_path / "a.csv"), "b.csv"]
-    assert sent["SubmitJobs"]["priority"] == 3 and sent["SubmitJobs"]["force"] is True
-    assert sent["CancelJobs"] == {"status": "QUEUED"}
-    assert client.list_jobs(submission_id="s1") and sentinel.received[-1].payload[
-        "submission_id"] == "s1"  # fmt: skip
+    assert sent["ListJobs"] == ListJobs(status="QUEUED", limit=5)
+    submitted = sent["SubmitJobs"]
+    assert isinstance(submitted, SubmitJobs)
+    assert submitted.inputs == [str(tmp_path / "a.csv"), "b.csv"]
+    assert submitted.priority == 3 and submitted.force is True
+    assert submitted.sink == "parquet://o" and submitted.mode is None
+    assert sent["CancelJobs"] == CancelJobs(status="QUEUED")
+    assert client.list_jobs(submission_id="s1")
+    assert sentinel.received[-1].payload == ListJobs(submission_id="s1")
 
 
 def test_error_replies_raise_with_code(client: ControlClient) -> None:
@@ -223,7 +252,7 @@ def test_error_replies_raise_with_code(client: ControlClient) -> None:
 
 def test_timeout_then_fresh_socket(client: ControlClient, sentinel: FakeSentinel) -> None:
     with pytest.raises(ControlTimeoutError) as info:
-        client.request("GetJob", {"job_id": SLOW_JOB}, timeout=0.1)
+        client.request(GetJob(job_id=SLOW_JOB), timeout=0.1)
     assert str(info.value) == f"sentinel at {client.address} did not answer GetJob within 0.1 s"
     assert isinstance(info.value, TimeoutError) and client.resets == 1
     t0 = time.monotonic()
@@ -260,8 +289,8 @@ def test_invalid_request_is_refused_before_sending(client: ControlClient,
                                                    sentinel: FakeSentinel) -> None:  # fmt: skip
     client.ping()
     before = len(sentinel.received)
-    with pytest.raises(InvalidPayloadError, match="GetJob: field 'job_id' must be an integer"):
-        client.request("GetJob", {"job_id": "7"})
+    with pytest.raises(InvalidPayloadError, match="GetJob: payload is not JSON"):
+        client.request(GetJob(job_id=object()))  # type: ignore[arg-type]
     client.ping()
     assert len(sentinel.received) == before + 1
 
@@ -312,6 +341,10 @@ def test_ping_round_trip_latency(client: ControlClient, capsys: pytest.CaptureFi
 
 def test_event_subscriber(key: bytes, ctx: zmq.Context[Any]) -> None:
     codec = Codec(key)
+
+    def event(topic: bytes, name: str, seq: int, data: dict[str, Any]) -> list[bytes]:
+        return [topic, *codec.encode(Event(name=EventName(name), seq=seq, data=data))]
+
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind("tcp://127.0.0.1:*")
@@ -319,18 +352,18 @@ def test_event_subscriber(key: bytes, ctx: zmq.Context[Any]) -> None:
     with EventSubscriber(info, context=ctx) as sub, \
             EventSubscriber(info, topics=(b"worker",), context=ctx) as workers:  # fmt: skip
         def hello() -> list[Message]:  # PUB drops messages until the subscription arrives
-            pub.send_multipart(event_frames(codec, b"job", "Hello", 0, {}))
+            pub.send_multipart(event(b"job", "JobStarted", 0, {}))
             return sub.poll(0.01)
 
-        assert poll_until(hello)[0].payload["name"] == "Hello"
+        assert poll_until(hello)[0].payload == Event(name=EventName.JOB_STARTED, seq=0, data={})
         poll_until(lambda: not sub.poll(0.01))
         pub.send_multipart([b"job", MAGIC, b"bad-signature", b"{}"])
         pub.send_multipart([b"job", b"garbage"])
-        pub.send_multipart([b"job", *codec.encode("Ping")])
-        pub.send_multipart([b"job", *Codec(new_key()).encode("Event", {"name": "X", "seq": 1,
-                                                                        "data": {}})])  # fmt: skip
-        pub.send_multipart(event_frames(codec, b"job", "JobQueued", 1, {"job_id": 5}))
-        pub.send_multipart(event_frames(codec, b"worker", "WorkerJoined", 2, {}))
+        pub.send_multipart([b"job", *codec.encode(Ping())])
+        pub.send_multipart([b"job", *Codec(new_key()).encode(
+            Event(name=EventName.JOB_QUEUED, seq=1, data={}))])
+        pub.send_multipart(event(b"job", "JobQueued", 1, {"job_id": 5}))
+        pub.send_multipart(event(b"worker", "WorkerJoined", 2, {}))
         got: list[Message] = []
 
         def collect() -> bool:
@@ -338,10 +371,11 @@ def test_event_subscriber(key: bytes, ctx: zmq.Context[Any]) -> None:
             return len(got) >= 2
 
         poll_until(collect)
-        assert [m.payload["name"] for m in got] == ["JobQueued", "WorkerJoined"]
+        assert [m.payload.name for m in got] == ["JobQueued", "WorkerJoined"]
+        assert got[0].payload.data == {"job_id": 5}
         assert sub.dropped == 4
         worker_events = poll_until(lambda: workers.poll(0.05))
-        assert [m.payload["name"] for m in worker_events] == ["WorkerJoined"]
+        assert [m.payload.name for m in worker_events] == ["WorkerJoined"]
         assert workers.dropped == 0  # the filter ran in ZMQ: job messages never arrived
     pub.close(linger=0)
 

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from casparian_nb import lineage, sinks
-from casparian_nb.worker.pool import HostPool, HostResult
+from casparian_nb.protocol import ErrorKind, HostJob, JobSpec, Receipt
+from casparian_nb.worker.pool import HostPool
 from tests.conftest import assert_no_leaks, wait_until
 
 HOST_MODULE = "casparian_nb.worker.host"
@@ -63,19 +64,18 @@ class Jobs:
         self.sink = f"parquet://{root / 'out'}"
         self.n = 0
 
-    def spec(self, first_line: str | None = None, **extra: Any) -> dict[str, Any]:
+    def spec(self, first_line: str | None = None, **extra: Any) -> HostJob:
         self.n += 1
         job_id = f"job-{self.n}"
         src = self.root / "inputs" / f"{job_id}.txt"
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text((first_line + "\n" if first_line else "") + f"input {self.n}\n")
-        return {
-            "job_id": job_id, "plugin_path": str(self.plugin), "input_file": str(src),
-            "sink": self.sink, "staging_root": str(self.staging), "attempt": 1, **extra,
-        }
+        job = JobSpec(job_id=job_id, plugin_path=str(self.plugin), input_file=str(src),
+                      plugin_name="fixture", sink=self.sink, **extra)
+        return HostJob(job=job, attempt=1, staging_root=str(self.staging))
 
-    def staging_dir(self, job: dict[str, Any]) -> Path:
-        return self.staging / sinks.job_dirname(job["job_id"])
+    def staging_dir(self, job: HostJob) -> Path:
+        return self.staging / sinks.job_dirname(job.job.job_id)
 
 
 @pytest.fixture
@@ -121,8 +121,8 @@ def executor() -> Iterator[ThreadPoolExecutor]:
         yield ex
 
 
-def start(executor: ThreadPoolExecutor, p: HostPool, job: dict[str, Any],
-          **kw: Any) -> tuple[Future[HostResult], list[int]]:
+def start(executor: ThreadPoolExecutor, p: HostPool, job: HostJob,
+          **kw: Any) -> tuple[Future[Receipt], list[int]]:
     """Run ``job`` in the background; the list receives the host pid once it has the job."""
     started: list[int] = []
     return executor.submit(p.run, job, on_start=started.append, **kw), started
@@ -135,19 +135,19 @@ def test_job_runs_on_a_warm_host_and_returns_staged_outputs(pool: Any, jobs: Job
     [pid] = p.pids
     job = jobs.spec(processed_at="2026-01-02T03:04:05+00:00", parser_version="9.9")
     res = p.run(job)
-    assert res.status == "SUCCESS", res.data
+    assert res.status == "SUCCESS", res
     assert res.host_pid == pid
-    staged = sinks.StagedJob.from_dict(res.data["staged"])
-    assert staged.job_id == job["job_id"]
+    staged = sinks.StagedJob.from_dict(res.staged or {})
+    assert staged.job_id == job.job.job_id
     [out] = staged.outputs
     assert (out.output, out.rows) == ("fixture_output", 10)
-    assert res.data["rows"] == {"fixture_output": 10}
+    assert res.rows == {"fixture_output": 10}
     table = pq.read_table(out.path)
     assert table.column_names == ["id", "value", *lineage.LINEAGE_COLUMNS]
     assert table.column("id").to_pylist() == list(range(10))
-    assert set(table.column("_cf_job_id").to_pylist()) == {job["job_id"]}
+    assert set(table.column("_cf_job_id").to_pylist()) == {job.job.job_id}
     assert set(table.column("_cf_parser_version").to_pylist()) == {"9.9"}
-    assert set(table.column("_cf_source_hash").to_pylist()) == {lineage.hash_file(job["input_file"])}
+    assert set(table.column("_cf_source_hash").to_pylist()) == {lineage.hash_file(job.job.input_file)}
     [ts] = set(table.column("_cf_processed_at").to_pylist())
     assert ts.isoformat() == "2026-01-02T03:04:05+00:00"
     # Staged only: nothing reached the sink directory.
@@ -166,8 +166,8 @@ def test_crashing_plugin_fails_the_job_and_the_host_is_replaced(pool: Any, jobs:
     res = p.run(job)
     assert res.status == "FAILED"
     err = res.error
-    assert err is not None and err["ename"] == "PluginHostCrashed"
-    assert "\n" not in err["evalue"] and "exited with code 3" in err["evalue"], err
+    assert err is not None and err.ename == "PluginHostCrashed"
+    assert "\n" not in err.evalue and "exited with code 3" in err.evalue, err
     assert gone(old)
     assert not jobs.staging_dir(job).exists()
     [new] = p.pids
@@ -191,15 +191,15 @@ def test_cancel_kills_a_host_that_ignores_sigterm(pool: Any, jobs: Jobs,
     wait_until(lambda: psutil.Process(pid).cpu_times().user > spun + 0.1, 10,
                message="the plugin to spin")
     t0 = time.monotonic()
-    assert p.cancel(job["job_id"], "cancelled by test")
+    assert p.cancel(job.job.job_id, "cancelled by test")
     # cancel() returns only once the host is dead (SIGTERM ignored -> SIGKILL after the grace).
     assert gone(pid)
     res = fut.result(timeout=10)
     assert time.monotonic() - t0 < 5
     assert res.status == "ABORTED"
-    assert res.data["reason"] == "cancelled by test" and res.data["timeout"] is False
+    assert res.reason == "cancelled by test" and res.timeout is False
     assert not jobs.staging_dir(job).exists(), "a cancelled job must leave nothing staged"
-    assert not p.cancel(job["job_id"])  # no longer running
+    assert not p.cancel(job.job.job_id)  # no longer running
     # The pool keeps serving on a fresh host.
     after = p.run(jobs.spec())
     assert after.status == "SUCCESS" and after.host_pid != pid
@@ -213,7 +213,7 @@ def test_cancel_in_the_middle_of_a_streamed_write_drops_the_staged_file(
     fut, started = start(executor, p, job)
     wait_until(lambda: staged_file.exists() and staged_file.stat().st_size > 0, 30,
                message="the host to be writing")
-    assert p.cancel(job["job_id"])
+    assert p.cancel(job.job.job_id)
     res = fut.result(timeout=10)
     assert res.status == "ABORTED"
     assert gone(started[0])
@@ -228,8 +228,8 @@ def test_per_job_timeout_aborts_and_replaces_the_host(pool: Any, jobs: Jobs) -> 
     res = p.run(jobs.spec("mode=slow sleep=30"), timeout=0.5)
     assert time.monotonic() - t0 < 5
     assert res.status == "ABORTED"
-    assert res.data["timeout"] is True
-    assert res.data["reason"].startswith("timeout: job ran longer than 0.5s")
+    assert res.timeout is True
+    assert (res.reason or "").startswith("timeout: job ran longer than 0.5s")
     assert gone(old)
     assert p.run(jobs.spec()).status == "SUCCESS"
 
@@ -249,7 +249,7 @@ def test_closing_the_pool_aborts_running_jobs(pool: Any, jobs: Jobs,
     p.close()
     for fut, job in ((fa, a), (fb, b)):
         res = fut.result(timeout=10)
-        assert res.status == "ABORTED" and res.data["reason"] == "shutdown"
+        assert res.status == "ABORTED" and res.reason == "shutdown"
         assert not jobs.staging_dir(job).exists()
     assert_no_leaks([*sa, *sb])
 
@@ -272,10 +272,10 @@ def test_plugin_errors_come_back_classified(shared_pool: HostPool, jobs: Jobs, m
     assert res.status == "FAILED"
     err = res.error
     assert err is not None
-    assert (err["ename"], err["kind"]) == (ename, kind)
-    assert text in err["evalue"] and "\n" not in err["evalue"]
-    assert err["input_file"] == job["input_file"]
-    assert "Traceback" in err["traceback"]
+    assert (err.ename, err.kind) == (ename, ErrorKind(kind))
+    assert text in err.evalue and "\n" not in err.evalue
+    assert err.input_file == job.job.input_file
+    assert "Traceback" in err.traceback
     assert not jobs.staging_dir(job).exists()
     assert p.pids == [pid]  # a plugin exception does not cost the host
 
@@ -285,12 +285,14 @@ def test_plugin_errors_come_back_classified(shared_pool: HostPool, jobs: Jobs, m
 PARENT = textwrap.dedent("""
     import json, sys, threading
     from pathlib import Path
+    from casparian_nb.protocol import HostJob, JobSpec
     from casparian_nb.worker.pool import HostPool
 
     pool = HostPool(2, log_dir=Path(sys.argv[1]))
     pool.wait_ready()
-    job = {"job_id": "hang", "plugin_path": sys.argv[2], "input_file": sys.argv[3],
-           "sink": "parquet://" + sys.argv[1] + "/out", "staging_root": sys.argv[1] + "/st"}
+    job = HostJob(job=JobSpec(job_id="hang", plugin_path=sys.argv[2], input_file=sys.argv[3],
+                              plugin_name="fixture", sink="parquet://" + sys.argv[1] + "/out"),
+                  staging_root=sys.argv[1] + "/st")
     started = threading.Event()
     threading.Thread(target=pool.run, args=(job,),
                      kwargs={"on_start": lambda pid: started.set()}, daemon=True).start()

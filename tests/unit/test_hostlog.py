@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from casparian_nb.protocol import HostJob, JobSpec
 from casparian_nb.worker._hostlog import CappedLog
 from casparian_nb.worker.pool import HostPool
 
@@ -80,9 +81,10 @@ def test_an_unwritable_log_still_drains_the_pipe(tmp_path: Path) -> None:
 def test_a_pool_with_a_cap_logs_through_the_pipe(tmp_path: Path, fixture_plugin: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text("hello\n")
-    job = {"job_id": "j1", "plugin_path": str(fixture_plugin), "input_file": str(src),
-           "sink": f"parquet://{tmp_path / 'out'}", "staging_root": str(tmp_path / "staging"),
-           "attempt": 1}
+    job = HostJob(job=JobSpec(job_id="j1", plugin_path=str(fixture_plugin),
+                              plugin_name="fixture", input_file=str(src),
+                              sink=f"parquet://{tmp_path / 'out'}"),
+                  staging_root=str(tmp_path / "staging"))
     with HostPool(1, log_dir=tmp_path / "logs", log_max_bytes=1 << 20) as pool:
         assert pool.run(job).status == "SUCCESS"
     [log] = (tmp_path / "logs").glob("host-*.log")

@@ -1,6 +1,7 @@
-"""Whether a job's plugin name was declared (readable on tapes) or is the plugin file's stem
-(hashed on tapes) — at submission, and for a job reloaded from the state DB after a restart,
-which has no column for it."""
+"""The JobSpec: built once at submission and dispatched unchanged; and whether a job's plugin
+name was declared (readable on tapes) or is the plugin file's stem (hashed on tapes) — at
+submission, and for a job reloaded from the state DB after a restart, which has no column for
+it."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from casparian_nb.config import Settings
+from casparian_nb.protocol import Codec, Dispatch, EventName, JobSpec, SubmitJobs
 from casparian_nb.sentinel import _submit
 from casparian_nb.sentinel._persist import Persister
-from casparian_nb.sentinel._submit import SubmitHandler, job_spec, name_declared
-from casparian_nb.sentinel.state import plugin_name_fields
+from casparian_nb.sentinel._submit import SubmitHandler, job_spec_from_row, name_declared
+from casparian_nb.sentinel.state import (
+    JobsQueued,
+    Send,
+    SentinelState,
+    WorkerJoined,
+    plugin_name_fields,
+)
 from casparian_nb.store import StateStore
 from tests.conftest import FIXTURE_PLUGIN, make_inputs
 
@@ -77,8 +86,9 @@ def test_without_evidence_the_name_counts_as_the_files(tmp_path: Path, case: str
 
 def test_job_spec_carries_the_flag(tmp_path: Path) -> None:
     path, fp = _plugin(tmp_path, "acme_orders.py", NAMELESS)
-    spec = job_spec({"plugin_name": "acme_orders", "parser_fingerprint": fp}, path, "/s")
-    assert spec["plugin_name_declared"] is False
+    spec = job_spec_from_row({"id": 3, "input_file": "/in/a.csv", "plugin_name": "acme_orders",
+                              "parser_fingerprint": fp, "sink_uri": "parquet:///o"}, path)
+    assert (spec.job_id, spec.plugin_name_declared, spec.mode) == ("3", False, "append")
     assert plugin_name_fields(spec) == {"plugin_name": "acme_orders",
                                         "plugin_name_source": "file"}
 
@@ -100,14 +110,50 @@ def test_the_flag_survives_a_sentinel_restart(settings: Settings, tmp_path: Path
     store = StateStore.open(settings.state_db)
     try:
         out = SubmitHandler(store, settings).submit(
-            {"plugin": str(plugin), "inputs": [str(p) for p in inputs]}, now=0.0)
-        assert [r.spec["plugin_name_declared"] for r in out.records] == [declared] * 2
-        queued = [data for name, data in out.events if name == "JobQueued"]
+            SubmitJobs(plugin=str(plugin), inputs=[str(p) for p in inputs]), now=0.0)
+        assert [r.spec.plugin_name_declared for r in out.records] == [declared] * 2
+        queued = [data for name, data in out.events if name == EventName.JOB_QUEUED]
         assert [("plugin_name_source" in q) for q in queued] == [not declared] * 2
         # A restarted sentinel rebuilds every queued job's spec from its DB row.
         _submit._declared_in_file.cache_clear()
         reloaded = Persister(store, settings).load_queued(now=1.0)
         assert [r.id for r in reloaded] == out.job_ids
-        assert [r.spec["plugin_name_declared"] for r in reloaded] == [declared] * 2
+        assert [r.spec.plugin_name_declared for r in reloaded] == [declared] * 2
+    finally:
+        store.close()
+
+
+def test_the_spec_built_at_submission_is_the_one_dispatched(settings: Settings,
+                                                            tmp_path: Path) -> None:
+    """No key renamed or rebuilt on the way: the worker gets the very JobSpec the submission
+    made (the Dispatch adds only the attempt and timeout), it survives the wire and the
+    state DB's JSON unchanged, and a restarted sentinel reloads an equal one."""
+    inputs = make_inputs(tmp_path / "data", 2)
+    store = StateStore.open(settings.state_db)
+    try:
+        out = SubmitHandler(store, settings).submit(SubmitJobs(
+            plugin=str(FIXTURE_PLUGIN), inputs=[str(p) for p in inputs], timeout=30.0,
+            submission_id="sub-1"), now=0.0)
+        specs = [r.spec for r in out.records]
+        assert [s.job_id for s in specs] == [str(i) for i in out.job_ids]
+        assert [s.input_file for s in specs] == [str(p) for p in inputs]
+        assert {(s.submission_id, s.timeout_s, s.mode) for s in specs} == {("sub-1", 30.0,
+                                                                            "append")}
+        machine = SentinelState()
+        machine.handle(JobsQueued(out.records, 0.0))
+        actions = machine.handle(WorkerJoined("w", b"w", 2, 1, 0.0))
+        sent = [a.message for a in actions if isinstance(a, Send)]
+        assert [type(m) for m in sent] == [Dispatch, Dispatch]
+        assert [m.job for m in sent if isinstance(m, Dispatch)] == specs
+        assert all(m.job is s for m, s in zip(sent, specs, strict=True)
+                   if isinstance(m, Dispatch))
+        assert [m.attempt for m in sent if isinstance(m, Dispatch)] == [1, 1]
+        codec = Codec(b"k" * 32)
+        for message in sent:
+            assert codec.decode(codec.encode(message))[1].payload == message
+        for spec in specs:  # what the state DB keeps (msgspec JSON) reads back the same
+            assert msgspec.json.decode(msgspec.json.encode(spec), type=JobSpec) == spec
+        reloaded = Persister(store, settings).load_queued(now=1.0)
+        assert [r.spec for r in reloaded] == specs
     finally:
         store.close()

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
-from casparian_nb.protocol import ErrorKind, EventName
+from casparian_nb.protocol import (
+    Abort,
+    CancelResult,
+    Dispatch,
+    ErrorKind,
+    EventName,
+    JobSpec,
+    Receipt,
+)
 from casparian_nb.sentinel import state as st
 from casparian_nb.sentinel.state import (
     CancelRequested,
@@ -35,11 +44,28 @@ EMPTY = {**STAGED, "outputs": []}
 
 
 def rec(job_id: int, priority: int = 0, **kw: Any) -> JobRec:
-    spec = {"plugin_name": "p", "plugin_name_declared": True, "parser_version": "1",
-            "input_file": f"/in/{job_id}",
-            "sink": "parquet:///tmp/out", "mode": "append", "plugin_path": "/p.py",
-            "staging_root": "/tmp/s"}
+    spec = JobSpec(job_id=str(job_id), plugin_name="p", plugin_name_declared=True,
+                   parser_version="1", input_file=f"/in/{job_id}", sink="parquet:///tmp/out",
+                   plugin_path="/p.py", timeout_s=kw.get("timeout_s"))
     return JobRec(id=job_id, priority=priority, spec=spec, plan_json="[]", **kw)
+
+
+def reply_of(actions: list[Any]) -> CancelResult:
+    message = next(a for a in actions if isinstance(a, Reply)).message
+    assert isinstance(message, CancelResult)
+    return message
+
+
+def aborts(actions: list[Any]) -> list[Abort]:
+    return [a.message for a in sends(actions, "Abort") if isinstance(a.message, Abort)]
+
+
+def receipt_event(job_id: int, worker_id: str, attempt: int, status: str, now: float,
+                  **data: Any) -> ReceiptReceived:
+    """A ReceiptReceived as the worker socket makes it, from a Receipt's fields."""
+    message = msgspec.convert({"job_id": str(job_id), "status": status, "attempt": attempt,
+                               "worker_id": worker_id, **data}, Receipt)
+    return ReceiptReceived(job_id, worker_id, attempt, message.status, message, now)
 
 
 def machine(**kw: Any) -> SentinelState:
@@ -61,7 +87,8 @@ def sends(actions: list[Any], type_: str = "Dispatch") -> list[Send]:
 
 def dispatched(actions: list[Any]) -> dict[int, str]:
     """job id -> worker id of the Dispatch sends."""
-    return {int(a.payload["job"]["job_id"]): a.worker_id for a in sends(actions)}
+    return {int(a.message.job.job_id): a.worker_id for a in sends(actions)
+            if isinstance(a.message, Dispatch)}
 
 
 def persists(actions: list[Any], op: type[Persist] | None = None) -> list[Persist]:
@@ -76,7 +103,7 @@ def published(actions: list[Any], name: EventName) -> list[Publish]:
 def receipt(m: SentinelState, job_id: int, status: str, now: float = 1.0, **data: Any) -> list[Any]:
     job = m.jobs[job_id]
     assert job.worker_id is not None
-    return m.handle(ReceiptReceived(job_id, job.worker_id, job.attempt, status, data, now))
+    return m.handle(receipt_event(job_id, job.worker_id, job.attempt, status, now, **data))
 
 
 def success(m: SentinelState, job_id: int, now: float = 1.0) -> list[Any]:
@@ -133,10 +160,11 @@ def test_dispatch_payload_carries_attempt_and_timeout() -> None:
     m = machine(default_timeout=30.0)
     m.handle(JobsQueued([rec(1), rec(2, timeout_s=1.5)], 0.0))
     acts = join(m, "a", slots=2)
-    jobs = {int(s.payload["job"]["job_id"]): s.payload["job"] for s in sends(acts)}
-    assert jobs[1]["attempt"] == 1 and jobs[1]["timeout_s"] == 30.0
-    assert jobs[2]["timeout_s"] == 1.5
-    assert jobs[1]["plugin_name"] == "p" and jobs[1]["input_file"] == "/in/1"
+    jobs = {int(s.message.job.job_id): s.message for s in sends(acts)
+            if isinstance(s.message, Dispatch)}
+    assert jobs[1].attempt == 1 and jobs[1].timeout_s == 30.0
+    assert jobs[2].timeout_s == 1.5
+    assert jobs[1].job.plugin_name == "p" and jobs[1].job.input_file == "/in/1"
 
 
 # -- completion ------------------------------------------------------------------------------
@@ -165,14 +193,17 @@ def test_success_promotes_then_completes_once() -> None:
 
 @pytest.mark.parametrize(("declared", "extra"), [
     (True, {}), (False, {"plugin_name_source": "file"}), (None, {"plugin_name_source": "file"}),
-])
+])  # None: a spec that does not say
 def test_events_say_when_the_plugin_name_is_the_file_stem(declared: bool | None,
                                                           extra: dict[str, str]) -> None:
     """JobDispatched and JobCompleted flag an undeclared plugin name (tape redaction hashes
     it); a spec that does not say is treated as undeclared (the safe side)."""
     job = rec(1)
-    job.spec = {**job.spec, "plugin_name_declared": declared} if declared is not None else \
-        {k: v for k, v in job.spec.items() if k != "plugin_name_declared"}
+    fields = {f: getattr(job.spec, f) for f in job.spec.__struct_fields__}
+    fields.pop("plugin_name_declared")
+    if declared is not None:
+        fields["plugin_name_declared"] = declared
+    job.spec = JobSpec(**fields)
     assert st.plugin_name_fields(job.spec) == {"plugin_name": "p", **extra}
     m = machine()
     m.handle(JobsQueued([job], 0.0))
@@ -297,8 +328,8 @@ def test_cancel_queued_is_aborted_at_once() -> None:
     m.handle(JobsQueued([rec(1), rec(2)], 0.0))
     acts = m.handle(CancelRequested(2, "r1", 1.0))
     assert persists(acts, st.AbortJob)[0].job_id == 2
-    reply = next(a for a in acts if isinstance(a, Reply))
-    assert reply.payload["success"] and reply.payload["state"] == "ABORTED"
+    reply = reply_of(acts)
+    assert reply.success and reply.state == "ABORTED"
     assert m.queued_count() == 1
     # it is never dispatched
     assert dispatched(join(m, "a", slots=2)) == {1: "a"}
@@ -311,11 +342,11 @@ def test_cancel_running_sends_abort_and_waits_for_the_worker() -> None:
     acts = m.handle(CancelRequested(1, "r1", 1.0))
     assert persists(acts, st.RequestCancel)
     abort = sends(acts, "Abort")
-    assert abort and abort[0].worker_id == "a" and abort[0].payload["job_id"] == "1"
-    assert next(a for a in acts if isinstance(a, Reply)).payload["state"] == "ABORTING"
+    assert abort and abort[0].worker_id == "a" and aborts(acts)[0].job_id == "1"
+    assert reply_of(acts).state == "ABORTING"
     assert m.jobs[1].status == "RUNNING"  # "aborting…" until the worker confirms
     again = m.handle(CancelRequested(1, "r2", 1.1))
-    assert next(a for a in again if isinstance(a, Reply)).payload["state"] == "ABORTING"
+    assert reply_of(again).state == "ABORTING"
     assert not sends(again, "Abort")
     acts = receipt(m, 1, "ABORTED", 1.2, reason="cancelled by user")
     assert persists(acts, st.AbortJob)[0].reason == "cancelled by user"
@@ -349,9 +380,9 @@ def test_cancel_after_success_is_completing() -> None:
     join(m, "a")
     success(m, 1)
     acts = m.handle(CancelRequested(1, "r1", 1.5))
-    reply = next(a for a in acts if isinstance(a, Reply)).payload
-    assert not reply["success"] and reply["state"] == "COMPLETING"
-    assert "completing" in reply["message"]
+    reply = reply_of(acts)
+    assert not reply.success and reply.state == "COMPLETING"
+    assert "completing" in reply.message
     assert not sends(acts, "Abort") and not persists(acts)
     acts = m.handle(PromotionFinished(1, True, [], None, 2.0))
     assert persists(acts, st.CompleteJob)
@@ -359,7 +390,7 @@ def test_cancel_after_success_is_completing() -> None:
 
 def test_cancel_of_unknown_job() -> None:
     acts = machine().handle(CancelRequested(99, "r", 0.0))
-    assert next(a for a in acts if isinstance(a, Reply)).payload["success"] is False
+    assert reply_of(acts).success is False
 
 
 def test_cancel_running_without_confirmation_ends_after_worker_timeout() -> None:
@@ -386,17 +417,17 @@ def test_stale_receipts_are_discarded() -> None:
     m.handle(WorkerGone("a", "killed", 1.0))
     assert m.jobs[1].worker_id == "b" and m.jobs[1].attempt == 2
     # the late SUCCESS of attempt 1 from the lost worker: discarded, nothing promoted
-    acts = m.handle(ReceiptReceived(1, "a", 1, "SUCCESS", {"staged": STAGED}, 2.0))
+    acts = m.handle(receipt_event(1, "a", 1, "SUCCESS", 2.0, staged=STAGED))
     assert acts == [Discard(STAGED)]
     # a receipt naming the wrong attempt on the right worker: also discarded
-    acts = m.handle(ReceiptReceived(1, "b", 1, "SUCCESS", {"staged": STAGED}, 2.0))
+    acts = m.handle(receipt_event(1, "b", 1, "SUCCESS", 2.0, staged=STAGED))
     assert acts == [Discard(STAGED)]
     assert m.jobs[1].status == "RUNNING"
     # and one for a job that is already finished
     complete(m, 1)
-    assert m.handle(ReceiptReceived(1, "b", 2, "SUCCESS", {"staged": STAGED}, 3.0)) == \
+    assert m.handle(receipt_event(1, "b", 2, "SUCCESS", 3.0, staged=STAGED)) == \
         [Discard(STAGED)]
-    assert m.handle(ReceiptReceived(1, "b", 2, "FAILED", {}, 3.0)) == []
+    assert m.handle(receipt_event(1, "b", 2, "FAILED", 3.0)) == []
 
 
 def test_lost_worker_requeues_its_jobs_spending_a_retry() -> None:
@@ -484,12 +515,12 @@ def test_sentinel_backstop_aborts_a_job_the_worker_did_not_time_out() -> None:
     m.handle(JobStarted(2, "a", 8, 0.1))
     assert not sends(m.handle(Tick(3.0)), "Abort")  # 1 + 2 s grace not over yet
     acts = m.handle(Tick(3.2))
-    abort = sends(acts, "Abort")
-    assert [a.payload["job_id"] for a in abort] == ["1"]
-    assert abort[0].payload["reason"].startswith("timeout")
+    abort = aborts(acts)
+    assert [a.job_id for a in abort] == ["1"]
+    assert abort[0].reason.startswith("timeout")
     assert not sends(m.handle(Tick(3.3)), "Abort")  # sent once
     # the worker confirms: ABORTED "timed out"
-    acts = receipt(m, 1, "ABORTED", 3.4, reason=abort[0].payload["reason"])
+    acts = receipt(m, 1, "ABORTED", 3.4, reason=abort[0].reason)
     assert persists(acts, st.AbortJob)[0].reason == "timed out after 1s"
 
 

@@ -22,14 +22,16 @@ demo: install
 	@echo "outputs: $(DEMO_HOME)/output   tape: $(DEMO_HOME)/tapes/demo.tape"
 
 lint: install-test
-	$(BIN)/ruff check casparian_nb tests benchmarks
+	$(BIN)/ruff check casparian_nb tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every test: unit, integration (real processes), notebooks, browser, hardening (reduced trials).
 test: install-test
 	bash scripts/test-deps.sh
 	$(BIN)/ruff check casparian_nb tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 bench: install-test
@@ -41,4 +43,4 @@ hardening: install-test
 	$(BIN)/python benchmarks/hardening_report.py --trials 10 --fuzz-messages 10000
 
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_HOME) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -183,7 +183,7 @@ def verify_signature(spec: PluginSpec, trust: TrustSettings) -> str | None:
     if not sig.exists():
         return None
     doc = _load_sig(sig)
-    signer = doc["signer"]
+    signer = str(doc["signer"])
     raw = spec.source.encode("utf-8")
     digest = hashlib.sha256(raw).hexdigest()
     fix = f"re-sign it or remove {sig.name}"

@@ -28,7 +28,7 @@ import zmq
 
 from .. import __version__, sinks
 from .._proc import pid_alive, profiled
-from ..client import write_connection_file
+from .._connection import write_connection_file
 from ..config import Settings
 from ..protocol import (
     Codec,

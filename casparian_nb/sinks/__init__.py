@@ -14,8 +14,8 @@ File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never o
 
 from __future__ import annotations
 
-from .promotion import Artifact, promote, recover
-from .staging import JobStager, StagedJob, StagedOutput, discard, job_dirname
+from .promotion import promote, recover
+from .staging import Artifact, JobStager, StagedJob, StagedOutput, discard, job_dirname
 from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
 
 __all__ = [

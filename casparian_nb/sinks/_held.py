@@ -45,12 +45,12 @@ class ConnectionHolder:
         entry = self._held.get(db)
         if entry is not None:
             return entry[0]
-        from .duckdb_sink import _connect, _exclusive
+        from ._duckdb_open import connect, exclusive
 
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(_exclusive(db, deadline))
-            con = _connect(db, deadline)
+            stack.enter_context(exclusive(db, deadline))
+            con = connect(db, deadline)
         except BaseException:
             stack.close()
             raise

@@ -88,7 +88,7 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
     if pat.is_integer(src) and pat.is_integer(dst):
         if pat.is_signed_integer(src) == pat.is_signed_integer(dst):
             return bool(src.bit_width <= dst.bit_width)
-        return pat.is_unsigned_integer(src) and src.bit_width < dst.bit_width
+        return bool(pat.is_unsigned_integer(src) and src.bit_width < dst.bit_width)
     if pat.is_integer(src) and pat.is_floating(dst):
         return bool(dst.bit_width == 64)  # the safe cast still rejects ints beyond 2**53
     if pat.is_floating(src) and pat.is_floating(dst):

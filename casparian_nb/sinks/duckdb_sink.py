@@ -17,27 +17,21 @@ so a notebook waiting to read gets in at least that often.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 
-from ..errors import SinkError, SinkLockedError, SinkModeError
+from ..errors import SinkError, SinkModeError
 from ..lineage import LINEAGE_COLUMNS, quarantine_name
+from ._duckdb_open import connect, exclusive
 from ._held import current_holder
-from .promotion import Artifact
-from .staging import StagedJob
+from .staging import Artifact, StagedJob
 from .uri import SinkMode, SinkURI
 
 __all__ = ["promote_duckdb"]
 
 _JOB_ID = LINEAGE_COLUMNS[1]
-_PID = re.compile(r"PID (\d+)")
-_POLL = 0.05
 
 
 def promote_duckdb(
@@ -65,8 +59,8 @@ def promote_duckdb(
             holder.close(sink.path)  # its state is unknown now: the next job reconnects
             raise
         return artifacts
-    with _exclusive(sink.path, deadline):
-        con = _connect(sink.path, deadline)
+    with exclusive(sink.path, deadline):
+        con = connect(sink.path, deadline)
         try:
             _transaction(con, staged, sink, mode, run_ids)
         finally:
@@ -179,53 +173,3 @@ def _load(con: duckdb.DuckDBPyConnection, staged: StagedJob, sink: SinkURI) -> N
             raise SinkError(
                 f"cannot load output {o.output!r} into table {o.table!r} of {sink.path}: {first}"
             ) from exc
-
-
-@contextlib.contextmanager
-def _exclusive(db: Path, deadline: float) -> Iterator[None]:
-    """Hold ``<db>.lock`` exclusively: one casparian committer per DuckDB file."""
-    lock_path = db.with_name(db.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-                    raise _locked(db, int(holder) if holder.isdigit() else None) from None
-                time.sleep(_POLL)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # lets the loser name us
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _connect(db: Path, deadline: float) -> duckdb.DuckDBPyConnection:
-    """Open read-write, waiting (bounded) while another process — a notebook — holds it."""
-    while True:
-        try:
-            return duckdb.connect(str(db))
-        except duckdb.IOException as exc:
-            text = str(exc)
-            if "lock" not in text.lower():
-                raise SinkError(f"cannot open duckdb file {db}: {text.splitlines()[0]}") from exc
-            if time.monotonic() >= deadline:
-                m = _PID.search(text)
-                raise _locked(db, int(m.group(1)) if m else None) from None
-            time.sleep(_POLL)
-        except duckdb.Error as exc:
-            raise SinkError(f"cannot open duckdb file {db}: {str(exc).splitlines()[0]}") from exc
-
-
-def _locked(db: Path, pid: int | None) -> SinkLockedError:
-    who = f"pid {pid}" if pid else "pid unknown"
-    return SinkLockedError(
-        f"duckdb file {db} is in use by another process ({who}); close it and retry"
-    )

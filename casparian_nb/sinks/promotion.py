@@ -33,32 +33,18 @@ import os
 import re
 import shutil
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import SinkError, SinkModeError
 from ..lineage import quarantine_name
 from ._fs import fsync_dir, fsync_file, read_json, remove_tree, write_json_atomic
-from .staging import JOURNAL, StagedJob
+from .staging import JOURNAL, Artifact, StagedJob
 from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
 
 __all__ = ["Artifact", "promote", "recover"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Artifact:
-    """One promoted output: where its rows now live."""
-
-    output: str
-    table: str
-    rows: int
-    uri: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def promote(

@@ -26,7 +26,7 @@ from ._fs import fsync_dir, fsync_file, remove_tree
 from ._schema import conform
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
 
-__all__ = ["JOURNAL", "JobStager", "StagedJob", "StagedOutput", "discard", "job_dirname"]
+__all__ = ["JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput", "discard", "job_dirname"]
 
 #: Promotion journal inside a job's staging dir; its presence means "promotion under way".
 JOURNAL = "PROMOTING.json"
@@ -35,6 +35,19 @@ JOURNAL = "PROMOTING.json"
 FLUSH_ROWS = 1 << 17
 _OUTPUT = re.compile(r"^[a-z][a-z0-9_]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass
+class Artifact:
+    """What a staged output became once promoted: where its rows now live."""
+
+    output: str
+    table: str
+    rows: int
+    uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import zmq
 
 from .. import plugins
 from .._proc import pid_alive, profiled
-from ..client import ConnectionInfo, read_connection_file
+from .._connection import ConnectionInfo, read_connection_file
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
 from ..protocol import (

@@ -243,3 +243,49 @@ def test_bad_control_and_worker_messages_get_errors_and_the_loops_keep_running(
         assert len(ctl.list_workers()) == 1
     sock.close(0)
     assert cluster.alive()
+
+
+# -- the roles' own entry points -------------------------------------------------------------
+
+def test_python_m_sentinel_and_worker_run_a_job(home: Path, fixture_plugin: Path,
+                                                tmp_path: Path) -> None:
+    """``python -m casparian_nb.sentinel`` and ``python -m casparian_nb.worker``, started as a
+    supervisor would start them, serve a job; SIGTERM stops each with exit status 0."""
+    env = cli_env()
+    sentinel = subprocess.Popen([sys.executable, "-m", "casparian_nb.sentinel", "--home",
+                                 str(home)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    worker: subprocess.Popen[str] | None = None
+    try:
+        def live() -> bool:
+            try:
+                return connection_is_live(read_connection_file(home / "sentinel.json"))
+            except SentinelError:  # not written yet
+                return False
+
+        wait_until(live, 30, message="the sentinel's connection file")
+        worker = subprocess.Popen([sys.executable, "-m", "casparian_nb.worker", "--home",
+                                   str(home), "--slots", "1"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        files = make_inputs(tmp_path / "in", 2)
+        with ControlClient(read_connection_file(home / "sentinel.json"), timeout=10) as ctl:
+            ids = ctl.submit(str(fixture_plugin), [str(f) for f in files])["job_ids"]
+            wait_until(lambda: all((ctl.get_job(i) or {}).get("status") == "COMPLETED"
+                                   for i in ids),
+                       60, message="both jobs to complete")
+    finally:
+        for proc in (worker, sentinel):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p in (worker, sentinel) if p is not None]
+    assert codes == [0, 0], (worker.stderr.read() if worker else "", sentinel.stderr.read())
+
+
+def test_python_m_sentinel_help_and_bad_option() -> None:
+    ok = subprocess.run([sys.executable, "-m", "casparian_nb.sentinel", "--help"],
+                        capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert ok.returncode == 0 and "--home" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "casparian_nb.worker", "--slots", "many"],
+                         capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "'many' is not a valid integer" in bad.stderr

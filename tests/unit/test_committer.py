@@ -235,17 +235,19 @@ def test_a_burst_into_one_duckdb_file_opens_it_once_and_frees_it_before_the_last
     stays open (one connect for 20 jobs, each still its own committed transaction), and it is
     closed before the burst's last job is reported, so a notebook querying right after its
     wait() finds it free."""
-    from casparian_nb.sinks import duckdb_sink
+    from casparian_nb.sinks import _duckdb_open, duckdb_sink
 
     db = tmp_path / "burst.duckdb"
     connects: list[Path] = []
-    real_connect = duckdb_sink._connect
+    real_connect = _duckdb_open.connect
 
     def counting(path: Path, deadline: float) -> Any:
         connects.append(path)
         return real_connect(path, deadline)
 
-    monkeypatch.setattr(duckdb_sink, "_connect", counting)
+    # every way into the file: held by the committer, or opened per job
+    monkeypatch.setattr(_duckdb_open, "connect", counting)
+    monkeypatch.setattr(duckdb_sink, "connect", counting)
     seen_free: list[bool] = []
 
     class Reports(queue.Queue[st.PromotionFinished]):

@@ -827,7 +827,7 @@ def test_duckdb_kill_mid_transaction_leaves_nothing(tmp_path):
 
 HOLD_FLOCK = """
     import sys, time, pathlib
-    from casparian_nb.sinks.duckdb_sink import _exclusive
+    from casparian_nb.sinks._duckdb_open import exclusive as _exclusive
     db, marker, hold = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), float(sys.argv[3])
     with _exclusive(db, time.monotonic() + 5):
         marker.touch(); time.sleep(hold)

@@ -92,6 +92,7 @@ __all__ = [
     "STORED_JOB_STATUSES",
     "TAPE_JOB_STATUSES",
     "Abort",
+    "AbortCause",
     "CancelJob",
     "CancelJobs",
     "CancelOutcome",
@@ -237,6 +238,15 @@ class ErrorKind(StrEnum):
 
     PERMANENT = "permanent"
     TRANSIENT = "transient"
+
+
+class AbortCause(StrEnum):
+    """Why a job attempt was killed (``Abort.cause``, ``Receipt.cause``)."""
+
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    #: The worker is stopping: the job is not at fault and goes back to the queue.
+    SHUTDOWN = "shutdown"
 
 
 class EventName(StrEnum):
@@ -497,9 +507,9 @@ class Receipt(WireMessage, omit_defaults=True):
     staged: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     duration_ms: float | None = None
-    #: ABORTED: why ("cancelled by user", "shutdown", "timeout: ...").
+    #: ABORTED: why, for people ("cancelled by user", "timeout: ...") and for the sentinel.
     reason: str | None = None
-    timeout: bool = False
+    cause: AbortCause | None = None
 
 
 # Worker socket (worker -> sentinel).
@@ -550,11 +560,11 @@ class Dispatch(WireMessage):
 
 
 class Abort(WireMessage):
-    """Kill the job; ``timeout``: because it ran past its timeout."""
+    """Kill the job, for ``cause`` (``reason`` says it in words)."""
 
     job_id: str
     reason: str
-    timeout: bool = False
+    cause: AbortCause = AbortCause.CANCELLED
 
 
 # Events socket (sentinel -> subscribers).

@@ -27,8 +27,8 @@ from typing import Any
 import zmq
 
 from .. import __version__, sinks
-from .._proc import pid_alive, profiled
 from .._connection import write_connection_file
+from .._proc import pid_alive, profiled
 from ..config import Settings
 from ..protocol import (
     Codec,

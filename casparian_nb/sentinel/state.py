@@ -18,6 +18,7 @@ from typing import Any
 
 from ..protocol import (
     Abort,
+    AbortCause,
     CancelOutcome,
     CancelResult,
     Dispatch,
@@ -121,9 +122,6 @@ class _Worker:
         limit = self.slots if self.cap is None else min(self.slots, self.cap)
         return limit - len(self.running)
 
-
-#: Abort reason prefix the worker's pool reports as a timeout.
-TIMEOUT_REASON = "timeout"
 
 
 class SentinelState:
@@ -269,10 +267,10 @@ class SentinelState:
             reason = receipt.reason or "aborted"
             if job.cancel_requested:
                 return self._finish_aborted(job, "cancelled by user", duration_ms)
-            if reason == "shutdown":  # the worker is stopping, not the job failing
+            if receipt.cause == AbortCause.SHUTDOWN:  # the worker stops, the job is not at fault
                 return self._requeue(job, ev.now, "worker_shutdown",
                                      "worker stopped while the job ran")
-            if receipt.timeout or reason.startswith(TIMEOUT_REASON):
+            if receipt.cause == AbortCause.TIMEOUT:
                 reason = f"timed out after {self.timeout_of(job):g}s"
             return self._finish_aborted(job, reason, duration_ms)
         # FAILED
@@ -383,8 +381,8 @@ class SentinelState:
             return []
         job.abort_sent_at = now
         return [Send(w.worker_id, Abort(
-            job_id=job.spec.job_id, reason=f"{TIMEOUT_REASON}: job ran longer than {timeout:g}s",
-            timeout=True))]
+            job_id=job.spec.job_id, reason=f"timeout: job ran longer than {timeout:g}s",
+            cause=AbortCause.TIMEOUT))]
 
     _handlers: dict[type, Callable[[SentinelState, Any], list[Action]]] = {
         JobsQueued: _on_jobs_queued,

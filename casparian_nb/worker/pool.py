@@ -29,7 +29,16 @@ from typing import Any
 import msgspec
 
 from ..errors import CasparianError
-from ..protocol import ErrorInfo, ErrorKind, HostExit, HostJob, HostReady, Receipt, ReceiptStatus
+from ..protocol import (
+    AbortCause,
+    ErrorInfo,
+    ErrorKind,
+    HostExit,
+    HostJob,
+    HostReady,
+    Receipt,
+    ReceiptStatus,
+)
 from ._hostlog import CappedLog
 
 __all__ = ["HostPool", "PluginHostProcess", "aborted"]
@@ -43,9 +52,10 @@ _EXIT = _to_host.encode(HostExit())
 
 
 def aborted(job_id: str, reason: str, host_pid: int | None = None,
-            duration_ms: float | None = None, *, timeout: bool = False) -> Receipt:  # fmt: skip
-    """The receipt of a job that was killed (``timeout``: because it ran too long)."""
-    return Receipt(job_id=job_id, status=ReceiptStatus.ABORTED, reason=reason, timeout=timeout,
+            duration_ms: float | None = None, *,
+            cause: AbortCause = AbortCause.CANCELLED) -> Receipt:  # fmt: skip
+    """The receipt of a job that was killed, for ``cause``."""
+    return Receipt(job_id=job_id, status=ReceiptStatus.ABORTED, reason=reason, cause=cause,
                    host_pid=host_pid, duration_ms=duration_ms)
 
 
@@ -102,8 +112,8 @@ class PluginHostProcess:
         self.job_id: str | None = None
         #: Why the pool killed this host (cancel, timeout, shutdown); None while it is healthy.
         self.killed_reason: str | None = None
-        #: ... and whether that was because the job ran past its timeout.
-        self.killed_by_timeout = False
+        #: ... and why, for the sentinel.
+        self.killed_cause = AbortCause.CANCELLED
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
         if self.ready:
@@ -283,7 +293,8 @@ class HostPool:
                 _discard_staging(job)
         if reason is not None and res.status != ReceiptStatus.ABORTED:
             # Cancelled after the host answered but before anyone could act on the answer.
-            res = aborted(job_id, reason, host.pid, res.duration_ms or 0.0)
+            res = aborted(job_id, reason, host.pid, res.duration_ms or 0.0,
+                          cause=host.killed_cause)
         return msgspec.structs.replace(res, host_pid=host.pid)
 
     def _drive(self, host: PluginHostProcess, job: HostJob, timeout: float | None,
@@ -316,7 +327,7 @@ class HostPool:
                 return self._dead_host_result(host, job_id), False
             if deadline is not None and time.monotonic() >= deadline:
                 host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
-                host.killed_by_timeout = True
+                host.killed_cause = AbortCause.TIMEOUT
                 return self._dead_host_result(host, job_id), False
 
     def _dead_host_result(self, host: PluginHostProcess, job_id: str) -> Receipt:
@@ -334,10 +345,10 @@ class HostPool:
                                f"the job (see {host.log_path})", ErrorKind.PERMANENT, host.pid)
         host.terminate(self._grace)
         return aborted(job_id, host.killed_reason or "aborted", host.pid,
-                       timeout=host.killed_by_timeout)
+                       cause=host.killed_cause)
 
     def cancel(self, job_id: str, reason: str = "cancelled by user", *,
-               timeout: bool = False) -> bool:
+               cause: AbortCause = AbortCause.CANCELLED) -> bool:
         """Kill the host running ``job_id``; its ``run`` call returns ABORTED. Returns
         whether the job was running here. When this returns True the host is gone."""
         with self._lock:
@@ -345,7 +356,7 @@ class HostPool:
             if host is None:
                 return False
             if host.killed_reason is None:
-                host.killed_reason, host.killed_by_timeout = reason, timeout
+                host.killed_reason, host.killed_cause = reason, cause
         host.terminate(self._grace)
         return True
 
@@ -362,7 +373,8 @@ class HostPool:
             idle, busy = list(self._idle), list(self._busy.values())
             self._idle.clear()
             for host in busy:
-                host.killed_reason = host.killed_reason or "shutdown"
+                if host.killed_reason is None:
+                    host.killed_reason, host.killed_cause = "shutdown", AbortCause.SHUTDOWN
             self._lock.notify_all()
         for host in idle:
             if host.ready:

@@ -28,13 +28,14 @@ import msgspec
 import zmq
 
 from .. import plugins
-from .._proc import pid_alive, profiled
 from .._connection import ConnectionInfo, read_connection_file
+from .._proc import pid_alive, profiled
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
 from ..protocol import (
     MAGIC,
     Abort,
+    AbortCause,
     Codec,
     Dispatch,
     ErrorInfo,
@@ -314,11 +315,11 @@ class Worker:
                 if queued.job.job_id == job_id:
                     self._backlog.remove(queued)
                     self._results.put((queued, aborted(job_id, abort.reason,
-                                                       timeout=abort.timeout)))
+                                                       cause=abort.cause)))
                     return
             # Under the lock: either the job thread has its host (cancel kills it) or it has
             # not asked for one yet (it will find the parked abort first).
-            if self.pool.cancel(job_id, abort.reason, timeout=abort.timeout):
+            if self.pool.cancel(job_id, abort.reason, cause=abort.cause):
                 return
             if job_id in self._running:
                 self._pending_aborts[job_id] = abort
@@ -364,7 +365,7 @@ class Worker:
             abort = self._take_abort(job_id)
             if abort is not None:  # aborted while waiting for a host: kill it right away
                 assert self.pool is not None
-                self.pool.cancel(job_id, abort.reason, timeout=abort.timeout)
+                self.pool.cancel(job_id, abort.reason, cause=abort.cause)
             # No wake-up: the loop looks at least every LOOK_INTERVAL while jobs run, and
             # holds a JobStarted back for STARTED_DELAY anyway.
             self._results.put((dispatch, _Started(pid, time.monotonic())))
@@ -372,7 +373,7 @@ class Worker:
         try:
             abort = self._take_abort(job_id)
             if abort is not None:
-                res = aborted(job_id, abort.reason, timeout=abort.timeout)
+                res = aborted(job_id, abort.reason, cause=abort.cause)
             else:
                 res = self.pool.run(attempt, timeout=dispatch.timeout_s or None,
                                     on_start=started)
@@ -380,7 +381,7 @@ class Worker:
             closing = self._stop.is_set()
             log.log(logging.INFO if closing else logging.ERROR, "job %s: %s", job_id, exc,
                     exc_info=not closing)
-            res = aborted(job_id, "shutdown") if closing else Receipt(
+            res = aborted(job_id, "shutdown", cause=AbortCause.SHUTDOWN) if closing else Receipt(
                 job_id=job_id, status=ReceiptStatus.FAILED,
                 error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
                                 kind=ErrorKind.TRANSIENT))  # fmt: skip
@@ -431,7 +432,7 @@ class Worker:
                 status = ReceiptStatus.FAILED
             self._send(Receipt(job_id=receipt.job_id, attempt=receipt.attempt, status=status,
                                worker_id=self.worker_id, host_pid=receipt.host_pid,
-                               reason=receipt.reason, timeout=receipt.timeout,
+                               reason=receipt.reason, cause=receipt.cause,
                                error=error if status == ReceiptStatus.FAILED else None))
 
     def _send_started(self, now: float) -> None:
@@ -452,6 +453,7 @@ class Worker:
                 self._running.pop(job_id, None)
                 self._send(Receipt(job_id=job_id, attempt=dispatch.attempt,
                                    status=ReceiptStatus.ABORTED, reason="shutdown",
+                                   cause=AbortCause.SHUTDOWN,
                                    worker_id=self.worker_id))
             self._send(Goodbye(worker_id=self.worker_id))
         except zmq.ZMQError:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from casparian_nb import lineage, sinks
-from casparian_nb.protocol import ErrorKind, HostJob, JobSpec, Receipt
+from casparian_nb.protocol import AbortCause, ErrorKind, HostJob, JobSpec, Receipt
 from casparian_nb.worker.pool import HostPool
 from tests.conftest import assert_no_leaks, wait_until
 
@@ -197,7 +197,7 @@ def test_cancel_kills_a_host_that_ignores_sigterm(pool: Any, jobs: Jobs,
     res = fut.result(timeout=10)
     assert time.monotonic() - t0 < 5
     assert res.status == "ABORTED"
-    assert res.reason == "cancelled by test" and res.timeout is False
+    assert res.reason == "cancelled by test" and res.cause == AbortCause.CANCELLED
     assert not jobs.staging_dir(job).exists(), "a cancelled job must leave nothing staged"
     assert not p.cancel(job.job.job_id)  # no longer running
     # The pool keeps serving on a fresh host.
@@ -228,7 +228,7 @@ def test_per_job_timeout_aborts_and_replaces_the_host(pool: Any, jobs: Jobs) -> 
     res = p.run(jobs.spec("mode=slow sleep=30"), timeout=0.5)
     assert time.monotonic() - t0 < 5
     assert res.status == "ABORTED"
-    assert res.timeout is True
+    assert res.cause == AbortCause.TIMEOUT
     assert (res.reason or "").startswith("timeout: job ran longer than 0.5s")
     assert gone(old)
     assert p.run(jobs.spec()).status == "SUCCESS"

@@ -9,6 +9,7 @@ import pytest
 
 from casparian_nb.protocol import (
     Abort,
+    AbortCause,
     CancelResult,
     Dispatch,
     ErrorKind,
@@ -468,10 +469,20 @@ def test_worker_shutdown_abort_requeues_without_spending_a_retry() -> None:
     m = machine()
     m.handle(JobsQueued([rec(1)], 0.0))
     join(m, "a")
-    acts = receipt(m, 1, "ABORTED", reason="shutdown")
+    acts = receipt(m, 1, "ABORTED", reason="shutdown", cause=AbortCause.SHUTDOWN)
     req = persists(acts, st.RequeueJob)[0]
     assert req.retry_count == 0 and req.reason == "worker_shutdown"
     assert not persists(acts, st.AbortJob)
+
+
+def test_the_abort_cause_decides_not_the_reason_text() -> None:
+    """A plugin may abort with any words; only the typed cause requeues or names a timeout."""
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    acts = receipt(m, 1, "ABORTED", reason="shutdown")
+    assert persists(acts, st.AbortJob)[0].reason == "shutdown"
+    assert not persists(acts, st.RequeueJob)
 
 
 def test_silent_worker_is_lost_after_worker_timeout() -> None:
@@ -502,7 +513,7 @@ def test_worker_reported_timeout_is_aborted_with_reason() -> None:
     m = machine()
     m.handle(JobsQueued([rec(1, timeout_s=1.0)], 0.0))
     join(m, "a")
-    acts = receipt(m, 1, "ABORTED", reason="timeout: job ran longer than 1s", timeout=True)
+    acts = receipt(m, 1, "ABORTED", reason="timeout: job ran longer than 1s", cause=AbortCause.TIMEOUT)
     assert persists(acts, st.AbortJob)[0].reason == "timed out after 1s"
     assert not persists(acts, st.RequeueJob)
 
@@ -520,7 +531,7 @@ def test_sentinel_backstop_aborts_a_job_the_worker_did_not_time_out() -> None:
     assert abort[0].reason.startswith("timeout")
     assert not sends(m.handle(Tick(3.3)), "Abort")  # sent once
     # the worker confirms: ABORTED "timed out"
-    acts = receipt(m, 1, "ABORTED", 3.4, reason=abort[0].reason)
+    acts = receipt(m, 1, "ABORTED", 3.4, reason=abort[0].reason, cause=abort[0].cause)
     assert persists(acts, st.AbortJob)[0].reason == "timed out after 1s"
 
 

@@ -28,11 +28,11 @@ from typing import Any
 
 import psutil
 import pytest
+from casparian_nb.tape.cli import explain_command
 
 from casparian_nb.errors import TapeError
 from casparian_nb.tape import _scan, _split
 from casparian_nb.tape._split import MergedExplanation, Segment, explain_split
-from casparian_nb.tape.cli import explain_command
 from casparian_nb.tape.envelope import finite
 from casparian_nb.tape.explain import Explanation, explain_tape
 

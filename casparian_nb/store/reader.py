@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 from ..errors import SchemaVersionError, StoreError
 from ..protocol import JobStatus
-from .schema import JOB_STATUSES, SCHEMA_VERSION, check_schema, ddl_columns, not_a_file
+from . import schema
+from .schema import JOB_STATUSES, check_schema, ddl_columns, not_a_file
 
 __all__ = [
     "QUEUE_ROW_COLUMNS", "TABLES", "JobQueries", "StateReader", "job_to_info", "table_columns",
@@ -337,10 +338,10 @@ class StateReader(JobQueries):
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, expected_version: int = SCHEMA_VERSION
+        cls, path: str | os.PathLike[str]
     ) -> StateReader:
         """Open ``path`` read-only. Raises :class:`StoreError` if it does not exist or is not
-        initialised, :class:`SchemaVersionError` if its version is not ``expected_version``."""
+        initialised, :class:`SchemaVersionError` if its version is not this build's."""
         db = Path(path).absolute()
         if (problem := not_a_file(db)) is not None:
             raise problem
@@ -363,7 +364,7 @@ class StateReader(JobQueries):
             # WAL readers only wait in rare recovery windows; bound that wait.
             conn.execute("PRAGMA busy_timeout = 1000")
             conn.execute("PRAGMA query_only = ON")
-            check_schema(conn, db, expected_version)
+            check_schema(conn, db, schema.SCHEMA_VERSION)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot read state DB {db}: {exc}") from exc

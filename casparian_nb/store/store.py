@@ -25,12 +25,11 @@ from typing import Any
 
 from ..errors import StoreError
 from ..protocol import CompletionStatus, JobStatus, MaterializationStatus
+from . import schema
 from ._transitions import JobTransitions, dumps
 from .reader import JobQueries
 from .schema import (
     MATERIALIZATION_STATUSES,
-    SCHEMA_VERSION,
-    Migration,
     check_iso,
     ensure_schema,
     not_a_file,
@@ -132,15 +131,12 @@ class StateStore(JobTransitions, JobQueries):
     def open(
         cls,
         path: str | os.PathLike[str],
-        *,
-        target_version: int = SCHEMA_VERSION,
-        migrations: Mapping[int, Migration] | None = None,
     ) -> StateStore:
         """Lock, open (creating it 0600 if missing) and create or migrate the state DB.
 
         Raises :class:`StoreError` when another process holds the writer lock and
-        :class:`SchemaVersionError` when the schema cannot be used. ``target_version`` and
-        ``migrations`` exist for tests; the defaults are this build's.
+        :class:`SchemaVersionError` when the schema cannot be used. The schema version and
+        migrations are this build's (``schema.SCHEMA_VERSION``, ``schema.MIGRATIONS``).
         """
         db = Path(path).absolute()
         db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -158,7 +154,8 @@ class StateStore(JobTransitions, JobQueries):
             conn.execute("PRAGMA busy_timeout = 5000")
             # The version check runs before WAL is switched on, so a foreign or refused file
             # is left exactly as it was.
-            before = ensure_schema(conn, db, target=target_version, migrations=migrations)
+            before = ensure_schema(conn, db, target=schema.SCHEMA_VERSION,
+                                   migrations=schema.MIGRATIONS)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA temp_store = MEMORY")

@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from casparian_nb.store import (
     job_to_info,
     now_iso,
 )
+from casparian_nb.store.schema import Migration
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = "2026-01-01T00:00:00.000Z"
@@ -240,7 +241,7 @@ def test_reader_on_missing_or_uninitialised_db(tmp_path: Path) -> None:
 
 
 # -- versioning (F11) ---------------------------------------------------------------------
-def test_newer_schema_refused_by_writer_and_reader(db: Path) -> None:
+def test_newer_schema_refused_by_writer_and_reader(db: Path, build: Callable[..., None]) -> None:
     StateStore.open(db).close()
     set_version(db, 7)
     expected = (
@@ -254,7 +255,8 @@ def test_newer_schema_refused_by_writer_and_reader(db: Path) -> None:
         StateReader.open(db)
     assert str(info.value) == expected
     assert version_of(db) == "7"
-    StateStore.open(db, target_version=7).close()  # lock was released after the refusal
+    build(7)  # a build of version 7 can open it: the lock was released after the refusal
+    StateStore.open(db).close()
 
 
 @pytest.mark.parametrize("foreign", [False, True])
@@ -285,10 +287,24 @@ def _add_note_column(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN note TEXT DEFAULT 'migrated'")
 
 
-def test_migration_backs_up_then_upgrades_in_place(db: Path) -> None:
+@pytest.fixture
+def build(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make this process a build of casparian_nb with another schema version and migrations
+    (what a newer release ships), for the rest of the test."""
+    from casparian_nb.store import schema
+
+    def become(version: int, migrations: dict[int, Migration] | None = None) -> None:
+        monkeypatch.setattr(schema, "SCHEMA_VERSION", version)
+        monkeypatch.setattr(schema, "MIGRATIONS", migrations or {})
+
+    return become
+
+
+def test_migration_backs_up_then_upgrades_in_place(db: Path, build: Callable[..., None]) -> None:
     with StateStore.open(db) as store:
         store.insert_jobs([job(1), job(2)])
-    with StateStore.open(db, target_version=2, migrations={1: _add_note_column}) as store:
+    build(2, {1: _add_note_column})
+    with StateStore.open(db) as store:
         assert store.schema_version_before == 1
         assert [j["note"] for j in store.list_jobs()] == ["migrated", "migrated"]
     assert version_of(db) == "2"
@@ -298,11 +314,12 @@ def test_migration_backs_up_then_upgrades_in_place(db: Path) -> None:
     conn = sqlite3.connect(backup)
     assert conn.execute("SELECT count(*) FROM cf_processing_queue").fetchone()[0] == 2
     conn.close()
+    build(1)  # the older build again
     with pytest.raises(SchemaVersionError, match="newer than this casparian_nb supports"):
         StateReader.open(db)
 
 
-def test_failed_migration_changes_nothing(db: Path) -> None:
+def test_failed_migration_changes_nothing(db: Path, build: Callable[..., None]) -> None:
     with StateStore.open(db) as store:
         store.insert_jobs([job(1)])
 
@@ -310,14 +327,17 @@ def test_failed_migration_changes_nothing(db: Path) -> None:
         _add_note_column(conn)
         raise RuntimeError("boom")
 
+    build(2, {1: broken})
     with pytest.raises(SchemaVersionError, match=r"failed \(RuntimeError: boom\); nothing was"):
-        StateStore.open(db, target_version=2, migrations={1: broken})
+        StateStore.open(db)
     assert version_of(db) == "1"
+    build(1)
     with StateStore.open(db) as store:
         assert "note" not in store.get_job(1)  # type: ignore[operator]
     # A second attempt keeps the first backup and writes a new one beside it.
+    build(2, {1: broken})
     with pytest.raises(SchemaVersionError):
-        StateStore.open(db, target_version=2, migrations={1: broken})
+        StateStore.open(db)
     assert db.with_name("state.sqlite.bak-v1").exists()
     assert db.with_name("state.sqlite.bak-v1.1").exists()
 

@@ -4,28 +4,26 @@ overhead the sentinel's tape adds to dispatching jobs.
 1. Generate a realistic tape of ``--events`` events (default 1,000,000; ~100,000 jobs)
    with :class:`TapeWriter` (redaction on) and report the events/s it sustained
    (``--tape FILE`` reuses a tape instead).
-2. Run ``python -m casparian_nb.tape explain FILE --format json`` as a subprocess, output to
-   /dev/null; wall time, CPU time,
-   the peak RSS of its largest process (``os.wait4`` in a small fresh wrapper, because
-   ``ru_maxrss`` carries over through ``exec`` from whatever forked the tool) and the peak of
-   the whole process tree's summed RSS (sampled every 10 ms; pages shared after ``fork`` count
-   twice, so this is an upper bound).
-   Two more rows unless ``--quick``: the same command on the plain-Python reducer
-   (``CASPARIAN_PURE_PYTHON=1``, when the installed one is compiled) and ``explain_tape`` in
-   one process (no split), to show what each part of the design buys.
+2. Run the CLI, ``python -m casparian_nb tape explain FILE --format json``, as a subprocess
+   (one process: msgspec decodes blocks of lines, the per-event reducer runs in Python),
+   output to /dev/null; wall time, CPU time, the peak RSS of its largest process
+   (``os.wait4`` in a small fresh wrapper, because ``ru_maxrss`` carries over through
+   ``exec`` from whatever forked the tool) and the peak of the whole process tree's summed
+   RSS (sampled every 10 ms).
 3. Run DuckDB ``SELECT count(*) FROM read_json(FILE, format='newline_delimited')`` the same
    way, interleaved with the explain runs, as the anchor.
 4. Recording overhead: 2,000 no-op jobs through a ``LocalCluster`` (2 workers, 1 slot each)
    with the sentinel's tape on and off (setting ``sentinel_tape``), batches interleaved after
    a warm-up: jobs/s both ways, and the sentinel's CPU per job.
 
-Goals (issue 4): explain <= 3x DuckDB's time, explain peak RSS <= 300 MB, writer >= 100,000
-events/s, recording overhead on dispatch <= 10%. The load averages are printed with each
+Goals (issues 4 and 13): explain <= 3x DuckDB's time in one process, explain peak RSS
+<= 300 MB, writer >= 100,000 events/s, recording overhead on dispatch <= 10%. The load averages are printed with each
 measurement: other work on the machine moves the figures. A benchmark, not a test: it prints
 figures and ratios, and exits 0.
 
     PYTHONPATH=. .venv/bin/python benchmarks/tape_explain.py [--events N] [--keep FILE]
         [--tape FILE] [--repeat N] [--skip-writer] [--skip-overhead] [--overhead-jobs N]
+        [--quick]   # explain against DuckDB only
 """
 
 from __future__ import annotations
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-overhead", action="store_true",
                     help="no recording-overhead measurement")
     ap.add_argument("--quick", action="store_true",
-                    help="explain and DuckDB only (no plain-Python / one-process rows)")
+                    help="explain against DuckDB only (no writer, no recording overhead)")
     ap.add_argument("--overhead-jobs", type=int, default=2000)
     ap.add_argument("--overhead-rounds", type=int, default=3)
     ap.add_argument("--writer-only", nargs=2, type=Path, metavar=("SRC", "OUT"),
@@ -341,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tape: {n:,} events, {jobs:,} jobs, {size_mb:.1f} MB")
         print(f"generate + write: {n / spent:,.0f} events/s ({spent:.2f} s, payloads built in "
               "Python per event)")
+    if args.quick:
+        args.skip_writer = args.skip_overhead = True
     if not args.skip_writer:
         # In a fresh process per run (best kept), as a producer would run it: this process's
         # heap after generating a million events is not what a sentinel's looks like.
@@ -354,27 +354,16 @@ def main(argv: list[str] | None = None) -> int:
               "event)  goal >= 100,000/s")
 
     py = sys.executable
-    explain = [py, "-m", "casparian_nb.tape", "explain", str(path), "--format", "json"]
+    explain = [py, "-m", "casparian_nb", "tape", "explain", str(path), "--format", "json"]
     quoted = str(path).replace("'", "''")
     duck = [py, "-c", "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM read_json("
             f"'{quoted}', format='newline_delimited')\").fetchall())"]
-    from casparian_nb.tape.reducer import COMPILED
-
-    # The installed reducer (compiled by mypyc when the install could) is the figure; the
-    # plain-Python one, and one process without the split, show where the time goes.
     tools: dict[str, tuple[list[str], dict[str, str]]] = {
         "duckdb count(*)": (duck, {}),
         "tape explain --format json": (explain, {}),
     }
-    if not args.quick:
-        if COMPILED:
-            tools["  ... plain-Python reducer"] = (explain, {"CASPARIAN_PURE_PYTHON": "1"})
-        serial = [py, "-c", "import sys; from casparian_nb.tape.explain import explain_tape; "
-                  "explain_tape(sys.argv[1]).write_json(sys.stdout)", str(path)]
-        tools["  ... one process"] = (serial, {})
     runs: dict[str, list[tuple[float, float, float, int, float]]] = {k: [] for k in tools}
-    print(f"\nexplain vs DuckDB, {max(1, args.repeat)} interleaved rounds ({load()}); "
-          f"tape reducer: {'compiled (mypyc)' if COMPILED else 'plain Python'}")
+    print(f"\nexplain vs DuckDB, {max(1, args.repeat)} interleaved rounds ({load()})")
     for _ in range(max(1, args.repeat)):  # round-robin: a burst of load hits every tool
         for label, (cmd, env) in tools.items():
             runs[label].append(run_child(cmd, env))

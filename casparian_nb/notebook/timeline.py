@@ -31,7 +31,12 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..protocol import JobStatus
 from ..tape import ReplayIndex, build_timeline
+
+#: Tape statuses of a job still in the queue or on a worker.
+_UNFINISHED = frozenset(s.tape_name for s in (JobStatus.QUEUED, JobStatus.DISPATCHED,
+                                               JobStatus.RUNNING))
 
 __all__ = ["TimelineWidget", "timeline"]
 
@@ -110,7 +115,7 @@ class TimelineWidget(anywidget.AnyWidget):
         """The reducer's state after ``count`` events, trimmed for the wire."""
         full = self._index.reducer_after(count).state()
         jobs: Mapping[str, Mapping[str, Any]] = full["jobs"]
-        active = [j for j in jobs.values() if j["status"] in ("queued", "dispatched", "running")]
+        active = [j for j in jobs.values() if j["status"] in _UNFINISHED]
         event = self._index.events[count - 1] if count else None
         return {
             "seq": full["seq"], "timestamp": full["timestamp"], "event_count": count,

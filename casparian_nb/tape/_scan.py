@@ -3,17 +3,14 @@
 Blocks of whole lines are decoded by msgspec at once (``_fast_block``); a block that does
 not decode cleanly is parsed again line by line with ``json`` (``_line_block``), which skips
 bad lines by number and holds the last bad line back: only a bad *last* line is a
-truncation. :func:`scan` numbers the blocks it applies (``reducer.block``) and can list
-their byte ranges, so a split explain (``_split``) can read a job's events again.
+truncation.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -25,7 +22,7 @@ from ._decode import decode_block
 if TYPE_CHECKING:
     from .explain import Explanation
 
-__all__ = ["FAST", "LINES", "MAX_SKIPPED", "Cursor", "apply_block", "finish", "no_gc",
+__all__ = ["FAST", "LINES", "MAX_SKIPPED", "Cursor", "apply_block", "finish",
            "read_blocks", "scan", "settle", "split_lines"]
 
 # Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
@@ -34,21 +31,6 @@ _BLOCK = 1 << 22
 MAX_SKIPPED = 100  # skipped line numbers kept (all are counted)
 FAST, LINES = 0, 1  # how a block is applied: decoded whole (falling back), or line by line
 
-Block = tuple[int, int, int]  # (start, end, FAST | LINES) byte range in the file
-
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector: a million payloads would trigger it over and
-    over to traverse every job record, and nothing here forms a reference cycle (reference
-    counting frees it all)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class Cursor:
@@ -63,17 +45,10 @@ class Cursor:
         self.pending_bad: tuple[int, bool] | None = None  # (line, ends with a newline)
 
 
-def scan(ex: Explanation, cur: Cursor, fh: IO[bytes], start: int = 0, end: int | None = None,
-         blocks: list[Block] | None = None) -> None:
-    """Apply the lines of ``fh`` from byte ``start`` (at a line start) to ``end`` (just after
-    a newline) or, when ``end`` is None, to the end of the file."""
-    reducer = ex.reducer
-    with no_gc():
-        for pos, data, cut, kind in read_blocks(fh, start, end):
-            if blocks is not None:
-                reducer.block = len(blocks)
-                blocks.append((pos, pos + cut, kind))
-            apply_block(ex, cur, data, cut, kind)
+def scan(ex: Explanation, cur: Cursor, fh: IO[bytes]) -> None:
+    """Apply every line of ``fh`` to ``ex``."""
+    for _pos, data, cut, kind in read_blocks(fh):
+        apply_block(ex, cur, data, cut, kind)
 
 
 def read_blocks(fh: IO[bytes], start: int = 0,
@@ -106,18 +81,6 @@ def apply_block(ex: Explanation, cur: Cursor, data: bytes, cut: int, kind: int) 
     """Apply ``data[:cut]`` (whole lines, or a last line without its newline)."""
     if kind == LINES or not _fast_block(ex, cur, data, cut):
         _line_block(ex, cur, data[:cut] if cut < len(data) else data)
-
-
-def reread(ex: Explanation, fh: IO[bytes], blocks: list[Block], which: Iterable[int]) -> None:
-    """Apply the listed blocks again, in order, into ``ex`` (a split explain's look-back)."""
-    cur = Cursor()
-    with no_gc():
-        for index in sorted(which):
-            start, end, kind = blocks[index]
-            fh.seek(start)
-            data = fh.read(end - start)
-            ex.reducer.block = index
-            apply_block(ex, cur, data, len(data), kind)
 
 
 def _fast_block(ex: Explanation, cur: Cursor, data: bytes, cut: int) -> bool:

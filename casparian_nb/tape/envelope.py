@@ -18,10 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import TapeError
+from ..protocol import TAPE_JOB_STATUSES, EventName
 
 __all__ = [
+    "CLI_COMMANDS",
     "COMMAND_FAILED",
+    "COMMAND_PENDING",
     "COMMAND_SUCCEEDED",
+    "COMMAND_SUCCESS",
+    "CONTROLLER_COMMANDS",
     "DOMAIN_EVENT",
     "ERROR_EVENT",
     "EVENT_TYPES",
@@ -32,6 +37,9 @@ __all__ = [
     "TAPE_STARTED",
     "TAPE_STOPPED",
     "UI_COMMAND",
+    "WORKER_ACTIVE",
+    "WORKER_LEFT",
+    "WORKER_LOST",
     "EventName",
     "TapeEvent",
     "casparian_version",
@@ -60,50 +68,24 @@ EVENT_TYPES = frozenset(
 #: Types whose ``event_name`` must carry a ``name``.
 NAMED_TYPES = EVENT_TYPES - {TAPE_STARTED, TAPE_STOPPED}
 
-# -- response names (the original's) --------------------------------------------------------
-COMMAND_SUCCEEDED = "CommandSucceeded"
-COMMAND_FAILED = "CommandFailed"
-
-
-class EventName:
-    """Names of the domain events and commands casparian_nb producers emit."""
-
-    # sentinel domain events
-    JOB_QUEUED = "JobQueued"
-    JOB_DISPATCHED = "JobDispatched"
-    JOB_STARTED = "JobStarted"
-    CANCEL_REQUESTED = "CancelRequested"
-    JOB_COMPLETED = "JobCompleted"
-    JOB_FAILED = "JobFailed"
-    JOB_ABORTED = "JobAborted"
-    JOB_RETRIED = "JobRetried"
-    JOB_SKIPPED = "JobSkipped"
-    MATERIALIZATION_RECORDED = "MaterializationRecorded"
-    WORKER_JOINED = "WorkerJoined"
-    WORKER_LOST = "WorkerLost"
-    WORKER_LEFT = "WorkerLeft"
-    # responses
-    COMMAND_SUCCEEDED = COMMAND_SUCCEEDED
-    COMMAND_FAILED = COMMAND_FAILED
-
-    #: ``ui_command`` names of the ``casparian`` CLI (one per subcommand).
-    CLI_COMMANDS = (
-        "Run", "Submit", "Jobs", "Job", "Start", "Sentinel", "Worker", "Tape",
-        "SupportBundle", "Demo",
-    )
-    #: ``ui_command`` names of the notebook controller.
-    CONTROLLER_COMMANDS = ("Start", "Attach", "Submit", "Cancel", "Wait", "Query", "Stop")
-    #: Domain events that concern one job (their payload has ``job_id``).
-    JOB_EVENTS = (
-        JOB_QUEUED, JOB_DISPATCHED, JOB_STARTED, CANCEL_REQUESTED, JOB_COMPLETED,
-        JOB_FAILED, JOB_ABORTED, JOB_RETRIED, JOB_SKIPPED, MATERIALIZATION_RECORDED,
-    )
-
-
-#: Job statuses ``explain`` and the replay reducer report.
-JOB_STATUSES = (
-    "queued", "dispatched", "running", "completed", "failed", "aborted", "skipped",
-)
+# -- names ----------------------------------------------------------------------------------
+# Domain events and responses are casparian_nb.protocol's EventName; the commands are named
+# by their producers.
+COMMAND_SUCCEEDED = EventName.COMMAND_SUCCEEDED
+COMMAND_FAILED = EventName.COMMAND_FAILED
+#: ``ui_command`` names of the ``casparian`` CLI (one per subcommand).
+CLI_COMMANDS = (
+    "Run", "Submit", "Jobs", "Job", "Start", "Sentinel", "Worker", "Tape", "SupportBundle",
+    "Demo",
+)  # fmt: skip
+#: ``ui_command`` names of the notebook controller.
+CONTROLLER_COMMANDS = ("Start", "Attach", "Submit", "Cancel", "Wait", "Query", "Stop")
+#: Job statuses ``explain`` and the replay reducer report, in the order explain counts them.
+JOB_STATUSES = tuple(s.tape_name for s in TAPE_JOB_STATUSES)
+#: A command's status before its response, and a success response's default ``status``.
+COMMAND_PENDING, COMMAND_SUCCESS = "pending", "success"
+#: A worker's status in ``explain``: still there, gone without a goodbye, or said goodbye.
+WORKER_ACTIVE, WORKER_LOST, WORKER_LEFT = "active", "lost", "left"
 
 
 def job_key(value: Any) -> str | None:

@@ -25,7 +25,9 @@ import msgspec
 from ._decode import Payload, to_payload
 from ._scan import Cursor, finish, scan, settle
 from .envelope import (
+    COMMAND_PENDING,
     COMMAND_SUCCEEDED,
+    COMMAND_SUCCESS,
     DOMAIN_EVENT,
     ERROR_EVENT,
     SYSTEM_RESPONSE,
@@ -34,7 +36,7 @@ from .envelope import (
     parse_timestamp,
 )
 from .reader import open_tape
-from .reducer import JobRecord, JobReducer
+from .reducer import ABORTED, COMPLETED, FAILED, SKIPPED, JobRecord, JobReducer
 
 __all__ = ["Explanation", "explain_tape"]
 
@@ -113,7 +115,7 @@ def text_job_lines(j: Any) -> list[str]:
     out = [f"  [{j.status}] {j.job_id} - {j.plugin_name or 'unknown'} {j.rows} rows{tail}"]
     if j.error:
         out.append(f"       Error: {j.error}")
-    elif j.reason and j.status in ("aborted", "skipped"):
+    elif j.reason and j.status in (ABORTED, SKIPPED):
         out.append(f"       Reason: {j.reason}")
     return out
 
@@ -147,7 +149,7 @@ class Explanation:
     def summary(self) -> dict[str, int]:
         """Job counts per status plus ``total`` and ``total_rows``."""
         counts = self.reducer.counts()
-        rows = sum(j.rows for j in self.reducer.jobs.values() if j.status == "completed")
+        rows = sum(j.rows for j in self.reducer.jobs.values() if j.status == COMPLETED)
         return {"total": len(self.reducer.jobs), **counts, "total_rows": rows}
 
     def _busy(self) -> dict[str, float]:
@@ -321,7 +323,7 @@ class Explanation:
         elif kind == UI_COMMAND:
             if isinstance(corr, str):
                 self._by_corr[corr] = len(self.commands)
-            self.commands.append([name, "pending", corr, None])
+            self.commands.append([name, COMMAND_PENDING, corr, None])
         elif kind in (SYSTEM_RESPONSE, ERROR_EVENT):
             self._response(kind, str(name), to_payload(payload), corr)
 
@@ -333,8 +335,8 @@ class Explanation:
             self.errors.append(f"{name}: {text}" if text is not None else name)
         if not isinstance(corr, str):
             return
-        status = "failed" if failed else str(status or (
-            "success" if name == COMMAND_SUCCEEDED else name))
+        status = FAILED if failed else str(status or (
+            COMMAND_SUCCESS if name == COMMAND_SUCCEEDED else name))
         idx = self._by_corr.get(corr)
         if idx is not None:
             self.settle_command(idx, status, failed, text)

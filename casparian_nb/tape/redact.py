@@ -39,7 +39,13 @@ from typing import Any, Final
 
 from blake3 import blake3
 
-from .envelope import COMMAND_FAILED, COMMAND_SUCCEEDED, EventName
+from .envelope import (
+    CLI_COMMANDS,
+    COMMAND_FAILED,
+    COMMAND_SUCCEEDED,
+    CONTROLLER_COMMANDS,
+    EventName,
+)
 
 __all__ = ["HASH", "HASH_WHEN", "KEEP", "PAYLOAD_SCHEMAS", "TEXT", "Redactor", "policy_for"]
 
@@ -83,7 +89,7 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
     COMMAND_SUCCEEDED: {"status": KEEP, "job_ids": KEEP, "count": KEEP, "rows": KEEP},
     COMMAND_FAILED: {"status": KEEP, "error": TEXT, "error_kind": KEEP},
     # CLI and controller commands
-    **{name: dict(_CMD) for name in (*_E.CLI_COMMANDS, *_E.CONTROLLER_COMMANDS)},
+    **{name: dict(_CMD) for name in (*CLI_COMMANDS, *CONTROLLER_COMMANDS)},
     "Query": {**_CMD, "sql": HASH},
 }
 

@@ -25,20 +25,30 @@ job it names, so a tape that starts mid-session still explains. Job ids ``123`` 
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from ..protocol import JobStatus
 from ._decode import UNSET, Payload, to_payload
-from .envelope import EventName, job_key, parse_timestamp
+from .envelope import (
+    JOB_STATUSES,
+    WORKER_ACTIVE,
+    WORKER_LEFT,
+    WORKER_LOST,
+    EventName,
+    job_key,
+    parse_timestamp,
+)
 
-__all__ = ["COMPILED", "TERMINAL", "JobRecord", "JobReducer", "WorkerRecord", "apply_worker_event"]
+__all__ = ["TERMINAL", "JobRecord", "JobReducer", "WorkerRecord", "apply_worker_event"]
 
-TERMINAL = frozenset({"completed", "failed", "aborted", "skipped"})
 _E = EventName
+# the tape's spelling of the job statuses (``"queued"``, ...)
+QUEUED, DISPATCHED, RUNNING = (s.tape_name for s in (JobStatus.QUEUED, JobStatus.DISPATCHED,
+                                                     JobStatus.RUNNING))
+COMPLETED, FAILED, ABORTED, SKIPPED = (s.tape_name for s in (
+    JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABORTED, JobStatus.SKIPPED))
+TERMINAL = frozenset({COMPLETED, FAILED, ABORTED, SKIPPED})
 
 
 class JobRecord:
@@ -52,7 +62,7 @@ class JobRecord:
 
     plugin_name: Any = None
     plugin_version: Any = None
-    status: Any = "queued"
+    status: Any = QUEUED
     rows: Any = 0
     quarantine_rows: Any = None
     outputs: Any = ()  # a list of output names once there is one
@@ -70,9 +80,6 @@ class JobRecord:
     # the open run (dispatch -> end) for worker busy time
     run_start: float | None = None
     run_worker: str | None = None
-    # blocks of the tape (or segment) where the job was first and last seen
-    first_block = 0
-    last_block = 0
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -109,19 +116,7 @@ class JobRecord:
 
     def __copy__(self) -> JobRecord:
         new = JobRecord(self.job_id)
-        state = getattr(self, "__dict__", None)
-        if state is not None:  # plain Python: copy the sparse instance dict
-            new.__dict__.update(state)
-        else:  # compiled: every field is an attribute of its own
-            new.plugin_name, new.plugin_version = self.plugin_name, self.plugin_version
-            new.status, new.rows, new.quarantine_rows = self.status, self.rows, self.quarantine_rows
-            new.outputs, new.error, new.error_kind = self.outputs, self.error, self.error_kind
-            new.reason, new.worker_id, new.duration_ms = self.reason, self.worker_id, self.duration_ms
-            new.retries, new.attempts = self.retries, self.attempts
-            new.cancel_requested, new.input_file = self.cancel_requested, self.input_file
-            new.dispatched_at, new.ended_at = self.dispatched_at, self.ended_at
-            new.run_start, new.run_worker = self.run_start, self.run_worker
-            new.first_block, new.last_block = self.first_block, self.last_block
+        new.__dict__.update(self.__dict__)  # the sparse instance dict: what events set
         if self.outputs:
             new.outputs = list(self.outputs)
         return new
@@ -147,7 +142,8 @@ class WorkerRecord:
             "pid": self.pid,
             "jobs": self.jobs,
             "busy_s": round(self.busy_s, 6),
-            "status": ("left" if self.left else "lost") if self.lost_at is not None else "active",
+            "status": (WORKER_LEFT if self.left else WORKER_LOST) if self.lost_at is not None
+            else WORKER_ACTIVE,
         }
 
     def __copy__(self) -> WorkerRecord:
@@ -167,7 +163,7 @@ class JobReducer:
     (explain) calls them directly.
     """
 
-    def __init__(self, *, track: bool = False) -> None:
+    def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.retries = 0
@@ -176,16 +172,6 @@ class JobReducer:
         #: (output_name, table) -> [count, rows]
         self.materialized: dict[tuple[Any, Any], list[int]] = {}
         self._strings: dict[str, str] = {}
-        #: the block being applied: jobs note where they were first and last seen, so a
-        #: split explain can find a job's events in its segment again (``_split``)
-        self.block = 0
-        # Kept only when ``track`` (a segment of a split explain): worker events in order,
-        # blocks holding WorkerLost/WorkerLeft, and the job keys those named.
-        self.worker_log: list[tuple[str, str, float | None, Any, Any]] | None = None
-        self.lost_blocks: set[int] | None = None
-        self.lost_names: set[str] | None = None
-        if track:
-            self.worker_log, self.lost_blocks, self.lost_names = [], set(), set()
         self.handlers: dict[str, Handler] = {
             _E.JOB_QUEUED: self._queued,
             _E.JOB_DISPATCHED: self._dispatched,
@@ -251,8 +237,7 @@ class JobReducer:
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per status (every status present, zeros included)."""
-        out = dict.fromkeys(("queued", "dispatched", "running", "completed", "failed",
-                             "aborted", "skipped"), 0)
+        out = dict.fromkeys(JOB_STATUSES, 0)
         for job in self.jobs.values():
             out[job.status] = out.get(job.status, 0) + 1
         return out
@@ -286,8 +271,6 @@ class JobReducer:
             job = self.jobs.get(key)
             if job is None:
                 job = self.jobs[key] = JobRecord(key)
-                job.first_block = self.block
-        job.last_block = self.block
         return job
 
     def _worker(self, worker_id: Any) -> WorkerRecord | None:
@@ -331,7 +314,7 @@ class JobReducer:
         job = self._job(p)
         if job is None:
             return
-        job.status = "queued"
+        job.status = QUEUED
         job.worker_id = None
         self._plugin(job, p)
         if p.input_file is not UNSET:
@@ -344,7 +327,7 @@ class JobReducer:
         t = parse_timestamp(ts)
         if job.run_start is not None:
             self._end_run(job, t)  # a dispatch without an end: the previous run is over
-        job.status = "dispatched"
+        job.status = DISPATCHED
         job.attempts += 1
         job.duration_ms = None
         job.ended_at = None
@@ -375,7 +358,7 @@ class JobReducer:
             if wid is not None:
                 self._worker(wid)
             return
-        job.status = "running"
+        job.status = RUNNING
         if wid is not None and wid != job.worker_id:
             self._set_worker(job, wid)
 
@@ -399,7 +382,7 @@ class JobReducer:
         job = self._job(p)
         if job is None:
             return
-        self._finish(job, p, ts, "completed")
+        self._finish(job, p, ts, COMPLETED)
         rows = p.rows
         if type(rows) is int:
             job.rows = rows
@@ -420,7 +403,7 @@ class JobReducer:
         job = self._job(p)
         if job is None:
             return
-        self._finish(job, p, ts, "queued" if p.will_retry is True else "failed")
+        self._finish(job, p, ts, QUEUED if p.will_retry is True else FAILED)
         job.error = p.error if p.error is not None else p.message
         job.error_kind = self._s(p.error_kind)
         if type(p.retry_count) is int:
@@ -432,21 +415,21 @@ class JobReducer:
             return
         self.retries += 1
         job.retries += 1
-        if job.status not in ("dispatched", "running"):
-            job.status = "queued"
+        if job.status not in (DISPATCHED, RUNNING):
+            job.status = QUEUED
         if p.error is not None:
             job.error = p.error
 
     def _aborted(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is not None:
-            self._finish(job, p, ts, "aborted")
+            self._finish(job, p, ts, ABORTED)
             job.reason = p.reason
 
     def _skipped(self, p: Payload, ts: Any) -> None:
         job = self._job(p)
         if job is not None:
-            job.status = "skipped"
+            job.status = SKIPPED
             job.reason = p.reason
             if p.input_file is not UNSET:
                 job.input_file = p.input_file
@@ -478,13 +461,13 @@ class JobReducer:
     def _worker_joined(self, p: Payload, ts: Any) -> None:
         rec = self._worker(p.worker_id)
         if rec is not None:
-            self._worker_event(rec, "joined", parse_timestamp(ts), p.slots, p.pid)
+            self._worker_event(rec, _E.WORKER_JOINED, parse_timestamp(ts), p.slots, p.pid)
 
     def _worker_left(self, p: Payload, ts: Any) -> None:
-        self._lost(p, ts, "left")
+        self._lost(p, ts, _E.WORKER_LEFT)
 
     def _worker_lost(self, p: Payload, ts: Any) -> None:
-        self._lost(p, ts, "lost")
+        self._lost(p, ts, _E.WORKER_LOST)
 
     def _lost(self, p: Payload, ts: Any, kind: str) -> None:
         rec = self._worker(p.worker_id)
@@ -492,34 +475,28 @@ class JobReducer:
         if rec is not None:
             self._worker_event(rec, kind, t, None, None)
         ids = p.requeued_job_ids
-        if self.lost_blocks is not None:
-            self.lost_blocks.add(self.block)
         self.requeue(ids if isinstance(ids, list) else (), t)
 
     def _worker_event(self, rec: WorkerRecord, kind: str, t: float | None, slots: Any,
                       pid: Any) -> None:
-        if self.worker_log is not None:
-            self.worker_log.append((rec.worker_id, kind, t, slots, pid))
         apply_worker_event(rec, kind, t, slots, pid)
 
     def requeue(self, ids: Any, t: float | None) -> None:
         """A lost worker's jobs (``requeued_job_ids``) back to ``queued``, unless finished."""
         for raw in ids:
             key = job_key(raw) or ""
-            if self.lost_names is not None:
-                self.lost_names.add(key)
             job = self.jobs.get(key)
             if job is not None and job.status not in TERMINAL:
                 self._end_run(job, t)
-                job.status = "queued"
+                job.status = QUEUED
                 job.worker_id = None
 
 
 def apply_worker_event(rec: WorkerRecord, kind: str, t: float | None, slots: Any,
                        pid: Any) -> None:
-    """What WorkerJoined (``joined``), WorkerLost (``lost``) and WorkerLeft (``left``) do to
+    """What WorkerJoined, WorkerLost and WorkerLeft (``kind``) do to
     the worker's own record (a split explain replays them on the merged record)."""
-    if kind == "joined":
+    if kind == _E.WORKER_JOINED:
         rec.joined_at = t
         rec.lost_at = None
         if isinstance(slots, int):
@@ -528,26 +505,6 @@ def apply_worker_event(rec: WorkerRecord, kind: str, t: float | None, slots: Any
             rec.pid = pid
     else:
         rec.lost_at = t if t is not None else 0.0
-        if kind == "left":
+        if kind == _E.WORKER_LEFT:
             rec.left = True
 
-
-def _compiled() -> Any:
-    """The mypyc-compiled copy of this module (``setup.py``), if it was built from exactly
-    this source; None otherwise, or when ``CASPARIAN_PURE_PYTHON`` is set."""
-    if __name__ != "casparian_nb.tape.reducer" or os.environ.get("CASPARIAN_PURE_PYTHON"):
-        return None  # (the compiled copy runs this too, under its own name)
-    try:
-        module = importlib.import_module("casparian_nb.tape._reducer_c")
-        digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    except (ImportError, OSError):
-        return None
-    return module if getattr(module, "SOURCE_DIGEST", None) == digest else None
-
-
-_COMPILED = _compiled()
-#: whether the compiled reducer is in use (explain is 30-40% faster with it)
-COMPILED = _COMPILED is not None
-if _COMPILED is not None:
-    globals().update({name: getattr(_COMPILED, name) for name in
-                      ("JobRecord", "WorkerRecord", "JobReducer", "apply_worker_event")})

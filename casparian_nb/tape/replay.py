@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import JobStatus
 from .envelope import (
     DOMAIN_EVENT,
     ERROR_EVENT,
@@ -208,8 +209,13 @@ class Timeline:
                 "markers": list(self.markers)}
 
 
-_BAR_END = {_E.JOB_COMPLETED: "completed", _E.JOB_FAILED: "failed",
-            _E.JOB_ABORTED: "aborted", _E.JOB_SKIPPED: "skipped"}
+_BAR_END: dict[str, str] = {_E.JOB_COMPLETED: JobStatus.COMPLETED.tape_name,
+                            _E.JOB_FAILED: JobStatus.FAILED.tape_name,
+                            _E.JOB_ABORTED: JobStatus.ABORTED.tape_name,
+                            _E.JOB_SKIPPED: JobStatus.SKIPPED.tape_name}
+_WORKER_VERB: dict[str, str] = {_E.WORKER_JOINED: "joined", _E.WORKER_LOST: "lost",
+                                _E.WORKER_LEFT: "left"}
+_QUEUED, _RUNNING = JobStatus.QUEUED.tape_name, JobStatus.RUNNING.tape_name
 
 
 def build_timeline(source: Source) -> Timeline:
@@ -259,7 +265,7 @@ def build_timeline(source: Source) -> Timeline:
         if name == _E.JOB_QUEUED and jid is not None and jid not in open_bars:
             waiting[jid] = {"job_id": jid, "lane": f"job {jid}", "attempt": 0,
                             "start": ev.timestamp, "end": None, "t0": rel(ev.timestamp),
-                            "t1": None, "status": "queued", "worker_id": None}
+                            "t1": None, "status": _QUEUED, "worker_id": None}
         elif name == _E.JOB_DISPATCHED and jid is not None:
             waiting.pop(jid, None)
             if jid in open_bars:
@@ -269,7 +275,7 @@ def build_timeline(source: Source) -> Timeline:
             lanes.setdefault(lane)
             bar: dict[str, Any] = {"job_id": jid, "lane": lane, "attempt": reducer.core.jobs[jid].attempts,
                    "start": ev.timestamp, "end": None, "t0": rel(ev.timestamp), "t1": None,
-                   "status": "running", "worker_id": worker}
+                   "status": _RUNNING, "worker_id": worker}
             open_bars[jid] = bar
             tl.bars.append(bar)
         elif name in _BAR_END and jid is not None:
@@ -295,7 +301,7 @@ def build_timeline(source: Source) -> Timeline:
             wid = str(p.get("worker_id"))
             lanes.setdefault(wid)
             joined = name == _E.WORKER_JOINED
-            verb = {_E.WORKER_JOINED: "joined", _E.WORKER_LOST: "lost", _E.WORKER_LEFT: "left"}[name]
+            verb = _WORKER_VERB[name]
             tl.markers.append({**mark, "kind": f"worker_{verb}", "worker_id": wid,
                                "label": f"{wid} {verb}"})
             for raw in () if joined else p.get("requeued_job_ids") or ():

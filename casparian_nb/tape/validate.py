@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from ._scan import no_gc, read_blocks, split_lines
+from ._scan import read_blocks, split_lines
 from .envelope import (
     SCHEMA_VERSION,
     TAPE_STARTED,
@@ -149,7 +149,7 @@ def validate_tape(path: str | os.PathLike[str]) -> ValidationReport:
     checks (:class:`_Checker`)."""
     check = _Checker(ValidationReport(str(Path(path))))
     number = 0
-    with open_tape(path) as fh, no_gc():
+    with open_tape(path) as fh:
         for _, data, cut, _ in read_blocks(fh):
             block = data[:cut] if cut < len(data) else data
             newlines = block.count(b"\n")

@@ -38,9 +38,11 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import TapeError
+from ..protocol import JobStatus
 from .envelope import (
     COMMAND_FAILED,
     COMMAND_SUCCEEDED,
+    COMMAND_SUCCESS,
     DOMAIN_EVENT,
     ERROR_EVENT,
     NAMED_TYPES,
@@ -221,7 +223,7 @@ class TapeWriter:
 
     def succeeded(self, cmd_event_id: str, correlation_id: str, payload: Any = None) -> str:
         """``SystemResponse("CommandSucceeded") {status: "success", **payload}``."""
-        body = {"status": "success", **(payload or {})}
+        body = {"status": COMMAND_SUCCESS, **(payload or {})}
         return self.emit(SYSTEM_RESPONSE, COMMAND_SUCCEEDED, body,
                          correlation_id=correlation_id, parent_id=cmd_event_id)
 
@@ -229,7 +231,7 @@ class TapeWriter:
         """``ErrorEvent("CommandFailed") {status: "failed", error}``; error text is scrubbed."""
         if isinstance(error, BaseException):
             error = f"{type(error).__name__}: {error}"
-        return self.emit(ERROR_EVENT, COMMAND_FAILED, {"status": "failed", "error": error},
+        return self.emit(ERROR_EVENT, COMMAND_FAILED, {"status": JobStatus.FAILED.tape_name, "error": error},
                          correlation_id=correlation_id, parent_id=cmd_event_id)
 
     def close(self, reason: str = "session_end") -> None:

@@ -1,4 +1,5 @@
-"""Reading a tape, or a byte range of one, block by block into an ``Explanation``.
+"""Explain's pass over a tape: the blocks :func:`.reader.read_blocks` yields, into an
+``Explanation``.
 
 Blocks of whole lines are decoded by msgspec at once (``_fast_block``); a block that does
 not decode cleanly is parsed again line by line with ``json`` (``_line_block``), which skips
@@ -9,7 +10,6 @@ truncation.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -18,18 +18,14 @@ import msgspec
 
 from ..errors import TapeError
 from ._decode import decode_block
+from .reader import LINES, read_blocks, split_lines
 
 if TYPE_CHECKING:
     from .explain import Explanation
 
-__all__ = ["FAST", "LINES", "MAX_SKIPPED", "Cursor", "apply_block", "finish",
-           "read_blocks", "scan", "settle", "split_lines"]
+__all__ = ["MAX_SKIPPED", "Cursor", "apply_block", "finish", "scan", "settle"]
 
-# Blocks of whole lines decoded at once; big enough to amortise the per-call cost, small
-# enough that one block's decoded events stay a few MB.
-_BLOCK = 1 << 22
 MAX_SKIPPED = 100  # skipped line numbers kept (all are counted)
-FAST, LINES = 0, 1  # how a block is applied: decoded whole (falling back), or line by line
 
 
 
@@ -47,34 +43,8 @@ class Cursor:
 
 def scan(ex: Explanation, cur: Cursor, fh: IO[bytes]) -> None:
     """Apply every line of ``fh`` to ``ex``."""
-    for _pos, data, cut, kind in read_blocks(fh):
+    for data, cut, kind in read_blocks(fh):
         apply_block(ex, cur, data, cut, kind)
-
-
-def read_blocks(fh: IO[bytes], start: int = 0,
-                end: int | None = None) -> Iterator[tuple[int, bytes, int, int]]:
-    """``(position, data, cut, kind)`` for blocks of whole lines from ``start`` (a line start)
-    to ``end`` (just after a newline; None: the end of the file). ``data[:cut]`` is the
-    block; a line longer than a block comes whole; the file's last line without its newline
-    comes alone, as ``LINES``."""
-    fh.seek(start)
-    pos = start
-    while end is None or pos < end:
-        want = _BLOCK if end is None else min(_BLOCK, end - pos)
-        data = fh.read(want)
-        if not data:
-            break
-        cut = data.rfind(b"\n") + 1
-        if cut == 0 and len(data) == _BLOCK:  # a line longer than a block
-            data += fh.readline()
-            cut = len(data) if data.endswith(b"\n") else 0
-        kind = FAST
-        if cut == 0:  # the last line, without a newline
-            kind, cut = LINES, len(data)
-        elif cut < len(data):  # the partial line starts the next block
-            fh.seek(cut - len(data), os.SEEK_CUR)
-        yield pos, data, cut, kind
-        pos += cut
 
 
 def apply_block(ex: Explanation, cur: Cursor, data: bytes, cut: int, kind: int) -> None:
@@ -155,17 +125,6 @@ def _line_block(ex: Explanation, cur: Cursor, block: bytes) -> None:
             ex.started_at = obj.get("timestamp")
         ex.event_count += 1
         cur.last = (obj.get("timestamp"), obj.get("schema_version"))
-
-
-def split_lines(block: bytes) -> list[bytes]:
-    """Lines ending at each b"\\n" (kept), as msgspec and a tape reader count them: a bare
-    b"\\r" is whitespace inside a line, not a line break (``bytes.splitlines`` differs)."""
-    parts = block.split(b"\n")
-    last = parts.pop()
-    out = [part + b"\n" for part in parts]
-    if last:
-        out.append(last)
-    return out
 
 
 def settle(ex: Explanation, cur: Cursor) -> None:

@@ -38,7 +38,6 @@ from typing import Any
 
 import msgspec
 
-from ._scan import read_blocks, split_lines
 from .envelope import (
     SCHEMA_VERSION,
     TAPE_STARTED,
@@ -47,7 +46,7 @@ from .envelope import (
     field_problem,
     timestamp_problem,
 )
-from .reader import open_tape, parse_line
+from .reader import open_tape, parse_line, read_blocks, split_lines
 
 __all__ = ["Issue", "ValidationReport", "validate_tape"]
 
@@ -150,7 +149,7 @@ def validate_tape(path: str | os.PathLike[str]) -> ValidationReport:
     check = _Checker(ValidationReport(str(Path(path))))
     number = 0
     with open_tape(path) as fh:
-        for _, data, cut, _ in read_blocks(fh):
+        for data, cut, _ in read_blocks(fh):
             block = data[:cut] if cut < len(data) else data
             newlines = block.count(b"\n")
             if not _fast_block(check, block, number, newlines):

@@ -273,9 +273,9 @@ def test_decoded_blocks_and_line_by_line_parsing_agree(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
     """Blocks that msgspec decodes and blocks that fall back to ``json`` line by line (one
     bad line spoils its block) explain the same story; lines longer than a block too."""
-    from casparian_nb.tape import _scan as mod
+    from casparian_nb.tape import reader
 
-    monkeypatch.setattr(mod, "_BLOCK", block)
+    monkeypatch.setattr(reader, "_BLOCK", block)
     src = TAPES / "golden_session.tape"
     lines = src.read_text().splitlines(keepends=True)
     clean = explain_tape(src).to_json()

@@ -247,9 +247,9 @@ def test_decoded_blocks_and_line_by_line_checks_report_the_same(
             (i.line, i.kind, i.message, i.severity) for i in r.issues]
 
     rng = random.Random(block)
-    from casparian_nb.tape import _scan
+    from casparian_nb.tape import reader
 
-    monkeypatch.setattr(_scan, "_BLOCK", block)
+    monkeypatch.setattr(reader, "_BLOCK", block)
     fast_used = 0
     real_fast = mod._fast_block
 

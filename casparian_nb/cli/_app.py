@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..tape import TapeWriter
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MODES", "App",
-           "recorded"]
+           "recorded", "sink_options"]
 
 #: 0 success; 1 the command ran but something it did failed (a job, a validation); 2 it could
 #: not run (bad arguments, bad plugin, no sentinel), with a one-line reason; 130 interrupted.
@@ -43,6 +43,17 @@ _TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id",
 SINK_MODES = ("append", "replace", "error")
 
 P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def sink_options(fn: F) -> F:
+    """``--sink URI`` and ``--mode M``, as ``run`` and ``submit`` both take them."""
+    fn = click.option("--mode", type=click.Choice(SINK_MODES), default="append",
+                      show_default=True,
+                      help="What to do with data of other runs already in an output.")(fn)
+    return click.option("--sink", default=None, metavar="URI",
+                        help="parquet://DIR, csv://DIR or duckdb://FILE "
+                             "(default: the home's output).")(fn)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, SentinelError
 from ..protocol import STORED_JOB_STATUSES, JobStatus
-from ._app import EXIT_FAILED, EXIT_OK, SINK_MODES, App, recorded
+from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
 if TYPE_CHECKING:
     from ..store import StateReader
@@ -62,10 +62,7 @@ def _reader(settings: Settings) -> StateReader:
 @click.command(short_help="Queue one job per input file on the running sentinel.")
 @click.argument("plugin")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--sink", default=None, metavar="URI",
-              help="parquet://DIR, csv://DIR or duckdb://FILE (default: the home's output).")
-@click.option("--mode", type=click.Choice(SINK_MODES), default="append", show_default=True,
-              help="What to do with data of other runs already in an output.")
+@sink_options
 @click.option("--priority", type=int, default=0, show_default=True,
               help="Higher runs first.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",

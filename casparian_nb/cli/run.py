@@ -14,7 +14,7 @@ import click
 
 from ..errors import CasparianError
 from ..protocol import JobStatus
-from ._app import EXIT_FAILED, EXIT_OK, SINK_MODES, App, recorded
+from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
 __all__ = ["demo", "run"]
 
@@ -26,10 +26,7 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @click.command(short_help="Run a plugin over files in this process (no sentinel).")
 @click.argument("plugin")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--sink", default=None, metavar="URI",
-              help="parquet://DIR, csv://DIR or duckdb://FILE (default: the home's output).")
-@click.option("--mode", type=click.Choice(SINK_MODES), default="append", show_default=True,
-              help="What to do with data of other runs already in an output.")
+@sink_options
 @click.option("--parallel", type=int, default=None, metavar="N",
               help="Plugin hosts to run at once (default: one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")

@@ -27,8 +27,8 @@ from casparian_nb.store import (
     iso_from_epoch,
     job_to_info,
     now_iso,
+    schema,
 )
-from casparian_nb.store import schema
 from casparian_nb.store.schema import Migration
 
 ROOT = Path(__file__).resolve().parents[2]

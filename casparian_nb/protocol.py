@@ -244,6 +244,18 @@ class ErrorKind(StrEnum):
     #: (``ErrorInfo.signal`` says which signal).
     HOST_KILLED = "host_killed"
 
+    @property
+    def label(self) -> str:
+        """What ``job show`` and the queue widget say the failure was."""
+        return _ERROR_KIND_LABELS[self]
+
+
+_ERROR_KIND_LABELS: Final = {
+    ErrorKind.PERMANENT: "error (permanent)",
+    ErrorKind.TRANSIENT: "error (transient)",
+    ErrorKind.HOST_KILLED: "plugin host killed by a signal (not a plugin error)",
+}
+
 
 class AbortCause(StrEnum):
     """Why a job attempt was killed (``Abort.cause``, ``Receipt.cause``)."""

@@ -474,6 +474,7 @@ class SentinelState:
                     Publish(EventName.JOB_RETRIED, {"job_id": job.id,
                                                     "retry_count": job.retry_count,
                                                     "delay_ms": 0, "error": text,
+                                                    "error_kind": ErrorKind.HOST_KILLED,
                                                     "reason": "host_killed"})]
         killer = "a signal" if error.signal is None else signal_name(int(error.signal))
         times = "once" if job.host_kills == 1 else f"{job.host_kills} times"

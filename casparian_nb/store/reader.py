@@ -93,7 +93,7 @@ DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "host_kills", 
 #: What the notebook's queue table shows of a job (``queue_rows``): no JSON, no traceback.
 QUEUE_ROW_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows",
                      "claimed_at", "started_at", "ended_at", "cancel_requested_at",
-                     "error_message", "error_kind", "retry_count")
+                     "error_message", "error_kind", "retry_count", "host_kills")
 _QUEUE_ROW_SELECT = f"SELECT {', '.join(QUEUE_ROW_COLUMNS)} FROM cf_processing_queue"
 
 #: Tables a reader may export whole (the notebook's SQL catalog), by their public name.

@@ -306,7 +306,8 @@ def test_a_killed_host_reruns_the_job_at_once_on_its_own_budget() -> None:
         assert (requeue.host_kills, requeue.retry_count, requeue.reason) == (n, 0, "host_killed")
         assert requeue.scheduled_at == 10.0 * n  # no backoff
         assert requeue.error.startswith("PluginHostKilled: plugin host pid 4242 was killed")
-        assert published(acts, EventName.JOB_RETRIED)[0].data["reason"] == "host_killed"
+        event = published(acts, EventName.JOB_RETRIED)[0].data
+        assert (event["reason"], event["error_kind"]) == ("host_killed", ErrorKind.HOST_KILLED)
         assert dispatched(acts) == {1: "a"} and m.jobs[1].attempt == n + 1
     acts = complete(m, 1, 30.0)
     assert persists(acts, st.CompleteJob) and 1 not in m.jobs

@@ -18,7 +18,7 @@ from .._inputs import expand_inputs
 from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, SentinelError
-from ..protocol import STORED_JOB_STATUSES, ErrorKind, JobStatus
+from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
 if TYPE_CHECKING:
@@ -156,18 +156,18 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
 
 
 def _failure(j: dict[str, Any]) -> str | None:
-    """What a job's error was — a plugin's error, or its plugin host killed by a signal —
-    from the stored kind, never from the message."""
+    """What a job's (last) error was — a plugin's error, or its plugin host killed by a
+    signal — from the stored kind, never from the message."""
     if j.get("status") == JobStatus.COMPLETED:
         return None
     try:
-        kind: ErrorKind | None = ErrorKind(str(j.get("error_kind")))
-    except ValueError:  # no final failure (yet)
-        kind = None
-    kills = int(j.get("host_kills") or 0)
-    if kind is None and kills:  # queued or running again after its host was killed
-        return f"{ErrorKind.HOST_KILLED.label}, {kills} time(s) so far; the job runs again"
-    return kind.label if kind is not None else None
+        kind = ErrorKind(str(j.get("error_kind")))
+    except ValueError:  # no error, or one of no kind (a lost worker)
+        return None
+    if kind == ErrorKind.HOST_KILLED and j.get("status") not in FINISHED_JOB_STATUSES:
+        kills = int(j.get("host_kills") or 0)
+        return f"{kind.label}, {kills} time(s) so far; the job runs again"
+    return kind.label
 
 
 @job.command("cancel")

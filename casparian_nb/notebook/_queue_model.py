@@ -201,10 +201,7 @@ class QueueModel:
                                         or job.get("cancel_requested"))
             completed = status == JobStatus.COMPLETED
             row.error = None if completed else _one_line(job.get("error_message"))
-            # The DB keeps the kind of a final failure; a job running again after a killed
-            # host says so by its count.
-            row.error_kind = None if completed else job.get("error_kind") or (
-                ErrorKind.HOST_KILLED if row.host_kills and row.error else None)
+            row.error_kind = None if completed else job.get("error_kind")
         self.dirty = True
 
     def apply(self, name: str, data: Mapping[str, Any], ts: float | None = None) -> bool:

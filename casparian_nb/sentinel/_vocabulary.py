@@ -220,6 +220,8 @@ class RequeueJob:
     reason: str
     #: The job's new count of killed plugin hosts (None: unchanged).
     host_kills: int | None = None
+    #: The kind of ``error`` (None: not a failure of the job: a lost worker, capacity).
+    error_kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -454,7 +454,8 @@ class SentinelState:
         self._reset(job)
         job.ready_at = now + delay
         self._enqueue(job, now)
-        return [RequeueJob(job.id, job.retry_count, job.ready_at, text, "retry"),
+        return [RequeueJob(job.id, job.retry_count, job.ready_at, text, "retry",
+                           error_kind=ErrorKind.TRANSIENT),
                 Publish(EventName.JOB_RETRIED, {"job_id": job.id, "retry_count": job.retry_count,
                                                 "delay_ms": round(delay * 1000), "error": text,
                                                 "reason": "retry"})]
@@ -463,14 +464,15 @@ class SentinelState:
                      duration_ms: float) -> list[Action]:
         """The job's plugin host died by a signal: run it again at once, up to
         ``host_kill_retries`` times (Dask's rule for a task whose worker died, there
-        reported as ``KilledWorker``), then fail it saying how often and of which signal."""
+        reported as ``KilledWorker``), then fail it saying how often and of which signal
+        (the last one: a job killed by SIGSEGV, then by SIGKILL, names SIGKILL)."""
         job.host_kills += 1
         if job.host_kills <= self.host_kill_retries:
             self._reset(job)
             job.ready_at = now
             self._enqueue(job, now)
             return [RequeueJob(job.id, job.retry_count, now, text, "host_killed",
-                               job.host_kills),
+                               job.host_kills, ErrorKind.HOST_KILLED),
                     Publish(EventName.JOB_RETRIED, {"job_id": job.id,
                                                     "retry_count": job.retry_count,
                                                     "delay_ms": 0, "error": text,

@@ -210,6 +210,7 @@ class JobTransitions:
         reason: str | None = None,
         now: str | None = None,
         host_kills: int | None = None,
+        error_kind: str | None = None,
     ) -> bool:
         """RUNNING -> QUEUED, clearing the worker, claim and cancel fields.
 
@@ -217,7 +218,8 @@ class JobTransitions:
         ``scheduled_at``), a capacity rejection (leave ``retry_count`` None: unchanged, F9)
         and a lost worker, and after a plugin host was killed by a signal (pass the new
         ``host_kills``; kept when None). ``error`` (kept when None) and ``reason`` (in
-        ``result_summary``) say why. False if the job is not RUNNING.
+        ``result_summary``) say why; ``error_kind`` is the kind of ``error`` (stored with it,
+        so the two always describe the same failure). False if the job is not RUNNING.
         """
         now = stamp(now)
         check_iso(scheduled_at, "scheduled_at")
@@ -226,9 +228,10 @@ class JobTransitions:
             " worker_id = NULL, host_pid = NULL, claimed_at = NULL, started_at = NULL,"
             " cancel_requested_at = NULL, staged_json = NULL, scheduled_at = ?,"
             " retry_count = coalesce(?, retry_count), error_message = coalesce(?, error_message),"
+            " error_kind = CASE WHEN ? IS NULL THEN error_kind ELSE ? END,"
             " host_kills = coalesce(?, host_kills), result_summary = ?, updated_at = ?"
             " WHERE id = ? AND status = ?",
-            (_QUEUED, scheduled_at, retry_count, error, host_kills,
+            (_QUEUED, scheduled_at, retry_count, error, error, error_kind, host_kills,
              reason and f"requeued: {reason}", now, job_id, _RUNNING),
         )
 

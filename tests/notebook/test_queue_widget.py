@@ -133,7 +133,8 @@ def test_a_killed_host_is_told_apart_from_a_plugin_error(comms: list[RecordingCo
     killed = "PluginHostKilled: plugin host pid 7 was killed by SIGKILL while running the job"
     src = FakeSource([job(5, "RUNNING"), job(6, "FAILED", error_message="ValueError: bad",
                                               error_kind="permanent"),
-                      job(7, "QUEUED", error_message=killed, host_kills=2)])
+                      job(7, "QUEUED", error_message=killed, error_kind="host_killed",
+                          host_kills=2)])
     w = _widget(src)
     src.publish("JobRetried", {"job_id": 5, "retry_count": 0, "error": killed,
                                "error_kind": "host_killed", "reason": "host_killed"})

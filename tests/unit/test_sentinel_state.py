@@ -262,6 +262,7 @@ def test_transient_failure_retries_with_exponential_backoff_then_dead_letters() 
     acts = receipt(m, 1, "FAILED", 10.0, error=err)
     requeue = persists(acts, st.RequeueJob)[0]
     assert requeue.retry_count == 1 and requeue.scheduled_at == 11.0
+    assert requeue.error_kind == ErrorKind.TRANSIENT and requeue.host_kills is None
     assert published(acts, EventName.JOB_RETRIED)[0].data["delay_ms"] == 1000
     assert not dispatched(acts)  # backoff: not before 11.0
     assert m.next_wakeup() == 11.0
@@ -304,6 +305,7 @@ def test_a_killed_host_reruns_the_job_at_once_on_its_own_budget() -> None:
         acts = receipt(m, 1, "FAILED", 10.0 * n, error=killed())
         requeue = persists(acts, st.RequeueJob)[0]
         assert (requeue.host_kills, requeue.retry_count, requeue.reason) == (n, 0, "host_killed")
+        assert requeue.error_kind == ErrorKind.HOST_KILLED
         assert requeue.scheduled_at == 10.0 * n  # no backoff
         assert requeue.error.startswith("PluginHostKilled: plugin host pid 4242 was killed")
         event = published(acts, EventName.JOB_RETRIED)[0].data

@@ -574,6 +574,31 @@ def test_requeue_for_retry_capacity_and_lost_worker(store: StateStore) -> None:
     assert store.queued_jobs() == [(0, jid, None)]
 
 
+def test_a_killed_host_counts_apart_and_the_error_keeps_its_kind(store: StateStore) -> None:
+    (jid,) = store.insert_jobs([job()])
+    store.claim_job(jid, "w1")
+    assert store.requeue_job(jid, error="PluginHostKilled: ...", error_kind="host_killed",
+                             host_kills=1, reason="host_killed")
+    row = store.get_job(jid)
+    assert row and (row["host_kills"], row["retry_count"], row["error_kind"]) == (
+        1, 0, "host_killed")
+    store.claim_job(jid, "w1")
+    assert store.requeue_job(jid, reason="capacity")  # no error: message and kind both kept
+    row = store.get_job(jid)
+    assert row and (row["error_message"], row["error_kind"], row["host_kills"]) == (
+        "PluginHostKilled: ...", "host_killed", 1)
+    store.claim_job(jid, "w1")
+    assert store.requeue_job(jid, error="worker lost: gone", reason="worker_lost")
+    row = store.get_job(jid)  # a new error of no kind: the old kind goes with the old error
+    assert row and (row["error_kind"], row["host_kills"]) == (None, 1)
+    store.claim_job(jid, "w1")
+    assert store.fail_job(jid, "PluginHostKilled: plugin host killed by SIGKILL 4 times "
+                          "(limit 3)", "host_killed", "", host_kills=4)
+    row = store.get_job(jid)
+    assert row and (row["status"], row["host_kills"]) == ("FAILED", 4)
+    assert job_to_info(row)["host_kills"] == 4
+
+
 def test_dead_letter(store: StateStore) -> None:
     a, b, c = store.insert_jobs([job(1), job(2), job(3)])
     store.claim_job(a, "w")

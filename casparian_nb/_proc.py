@@ -24,7 +24,8 @@ from typing import Any
 
 import psutil
 
-__all__ = ["ORPHANED_EXIT", "OWNER_PID_ENV", "exit_with_owner", "exit_with_parent", "pid_alive", "profiled"]
+__all__ = ["ORPHANED_EXIT", "OWNER_PID_ENV", "describe_exit", "exit_with_owner",
+           "exit_with_parent", "pid_alive", "profiled", "signal_name"]
 
 #: Set by ``cf.start()`` for the sentinel and workers it launches: the kernel's pid.
 OWNER_PID_ENV = "CASPARIAN_OWNER_PID"
@@ -49,6 +50,24 @@ def pid_alive(pid: int) -> bool:
         return False
     except psutil.Error:
         return True
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGKILL"`` for 9; ``"signal 64"`` for a number with no name here."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a child process ended, from its ``Popen.returncode`` (negative: the signal):
+    ``"was killed by SIGKILL"``, ``"exited with code 1"``."""
+    if returncode is None:
+        return "ended with an unknown status"
+    if returncode < 0:
+        return f"was killed by {signal_name(-returncode)}"
+    return f"exited with code {returncode}"
 
 
 def exit_with_parent(parent_pid: int, *, grace: float | None = None) -> bool:

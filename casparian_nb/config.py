@@ -100,6 +100,10 @@ class Settings:
     #: Transient failures: retries before dead-letter, and the first backoff (doubles).
     max_retries: int = 3
     retry_backoff: float = 1.0
+    #: Plugin hosts killed by a signal (the OOM killer, ``kill -9``) while running a job:
+    #: how often the job is run again before it fails. A budget of its own, apart from
+    #: ``max_retries``: a killed host says nothing about the plugin.
+    host_kill_retries: int = 3
     #: Address the sentinel binds; anything but loopback needs allow_remote = true.
     bind_host: str = "127.0.0.1"
     allow_remote: bool = False

@@ -24,7 +24,8 @@ errors also subclass the builtin they resemble, so ``except ValueError`` keeps w
     ├── ProtocolError (ValueError)          malformed wire message
     │   └── AuthenticationError (PermissionError)  bad or missing signature (F14)
     ├── SentinelError (ConnectionError)     no sentinel / cannot reach it
-    │   └── ControlTimeoutError (TimeoutError)
+    │   ├── ControlTimeoutError (TimeoutError)
+    │   └── SentinelGoneError               the sentinel a controller uses died
     ├── StoreError (RuntimeError)           state database problems
     │   └── SchemaVersionError              state DB schema mismatch (F11)
     └── TapeError (ValueError)              unreadable tape
@@ -52,6 +53,7 @@ __all__ = [
     "RemoteJobError",
     "SchemaVersionError",
     "SentinelError",
+    "SentinelGoneError",
     "SinkError",
     "SinkLockedError",
     "SinkModeError",
@@ -200,6 +202,11 @@ class SentinelError(CasparianError, ConnectionError):
 
 class ControlTimeoutError(SentinelError, TimeoutError):
     """A control request got no reply in time."""
+
+
+class SentinelGoneError(SentinelError):
+    """The sentinel a notebook controller started or attached to is no longer running (it was
+    killed, or it crashed): its requests would only time out and its jobs would never finish."""
 
 
 class StoreError(CasparianError, RuntimeError):

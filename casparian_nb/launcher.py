@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from ._proc import describe_exit
 from .client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from .config import Settings
 from .errors import CasparianError, SentinelError
@@ -154,6 +155,17 @@ class LocalCluster:
 
     def alive(self) -> bool:
         return self.sentinel is not None and self.sentinel.poll() is None
+
+    def sentinel_ended(self) -> str | None:
+        """How the sentinel ended when it did so without :meth:`stop` — ``"sentinel pid 12
+        was killed by SIGKILL"``, ``"... exited with code 1"`` — or None while it runs (or
+        when it exited 0: a Shutdown request). Reaps it."""
+        if self.sentinel is None:
+            return None
+        code = self.sentinel.poll()
+        if not code:
+            return None
+        return f"sentinel pid {self.sentinel.pid} {describe_exit(code)}"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Workers first (their running jobs are aborted), then the sentinel."""

@@ -234,10 +234,27 @@ class MaterializationStatus(StrEnum):
 
 
 class ErrorKind(StrEnum):
-    """Whether a failed job may be retried."""
+    """Whether a failed job may be retried, and by which budget."""
 
     PERMANENT = "permanent"
+    #: Retried with backoff up to ``max_retries`` times.
     TRANSIENT = "transient"
+    #: The plugin host died by a signal (the OOM killer, ``kill -9``, a segfault): not a
+    #: plugin error as far as we can tell; retried up to ``host_kill_retries`` times
+    #: (``ErrorInfo.signal`` says which signal).
+    HOST_KILLED = "host_killed"
+
+    @property
+    def label(self) -> str:
+        """What ``job show`` and the queue widget say the failure was."""
+        return _ERROR_KIND_LABELS[self]
+
+
+_ERROR_KIND_LABELS: Final = {
+    ErrorKind.PERMANENT: "error (permanent)",
+    ErrorKind.TRANSIENT: "error (transient)",
+    ErrorKind.HOST_KILLED: "plugin host killed by a signal (not a plugin error)",
+}
 
 
 class AbortCause(StrEnum):
@@ -490,6 +507,8 @@ class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     input_file: str | None = None
     #: "load" when the plugin itself could not be loaded (the same for every input file).
     phase: str | None = None
+    #: The signal that killed the plugin host (kind ``HOST_KILLED``), e.g. 9 for SIGKILL.
+    signal: Int64 | None = None
 
 
 class Receipt(WireMessage, omit_defaults=True):

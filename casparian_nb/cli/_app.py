@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MODES", "App",
            "recorded", "sink_options"]
 
-#: 0 success; 1 the command ran but something it did failed (a job, a validation); 2 it could
-#: not run (bad arguments, bad plugin, no sentinel), with a one-line reason; 130 interrupted.
+#: 0 success; 1 the command ran but something it did failed (a job, a validation; for
+#: ``start``: its sentinel died on its own — killed by a signal or a non-zero exit — named on
+#: one line; 1 rather than 128 + signal, which would say ``start`` itself was killed); 2 it
+#: could not run (bad arguments, bad plugin, no sentinel), with a one-line reason; 130
+#: interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Parameters a command's tape event records (when given); the tape redacts them by field.

@@ -18,7 +18,7 @@ from .._inputs import expand_inputs
 from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, SentinelError
-from ..protocol import STORED_JOB_STATUSES, JobStatus
+from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
 if TYPE_CHECKING:
@@ -149,7 +149,25 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
         for key, value in found.items():
             if value not in (None, "", [], {}):
                 print(f"{key:>20}: {value}")
+        failure = _failure(found)
+        if failure:
+            print(f"{'failure':>20}: {failure}")
     return EXIT_OK
+
+
+def _failure(j: dict[str, Any]) -> str | None:
+    """What a job's (last) error was — a plugin's error, or its plugin host killed by a
+    signal — from the stored kind, never from the message."""
+    if j.get("status") == JobStatus.COMPLETED:
+        return None
+    try:
+        kind = ErrorKind(str(j.get("error_kind")))
+    except ValueError:  # no error, or one of no kind (a lost worker)
+        return None
+    if kind == ErrorKind.HOST_KILLED and j.get("status") not in FINISHED_JOB_STATUSES:
+        kills = int(j.get("host_kills") or 0)
+        return f"{kind.label}, {kills} time(s) so far; the job runs again"
+    return kind.label
 
 
 @job.command("cancel")

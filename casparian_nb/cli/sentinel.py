@@ -5,11 +5,12 @@ foreground; what :class:`~casparian_nb.launcher.LocalCluster` starts) and ``casp
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 import click
 
-from ._app import EXIT_OK, App, recorded
+from ._app import EXIT_FAILED, EXIT_OK, App, recorded
 
 __all__ = ["sentinel", "start", "worker"]
 
@@ -43,7 +44,8 @@ def worker(app: App, slots: int | None, worker_id: str | None) -> int:
 @recorded("Start")
 def start(app: App, workers: int, slots: int | None) -> int:
     """Run a sentinel and its workers in the foreground; Ctrl-C (or SIGTERM) stops them all,
-    workers first."""
+    workers first. Exits 1, naming the sentinel's pid and signal, when the sentinel dies on
+    its own (its workers are stopped all the same)."""
     from ..launcher import LocalCluster
 
     settings = app.settings
@@ -63,7 +65,13 @@ def start(app: App, workers: int, slots: int | None) -> int:
     try:
         while not stopping and cluster.alive():
             time.sleep(0.1)
+        # The sentinel died under us (kill -9, the OOM killer, a crash): say so and exit 1,
+        # so that a supervisor (systemd, a CI script) does not take it for a clean stop.
+        ended = None if stopping else cluster.sentinel_ended()
     finally:
         cluster.stop()
+    if ended is not None:
+        print(f"casparian: {ended}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     print("casparian: stopped", flush=True)
     return EXIT_OK

@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, EventName, JobStatus
+from ..protocol import (
+    FINISHED_JOB_STATUSES,
+    STORED_JOB_STATUSES,
+    ErrorKind,
+    EventName,
+    JobStatus,
+)
 
 __all__ = ["STATUSES", "TERMINAL", "QueueModel", "Row"]
 
@@ -42,6 +48,14 @@ def _short(path: Any) -> str:
     return text.rsplit("/", 1)[-1]
 
 
+def _error_cause(kind: Any) -> str | None:
+    """What a row's error was, for people (:attr:`ErrorKind.label`); None when unknown."""
+    try:
+        return ErrorKind(kind).label
+    except ValueError:
+        return None
+
+
 def _one_line(text: Any) -> str | None:
     if text is None or text == "":
         return None
@@ -52,9 +66,9 @@ def _one_line(text: Any) -> str | None:
 class Row:
     """One job as the table shows it."""
 
-    __slots__ = ("aborting", "cancel_requested", "duration_ms", "end", "error", "id", "input",
-                 "input_file", "plugin", "retries", "rows", "start", "started", "status",
-                 "touched", "worker")
+    __slots__ = ("aborting", "cancel_requested", "duration_ms", "end", "error", "error_kind",
+                 "host_kills", "id", "input", "input_file", "plugin", "retries", "rows", "start",
+                 "started", "status", "touched", "worker")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
@@ -68,7 +82,12 @@ class Row:
         self.end: float | None = None
         self.duration_ms: float | None = None
         self.error: str | None = None
+        #: What the error was (an ErrorKind value): a plugin's error, or its host killed by a
+        #: signal. None when the row's error says nothing of it (an abort, a lost worker).
+        self.error_kind: str | None = None
         self.retries = 0
+        #: Plugin hosts killed by a signal while running the job (a budget apart from retries).
+        self.host_kills = 0
         self.cancel_requested = False  # confirmed by the sentinel (CancelRequested / DB)
         self.aborting = False  # the user clicked cancel here; the sentinel has not answered
         self.touched = 0  # QueueModel.seq of the last event applied to this row
@@ -98,6 +117,8 @@ class Row:
                 "plugin": self.plugin, "input": self.input, "path": self.input_file,
                 "worker": self.worker, "rows": self.rows, "start": self.start,
                 "duration_ms": self.duration(), "error": self.error, "retries": self.retries,
+                "error_kind": self.error_kind, "error_cause": _error_cause(self.error_kind),
+                "host_kills": self.host_kills,
                 "cancellable": self.status in _CANCELLABLE and self.label != "aborting…"}
 
 
@@ -175,10 +196,12 @@ class QueueModel:
             row.start = _epoch(job.get("started_at")) or _epoch(job.get("claimed_at"))
             row.end = _epoch(job.get("ended_at"))
             row.retries = int(job.get("retry_count") or 0)
+            row.host_kills = int(job.get("host_kills") or 0)
             row.cancel_requested = bool(job.get("cancel_requested_at")
                                         or job.get("cancel_requested"))
             completed = status == JobStatus.COMPLETED
             row.error = None if completed else _one_line(job.get("error_message"))
+            row.error_kind = None if completed else job.get("error_kind")
         self.dirty = True
 
     def apply(self, name: str, data: Mapping[str, Any], ts: float | None = None) -> bool:
@@ -243,23 +266,28 @@ class QueueModel:
     def _completed(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._finish(row, JobStatus.COMPLETED, d, ts)
         row.rows = int(d["rows"]) if isinstance(d.get("rows"), int) else row.rows
-        row.error = None
+        row.error = row.error_kind = None
 
     def _failed(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         retry = d.get("will_retry") is True
         self._finish(row, JobStatus.QUEUED if retry else JobStatus.FAILED, d, ts)
         row.error = _one_line(d.get("error"))
+        row.error_kind = d.get("error_kind")
 
     def _aborted(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._finish(row, JobStatus.ABORTED, d, ts)
-        row.error = _one_line(d.get("reason"))
+        row.error, row.error_kind = _one_line(d.get("reason")), None
 
     def _retried(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._set_status(row, JobStatus.QUEUED)
         row.worker, row.start, row.end, row.duration_ms = None, None, None, None
         row.cancel_requested = False
-        row.retries = int(d.get("retry_count") or row.retries + 1)
         row.error = _one_line(d.get("error"))
+        row.error_kind = d.get("error_kind")
+        if row.error_kind == ErrorKind.HOST_KILLED:  # its own budget: no retry was spent
+            row.host_kills += 1
+        else:
+            row.retries = int(d.get("retry_count") or row.retries + 1)
 
     def _skipped(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._set_status(row, JobStatus.SKIPPED)

@@ -58,6 +58,8 @@ def wait_for(ctl: Controller, ids: list[int], timeout: float | None,
                     done[jid] = status
                     pending.discard(jid)
                 next_check = now + check_every
+                if pending:
+                    ctl._check()  # a dead sentinel finishes nothing: raise, do not hang
             ctl._pump_widgets()
             if not pending:
                 break

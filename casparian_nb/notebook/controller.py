@@ -14,6 +14,10 @@ Live updates come from the event stream (:mod:`._events`). Every user action is 
 ``CommandSucceeded``/``CommandFailed`` response, and the sentinel's events are relayed into
 the same tape.
 
+Once the sentinel is gone (killed, crashed), every call that needs it — ``submit``,
+``cancel``, ``wait`` (within a second), ``queue`` — raises :class:`SentinelGoneError` naming
+its pid and, for a sentinel started here, the signal; the reads keep working.
+
 Lifecycle: ``start()`` launches a sentinel and workers as child processes (or attaches when
 one already serves the home) and stops them on ``ctl.stop()``, at interpreter exit and on
 kernel shutdown (``atexit``) — unless ``keep_alive=True``. ``attach()`` reconnects through
@@ -35,7 +39,7 @@ import pandas as pd
 
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
-from ..errors import SentinelError
+from ..errors import SentinelError, SentinelGoneError
 from ..launcher import LocalCluster
 from ..protocol import JobStatus
 from ._events import EventPump
@@ -155,8 +159,27 @@ class Controller:
         return self._catalog
 
     def _check(self) -> None:
+        """Refuse a call that needs the sentinel once this controller is stopped, or once its
+        sentinel is gone: a request would only time out, and a wait would never end."""
         if self._stopped:
             raise SentinelError("this controller is stopped; cf.start() or cf.attach() again")
+        gone = self._sentinel_gone()
+        if gone is not None:
+            raise SentinelGoneError(
+                f"the sentinel of {self.home} is gone: {gone}. Jobs not finished stay in the "
+                "state DB for the next sentinel (ctl.jobs() still reads them); ctl.stop(), "
+                "then cf.start() again")
+
+    def _sentinel_gone(self) -> str | None:
+        """How the sentinel ended (``"sentinel pid 12 was killed by SIGKILL"``), or None while
+        it runs. Only for a sentinel started here is the signal known."""
+        if self.cluster is not None:
+            if self.cluster.alive():
+                return None
+            return self.cluster.sentinel_ended() or f"sentinel pid {self.info.pid} exited"
+        if connection_is_live(self.info):
+            return None
+        return f"sentinel pid {self.info.pid} is no longer running"
 
     def _state(self) -> Any:
         """The read-only state DB reader (opened on first use)."""

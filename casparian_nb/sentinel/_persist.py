@@ -64,11 +64,12 @@ class Persister:
             case st.RequeueJob():
                 store.requeue_job(action.job_id, scheduled_at=iso_from_epoch(action.scheduled_at),
                                   retry_count=action.retry_count, error=action.error,
-                                  reason=action.reason, now=now)
+                                  error_kind=action.error_kind, reason=action.reason, now=now,
+                                  host_kills=action.host_kills)
             case st.AbortJob(job_id, reason):
                 store.abort_job(job_id, reason, now)
-            case st.FailJob(job_id, error, error_kind, traceback):
-                store.fail_job(job_id, error, error_kind, traceback, now)
+            case st.FailJob(job_id, error, error_kind, traceback, host_kills):
+                store.fail_job(job_id, error, error_kind, traceback, now, host_kills=host_kills)
             case st.DeadLetter(job_id, reason, error):
                 store.dead_letter(job_id, reason, error, now)
             case _:
@@ -139,6 +140,7 @@ class Persister:
                 ready_at = 0.0
         return st.JobRec(id=int(row["id"]), priority=int(row.get("priority") or 0), spec=spec,
                          timeout_s=row.get("timeout_s"), retry_count=int(row.get("retry_count") or 0),
+                         host_kills=int(row.get("host_kills") or 0),
                          attempt=int(row.get("attempt") or 0), ready_at=ready_at,
                          plan_json=plan_json, input_file=spec.input_file)
 

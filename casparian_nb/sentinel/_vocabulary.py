@@ -57,6 +57,8 @@ class JobRec:
     spec: JobSpec
     timeout_s: float | None = None
     retry_count: int = 0
+    #: Plugin hosts killed by a signal while running it (its own budget, apart from retries).
+    host_kills: int = 0
     attempt: int = 0
     ready_at: float = 0.0
     status: JobStatus = JobStatus.QUEUED  # QUEUED | RUNNING | PROMOTING
@@ -216,6 +218,10 @@ class RequeueJob:
     scheduled_at: float
     error: str
     reason: str
+    #: The job's new count of killed plugin hosts (None: unchanged).
+    host_kills: int | None = None
+    #: The kind of ``error`` (None: not a failure of the job: a lost worker, capacity).
+    error_kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +240,8 @@ class FailJob:
     error: str
     error_kind: ErrorKind
     traceback: str
+    #: The job's final count of killed plugin hosts (None: unchanged).
+    host_kills: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self.store = store
         self.state = st.SentinelState(
             max_retries=settings.max_retries, retry_backoff=settings.retry_backoff,
+            host_kill_retries=settings.host_kill_retries,
             worker_timeout=settings.worker_timeout, default_timeout=settings.job_timeout,
             timeout_grace=max(2.0, 3 * settings.heartbeat_interval),
         )

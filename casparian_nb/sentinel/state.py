@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._proc import signal_name
 from ..protocol import (
     Abort,
     AbortCause,
@@ -61,6 +62,9 @@ from ._vocabulary import (
 )
 
 _QUEUED, _RUNNING, _PROMOTING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PROMOTING
+#: ``cf_dead_letter.reason`` of a failed job, by the kind of its last error.
+_DEAD_LETTER_REASONS = {ErrorKind.TRANSIENT: "max_retries_exceeded",
+                        ErrorKind.HOST_KILLED: "host_kill_retries_exceeded"}
 
 # The vocabulary's records are re-exported: the loop and the tests read them as ``st.X``.
 __all__ = [
@@ -130,12 +134,17 @@ class SentinelState:
     ``timeout_grace`` is how long past a job's timeout the sentinel waits for the worker's
     own timeout to fire before it sends an Abort itself; a worker that then still does not
     confirm within ``worker_timeout`` has the job aborted without it.
+
+    A job whose plugin host was killed by a signal (``ErrorKind.HOST_KILLED``) runs again at
+    once, up to ``host_kill_retries`` times, on a budget of its own (``JobRec.host_kills``,
+    stored with the job): the signal says nothing about the plugin, so it spends no retry.
     """
 
     def __init__(self, *, max_retries: int = 3, retry_backoff: float = 1.0,
                  worker_timeout: float = 10.0, default_timeout: float | None = None,
-                 timeout_grace: float = 5.0) -> None:
+                 timeout_grace: float = 5.0, host_kill_retries: int = 3) -> None:
         self.max_retries = max_retries
+        self.host_kill_retries = host_kill_retries
         self.retry_backoff = retry_backoff
         self.worker_timeout = worker_timeout
         self.default_timeout = default_timeout or None
@@ -278,6 +287,8 @@ class SentinelState:
         text = f"{error.ename}: {error.evalue}".strip()
         if job.cancel_requested:
             return self._finish_aborted(job, "cancelled by user", duration_ms)
+        if error.kind == ErrorKind.HOST_KILLED:
+            return self._host_killed(job, error, text, ev.now, duration_ms)
         if error.kind == ErrorKind.TRANSIENT and job.retry_count < self.max_retries:
             return self._retry(job, text, ev.now)
         return self._finish_failed(job, error, text, duration_ms)
@@ -428,8 +439,9 @@ class SentinelState:
                        duration_ms: float | None) -> list[Action]:
         self.jobs.pop(job.id, None)
         kind = error.kind
-        reason = "max_retries_exceeded" if kind == ErrorKind.TRANSIENT else "permanent_error"
-        return [FailJob(job.id, text, kind, error.traceback or ""),
+        reason = _DEAD_LETTER_REASONS.get(kind, "permanent_error")
+        kills = job.host_kills if kind == ErrorKind.HOST_KILLED else None
+        return [FailJob(job.id, text, kind, error.traceback or "", kills),
                 DeadLetter(job.id, reason, text),
                 Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id,
                                                "error": text, "error_kind": kind,
@@ -442,10 +454,36 @@ class SentinelState:
         self._reset(job)
         job.ready_at = now + delay
         self._enqueue(job, now)
-        return [RequeueJob(job.id, job.retry_count, job.ready_at, text, "retry"),
+        return [RequeueJob(job.id, job.retry_count, job.ready_at, text, "retry",
+                           error_kind=ErrorKind.TRANSIENT),
                 Publish(EventName.JOB_RETRIED, {"job_id": job.id, "retry_count": job.retry_count,
                                                 "delay_ms": round(delay * 1000), "error": text,
                                                 "reason": "retry"})]
+
+    def _host_killed(self, job: JobRec, error: ErrorInfo, text: str, now: float,
+                     duration_ms: float) -> list[Action]:
+        """The job's plugin host died by a signal: run it again at once, up to
+        ``host_kill_retries`` times (Dask's rule for a task whose worker died, there
+        reported as ``KilledWorker``), then fail it saying how often and of which signal
+        (the last one: a job killed by SIGSEGV, then by SIGKILL, names SIGKILL)."""
+        job.host_kills += 1
+        if job.host_kills <= self.host_kill_retries:
+            self._reset(job)
+            job.ready_at = now
+            self._enqueue(job, now)
+            return [RequeueJob(job.id, job.retry_count, now, text, "host_killed",
+                               job.host_kills, ErrorKind.HOST_KILLED),
+                    Publish(EventName.JOB_RETRIED, {"job_id": job.id,
+                                                    "retry_count": job.retry_count,
+                                                    "delay_ms": 0, "error": text,
+                                                    "error_kind": ErrorKind.HOST_KILLED,
+                                                    "reason": "host_killed"})]
+        killer = "a signal" if error.signal is None else signal_name(int(error.signal))
+        times = "once" if job.host_kills == 1 else f"{job.host_kills} times"
+        final = ErrorInfo(ename=error.ename, kind=ErrorKind.HOST_KILLED, signal=error.signal,
+                          evalue=f"plugin host killed by {killer} {times} "
+                                 f"(limit {self.host_kill_retries})")
+        return self._finish_failed(job, final, f"{final.ename}: {final.evalue}", duration_ms)
 
     def _lose_worker(self, w: _Worker, reason: str, now: float, *, graceful: bool) -> list[Action]:
         """A worker is gone: its running jobs go back to the queue (a crash spends a retry,

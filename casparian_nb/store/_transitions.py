@@ -161,15 +161,19 @@ class JobTransitions:
         error_kind: str | None = None,
         traceback: str | None = None,
         now: str | None = None,
+        *,
+        host_kills: int | None = None,
     ) -> bool:
-        """QUEUED or RUNNING -> FAILED (completion FAILED). False if already final."""
+        """QUEUED or RUNNING -> FAILED (completion FAILED). False if already final.
+        ``host_kills``: the job's count of plugin hosts killed by a signal (kept when None)."""
         now = stamp(now)
         return 1 == self._exec(
             "UPDATE cf_processing_queue SET status = ?, completion_status = ?,"
-            " error_message = ?, error_kind = ?, traceback = ?, ended_at = ?, updated_at = ?"
+            " error_message = ?, error_kind = ?, traceback = ?, ended_at = ?, updated_at = ?,"
+            " host_kills = coalesce(?, host_kills)"
             " WHERE id = ? AND status IN (?, ?)",
             (JobStatus.FAILED, CompletionStatus.FAILED, error, error_kind, traceback, now, now,
-             job_id, _QUEUED, _RUNNING),
+             host_kills, job_id, _QUEUED, _RUNNING),
         )
 
     def abort_job(
@@ -205,13 +209,17 @@ class JobTransitions:
         error: str | None = None,
         reason: str | None = None,
         now: str | None = None,
+        host_kills: int | None = None,
+        error_kind: str | None = None,
     ) -> bool:
         """RUNNING -> QUEUED, clearing the worker, claim and cancel fields.
 
         Used for a transient-failure retry (pass the new ``retry_count`` and a backoff
         ``scheduled_at``), a capacity rejection (leave ``retry_count`` None: unchanged, F9)
-        and a lost worker. ``error`` (kept when None) and ``reason`` (in ``result_summary``)
-        say why. False if the job is not RUNNING.
+        and a lost worker, and after a plugin host was killed by a signal (pass the new
+        ``host_kills``; kept when None). ``error`` (kept when None) and ``reason`` (in
+        ``result_summary``) say why; ``error_kind`` is the kind of ``error`` (stored with it,
+        so the two always describe the same failure). False if the job is not RUNNING.
         """
         now = stamp(now)
         check_iso(scheduled_at, "scheduled_at")
@@ -220,10 +228,11 @@ class JobTransitions:
             " worker_id = NULL, host_pid = NULL, claimed_at = NULL, started_at = NULL,"
             " cancel_requested_at = NULL, staged_json = NULL, scheduled_at = ?,"
             " retry_count = coalesce(?, retry_count), error_message = coalesce(?, error_message),"
-            " result_summary = ?, updated_at = ?"
+            " error_kind = CASE WHEN ? IS NULL THEN error_kind ELSE ? END,"
+            " host_kills = coalesce(?, host_kills), result_summary = ?, updated_at = ?"
             " WHERE id = ? AND status = ?",
-            (_QUEUED, scheduled_at, retry_count, error, reason and f"requeued: {reason}", now,
-             job_id, _RUNNING),
+            (_QUEUED, scheduled_at, retry_count, error, error, error_kind, host_kills,
+             reason and f"requeued: {reason}", now, job_id, _RUNNING),
         )
 
     def reconcile_running(self, now: str | None = None) -> list[int]:

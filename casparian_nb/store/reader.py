@@ -35,7 +35,7 @@ _JSON_COLUMNS = frozenset(
 _INFO_FIELDS = (
     "id", "status", "completion_status", "plugin_name", "parser_version", "input_file",
     "source_hash", "submission_id", "sink_uri", "sink_mode", "priority", "retry_count",
-    "attempt", "worker_id", "created_at", "claimed_at", "started_at", "ended_at",
+    "host_kills", "attempt", "worker_id", "created_at", "claimed_at", "started_at", "ended_at",
     "scheduled_at", "cancel_requested_at", "updated_at", "error_message", "error_kind",
     "rows", "quarantine_rows", "result_summary",
 )  # fmt: skip
@@ -85,14 +85,15 @@ def _where(clauses: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
 
 #: What the sentinel reads of a job to queue and dispatch it (``iter_dispatchable``).
-DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "attempt", "scheduled_at",
+DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "host_kills", "attempt",
+                    "scheduled_at",
                     "plan_json", "input_file", "plugin_id", "parser_fingerprint",
                                     "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id")
 
 #: What the notebook's queue table shows of a job (``queue_rows``): no JSON, no traceback.
 QUEUE_ROW_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows",
                      "claimed_at", "started_at", "ended_at", "cancel_requested_at",
-                     "error_message", "retry_count")
+                     "error_message", "error_kind", "retry_count", "host_kills")
 _QUEUE_ROW_SELECT = f"SELECT {', '.join(QUEUE_ROW_COLUMNS)} FROM cf_processing_queue"
 
 #: Tables a reader may export whole (the notebook's SQL catalog), by their public name.

@@ -38,8 +38,8 @@ __all__ = [
     "stored_version",
 ]
 
-#: Schema version this build reads and writes.
-SCHEMA_VERSION = 1
+#: Schema version this build reads and writes (2: ``cf_processing_queue.host_kills``).
+SCHEMA_VERSION = 2
 
 #: ``cf_processing_queue.status`` (one spelling: upper case), from the protocol's vocabulary.
 JOB_STATUSES: Final[tuple[JobStatus, ...]] = STORED_JOB_STATUSES
@@ -52,8 +52,16 @@ MATERIALIZATION_STATUSES: Final[tuple[MaterializationStatus, ...]] = tuple(Mater
 #: writer's transaction, so it must not COMMIT; it must never drop user data.
 Migration = Callable[[sqlite3.Connection], None]
 
-#: version -> migration to version + 1. Empty while SCHEMA_VERSION is 1.
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _add_host_kills(conn: sqlite3.Connection) -> None:
+    """1 -> 2: how often a job's plugin host was killed by a signal (its own retry budget)."""
+    conn.execute("ALTER TABLE cf_processing_queue"
+                 " ADD COLUMN host_kills INTEGER NOT NULL DEFAULT 0")
+
+
+#: version -> migration to version + 1.
+MIGRATIONS: dict[int, Migration] = {1: _add_host_kills}
 
 
 def now_iso() -> str:
@@ -91,7 +99,9 @@ def _in(values: tuple[StrEnum, ...]) -> str:
     return ", ".join(f"'{v.value}'" for v in values)
 
 
-#: The schema of version 1; its CHECK lists come from the enums above.
+#: The schema of :data:`SCHEMA_VERSION`; its CHECK lists come from the enums above. A column a
+#: migration adds comes last, where its ALTER TABLE puts it: ``host_kills`` (version 2) counts
+#: the plugin hosts killed by a signal while running the job.
 DDL: Final = f"""
 CREATE TABLE cf_meta (
     key   TEXT PRIMARY KEY,
@@ -147,7 +157,8 @@ CREATE TABLE cf_processing_queue (
     -- What the worker staged, kept until promotion: lets a restarted sentinel re-promote.
     staged_json         TEXT,
     artifacts_json      TEXT,
-    result_summary      TEXT
+    result_summary      TEXT,
+    host_kills          INTEGER NOT NULL DEFAULT 0
 );
 -- Dispatch order (best QUEUED job first).
 CREATE INDEX ix_queue_dispatch ON cf_processing_queue (status, priority DESC, id);

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from .._proc import signal_name
 from ..errors import CasparianError
 from ..protocol import (
     AbortCause,
@@ -278,8 +279,10 @@ class HostPool:
         """Run one job attempt on an idle host and return its receipt (blocking), with
         ``host_pid`` set.
 
-        A host that dies mid-job yields FAILED (crash) or ABORTED (cancel / timeout / pool
-        closed); the host is then replaced and whatever the job staged is removed.
+        A host that dies mid-job yields FAILED (``HOST_KILLED`` with the signal when a
+        signal nobody here sent killed it, else a permanent ``PluginHostCrashed``) or ABORTED
+        (cancel / timeout / pool closed); the host is then replaced and whatever the job
+        staged is removed.
         """
         job_id = job.job.job_id
         host = self._acquire(job_id)
@@ -340,9 +343,7 @@ class HostPool:
             if host.log is not None:  # the message points at the log: let it catch up
                 host.log.join(0.5)
             if host.killed_reason is None:
-                return _failed(job_id, "PluginHostCrashed",
-                               f"plugin host exited with {_describe_exit(code)} while running "
-                               f"the job (see {host.log_path})", ErrorKind.PERMANENT, host.pid)
+                return _crashed(job_id, code, host)
         host.terminate(self._grace)
         return aborted(job_id, host.killed_reason or "aborted", host.pid,
                        cause=host.killed_cause)
@@ -396,12 +397,20 @@ class HostPool:
         self.close()
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
+def _crashed(job_id: str, code: int | None, host: PluginHostProcess) -> Receipt:
+    """The receipt of a host that died on its own while running the job.
+
+    Killed by a signal nobody here sent (the OOM killer, an operator's ``kill -9``, a
+    segfault): ``HOST_KILLED`` with the signal, which the sentinel retries up to its own
+    limit. Any exit status (a Python error the host could not report, ``os._exit(3)``):
+    a permanent ``PluginHostCrashed``.
+    """
+    if code is not None and code < 0:
+        return Receipt(job_id=job_id, status=ReceiptStatus.FAILED, host_pid=host.pid,
+                       error=ErrorInfo(ename="PluginHostKilled",
+                                       evalue=f"plugin host pid {host.pid} was killed by "
+                                              f"{signal_name(-code)} while running the job",
+                                       kind=ErrorKind.HOST_KILLED, signal=-code))
+    status = "an unknown status" if code is None else f"code {code}"
+    return _failed(job_id, "PluginHostCrashed", f"plugin host exited with {status} while "
+                   f"running the job (see {host.log_path})", ErrorKind.PERMANENT, host.pid)

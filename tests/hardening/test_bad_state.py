@@ -27,7 +27,7 @@ from casparian_nb.client import ControlClient
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.errors import CasparianError, ConfigError, SentinelError
 from casparian_nb.launcher import LocalCluster
-from casparian_nb.store import StateStore
+from casparian_nb.store import SCHEMA_VERSION, StateStore
 from tests.hardening.harness import FAST, ROOT, audit, record, wait_final
 
 GOLDEN = ROOT / "tapes" / "golden_session.tape"
@@ -183,10 +183,10 @@ def _db_at_version(db: Path, version: str | None) -> None:
 
 
 @pytest.mark.parametrize(("version", "sentinel_says", "jobs_says"), [
-    ("99", ["newer than this casparian_nb supports (1)", "upgrade casparian_nb"],
-     ["newer than this casparian_nb supports (1)", "upgrade casparian_nb"]),
-    ("0", ["older than this casparian_nb supports (1)", "move it aside (mv "],
-     ["older than this casparian_nb expects (1)", "move it aside (mv "]),
+    ("99", [f"newer than this casparian_nb supports ({SCHEMA_VERSION})", "upgrade casparian_nb"],
+     [f"newer than this casparian_nb supports ({SCHEMA_VERSION})", "upgrade casparian_nb"]),
+    ("0", [f"older than this casparian_nb supports ({SCHEMA_VERSION})", "move it aside (mv "],
+     [f"older than this casparian_nb expects ({SCHEMA_VERSION})", "move it aside (mv "]),
     (None, ["but no schema version", "move it aside (mv "],
      ["but no schema version", "move it aside (mv "]),
     ("garbage", ["cannot be read", "move it aside (mv "], ["cannot", "move it aside"]),

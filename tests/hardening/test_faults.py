@@ -6,7 +6,8 @@ none completed twice (tapes, materializations, files, rows), no partial or stray
 visible in the sink, no orphan process, and the sentinel answers Ping.
 
 Faults: ``kill -9`` of a worker while its plugin runs and right after its receipt (the
-sentinel promotes); ``kill -9`` of the sentinel while it dispatches and while it records
+sentinel promotes); ``kill -9`` of a plugin host, twice (the job runs again) and four times
+(past the limit of 3: it fails); ``kill -9`` of the sentinel while it dispatches and while it records
 receipts and promotions, then a restart on the same home; plugins that hang, flood
 stdout/stderr, allocate without bound (per-job memory limit), call ``os._exit``, raise in the
 middle of a generator; disk errors while staging (a real ENOSPC: the hostile plugin points the
@@ -171,6 +172,51 @@ def test_kill_9_of_a_worker_right_after_its_receipt(
             record("kill -9 worker right after its receipt", a)
             a.assert_clean("kill -9 worker after receipt")
             assert rows[ids[0]]["attempt"] == 1, "promoted from what was staged, not re-run"
+
+
+# -- kill -9 of a plugin host (the OOM killer, an operator) ----------------------------------
+
+def _kill_host_of_attempt(cluster: LocalCluster, settings: Settings, job_id: int,
+                          attempt: int) -> None:
+    """SIGKILL the plugin host the state DB names for this attempt of the job — only when it
+    is a child of one of this cluster's workers."""
+    row = wait_job(settings, job_id, lambda j: j["status"] == "RUNNING"
+                   and j["attempt"] == attempt and j["host_pid"], 30,
+                   f"attempt {attempt} of job {job_id} on a plugin host")
+    hosts = {c.pid for w in cluster.workers for c in psutil.Process(w.pid).children()}
+    assert row["host_pid"] in hosts, (row["host_pid"], hosts)
+    kill9(int(row["host_pid"]))
+
+
+def test_kill_9_of_a_plugin_host_runs_the_job_again_up_to_the_limit(
+        hcluster: Callable[..., LocalCluster], settings: Settings, tracker: ProcessTracker,
+        fixture_plugin: Path, tmp_path: Path) -> None:
+    """Killed twice, a job completes on its third attempt; killed four times (the limit is
+    3), it fails naming the signal. Neither spends an ordinary retry (max_retries = 0)."""
+    cluster = hcluster(workers=2, **FAST, max_retries=0, host_kill_retries=3)
+    with control(cluster) as ctl:
+        for trial in range(TRIALS):
+            sinks = {tag: tmp_path / f"out-{tag}{trial}" for tag in ("twice_", "four_")}
+            twice = inputs(tmp_path / f"in-{trial}", 1, "mode=slow sleep=0.4", tag="twice_")
+            four = inputs(tmp_path / f"in-{trial}", 1, "mode=slow sleep=30", tag="four_")
+            [a] = ctl.submit(fixture_plugin, twice, sink=f"parquet://{sinks['twice_']}")["job_ids"]
+            [b] = ctl.submit(fixture_plugin, four, sink=f"parquet://{sinks['four_']}")["job_ids"]
+            for attempt in (1, 2, 3, 4):
+                if attempt <= 2:
+                    _kill_host_of_attempt(cluster, settings, a, attempt)
+                _kill_host_of_attempt(cluster, settings, b, attempt)
+            rows = wait_final(settings, [a, b])
+            for name, job_id, expect in (("twice (runs again, completes)", a, "twice_"),
+                                         ("4 times (fails, limit 3)", b, "four_")):
+                status = "COMPLETED" if expect == "twice_" else "FAILED"
+                audit_ = audit(settings, [job_id], sink=sinks[expect], tracker=tracker,
+                               client=ctl, expect={expect: status})
+                record(f"kill -9 of a plugin host {name}", audit_)
+                audit_.assert_clean(f"kill -9 plugin host {name}")
+                assert not audit_.debris, audit_.debris
+            assert (rows[a]["attempt"], rows[a]["host_kills"], rows[a]["retry_count"]) == (3, 2, 0)
+            assert rows[b]["error_message"] == (
+                "PluginHostKilled: plugin host killed by SIGKILL 4 times (limit 3)")
 
 
 # -- kill -9 of the sentinel ---------------------------------------------------------------

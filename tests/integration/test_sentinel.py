@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -337,6 +338,61 @@ def test_capacity_rejection_requeues_without_spending_retries(
 
 
 # -- failures ----------------------------------------------------------------------------------
+
+def kill_hosts(cluster: LocalCluster, settings: Settings, job_id: int, times: int) -> list[int]:
+    """SIGKILL the plugin host of each of the job's first ``times`` attempts, as the OOM
+    killer would: only a pid the state DB reports for that very attempt and that is a child
+    of one of this cluster's workers. Returns the pids killed."""
+    killed: list[int] = []
+    for attempt in range(1, times + 1):
+        row = wait_job(settings, job_id, lambda j, n=attempt: j["status"] == "RUNNING"
+                       and j["attempt"] == n and j["host_pid"], 30,
+                       f"attempt {attempt} of job {job_id} to start on a plugin host")
+        pid = int(row["host_pid"])
+        hosts = {c.pid for w in cluster.workers for c in psutil.Process(w.pid).children()}
+        assert pid in hosts and pid not in killed, (pid, hosts, killed)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    return killed
+
+
+def test_a_host_killed_twice_by_sigkill_then_the_job_completes_on_attempt_3(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    cluster = cluster_factory(workers=1, max_retries=0, **FAST)  # no ordinary retry at all
+    [src] = make_inputs(tmp_path / "in", 1, mode="slow sleep=1.5")
+    with control(cluster) as ctl:
+        [job_id] = ctl.submit(fixture_plugin, [str(src)])["job_ids"]
+    killed = kill_hosts(cluster, settings, job_id, 2)
+    row = wait_final(settings, [job_id], status="COMPLETED")[job_id]
+    assert (row["attempt"], row["host_kills"], row["retry_count"]) == (3, 2, 0)
+    assert row["host_pid"] not in killed and row["rows"] == 10
+    assert len(materializations(settings, job_id)) == 1
+    assert not staging_leftovers(settings, job_id)
+
+
+def test_a_host_killed_four_times_fails_the_job_naming_the_signal(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    cluster = cluster_factory(workers=1, **FAST)  # host_kill_retries: the default, 3
+    [src] = make_inputs(tmp_path / "in", 1, mode="slow sleep=30")
+    with control(cluster) as ctl:
+        [job_id] = ctl.submit(fixture_plugin, [str(src)])["job_ids"]
+    kill_hosts(cluster, settings, job_id, 4)
+    row = wait_final(settings, [job_id], status="FAILED")[job_id]
+    assert row["error_message"] == "PluginHostKilled: plugin host killed by SIGKILL 4 times (limit 3)"
+    assert (row["error_kind"], row["host_kills"], row["attempt"], row["retry_count"]) == (
+        "host_killed", 4, 4, 0)
+    with reader(settings) as r:
+        [dead] = r.dead_letters()
+    assert dead["reason"] == "host_kill_retries_exceeded"
+    assert not staging_leftovers(settings, job_id) and not materializations(settings)
+    shown = subprocess.run([sys.executable, "-m", "casparian_nb", "--home", str(settings.home),
+                            "job", "show", str(job_id)], capture_output=True, text=True,
+                           env={**os.environ, **settings_env(settings)}, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "             failure: plugin host killed by a signal (not a plugin error)" in (
+        shown.stdout.splitlines())
 
 def test_transient_failures_retry_with_backoff_then_dead_letter_permanent_fails_at_once(
         cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,

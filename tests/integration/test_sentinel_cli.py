@@ -149,6 +149,41 @@ def test_start_in_the_foreground_stops_everything_on_sigint_even_with_sigint_ign
     assert row["status"] in ("QUEUED", "RUNNING") and row["retry_count"] == 0
 
 
+def test_start_exits_1_naming_the_signal_when_its_sentinel_is_killed(
+        settings: Settings) -> None:
+    home = settings.home
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casparian_nb", "--home", str(home), "start", "--workers", "1",
+         "--slots", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(), start_new_session=True)
+    try:
+        def sentinel_pid() -> int | None:
+            try:
+                info = read_connection_file(home)
+            except SentinelError:
+                return None
+            if not connection_is_live(info):
+                return None
+            with ControlClient(info, timeout=2) as ctl:
+                joined = len(ctl.list_workers()) == 1
+            children = {c.pid for c in psutil.Process(proc.pid).children()}
+            return info.pid if joined and info.pid in children else None
+
+        pid = wait_until(sentinel_pid, 30, interval=0.05, message="casparian start to serve")
+        workers = [c.pid for c in psutil.Process(proc.pid).children() if c.pid != pid]
+        assert len(workers) == 1
+        os.kill(pid, signal.SIGKILL)  # the start's own child, found through sentinel.json
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, (out, err)
+    assert err.strip().splitlines() == [f"casparian: sentinel pid {pid} was killed by SIGKILL"]
+    assert "stopped" not in out
+    wait_until(lambda: not [w for w in workers if running(w)], 5, message="the workers to exit")
+
+
 # -- job cancel without a sentinel ----------------------------------------------------------
 
 def test_job_cancel_without_a_sentinel_cancels_a_queued_job_in_the_db(

@@ -17,7 +17,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import casparian_nb as cf
-from casparian_nb.errors import RemoteJobError, SentinelError
+from casparian_nb.errors import RemoteJobError, SentinelError, SentinelGoneError
 from casparian_nb.notebook._models import WaitInterrupted, WaitTimeoutError
 from casparian_nb.notebook._scheduling import ManualScheduler
 from casparian_nb.notebook.controller import current_controller
@@ -249,6 +249,33 @@ def test_attach_reuses_a_running_sentinel_and_leaves_it_running(
     finally:
         again.stop()
     assert owner.cluster.alive()
+
+
+def test_a_killed_sentinel_is_a_clear_error_on_the_next_call_not_a_hang(
+        controllers: Factory, fixture_plugin_path: Path, home: Path, tmp_path: Path) -> None:
+    ctl = controllers()
+    assert ctl.cluster is not None
+    pid = ctl.info.pid
+    assert ctl.cluster.sentinel.pid == pid  # the sentinel this controller started
+    other = cf.attach(home)
+    try:
+        [slow] = make_inputs(tmp_path / "s", 1, mode="slow sleep=30")
+        [job_id] = ctl.submit(fixture_plugin_path, slow)
+        killer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(SentinelGoneError,
+                           match=f"gone: sentinel pid {pid} was killed by SIGKILL"):
+            ctl.wait([job_id])  # no timeout: without the check this would never return
+        killer.join()
+        assert time.monotonic() - started < 5
+        with pytest.raises(SentinelGoneError, match="was killed by SIGKILL"):
+            ctl.submit(fixture_plugin_path, slow)
+        with pytest.raises(SentinelGoneError, match=f"sentinel pid {pid} is no longer running"):
+            other.cancel(job_id)  # attached: the pid is known, its exit status is not
+        assert _status(ctl, job_id) in ("QUEUED", "RUNNING")  # reads keep working
+    finally:
+        other.stop()
 
 
 def test_attach_without_a_sentinel_is_a_clear_error(home: Path) -> None:

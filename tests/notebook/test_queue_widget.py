@@ -129,6 +129,33 @@ def test_failed_job_shows_first_line_of_error_and_retry_requeues(
     assert _row(w.comm.merged(), 4)["status"] == "FAILED"
 
 
+def test_a_killed_host_is_told_apart_from_a_plugin_error(comms: list[RecordingComm]) -> None:
+    killed = "PluginHostKilled: plugin host pid 7 was killed by SIGKILL while running the job"
+    src = FakeSource([job(5, "RUNNING"), job(6, "FAILED", error_message="ValueError: bad",
+                                              error_kind="permanent"),
+                      job(7, "QUEUED", error_message=killed, error_kind="host_killed",
+                          host_kills=2)])
+    w = _widget(src)
+    src.publish("JobRetried", {"job_id": 5, "retry_count": 0, "error": killed,
+                               "error_kind": "host_killed", "reason": "host_killed"})
+    w.flush()
+    row = _row(w.comm.merged(), 5)
+    assert (row["status"], row["retries"], row["host_kills"]) == ("QUEUED", 0, 1)
+    assert row["error_kind"] == "host_killed" and row["error"] == killed
+    assert row["error_cause"] == "plugin host killed by a signal (not a plugin error)"
+    final = "PluginHostKilled: plugin host killed by SIGKILL 4 times (limit 3)"
+    src.publish("JobFailed", {"job_id": 5, "error": final, "error_kind": "host_killed",
+                              "will_retry": False})
+    w.flush()
+    row = _row(w.comm.merged(), 5)
+    assert (row["status"], row["error"], row["error_kind"]) == ("FAILED", final, "host_killed")
+    plugin_error = _row(w.comm.merged(), 6)  # from the state DB
+    assert (plugin_error["error_kind"], plugin_error["error_cause"]) == ("permanent",
+                                                                        "error (permanent)")
+    rerun = _row(w.comm.merged(), 7)  # running again after two killed hosts (state DB)
+    assert (rerun["host_kills"], rerun["error_kind"]) == (2, "host_killed")
+
+
 def test_ten_thousand_jobs_page_sort_filter(comms: list[RecordingComm]) -> None:
     """10,000 jobs: each view change sends one page (small), never the whole list."""
     jobs = [job(i, "COMPLETED" if i % 3 else "FAILED", rows=i, duration_ms=None)

@@ -167,6 +167,7 @@ def test_crashing_plugin_fails_the_job_and_the_host_is_replaced(pool: Any, jobs:
     assert res.status == "FAILED"
     err = res.error
     assert err is not None and err.ename == "PluginHostCrashed"
+    assert err.kind is ErrorKind.PERMANENT and err.signal is None  # an exit status: permanent
     assert "\n" not in err.evalue and "exited with code 3" in err.evalue, err
     assert gone(old)
     assert not jobs.staging_dir(job).exists()
@@ -174,6 +175,27 @@ def test_crashing_plugin_fails_the_job_and_the_host_is_replaced(pool: Any, jobs:
     assert new != old
     after = p.run(jobs.spec())
     assert after.status == "SUCCESS" and after.host_pid == new
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_a_host_killed_from_outside_is_a_host_killed_failure_with_its_signal(
+        pool: Any, jobs: Jobs, executor: ThreadPoolExecutor, sig: signal.Signals) -> None:
+    # The OOM killer or an operator's kill -9: not the plugin's fault, so not PluginHostCrashed.
+    p = pool(1)
+    job = jobs.spec("mode=slow sleep=30")
+    fut, started = start(executor, p, job)
+    wait_until(lambda: started, 10, message="the job to reach its host")
+    [pid] = started
+    os.kill(pid, sig)
+    res = fut.result(timeout=10)
+    assert res.status == "FAILED" and res.host_pid == pid
+    err = res.error
+    assert err is not None and err.kind is ErrorKind.HOST_KILLED and err.signal == sig
+    assert err.ename == "PluginHostKilled"
+    assert err.evalue == f"plugin host pid {pid} was killed by {sig.name} while running the job"
+    assert not jobs.staging_dir(job).exists()
+    [new] = p.pids
+    assert new != pid and p.run(jobs.spec()).status == "SUCCESS"
 
 
 def test_cancel_kills_a_host_that_ignores_sigterm(pool: Any, jobs: Jobs,

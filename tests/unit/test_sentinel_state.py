@@ -262,6 +262,7 @@ def test_transient_failure_retries_with_exponential_backoff_then_dead_letters() 
     acts = receipt(m, 1, "FAILED", 10.0, error=err)
     requeue = persists(acts, st.RequeueJob)[0]
     assert requeue.retry_count == 1 and requeue.scheduled_at == 11.0
+    assert requeue.error_kind == ErrorKind.TRANSIENT and requeue.host_kills is None
     assert published(acts, EventName.JOB_RETRIED)[0].data["delay_ms"] == 1000
     assert not dispatched(acts)  # backoff: not before 11.0
     assert m.next_wakeup() == 11.0
@@ -288,6 +289,68 @@ def test_permanent_failure_fails_at_once() -> None:
     assert not persists(acts, st.RequeueJob)
     assert persists(acts, st.FailJob)[0].traceback == "tb"
     assert persists(acts, st.DeadLetter)[0].reason == "permanent_error"
+
+
+def killed(signal: int = 9, pid: int = 4242) -> dict[str, Any]:
+    """The error a worker's pool reports for a plugin host killed by ``signal``."""
+    return {"ename": "PluginHostKilled", "kind": "host_killed", "signal": signal,
+            "evalue": f"plugin host pid {pid} was killed by SIGKILL while running the job"}
+
+
+def test_a_killed_host_reruns_the_job_at_once_on_its_own_budget() -> None:
+    m = machine(max_retries=0, host_kill_retries=3)  # no ordinary retry to spend
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    for n in (1, 2):
+        acts = receipt(m, 1, "FAILED", 10.0 * n, error=killed())
+        requeue = persists(acts, st.RequeueJob)[0]
+        assert (requeue.host_kills, requeue.retry_count, requeue.reason) == (n, 0, "host_killed")
+        assert requeue.error_kind == ErrorKind.HOST_KILLED
+        assert requeue.scheduled_at == 10.0 * n  # no backoff
+        assert requeue.error.startswith("PluginHostKilled: plugin host pid 4242 was killed")
+        event = published(acts, EventName.JOB_RETRIED)[0].data
+        assert (event["reason"], event["error_kind"]) == ("host_killed", ErrorKind.HOST_KILLED)
+        assert dispatched(acts) == {1: "a"} and m.jobs[1].attempt == n + 1
+    acts = complete(m, 1, 30.0)
+    assert persists(acts, st.CompleteJob) and 1 not in m.jobs
+
+
+def test_a_host_killed_past_the_limit_fails_the_job_naming_the_signal_and_count() -> None:
+    m = machine(host_kill_retries=3)
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    for n in range(1, 4):
+        assert persists(receipt(m, 1, "FAILED", float(n), error=killed()), st.RequeueJob)
+    acts = receipt(m, 1, "FAILED", 4.0, error=killed())
+    fail = persists(acts, st.FailJob)[0]
+    assert fail.error == "PluginHostKilled: plugin host killed by SIGKILL 4 times (limit 3)"
+    assert fail.error_kind == ErrorKind.HOST_KILLED and fail.host_kills == 4
+    assert persists(acts, st.DeadLetter)[0].reason == "host_kill_retries_exceeded"
+    event = published(acts, EventName.JOB_FAILED)[0].data
+    assert event["error_kind"] == ErrorKind.HOST_KILLED and event["retry_count"] == 0
+    assert 1 not in m.jobs
+
+
+def test_host_kills_carry_over_a_restart_and_a_zero_limit_fails_at_once() -> None:
+    m = machine(host_kill_retries=2)
+    m.handle(JobsQueued([rec(1, host_kills=2)], 0.0))  # as a restarted sentinel reads it back
+    join(m, "a")
+    fail = persists(receipt(m, 1, "FAILED", error=killed(signal=11)), st.FailJob)[0]
+    assert fail.error == "PluginHostKilled: plugin host killed by SIGSEGV 3 times (limit 2)"
+    m = machine(host_kill_retries=0)
+    m.handle(JobsQueued([rec(2)], 0.0))
+    join(m, "a")
+    fail = persists(receipt(m, 2, "FAILED", error=killed()), st.FailJob)[0]
+    assert fail.error == "PluginHostKilled: plugin host killed by SIGKILL once (limit 0)"
+
+
+def test_a_killed_host_of_a_cancelled_job_ends_it_aborted() -> None:
+    m = machine()
+    m.handle(JobsQueued([rec(1)], 0.0))
+    join(m, "a")
+    m.handle(CancelRequested(1, "r1", 0.5))
+    acts = receipt(m, 1, "FAILED", error=killed())
+    assert persists(acts, st.AbortJob) and not persists(acts, st.RequeueJob)
 
 
 def test_capacity_rejection_requeues_without_spending_a_retry() -> None:

@@ -27,6 +27,7 @@ from casparian_nb.store import (
     iso_from_epoch,
     job_to_info,
     now_iso,
+    schema,
 )
 from casparian_nb.store.schema import Migration
 
@@ -141,7 +142,7 @@ def test_fresh_db_gets_schema_version_and_pragmas(store: StateStore, db: Path) -
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"cf_meta", "cf_plugins", "cf_processing_queue", "cf_output_materializations",
             "cf_dead_letter"} <= tables  # fmt: skip
-    assert version_of(db) == str(SCHEMA_VERSION) == "1"
+    assert version_of(db) == str(SCHEMA_VERSION) == "2"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -245,7 +246,8 @@ def test_newer_schema_refused_by_writer_and_reader(db: Path, build: Callable[...
     StateStore.open(db).close()
     set_version(db, 7)
     expected = (
-        f"state DB {db} has schema version 7, newer than this casparian_nb supports (1): "
+        f"state DB {db} has schema version 7, newer than this casparian_nb supports "
+        f"({SCHEMA_VERSION}): "
         "upgrade casparian_nb, or start with another --home"
     )
     with pytest.raises(SchemaVersionError) as info:
@@ -300,21 +302,24 @@ def build(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     return become
 
 
+V = SCHEMA_VERSION  # this build's version; the tests below play the next release
+
+
 def test_migration_backs_up_then_upgrades_in_place(db: Path, build: Callable[..., None]) -> None:
     with StateStore.open(db) as store:
         store.insert_jobs([job(1), job(2)])
-    build(2, {1: _add_note_column})
+    build(V + 1, {V: _add_note_column})
     with StateStore.open(db) as store:
-        assert store.schema_version_before == 1
+        assert store.schema_version_before == V
         assert [j["note"] for j in store.list_jobs()] == ["migrated", "migrated"]
-    assert version_of(db) == "2"
-    backup = db.with_name("state.sqlite.bak-v1")
-    assert version_of(backup) == "1"
+    assert version_of(db) == str(V + 1)
+    backup = db.with_name(f"state.sqlite.bak-v{V}")
+    assert version_of(backup) == str(V)
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     conn = sqlite3.connect(backup)
     assert conn.execute("SELECT count(*) FROM cf_processing_queue").fetchone()[0] == 2
     conn.close()
-    build(1)  # the older build again
+    build(V)  # the older build again
     with pytest.raises(SchemaVersionError, match="newer than this casparian_nb supports"):
         StateReader.open(db)
 
@@ -327,19 +332,40 @@ def test_failed_migration_changes_nothing(db: Path, build: Callable[..., None]) 
         _add_note_column(conn)
         raise RuntimeError("boom")
 
-    build(2, {1: broken})
+    build(V + 1, {V: broken})
     with pytest.raises(SchemaVersionError, match=r"failed \(RuntimeError: boom\); nothing was"):
         StateStore.open(db)
-    assert version_of(db) == "1"
-    build(1)
+    assert version_of(db) == str(V)
+    build(V)
     with StateStore.open(db) as store:
         assert "note" not in store.get_job(1)  # type: ignore[operator]
     # A second attempt keeps the first backup and writes a new one beside it.
-    build(2, {1: broken})
+    build(V + 1, {V: broken})
     with pytest.raises(SchemaVersionError):
         StateStore.open(db)
-    assert db.with_name("state.sqlite.bak-v1").exists()
-    assert db.with_name("state.sqlite.bak-v1.1").exists()
+    assert db.with_name(f"state.sqlite.bak-v{V}").exists()
+    assert db.with_name(f"state.sqlite.bak-v{V}.1").exists()
+
+
+def test_version_1_gains_host_kills_and_keeps_its_jobs(db: Path) -> None:
+    with StateStore.open(db) as store:
+        store.insert_jobs([job(1), job(2)])
+    conn = sqlite3.connect(db)  # make it the file a version-1 build left
+    conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN host_kills")
+    conn.commit()
+    conn.close()
+    set_version(db, 1)
+    with pytest.raises(SchemaVersionError, match="start the sentinel of this version once"):
+        StateReader.open(db)
+    with StateStore.open(db) as store:
+        assert store.schema_version_before == 1
+        assert [j["host_kills"] for j in store.list_jobs()] == [0, 0]
+    assert version_of(db) == "2" and version_of(db.with_name("state.sqlite.bak-v1")) == "1"
+    with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
+        ddl.executescript(schema.DDL)
+        columns = "SELECT name, type, dflt_value FROM pragma_table_info('cf_processing_queue')"
+        # The same columns in the same order as a fresh database (the ALTER appends it last).
+        assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
 
 
 def test_older_schema_without_migration_refused(db: Path) -> None:
@@ -546,6 +572,31 @@ def test_requeue_for_retry_capacity_and_lost_worker(store: StateStore) -> None:
     row = store.get_job(jid)
     assert row and (row["retry_count"], row["error_message"], row["attempt"]) == (1, "Transient", 2)
     assert store.queued_jobs() == [(0, jid, None)]
+
+
+def test_a_killed_host_counts_apart_and_the_error_keeps_its_kind(store: StateStore) -> None:
+    (jid,) = store.insert_jobs([job()])
+    store.claim_job(jid, "w1")
+    assert store.requeue_job(jid, error="PluginHostKilled: ...", error_kind="host_killed",
+                             host_kills=1, reason="host_killed")
+    row = store.get_job(jid)
+    assert row and (row["host_kills"], row["retry_count"], row["error_kind"]) == (
+        1, 0, "host_killed")
+    store.claim_job(jid, "w1")
+    assert store.requeue_job(jid, reason="capacity")  # no error: message and kind both kept
+    row = store.get_job(jid)
+    assert row and (row["error_message"], row["error_kind"], row["host_kills"]) == (
+        "PluginHostKilled: ...", "host_killed", 1)
+    store.claim_job(jid, "w1")
+    assert store.requeue_job(jid, error="worker lost: gone", reason="worker_lost")
+    row = store.get_job(jid)  # a new error of no kind: the old kind goes with the old error
+    assert row and (row["error_kind"], row["host_kills"]) == (None, 1)
+    store.claim_job(jid, "w1")
+    assert store.fail_job(jid, "PluginHostKilled: plugin host killed by SIGKILL 4 times "
+                          "(limit 3)", "host_killed", "", host_kills=4)
+    row = store.get_job(jid)
+    assert row and (row["status"], row["host_kills"]) == ("FAILED", 4)
+    assert job_to_info(row)["host_kills"] == 4
 
 
 def test_dead_letter(store: StateStore) -> None:

@@ -94,7 +94,12 @@ function rowNode(row, now, vocabulary) {
     h("td", {}, row.worker ?? ""),
     h("td", { class: "num" }, row.rows === null || row.rows === undefined ? "" : row.rows.toLocaleString()),
     h("td", { class: "num cf-q-dur", dataset: { start: row.start ?? "" } }, durationText(row, now, running)),
-    h("td", { class: "cf-q-error", title: row.error ?? "" }, row.error ?? ""),
+    h("td", {
+      class: "cf-q-error",
+      // the hover says what the error was: a plugin's error, or its host killed by a signal
+      title: row.error_cause ? `${row.error_cause}: ${row.error ?? ""}` : row.error ?? "",
+      dataset: { kind: row.error_kind ?? "" },
+    }, row.error ?? ""),
     h("td", {}, action),
   );
   if (row.status === running && (row.duration_ms === null || row.duration_ms === undefined)) {

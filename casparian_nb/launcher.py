@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from ._proc import describe_exit
+from ._proc import OWNER_PID_ENV, describe_exit
 from .client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from .config import Settings
 from .errors import CasparianError, SentinelError
@@ -41,8 +41,11 @@ class LocalCluster:
     """A sentinel plus ``workers`` worker processes serving ``settings.home``."""
 
     def __init__(self, settings: Settings, *, workers: int | None = None,
-                 slots: int | None = None) -> None:
+                 slots: int | None = None, owner_pid: int | None = None) -> None:
+        """``owner_pid``: a process (a notebook kernel) whose death, even by SIGKILL, stops
+        the sentinel and workers (they watch it; see :func:`casparian_nb._proc.exit_with_owner`)."""
         self.settings = settings
+        self.owner_pid = owner_pid
         self.n_workers = settings.workers if workers is None else workers
         self.slots = slots
         self.sentinel: subprocess.Popen[bytes] | None = None
@@ -53,6 +56,8 @@ class LocalCluster:
         env = dict(os.environ)
         env.update(settings_env(self.settings))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.owner_pid is not None:
+            env[OWNER_PID_ENV] = str(self.owner_pid)
         return env
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:

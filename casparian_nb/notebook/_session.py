@@ -24,10 +24,9 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import CasparianError
-from ..launcher import LocalCluster
 from ..tape import TapeWriter, new_correlation_id
 
-__all__ = ["CommandRecord", "SessionTape", "cluster_env", "notebook_cluster"]
+__all__ = ["CommandRecord", "SessionTape"]
 
 log = logging.getLogger("casparian_nb.notebook")
 
@@ -95,40 +94,3 @@ class SessionTape:
     def close(self) -> None:
         if self.tape is not None:
             self.tape.close()
-
-
-def cluster_env(overrides: Mapping[str, Any]) -> dict[str, str]:
-    """``CASPARIAN_<FIELD>`` variables that give the launched processes the settings
-    overrides passed to ``cf.start()`` (they read their settings from home + environment)."""
-    env: dict[str, str] = {}
-    for key, value in overrides.items():
-        if key == "trust":
-            allow = getattr(value, "allow_unsigned_python", None)
-            if allow is not None:
-                env["CASPARIAN_ALLOW_UNSIGNED_PYTHON"] = "true" if allow else "false"
-            continue
-        if isinstance(value, bool):
-            env[f"CASPARIAN_{key.upper()}"] = "true" if value else "false"
-        else:
-            env[f"CASPARIAN_{key.upper()}"] = str(value)
-    return env
-
-
-class _NotebookCluster(LocalCluster):
-    """A LocalCluster whose processes also get the session's settings overrides."""
-
-    def __init__(self, settings: Settings, *, workers: int, slots: int | None,
-                 env: Mapping[str, str]) -> None:
-        super().__init__(settings, workers=workers, slots=slots)
-        self._extra_env = dict(env)
-
-    def _env(self) -> dict[str, str]:
-        env = super()._env()
-        env.update(self._extra_env)
-        return env
-
-
-def notebook_cluster(settings: Settings, *, workers: int, slots: int | None,
-                     env: Mapping[str, str]) -> LocalCluster:
-    """The sentinel + workers ``cf.start()`` launches."""
-    return _NotebookCluster(settings, workers=workers, slots=slots, env=env)

@@ -44,7 +44,7 @@ from ..launcher import LocalCluster
 from ..protocol import JobStatus
 from ._events import EventPump
 from ._models import Job, QueueStats
-from ._session import SessionTape, cluster_env, notebook_cluster
+from ._session import SessionTape
 from ._state import JobRows
 from ._wait import wait_for
 from .catalog import OutputCatalog
@@ -84,10 +84,9 @@ def start(workers: int = 2, home: str | os.PathLike[str] | None = None, *,
         print(f"casparian: attached to the running sentinel (pid {existing.pid}) of {s.home}; "
               "it was not started here, so ctl.stop() leaves it running")
         return ctl
-    env = cluster_env(settings)
-    if not keep_alive:  # a killed kernel runs no atexit: the processes watch it themselves
-        env["CASPARIAN_OWNER_PID"] = str(os.getpid())
-    cluster = notebook_cluster(s, workers=workers, slots=slots, env=env)
+    # A killed kernel runs no atexit: unless kept alive, the processes watch it themselves.
+    cluster = LocalCluster(s, workers=workers, slots=slots,
+                           owner_pid=None if keep_alive else os.getpid())
     try:
         info = cluster.start(timeout=timeout)
         return Controller(s, info, cluster=cluster, command="Start", keep_alive=keep_alive,

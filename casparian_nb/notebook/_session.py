@@ -1,4 +1,4 @@
-"""The controller's session tape and the cluster it launches.
+"""The controller's session tape.
 
 Every user action becomes ``ui_command`` + ``CommandSucceeded``/``CommandFailed`` (linked by
 ``correlation_id`` and ``parent_id``) through :meth:`SessionTape.command`::

@@ -34,6 +34,7 @@ from tests.hardening.harness import (
     TRIALS,
     ProcessTracker,
     audit,
+    duckdb_rows,
     jobs_by_id,
     pids_of,
     record,
@@ -112,14 +113,18 @@ POINTS = {
 }
 
 
-def _state_at_crash(settings: Settings, job: dict[str, Any], sink: Path) -> str:
+def _state_at_crash(settings: Settings, job: dict[str, Any], sink: Path, kind: str) -> str:
     """Where a job recorded as staged (RUNNING, ``staged_json`` set) stood when the sentinel
     died: "staged" (nothing in the sink), "moving" (journal written, hidden temps in the
     sink), "promoted" (its output in the sink, its staging gone) — or what else was seen."""
     staging = attempt_root(settings.staging_dir, job["attempt"]) / job_dirname(str(job["id"]))
-    ours = sorted(p.name for p in sink.glob(f"*{job_hash16(str(job['id']))}*")) \
-        if sink.is_dir() else []
-    final = f"fixture_output_{job_hash16(str(job['id']))}.parquet"
+    key = str(job["id"])
+    if kind == "duckdb":
+        ours = [f"{n} rows"] if (n := duckdb_rows(sink, "fixture_output")[key]) else []
+        final = "10 rows"
+    else:
+        ours = sorted(p.name for p in sink.glob(f"*{job_hash16(key)}*")) if sink.is_dir() else []
+        final = f"fixture_output_{job_hash16(key)}.parquet"
     if not ours and (staging / "fixture_output.parquet").is_file() \
             and not (staging / JOURNAL).exists():
         return "staged"
@@ -127,7 +132,8 @@ def _state_at_crash(settings: Settings, job: dict[str, Any], sink: Path) -> str:
         return "moving"
     if ours == [final] and not staging.exists():
         return "promoted"
-    return f"unexpected: sink {ours}, staging {sorted(os.listdir(staging)) if staging.exists() else None}"
+    left = sorted(os.listdir(staging)) if staging.exists() else None
+    return f"unexpected: sink {ours}, staging {left}"
 
 
 def _restart_env(monkeypatch: pytest.MonkeyPatch, point: str | None, marker: Path) -> None:
@@ -141,21 +147,26 @@ def _restart_env(monkeypatch: pytest.MonkeyPatch, point: str | None, marker: Pat
     monkeypatch.setenv("CF_FIXTURE_KILL_MARKER", str(marker))
 
 
-@pytest.mark.parametrize("point", list(POINTS))
+@pytest.mark.parametrize(("point", "kind"), [
+    *((point, "parquet") for point in POINTS),
+    # DuckDB loads in a transaction (no journal, no temps): no "mid-promotion" window.
+    *((point, "duckdb") for point in POINTS if point != "committer-mid-promotion"),
+])
 def test_kill_9_in_the_window_between_staged_and_recorded(
-        point: str, hcluster: Callable[..., LocalCluster], settings: Settings,
+        point: str, kind: str, hcluster: Callable[..., LocalCluster], settings: Settings,
         tracker: ProcessTracker, fixture_plugin: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     scenario, window = POINTS[point]
+    scenario += " (duckdb)" if kind == "duckdb" else ""
     for trial in range(TRIALS):
         marker = tmp_path / f"killed-{trial}"
-        sink = tmp_path / f"out-{trial}"
+        sink = tmp_path / (f"out-{trial}.duckdb" if kind == "duckdb" else f"out-{trial}")
         files = inputs(tmp_path / f"in-{trial}", 3)
         _restart_env(monkeypatch, point, marker)
         first = hcluster(workers=1, **FAST)
         everyone = pids_of(first)
         with control(first) as ctl:
-            ids = ctl.submit(fixture_plugin, files, sink=f"parquet://{sink}")["job_ids"]
+            ids = ctl.submit(fixture_plugin, files, sink=f"{kind}://{sink}")["job_ids"]
         assert first.sentinel is not None
         assert first.sentinel.wait(30) == -signal.SIGKILL and marker.read_text() == point
         stragglers = tracker.wait_gone(everyone, 10.0)  # its worker and hosts follow it
@@ -163,7 +174,7 @@ def test_kill_9_in_the_window_between_staged_and_recorded(
         # The kill landed in its window; other jobs may have been recorded as staged and be
         # waiting for the committer (and the loop records several completions in one go).
         hit = [j for j in at_crash.values() if j["staged_json"] and j["status"] == "RUNNING"]
-        states = sorted(_state_at_crash(settings, j, sink) for j in hit)
+        states = sorted(_state_at_crash(settings, j, sink, kind) for j in hit)
         assert window in states and set(states) <= {window, "staged"}, states
         if point.startswith("committer"):  # it promotes one job at a time
             assert states.count(window) == 1, states
@@ -173,6 +184,7 @@ def test_kill_9_in_the_window_between_staged_and_recorded(
         rows = wait_final(settings, ids)
         with control(second) as ctl:
             a = audit(settings, ids, sink=sink, tracker=tracker, client=ctl,
+                      duckdb_table="fixture_output" if kind == "duckdb" else None,
                       expect={"in_": "COMPLETED"})
         a.orphans += stragglers
         record(scenario, a)

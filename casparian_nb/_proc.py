@@ -102,7 +102,7 @@ def die_with_parent(parent_pid: int) -> bool:
     The signal follows the parent *thread* that forked us, not the process: a parent must
     start such children from threads that live as long as it wants the children to.
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or parent_pid != os.getppid():
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)

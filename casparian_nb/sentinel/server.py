@@ -395,7 +395,10 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         """A clean stop leaves no staging behind but what a PROMOTING job still needs (a
         promotion parked behind a locked DuckDB file: the next start finishes it)."""
         deadline = time.monotonic() + STOP_WORKERS_WAIT
-        local = [pid for pid, is_local in self._worker_procs.values() if is_local]
+        # Those still registered were just sent the Shutdown; one that said goodbye has
+        # stopped its hosts already.
+        local = [pid for wid, (pid, is_local) in self._worker_procs.items()
+                 if is_local and wid in self.state.workers]
         while any(pid_alive(pid) for pid in local) and time.monotonic() < deadline:
             time.sleep(0.02)  # told to stop: their hosts write nothing more once they are gone
         staging = self.settings.staging_dir

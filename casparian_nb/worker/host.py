@@ -15,19 +15,28 @@ Messages (msgspec JSON over :class:`multiprocessing.connection.Connection`, Stru
 * parent → host ``HostJob``; host → parent its ``Receipt``;
 * parent → host ``HostExit``.
 
-A host never outlives its worker, and never finishes a job nobody will receive. On Linux it
-asks the kernel (``PR_SET_PDEATHSIG``, :func:`~casparian_nb._proc.die_with_parent`) to
-SIGKILL it the instant its worker exits: the signal is sent while the worker is still
-exiting, before it is a zombie, so by the time anyone can see the worker dead (the
-sentinel's liveness check, a missed heartbeat) the host runs no more code — at most a system
-call already under way completes. What it had staged stays behind in
-``staging/attempt-N/<job>``; the sentinel removes exactly that directory when it re-queues
-the lost worker's jobs (``RemoveStaging``), and sweeps the staging tree when it stops and
-when it starts. Where there is no ``PR_SET_PDEATHSIG`` (macOS), a watcher thread polls for
-the parent every 0.2 s and, on loss, removes the current job's staging directory and
-``os._exit``s; a write that lands between the two is swept by the sentinel's stop or start.
-Only a job's own attempt directory is ever removed this way: a directory with a promotion
-journal never (:func:`casparian_nb.sinks.discard` refuses it).
+A host never outlives its worker, and never finishes a job nobody will receive. The race to
+close: a worker dies while its host is mid-``parse`` or mid-staging. Whoever removes that
+job's staging must run *after* the host has stopped writing, in a process that outlives it:
+not the worker (dead), and not the host itself (a watcher thread cannot stop the main
+thread's writes between its ``rmtree`` and its exit). So, on Linux, the host asks the kernel
+(``PR_SET_PDEATHSIG``, :func:`~casparian_nb._proc.die_with_parent`) to SIGKILL it when its
+worker exits. The kernel sends that signal while the worker is still exiting, before it is
+a zombie — so by the time anything can see the worker dead (the sentinel's liveness check,
+a missed heartbeat) the host runs no more code; at most a system call already under way
+completes. What it had staged stays in ``staging/attempt-N/<job>``, and the sentinel, which
+acts only once it has seen the worker dead, removes exactly that directory when it re-queues
+the worker's jobs (``RemoveStaging``); it also sweeps the staging when it stops and when it
+starts, for anything a remote worker that was only silent (not dead) wrote later.
+
+Where there is no ``PR_SET_PDEATHSIG`` (macOS) the race is only narrowed: a watcher thread
+polls for the parent every 0.2 s and, on loss, removes the current job's staging directory
+and ``os._exit``s; the sentinel's removal may come first, and a write that lands after both
+is left for the sentinel's next stop or start sweep. Neither path ever removes a
+directory with a promotion journal (:func:`casparian_nb.sinks.discard` refuses it). The
+kernel's signal follows the *thread* that started the host, so the pool starts hosts only
+from threads that outlive them (the worker's main and job threads; a standalone run's,
+until it closes the pool).
 """
 
 from __future__ import annotations

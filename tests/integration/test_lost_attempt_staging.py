@@ -1,4 +1,5 @@
-"""Issue 20 §1: a worker killed with its job mid-flight leaves no staging behind.
+"""Issue 20 §1: a worker killed with its job mid-flight leaves no staging behind, nor does a
+clean stop.
 
 Its plugin host dies with it (the kernel kills it as the worker exits), the sentinel removes
 the lost attempt's staging directory when it re-queues the job — recording that on its tape —
@@ -9,7 +10,9 @@ different moment of the staging each time.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -121,3 +124,38 @@ def test_a_worker_killed_mid_job_leaves_no_staging_of_its_attempt(
     cluster.stop()
     assert not staged_job_dirs(settings), "staging left behind after a clean stop"
     assert elapsed < 90, f"{ROUNDS} rounds took {elapsed:.0f}s"
+
+
+def test_a_clean_stop_sweeps_the_staging_but_keeps_a_parked_promotion(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    """A leftover no job will promote (here: planted, as a silent remote worker's late write
+    would be) is removed when the sentinel stops, and recorded; the staging of a promotion
+    parked behind a locked DuckDB file is kept for the next start, which promotes it."""
+    db = tmp_path / "out.duckdb"
+    lock = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # what another casparian committer would hold
+    try:
+        first = cluster_factory(workers=1, **FAST)
+        job_input = tmp_path / "in.txt"
+        job_input.write_text("parked\n")
+        with control(first) as ctl:
+            job_id = ctl.submit(fixture_plugin, [str(job_input)],
+                                sink=f"duckdb://{db}")["job_ids"][0]
+        wait_job(settings, job_id, lambda j: j["staged_json"], 20, "the receipt to be recorded")
+        parked = job_staging(settings, job_id, 1)
+        stray = job_staging(settings, 999, 3)
+        stray.mkdir(parents=True)
+        (stray / "fixture_output.parquet").write_bytes(b"PAR1")
+        first.stop()
+        assert parked.is_dir() and not stray.exists(), staged_job_dirs(settings)
+        swept = [p for p in staging_removed(settings) if p["cause"] == StagingRemovalCause.STOP]
+        assert [p["attempt"] for p in swept] == [3]
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    second = cluster_factory(workers=1, **FAST)
+    done = wait_final(settings, [job_id], timeout=30, status="COMPLETED")[job_id]
+    assert done["attempt"] == 1  # promoted from what was kept, not run again
+    second.stop()
+    assert not staged_job_dirs(settings)

@@ -1,11 +1,11 @@
-"""Issue 20 §1: a worker killed with its job mid-flight leaves no staging behind, nor does a
-clean stop.
+"""Issue 20 §1: crashes and stops leave no staging behind.
 
-Its plugin host dies with it (the kernel kills it as the worker exits), the sentinel removes
-the lost attempt's staging directory when it re-queues the job — recording that on its tape —
-and the job completes on the other worker. Whether the host had staged anything when the
-worker died is a race, so the scenario runs many times in one test, the kill landing at a
-different moment of the staging each time.
+A worker killed with its job mid-staging: its plugin host dies with it (the kernel kills it
+as the worker exits), the sentinel removes the lost attempt's staging directory when it
+re-queues the job — recording that on its tape — and the job completes on the other worker.
+Whether the host had staged anything when the worker died is a race, so the scenario runs
+many times in one test, the kill landing at a different moment of the staging each time.
+A clean stop sweeps whatever no promotion needs and keeps what a parked promotion does.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ orphan processes, jobs in an unexpected final state, staged debris left on disk,
 after which the sentinel did not answer Ping — then the fuzzer's message count. Exit status 0
 only if pytest passed (routed bugs are strict xfails) and lost, duplicated, partial, orphans,
 unexpected and down are all zero.
+
+The rows include the staging scenarios of issue 20 (``tests/hardening/test_staging_window.py``):
+a worker killed while its host stages, and the sentinel killed at four exact points between
+a job's staged outputs and their record in the state DB (Parquet and DuckDB sinks).
 """
 
 from __future__ import annotations

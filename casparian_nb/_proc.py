@@ -6,6 +6,9 @@
 * :func:`exit_with_parent`: the one way a process dies when the process that started it is
   gone (a plugin host when its worker is killed; a sentinel or worker when the notebook kernel
   that started it is killed and runs no ``atexit``).
+* :func:`die_with_parent`: on Linux, have the kernel SIGKILL this process the instant its
+  parent exits (``PR_SET_PDEATHSIG``) — for a plugin host, whose work is worthless once
+  its worker is gone and which must not write another byte of staging after that.
 * :func:`profiled`: a development aid (``CASPARIAN_PROFILE_DIR``).
 
 This module sits at the bottom of the layers (next to ``config``): it imports nothing of
@@ -15,16 +18,18 @@ casparian_nb, so the worker and the sentinel can both use it without importing e
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
 
-__all__ = ["ORPHANED_EXIT", "OWNER_PID_ENV", "describe_exit", "exit_with_owner",
+__all__ = ["ORPHANED_EXIT", "OWNER_PID_ENV", "describe_exit", "die_with_parent", "exit_with_owner",
            "exit_with_parent", "pid_alive", "profiled", "signal_name"]
 
 #: Set by ``cf.start()`` for the sentinel and workers it launches: the kernel's pid.
@@ -32,6 +37,8 @@ OWNER_PID_ENV = "CASPARIAN_OWNER_PID"
 #: Exit status of a process that left because its parent did.
 ORPHANED_EXIT = 70
 _POLL = 0.2
+#: ``prctl(2)`` option: the signal this process gets when its parent exits (Linux).
+_PR_SET_PDEATHSIG = 1
 
 
 def pid_alive(pid: int) -> bool:
@@ -70,12 +77,14 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def exit_with_parent(parent_pid: int, *, grace: float | None = None) -> bool:
+def exit_with_parent(parent_pid: int, *, grace: float | None = None,
+                     before_exit: Callable[[], object] | None = None) -> bool:
     """Leave when ``parent_pid`` stops being this process's parent (it died; we were
     re-parented). Polls from a daemon thread, so it works on every POSIX system and for a
     parent killed with SIGKILL.
 
-    ``grace=None``: ``os._exit`` at once (a plugin host: nothing of its own to clean up).
+    ``grace=None``: ``os._exit`` at once (a plugin host), after ``before_exit`` (the host
+    drops what it staged; errors there are ignored: the exit must happen).
     Otherwise SIGTERM to this process first, which runs its graceful stop, and ``os._exit``
     only if that has not finished within ``grace`` seconds.
 
@@ -90,10 +99,37 @@ def exit_with_parent(parent_pid: int, *, grace: float | None = None) -> bool:
         if grace is not None:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(grace)
+        elif before_exit is not None:
+            with contextlib.suppress(BaseException):
+                before_exit()
         os._exit(ORPHANED_EXIT)
 
     threading.Thread(target=watch, name="casparian-parent-watch", daemon=True).start()
     return True
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Ask the kernel to SIGKILL this process as soon as ``parent_pid`` (our parent) exits.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); returns False elsewhere, when the call fails,
+    or when the parent is already gone (then the caller should exit). The kernel sends the
+    signal while the parent is still exiting — before it becomes a zombie that anyone could
+    see as dead — so nothing that notices the parent's death can observe this process still
+    running user code afterwards.
+
+    The signal follows the parent *thread* that forked us, not the process: a parent must
+    start such children from threads that live as long as it wants the children to.
+    """
+    if not sys.platform.startswith("linux") or parent_pid != os.getppid():
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    # The parent may have died between our fork and the prctl: then no signal will come.
+    return os.getppid() == parent_pid
 
 
 def exit_with_owner(*, grace: float = 30.0) -> bool:

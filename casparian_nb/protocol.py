@@ -147,6 +147,7 @@ __all__ = [
     "ShutdownAck",
     "SignatureError",
     "SkippedInput",
+    "StagingRemovalCause",
     "StaleMessageError",
     "SubmitJobs",
     "Submitted",
@@ -283,8 +284,21 @@ class EventName(StrEnum):
     WORKER_JOINED = "WorkerJoined"
     WORKER_LOST = "WorkerLost"
     WORKER_LEFT = "WorkerLeft"
+    #: The sentinel removed staged outputs no job will promote (see ``StagingRemovalCause``).
+    STAGING_REMOVED = "StagingRemoved"
     COMMAND_SUCCEEDED = "CommandSucceeded"
     COMMAND_FAILED = "CommandFailed"
+
+
+class StagingRemovalCause(StrEnum):
+    """Why the sentinel removed a staging directory (``StagingRemoved.cause``)."""
+
+    #: The attempt's worker was lost; the job went back to the queue (or failed).
+    WORKER_LOST = "worker_lost"
+    #: Swept when the sentinel stopped: no promotion needed it.
+    STOP = "stop"
+    #: Swept when the sentinel started, after crash recovery.
+    START = "start"
 
 
 #: Events that concern one job (their payload has ``job_id``).

@@ -1,4 +1,4 @@
-"""The sentinel's committer thread, and the start-up sweep of the staging it leaves behind.
+"""The sentinel's committer thread, and the removal of staging no promotion needs.
 
 The committer is the single writer of every sink: it promotes staged outputs one job at a
 time. A DuckDB file that another process holds (a notebook with it open) must not stall the
@@ -13,6 +13,12 @@ arrived fails its job with the lock's one-line reason (which file, which process
 A parked job stays PROMOTING. Nothing about it is lost across a crash: its staged record is in
 the state DB (``record_staged`` is written before the ``Promote`` reaches us), its staging dir
 is untouched until the load commits, and a restart re-adopts and re-promotes it (idempotent).
+
+Staging that nothing will promote is removed by the loop, never by this thread:
+:func:`remove_attempt` drops one lost attempt's directory (its worker died), and
+:func:`sweep_staging` every job directory but those of PROMOTING jobs, when the sentinel
+starts (after crash recovery) and when it stops (after the committer has finished). A
+directory holding a promotion journal is never removed by either.
 """
 
 from __future__ import annotations
@@ -30,11 +36,11 @@ from pathlib import Path
 from .. import sinks
 from ..errors import SinkLockedError
 from ..sinks._held import ConnectionHolder, holding_connections
-from ..sinks.staging import JOURNAL
+from ..sinks.staging import ATTEMPT_PREFIX, JOURNAL, attempt_root, job_dirname
 from . import state as st
 from ._persist import Persister
 
-__all__ = ["Committer", "sweep_staging"]
+__all__ = ["Committer", "remove_attempt", "sweep_staging"]
 
 log = logging.getLogger("casparian_nb.sentinel")
 
@@ -197,15 +203,40 @@ def _duckdb_key(item: st.Promote) -> str | None:
     return os.path.realpath(sink.path) if sink.kind == "duckdb" else None
 
 
+def remove_attempt(staging: Path, attempt: int, job_key: str) -> str | None:
+    """Remove the staging dir of attempt ``attempt`` of job ``job_key``; return its path, or
+    None when there was nothing to remove (the attempt staged nothing, or its worker's
+    cleanup got there first).
+
+    Only for an attempt that is over: its worker was lost, so nothing will promote what it
+    staged (a late receipt of it is stale and discarded). A dir with a promotion journal is
+    kept all the same (that cannot be a lost attempt's: promotion starts only after the
+    sentinel accepted a receipt), and so is a symlink in its place.
+    """
+    path = attempt_root(staging, attempt) / job_dirname(job_key)
+    if not path.is_dir() or path.is_symlink() or os.path.lexists(path / JOURNAL):
+        return None
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # the next sweep (stop or start) tries again
+        log.warning("cannot remove the staging of a lost attempt, %s: %s", path, exc)
+        return None
+    return str(path)
+
+
 def sweep_staging(staging: Path, keep: Collection[str]) -> list[str]:
     """Remove the sentinel's job staging dirs (``<staging>/attempt-N/<job dir>``) that no
     promotion needs; return them.
 
     Call at start-up, after crash recovery rolled the journals forward and the state DB was
-    reconciled: ``keep`` are the staging dirs of the jobs re-adopted as PROMOTING. Every other
-    job dir belongs to an attempt that is over (its worker died with the old sentinel; a late
-    receipt is discarded as stale). Dirs with a journal (a promotion recovery could not
-    finish) are left for a human. Symlinks are never followed: only real directories inside
+    reconciled, and at a clean stop, after the committer finished and the workers were told
+    to stop: ``keep`` are the staging dirs of the jobs that are PROMOTING (re-adopted, or
+    parked behind a locked DuckDB file). Every other job dir belongs to an attempt that is
+    over (its worker died, or stopped and discarded it; a late receipt is discarded as
+    stale; a job still queued or running re-runs under a new attempt dir). Dirs with a
+    journal (a promotion recovery could not finish) are left for a human. Symlinks are never followed: only real directories inside
     ``attempt-*`` are removed, and ``rmtree`` unlinks links instead of descending into them.
     Standalone runs (``run-*``) clean up after themselves and are not touched.
     """
@@ -213,7 +244,7 @@ def sweep_staging(staging: Path, keep: Collection[str]) -> list[str]:
     removed: list[str] = []
     try:
         attempts = [e for e in os.scandir(staging)
-                    if e.name.startswith("attempt-") and e.is_dir(follow_symlinks=False)]
+                    if e.name.startswith(ATTEMPT_PREFIX) and e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return removed
     for attempt in attempts:

@@ -34,6 +34,7 @@ __all__ = [
     "Publish",
     "ReceiptReceived",
     "RecordStaged",
+    "RemoveStaging",
     "Reply",
     "RequestCancel",
     "RequeueJob",
@@ -287,6 +288,19 @@ class Discard:
     staged: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class RemoveStaging:
+    """Remove what attempt ``attempt`` of a job staged (``<staging>/attempt-N/<job dir>``):
+    that attempt is over (its worker was lost) and no receipt of it will be promoted. The
+    loop removes the directory (never one with a promotion journal) and records a
+    ``StagingRemoved`` event when there was something to remove."""
+
+    job_id: int
+    #: The job's key (``JobSpec.job_id``), which names its staging directory.
+    job_key: str
+    attempt: int
+
+
 @dataclass(slots=True)
 class Reply:
     """Answer the control request ``request_id`` (held by the server) with ``message``."""
@@ -296,4 +310,5 @@ class Reply:
 
 
 Action = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob | RequeueJob
-          | AbortJob | FailJob | DeadLetter | Send | Publish | Promote | Discard | Reply)
+          | AbortJob | FailJob | DeadLetter | Send | Publish | Promote | Discard | RemoveStaging
+          | Reply)

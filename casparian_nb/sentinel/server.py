@@ -7,6 +7,11 @@ staged outputs into sinks one job at a time, so each sink (a DuckDB file above a
 writer; it reports back through an inproc socket (``_committer.py``: a DuckDB file another
 process holds parks only its own promotions). The socket handler tables are in
 ``_control.py`` (control requests) and ``_workers.py`` (worker messages).
+
+Staging that no promotion will need is removed here, on the loop thread, and each removal is
+recorded (``StagingRemoved``): a lost worker's attempts when its jobs are re-queued
+(``RemoveStaging``), and everything but the PROMOTING jobs' when the sentinel starts and when
+it stops (``sweep_staging``).
 """
 
 from __future__ import annotations
@@ -37,15 +42,18 @@ from ..protocol import (
     EventMessage,
     EventName,
     HandlerTable,
+    JobStatus,
     Message,
     Shutdown,
+    StagingRemovalCause,
     Subscribed,
     WireMessage,
     WorkerMessage,
 )
+from ..sinks.staging import ATTEMPT_PREFIX, attempt_root
 from ..store.schema import now_iso
 from . import state as st
-from ._committer import Committer, sweep_staging
+from ._committer import Committer, remove_attempt, sweep_staging
 from ._control import ControlHandlers
 from ._persist import Persister, SentinelStore
 from ._submit import SubmitHandler
@@ -70,6 +78,9 @@ EVENTS_MAXMSGSIZE = 1024
 #: Log lines about refused messages: per socket, at most this many per 10 s (the rest are
 #: counted), so hostile traffic cannot grow sentinel.log at will.
 REFUSED_LOG_BURST = 20
+#: At a clean stop, how long to wait for local workers to exit (after the Shutdown) before
+#: sweeping the staging, so that no plugin host writes into it after the sweep.
+STOP_WORKERS_WAIT = 5.0
 
 
 class Sentinel(ControlHandlers, WorkerHandlers):
@@ -177,6 +188,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         keep = [str(rec.result["staged"].get("staging_dir") or "") for rec in adopted
                 if isinstance(rec.result.get("staged"), dict)]
         swept = sweep_staging(staging, [k for k in keep if k])
+        self._staging_removed(swept, StagingRemovalCause.START)
         recs = self.persist.load_queued(now)
         self._feed(st.JobsQueued([*adopted, *recs], now))
         for rec in adopted:
@@ -330,6 +342,8 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                 self._publish(a.name, a.data)
             elif isinstance(a, st.Promote | st.Discard):
                 self._promotions.put(a)
+            elif isinstance(a, st.RemoveStaging):
+                self._remove_staging(a)
             elif isinstance(a, st.Reply):
                 self._reply_pending(a.request_id, a.message)
 
@@ -360,6 +374,42 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             self.pub.send_multipart([topic, *frames])
         if self.tape is not None:
             self.tape.emit("domain_event", name, data)
+
+    # -- staging no promotion needs -------------------------------------------------------
+    def _remove_staging(self, a: st.RemoveStaging) -> None:
+        """Drop what a lost attempt staged; record it when there was something."""
+        removed = remove_attempt(self.settings.staging_dir, a.attempt, a.job_key)
+        if removed is not None:
+            self._publish(EventName.STAGING_REMOVED, {
+                "job_id": a.job_id, "attempt": a.attempt, "path": removed,
+                "cause": StagingRemovalCause.WORKER_LOST})
+
+    def _staging_removed(self, paths: list[str], cause: StagingRemovalCause) -> None:
+        """Record the job staging dirs a sweep removed (``<staging>/attempt-N/<job dir>``)."""
+        for path in paths:
+            attempt = Path(path).parent.name.removeprefix(ATTEMPT_PREFIX)
+            self._publish(EventName.STAGING_REMOVED, {
+                "attempt": int(attempt) if attempt.isdigit() else None, "path": path,
+                "cause": cause})
+
+    def _sweep_on_stop(self) -> None:
+        """A clean stop leaves no staging behind but what a PROMOTING job still needs (a
+        promotion parked behind a locked DuckDB file: the next start finishes it)."""
+        deadline = time.monotonic() + STOP_WORKERS_WAIT
+        # Those still registered were just sent the Shutdown; one that said goodbye has
+        # stopped its hosts already.
+        local = [pid for wid, (pid, is_local) in self._worker_procs.items()
+                 if is_local and wid in self.state.workers]
+        while any(pid_alive(pid) for pid in local) and time.monotonic() < deadline:
+            time.sleep(0.02)  # told to stop: their hosts write nothing more once they are gone
+        staging = self.settings.staging_dir
+        keep = [str(attempt_root(staging, job.attempt)
+                    / sinks.job_dirname(job.spec.job_id))
+                for job in self.state.jobs.values() if job.status == JobStatus.PROMOTING]
+        removed = sweep_staging(staging, keep)
+        self._staging_removed(removed, StagingRemovalCause.STOP)
+        if removed:
+            log.info("stop: removed %d staging dir(s) no promotion needs", len(removed))
 
     # -- committer -----------------------------------------------------------------------
     def _committer(self) -> None:
@@ -395,6 +445,10 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                 self._send_worker(w.identity, Shutdown())
         except zmq.ZMQError:
             pass
+        try:
+            self._sweep_on_stop()
+        except Exception:
+            log.exception("sweeping the staging at stop failed")
         try:
             if self.tape is not None:
                 self.tape.close("sentinel_stopped")

@@ -51,6 +51,7 @@ from ._vocabulary import (
     Publish,
     ReceiptReceived,
     RecordStaged,
+    RemoveStaging,
     Reply,
     RequestCancel,
     RequeueJob,
@@ -87,6 +88,7 @@ __all__ = [
     "Publish",
     "ReceiptReceived",
     "RecordStaged",
+    "RemoveStaging",
     "Reply",
     "RequestCancel",
     "RequeueJob",
@@ -487,7 +489,8 @@ class SentinelState:
 
     def _lose_worker(self, w: _Worker, reason: str, now: float, *, graceful: bool) -> list[Action]:
         """A worker is gone: its running jobs go back to the queue (a crash spends a retry,
-        a clean goodbye does not) or, out of retries, fail; a cancelled one is ABORTED."""
+        a clean goodbye does not) or, out of retries, fail; a cancelled one is ABORTED.
+        Whatever their lost attempts staged is removed: nothing will promote it."""
         self.workers.pop(w.worker_id, None)
         actions: list[Action] = []
         requeued: list[int] = []
@@ -495,6 +498,8 @@ class SentinelState:
             job = self.jobs.get(job_id)
             if job is None or job.status != _RUNNING or job.worker_id != w.worker_id:
                 continue
+            # A receipt of this attempt, should one still come, is stale and discarded.
+            actions.append(RemoveStaging(job.id, job.spec.job_id, job.attempt))
             if job.cancel_requested:
                 actions += self._finish_aborted(job, "cancelled; its worker was lost", 0.0)
                 continue

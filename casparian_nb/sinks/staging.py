@@ -26,8 +26,11 @@ from ._fs import fsync_dir, fsync_file, remove_tree
 from ._schema import conform
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
 
-__all__ = ["JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput", "discard", "job_dirname"]
+__all__ = ["ATTEMPT_PREFIX", "JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput",
+           "attempt_root", "discard", "job_dirname"]
 
+#: A worker stages attempt N of every job under ``<staging>/attempt-N/`` (:func:`attempt_root`).
+ATTEMPT_PREFIX = "attempt-"
 #: Promotion journal inside a job's staging dir; its presence means "promotion under way".
 JOURNAL = "PROMOTING.json"
 #: Small generator batches are coalesced up to this many rows per write, so a file made of
@@ -115,6 +118,16 @@ class StagedJob:
 def job_dirname(job_id: str) -> str:
     """A filesystem-safe, collision-free directory name for a job id."""
     return f"{_UNSAFE.sub('_', job_id)[:48]}-{job_hash16(job_id)}"
+
+
+def attempt_root(staging: str | Path, attempt: int) -> Path:
+    """Where a worker stages attempt ``attempt`` of its jobs: ``<staging>/attempt-N``.
+
+    Each attempt has its own directory, so a straggler from a lost attempt can never touch
+    the files of the attempt that replaced it; the job's own directory inside it is
+    :func:`job_dirname`. The sentinel uses the same name to remove a lost attempt's staging.
+    """
+    return Path(staging) / f"{ATTEMPT_PREFIX}{attempt}"
 
 
 def _stats_columns(schema: pa.Schema) -> list[str]:

@@ -85,6 +85,8 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
     _E.WORKER_JOINED: {"worker_id": KEEP, "slots": KEEP, "pid": KEEP},
     _E.WORKER_LOST: {"worker_id": KEEP, "requeued_job_ids": KEEP},
     _E.WORKER_LEFT: {"worker_id": KEEP, "requeued_job_ids": KEEP},
+    # a staging dir's path names the job's id and the home: hashed like every path
+    _E.STAGING_REMOVED: {"job_id": KEEP, "attempt": KEEP, "path": HASH, "cause": KEEP},
     # responses
     COMMAND_SUCCEEDED: {"status": KEEP, "job_ids": KEEP, "count": KEEP, "rows": KEEP},
     COMMAND_FAILED: {"status": KEEP, "error": TEXT, "error_kind": KEEP},

@@ -14,6 +14,29 @@ Messages (msgspec JSON over :class:`multiprocessing.connection.Connection`, Stru
 * host → parent ``HostReady`` once imports are done;
 * parent → host ``HostJob``; host → parent its ``Receipt``;
 * parent → host ``HostExit``.
+
+A host never outlives its worker, and never finishes a job nobody will receive. The race to
+close: a worker dies while its host is mid-``parse`` or mid-staging. Whoever removes that
+job's staging must run *after* the host has stopped writing, in a process that outlives it:
+not the worker (dead), and not the host itself (a watcher thread cannot stop the main
+thread's writes between its ``rmtree`` and its exit). So, on Linux, the host asks the kernel
+(``PR_SET_PDEATHSIG``, :func:`~casparian_nb._proc.die_with_parent`) to SIGKILL it when its
+worker exits. The kernel sends that signal while the worker is still exiting, before it is
+a zombie — so by the time anything can see the worker dead (the sentinel's liveness check,
+a missed heartbeat) the host runs no more code; at most a system call already under way
+completes. What it had staged stays in ``staging/attempt-N/<job>``, and the sentinel, which
+acts only once it has seen the worker dead, removes exactly that directory when it re-queues
+the worker's jobs (``RemoveStaging``); it also sweeps the staging when it stops and when it
+starts, for anything a remote worker that was only silent (not dead) wrote later.
+
+Where there is no ``PR_SET_PDEATHSIG`` (macOS) the race is only narrowed: a watcher thread
+polls for the parent every 0.2 s and, on loss, removes the current job's staging directory
+and ``os._exit``s; the sentinel's removal may come first, and a write that lands after both
+is left for the sentinel's next stop or start sweep. Neither path ever removes a
+directory with a promotion journal (:func:`casparian_nb.sinks.discard` refuses it). The
+kernel's signal follows the *thread* that started the host, so the pool starts hosts only
+from threads that outlive them (the worker's main and job threads; a standalone run's,
+until it closes the pool).
 """
 
 from __future__ import annotations
@@ -37,7 +60,7 @@ import pyarrow  # noqa: F401
 
 from .. import lineage as lineage_mod
 from .. import plugins, sinks
-from .._proc import exit_with_parent
+from .._proc import die_with_parent, exit_with_parent
 from ..errors import (
     LineageError,
     PermanentError,
@@ -62,6 +85,9 @@ _MAX_TRACEBACK = 16_000
 #: The address-space limit this host runs under (0: none), for out-of-memory messages.
 _MEMORY_LIMIT_MB = 0
 _PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
+#: The staging directory of the job this host is running (None between jobs), for the
+#: parent watcher to drop when the worker is lost.
+_CURRENT_STAGING: Path | None = None
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
@@ -204,6 +230,8 @@ def serve(conn: Connection) -> None:
             return
         if isinstance(msg, HostExit):
             return
+        global _CURRENT_STAGING
+        _CURRENT_STAGING = Path(msg.staging_root).absolute() / sinks.job_dirname(msg.job.job_id)
         try:
             result = execute_job(msg)
         except MemoryError:
@@ -212,7 +240,17 @@ def serve(conn: Connection) -> None:
         try:
             conn.send_bytes(encoder.encode(result))
         except (BrokenPipeError, OSError):
-            return
+            return  # the worker is gone: _drop_current_staging runs as the host exits
+        # Delivered: from here the staged outputs are the worker's (and the committer's).
+        _CURRENT_STAGING = None
+
+
+def _drop_current_staging() -> None:
+    """The worker is gone: nobody will receive this job's outputs. Remove what it staged
+    (never a directory with a promotion under way: ``sinks.discard`` refuses those)."""
+    path = _CURRENT_STAGING
+    if path is not None:
+        sinks.discard(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=os.getppid())
     parser.add_argument("--memory-limit-mb", type=int, default=0)
     args = parser.parse_args(argv)
-    exit_with_parent(args.parent)  # no host outlives its worker
+    # No host outlives its worker, nor finishes work nobody will receive (module docstring).
+    die_with_parent(args.parent)
+    if not exit_with_parent(args.parent, before_exit=_drop_current_staging):
+        return 0  # the worker died before we even started
     _limit_memory(args.memory_limit_mb)
     # Plugin logging (ctx.logger) goes to this host's log file (our stderr).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

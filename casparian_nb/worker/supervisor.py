@@ -22,7 +22,6 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import zmq
@@ -58,6 +57,7 @@ from ..protocol import (
     WireMessage,
     one_line,
 )
+from ..sinks.staging import attempt_root
 from .pool import HostPool, aborted
 
 __all__ = ["Worker", "run_worker"]
@@ -358,7 +358,7 @@ class Worker:
         job_id = dispatch.job.job_id
         # Each attempt stages in its own directory, so a straggler from a lost attempt can
         # never touch the files of the attempt that replaced it.
-        staging = Path(self.settings.staging_dir) / f"attempt-{dispatch.attempt}"
+        staging = attempt_root(self.settings.staging_dir, dispatch.attempt)
         attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging))
 
         def started(pid: int) -> None:

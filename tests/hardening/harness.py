@@ -287,7 +287,8 @@ def _parquet_outputs(sink: Path, audit: Audit) -> dict[str, list[tuple[Path, int
     return found
 
 
-def _duckdb_rows(db: Path, table: str) -> Counter[str]:
+def duckdb_rows(db: Path, table: str) -> Counter[str]:
+    """Rows per ``_cf_job_id`` in ``table`` of the DuckDB file ``db`` (empty if neither is there)."""
     import duckdb
 
     if not db.exists():
@@ -360,7 +361,7 @@ def audit(settings: Settings, ids: Iterable[int], *, sink: Path | None = None,
         for rest in by_hash.values():  # files of no job of this trial
             a.partial.extend(f"{p.name}: belongs to no job of the trial" for p, _, _ in rest)
     elif sink is not None and duckdb_table is not None:
-        counts = _duckdb_rows(sink, duckdb_table)
+        counts = duckdb_rows(sink, duckdb_table)
         for job_id in ids:
             row = rows.get(job_id) or {}
             got = counts.pop(str(job_id), 0)

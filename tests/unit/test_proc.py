@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 
-from casparian_nb._proc import OWNER_PID_ENV, exit_with_parent, pid_alive
+from casparian_nb._proc import OWNER_PID_ENV, die_with_parent, exit_with_parent, pid_alive
 from tests.conftest import running, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +68,42 @@ def test_a_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
         _reap(pid)
 
 
+def test_before_exit_runs_when_the_parent_is_gone(tmp_path: Path) -> None:
+    """A plugin host drops its current job's staging this way where the kernel cannot kill
+    it with its worker."""
+    child = textwrap.dedent("""
+        import os, pathlib, time
+        from casparian_nb._proc import exit_with_parent
+        out = pathlib.Path(os.environ["TMP_DIR"])
+        assert exit_with_parent(os.getppid(), before_exit=(out / "dropped").touch)
+        (out / "ready").touch()
+        time.sleep(120)
+    """)
+    pid = _orphan(child, "plain", tmp_path)
+    try:
+        wait_until(lambda: not running(pid), 5, message="the orphaned child to exit")
+    finally:
+        _reap(pid)
+    assert (tmp_path / "dropped").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_kernel_kills_a_child_that_dies_with_its_parent(tmp_path: Path) -> None:
+    """No watcher thread here: only the kernel can end this child when its parent dies."""
+    child = textwrap.dedent("""
+        import os, pathlib, time
+        from casparian_nb._proc import die_with_parent
+        assert die_with_parent(os.getppid())
+        pathlib.Path(os.environ["TMP_DIR"], "ready").touch()
+        time.sleep(120)
+    """)
+    pid = _orphan(child, "plain", tmp_path)
+    try:
+        wait_until(lambda: not running(pid), 5, message="the kernel to kill the child")
+    finally:
+        _reap(pid)
+
+
 def test_an_owned_process_stops_gracefully_when_its_owner_is_killed(tmp_path: Path) -> None:
     """``exit_with_owner``: SIGTERM first (the process's own graceful stop runs), and the
     variable is not passed on to grandchildren."""
@@ -93,6 +130,7 @@ def test_an_owned_process_stops_gracefully_when_its_owner_is_killed(tmp_path: Pa
 
 def test_nothing_is_watched_for_a_process_that_is_not_the_parent() -> None:
     assert exit_with_parent(os.getpid()) is False  # we are not our own parent
+    assert die_with_parent(os.getpid()) is False
 
 
 def test_pid_alive() -> None:

@@ -176,7 +176,8 @@ def test_start_exits_1_naming_the_signal_when_its_sentinel_is_killed(
         out, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            # start_new_session: the group is `casparian start` and what it started, nothing else
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode == 1, (out, err)
     assert err.strip().splitlines() == [f"casparian: sentinel pid {pid} was killed by SIGKILL"]

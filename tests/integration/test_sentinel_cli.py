@@ -20,7 +20,12 @@ import msgspec
 import psutil
 import zmq
 
-from casparian_nb.client import ControlClient, connection_is_live, read_connection_file
+from casparian_nb.client import (
+    ConnectionInfo,
+    ControlClient,
+    connection_is_live,
+    read_connection_file,
+)
 from casparian_nb.config import Settings
 from casparian_nb.errors import SentinelError
 from casparian_nb.launcher import LocalCluster
@@ -33,6 +38,22 @@ def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CASPARIAN_", "CF_FIXTURE_"))}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def serving(home: Path, workers: int | None = None) -> ConnectionInfo | None:
+    """The live sentinel of ``home`` once ``workers`` workers (None: any) joined it; None
+    before."""
+    try:
+        info = read_connection_file(home)
+    except SentinelError:  # not written yet
+        return None
+    if not connection_is_live(info):
+        return None
+    if workers is not None:
+        with ControlClient(info, timeout=2) as ctl:
+            if len(ctl.list_workers()) != workers:
+                return None
+    return info
 
 
 def cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -111,17 +132,8 @@ def test_start_in_the_foreground_stops_everything_on_sigint_even_with_sigint_ign
         env=cli_env(), start_new_session=True, preexec_fn=_ignore_sigint)
     tree: set[int] = set()
     try:
-        def serving() -> Any:
-            try:
-                info = read_connection_file(home)
-            except SentinelError:
-                return None
-            if not connection_is_live(info):
-                return None
-            with ControlClient(info, timeout=2) as ctl:
-                return info if len(ctl.list_workers()) == 2 else None
-
-        info = wait_until(serving, 30, interval=0.05, message="casparian start to serve")
+        info = wait_until(lambda: serving(home, 2), 30, interval=0.05,
+                          message="casparian start to serve")
         hang = make_inputs(tmp_path / "in", 1, mode="hang")  # a host busy, ignoring SIGTERM
         with ControlClient(info) as ctl:
             job_id = ctl.submit(fixture_plugin, [str(hang[0])])["job_ids"][0]
@@ -158,16 +170,9 @@ def test_start_exits_1_naming_the_signal_when_its_sentinel_is_killed(
         env=cli_env(), start_new_session=True)
     try:
         def sentinel_pid() -> int | None:
-            try:
-                info = read_connection_file(home)
-            except SentinelError:
-                return None
-            if not connection_is_live(info):
-                return None
-            with ControlClient(info, timeout=2) as ctl:
-                joined = len(ctl.list_workers()) == 1
+            info = serving(home, 1)
             children = {c.pid for c in psutil.Process(proc.pid).children()}
-            return info.pid if joined and info.pid in children else None
+            return info.pid if info is not None and info.pid in children else None
 
         pid = wait_until(sentinel_pid, 30, interval=0.05, message="casparian start to serve")
         workers = [c.pid for c in psutil.Process(proc.pid).children() if c.pid != pid]
@@ -293,13 +298,7 @@ def test_python_m_sentinel_and_worker_run_a_job(home: Path, fixture_plugin: Path
                                 stderr=subprocess.PIPE, text=True)
     worker: subprocess.Popen[str] | None = None
     try:
-        def live() -> bool:
-            try:
-                return connection_is_live(read_connection_file(home / "sentinel.json"))
-            except SentinelError:  # not written yet
-                return False
-
-        wait_until(live, 30, message="the sentinel's connection file")
+        wait_until(lambda: serving(home), 30, message="the sentinel's connection file")
         worker = subprocess.Popen([sys.executable, "-m", "casparian_nb.worker", "--home",
                                    str(home), "--slots", "1"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -169,12 +169,18 @@ def test_start_exits_1_naming_the_signal_when_its_sentinel_is_killed(
          "--slots", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=cli_env(), start_new_session=True)
     try:
-        def sentinel_pid() -> int | None:
-            info = serving(home, 1)
-            children = {c.pid for c in psutil.Process(proc.pid).children()}
-            return info.pid if info is not None and info.pid in children else None
-
-        pid = wait_until(sentinel_pid, 30, interval=0.05, message="casparian start to serve")
+        # `start` prints its one line once the sentinel serves and the workers joined: only
+        # then is a dying sentinel the case under test (not a start that failed half-way).
+        banner: list[str] = []
+        assert proc.stdout is not None
+        out_pipe = proc.stdout
+        threading.Thread(target=lambda: banner.append(out_pipe.readline()),
+                         daemon=True).start()
+        wait_until(lambda: banner, 30, message="casparian start to say it serves")
+        info = serving(home, 1)
+        assert info is not None and f"sentinel pid {info.pid} serving" in banner[0], banner
+        pid = info.pid
+        assert pid in {c.pid for c in psutil.Process(proc.pid).children()}
         workers = [c.pid for c in psutil.Process(proc.pid).children() if c.pid != pid]
         assert len(workers) == 1
         os.kill(pid, signal.SIGKILL)  # the start's own child, found through sentinel.json

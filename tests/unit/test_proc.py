@@ -53,6 +53,14 @@ def _reap(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _assert_exits(pid: int, message: str) -> None:
+    """``pid`` ends within 5 s; killed in any case, so a failing test leaves nothing behind."""
+    try:
+        wait_until(lambda: not running(pid), 5, message=message)
+    finally:
+        _reap(pid)
+
+
 def test_a_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
     child = textwrap.dedent("""
         import os, pathlib, time
@@ -62,10 +70,7 @@ def test_a_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
         time.sleep(120)
     """)
     pid = _orphan(child, "plain", tmp_path)
-    try:
-        wait_until(lambda: not running(pid), 5, message="the orphaned child to exit")
-    finally:
-        _reap(pid)
+    _assert_exits(pid, "the orphaned child to exit")
 
 
 def test_before_exit_runs_when_the_parent_is_gone(tmp_path: Path) -> None:
@@ -80,10 +85,7 @@ def test_before_exit_runs_when_the_parent_is_gone(tmp_path: Path) -> None:
         time.sleep(120)
     """)
     pid = _orphan(child, "plain", tmp_path)
-    try:
-        wait_until(lambda: not running(pid), 5, message="the orphaned child to exit")
-    finally:
-        _reap(pid)
+    _assert_exits(pid, "the orphaned child to exit")
     assert (tmp_path / "dropped").exists()
 
 
@@ -98,10 +100,7 @@ def test_the_kernel_kills_a_child_that_dies_with_its_parent(tmp_path: Path) -> N
         time.sleep(120)
     """)
     pid = _orphan(child, "plain", tmp_path)
-    try:
-        wait_until(lambda: not running(pid), 5, message="the kernel to kill the child")
-    finally:
-        _reap(pid)
+    _assert_exits(pid, "the kernel to kill the child")
 
 
 def test_an_owned_process_stops_gracefully_when_its_owner_is_killed(tmp_path: Path) -> None:
@@ -121,10 +120,7 @@ def test_an_owned_process_stops_gracefully_when_its_owner_is_killed(tmp_path: Pa
         time.sleep(120)
     """)
     pid = _orphan(child, "owner", tmp_path)
-    try:
-        wait_until(lambda: not running(pid), 5, message="the owned process to stop")
-    finally:
-        _reap(pid)
+    _assert_exits(pid, "the owned process to stop")
     assert (tmp_path / "graceful").exists()
 
 

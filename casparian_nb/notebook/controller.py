@@ -47,7 +47,7 @@ from ._models import Job, QueueStats
 from ._session import SessionTape
 from ._state import JobRows
 from ._wait import wait_for
-from .catalog import OutputCatalog
+from .catalog import OutputCatalog, ResultFormat, SqlParams
 
 log = logging.getLogger("casparian_nb.notebook")
 
@@ -322,12 +322,15 @@ class Controller:
         return TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
                               **kwargs)
 
-    def sql(self, query: str) -> pd.DataFrame:
-        """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``."""
+    def sql(self, query: str, params: SqlParams = None, *, as_: ResultFormat = "pandas") -> Any:
+        """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``.
+
+        Returns a pandas DataFrame (``as_="arrow"``: a pyarrow Table). ``params`` binds
+        DuckDB parameters (``$name`` from a mapping, ``?`` from a sequence)."""
         with self.session.command("Query", {"sql": query}) as r:
-            df = self.catalog.sql(query)
-            r.update(rows=len(df))
-        return df
+            result = self.catalog.sql(query, params, as_=as_)
+            r.update(rows=len(result))
+        return result
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _drain_events(self, timeout: float = 2.0) -> None:

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PluginError, PluginPathError, TrustError
+from .errors import PluginError, PluginNotFoundError, PluginPathError, TrustError
 
 if TYPE_CHECKING:
     from .config import TrustSettings
@@ -63,7 +63,8 @@ def resolve_plugin_path(
     text = os.fspath(ref)
     if not text or "\0" in text:
         raise PluginPathError(f"plugin ref {text!r}: empty or contains NUL")
-    if not named_only and (os.sep in text or "/" in text or text.endswith(".py")):
+    path_like = not named_only and (os.sep in text or "/" in text or text.endswith(".py"))
+    if path_like:
         user = Path(text).expanduser()
         if user.exists():
             real = user.resolve()
@@ -72,7 +73,7 @@ def resolve_plugin_path(
             return real
     if os.path.isabs(text) or text.startswith("~"):
         if not named_only:
-            raise PluginError(f"plugin ref {text!r}: no such file")
+            raise PluginNotFoundError(f"plugin file not found: {text}")
         raise PluginPathError(f"plugin ref {text!r}: absolute or '~' paths are not allowed "
                               f"here; name a plugin relative to {plugins_dir}")
     if "\\" in text:
@@ -86,7 +87,10 @@ def resolve_plugin_path(
         raise PluginPathError(f"plugin ref {text!r}: resolves outside the plugins directory "
                               f"{base} (symlink escape)")
     if real.suffix != ".py" or not real.is_file():
-        raise PluginError(f"plugin ref {text!r}: no plugin {rel} in {base}")
+        if path_like:  # meant as a file in the cwd: say that first
+            raise PluginNotFoundError(f"plugin file not found: {text} (nor a plugin {rel} "
+                                      f"in {base})")
+        raise PluginNotFoundError(f"plugin ref {text!r}: no plugin {rel} in {base}")
     return real
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "OutputNameError",
     "PermanentError",
     "PluginError",
+    "PluginNotFoundError",
     "PluginPathError",
     "PluginReturnError",
     "ProtocolError",
@@ -83,6 +84,10 @@ class PluginReturnError(PluginError, TypeError):
 
 class OutputNameError(PluginError):
     """An output name does not match ``[a-z][a-z0-9_]*``."""
+
+
+class PluginNotFoundError(PluginError, FileNotFoundError):
+    """No plugin file (or named plugin) where the reference points."""
 
 
 class PluginPathError(PluginError, PermissionError):

@@ -383,7 +383,8 @@ def test_unsigned_refused_or_allowed_by_policy(
         check_trust(spec, trust(keys, False, "alice"))
     assert str(info.value) == (
         f"{spec.path}: unsigned plugin refused by trust policy (allow_unsigned_python = false);"
-        " sign it with an allowed signer or set [trust] allow_unsigned_python = true")
+        " sign it with `casparian plugin sign` (a key: `casparian plugin keygen`) or set"
+        " [trust] allow_unsigned_python = true")
     assert isinstance(info.value, PermissionError)
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "JobError",
     "JobTimeoutError",
     "LineageError",
+    "MissingExtraError",
     "OutputNameError",
     "PermanentError",
     "PluginError",
@@ -116,6 +117,10 @@ class SinkModeError(SinkError, FileExistsError):
 
 class SinkLockedError(SinkError):
     """A DuckDB sink file is held by another process."""
+
+
+class MissingExtraError(CasparianError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class PermanentError(CasparianError):

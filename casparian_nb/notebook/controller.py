@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 
+from .._extras import import_with_extra
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
@@ -308,18 +309,16 @@ class Controller:
 
     def queue(self, **kwargs: Any) -> Any:
         """The live job-queue widget (one table for every job, with cancel buttons)."""
-        from .queue_widget import QueueWidget
-
+        widgets = import_with_extra("casparian_nb.notebook.queue_widget", "ctl.queue()")
         self._check()
-        widget = QueueWidget(self, **kwargs)
+        widget = widgets.QueueWidget(self, **kwargs)
         self._widgets.add(widget)
         return widget
 
     def timeline(self, **kwargs: Any) -> Any:
         """The timeline of this session's tape (``reload`` in the widget re-reads it)."""
-        from .timeline import TimelineWidget
-
-        return TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
+        timeline = import_with_extra("casparian_nb.notebook.timeline", "ctl.timeline()")
+        return timeline.TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
                               **kwargs)
 
     def sql(self, query: str, params: SqlParams = None, *, as_: ResultFormat = "pandas") -> Any:

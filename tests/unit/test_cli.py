@@ -154,3 +154,15 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 def test_mode_choices_are_the_sink_modes() -> None:
     assert SINK_MODES == tuple(m.value for m in SinkMode)
+
+
+def test_a_missing_notebook_extra_names_it(tmp_path: Path) -> None:
+    """Without anywidget, the widgets say which extra to install, in one line."""
+    code = ("import sys; sys.modules['anywidget'] = None\n"
+            "import casparian_nb as cf\n"
+            "try:\n    cf.timeline\nexcept ImportError as exc:\n"
+            "    print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.stdout == ("MissingExtraError casparian_nb.timeline needs anywidget, which is "
+                           "not installed: pip install 'casparian_nb[notebook]'\n"), done.stderr

@@ -40,6 +40,20 @@ def test_one_pure_python_wheel_named_by_the_package_version(wheel: Path) -> None
     assert f"\nVersion: {casparian_nb.__version__}\n" in metadata
 
 
+def test_metadata_names_the_license_and_the_lab_extension(wheel: Path) -> None:
+    """The license travels with the wheel; PyPI shows the README and the Jupyter classifiers."""
+    zf = zipfile.ZipFile(wheel)
+    dist_info = f"casparian_nb-{casparian_nb.__version__}.dist-info"
+    metadata = zf.read(f"{dist_info}/METADATA").decode()
+    assert "\nLicense-Expression: Apache-2.0\n" in metadata
+    assert f"{dist_info}/licenses/LICENSE" in zf.namelist()
+    assert "Apache License" in zf.read(f"{dist_info}/licenses/LICENSE").decode()
+    assert "Classifier: Framework :: Jupyter :: JupyterLab :: 4" in metadata
+    assert "Classifier: Framework :: Jupyter :: JupyterLab :: Extensions :: Prebuilt" in metadata
+    assert "Description-Content-Type: text/markdown" in metadata
+    assert "# casparian_nb" in metadata  # the README is the long description
+
+
 def test_installs_and_runs_without_a_c_compiler(wheel: Path, tmp_path: Path) -> None:
     bin_dir = tmp_path / "no-compiler"
     bin_dir.mkdir()

@@ -11,15 +11,16 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[notebook]'
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 
-# Runs the main job on the embedded defaults (local SQLite state, Parquet outputs) in ./demo_home.
+# The main job on the embedded defaults: the quickstart notebook, headless in a real kernel
+# (a sentinel, two workers, the sample files, SQL); prints its summary and writes it as HTML.
 demo: install
-	$(BIN)/casparian --home $(DEMO_HOME) --tape $(DEMO_HOME)/tapes/demo.tape demo
-	@echo "outputs: $(DEMO_HOME)/output   tape: $(DEMO_HOME)/tapes/demo.tape"
+	$(BIN)/casparian --home $(DEMO_HOME) --tape $(DEMO_HOME)/tapes/demo.tape demo \
+	  --notebook notebooks/01-quickstart.ipynb --html $(DEMO_HOME)/quickstart.html
 
 lint: install-test
 	$(BIN)/ruff check casparian_nb tests benchmarks scripts

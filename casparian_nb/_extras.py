@@ -23,6 +23,7 @@ EXTRA_OF = {
     "traitlets": "notebook",
     "jupyter_server": "notebook",
     "nbclient": "notebook",
+    "nbformat": "notebook",
     "nbconvert": "notebook",
     "distributed": "dask",
     "dask": "dask",

@@ -93,7 +93,7 @@ def demo(app: App, files: int, workers: int, timeout: float, force: bool,
     Example: ``casparian demo --notebook notebooks/01-quickstart.ipynb --html out.html``
     """
     if notebook is not None:
-        from ..notebook.demo_notebook import run_notebook
+        from ..demo_notebook import run_notebook
 
         ran = run_notebook(notebook, html=html, timeout=timeout)
         print(ran.to_text())

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._extras import import_with_extra
-from ..errors import CasparianError
+from ._extras import import_with_extra
+from .errors import CasparianError
 
 __all__ = ["NotebookRun", "NotebookRunError", "run_notebook"]
 

@@ -24,10 +24,17 @@ import pytest
 from casparian_nb.client import ControlClient
 from casparian_nb.config import load_settings
 from casparian_nb.launcher import LocalCluster
+from casparian_nb.notebook.timeline import TimelineWidget
 from casparian_nb.store import StateReader
 from tests.browser.lab import Lab, launch_chromium, requires_chromium
-from tests.conftest import (FIXTURE_PLUGIN, ROOT, assert_no_leaks, descendants, make_inputs,
-                            wait_until)
+from tests.conftest import (
+    FIXTURE_PLUGIN,
+    ROOT,
+    assert_no_leaks,
+    descendants,
+    make_inputs,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 
@@ -105,10 +112,7 @@ def test_a_tape_opened_from_the_file_browser_shows_lanes_and_the_summary(
     (ext_lab.root / "tapes").mkdir()
     shutil.copy(GOLDEN, ext_lab.root / "tapes" / "golden.tape")
     open_in_file_browser(page, ext_lab, "tapes", "golden.tape")
-    view = page.locator(".cf-tape-view")
     page.wait_for_selector(".cf-tape-view .cf-timeline .cf-t-bar", timeout=60_000)
-    from casparian_nb.notebook.timeline import TimelineWidget
-
     widget = TimelineWidget(GOLDEN)
     labels = page.locator(".cf-tape-view .cf-t-lane-label").all_inner_texts()
     assert labels == ["session", *widget.data["lanes"]]
@@ -123,6 +127,11 @@ def test_a_tape_opened_from_the_file_browser_shows_lanes_and_the_summary(
     page.wait_for_function("(w) => document.querySelector('.cf-t-where').textContent !== w",
                            arg=where, timeout=30_000)
     shot(page, "lab_tape_viewer")
+    # "Open With → Editor" still shows the text
+    page.locator('.jp-DirListing-item[title^="Name: golden.tape"]').click(button="right")
+    page.locator('.lm-Menu-item:has-text("Open With")').hover()
+    page.locator('.lm-Menu-item:has-text("Editor")').click()
+    page.wait_for_selector('.jp-FileEditor .cm-content:has-text("tape_started")', timeout=30_000)
 
 
 def test_a_damaged_tape_opens_with_its_errors(ext_lab: Lab, page: Any) -> None:
@@ -132,7 +141,7 @@ def test_a_damaged_tape_opens_with_its_errors(ext_lab: Lab, page: Any) -> None:
     (ext_lab.root / "damaged" / "broken.tape").write_text(
         "".join(lines[:5]) + "{not json\n" + "".join(lines[5:]))
     open_in_file_browser(page, ext_lab, "damaged", "broken.tape")
-    errors = page.locator(".cf-tape-view .cf-tape-heading")
+    errors = page.locator(".cf-tape-view .cf-tape-heading")  # not a blank page
     errors.wait_for(timeout=60_000)
     assert errors.inner_text().startswith("damaged tape:")
     assert "line 6" in page.locator(".cf-tape-view ul.cf-tape-errors").inner_text()

@@ -20,6 +20,7 @@ export interface IJob {
   input_path: string | null;
   worker_id: string | null;
   cancel_requested: boolean;
+  active: boolean;
 }
 
 /** What the panel needs from the application (kept out of this module for testability). */
@@ -28,8 +29,6 @@ export interface ISidebarActions {
   insertAttachCell(home: string): Promise<boolean>;
 }
 
-/** Jobs still waiting or running: the ones a cancel applies to. */
-const ACTIVE = new Set(['queued', 'dispatched', 'running']);
 const POLL_MS = 500; // ≤ 2 polls a second
 
 function el(tag: string, attrs: Record<string, string> = {}, ...children: (Node | string)[]): HTMLElement {
@@ -132,7 +131,10 @@ export class CasparianPanel extends Widget {
   }
 
   private renderSentinel(s: ISentinel): HTMLElement {
-    const counts = Object.entries(s.counts).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(' · ');
+    // per-status counts; `total` last, `cancel_requested` read as "aborting"
+    const { total, cancel_requested: aborting, ...perStatus } = s.counts;
+    const counts = [...Object.entries(perStatus).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`),
+      ...(aborting ? [`aborting ${aborting}`] : []), ...(total ? [`total ${total}`] : [])].join(' · ');
     const node = el('div', { class: `cf-sb-sentinel${s.home === this.selected ? ' cf-selected' : ''}`, 'data-home': s.home },
       el('div', { class: 'cf-sb-home' }, s.home),
       el('div', { class: s.running ? 'cf-sb-running' : 'cf-sb-stopped' },
@@ -169,7 +171,7 @@ export class CasparianPanel extends Widget {
   }
 
   private renderJob(s: ISentinel, j: IJob): HTMLElement {
-    const active = ACTIVE.has(j.status);
+    const active = j.active; // queued or on a worker (decided by the server)
     const status = j.cancel_requested && active ? 'aborting…' : j.status;
     const actions = el('td', {});
     if (active && !j.cancel_requested) {

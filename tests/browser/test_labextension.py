@@ -26,7 +26,7 @@ from casparian_nb.config import load_settings
 from casparian_nb.launcher import LocalCluster
 from casparian_nb.notebook.timeline import TimelineWidget
 from casparian_nb.store import StateReader
-from tests.browser.lab import Lab, launch_chromium, requires_chromium
+from tests.browser.lab import Lab, launch_chromium, requires_chromium, write_notebook
 from tests.conftest import (
     FIXTURE_PLUGIN,
     ROOT,
@@ -180,7 +180,10 @@ def test_the_sidebar_lists_a_running_sentinel_and_cancels_its_running_job(
         host = wait_until(lambda: _running_host(home, job_id), 30, 0.05, "the plugin host")
         tracked.append(host)
 
-        page.goto(f"{ext_lab.url}/lab/workspaces/sidebar/tree/project?reset")
+        # a notebook to insert the attach cell into (not run: no kernel needed for that)
+        write_notebook(ext_lab.root / "project" / "attach.ipynb", ["1 + 1"])
+        page.goto(f"{ext_lab.url}/lab/workspaces/sidebar/tree/project/attach.ipynb?reset")
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
         page.locator('.lm-TabBar-tab[data-id="casparian-sidebar"]').click(timeout=60_000)
         card = page.locator(f'.cf-sb-sentinel[data-home="{home}"]')
         card.wait_for(timeout=30_000)
@@ -199,7 +202,25 @@ def test_the_sidebar_lists_a_running_sentinel_and_cancels_its_running_job(
         with StateReader.open(load_settings(home).state_db) as r:
             assert r.get_job(job_id)["status"] == "ABORTED"  # type: ignore[index]
         shot(page, "lab_sidebar_cancelled", page.locator("#casparian-sidebar"))
+
+        page.locator("#casparian-sidebar button.cf-sb-attach").click()
+        page.wait_for_selector(f'.jp-NotebookPanel .jp-Cell .cm-content:has-text('
+                               f'"ctl = cf.attach(home=\\"{home}\\")")', timeout=30_000)
+        page.locator("#casparian-sidebar button.cf-sb-open-tape").click()
+        page.wait_for_selector(".cf-tape-view .cf-timeline .cf-t-bar", timeout=60_000)
+        assert "sentinel-" in page.locator(".cf-tape-view .cf-t-title").inner_text()
     finally:
         tracked += descendants(cluster.pids)
         cluster.stop()
         assert_no_leaks(tracked)
+
+
+def test_the_palette_has_the_casparian_commands(ext_lab: Lab, page: Any) -> None:
+    page.goto(f"{ext_lab.url}/lab/workspaces/palette?reset")
+    page.wait_for_selector(".jp-DirListing-content", timeout=60_000)
+    page.keyboard.press("Control+Shift+C")
+    page.keyboard.type("Casparian")
+    items = page.locator(".lm-CommandPalette-item:visible .lm-CommandPalette-itemLabel")
+    items.first.wait_for(timeout=30_000)
+    assert sorted(items.all_inner_texts()) == [
+        "Casparian: open tape", "Casparian: start sentinel in this folder"]

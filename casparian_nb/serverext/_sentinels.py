@@ -9,16 +9,18 @@ in a thread.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._connection import CONNECTION_FILE, connection_is_live, read_connection_file
 from ..client import ControlClient
-from ..config import default_home, load_settings
+from ..config import Settings, default_home, load_settings
 from ..errors import CasparianError, SentinelError
 from ..launcher import LocalCluster
 from ..protocol import JobStatus
+from ..store import StateReader
 
 __all__ = ["ServerSentinels", "discover_homes", "job_rows", "sentinel_summary"]
 
@@ -30,12 +32,15 @@ _SKIP_DIRS = frozenset({"node_modules", "__pycache__", ".git", ".venv", "venv", 
 _SEARCH_DEPTH = 3
 _JOB_PAGE = 200
 _REQUEST_TIMEOUT = 3.0
+#: Seconds a search of the root for homes is reused (the sidebar polls twice a second).
+_DISCOVERY_TTL = 5.0
 
 
 def discover_homes(root_dir: Path, extra: Iterable[str | os.PathLike[str]] = (),
                    *, depth: int = _SEARCH_DEPTH) -> list[Path]:
-    """The default home, every folder with a ``sentinel.json`` under ``root_dir`` (at most
-    ``depth`` levels down, hidden folders skipped), and ``extra`` homes; each once."""
+    """The default home, every home under ``root_dir`` (a folder with a ``sentinel.json`` or
+    a state DB, at most ``depth`` levels down, hidden folders skipped; a stopped sentinel
+    leaves its state DB), and ``extra`` homes; each once."""
     found: dict[Path, None] = {}
     for home in [default_home(), *(Path(p).expanduser() for p in extra),
                  *_connection_dirs(root_dir.resolve(), depth)]:
@@ -44,7 +49,7 @@ def discover_homes(root_dir: Path, extra: Iterable[str | os.PathLike[str]] = (),
 
 
 def _connection_dirs(root: Path, depth: int) -> Iterator[Path]:
-    if (root / CONNECTION_FILE).is_file():
+    if (root / CONNECTION_FILE).is_file() or Settings(home=root).state_db.is_file():
         yield root
     if depth <= 0:
         return
@@ -68,9 +73,9 @@ def sentinel_summary(home: Path) -> dict[str, Any]:
     except SentinelError as exc:
         if (home / CONNECTION_FILE).exists():
             out["error"] = str(exc)
-        return out
+        return _stored_counts(home, out)
     if not connection_is_live(info):
-        return out
+        return _stored_counts(home, out)
     try:
         with ControlClient(info, timeout=_REQUEST_TIMEOUT) as client:
             workers = client.list_workers()
@@ -81,6 +86,18 @@ def sentinel_summary(home: Path) -> dict[str, Any]:
     out.update(running=True, pid=info.pid, counts=counts,
                workers=[{"worker_id": w.get("worker_id"), "status": w.get("status"),
                          "slots": w.get("slots")} for w in workers])
+    return out
+
+
+def _stored_counts(home: Path, out: dict[str, Any]) -> dict[str, Any]:
+    """A stopped sentinel's counts, read from its state DB (read-only), if it has one."""
+    db = Settings(home=home).state_db
+    if db.is_file():
+        try:
+            with StateReader.open(db) as reader:
+                out["counts"] = reader.queue_stats()
+        except CasparianError as exc:
+            out["error"] = str(exc)
     return out
 
 
@@ -111,10 +128,15 @@ class ServerSentinels:
         self.root_dir = root_dir.resolve()
         self.extra_homes = list(extra_homes)
         self._started: dict[Path, LocalCluster] = {}
+        self._found: tuple[float, list[Path]] | None = None
 
     def homes(self) -> list[Path]:
-        """The default home, homes found under the root, configured ones, ones started here."""
-        return discover_homes(self.root_dir, [*self.extra_homes, *self._started])
+        """The default home, homes found under the root, configured ones, ones started here
+        (the search is reused for a few seconds)."""
+        now = time.monotonic()
+        if self._found is None or now - self._found[0] > _DISCOVERY_TTL:
+            self._found = (now, discover_homes(self.root_dir, self.extra_homes))
+        return [*self._found[1], *(h for h in self._started if h not in self._found[1])]
 
     def known(self, home: str) -> Path:
         """``home`` if it is one of :meth:`homes` (the browser may not name any other folder)."""

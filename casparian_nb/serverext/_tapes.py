@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..notebook.timeline import _compact, _event_label, _job_summary
 from ..protocol import JobStatus
@@ -77,22 +77,32 @@ class TapeView:
         return next((e.to_dict() for e in self.index.events if e.seq == seq), None)
 
 
-def tape_document(path: Path, title: str) -> dict[str, Any]:
+class ViewCache(Protocol):
+    def get(self, path: Path) -> TapeView: ...
+
+
+def tape_document(path: Path, title: str, *, views: ViewCache | None = None) -> dict[str, Any]:
     """Everything the viewer opens with: validation, the explain summary, the timeline and
-    the scrubber at the end. A tape too damaged to replay still answers, with its errors."""
+    the scrubber at the end. A tape too damaged to replay still answers, with its errors.
+    ``views`` keeps the loaded tape for the scrubbing requests that follow."""
     report = validate_tape(path).to_json()
     report["issues"] = report["issues"][:_ISSUE_LIMIT]
-    explained = explain_tape(path)
-    summary = {k: v for k, v in explained.to_json().items() if k != "jobs"}
-    doc: dict[str, Any] = {"title": title, "validation": report, "explain": summary,
-                           "explain_text": _summary_text(summary)}
+    doc: dict[str, Any] = {"title": title, "validation": report, "explain": None,
+                           "explain_text": "", "data": None, "replay_error": None}
     try:
-        view = TapeView(path)
-    except (ValueError, OSError) as exc:  # unreadable: the errors above say why
-        doc.update(data=None, replay_error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        explained = explain_tape(path)
+        view = views.get(path) if views is not None else TapeView(path)
+    except ValueError as exc:  # TapeError: nothing readable; the validation says why
+        doc["replay_error"] = _first_line(exc).replace(str(path), title)
         return doc
-    doc.update(data=view.data, **view.at())
+    summary = {k: v for k, v in explained.to_json().items() if k != "jobs"}
+    doc.update(explain=summary, explain_text=_summary_text(summary), data=view.data, **view.at())
     return doc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _summary_text(summary: Mapping[str, Any]) -> str:

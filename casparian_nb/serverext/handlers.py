@@ -103,7 +103,8 @@ def _reason(exc: BaseException) -> str:
 
 
 class _TapeViews:
-    """A few loaded tapes, so that scrubbing does not re-read the file each time."""
+    """A few loaded tapes, so that scrubbing does not re-read the file each time (a tape that
+    changed — a live session tape grows — is loaded again)."""
 
     def __init__(self) -> None:
         self._views: OrderedDict[tuple[Path, int, int], TapeView] = OrderedDict()
@@ -127,7 +128,7 @@ class TapeHandler(_BaseHandler):
         path = self.path_arg()
 
         def load() -> dict[str, Any]:
-            return tape_document(self.tape_file(path), Path(path).name)
+            return tape_document(self.tape_file(path), Path(path).name, views=_views)
 
         doc = await self.run(load)
         if doc is not None:

@@ -73,8 +73,14 @@ async def test_a_damaged_tape_answers_with_its_validation_errors(
     report = doc["validation"]
     assert report["valid"] is False and report["error_count"] >= 1
     assert any(i["line"] == 6 for i in report["issues"]), report["issues"]
-    assert doc["explain_text"]  # still explained as far as it goes
-    assert doc["data"] is None or isinstance(doc["data"]["bars"], list)
+    assert "jobs: queued 2, dispatched 1, running 1" in doc["explain_text"]  # up to the damage
+    assert doc["data"]["lanes"] and doc["replay_error"] is None
+    # not a tape at all: still an answer, with its errors and no timeline
+    (jp_root_dir / "garbage.tape").write_bytes(b"garbage\x00 not a tape\n{\"a\": 1}\n")
+    doc = await get_json(jp_fetch, "tape", path="garbage.tape")
+    assert [i["line"] for i in doc["validation"]["issues"]] == [1, 2]
+    assert doc["data"] is None and doc["explain"] is None
+    assert doc["replay_error"] == "garbage.tape is not a tape: no line parses as an event"
 
 
 @pytest.mark.parametrize("path", ["../outside.tape", "/etc/passwd", "link/outside.tape",
@@ -161,6 +167,13 @@ async def test_a_running_sentinel_is_listed_and_its_running_job_cancelled(
                                      body={"home": str(tmp_path), "job_id": job_id})
         assert (code, reason) == (404, f"no sentinel home {str(tmp_path)!r} is visible to "
                                        "this server")
+        # stopped: listed as such, its counts read from its state DB
+        tracked += descendants(cluster.pids)
+        cluster.stop()
+        stopped = (await get_json(jp_fetch, "sentinels"))["sentinels"]
+        row = next(r for r in stopped if r["home"] == str(home))
+        assert row["running"] is False and row["workers"] == []
+        assert row["counts"]["aborted"] == 1 and row["counts"]["total"] == 1
     finally:
         tracked += descendants(cluster.pids)
         cluster.stop()

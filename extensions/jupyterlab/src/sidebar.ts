@@ -73,7 +73,7 @@ export class CasparianPanel extends Widget {
   }
 
   protected onAfterAttach(): void {
-    this.startPolling();
+    if (this.isVisible) this.startPolling(); // a collapsed side panel does not poll
   }
 
   protected onBeforeDetach(): void {

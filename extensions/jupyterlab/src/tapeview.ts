@@ -93,10 +93,12 @@ export class TapeView extends Widget {
     }
     this.cleanup?.();
     this.node.replaceChildren();
-    const summary = document.createElement('pre');
-    summary.className = 'cf-tape-summary';
-    summary.textContent = doc.explain_text;
-    this.node.append(summary);
+    if (doc.explain_text) {
+      const summary = document.createElement('pre');
+      summary.className = 'cf-tape-summary';
+      summary.textContent = doc.explain_text;
+      this.node.append(summary);
+    }
     const issues = doc.validation.issues;
     if (issues.length || doc.replay_error) {
       const head = document.createElement('div');

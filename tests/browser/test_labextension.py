@@ -224,3 +224,32 @@ def test_the_palette_has_the_casparian_commands(ext_lab: Lab, page: Any) -> None
     items.first.wait_for(timeout=30_000)
     assert sorted(items.all_inner_texts()) == [
         "Casparian: open tape", "Casparian: start sentinel in this folder"]
+
+
+def test_start_sentinel_in_this_folder_from_the_palette(ext_lab: Lab, page: Any) -> None:
+    assert ext_lab.root is not None
+    folder = ext_lab.root / "started_here"
+    folder.mkdir()
+    page.goto(f"{ext_lab.url}/lab/workspaces/start/tree/started_here?reset")
+    page.wait_for_selector('.jp-FileBrowser .jp-BreadCrumbs:has-text("started_here")',
+                           timeout=60_000)
+    page.keyboard.press("Control+Shift+C")
+    page.keyboard.type("start sentinel in this folder")
+    page.keyboard.press("Enter")
+    pids: list[int] = []
+    try:
+        card = page.locator(f'.cf-sb-sentinel[data-home="{folder.resolve()}"]')
+        card.wait_for(timeout=90_000)
+        page.wait_for_function(
+            "(h) => document.querySelector(`.cf-sb-sentinel[data-home=\"${h}\"]`)"
+            "?.textContent.includes('2 worker(s)')", arg=str(folder.resolve()), timeout=30_000)
+        with ControlClient.from_home(folder) as ctl:
+            pids = [ctl.ping()["pid"]]
+            pids += descendants(pids)
+        assert (folder / "sentinel.json").is_file()
+    finally:
+        if (folder / "sentinel.json").is_file():
+            pids += descendants(pids[:1])
+            with ControlClient.from_home(folder) as ctl:
+                ctl.shutdown()
+        assert_no_leaks(pids, timeout=20)

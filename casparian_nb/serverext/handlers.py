@@ -62,7 +62,7 @@ class _BaseHandler(APIHandler):
             self.fail(403, str(exc))
         except (FileNotFoundError, LookupError) as exc:
             self.fail(404, _reason(exc))
-        except (IsADirectoryError, NotADirectoryError, ConfigError, ValueError) as exc:
+        except (IsADirectoryError, NotADirectoryError, ConfigError) as exc:
             self.fail(400, _reason(exc))
         except SentinelError as exc:
             self.fail(409, str(exc))
@@ -96,10 +96,12 @@ class _BaseHandler(APIHandler):
 
 
 def _reason(exc: BaseException) -> str:
-    text = exc.args[0] if isinstance(exc, LookupError | OSError) and exc.args else str(exc)
+    """One line; an OS error names the file, not its full path on the server."""
     if isinstance(exc, OSError) and exc.filename:
-        text = f"{exc.strerror or text}: {Path(str(exc.filename)).name}"
-    return str(text).splitlines()[0] if str(text) else type(exc).__name__
+        return f"{exc.strerror}: {Path(str(exc.filename)).name}"
+    # KeyError/LookupError's str() is the repr of its argument: use the argument itself
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _TapeViews:
@@ -153,9 +155,10 @@ class TapeEventHandler(_BaseHandler):
         seq = _number(self.get_query_argument("seq", None), int, "seq")
         if seq is None:
             raise tornado.web.HTTPError(400, reason="missing ?seq=")
-        event = await self.run(lambda: _views.get(self.tape_file(path)).event(seq))
-        if not self._finished:
-            self.finish(json.dumps({"seq": seq, "event": event}))
+        out = await self.run(
+            lambda: {"seq": seq, "event": _views.get(self.tape_file(path)).event(seq)})
+        if out is not None:
+            self.finish(json.dumps(out))
 
 
 class SentinelsHandler(_BaseHandler):

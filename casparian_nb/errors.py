@@ -229,3 +229,7 @@ class SchemaVersionError(StoreError):
 
 class TapeError(CasparianError, ValueError):
     """A tape cannot be read."""
+
+
+class PathOutsideRootError(CasparianError, PermissionError):
+    """A path given to the Jupyter server extension leaves the server's root folder."""

@@ -3,6 +3,7 @@ and installs and runs where no C compiler exists."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -75,3 +76,22 @@ def test_installs_and_runs_without_a_c_compiler(wheel: Path, tmp_path: Path) -> 
     where = subprocess.run([sys.executable, "-c", "import casparian_nb; print(casparian_nb.__file__)"],
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert where.stdout.strip().startswith(str(target))
+
+
+def test_the_wheel_ships_the_prebuilt_lab_extension_and_enables_the_server_extension(
+        wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    data = f"casparian_nb-{casparian_nb.__version__}.data/data/"
+    lab = f"{data}share/jupyter/labextensions/casparian-nb/"
+    meta = json.loads(archive.read(f"{lab}package.json"))
+    assert meta["name"] == "casparian-nb"
+    # built by the build (not committed): webpack's federated entry point is named in it
+    entry = meta["jupyterlab"]["_build"]["load"]
+    assert f"{lab}{entry}" in names
+    assert f"{lab}static/style.js" in names
+    assert json.loads(archive.read(f"{lab}install.json"))["packageName"] == "casparian_nb"
+    config = json.loads(archive.read(
+        f"{data}etc/jupyter/jupyter_server_config.d/casparian_nb.json"))
+    assert config == {"ServerApp": {"jpserver_extensions": {"casparian_nb.serverext": True}}}
+    assert "casparian_nb/serverext/handlers.py" in names

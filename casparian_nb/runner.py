@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -30,11 +30,19 @@ from typing import Any
 
 import psutil
 
-from . import plugins, sinks
+from . import contracts, plugins, sinks
 from ._inputs import expand_inputs
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
-from .protocol import ErrorInfo, HostJob, JobSpec, JobStatus, Receipt, ReceiptStatus
+from .protocol import (
+    ErrorInfo,
+    HostJob,
+    JobSpec,
+    JobStatus,
+    QuarantinePolicy,
+    Receipt,
+    ReceiptStatus,
+)
 from .sinks.staging import JOURNAL
 from .worker.pool import HostPool
 
@@ -167,6 +175,7 @@ def run(
     progress: bool | None = None,
     timeout: float | None = None,
     on_file: Callable[[FileResult], None] | None = None,
+    quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
 ) -> RunResult:
     """Run ``plugin`` over ``inputs`` (files, directories, globs) and promote the outputs.
 
@@ -174,6 +183,9 @@ def run(
     for problems that stop the whole run: a bad plugin (including one that fails to import in
     the host), a bad sink, no inputs, or ``mode="error"`` finding data of another run in an
     output — then nothing of this run is written. Jobs still running are killed.
+
+    ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a file
+    whose output sends more rows to quarantine; it overrides the plugin's ``quarantine``.
     """
     settings = settings or load_settings(home)
     started = time.perf_counter()
@@ -182,6 +194,7 @@ def run(
     plugins.check_trust(spec, settings.trust)
     sink_uri = sinks.parse_sink_uri(sink or settings.effective_default_sink)
     sink_mode = sinks.SinkMode.parse(mode)
+    policy = contracts.quarantine_policy(quarantine)
     specs: Sequence[str | Path] = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     files = expand_inputs(specs)
 
@@ -195,6 +208,7 @@ def run(
             plugin_name=spec.name, plugin_name_declared=spec.name_declared,
             plugin_source_hash=spec.source_hash, parser_version=spec.version,
             sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
+            quarantine=policy,
         ), attempt=1, staging_root=str(staging_root))
         for i, path in enumerate(files)
     ]

@@ -237,7 +237,8 @@ def run(
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
-            artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
+            with promoting:
+                artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:
             sinks.discard(staged)
             stop = exc
@@ -250,26 +251,36 @@ def run(
                     quarantine_rows=int(res.quarantine_rows or 0),
                     artifacts=[a.to_dict() for a in artifacts])
 
+    # Each run thread runs a job, then promotes it, so a promotion (a few fsyncs) overlaps the
+    # hosts' next jobs; appends to file sinks (distinct final names, F0) may also overlap each
+    # other. Others take turns: replace deletes other runs' files, DuckDB has one writer.
+    overlap = sink_uri.is_file_sink and sink_mode == sinks.SinkMode.APPEND
+    promoting: contextlib.AbstractContextManager[Any] = (
+        contextlib.nullcontext() if overlap else threading.Lock())
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
+
+    def attempt(job: HostJob) -> FileResult:
+        assert pool is not None
+        return finish(job, pool.run(job, timeout=limit))
+
     try:
         pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
                         memory_limit_mb=settings.job_memory_limit_mb, name="run",
                         log_max_bytes=settings.host_log_max_mb * 1024 * 1024)
-        with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as ex:
-            futures: dict[Future[Receipt], HostJob] = {
-                ex.submit(pool.run, job, timeout=limit): job for job in jobs
+        with ThreadPoolExecutor(max_workers=2 * size, thread_name_prefix="cf-run") as ex:
+            futures: dict[Future[FileResult], HostJob] = {
+                ex.submit(attempt, job): job for job in jobs
             }
+            stopped = False
             try:
                 for fut in as_completed(futures):
-                    job = futures[fut]
                     try:
-                        res = fut.result()
+                        file_result = fut.result()
                     except CancelledError:
                         continue
-                    was_stopped = stop is not None
-                    file_result = finish(job, res)
-                    if stop is not None and not was_stopped:
+                    if stop is not None and not stopped:
+                        stopped = True
                         ex.shutdown(wait=False, cancel_futures=True)
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")

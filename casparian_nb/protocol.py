@@ -658,6 +658,9 @@ class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     job: JobSpec
     attempt: Int64 = 1
     staging_root: str
+    #: False: the host skips the fsyncs of what it staged; the committer makes it durable
+    #: (``sinks.sync_staged``) before promoting. The runner's choice; workers keep True.
+    sync_staging: bool = True
 
 
 class HostExit(msgspec.Struct, frozen=True, tag=True):

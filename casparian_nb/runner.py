@@ -209,7 +209,7 @@ def run(
             plugin_source_hash=spec.source_hash, parser_version=spec.version,
             sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
             quarantine=policy,
-        ), attempt=1, staging_root=str(staging_root))
+        ), attempt=1, staging_root=str(staging_root), sync_staging=False)
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
@@ -237,6 +237,7 @@ def run(
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
+            sinks.sync_staged(staged)  # the hosts left it to us (sync_staging=False)
             with promoting:
                 artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:

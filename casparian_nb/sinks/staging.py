@@ -27,7 +27,7 @@ from ._schema import conform
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
 
 __all__ = ["ATTEMPT_PREFIX", "JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput",
-           "attempt_root", "discard", "job_dirname"]
+           "attempt_root", "discard", "job_dirname", "sync_staged"]
 
 #: A worker stages attempt N of every job under ``<staging>/attempt-N/`` (:func:`attempt_root`).
 ATTEMPT_PREFIX = "attempt-"
@@ -248,14 +248,20 @@ class JobStager:
         self._writers[output] = writer
         return writer
 
-    def close(self) -> StagedJob:
-        """Finish every staged file, make it durable and describe the result."""
+    def close(self, *, sync: bool = True) -> StagedJob:
+        """Finish every staged file, make it durable and describe the result.
+
+        ``sync=False`` leaves durability to whoever promotes it, who must call
+        :func:`sync_staged` before its journal (the runner does, from threads that overlap
+        the fsyncs, so a plugin host goes on to its next file instead of waiting on the disk).
+        """
         if self._closed is not None:
             return self._closed
         outputs = []
         for w in self._writers.values():
             w.close()
-            fsync_file(w.path)
+            if sync:
+                fsync_file(w.path)
             outputs.append(
                 StagedOutput(
                     output=w.output,
@@ -265,7 +271,8 @@ class JobStager:
                     schema=[[f.name, str(f.type)] for f in w.schema],
                 )
             )
-        fsync_dir(self.staging_dir)
+        if sync:
+            fsync_dir(self.staging_dir)
         self._closed = StagedJob(self.job_id, str(self.sink), str(self.staging_dir), outputs)
         return self._closed
 
@@ -283,6 +290,14 @@ class JobStager:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             self.discard()
+
+
+def sync_staged(staged: StagedJob) -> None:
+    """Make a job staged with ``close(sync=False)`` durable: every file, then its directory
+    (what ``close`` does by default; fsync reaches the data whichever process wrote it)."""
+    for out in staged.outputs:
+        fsync_file(out.path)
+    fsync_dir(staged.staging_dir)
 
 
 def discard(staged_or_dir: StagedJob | JobStager | str | Path) -> None:

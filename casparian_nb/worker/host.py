@@ -190,7 +190,7 @@ def execute_job(attempt: HostJob) -> Receipt:
                 quarantined += bad.num_rows
                 stager.write(f"{out.name}_quarantine", f"{table_name}_quarantine", bad)
         check.finish()  # over the quarantine limit: fail, so the except below discards all
-        staged = stager.close() if stager is not None else sinks.StagedJob(
+        staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
             job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
         return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,

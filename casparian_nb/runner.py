@@ -237,7 +237,8 @@ def run(
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
-            sinks.sync_staged(staged)  # the hosts left it to us (sync_staging=False)
+            if sink_uri.is_file_sink:  # hosts leave it to us (sync_staging=False); a
+                sinks.sync_staged(staged)  # DuckDB load is durable by its own commit
             with promoting:
                 artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:
@@ -269,7 +270,10 @@ def run(
         pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
                         memory_limit_mb=settings.job_memory_limit_mb, name="run",
                         log_max_bytes=settings.host_log_max_mb * 1024 * 1024)
-        with ThreadPoolExecutor(max_workers=2 * size, thread_name_prefix="cf-run") as ex:
+        # Promotions wait on the disk (fsyncs), not the CPU: enough threads that they never
+        # hold up a host. Each thread blocks on a free host before it runs anything.
+        threads = size + (_PROMOTERS if overlap else size)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cf-run") as ex:
             futures: dict[Future[FileResult], HostJob] = {
                 ex.submit(attempt, job): job for job in jobs
             }
@@ -308,6 +312,10 @@ def run(
     results.sort(key=lambda r: order[r.job_id])
     return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value,
                      tuple(results), time.perf_counter() - started)
+
+
+#: Run threads beyond one per host, for promotions that overlap (appends to file sinks).
+_PROMOTERS = 6
 
 
 # -- staging ownership ----------------------------------------------------------------------

@@ -293,11 +293,12 @@ class JobStager:
 
 
 def sync_staged(staged: StagedJob) -> None:
-    """Make a job staged with ``close(sync=False)`` durable: every file, then its directory
-    (what ``close`` does by default; fsync reaches the data whichever process wrote it)."""
+    """Make the files of a job staged with ``close(sync=False)`` durable, for a promotion to
+    a file sink (fsync reaches the data whichever process wrote it). Their directory entries
+    become durable with the promotion journal, which is written and fsynced in the same
+    directory before anything moves."""
     for out in staged.outputs:
         fsync_file(out.path)
-    fsync_dir(staged.staging_dir)
 
 
 def discard(staged_or_dir: StagedJob | JobStager | str | Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import multiprocessing
 import random
 import statistics
@@ -125,7 +126,8 @@ def time_dask(module: str, plugin: Path, files: list[Path], out: Path, workers: 
     out.mkdir(parents=True)
     jobs = [(str(p), str(out / f"{p.stem}.parquet")) for p in files]
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+                      dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
+            Client(cluster) as client:
         client.upload_file(str(plugin))
         start = time.perf_counter()
         client.gather(client.map(write_one, jobs, pure=False))

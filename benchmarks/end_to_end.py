@@ -14,7 +14,8 @@ in the same run, with the same number of worker processes:
               run, contracts, lineage, quarantine split, staging, atomic promotion;
 (d) casparian the same plugin without its manifest (contracts off), for the contracts' cost.
 
-Goals (issue 18): (c) >= 0.8x (a)'s throughput and >= 1.5x (b)'s. Printed: files/s of each,
+Each round runs the contenders in a rotated order. Goals (issue 18): (c) >= 0.8x (a)'s
+throughput and >= 1.5x (b)'s. Printed: best and median seconds and files/s of each,
 both ratios, and the per-file overhead of (c) over (a) in worker-milliseconds
 ((wall_c - wall_a) x workers / files). Every run checks its outputs' row counts.
 """
@@ -179,7 +180,9 @@ def main() -> int:
             runs.insert(1, ("dask", lambda o: time_dask("e2e_orders", plugin, files, o,
                                                         args.workers)))
         for i in range(args.repeat):
-            for name, fn in runs:
+            # A new order each round, so what a previous contender leaves behind (Dask's
+            # worker teardown, dirty pages) does not always land on the same one.
+            for name, fn in runs[i % len(runs):] + runs[:i % len(runs)]:
                 out = root / f"out-{name.replace(', ', '-').replace(' ', '_')}-{i}"
                 timings.setdefault(name, []).append(fn(out))
                 rows = parquet_rows(out)

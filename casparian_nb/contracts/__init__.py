@@ -87,7 +87,8 @@ def check_output(contracts: Mapping[str, OutputContract] | None, output: str,
     if contract is None:
         declared = ", ".join(sorted(contracts)) or "none"
         raise SchemaContractError(f"output {output!r} is not declared in the plugin's outputs "
-                                  f"(declared: {declared}); declare it or stop producing it")
+                                  f"(declared: {declared}); declare it or stop producing it "
+                                  "(a bare table goes to the output named by TOPIC, else name)")
     return enforce(contract, table)
 
 

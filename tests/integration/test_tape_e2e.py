@@ -216,7 +216,7 @@ def test_cli_session_leaves_no_marker_in_tapes_or_bundle(
     missing = run("submit_missing", "submit", str(root / f"missing_{marker}.py"), str(ok[0]),
                   expect=2)
     assert missing.stderr.count("\n") == 1 and missing.stderr.startswith("casparian: error:")
-    nojob = run("show_missing", "job", "show", "999999", expect=2)
+    nojob = run("show_missing", "job", "show", "999999", expect=1)
     assert nojob.stderr.strip() == "casparian: error: job 999999 does not exist"
     db = wait_terminal(settings)
     assert db[str(slow_id)] == "ABORTED" and db[str(job_ids[-1])] == "FAILED"

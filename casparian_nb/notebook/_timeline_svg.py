@@ -80,12 +80,14 @@ def timeline_svg(data: TimelineData, *, title: str = "") -> str:
 
 def _depth(depth: dict[str, Any], sx: float) -> str:
     """Queued (grey) and running (blue) jobs over time, scaled to the strip's height."""
-    peak = max([1, *depth["queued"], *depth["running"]])
     step = depth["dt"] * sx
-    out = [f'<text x="2" y="12" fill="#374151">queue</text>'
-           f'<text x="2" y="24" fill="#6b7280">max {peak}</text>']
-    for key, color in (("queued", STATUS_COLORS["QUEUED"]), ("running", STATUS_COLORS["RUNNING"])):
-        out.append(_area(depth[key], step, _DEPTH_H, (_DEPTH_H - 2) / peak, color, 0.45))
+    q, r = max([0, *depth["queued"]]), max([0, *depth["running"]])
+    out = [f'<text x="2" y="12" fill="#6b7280">queued ≤{q}</text>'
+           f'<text x="2" y="24" fill="#2563eb">running ≤{r}</text>']
+    # each on its own scale: thousands queued would flatten a few dozen running
+    for key, color, peak in (("queued", STATUS_COLORS["QUEUED"], q),
+                             ("running", STATUS_COLORS["RUNNING"], r)):
+        out.append(_area(depth[key], step, _DEPTH_H, (_DEPTH_H - 2) / max(1, peak), color, 0.45))
     return "".join(out)
 
 

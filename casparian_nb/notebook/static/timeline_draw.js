@@ -191,8 +191,11 @@ export function mountTimeline(root, options) {
 
   function drawDepth(depth) {
     if (!depth) return;
-    const peak = Math.max(1, ...depth.queued, ...depth.running);
+    // Each series on its own scale: thousands queued would flatten a few dozen running.
+    const peaks = {};
     for (const [key, cls] of [["queued", "cf-t-depth-queued"], ["running", "cf-t-depth-running"]]) {
+      const peak = Math.max(1, ...depth[key]);
+      peaks[key] = Math.max(0, ...depth[key]);
       const pts = [];
       const base = TOP + DEPTH_H - 2;
       depth[key].forEach((v, k) => {
@@ -207,7 +210,7 @@ export function mountTimeline(root, options) {
       chart.append(poly);
     }
     const label = svg("text", { x: 4, y: TOP + 10, class: "cf-t-axis" });
-    label.textContent = `max ${peak} (queued grey, running blue)`;
+    label.textContent = `queued (grey) max ${peaks.queued} · running (blue) max ${peaks.running}`;
     chart.append(label);
   }
 

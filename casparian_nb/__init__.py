@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "SinkMode": "casparian_nb.sinks",
     "Settings": "casparian_nb.config",
     "load_settings": "casparian_nb.config",
-    "run": "casparian_nb.runner",
+    "run": "casparian_nb.notebook._run",
     "start": "casparian_nb.notebook.controller",
     "attach": "casparian_nb.notebook.controller",
     "Controller": "casparian_nb.notebook.controller",

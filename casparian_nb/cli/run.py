@@ -30,9 +30,11 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @click.option("--parallel", type=int, default=None, metavar="N",
               help="Plugin hosts to run at once (default: one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar (there is none anyway when stdout is not a terminal).")
 @recorded("Run")
 def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
-        parallel: int | None, as_json: bool) -> int:
+        parallel: int | None, as_json: bool, quiet: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
     recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
     from ..runner import run as run_plugin
@@ -41,7 +43,7 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
         raise CasparianError(f"--parallel must be at least 1, got {parallel}")
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
-                            settings=app.settings)
+                            settings=app.settings, progress=False if quiet else None)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:

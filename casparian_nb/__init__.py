@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "explain": "casparian_nb.tape:explain_tape",
     "validate": "casparian_nb.tape:validate_tape",
     "timeline": "casparian_nb.notebook.timeline",
+    "chart": "casparian_nb.notebook.charts",
 }
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "TransientError",
     "__version__",
     "attach",
+    "chart",
     "explain",
     "load_ipython_extension",
     "load_settings",

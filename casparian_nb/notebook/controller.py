@@ -27,6 +27,7 @@ kernel shutdown (``atexit``) — unless ``keep_alive=True``. ``attach()`` reconn
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -269,7 +270,8 @@ class Controller:
 
     def stats(self) -> QueueStats:
         """Jobs per status (plus ``cancel_requested`` and ``total``)."""
-        return QueueStats.from_counts(self._state().queue_stats())
+        stats = QueueStats.from_counts(self._state().queue_stats())
+        return dataclasses.replace(stats, history=lambda: self.jobs(limit=1_000_000))
 
     def job_snapshot(self, ids: Sequence[int] | None = None,
                      limit: int = 20_000) -> list[dict[str, Any]]:

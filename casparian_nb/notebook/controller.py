@@ -330,11 +330,10 @@ class Controller:
         return widget
 
     def timeline(self, **kwargs: Any) -> Any:
-        """The timeline of this session's tape (``reload`` in the widget re-reads it)."""
-        from .timeline import TimelineWidget
+        """The timeline of this session's tape, followed while it grows (``cf.timeline(ctl)``)."""
+        from .timeline import timeline
 
-        return TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
-                              **kwargs)
+        return timeline(self, **kwargs)
 
     def sql(self, query: str) -> pd.DataFrame:
         """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``."""

@@ -25,6 +25,7 @@ so a saved notebook shows the timeline without a kernel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -102,6 +103,8 @@ class TimelineWidget(anywidget.AnyWidget):
         self.interval = interval
         self._last_look = time.monotonic()
         self._closed = False
+        self._handle: Any = None
+        self._hooked: Any = None  # the IPython shell whose post_run_cell hook is ours
         data = timeline_payload(self._timeline, width_px=width_px)
         super().__init__(data=data, state=self._state_of(self._timeline),
                          reloadable=self._path is not None, following=follow and self._path is not None,
@@ -238,7 +241,39 @@ class TimelineWidget(anywidget.AnyWidget):
     def close(self) -> None:
         """Stop following and close the widget."""
         self._closed = True
+        self._unhook()
         super().close()
+
+    # -- the saved snapshot of a followed tape -----------------------------------------------
+    def _ipython_display_(self) -> None:
+        """Display with a display id; while it follows a growing tape, refresh the display
+        (and so the static SVG a saved notebook keeps) whenever a cell finishes."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        data, meta = self._repr_mimebundle_() or ({}, {})
+        self._handle = display(data, metadata=meta, raw=True,  # type: ignore[no-untyped-call]
+                               display_id=True)
+        shell = get_ipython()
+        if self.following and shell is not None and self._hooked is None:
+            shell.events.register("post_run_cell", self._after_cell)
+            self._hooked = shell
+
+    def _after_cell(self, *_: Any) -> None:
+        if self._closed:
+            self._unhook()
+            return
+        size = self._size
+        self.sync()
+        if self._size != size and self._handle is not None:
+            data, meta = self._repr_mimebundle_() or ({}, {})
+            self._handle.update(data, metadata=meta, raw=True)
+
+    def _unhook(self) -> None:
+        if self._hooked is not None:
+            with contextlib.suppress(ValueError):
+                self._hooked.events.unregister("post_run_cell", self._after_cell)
+            self._hooked = None
 
     # -- static snapshot ---------------------------------------------------------------------
     def snapshot_html(self) -> str:

@@ -21,7 +21,7 @@ from strip_notebook_state import WIDGET_VIEW, strip  # noqa: E402
 #: What each notebook's HTML must contain (where its widgets and charts were).
 EXPECTED = {
     "01-quickstart": ["<table", 'class="cf-chart"', "cf-progress-snapshot"],
-    "02-cancel-and-retry": ["<table", "cf-progress-snapshot"],
+    "02-cancel-and-retry": ["<table", "cf-progress-snapshot"],  # (its queue: helper i14b)
     "03-tape-timeline": ['class="cf-timeline-snapshot"', 'class="cf-chart"',
                          "cf-progress-snapshot"],
     "04-lineage": ["<table", "cf-progress-snapshot"],
@@ -48,7 +48,8 @@ def test_exported_html_shows_the_widgets_and_charts(html: dict[str, str], name: 
 
 def test_both_timelines_of_notebook_03_are_svg_pictures(html: dict[str, str]) -> None:
     page = html["03-tape-timeline"]
-    assert page.count('class="cf-timeline-snapshot"') == 2  # the live session's and the tape's
+    # the live session's (followed), the saved session tape's and the golden tape's
+    assert page.count('class="cf-timeline-snapshot"') == 3
     snapshot = page.split('class="cf-timeline-snapshot"')[1]
     assert "<svg" in snapshot.split("</svg>")[0] and "worker slots" in snapshot
 

@@ -38,7 +38,6 @@ Times are seconds from the tape's first event. Zooming asks again with a narrowe
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import os
@@ -51,6 +50,7 @@ import numpy as np
 
 from ..protocol import JobStatus
 from ._decode import EventName, Payload, to_payload
+from ._timeline_layout import assign_slots, density_bins, depth_bins
 from .envelope import (
     DOMAIN_EVENT,
     ERROR_EVENT,
@@ -88,7 +88,6 @@ _WORKER_VERB: dict[str, str] = {E.WORKER_JOINED: "joined", E.WORKER_LOST: "lost"
 _CATEGORY = {_QUEUED: 0, _DISPATCHED: 1, _RUNNING: 1}
 #: Job events drawn as bar ends or markers.
 _DRAWN = frozenset({E.JOB_DISPATCHED, E.CANCEL_REQUESTED, E.JOB_RETRIED, *_BAR_END})
-_EPS = 1e-9
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -330,7 +329,7 @@ class _Pass:
         order = np.argsort(t0, kind="stable")
         t0, t1 = t0[order], t1[order]
         workers = [self.worker[i] for i in order]
-        lane, data.lanes = _assign_slots(t0, np.where(np.isnan(t1), np.inf, t1), workers,
+        lane, data.lanes = assign_slots(t0, np.where(np.isnan(t1), np.inf, t1), workers,
                                          list(self.workers))
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
@@ -356,34 +355,6 @@ class _Pass:
         data.depth_queued = depth[:, 1].astype(np.int64)
         data.depth_running = depth[:, 2].astype(np.int64)
         return data
-
-
-def _assign_slots(t0: Any, t1: Any, workers: list[str],
-                  order: list[str]) -> tuple[Any, list[tuple[str, int]]]:
-    """Greedy interval partitioning per worker: each bar (sorted by start) to its worker's
-    lowest-numbered slot that is free at its start. Returns (lane per bar, lanes)."""
-    slot = np.zeros(len(workers), dtype=np.int32)
-    busy: dict[str, list[tuple[float, int]]] = {w: [] for w in order}
-    free: dict[str, list[int]] = {w: [] for w in order}
-    used: dict[str, int] = dict.fromkeys(order, 1)  # every worker has at least one lane
-    for i, w in enumerate(workers):
-        start, active, idle = t0[i], busy[w], free[w]
-        while active and active[0][0] <= start + _EPS:
-            heapq.heappush(idle, heapq.heappop(active)[1])
-        if idle:
-            s = heapq.heappop(idle)
-        else:
-            s = len(active)
-            used[w] = max(used[w], s + 1)
-        heapq.heappush(active, (t1[i], s))
-        slot[i] = s
-    lanes = [(w, s) for w in order for s in range(used[w])]
-    base = {}
-    for i, (w, s) in enumerate(lanes):
-        if s == 0:
-            base[w] = i
-    lane = np.asarray([base[w] for w in workers], dtype=np.int32) + slot
-    return lane, lanes
 
 
 def load_timeline(source: str | os.PathLike[str]) -> TimelineData:
@@ -469,7 +440,7 @@ def timeline_payload(data: TimelineData, view: tuple[float, float] | None = None
         "counts": data.final.core.counts(), "statuses": STATUSES,
         "view": {"t0": round(v0, 6), "t1": round(v1, 6)}, "width_px": int(width_px),
         "lanes": [{"worker": w, "slot": s} for w, s in data.lanes],
-        "depth": _depth_bins(data, edges, dt),
+        "depth": depth_bins(data.depth_t, data.depth_queued, data.depth_running, edges, dt),
         "bars": None, "density": None, "markers": [], "marker_bins": None,
     }
     if len(visible) <= bar_limit:
@@ -482,7 +453,10 @@ def timeline_payload(data: TimelineData, view: tuple[float, float] | None = None
             "attempt": data.bar_attempt[visible].tolist()}
     else:
         payload["mode"] = "bins"
-        payload["density"] = _density(data, visible, t1_or_end, edges, dt)
+        failing = visible[np.isin(data.bar_status[visible], _FAILING)]
+        payload["density"] = density_bins(
+            len(data.lanes), data.bar_lane[visible], data.bar_t0[visible], t1_or_end[visible],
+            data.bar_lane[failing], data.bar_t1[failing], edges, dt)
     in_view = [m for m in data.markers if v0 <= m["t"] <= v1]
     if len(in_view) <= MARKER_LIMIT:
         payload["markers"] = in_view
@@ -498,60 +472,3 @@ def timeline_payload(data: TimelineData, view: tuple[float, float] | None = None
                 row[min(nbins - 1, int((m["t"] - v0) / dt))] += 1
         payload["marker_bins"] = {"t0": round(v0, 6), "dt": dt, "counts": counts}
     return payload
-
-
-def _depth_bins(data: TimelineData, edges: Any, dt: float) -> dict[str, Any]:
-    """The most queued / running jobs within each bin (a step function's maxima)."""
-    t = data.depth_t
-    out: dict[str, Any] = {"t0": round(float(edges[0]), 6), "dt": dt}
-    for key, values in (("queued", data.depth_queued), ("running", data.depth_running)):
-        if len(t) == 0:
-            out[key] = [0] * (len(edges) - 1)
-            continue
-        at_left = np.searchsorted(t, edges[:-1], side="right") - 1
-        level = np.where(at_left >= 0, values[np.maximum(at_left, 0)], 0)
-        lo = np.searchsorted(t, edges[:-1], side="right")
-        hi = np.searchsorted(t, edges[1:], side="right")
-        # Bins are contiguous ([lo_i, lo_i+1) = [lo_i, hi_i)), so one reduceat gives each
-        # bin's peak; a trailing 0 keeps every index valid, and the last bin is capped.
-        peaks = np.maximum.reduceat(np.append(values, 0), lo)
-        if hi[-1] > lo[-1]:
-            peaks[-1] = values[lo[-1]:hi[-1]].max()
-        inner = np.where(hi > lo, peaks, 0)
-        out[key] = np.maximum(level, inner).tolist()
-    return out
-
-
-def _density(data: TimelineData, visible: Any, t1_or_end: Any, edges: Any,
-             dt: float) -> dict[str, Any]:
-    """Busy share (0..100) and failing attempt ends per lane and bin."""
-    nbins = len(edges) - 1
-    lanes = len(data.lanes)
-    lane = data.bar_lane[visible]
-    t0, t1 = data.bar_t0[visible], t1_or_end[visible]
-    busy = np.zeros((lanes, nbins), dtype=np.float64)
-    order = np.lexsort((t0, lane))
-    lane, t0, t1 = lane[order], t0[order], t1[order]
-    bounds = np.searchsorted(lane, np.arange(lanes + 1))
-    for k in range(lanes):
-        a, b = bounds[k], bounds[k + 1]
-        if a == b:
-            continue
-        s, e = t0[a:b], np.maximum(t1[a:b], t0[a:b])
-        # Bars of one lane never overlap: busy time up to x = whole bars ended + one part.
-        cum = np.concatenate(([0.0], np.cumsum(e - s)))
-        done = np.searchsorted(e, edges, side="right")
-        begun = np.searchsorted(s, edges, side="right")
-        part = np.where(begun > done, edges - s[np.minimum(done, len(s) - 1)], 0.0)
-        covered = cum[done] + part
-        busy[k] = np.diff(covered) / dt
-    failing = np.isin(data.bar_status[visible], _FAILING)
-    failed = np.zeros((lanes, nbins), dtype=np.int64)
-    ends = data.bar_t1[visible][failing]
-    inside = (ends >= edges[0]) & (ends <= edges[-1])
-    cols = np.minimum(nbins - 1, ((ends[inside] - edges[0]) / dt).astype(np.int64))
-    np.add.at(failed, (data.bar_lane[visible][failing][inside], cols), 1)
-    return {"t0": round(float(edges[0]), 6), "dt": dt,
-            "busy": np.clip(np.rint(busy * 100), 0, 100).astype(np.int64).tolist(),
-            "failed": failed.tolist()}
-

@@ -3,12 +3,13 @@
 >>> cf.timeline("tapes/golden_session.tape")                        # doctest: +SKIP
 >>> cf.timeline(ctl)                   # a live controller's session tape, followed as it grows
 
-A thin anywidget over :mod:`casparian_nb.tape.timeline_data` (lanes are worker slots, a
-queue-depth strip, binned density when zoomed out and exact bars when zoomed in) drawn by
-``static/timeline_draw.js`` (shared with the JupyterLab ``.tape`` viewer). The scrubber
-replays the queue as the sentinel had it at the chosen moment with the tape package's
-:class:`~casparian_nb.tape.ReplayIndex`, built on the first scrub (a big tape's first render
-does not wait for it); no sentinel is needed at all.
+A thin anywidget over the kernel-free :class:`~casparian_nb.tape.timeline_view.TimelineSource`
+(lanes are worker slots, a queue-depth strip, binned density when zoomed out and exact bars
+when zoomed in; see :mod:`casparian_nb.tape.timeline_data`) drawn by
+``static/timeline_draw.js`` — the JupyterLab ``.tape`` viewer uses the same two. The
+scrubber replays the queue as the sentinel had it at the chosen moment with the tape
+package's :class:`~casparian_nb.tape.ReplayIndex`, built on the first scrub (a big tape's
+first render does not wait for it); no sentinel is needed at all.
 
 Front-end → kernel messages (``static/timeline.js``)::
 
@@ -35,22 +36,15 @@ from typing import Any
 import anywidget
 import traitlets
 
-from ..protocol import JobStatus
-from ..tape import ReplayIndex, TapeReducer
-from ..tape.timeline_data import TimelineData, load_timeline, timeline_from_events, timeline_payload
+from ..tape import ReplayIndex
+from ..tape.timeline_data import TimelineData
+from ..tape.timeline_view import TimelineSource
 from ._scheduling import Scheduler, default_scheduler
 from ._timeline_svg import timeline_svg
-
-#: Tape statuses of a job still in the queue or on a worker.
-_UNFINISHED = frozenset(s.tape_name for s in (JobStatus.QUEUED, JobStatus.DISPATCHED,
-                                               JobStatus.RUNNING))
 
 __all__ = ["TimelineWidget", "timeline"]
 
 _STATIC = Path(__file__).parent / "static"
-#: Jobs listed in the scrubber's state panel (the counts cover all of them).
-_ACTIVE_LIMIT = 100
-_EPS = 1e-6
 
 
 def _inline_esm() -> str:
@@ -93,9 +87,8 @@ class TimelineWidget(anywidget.AnyWidget):
     def __init__(self, tape: str | os.PathLike[str] | ReplayIndex, *, title: str | None = None,
                  follow: bool = False, interval: float = 1.0, width_px: int = 800,
                  scheduler: Scheduler | None = None, **kwargs: Any) -> None:
-        self._path = None if isinstance(tape, ReplayIndex) else Path(tape)
-        self._replay: ReplayIndex | None = tape if isinstance(tape, ReplayIndex) else None
-        self._timeline = self._load()
+        self._source = TimelineSource(tape)
+        self._path = self._source.path
         self._width = width_px
         self._size = self._tape_size()
         self._scheduler = scheduler or default_scheduler()
@@ -105,65 +98,45 @@ class TimelineWidget(anywidget.AnyWidget):
         self._closed = False
         self._handle: Any = None
         self._hooked: Any = None  # the IPython shell whose post_run_cell hook is ours
-        data = timeline_payload(self._timeline, width_px=width_px)
-        super().__init__(data=data, state=self._state_of(self._timeline),
-                         reloadable=self._path is not None, following=follow and self._path is not None,
-                         position={"t": data["duration_s"], "seq": self._timeline.last_seq},
+        end = self._source.end()
+        super().__init__(data=self._source.payload(width_px=width_px), state=end["state"],
+                         position=end["position"], reloadable=self._path is not None,
+                         following=follow and self._path is not None,
                          title=title or (self._path.name if self._path else "tape"), **kwargs)
         self.on_msg(self._on_frontend_msg)
         if self.following:
             self._scheduler.call_later(interval, self._follow_tick)
 
-    def _load(self) -> TimelineData:
-        if self._path is None:
-            assert self._replay is not None
-            return timeline_from_events(self._replay.events)
-        return load_timeline(self._path)
+    @property
+    def source(self) -> TimelineSource:
+        """The kernel-free tape behind the widget (payloads, replayed states, events)."""
+        return self._source
 
     @property
     def index(self) -> ReplayIndex:
         """The tape loaded for scrubbing (built on first use: a big tape takes a while)."""
-        if self._replay is None:
-            assert self._path is not None
-            self._replay = ReplayIndex(self._path)
-        return self._replay
+        return self._source.index
 
     @property
     def timeline_data(self) -> TimelineData:
         """The reduced tape behind the drawing (lanes, bars, queue depth)."""
-        return self._timeline
+        return self._source.timeline
 
     # -- level of detail ----------------------------------------------------------------------
     def view_payload(self, t0: float, t1: float, width_px: int | None = None) -> dict[str, Any]:
         """The payload for the view ``[t0, t1]`` seconds (what a zoom fetches)."""
-        return timeline_payload(self._timeline, (t0, t1), width_px=width_px or self._width)
+        return self._source.payload((t0, t1), width_px or self._width)
 
     # -- scrubbing ---------------------------------------------------------------------------
     def scrub(self, *, t: float | None = None, seq: int | None = None) -> dict[str, Any]:
         """Move the scrubber to ``t`` seconds from the start, to event ``seq``, or (neither) to
         the end; returns the replayed state (also synced to the front-end)."""
-        index = self.index
-        start = index.events[0].time if index.events else None
-        if seq is not None:
-            count = index.count_at(seq=seq)
-        elif t is not None and start is not None and t < self.data.get("duration_s", 0.0):
-            # Bar times are rounded to microseconds; the tolerance keeps an event drawn at t
-            # on the side of the scrubber it is drawn on.
-            count = index.count_at(time=start + max(0.0, t) + _EPS)
-        else:
-            count = len(index)  # at (or past) the end: every event, whatever rounding
-        event = index.events[count - 1] if count else None
-        state = _state(index.reducer_after(count), count,
-                       None if event is None else (event.kind, event.name))
-        if t is None:
-            t = (event.time or start or 0.0) - (start or 0.0) if event else 0.0
+        at = self._source.at(t=t, seq=seq)
         with self.hold_sync():
-            self.position = {"t": round(float(t), 6), "seq": event.seq if event else None}
-            self.state = state
+            self.position = at["position"]
+            self.state = at["state"]
+        state: dict[str, Any] = at["state"]
         return state
-
-    def _state_of(self, data: TimelineData) -> dict[str, Any]:
-        return _state(data.final, data.events, data.last_event)
 
     # -- front-end messages ------------------------------------------------------------------
     def _on_frontend_msg(self, _widget: Any, content: Any, buffers: Sequence[bytes]) -> None:
@@ -190,13 +163,7 @@ class TimelineWidget(anywidget.AnyWidget):
 
     def event(self, seq: Any) -> dict[str, Any] | None:
         """The full envelope of the event with ``seq`` (None if there is none)."""
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            return None
-        index = self.index
-        count = index.count_at(seq=seq)
-        if count and index.events[count - 1].seq == seq:
-            return index.events[count - 1].to_dict()
-        return next((e.to_dict() for e in index.events if e.seq == seq), None)
+        return self._source.event(seq)
 
     # -- a growing tape ----------------------------------------------------------------------
     def reload(self) -> None:
@@ -204,12 +171,12 @@ class TimelineWidget(anywidget.AnyWidget):
         if self._path is None:
             return
         self._size = self._tape_size()
-        self._replay = None
-        self._timeline = self._load()
+        self._source.reload()
+        end = self._source.end()
         with self.hold_sync():
-            self.data = timeline_payload(self._timeline, width_px=self._width)
-            self.position = {"t": self.data["duration_s"], "seq": self._timeline.last_seq}
-            self.state = self._state_of(self._timeline)
+            self.data = self._source.payload(width_px=self._width)
+            self.position = end["position"]
+            self.state = end["state"]
 
     def _tape_size(self) -> int:
         try:
@@ -278,7 +245,7 @@ class TimelineWidget(anywidget.AnyWidget):
     # -- static snapshot ---------------------------------------------------------------------
     def snapshot_html(self) -> str:
         """A static SVG of the whole tape with its counts (what a saved notebook shows)."""
-        return timeline_svg(self._timeline, title=self.title)
+        return timeline_svg(self._source.timeline, title=self.title)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         bundle = super()._repr_mimebundle_(**kwargs)
@@ -290,30 +257,10 @@ class TimelineWidget(anywidget.AnyWidget):
 
     def summary(self) -> str:
         """One line: the tape, its events, jobs and final counts."""
-        d = self._timeline
+        d = self._source.timeline
         counts = ", ".join(f"{k} {n}" for k, n in d.final.core.counts().items() if n)
         return (f"{self.title}: {d.events} events, {d.jobs} jobs, {len(d.lanes)} worker "
                 f"slots, {d.duration_s:.2f} s" + (f" ({counts})" if counts else ""))
 
     def __repr__(self) -> str:
         return f"<TimelineWidget {self.title!r}>"
-
-
-def _state(reducer: TapeReducer, count: int, event: tuple[Any, Any] | None) -> dict[str, Any]:
-    """The replayed queue after ``count`` events, trimmed for the wire (read off the
-    reducer's records directly: a full ``state()`` of 100,000 jobs is slow and not needed)."""
-    core = reducer.core
-    active = [j for j in core.jobs.values() if j.status in _UNFINISHED]
-    return {
-        "seq": reducer.seq, "timestamp": reducer.timestamp, "event_count": count,
-        "event": None if event is None else (f"{event[0]}: {event[1]}" if event[1]
-                                             else str(event[0])),
-        "counts": core.counts(), "jobs_total": len(core.jobs),
-        "aborting": sum(1 for j in active if j.cancel_requested),
-        "active": [{"job_id": j.job_id, "status": j.status, "worker_id": j.worker_id,
-                    "plugin_name": j.plugin_name, "cancel_requested": j.cancel_requested,
-                    "retries": j.retries} for j in active[:_ACTIVE_LIMIT]],
-        "workers": [{"worker_id": w["worker_id"], "status": w["status"], "jobs": w["jobs"]}
-                    for w in (rec.to_dict() for rec in core.workers.values())],
-        "retries": core.retries, "cancels": core.cancels,
-    }

@@ -277,3 +277,17 @@ def test_display_data_carries_a_static_svg_snapshot(comms: list[RecordingComm]) 
     assert "application/vnd.jupyter.widget-view+json" in data
     assert "<svg" in data["text/html"] and "w1" in data["text/html"]
     assert data["text/plain"].startswith("golden_session.tape: 33 events, 4 jobs")
+
+
+def test_the_kernel_free_source_answers_as_the_widget(comms: list[RecordingComm]) -> None:
+    """``TimelineSource`` (what the ``.tape`` viewer's server extension serves) gives the
+    widget's first payload, end state, scrubber states and events."""
+    from casparian_nb.tape.timeline_view import TimelineSource
+
+    src, w = TimelineSource(SESSION), timeline(SESSION)
+    assert src.payload() == w.data
+    assert src.end() == {"state": w.state, "position": w.position}
+    for seq in (3, 13, 22):
+        assert src.at(seq=seq) == {"state": w.scrub(seq=seq), "position": w.position}
+    assert src.at(t=2.5)["state"] == w.scrub(t=2.5)
+    assert src.event(13) == w.event(13) and src.event(13)["seq"] == 13

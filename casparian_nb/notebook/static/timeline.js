@@ -43,7 +43,7 @@ function render({ model, el }) {
   model.on("change:position", showState);
   model.on("change:title", () => tl.setTitle(model.get("title")));
   showState();
-  return () => { model.off("msg:custom", onCustom); tl.destroy(); };
+  return () => { model.off?.("msg:custom", onCustom); tl.destroy(); };
 }
 
 export default { render };

@@ -291,3 +291,40 @@ def test_the_kernel_free_source_answers_as_the_widget(comms: list[RecordingComm]
         assert src.at(seq=seq) == {"state": w.scrub(seq=seq), "position": w.position}
     assert src.at(t=2.5)["state"] == w.scrub(t=2.5)
     assert src.event(13) == w.event(13) and src.event(13)["seq"] == 13
+
+
+def test_a_followed_timeline_refreshes_its_saved_snapshot_when_a_cell_finishes(
+        tmp_path: Path) -> None:
+    """In a real kernel: the display of ``cf.timeline(live session)`` is updated after each
+    cell that grew the tape (post_run_cell), so the saved notebook's SVG is the latest; a
+    timeline of a finished tape registers no hook at all."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    tape = tmp_path / "live.tape"
+    cells = [
+        "import casparian_nb as cf\n"
+        "from pathlib import Path\n"
+        "from casparian_nb.tape import TapeWriter\n"
+        f"writer = TapeWriter(Path({str(tape)!r}), producer='notebook', redact=False)\n"
+        "writer.domain('WorkerJoined', {'worker_id': 'w1', 'slots': 1, 'pid': 1})\n"
+        "class Live:\n"
+        "    tape_path = Path(" + repr(str(tape)) + ")\n"
+        "    _widgets = set()\n"
+        "hooks = len(get_ipython().events.callbacks['post_run_cell'])\n"
+        "cf.timeline(Live())",
+        "writer.domain('JobQueued', {'job_id': 1, 'plugin_name': 'p'})\n"
+        "writer.domain('JobDispatched', {'job_id': 1, 'worker_id': 'w1'})\n"
+        "writer.domain('JobCompleted', {'job_id': 1, 'worker_id': 'w1', 'rows': 3})",
+        "still = cf.timeline(" + repr(str(SESSION)) + ")\n"
+        "print(len(get_ipython().events.callbacks['post_run_cell']) - hooks)\n"
+        "writer.close()",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    shown = [o for o in nb.cells[0].outputs if o["output_type"] == "display_data"]
+    assert len(shown) == 1
+    assert "1 jobs" in shown[0]["data"]["text/plain"], shown[0]["data"]["text/plain"]
+    assert "completed 1" in shown[0]["data"]["text/html"]
+    assert nb.cells[2].outputs[0]["text"].strip() == "1"  # only the followed one hooked in

@@ -59,7 +59,7 @@ def test_progress_bar_moves_and_ends_with_the_final_counts(open_notebook: Any,
     assert nb.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .cf-progress").count() == 1
     nb.wait_cells_done(60, [1])
     IMAGES.mkdir(parents=True, exist_ok=True)
-    nb.page.locator(".cf-progress").screenshot(path=str(IMAGES / "progress.png"))
+    nb.page.locator(".cf-progress").screenshot(path=str(IMAGES / "progress_bar.png"))
     nb.run_cell(2, timeout=60)
 
 
@@ -80,7 +80,7 @@ def test_timeline_of_a_100k_job_tape_opens_and_zooms(open_notebook: Any,
     assert nb.page.locator(".cf-timeline rect.cf-t-bar").count() == 0  # no bar sent binned
     timeline = nb.page.locator(".cf-timeline")
     IMAGES.mkdir(parents=True, exist_ok=True)
-    timeline.screenshot(path=str(IMAGES / "timeline-100k.png"))
+    timeline.screenshot(path=str(IMAGES / "timeline_100k.png"))
     for _ in range(8):  # each "+" halves the view; the kernel answers with its detail
         if nb.page.locator(".cf-timeline[data-mode='bars']").count():
             break
@@ -92,6 +92,6 @@ def test_timeline_of_a_100k_job_tape_opens_and_zooms(open_notebook: Any,
     t0, t1 = map(float, view.split(","))
     bars = nb.page.locator(".cf-timeline rect.cf-t-bar").count()
     assert 0 < bars <= 4000 and t1 - t0 < 200, (bars, view)
-    timeline.screenshot(path=str(IMAGES / "timeline-100k-zoomed.png"))
+    timeline.screenshot(path=str(IMAGES / "timeline_100k_zoomed.png"))
     print(f"100k-job timeline: first render in the browser {opened_s:.1f} s after run; "
           f"zoomed to {t0:.0f}-{t1:.0f} s: {bars} bars")

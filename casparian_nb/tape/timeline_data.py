@@ -1,7 +1,8 @@
 """Timeline data of a tape, kernel-free: worker-slot lanes, queue depth, a level of detail.
 
 The one source of what a timeline draws, for the notebook widget (``cf.timeline``) and the
-JupyterLab ``.tape`` viewer's server extension alike; no widget or kernel import here.
+JupyterLab ``.tape`` viewer's server extension alike (both through
+:class:`.timeline_view.TimelineSource`); no widget or kernel import here.
 
 >>> data = load_timeline("tapes/golden_session.tape")               # doctest: +SKIP
 >>> payload = timeline_payload(data, view=(0.0, 4.0), width_px=800) # doctest: +SKIP

@@ -25,13 +25,14 @@ _EXPORTS: dict[str, str] = {
     "SinkMode": "casparian_nb.sinks",
     "Settings": "casparian_nb.config",
     "load_settings": "casparian_nb.config",
-    "run": "casparian_nb.runner",
+    "run": "casparian_nb.notebook._run",
     "start": "casparian_nb.notebook.controller",
     "attach": "casparian_nb.notebook.controller",
     "Controller": "casparian_nb.notebook.controller",
     "explain": "casparian_nb.tape:explain_tape",
     "validate": "casparian_nb.tape:validate_tape",
     "timeline": "casparian_nb.notebook.timeline",
+    "chart": "casparian_nb.notebook.charts",
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "TransientError",
     "__version__",
     "attach",
+    "chart",
     "explain",
     "load_ipython_extension",
     "load_settings",

@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ import psutil
 
 from . import contracts, plugins, sinks
 from ._inputs import expand_inputs
+from ._progress import ProgressCounts, ProgressSink, terminal_progress
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
 from .protocol import (
@@ -132,29 +132,10 @@ class RunResult:
         return "\n".join(lines)
 
 
-class _Progress:
-    """A one-line progress bar on a terminal's stderr; silent otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.failed = total, 0, 0
-        self.enabled = enabled and total > 0
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def step(self, ok: bool) -> None:
-        with self._lock:
-            self.done += 1
-            self.failed += 0 if ok else 1
-            now = time.monotonic()
-            if self.enabled and (now - self._last > 0.1 or self.done == self.total):
-                self._last = now
-                width = 30
-                filled = int(width * self.done / self.total)
-                sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                                 f"  failed {self.failed}")
-                if self.done == self.total:
-                    sys.stderr.write("\n")
-                sys.stderr.flush()
+def _progress_counts(results: list[FileResult], total: int, slots: int) -> ProgressCounts:
+    done = sum(1 for r in results if r.status in (JobStatus.COMPLETED, JobStatus.SKIPPED))
+    left = total - len(results)
+    return ProgressCounts(done, len(results) - done, min(slots, left), max(0, left - slots))
 
 
 def _one_line(error: ErrorInfo | None, fallback: str) -> str:
@@ -172,7 +153,7 @@ def run(
     parallel: int | None = None,
     home: str | Path | None = None,
     settings: Settings | None = None,
-    progress: bool | None = None,
+    progress: bool | ProgressSink | None = None,
     timeout: float | None = None,
     on_file: Callable[[FileResult], None] | None = None,
     quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
@@ -214,7 +195,9 @@ def run(
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
-    bar = _Progress(len(jobs), sys.stderr.isatty() if progress is None else progress)
+    # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
+    bar = progress if not isinstance(progress, bool | None) else (
+        terminal_progress(f"run {spec.name}", progress) if jobs else None)
     results: list[FileResult] = []
     # Set when the whole run must stop: mode=error met another run's data, or the plugin
     # cannot even be loaded (the same for every file). Running jobs are then killed.
@@ -290,7 +273,8 @@ def run(
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")
                     results.append(file_result)
-                    bar.step(file_result.status == JobStatus.COMPLETED)
+                    if bar is not None:
+                        bar.update(_progress_counts(results, len(jobs), size))
                     if on_file is not None:
                         on_file(file_result)
             except BaseException:
@@ -299,6 +283,8 @@ def run(
                 pool.close()
                 raise
     finally:
+        if bar is not None:
+            bar.finish(_progress_counts(results, len(jobs), size))
         if pool is not None:
             pool.close()
         # Hosts are gone and this process is the committer: finish (or roll back) any

@@ -4,10 +4,13 @@
     python scripts/strip_notebook_state.py --check notebooks/*.ipynb     # exit 1 if any would change
     python scripts/strip_notebook_state.py --execute notebooks/*.ipynb   # re-run, then strip
 
-Stripped: ``metadata.widgets`` (the saved widget state), every output that is a widget view
-(``application/vnd.jupyter.widget-view+json``; its ``text/plain`` repr is time-dependent for a
-live widget) and per-cell execution timing; consecutive stream outputs are merged. Kept: text and HTML outputs — nbval compares the
-cells tagged ``nbval-check-output`` against them — and cell tags.
+Stripped: ``metadata.widgets`` (the saved widget state), the widget-view part of every
+widget output (``application/vnd.jupyter.widget-view+json``: a model id that means nothing
+without the state) and per-cell execution timing; consecutive stream outputs are merged.
+Kept: text and HTML outputs, including each widget's static ``text/html`` + ``text/plain``
+snapshot (a table, an SVG timeline, final counts), so GitHub, nbviewer and nbconvert show
+what happened; an output that was nothing but a widget view goes. nbval compares the cells
+tagged ``nbval-check-output`` against what is kept; cell tags stay.
 
 ``--execute`` runs each notebook top to bottom in its own folder with nbclient (the kernel of
 this interpreter), which is how the stored outputs that nbval checks are refreshed after a
@@ -52,8 +55,13 @@ def strip(nb: Any) -> Any:
             continue
         kept: list[Any] = []
         for out in cell.outputs:
-            if {WIDGET_VIEW, WIDGET_STATE} & set(out.get("data", {})):
-                continue
+            data = out.get("data", {})
+            if {WIDGET_VIEW, WIDGET_STATE} & set(data):
+                for mime in (WIDGET_VIEW, WIDGET_STATE):
+                    data.pop(mime, None)
+                if not set(data) - {"text/plain"}:
+                    continue  # a widget without a static snapshot: its repr alone says nothing
+                out.metadata = {}
             last = kept[-1] if kept else None
             if (out.output_type == "stream" and last is not None
                     and last.output_type == "stream" and last.name == out.name):

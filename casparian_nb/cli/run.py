@@ -36,10 +36,12 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @click.option("--max-quarantine-rows", type=int, default=None, metavar="N",
               help="Fail a file if more than N rows of an output go to quarantine.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar (there is none anyway when stdout is not a terminal).")
 @recorded("Run")
 def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
         parallel: int | None, max_quarantine_pct: float | None,
-        max_quarantine_rows: int | None, as_json: bool) -> int:
+        max_quarantine_rows: int | None, as_json: bool, quiet: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
     recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
     from ..runner import run as run_plugin
@@ -54,7 +56,8 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
                                .replace("quarantine: max_rows", "--max-quarantine-rows")) from None
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
-                            settings=app.settings, quarantine=policy)
+                            settings=app.settings, quarantine=policy,
+                            progress=False if quiet else None)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:

@@ -3,9 +3,11 @@ notebooks and a readable text repr everywhere else — plus the errors of waitin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import pandas as pd
 
 from ..errors import CasparianError, RemoteJobError
 from ..protocol import FINISHED_JOB_STATUSES, JobStatus
@@ -158,11 +160,14 @@ class QueueStats:
     cancel_requested: int = 0
     #: Every job, whatever its status.
     total: int = 0
+    #: Loads the jobs behind the counts (``ctl.jobs``-like), for :meth:`plot`.
+    history: Callable[[], pd.DataFrame] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, int]) -> QueueStats:
         """From ``StateReader.queue_stats()`` (lower-case status -> count)."""
-        return cls(**{f: int(counts.get(f, 0)) for f in _STATS_FIELDS})
+        values: dict[str, Any] = {f: int(counts.get(f, 0)) for f in _STATS_FIELDS}
+        return cls(**values)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -180,13 +185,21 @@ class QueueStats:
         parts = [f"{k} {v}" for k, v in self.counts.items() if v and k != "total"]
         return f"QueueStats(total {self.total}" + (": " + ", ".join(parts) if parts else "") + ")"
 
+    def plot(self) -> Any:
+        """Jobs per status over time and throughput (an Altair chart with a static SVG; the
+        current counts as bars when nothing has finished or there is no job history)."""
+        from .charts import stats_chart
+
+        jobs = self.history() if self.history is not None else pd.DataFrame()
+        return stats_chart(jobs, self.counts)
+
     def _repr_html_(self) -> str:
         cells = [(badge(k.upper()) if k.upper() in STATUS_COLORS else esc(k), esc(f"{v:,}"))
                  for k, v in self.counts.items() if k != "total"]
         return html_rows(["status", "jobs"], [*cells, ("<b>total</b>", f"<b>{self.total:,}</b>")])
 
 
-_STATS_FIELDS = tuple(f.name for f in fields(QueueStats))
+_STATS_FIELDS = tuple(f.name for f in fields(QueueStats) if f.name != "history")
 
 
 @dataclass(frozen=True, slots=True)

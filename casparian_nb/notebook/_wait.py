@@ -14,6 +14,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._progress import ProgressCounts, ProgressSink
+from ..protocol import JobStatus
 from ._models import TERMINAL, WaitInterrupted, WaitResult, WaitTimeoutError
 
 if TYPE_CHECKING:
@@ -21,14 +23,25 @@ if TYPE_CHECKING:
 
 __all__ = ["wait_for"]
 
+_OK = frozenset({JobStatus.COMPLETED, JobStatus.SKIPPED})
+_ON_WORKER = frozenset({JobStatus.RUNNING, JobStatus.DISPATCHED})
 
-def _db_statuses(ctl: Controller, pending: set[int]) -> dict[int, str]:
-    """Final statuses, from the state DB, of the pending jobs that have one."""
+
+def _db_statuses(ctl: Controller, pending: set[int]) -> tuple[dict[int, str], set[int]]:
+    """Final statuses, from the state DB, of the pending jobs that have one; and which of
+    the others are on a worker (for the progress bar)."""
     found = ctl._rows.statuses(pending)
     out: dict[int, str] = {j: s for j, s in found.items() if s in TERMINAL}
     for jid in pending - set(found):
         out[jid] = "UNKNOWN"  # not in the DB at all: waiting for it would never end
-    return out
+    running = {j for j, s in found.items() if s in _ON_WORKER}
+    return out, running
+
+
+def _counts(done: dict[int, str], pending: set[int], running: set[int]) -> ProgressCounts:
+    ok = sum(1 for s in done.values() if s in _OK)
+    on_worker = len(pending & running)
+    return ProgressCounts(ok, len(done) - ok, on_worker, len(pending) - on_worker)
 
 
 def _hint(pending: list[int]) -> str:
@@ -40,10 +53,22 @@ def _hint(pending: list[int]) -> str:
 
 def wait_for(ctl: Controller, ids: list[int], timeout: float | None,
              cancel_on_interrupt: bool, poll: float = 0.25,
-             check_every: float = 1.0) -> WaitResult:
-    """The body of :meth:`Controller.wait`."""
+             check_every: float = 1.0, progress: ProgressSink | None = None) -> WaitResult:
+    """The body of :meth:`Controller.wait`; reports to ``progress`` (a bar) while it blocks."""
     done: dict[int, str] = {}
     pending = set(ids)
+    running: set[int] = set()
+    try:
+        return _wait(ctl, ids, timeout, cancel_on_interrupt, poll, check_every, progress,
+                     done, pending, running)
+    finally:
+        if progress is not None:
+            progress.finish(_counts(done, pending, running))
+
+
+def _wait(ctl: Controller, ids: list[int], timeout: float | None, cancel_on_interrupt: bool,
+          poll: float, check_every: float, progress: ProgressSink | None,
+          done: dict[int, str], pending: set[int], running: set[int]) -> WaitResult:
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check = 0.0  # check the DB at once: jobs may have finished already
     try:
@@ -54,12 +79,17 @@ def wait_for(ctl: Controller, ids: list[int], timeout: float | None,
                 pending.discard(jid)
             now = time.monotonic()
             if pending and now >= next_check:
-                for jid, status in _db_statuses(ctl, pending).items():
+                final, on_worker = _db_statuses(ctl, pending)
+                running.clear()
+                running.update(on_worker)
+                for jid, status in final.items():
                     done[jid] = status
                     pending.discard(jid)
                 next_check = now + check_every
                 if pending:
                     ctl._check()  # a dead sentinel finishes nothing: raise, do not hang
+            if progress is not None:
+                progress.update(_counts(done, pending, running))
             ctl._pump_widgets()
             if not pending:
                 break

@@ -27,6 +27,7 @@ kernel shutdown (``atexit``) — unless ``keep_alive=True``. ``attach()`` reconn
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -193,12 +194,14 @@ class Controller:
     def submit(self, plugin: str | os.PathLike[str],
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                sink: str | None = None, mode: str = "append", priority: int = 0,
-               timeout: float | None = None, force: bool = False) -> list[int]:
+               timeout: float | None = None, force: bool = False, wait: bool = False,
+               progress: bool | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
         ``inputs``: files, directories (every non-hidden file below) or globs. Files whose
         outputs this plugin version already materialized are skipped (``force=True`` runs
-        them anyway); ``last_submission`` says which.
+        them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
+        finish (:meth:`wait`, with its progress bar unless ``progress=False``).
         """
         from .. import plugins
         from .._inputs import expand_inputs
@@ -220,6 +223,8 @@ class Controller:
         if reply.get("skipped"):
             print(f"casparian: {len(reply['skipped'])} file(s) skipped, already materialized by "
                   "this plugin version (submit(..., force=True) re-runs them)")
+        if wait and ids:
+            self.wait(ids, progress=progress)
         return ids
 
     def cancel(self, job_id: int) -> dict[str, Any]:
@@ -266,7 +271,8 @@ class Controller:
 
     def stats(self) -> QueueStats:
         """Jobs per status (plus ``cancel_requested`` and ``total``)."""
-        return QueueStats.from_counts(self._state().queue_stats())
+        stats = QueueStats.from_counts(self._state().queue_stats())
+        return dataclasses.replace(stats, history=lambda: self.jobs(limit=1_000_000))
 
     def job_snapshot(self, ids: Sequence[int] | None = None,
                      limit: int = 20_000) -> list[dict[str, Any]]:
@@ -277,18 +283,26 @@ class Controller:
         return self._rows.by_ids(ids)
 
     def wait(self, ids: int | Iterable[int] | None = None, timeout: float | None = None, *,
-             cancel_on_interrupt: bool = False, poll: float = 0.25) -> Any:
+             cancel_on_interrupt: bool = False, poll: float = 0.25,
+             progress: bool | None = None) -> Any:
         """Block until the jobs (default: every job submitted here) finish; a WaitResult.
 
         Interruptible: "interrupt kernel" / Ctrl-C stops waiting (the jobs keep running) and
         the message says how to cancel them; with ``cancel_on_interrupt=True`` the pending
-        jobs are cancelled first. ``timeout`` raises :class:`WaitTimeoutError`.
+        jobs are cancelled first. ``timeout`` raises :class:`WaitTimeoutError`. While it
+        blocks a progress bar shows (a widget in a notebook, stderr on a terminal) ending
+        with the final counts; ``progress=False`` turns it off.
         """
         self._check()
         wanted = list(self._submitted) if ids is None else (
             [int(ids)] if isinstance(ids, int) else [int(i) for i in ids])
         with self.session.command("Wait", {"job_ids": wanted[:1000], "count": len(wanted)}) as r:
-            result = wait_for(self, wanted, timeout, cancel_on_interrupt, poll)
+            bar = None
+            if wanted and progress is not False:
+                from .progress import progress_for
+
+                bar = progress_for(f"waiting for {len(wanted)} job(s)", progress)
+            result = wait_for(self, wanted, timeout, cancel_on_interrupt, poll, progress=bar)
             r.update(count=len(result.statuses), failed_job_ids=result.failed,
                      aborted_job_ids=sorted(j for j, s in result.statuses.items()
                                             if s == JobStatus.ABORTED))
@@ -316,10 +330,9 @@ class Controller:
         return widget
 
     def timeline(self, **kwargs: Any) -> Any:
-        """The timeline of this session's tape (``reload`` in the widget re-reads it)."""
+        """The timeline of this session's tape, followed while it grows (``cf.timeline(ctl)``)."""
         timeline = import_with_extra("casparian_nb.notebook.timeline", "ctl.timeline()")
-        return timeline.TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
-                              **kwargs)
+        return timeline.timeline(self, **kwargs)
 
     def sql(self, query: str, params: SqlParams = None, *, as_: ResultFormat = "pandas") -> Any:
         """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``.

@@ -1,63 +1,80 @@
-"""The tape timeline widget: what happened, when, on which worker — and the queue at any moment.
+"""The tape timeline widget: what happened, when, in which worker slot — and the queue then.
 
 >>> cf.timeline("tapes/golden_session.tape")                        # doctest: +SKIP
->>> ctl.timeline()                                                  # the live session tape
+>>> cf.timeline(ctl)                   # a live controller's session tape, followed as it grows
 
-One lane per worker (a job that never reached a worker gets its own lane), a bar per job
-attempt from dispatch to its end coloured by the job's final status, and markers for
-commands, cancels, retries, errors and workers joining or leaving. Hover shows the event,
-click shows its payload, the wheel zooms and dragging pans. The scrubber replays the queue
-as the sentinel had it at the chosen moment, using the tape package's replay reducer
-(:class:`~casparian_nb.tape.ReplayIndex`); no sentinel is needed at all.
+A thin anywidget over the kernel-free :class:`~casparian_nb.tape.timeline_view.TimelineSource`
+(lanes are worker slots, a queue-depth strip, binned density when zoomed out and exact bars
+when zoomed in; see :mod:`casparian_nb.tape.timeline_data`) drawn by
+``static/timeline_draw.js`` — the JupyterLab ``.tape`` viewer uses the same two. The
+scrubber replays the queue as the sentinel had it at the chosen moment with the tape
+package's :class:`~casparian_nb.tape.ReplayIndex`, built on the first scrub (a big tape's
+first render does not wait for it); no sentinel is needed at all.
 
 Front-end → kernel messages (``static/timeline.js``)::
 
+    {"type": "view", "id": n, "t0": s, "t1": s, "width": px}
+                                      → {"type": "view", "id": n, "payload": {...}} (zoom/pan)
     {"type": "scrub", "t": 12.5}      seconds from the tape's start
     {"type": "scrub", "seq": 17}      or an event's seq (the step buttons)
     {"type": "payload", "seq": 17}    → answered with {"type": "payload", "seq", "event"}
     {"type": "reload"}                re-read the tape (a live session tape grows)
 
-Only the compact timeline and the replayed state of the scrubber position are synced; event
-payloads travel one at a time, on click.
+The display data also carries a static SVG snapshot (:mod:`._timeline_svg`) as ``text/html``,
+so a saved notebook shows the timeline without a kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anywidget
 import traitlets
 
-from ..protocol import JobStatus
-from ..tape import ReplayIndex, build_timeline
-
-#: Tape statuses of a job still in the queue or on a worker.
-_UNFINISHED = frozenset(s.tape_name for s in (JobStatus.QUEUED, JobStatus.DISPATCHED,
-                                               JobStatus.RUNNING))
+from ..tape import ReplayIndex
+from ..tape.timeline_data import TimelineData
+from ..tape.timeline_view import TimelineSource
+from ._scheduling import Scheduler, default_scheduler
+from ._timeline_svg import timeline_svg
 
 __all__ = ["TimelineWidget", "timeline"]
 
 _STATIC = Path(__file__).parent / "static"
-#: Jobs listed in the scrubber's state panel (the counts cover all of them).
-_ACTIVE_LIMIT = 100
-_EPS = 1e-6
 
 
-def timeline(tape: str | os.PathLike[str] | ReplayIndex, **kwargs: Any) -> TimelineWidget:
-    """An interactive timeline of ``tape`` (a file, or a loaded :class:`ReplayIndex`)."""
+def _inline_esm() -> str:
+    """``timeline_draw.js`` followed by the wrapper ``timeline.js`` as one module: anywidget
+    loads a single module, so the wrapper's relative imports (lines marked ``cf:inline``)
+    are dropped."""
+    wrapper = (_STATIC / "timeline.js").read_text(encoding="utf-8")
+    kept = [line for line in wrapper.splitlines() if not line.rstrip().endswith("// cf:inline")]
+    return (_STATIC / "timeline_draw.js").read_text(encoding="utf-8") + "\n" + "\n".join(kept)
+
+
+def timeline(tape: Any, **kwargs: Any) -> TimelineWidget:
+    """An interactive timeline of ``tape``: a tape file, a loaded :class:`ReplayIndex`, or a
+    live controller (its session tape, followed while it grows)."""
+    path = getattr(tape, "tape_path", None)
+    if isinstance(path, Path):
+        kwargs.setdefault("title", f"session {path.name}")
+        widget = TimelineWidget(path, follow=True, **kwargs)
+        tape._widgets.add(widget)  # its blocking calls pump it, stop() closes it
+        return widget
     return TimelineWidget(tape, **kwargs)
 
 
 class TimelineWidget(anywidget.AnyWidget):
-    """Lanes, bars and markers of one tape, with a replaying scrubber."""
+    """Slot lanes, bars (or density) and markers of one tape, with a replaying scrubber."""
 
-    _esm = _STATIC / "timeline.js"
+    _esm = _inline_esm()
     _css = _STATIC / "timeline.css"
 
-    #: ``{start, end, duration_s, lanes, bars, markers}`` (compact; see :func:`_compact`).
+    #: The payload of :func:`~casparian_nb.tape.timeline_data.timeline_payload` (whole tape).
     data = traitlets.Dict().tag(sync=True)
     #: The replayed queue at the scrubber position.
     state = traitlets.Dict().tag(sync=True)
@@ -65,75 +82,74 @@ class TimelineWidget(anywidget.AnyWidget):
     position = traitlets.Dict().tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
     reloadable = traitlets.Bool(False).tag(sync=True)
+    following = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, tape: str | os.PathLike[str] | ReplayIndex, *, title: str | None = None,
-                 **kwargs: Any) -> None:
-        self._path = None if isinstance(tape, ReplayIndex) else Path(tape)
-        self._index = tape if isinstance(tape, ReplayIndex) else ReplayIndex(tape)
-        data = _compact(self._index)
-        end = len(self._index)
-        super().__init__(data=data, state=self._state(end), reloadable=self._path is not None,
-                         position={"t": data["duration_s"], "seq": self._seq_of(end)},
+                 follow: bool = False, interval: float = 1.0, width_px: int = 800,
+                 scheduler: Scheduler | None = None, **kwargs: Any) -> None:
+        self._source = TimelineSource(tape)
+        self._path = self._source.path
+        self._width = width_px
+        self._size = self._tape_size()
+        self._scheduler = scheduler or default_scheduler()
+        #: Seconds between two looks at a followed tape (re-reads are coalesced to this).
+        self.interval = interval
+        self._last_look = time.monotonic()
+        self._closed = False
+        self._handle: Any = None
+        self._hooked: Any = None  # the IPython shell whose post_run_cell hook is ours
+        end = self._source.end()
+        super().__init__(data=self._source.payload(width_px=width_px), state=end["state"],
+                         position=end["position"], reloadable=self._path is not None,
+                         following=follow and self._path is not None,
                          title=title or (self._path.name if self._path else "tape"), **kwargs)
         self.on_msg(self._on_frontend_msg)
+        if self.following:
+            self._scheduler.call_later(interval, self._follow_tick)
+
+    @property
+    def source(self) -> TimelineSource:
+        """The kernel-free tape behind the widget (payloads, replayed states, events)."""
+        return self._source
 
     @property
     def index(self) -> ReplayIndex:
-        """The loaded tape (events, snapshots) behind the widget."""
-        return self._index
+        """The tape loaded for scrubbing (built on first use: a big tape takes a while)."""
+        return self._source.index
+
+    @property
+    def timeline_data(self) -> TimelineData:
+        """The reduced tape behind the drawing (lanes, bars, queue depth)."""
+        return self._source.timeline
+
+    # -- level of detail ----------------------------------------------------------------------
+    def view_payload(self, t0: float, t1: float, width_px: int | None = None) -> dict[str, Any]:
+        """The payload for the view ``[t0, t1]`` seconds (what a zoom fetches)."""
+        return self._source.payload((t0, t1), width_px or self._width)
 
     # -- scrubbing ---------------------------------------------------------------------------
     def scrub(self, *, t: float | None = None, seq: int | None = None) -> dict[str, Any]:
         """Move the scrubber to ``t`` seconds from the start, to event ``seq``, or (neither) to
         the end; returns the replayed state (also synced to the front-end)."""
-        start = self._start_time()
-        if seq is not None:
-            count = self._index.count_at(seq=seq)
-        elif t is not None and start is not None and t < self.data.get("duration_s", 0.0):
-            # Bar times are rounded to microseconds; the tolerance keeps an event drawn at t
-            # on the side of the scrubber it is drawn on.
-            count = self._index.count_at(time=start + max(0.0, t) + _EPS)
-        else:
-            count = len(self._index)  # at (or past) the end: every event, whatever rounding
-        state = self._state(count)
-        if t is None:
-            event = self._index.events[count - 1] if count else None
-            t = (event.time or start or 0.0) - (start or 0.0) if event else 0.0
+        at = self._source.at(t=t, seq=seq)
         with self.hold_sync():
-            self.position = {"t": round(float(t), 6), "seq": self._seq_of(count)}
-            self.state = state
+            self.position = at["position"]
+            self.state = at["state"]
+        state: dict[str, Any] = at["state"]
         return state
-
-    def _start_time(self) -> float | None:
-        events = self._index.events
-        return events[0].time if events else None
-
-    def _seq_of(self, count: int) -> int | None:
-        return self._index.events[count - 1].seq if count else None
-
-    def _state(self, count: int) -> dict[str, Any]:
-        """The reducer's state after ``count`` events, trimmed for the wire."""
-        full = self._index.reducer_after(count).state()
-        jobs: Mapping[str, Mapping[str, Any]] = full["jobs"]
-        active = [j for j in jobs.values() if j["status"] in _UNFINISHED]
-        event = self._index.events[count - 1] if count else None
-        return {
-            "seq": full["seq"], "timestamp": full["timestamp"], "event_count": count,
-            "event": None if event is None else _event_label(event.kind, event.name),
-            "counts": full["counts"], "jobs_total": len(jobs),
-            "aborting": sum(1 for j in active if j["cancel_requested"]),
-            "active": [_job_summary(j) for j in active[:_ACTIVE_LIMIT]],
-            "workers": [{"worker_id": w["worker_id"], "status": w["status"], "jobs": w["jobs"]}
-                        for w in full["workers"].values()],
-            "retries": full["retries"], "cancels": full["cancels"],
-        }
 
     # -- front-end messages ------------------------------------------------------------------
     def _on_frontend_msg(self, _widget: Any, content: Any, buffers: Sequence[bytes]) -> None:
         if not isinstance(content, dict):
             return
         kind = content.get("type")
-        if kind == "scrub":
+        if kind == "view":
+            t0, t1, width = content.get("t0"), content.get("t1"), content.get("width")
+            if isinstance(t0, int | float) and isinstance(t1, int | float):
+                px = int(width) if isinstance(width, int | float) and width > 0 else None
+                self.send({"type": "view", "id": content.get("id"),
+                           "payload": self.view_payload(float(t0), float(t1), px)})
+        elif kind == "scrub":
             seq, t = content.get("seq"), content.get("t")
             if isinstance(seq, int) and not isinstance(seq, bool):
                 self.scrub(seq=seq)
@@ -147,67 +163,104 @@ class TimelineWidget(anywidget.AnyWidget):
 
     def event(self, seq: Any) -> dict[str, Any] | None:
         """The full envelope of the event with ``seq`` (None if there is none)."""
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            return None
-        count = self._index.count_at(seq=seq)
-        if count and self._index.events[count - 1].seq == seq:
-            return self._index.events[count - 1].to_dict()
-        return next((e.to_dict() for e in self._index.events if e.seq == seq), None)
+        return self._source.event(seq)
 
+    # -- a growing tape ----------------------------------------------------------------------
     def reload(self) -> None:
         """Re-read the tape file (a session tape keeps growing); the scrubber goes to its end."""
         if self._path is None:
             return
-        self._index = ReplayIndex(self._path)
+        self._size = self._tape_size()
+        self._source.reload()
+        end = self._source.end()
         with self.hold_sync():
-            self.data = _compact(self._index)
-            self.scrub()
+            self.data = self._source.payload(width_px=self._width)
+            self.position = end["position"]
+            self.state = end["state"]
+
+    def _tape_size(self) -> int:
+        try:
+            return self._path.stat().st_size if self._path is not None else 0
+        except OSError:
+            return 0
+
+    def pump(self) -> None:
+        """Re-read a followed tape if it grew, at most once per ``interval`` (a blocking call
+        such as ``ctl.wait()`` calls this between its polls)."""
+        now = time.monotonic()
+        if self._closed or not self.following or now - self._last_look < self.interval:
+            return
+        self._last_look = now
+        if self._tape_size() != self._size:
+            self.reload()
+
+    def sync(self) -> None:
+        """Catch up with the tape now (the end of a blocking call)."""
+        if not self._closed and self._path is not None and self._tape_size() != self._size:
+            self.reload()
+
+    def _follow_tick(self) -> None:
+        if self._closed or not self.following:
+            return
+        self.pump()
+        self._scheduler.call_later(self.interval, self._follow_tick)
+
+    def close(self) -> None:
+        """Stop following and close the widget."""
+        self._closed = True
+        self._unhook()
+        super().close()
+
+    # -- the saved snapshot of a followed tape -----------------------------------------------
+    def _ipython_display_(self) -> None:
+        """Display with a display id; while it follows a growing tape, refresh the display
+        (and so the static SVG a saved notebook keeps) whenever a cell finishes."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        data, meta = self._repr_mimebundle_() or ({}, {})
+        self._handle = display(data, metadata=meta, raw=True,  # type: ignore[no-untyped-call]
+                               display_id=True)
+        shell = get_ipython()
+        if self.following and shell is not None and self._hooked is None:
+            shell.events.register("post_run_cell", self._after_cell)
+            self._hooked = shell
+
+    def _after_cell(self, *_: Any) -> None:
+        if self._closed:
+            self._unhook()
+            return
+        size = self._size
+        self.sync()
+        if self._size != size and self._handle is not None:
+            data, meta = self._repr_mimebundle_() or ({}, {})
+            self._handle.update(data, metadata=meta, raw=True)
+
+    def _unhook(self) -> None:
+        if self._hooked is not None:
+            with contextlib.suppress(ValueError):
+                self._hooked.events.unregister("post_run_cell", self._after_cell)
+            self._hooked = None
+
+    # -- static snapshot ---------------------------------------------------------------------
+    def snapshot_html(self) -> str:
+        """A static SVG of the whole tape with its counts (what a saved notebook shows)."""
+        return timeline_svg(self._source.timeline, title=self.title)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        data = {**data, "text/html": self.snapshot_html(), "text/plain": self.summary()}
+        return data, meta
+
+    def summary(self) -> str:
+        """One line: the tape, its events, jobs and final counts."""
+        d = self._source.timeline
+        counts = ", ".join(f"{k} {n}" for k, n in d.final.core.counts().items() if n)
+        return (f"{self.title}: {d.events} events, {d.jobs} jobs, {len(d.lanes)} worker "
+                f"slots, {d.duration_s:.2f} s" + (f" ({counts})" if counts else ""))
 
     def __repr__(self) -> str:
         return f"<TimelineWidget {self.title!r}>"
-
-
-def _event_label(kind: str, name: str | None) -> str:
-    return f"{kind}: {name}" if name else kind
-
-
-def _job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
-    return {"job_id": job["job_id"], "status": job["status"], "worker_id": job["worker_id"],
-            "plugin_name": job["plugin_name"], "cancel_requested": job["cancel_requested"],
-            "retries": job["retries"]}
-
-
-def _compact(index: ReplayIndex) -> dict[str, Any]:
-    """The timeline as the front-end draws it: lanes by index, times in seconds."""
-    tl = build_timeline(index.events).to_dict()
-    lanes: list[str] = tl["lanes"]
-    lane_of = {name: i for i, name in enumerate(lanes)}
-    bars = []
-    for b in tl["bars"]:
-        if b.get("t0") is None:
-            continue
-        bars.append({"job": b["job_id"], "lane": lane_of.get(b["lane"], 0), "t0": b["t0"],
-                     "t1": b["t1"], "status": b["status"], "final": b["final_status"],
-                     "attempt": b["attempt"], "plugin": b.get("plugin_name"),
-                     "worker": b.get("worker_id")})
-    markers = [{"seq": m["seq"], "t": m["t"], "kind": m["kind"], "label": m["label"],
-                "job": m.get("job_id"), "lane": lane_of.get(str(m.get("worker_id")), None)}
-               for m in tl["markers"] if m.get("t") is not None]
-    # Markers about a job sit on the lane of that job's bar at that moment.
-    by_job: dict[str, list[dict[str, Any]]] = {}
-    for b in bars:
-        by_job.setdefault(b["job"], []).append(b)
-    for m in markers:
-        if m["lane"] is None and m["job"] is not None:
-            m["lane"] = _lane_at(by_job.get(m["job"], []), m["t"])
-    return {"start": tl["start"], "end": tl["end"], "duration_s": tl["duration_s"],
-            "lanes": lanes, "bars": bars, "markers": markers, "events": len(index),
-            "truncated": index.truncated, "skipped": len(index.skipped)}
-
-
-def _lane_at(bars: list[dict[str, Any]], t: float) -> int | None:
-    """The lane of the bar (of one job) open at ``t``, else of its first bar."""
-    for b in bars:
-        if b["t0"] <= t and (b["t1"] is None or t <= b["t1"] + 1e-9):
-            return int(b["lane"])
-    return int(bars[0]["lane"]) if bars else None

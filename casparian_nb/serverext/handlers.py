@@ -8,6 +8,7 @@ control API. Errors answer ``{"reason": "<one line>"}`` with a status that says 
 ``GET  tape?path=P``     validation, explain summary, timeline and scrubber state of tape P
 ``GET  tape/state``      ``?path=P&t=SECONDS`` or ``&seq=N``: the replayed queue there
 ``GET  tape/event``      ``?path=P&seq=N``: one event's full envelope
+``GET  tape/view``       ``?path=P&t0=S&t1=S&width=PX``: a zoomed view's level of detail
 ``GET  sentinels``       the sentinels of the homes visible to the server
 ``GET  jobs?home=H``     the job queue of one of them
 ``POST cancel``          ``{"home", "job_id"}``: cancel a job (running → "aborting…")
@@ -161,6 +162,25 @@ class TapeEventHandler(_BaseHandler):
             self.finish(json.dumps(out))
 
 
+class TapeViewHandler(_BaseHandler):
+    """A zoom: the level of detail of ``?t0=&t1=`` seconds at ``&width=`` pixels, as the
+    widget's kernel answers its ``{type: "view"}`` message."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        path = self.path_arg()
+        t0 = _number(self.get_query_argument("t0", None), float, "t0")
+        t1 = _number(self.get_query_argument("t1", None), float, "t1")
+        width = _number(self.get_query_argument("width", None), int, "width") or 800
+        if t0 is None or t1 is None or not t1 > t0:
+            raise tornado.web.HTTPError(400, reason="need ?t0= before ?t1= (seconds from the start)")
+        width = max(50, min(width, 8000))
+        out = await self.run(
+            lambda: {"payload": _views.get(self.tape_file(path)).payload((t0, t1), width)})
+        if out is not None:
+            self.finish(json.dumps(out))
+
+
 class SentinelsHandler(_BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -224,6 +244,7 @@ def setup_handlers(web_app: tornado.web.Application, sentinels: ServerSentinels)
     base = url_path_join(web_app.settings["base_url"], "casparian", "api")
     routes: list[tuple[str, type[_BaseHandler]]] = [
         ("tape", TapeHandler), ("tape/state", TapeStateHandler), ("tape/event", TapeEventHandler),
+        ("tape/view", TapeViewHandler),
         ("sentinels", SentinelsHandler), ("jobs", JobsHandler), ("cancel", CancelHandler),
         ("start", StartHandler),
     ]

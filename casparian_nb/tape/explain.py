@@ -14,6 +14,7 @@ memory grows with jobs, workers and commands, not with events.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -168,6 +169,15 @@ class Explanation:
             d["utilisation"] = round(busy[wid] / capacity, 4) if capacity > 0 else None
             out.append(d)
         return out
+
+    def plot(self) -> Any:
+        """Per-worker utilisation and a histogram of job durations: an Altair chart with a
+        static SVG (needs the notebook extra)."""
+        # The plotting stack belongs to the notebook layer; the tape layer only hands it data.
+        charts = importlib.import_module("casparian_nb.notebook.charts")
+        durations = [j.duration_ms for j in self.reducer.jobs.values()
+                     if isinstance(j.duration_ms, int | float)]
+        return charts.explanation_chart(self.workers(), durations)
 
     def materialization_summary(self) -> list[dict[str, Any]]:
         return [

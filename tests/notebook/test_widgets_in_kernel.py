@@ -56,7 +56,7 @@ def test_queue_widget_live_in_a_kernel(home: Path, fixture_plugin_path: Path,
     live = json.loads(nb.cells[1].outputs[0]["text"])
     assert live["completed"] == 6 and live["thread"]
     assert 1 <= live["flushes"] <= 40  # coalesced, not one message per event
-    waited = json.loads(nb.cells[2].outputs[0]["text"])
+    waited = json.loads(next(o["text"] for o in nb.cells[2].outputs if o.get("name") == "stdout"))
     assert waited == {"wait": {"COMPLETED": 1}, "completed": 7}  # wait() pumped the widget
     assert nb.cells[5].outputs[0]["text"].strip() == "70"
     # what the front-end would hold: the widget's saved state has the final counts

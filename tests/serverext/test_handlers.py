@@ -19,6 +19,7 @@ from casparian_nb.client import ControlClient
 from casparian_nb.config import load_settings
 from casparian_nb.launcher import LocalCluster
 from casparian_nb.notebook.timeline import TimelineWidget
+from casparian_nb.tape.timeline_view import TimelineSource
 from tests.conftest import FIXTURE_PLUGIN, ROOT, assert_no_leaks, descendants, make_inputs
 
 GOLDEN = ROOT / "tapes" / "golden_session.tape"
@@ -61,6 +62,14 @@ async def test_a_tape_is_served_as_the_notebook_timeline_draws_it(
     assert mid["state"] == widget.scrub(t=2.5)
     event = await get_json(jp_fetch, "tape", "event", path="runs/golden.tape", seq=str(first))
     assert event == {"seq": first, "event": widget.event(first)}
+    # a zoom: the level of detail of that view, as the widget's kernel answers {type: "view"}
+    view = await get_json(jp_fetch, "tape", "view", path="runs/golden.tape", t0="0.5",
+                          t1="2.5", width="640")
+    assert view == {"payload": TimelineSource(GOLDEN).payload((0.5, 2.5), 640)}
+    assert view["payload"] != doc["data"]
+    code, reason = await refused(jp_fetch, "tape", "view", path="runs/golden.tape", t0="3",
+                                 t1="1")
+    assert code == 400 and "t0" in reason
 
 
 async def test_a_damaged_tape_answers_with_its_validation_errors(

@@ -4,6 +4,7 @@ declare module '@casparian/static/timeline.js' {
   export interface TimelineModel {
     get(name: string): any;
     on(event: string, callback: (value?: any) => void): void;
+    off?(event: string, callback: (value?: any) => void): void;
     send(message: Record<string, unknown>): void;
   }
   const timeline: { render(args: { model: TimelineModel; el: HTMLElement }): () => void };

@@ -18,7 +18,7 @@ export interface ITapeDocument {
 /**
  * The timeline widget's model API (get / on / send) served by the server extension instead
  * of a kernel: the same `timeline.js` draws in both places. The messages it sends (scrub,
- * payload, reload) become GET requests; the answers set `state`/`position` or come back as
+ * payload, view, reload) become GET requests; the answers set `state`/`position` or come back as
  * the `msg:custom` payload message, exactly as the kernel side would answer them.
  */
 export class ServerTimelineModel implements TimelineModel {
@@ -36,6 +36,10 @@ export class ServerTimelineModel implements TimelineModel {
 
   on(event: string, callback: (value?: any) => void): void {
     this.handlers.set(event, [...(this.handlers.get(event) ?? []), callback]);
+  }
+
+  off(event: string, callback: (value?: any) => void): void {
+    this.handlers.set(event, (this.handlers.get(event) ?? []).filter(cb => cb !== callback));
   }
 
   set(name: string, value: unknown): void {
@@ -62,6 +66,11 @@ export class ServerTimelineModel implements TimelineModel {
       const r = await requestAPI<{ seq: number; event: unknown }>('tape/event', {},
         { path, seq: message.seq as number });
       this.emit('msg:custom', { type: 'payload', seq: r.seq, event: r.event });
+    } else if (message.type === 'view') {
+      const r = await requestAPI<{ payload: unknown }>('tape/view', {},
+        { path, t0: message.t0 as number, t1: message.t1 as number,
+          width: message.width as number });
+      this.emit('msg:custom', { type: 'view', id: message.id, payload: r.payload });
     } else if (message.type === 'reload') {
       const doc = await requestAPI<ITapeDocument>('tape', {}, { path });
       this.set('data', doc.data);

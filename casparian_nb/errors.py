@@ -42,6 +42,7 @@ __all__ = [
     "ControlTimeoutError",
     "JobCancelledError",
     "JobError",
+    "JobLogNotFoundError",
     "JobTimeoutError",
     "LineageError",
     "OutputNameError",
@@ -219,3 +220,7 @@ class SchemaVersionError(StoreError):
 
 class TapeError(CasparianError, ValueError):
     """A tape cannot be read."""
+
+
+class JobLogNotFoundError(CasparianError, FileNotFoundError):
+    """A job attempt asked for has no captured log (it wrote nothing, or never ran)."""

@@ -29,10 +29,13 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @sink_options
 @click.option("--parallel", type=int, default=None, metavar="N",
               help="Plugin hosts to run at once (default: one per core).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a machine-readable summary (failed jobs with their traceback).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show each failed file's remote traceback and where its output is.")
 @recorded("Run")
 def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
-        parallel: int | None, as_json: bool) -> int:
+        parallel: int | None, as_json: bool, verbose: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
     recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
     from ..runner import run as run_plugin
@@ -44,11 +47,11 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
                             settings=app.settings)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        print(result)
-    for failed in result.failed:  # one line per failed file, naming it
-        print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
-              file=sys.stderr)
+        for failed in result.failed:  # beside the JSON, one line per failed file, naming it
+            print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
+                  file=sys.stderr)
+    else:  # the summary names each failed file once (with its traceback under -v)
+        print(result.format(verbose=verbose or app.verbose))
     app.response = {"files": len(result.files), "failed": len(result.failed),
                     "rows": sum(result.rows.values())}
     return EXIT_OK if result.ok else EXIT_FAILED

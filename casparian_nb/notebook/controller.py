@@ -40,6 +40,7 @@ import pandas as pd
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
+from ..joblogs import JobLog, read_job_log
 from ..launcher import LocalCluster
 from ..protocol import JobStatus
 from ._events import EventPump
@@ -262,6 +263,12 @@ class Controller:
         if row is None:
             raise LookupError(f"job {job_id} does not exist in {self.settings.state_db}")
         return Job.from_row(row)
+
+    def logs(self, job_id: int, attempt: int | None = None) -> JobLog:
+        """What job ``job_id``'s plugin printed and logged in ``attempt`` (default: its
+        latest attempt with output): stdout, stderr, ``logging`` and ``ctx.log`` lines, the
+        head and tail of a long log. Renders as a ``<pre>`` block; ``.tail(n)`` for the end."""
+        return read_job_log(self.settings.home, int(job_id), attempt)
 
     def stats(self) -> QueueStats:
         """Jobs per status (plus ``cancel_requested`` and ``total``)."""

@@ -38,7 +38,8 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MOD
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Parameters a command's tape event records (when given); the tape redacts them by field.
-_TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers")
+_TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers",
+                "file", "rows")
 
 #: ``--mode`` choices: the values of :class:`casparian_nb.sinks.SinkMode`, spelled here because
 #: importing ``sinks`` loads pyarrow, too slow for every ``casparian jobs`` (a unit test keeps

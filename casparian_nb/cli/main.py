@@ -19,6 +19,7 @@ from .._proc import exit_with_owner
 from ._app import EXIT_INTERRUPTED, EXIT_USAGE, App
 from .bundle import support_bundle
 from .jobs import job, jobs, submit
+from .preview import preview
 from .run import demo, run
 from .sentinel import sentinel, start, worker
 from .tape import tape
@@ -44,7 +45,8 @@ def cli(ctx: click.Context, home: str | None, tape_path: Path | None, verbose: b
     app.home, app.tape_path, app.verbose = home, tape_path, verbose
 
 
-for command in (run, demo, sentinel, worker, start, submit, jobs, job, tape, support_bundle):
+for command in (run, preview, demo, sentinel, worker, start, submit, jobs, job, tape,
+                support_bundle):
     cli.add_command(command)
 
 

@@ -47,8 +47,10 @@ class BoundedLog:
         self._head_len = 0  # raw bytes of the head already handled
         self._head_end = 0  # file offset where the head ends
         self._pending = b""  # an unfinished line of the head (scrubbed only whole)
+        self._head_nl = True  # the head ends with a newline (or is empty)
         self._tail = bytearray()
         self._tail_dirty = False
+        self._tail_on_line = True
         self._last_flush = 0.0
         self._fh: io.FileIO | None = None
 
@@ -85,10 +87,13 @@ class BoundedLog:
                 fh = self._file()
                 fh.write(self._text(buf[:cut]))
                 self._head_end = fh.tell()
+                self._head_nl = buf[:cut].endswith(b"\n") if cut else self._head_nl
         if data:
             self._tail += data
             if len(self._tail) > self.tail_max:
-                del self._tail[: len(self._tail) - self.tail_max]
+                cut = len(self._tail) - self.tail_max
+                self._tail_on_line = self._tail[cut - 1] == 0x0A  # the tail starts a line
+                del self._tail[:cut]
             self._tail_dirty = True
             if time.monotonic() - self._last_flush >= _FLUSH_EVERY:
                 self.flush()
@@ -104,16 +109,17 @@ class BoundedLog:
                 fh.seek(self._head_end)
                 fh.write(self._text(self._pending))
                 self._head_end = fh.tell()
+                self._head_nl = self._pending.endswith(b"\n")
                 self._pending = b""
             if self._tail_dirty:
                 tail = bytes(self._tail)
                 omitted = self.total - self._head_len - len(tail)
-                if omitted > 0:  # start the kept tail on a whole line where one fits
+                if omitted > 0 and not self._tail_on_line:  # start on a whole line
                     nl = tail.find(b"\n")
                     if 0 <= nl < len(tail) - 1:
                         omitted += nl + 1
                         tail = tail[nl + 1 :]
-                note = (f"\n[casparian: {omitted:,} bytes left out here; "
+                note = (f"{'' if self._head_nl else chr(10)}[casparian: {omitted:,} bytes left out here; "
                         f"{self.total:,} bytes written in all]\n".encode() if omitted > 0 else b"")
                 fh.seek(self._head_end)
                 fh.write(note + self._text(tail))

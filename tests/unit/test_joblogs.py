@@ -50,7 +50,7 @@ def test_every_channel_is_captured_per_attempt(home: Path, pool: HostPool, tmp_p
     assert latest.attempt == 2 and "print: attempt 2" in latest.text
     lines = first.text.splitlines()
     for needle in ("print: attempt 1", "stderr: a line", "chatty WARNING logging: a record",
-                   "INFO ctx.log: hello", "subprocess: echo"):
+                   "INFO ctx log: hello", "subprocess: echo"):
         assert sum(needle in ln for ln in lines) == 1, (needle, first.text)
     # prints and log records keep their order (stdout is line-buffered during the job)
     assert lines.index("print: attempt 1") < lines.index("stderr: a line")

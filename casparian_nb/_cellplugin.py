@@ -19,6 +19,7 @@ home's trust policy applies unchanged — it runs (in preview and as jobs) only 
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import inspect
 import os
@@ -43,8 +44,11 @@ def is_source_plugin(obj: object) -> TypeGuard[types.FunctionType | types.Module
 
 
 def _names(code: types.CodeType) -> Iterator[str]:
-    """The global names a function's code (nested functions and lambdas included) uses."""
-    yield from code.co_names
+    """The global names a function's code (nested functions and lambdas included) loads —
+    not attribute names (``ctx.log`` must not ship a notebook variable called ``log``)."""
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str):
+            yield ins.argval
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield from _names(const)

@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "load_settings": "casparian_nb.config",
     "run": "casparian_nb.runner",
     "preview": "casparian_nb.notebook.controller",
-    "Preview": "casparian_nb.preview",
+    "Preview": "casparian_nb.previews",
     "JobLog": "casparian_nb.joblogs",
     "start": "casparian_nb.notebook.controller",
     "attach": "casparian_nb.notebook.controller",

@@ -655,7 +655,7 @@ class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     #: Scrub paths, user and host names out of the captured output (like the tape).
     redact_log: bool = True
     #: Preview mode: stage nothing and answer with the first ``preview_rows`` rows of each
-    #: output in ``Receipt.preview`` (:mod:`casparian_nb.preview`).
+    #: output in ``Receipt.preview`` (:mod:`casparian_nb.previews`).
     preview_rows: Int64 | None = None
 
 

@@ -27,7 +27,7 @@ def preview(app: App, plugin: str, file: str, rows: int, timeout: float | None,
     """Run PLUGIN on FILE in a plugin host, as a job would run, and show each output's row
     count, schema and first rows, the rows a sink would quarantine, what the plugin printed,
     and its traceback if it raised. Nothing is written. Exit 1 if the plugin raised."""
-    from ..preview import preview as run_preview
+    from ..previews import preview as run_preview
 
     result = run_preview(plugin, file, rows, timeout, settings=app.settings)
     if as_json:
@@ -40,7 +40,7 @@ def preview(app: App, plugin: str, file: str, rows: int, timeout: float | None,
 
 
 def _text(result: object, rows: int) -> str:
-    from ..preview import Preview
+    from ..previews import Preview
 
     assert isinstance(result, Preview)
     lines = [repr(result).split("\n  remote traceback:")[0]]

@@ -44,8 +44,8 @@ from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
 from ..joblogs import JobLog, read_job_log
 from ..launcher import LocalCluster
-from ..preview import Preview
-from ..preview import preview as run_preview
+from ..previews import Preview
+from ..previews import preview as run_preview
 from ..protocol import JobStatus
 from ._events import EventPump
 from ._models import Job, QueueStats
@@ -106,7 +106,7 @@ def preview(plugin: Any, path: str | os.PathLike[str], rows: int = 20,
             sink: str | None = None) -> Preview:
     """Dry-run ``plugin`` on one file in a plugin host: the first ``rows`` rows of each
     output, schemas, row counts, would-be quarantined rows, captured output and the remote
-    traceback if it raised — nothing is written (:mod:`casparian_nb.preview`).
+    traceback if it raised — nothing is written (:mod:`casparian_nb.previews`).
 
     ``plugin`` is a plugin file, a module, or a function defined in a notebook cell. With a
     live controller (``cf.start``/``cf.attach``) for the same home, the run is recorded on

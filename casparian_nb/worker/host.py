@@ -51,6 +51,7 @@ import traceback
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import TracebackType
 
 import msgspec
 
@@ -111,7 +112,7 @@ def classify_error(exc: BaseException) -> ErrorKind:
 def error_payload(exc: BaseException, *, input_file: str | None = None,
                   phase: str | None = None) -> ErrorInfo:  # fmt: skip
     """The wire form of an error: ename, evalue, traceback (size-capped), kind."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = "".join(traceback.format_exception(type(exc), exc, _from_plugin(exc.__traceback__)))
     if len(tb) > _MAX_TRACEBACK:
         tb = tb[: _MAX_TRACEBACK // 2] + "\n... (traceback truncated) ...\n" + tb[-_MAX_TRACEBACK // 2 :]
     evalue = str(exc).splitlines()[0] if str(exc) else ""
@@ -121,6 +122,18 @@ def error_payload(exc: BaseException, *, input_file: str | None = None,
         evalue = f"out of memory: the job exceeded {limit}" + (f" ({evalue})" if evalue else "")
     return ErrorInfo(ename=type(exc).__name__, evalue=evalue, traceback=tb,
                      kind=classify_error(exc), input_file=input_file, phase=phase)
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _from_plugin(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from the first frame outside casparian_nb (the plugin's code), so a
+    remote traceback starts where the user's code does; all of it when no frame is."""
+    t = tb
+    while t is not None and t.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        t = t.tb_next
+    return t if t is not None else tb
 
 
 def _load(job: JobSpec) -> plugins.LoadedPlugin:

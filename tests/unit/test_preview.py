@@ -14,7 +14,7 @@ import pytest
 from casparian_nb import Output
 from casparian_nb.config import load_settings
 from casparian_nb.errors import TrustError
-from casparian_nb.preview import preview
+from casparian_nb.previews import preview
 from casparian_nb.tape import read_tape
 from tests.conftest import FIXTURE_PLUGIN
 

@@ -62,6 +62,11 @@ class FileResult:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def details(self, indent: str = "    ") -> list[str]:
+        """The remote traceback and where the captured output is, as indented lines."""
+        lines = [indent + ln for ln in (self.traceback or "").rstrip("\n").splitlines()]
+        return lines + ([f"{indent}output: {self.log_path}"] if self.log_path else [])
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -116,9 +121,9 @@ class RunResult:
     def __str__(self) -> str:
         return self.format()
 
-    def format(self, *, verbose: bool = False) -> str:
-        """The human summary; ``verbose`` adds each failed file's remote traceback and the
-        file holding its captured output."""
+    def format(self, *, failures: bool = True, verbose: bool = False) -> str:
+        """The human summary: with ``failures``, a line per failed file, and with
+        ``verbose`` under it its remote traceback and the file holding its captured output."""
         lines = [
             f"casparian run {self.plugin_name} {self.plugin_version}: {len(self.files)} files, "
             f"{self.succeeded} succeeded, {len(self.failed)} failed "
@@ -128,12 +133,10 @@ class RunResult:
             lines.append(f"  rows   {name}: {n:,}")
         if self.quarantine_rows:
             lines.append(f"  quarantined rows: {self.quarantine_rows:,} (see the *_quarantine outputs)")
-        for f in self.failed:
+        for f in self.failed if failures else ():
             lines.append(f"  {f.status.lower()} {f.input_file}: {f.error}")
-            if verbose and f.traceback:
-                lines += ["    " + ln for ln in f.traceback.rstrip("\n").splitlines()]
-            if verbose and f.log_path:
-                lines.append(f"    output: {f.log_path}")
+            if verbose:
+                lines += f.details()
         lines.append(f"  outputs: {self.sink} (mode {self.mode})")
         return "\n".join(lines)
 

@@ -45,13 +45,15 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
                             settings=app.settings)
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-        for failed in result.failed:  # beside the JSON, one line per failed file, naming it
-            print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
-                  file=sys.stderr)
-    else:  # the summary names each failed file once (with its traceback under -v)
-        print(result.format(verbose=verbose or app.verbose))
+    # The summary counts the failures; each one is named once, on stderr (-v: with its
+    # remote traceback and where its output is; --json has both per job).
+    print(json.dumps(result.to_dict(), indent=2, default=str) if as_json
+          else result.format(failures=False))
+    for failed in result.failed:
+        print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
+              file=sys.stderr)
+        if (verbose or app.verbose) and not as_json:
+            print("\n".join(failed.details()), file=sys.stderr)
     app.response = {"files": len(result.files), "failed": len(result.failed),
                     "rows": sum(result.rows.values())}
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -79,8 +79,8 @@ def test_run_verbose_and_json_show_each_traceback_once(home: Path, tmp_path: Pat
     assert verbose.returncode == 1
     both = verbose.stdout + verbose.stderr
     assert both.count(TB) == 1, both
-    assert f"failed {bad}: ValueError: chatty failed on purpose" in verbose.stdout
-    assert "output: " in verbose.stdout  # where the failed file's captured output is
+    assert verbose.stderr.startswith(f"casparian: failed: {bad}: ValueError: chatty failed")
+    assert "    output: " in verbose.stderr  # where the failed file's captured output is
 
     as_json = casparian(home, "run", "--json", CHATTY, good, bad, "--sink", sink)
     doc = json.loads(as_json.stdout)

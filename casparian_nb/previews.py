@@ -122,7 +122,8 @@ class Preview:
         }
 
     def __repr__(self) -> str:
-        state = "ok" if self.ok else f"failed: {self.error.ename}: {self.error.evalue}"  # type: ignore[union-attr]
+        err = self.error
+        state = "ok" if err is None else f"failed: {err.ename}: {err.evalue}"
         lines = [f"Preview of {self.plugin_name} on {Path(self.input_file).name} "
                  f"({state}, {self.elapsed_s:.2f}s)"]
         for d in self.details.values():

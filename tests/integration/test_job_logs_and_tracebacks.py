@@ -63,6 +63,18 @@ def test_job_logs_and_tracebacks_from_the_cli(cluster_factory: Callable[..., Loc
     assert doc["traceback"].count(TB) == 1 and doc["log_attempts"] == [1]
     assert "ValueError: chatty failed on purpose" in doc["traceback"]
 
+    # --follow on a job still queued: waits for its log, prints it as it grows, ends with it
+    slow = tmp_path / "slow.txt"
+    slow.write_text("slow\n")
+    with control(cluster) as client:
+        [slow_id] = client.submit(str(CHATTY), [str(slow)],
+                                  sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
+    follow = casparian(settings.home, "job", "logs", slow_id, "--follow", timeout=60)
+    assert follow.returncode == 0, follow.stderr
+    ticks = [ln for ln in follow.stdout.splitlines() if ln.startswith("tick ")]
+    assert ticks == [f"tick {i}" for i in range(5)], follow.stdout
+    assert wait_final(settings, [slow_id])[slow_id]["status"] == "COMPLETED"
+
 
 def test_run_verbose_and_json_show_each_traceback_once(home: Path, tmp_path: Path) -> None:
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"

@@ -4,22 +4,31 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_HOME ?= $(CURDIR)/demo_home
 
-.PHONY: demo test install install-test lint typecheck bench hardening clean
+.PHONY: demo test install install-test node lab lint typecheck bench hardening clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# The install builds the JupyterLab extension (extensions/jupyterlab) with npm: Node first.
+node:
+	bash scripts/test-deps.sh node
 
-install-test: $(BIN)/python
+install: $(BIN)/python node
+	$(BIN)/python -m pip install --quiet -e '.[notebook]'
+
+install-test: $(BIN)/python node
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 
-# Runs the main job on the embedded defaults (local SQLite state, Parquet outputs) in ./demo_home.
+# JupyterLab on notebooks/ with the package, its lab extension and server extension installed.
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# The main job on the embedded defaults: the quickstart notebook, headless in a real kernel
+# (a sentinel, two workers, the sample files, SQL); prints its summary and writes it as HTML.
 demo: install
-	$(BIN)/casparian --home $(DEMO_HOME) --tape $(DEMO_HOME)/tapes/demo.tape demo
-	@echo "outputs: $(DEMO_HOME)/output   tape: $(DEMO_HOME)/tapes/demo.tape"
+	$(BIN)/casparian --home $(DEMO_HOME) --tape $(DEMO_HOME)/tapes/demo.tape demo \
+	  --notebook notebooks/01-quickstart.ipynb --html $(DEMO_HOME)/quickstart.html
 
 lint: install-test
 	$(BIN)/ruff check casparian_nb tests benchmarks scripts
@@ -44,3 +53,5 @@ hardening: install-test
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf casparian_nb/labextension extensions/jupyterlab/node_modules extensions/jupyterlab/lib \
+	  extensions/jupyterlab/.core extensions/jupyterlab/tsconfig.tsbuildinfo

@@ -10,7 +10,6 @@ CLI (pyarrow, zmq and the notebook stack load only when used).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -73,7 +72,9 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'casparian_nb' has no attribute {name!r}")
     module, _, attr = module.partition(":")
-    value = getattr(importlib.import_module(module), attr or name)
+    from ._extras import import_with_extra
+
+    value = getattr(import_with_extra(module, f"casparian_nb.{name}"), attr or name)
     globals()[name] = value
     return value
 

@@ -30,14 +30,15 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PluginError, PluginPathError, TrustError
+from .errors import PluginError, PluginNotFoundError, PluginPathError, TrustError
 
 if TYPE_CHECKING:
     from .config import TrustSettings
     from .plugins import PluginSpec
 
-__all__ = ["check_trust", "generate_signing_key", "resolve_plugin_path", "sign_plugin",
-           "signature_path", "verify_signature"]
+__all__ = ["check_trust", "default_signer", "generate_signing_key", "read_private_key",
+           "resolve_plugin_path", "sign_plugin", "signature_path", "verify_signature",
+           "write_key_pair"]
 
 ALGORITHM = "ed25519"
 
@@ -63,7 +64,8 @@ def resolve_plugin_path(
     text = os.fspath(ref)
     if not text or "\0" in text:
         raise PluginPathError(f"plugin ref {text!r}: empty or contains NUL")
-    if not named_only and (os.sep in text or "/" in text or text.endswith(".py")):
+    path_like = not named_only and (os.sep in text or "/" in text or text.endswith(".py"))
+    if path_like:
         user = Path(text).expanduser()
         if user.exists():
             real = user.resolve()
@@ -72,7 +74,7 @@ def resolve_plugin_path(
             return real
     if os.path.isabs(text) or text.startswith("~"):
         if not named_only:
-            raise PluginError(f"plugin ref {text!r}: no such file")
+            raise PluginNotFoundError(f"plugin file not found: {text}")
         raise PluginPathError(f"plugin ref {text!r}: absolute or '~' paths are not allowed "
                               f"here; name a plugin relative to {plugins_dir}")
     if "\\" in text:
@@ -86,7 +88,10 @@ def resolve_plugin_path(
         raise PluginPathError(f"plugin ref {text!r}: resolves outside the plugins directory "
                               f"{base} (symlink escape)")
     if real.suffix != ".py" or not real.is_file():
-        raise PluginError(f"plugin ref {text!r}: no plugin {rel} in {base}")
+        if path_like:  # meant as a file in the cwd: say that first
+            raise PluginNotFoundError(f"plugin file not found: {text} (nor a plugin {rel} "
+                                      f"in {base})")
+        raise PluginNotFoundError(f"plugin ref {text!r}: no plugin {rel} in {base}")
     return real
 
 
@@ -217,5 +222,56 @@ def check_trust(spec: PluginSpec, trust: TrustSettings) -> str:
         return "unsigned-allowed"
     raise TrustError(
         f"{spec.path}: unsigned plugin refused by trust policy (allow_unsigned_python = false);"
-        " sign it with an allowed signer or set [trust] allow_unsigned_python = true"
+        " sign it with `casparian plugin sign` (a key: `casparian plugin keygen`) or set"
+        " [trust] allow_unsigned_python = true"
     )
+
+
+# -- key files (``casparian plugin keygen``) -------------------------------------------------
+def default_signer() -> str:
+    """The signer id keygen uses when none is given: the login name, as a file-safe id."""
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = ""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return safe or "local"
+
+
+def write_key_pair(keys_dir: str | os.PathLike[str], signer: str) -> tuple[Path, Path]:
+    """Make an Ed25519 key pair for ``signer`` in ``keys_dir`` (0700): ``<signer>.key``
+    (0600, the private key) and ``<signer>.pub``. Refuses to replace an existing key: that
+    would silently invalidate every plugin it signed."""
+    if not signer or any(not (c.isalnum() or c in "-_.") for c in signer) or signer[0] == ".":
+        raise TrustError(f"signer id {signer!r}: use letters, digits, '-', '_' and '.'")
+    directory = Path(keys_dir)
+    private_path, public_path = directory / f"{signer}.key", directory / f"{signer}.pub"
+    if private_path.exists() or public_path.exists():
+        raise TrustError(f"{private_path}: a key for signer {signer!r} already exists; "
+                         "choose another --signer or remove the old pair first")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private, public = generate_signing_key()
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(private + "\n")
+        public_path.write_text(public + "\n", encoding="ascii")
+    except OSError as exc:
+        raise TrustError(f"cannot write key pair in {directory}: {exc.strerror or exc}") from exc
+    return private_path, public_path
+
+
+def read_private_key(path: str | os.PathLike[str]) -> str:
+    """The base64 private key in ``path``; refused when other users can read the file."""
+    key_path = Path(path)
+    try:
+        mode = key_path.stat().st_mode
+        text = key_path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrustError(f"{key_path}: cannot read private key: "
+                         f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from exc
+    if mode & 0o077:
+        raise TrustError(f"{key_path}: private key is readable by other users; chmod 600 it")
+    return text

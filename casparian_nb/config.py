@@ -168,6 +168,12 @@ class Settings:
         return self.home / "output"
 
     @property
+    def keys_dir(self) -> Path:
+        """The home's signing keys (``casparian plugin keygen``): ``<signer>.key`` (0600,
+        private) and ``<signer>.pub``; every ``.pub`` here is a trusted signer of this home."""
+        return self.home / "keys"
+
+    @property
     def effective_slots(self) -> int:
         return self.worker_slots or (os.cpu_count() or 1)
 
@@ -243,6 +249,31 @@ def _trust_from(raw: Mapping[str, Any], base: TrustSettings) -> TrustSettings:
     return TrustSettings(allow_unsigned_python=allow, allowed_signers=tuple(signers), keys=keys)
 
 
+def _with_home_keys(keys_dir: Path, base: TrustSettings) -> TrustSettings:
+    """``base`` plus the signers whose public keys ``casparian plugin keygen`` left in the
+    home's ``keys/`` (``<signer>.pub``): keygen → sign → run works with no config edit."""
+    try:
+        pubs = sorted(keys_dir.glob("*.pub"))
+    except OSError:
+        return base
+    if not pubs:
+        return base
+    keys, signers = dict(base.keys), list(base.allowed_signers)
+    for pub in pubs:
+        signer = pub.stem
+        try:
+            key = pub.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{pub}: unreadable public key: {type(exc).__name__}") from exc
+        if keys.get(signer, key) != key:
+            raise ConfigError(f"{pub}: signer {signer!r} has another key in [trust.keys]; "
+                              "remove one of them")
+        keys[signer] = key
+        if signer not in signers:
+            signers.append(signer)
+    return dataclasses.replace(base, keys=keys, allowed_signers=tuple(signers))
+
+
 def load_settings(
     home: str | os.PathLike[str] | None = None,
     *,
@@ -295,6 +326,7 @@ def load_settings(
         else:
             raise ConfigError(f"unknown setting {key!r}")
 
+    trust = _with_home_keys(home_path / "keys", trust)
     settings = Settings(home=home_path, trust=trust, **values)
     if settings.bind_host not in ("127.0.0.1", "localhost", "::1") and not settings.allow_remote:
         raise ConfigError(

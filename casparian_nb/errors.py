@@ -45,9 +45,11 @@ __all__ = [
     "JobLogNotFoundError",
     "JobTimeoutError",
     "LineageError",
+    "MissingExtraError",
     "OutputNameError",
     "PermanentError",
     "PluginError",
+    "PluginNotFoundError",
     "PluginPathError",
     "PluginReturnError",
     "ProtocolError",
@@ -86,6 +88,10 @@ class OutputNameError(PluginError):
     """An output name does not match ``[a-z][a-z0-9_]*``."""
 
 
+class PluginNotFoundError(PluginError, FileNotFoundError):
+    """No plugin file (or named plugin) where the reference points."""
+
+
 class PluginPathError(PluginError, PermissionError):
     """A plugin path escapes its directory (F12)."""
 
@@ -112,6 +118,10 @@ class SinkModeError(SinkError, FileExistsError):
 
 class SinkLockedError(SinkError):
     """A DuckDB sink file is held by another process."""
+
+
+class MissingExtraError(CasparianError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class PermanentError(CasparianError):
@@ -220,6 +230,10 @@ class SchemaVersionError(StoreError):
 
 class TapeError(CasparianError, ValueError):
     """A tape cannot be read."""
+
+
+class PathOutsideRootError(CasparianError, PermissionError):
+    """A path given to the Jupyter server extension leaves the server's root folder."""
 
 
 class JobLogNotFoundError(CasparianError, FileNotFoundError):

@@ -43,6 +43,7 @@ from .errors import (
     OutputNameError,
     PermanentError,
     PluginError,
+    PluginNotFoundError,
     PluginReturnError,
     TransientError,
 )
@@ -115,7 +116,9 @@ def _read_source(path: Path) -> tuple[bytes, str]:
     if path.suffix != ".py":
         raise PluginError(f"{path}: not a .py file")
     if not path.is_file():
-        raise PluginError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+        if not path.exists():
+            raise PluginNotFoundError(f"plugin file not found: {path}")
+        raise PluginError(f"{path}: not a regular file")
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -213,7 +213,7 @@ def preview(plugin: Any, path: str | os.PathLike[str], rows: int = 20,
     Raises :class:`~casparian_nb.errors.PluginError` for a plugin that cannot be inspected
     or is refused by the trust policy, :class:`FileNotFoundError` for a missing input.
     """
-    settings = settings or load_settings(home)
+    settings = settings or load_settings(home, create=False)  # a preview makes no home
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     source = Path(path).expanduser()

@@ -6,13 +6,21 @@ first, returns its exit code and may set :attr:`App.response` (what its tape rec
 success). Errors are reported here, once, for every command:
 
 * a :class:`~casparian_nb.errors.CasparianError` → ``casparian: error: <one line>``, exit 2
-  (``-v`` shows the traceback instead);
+  when the user asked for something that cannot be done as asked (a bad argument, plugin,
+  sink or config: :data:`USAGE_ERRORS`), exit 1 when it could not be done now (no sentinel,
+  no state DB yet, a job that failed); ``-v`` shows the traceback instead;
 * Ctrl-C (or SIGTERM during ``run``) → ``casparian: interrupted``, exit 130.
+
+A command that writes nothing in the home itself (``recorded(..., creates_home=False)``:
+``jobs``, ``job show``, ``tape ...``, and those that only talk to the sentinel — ``submit``,
+``job cancel``, ``stop``) loads the settings without creating the home: looking, or asking a
+sentinel that is not there, must not leave a directory behind.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,20 +30,45 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import click
 
 from ..config import Settings, load_settings
-from ..errors import CasparianError
+from ..errors import (
+    CasparianError,
+    ConfigError,
+    PluginError,
+    SinkModeError,
+    SinkURIError,
+    TapeError,
+)
 
 if TYPE_CHECKING:
     from ..tape import TapeWriter
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MODES", "App",
-           "recorded", "sink_options"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MODES",
+           "USAGE_ERRORS", "App", "exit_status", "recorded", "sink_options", "stdout_gone"]
 
-#: 0 success; 1 the command ran but something it did failed (a job, a validation; for
-#: ``start``: its sentinel died on its own — killed by a signal or a non-zero exit — named on
-#: one line; 1 rather than 128 + signal, which would say ``start`` itself was killed); 2 it
-#: could not run (bad arguments, bad plugin, no sentinel), with a one-line reason; 130
-#: interrupted.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: 0 success; 1 a failure: the request was well formed but could not be done or something it
+#: did failed (no sentinel running, a job, a validation; for ``start``: its sentinel died on
+#: its own — killed by a signal or a non-zero exit — named on one line; 1 rather than
+#: 128 + signal, which would say ``start`` itself was killed); 2 a usage error (bad option or
+#: argument, missing or refused plugin, bad sink), with a one-line reason; 130 interrupted;
+#: 141 stdout closed early (``casparian jobs | head -1``), silently, as Unix tools do.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+
+#: Errors that mean "not like that": the command line (or the plugin, input, sink, config or
+#: output path it names) is what must change. Every other CasparianError is a failure of a
+#: well-formed request (no sentinel, a state DB of another version, a job that failed).
+USAGE_ERRORS: tuple[type[CasparianError], ...] = (ConfigError, PluginError, SinkURIError,
+                                                  SinkModeError, TapeError)
+
+
+def exit_status(exc: CasparianError) -> int:
+    """The exit status for ``exc``, by its type: 2 for a usage error, else 1."""
+    # Imported here: both modules are only needed once a command has failed.
+    from .._inputs import InputError
+    from ..bundle import BundleError
+
+    usage = (*USAGE_ERRORS, InputError, BundleError)
+    return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILED
+
 
 #: Parameters a command's tape event records (when given); the tape redacts them by field.
 _TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers",
@@ -67,6 +100,8 @@ class App:
     home: str | None = None
     tape_path: Path | None = None
     verbose: bool = False
+    #: False for a read-only command: the settings are loaded without creating the home.
+    create_home: bool = True
     #: Set by the running command: the payload of its ``CommandSucceeded`` tape event.
     response: dict[str, Any] = field(default_factory=dict)
     _settings: Settings | None = None
@@ -76,7 +111,7 @@ class App:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.home)
+            self._settings = load_settings(self.home, create=self.create_home)
         return self._settings
 
     def begin(self, name: str, params: dict[str, Any]) -> None:
@@ -110,21 +145,35 @@ class App:
             self._tape = None
 
 
-def recorded(name: str) -> Callable[[Callable[Concatenate[App, P], int]],
-                                    Callable[P, int]]:
+def stdout_gone() -> int:
+    """Stdout's reader has gone: point stdout at /dev/null (so the interpreter's flush at
+    exit raises nothing) and end as a process killed by SIGPIPE reports, quietly (141)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def recorded(name: str, *, creates_home: bool = True
+             ) -> Callable[[Callable[Concatenate[App, P], int]], Callable[P, int]]:
     """Make ``fn(app, **params) -> exit code`` a command body recorded on ``--tape`` as
-    ``name`` (one of the tape envelope's CLI command names), with the shared error handling."""
+    ``name`` (one of the tape envelope's CLI command names), with the shared error handling.
+    With ``creates_home=False`` the command never creates the home."""
 
     def decorate(fn: Callable[Concatenate[App, P], int]) -> Callable[P, int]:
         @functools.wraps(fn)
         def invoke(*args: P.args, **params: P.kwargs) -> int:
             app = click.get_current_context().find_object(App)
             assert app is not None, "casparian commands run under the root group"
+            app.create_home = creates_home
             try:
                 app.begin(name, params)
                 code = fn(app, *args, **params)
                 app.finish(code)
                 return code
+            except BrokenPipeError:  # `casparian jobs | head -1`: the reader left
+                app.fail("stdout closed")
+                return stdout_gone()
             except KeyboardInterrupt:
                 print("casparian: interrupted", file=sys.stderr)
                 app.fail("interrupted")
@@ -135,7 +184,7 @@ def recorded(name: str) -> Callable[[Callable[Concatenate[App, P], int]],
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 print(f"casparian: error: {message}", file=sys.stderr)
                 app.fail(message)
-                return EXIT_USAGE
+                return exit_status(exc)
 
         return invoke
 

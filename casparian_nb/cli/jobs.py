@@ -1,8 +1,9 @@
 """The queue: ``casparian submit``, ``jobs``, ``job show``, ``job logs`` and ``job cancel``.
 
 Reads (``jobs``, ``job show``) open the state DB read-only, so they work whether or not a
-sentinel runs and never block it (F5). Mutations go through the control API; the one exception
-is cancelling a queued job when no sentinel runs, done directly in the state DB (and said so).
+sentinel runs and never block it (F5), and create nothing (a fresh home stays absent).
+Mutations go through the control API only: the sentinel is the one writer of the state DB
+(F17), so with no sentinel running ``job cancel`` changes nothing and says how to start one.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ __all__ = ["job", "jobs", "submit"]
 
 def _client(settings: Settings) -> ControlClient:
     """A client of the home's running sentinel; a one-line error when none runs."""
-    info = read_connection_file(settings.home)
-    if not connection_is_live(info):
-        raise SentinelError(f"the sentinel recorded in {settings.connection_file} (pid {info.pid}) "
-                            "is not running; start one with `casparian start`")
-    return ControlClient(info, timeout=settings.request_timeout)
+    client = _live_client(settings)
+    if client is None:
+        raise no_sentinel(settings)
+    return client
 
 
 def _live_client(settings: Settings) -> ControlClient | None:
@@ -53,12 +53,19 @@ def _live_client(settings: Settings) -> ControlClient | None:
     return ControlClient(info, timeout=settings.request_timeout)
 
 
-def _reader(settings: Settings) -> StateReader:
+def _reader(settings: Settings) -> StateReader | None:
+    """A read-only reader of the home's state DB, or None when there is none yet."""
     from ..store import StateReader
 
     if not settings.state_db.exists():
-        raise CasparianError(f"no state DB in {settings.home} yet; submit jobs first")
+        return None
     return StateReader.open(settings.state_db)
+
+
+def no_sentinel(settings: Settings) -> SentinelError:
+    """The one-line error of a command that needs the home's sentinel when none runs."""
+    return SentinelError(f"no sentinel is running for {settings.home}; "
+                         "start one with `casparian start`")
 
 
 @click.command(short_help="Queue one job per input file on the running sentinel.")
@@ -71,7 +78,7 @@ def _reader(settings: Settings) -> StateReader:
               help="Per-job timeout (default: the home's job_timeout).")
 @click.option("--force", is_flag=True, help="Run even if already materialized.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sentinel's reply as JSON.")
-@recorded("Submit")
+@recorded("Submit", creates_home=False)
 def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
            priority: int, timeout: float | None, force: bool, as_json: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
@@ -115,12 +122,15 @@ def _fmt_job(j: dict[str, Any]) -> str:
 @click.option("--offset", type=int, default=0, show_default=True,
               help="Skip this many (newest first).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of job objects.")
-@recorded("Jobs")
+@recorded("Jobs", creates_home=False)
 def jobs(app: App, status: str | None, limit: int, offset: int, as_json: bool) -> int:
     """List jobs, newest first (read-only; works with or without a sentinel)."""
-    with _reader(app.settings) as reader:
-        found = reader.list_jobs(status=status.upper() if status else None, limit=limit,
-                                 offset=offset)
+    found: list[dict[str, Any]] = []
+    reader = _reader(app.settings)
+    if reader is not None:
+        with reader:
+            found = reader.list_jobs(status=status.upper() if status else None, limit=limit,
+                                     offset=offset)
     if as_json:
         print(json.dumps(found, indent=2, default=str))
         return EXIT_OK
@@ -138,10 +148,13 @@ def job() -> None:
 @job.command("show")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
-@recorded("Job")
+@recorded("Job", creates_home=False)
 def job_show(app: App, job_id: int, as_json: bool) -> int:
     """Show every recorded field of job JOB_ID (read-only)."""
-    with _reader(app.settings) as reader:
+    reader = _reader(app.settings)
+    if reader is None:
+        raise CasparianError(f"job {job_id} does not exist: no jobs in {app.settings.home} yet")
+    with reader:
         found = reader.get_job(job_id)
     if found is None:
         raise CasparianError(f"job {job_id} does not exist")
@@ -170,7 +183,7 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
               help="This attempt's log (default: the latest attempt with output).")
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing new output until the job finishes.")
-@recorded("Job")
+@recorded("Job", creates_home=False)
 def job_logs(app: App, job_id: int, attempt: int | None, follow: bool) -> int:
     """Print what job JOB_ID's plugin printed and logged (read-only; no sentinel needed)."""
     from ..joblogs import read_job_log
@@ -195,7 +208,10 @@ def _follow(settings: Settings, job_id: int, attempt: int | None) -> int:
     from ..joblogs import job_log_attempts, read_job_log
 
     printed, shown_attempt, cut = 0, attempt, False
-    with _reader(settings) as reader:
+    found = _reader(settings)
+    if found is None:
+        raise CasparianError(f"job {job_id} does not exist: no jobs in {settings.home} yet")
+    with found as reader:
         while True:
             row = reader.get_job(job_id)
             if row is None:
@@ -241,31 +257,16 @@ def _failure(j: dict[str, Any]) -> str | None:
 
 @job.command("cancel")
 @click.argument("job_id", type=int)
-@recorded("Job")
+@recorded("Job", creates_home=False)
 def job_cancel(app: App, job_id: int) -> int:
-    """Cancel job JOB_ID: through the running sentinel (a running job's plugin is killed and
-    nothing is promoted) or, when no sentinel runs, a queued job directly in the state DB."""
+    """Cancel job JOB_ID through the running sentinel: a queued job is dropped, a running
+    job's plugin is killed and nothing is promoted. With no sentinel running nothing changes
+    (only the sentinel writes the state DB)."""
     settings = app.settings
-    # Only with no sentinel alive is the state DB ours to write; any other problem reaching
-    # the sentinel (e.g. sentinel.json refused: chmod 600) is the error to report.
     client = _live_client(settings)
-    if client is not None:
-        with client:
-            reply = client.cancel_job(job_id)
-        print(f"job {job_id}: {reply['message']} ({reply['state']})")
-        return EXIT_OK if reply["success"] else EXIT_FAILED
-    from ..store import StateStore
-
-    store = StateStore.open(settings.state_db)
-    try:
-        cancelled = store.cancel_queued(job_id)
-        found = store.get_job(job_id)
-    finally:
-        store.close()
-    if cancelled:
-        print(f"job {job_id} cancelled directly in the state DB (no sentinel is running)")
-        return EXIT_OK
-    state = found["status"] if found else "unknown"
-    print(f"job {job_id} could not be cancelled: it is {state} and no sentinel is running",
-          file=sys.stderr)
-    return EXIT_FAILED
+    if client is None:
+        raise no_sentinel(settings)
+    with client:
+        reply = client.cancel_job(job_id)
+    print(f"job {job_id}: {reply['message']} ({reply['state']})")
+    return EXIT_OK if reply["success"] else EXIT_FAILED

@@ -16,12 +16,13 @@ from click.exceptions import NoArgsIsHelpError
 
 from .. import __version__
 from .._proc import exit_with_owner
-from ._app import EXIT_INTERRUPTED, EXIT_USAGE, App
+from ._app import EXIT_INTERRUPTED, EXIT_USAGE, App, stdout_gone
 from .bundle import support_bundle
 from .jobs import job, jobs, submit
+from .plugin import plugin
 from .preview import preview
 from .run import demo, run
-from .sentinel import sentinel, start, worker
+from .sentinel import sentinel, start, stop, worker
 from .tape import tape
 
 __all__ = ["cli", "main"]
@@ -45,8 +46,8 @@ def cli(ctx: click.Context, home: str | None, tape_path: Path | None, verbose: b
     app.home, app.tape_path, app.verbose = home, tape_path, verbose
 
 
-for command in (run, preview, demo, sentinel, worker, start, submit, jobs, job, tape,
-                support_bundle):
+for command in (run, preview, demo, sentinel, worker, start, stop, submit, jobs, job, plugin,
+                tape, support_bundle):
     cli.add_command(command)
 
 
@@ -73,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         app.close()
+    try:
         sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_gone()
     return int(code or 0)
 
 

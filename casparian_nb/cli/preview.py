@@ -21,7 +21,7 @@ __all__ = ["preview"]
               help="Kill the plugin after this long (default: the home's job_timeout).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the preview as JSON (first rows as records).")
-@recorded("Preview")
+@recorded("Preview", creates_home=False)
 def preview(app: App, plugin: str, file: str, rows: int, timeout: float | None,
             as_json: bool) -> int:
     """Run PLUGIN on FILE in a plugin host, as a job would run, and show each output's row

@@ -83,10 +83,28 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.option("--timeout", type=float, default=300.0, show_default=True,
               help="Give up after this many seconds.")
 @click.option("--force", is_flag=True, help="Re-run files already materialized.")
+@click.option("--notebook", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="Instead: run this notebook headless in a real kernel "
+                                 "(e.g. notebooks/01-quickstart.ipynb) and print its summary.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --notebook: write the executed notebook here as HTML.")
 @recorded("Demo")
-def demo(app: App, files: int, workers: int, timeout: float, force: bool) -> int:
+def demo(app: App, files: int, workers: int, timeout: float, force: bool,
+         notebook: Path | None, html: Path | None) -> int:
     """Start a sentinel and workers, submit the sample plugin over generated sample files,
-    show progress, print the summary and a DuckDB query over the outputs, stop cleanly."""
+    show progress, print the summary and a DuckDB query over the outputs, stop cleanly.
+    With --notebook, run that notebook instead (what `make demo` does).
+
+    Example: ``casparian demo --notebook notebooks/01-quickstart.ipynb --html out.html``
+    """
+    if notebook is not None:
+        from ..demo_notebook import run_notebook
+
+        ran = run_notebook(notebook, html=html, timeout=timeout)
+        print(ran.to_text())
+        app.response = {"notebook": notebook.name, **{k: v for k, v in ran.summary.items()
+                                                      if k in ("rows", "quarantined")}}
+        return EXIT_OK
     import duckdb
 
     from ..demo import outputs_query, run_demo

@@ -12,7 +12,7 @@ import click
 
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded
 
-__all__ = ["sentinel", "start", "worker"]
+__all__ = ["sentinel", "start", "stop", "worker"]
 
 
 @click.command()
@@ -74,4 +74,37 @@ def start(app: App, workers: int, slots: int | None) -> int:
         print(f"casparian: {ended}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     print("casparian: stopped", flush=True)
+    return EXIT_OK
+
+
+@click.command(short_help="Stop the home's running sentinel and its workers cleanly.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the sentinel to exit.")
+@recorded("Stop", creates_home=False)
+def stop(app: App, timeout: float) -> int:
+    """Stop the sentinel serving the home (``casparian --home DIR stop``): it stops its
+    workers (a running job is aborted, nothing of it promoted), writes TapeStopped, and
+    exits; a ``casparian start`` in the foreground then exits 0.
+
+    Example: ``casparian --home ./demo_home stop``
+    """
+    from .._proc import pid_alive
+    from .jobs import _live_client, no_sentinel
+
+    settings = app.settings
+    client = _live_client(settings)
+    if client is None:
+        raise no_sentinel(settings)
+    pid = client.info.pid
+    with client:
+        client.shutdown()
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            print(f"casparian: sentinel pid {pid} did not exit within {timeout:g} s",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.05)
+    print(f"casparian: sentinel pid {pid} of {settings.home} stopped")
+    app.response = {"pid": pid}
     return EXIT_OK

@@ -74,7 +74,7 @@ def _format_options(fn: click.decorators.FC) -> click.decorators.FC:
 
 @tape.command("explain")
 @_format_options
-@recorded("Tape")
+@recorded("Tape", creates_home=False)
 def explain(app: App, file: str, fmt: str, as_json: bool) -> int:
     """Summarise the commands, jobs, retries, errors and workers of tape FILE."""
     return explain_command(file, "json" if as_json else fmt)
@@ -82,7 +82,7 @@ def explain(app: App, file: str, fmt: str, as_json: bool) -> int:
 
 @tape.command("validate")
 @_format_options
-@recorded("Tape")
+@recorded("Tape", creates_home=False)
 def validate(app: App, file: str, fmt: str, as_json: bool) -> int:
     """Check the envelope, sequence, ids and links of tape FILE; exit 1 if it is invalid."""
     return validate_command(file, "json" if as_json else fmt)

@@ -31,17 +31,23 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import duckdb
-import pandas as pd
 
 from ..config import Settings, load_settings
 from ..errors import CasparianError
 from ._duck import DuckFile, StateTables, duck_alias, lit, quote_ident
 
-__all__ = ["CatalogQueryError", "OutputCatalog", "UnknownTableError"]
+__all__ = ["CatalogQueryError", "OutputCatalog", "ResultFormat", "SqlParams",
+           "UnknownTableError"]
+
+#: Query parameters: named (``$name``) or positional (``?``).
+SqlParams = Mapping[str, Any] | Sequence[Any] | None
+#: What a query returns: a pandas DataFrame or a pyarrow Table.
+ResultFormat = Literal["pandas", "arrow"]
 
 #: ``<output>_<16 hex>.<ext>`` (quarantine files are ``<output>_quarantine_<16 hex>``).
 _FILE = re.compile(r"^([a-z][a-z0-9_]*)_[0-9a-f]{16}\.(parquet|csv)$")
@@ -113,13 +119,18 @@ class OutputCatalog:
         self.notes: list[str] = []
 
     # -- public API --------------------------------------------------------------------------
-    def sql(self, query: str) -> pd.DataFrame:
-        """Run ``query`` over the current outputs and return a pandas DataFrame."""
+    def sql(self, query: str, params: SqlParams = None, *,
+            as_: ResultFormat = "pandas") -> Any:
+        """Run ``query`` over the current outputs: a pandas DataFrame, or a pyarrow Table
+        with ``as_="arrow"``. ``params`` are DuckDB parameters (``$name`` with a mapping,
+        ``?`` with a sequence) — values travel beside the SQL, never pasted into it."""
+        if as_ not in ("pandas", "arrow"):
+            raise ValueError(f"as_ must be 'pandas' or 'arrow', not {as_!r}")
         with self._lock:
             self._refresh()
             attached = self._attach_for(query)
             try:
-                return self._run(query)
+                return self._run(query, params, as_)
             finally:
                 self._detach(attached)
 
@@ -275,10 +286,12 @@ class OutputCatalog:
             f.detach(self._con)
 
     # -- running -----------------------------------------------------------------------------
-    def _run(self, query: str) -> pd.DataFrame:
+    def _run(self, query: str, params: SqlParams, as_: ResultFormat) -> Any:
         for attempt in (1, 2):
             try:
-                return self._con.execute(query).df()
+                if as_ == "arrow":  # a relation hands Arrow over without a row copy
+                    return self._con.sql(query, params=params).to_arrow_table()
+                return self._con.execute(query, params).df()
             except duckdb.CatalogException as exc:
                 m = _MISSING_TABLE.search(str(exc))
                 if m is None:

@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from .._cellplugin import is_source_plugin, write_plugin_source
+from .._extras import import_with_extra
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
@@ -52,7 +53,7 @@ from ._models import Job, QueueStats
 from ._session import SessionTape
 from ._state import JobRows
 from ._wait import wait_for
-from .catalog import OutputCatalog
+from .catalog import OutputCatalog, ResultFormat, SqlParams
 
 log = logging.getLogger("casparian_nb.notebook")
 
@@ -361,26 +362,27 @@ class Controller:
 
     def queue(self, **kwargs: Any) -> Any:
         """The live job-queue widget (one table for every job, with cancel buttons)."""
-        from .queue_widget import QueueWidget
-
+        widgets = import_with_extra("casparian_nb.notebook.queue_widget", "ctl.queue()")
         self._check()
-        widget = QueueWidget(self, **kwargs)
+        widget = widgets.QueueWidget(self, **kwargs)
         self._widgets.add(widget)
         return widget
 
     def timeline(self, **kwargs: Any) -> Any:
         """The timeline of this session's tape (``reload`` in the widget re-reads it)."""
-        from .timeline import TimelineWidget
-
-        return TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
+        timeline = import_with_extra("casparian_nb.notebook.timeline", "ctl.timeline()")
+        return timeline.TimelineWidget(self.session.path, title=f"session {self.session.path.name}",
                               **kwargs)
 
-    def sql(self, query: str) -> pd.DataFrame:
-        """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``."""
+    def sql(self, query: str, params: SqlParams = None, *, as_: ResultFormat = "pandas") -> Any:
+        """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``.
+
+        Returns a pandas DataFrame (``as_="arrow"``: a pyarrow Table). ``params`` binds
+        DuckDB parameters (``$name`` from a mapping, ``?`` from a sequence)."""
         with self.session.command("Query", {"sql": query}) as r:
-            df = self.catalog.sql(query)
-            r.update(rows=len(df))
-        return df
+            result = self.catalog.sql(query, params, as_=as_)
+            r.update(rows=len(result))
+        return result
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _drain_events(self, timeout: float = 2.0) -> None:

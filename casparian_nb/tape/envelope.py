@@ -76,7 +76,7 @@ COMMAND_FAILED = EventName.COMMAND_FAILED
 #: ``ui_command`` names of the ``casparian`` CLI (one per subcommand).
 CLI_COMMANDS = (
     "Run", "Submit", "Jobs", "Job", "Start", "Sentinel", "Worker", "Tape", "SupportBundle",
-    "Demo", "Preview",
+    "Demo", "Stop", "Plugin", "Preview",
 )  # fmt: skip
 #: ``ui_command`` names of the notebook controller.
 CONTROLLER_COMMANDS = ("Start", "Attach", "Submit", "Cancel", "Wait", "Query", "Stop",

@@ -494,7 +494,7 @@ def test_a_readable_connection_file_is_refused(hcluster: Callable[..., LocalClus
         assert "lets other users read the sentinel key" in str(info.value)
         assert "\n" not in str(info.value)
         done = cli(settings.home, "submit", str(fixture_plugin), str(fixture_plugin))
-        assert done.returncode == 2 and "chmod 600" in done.stderr, done.stderr
+        assert done.returncode == 1 and "chmod 600" in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1
     finally:
         settings.connection_file.chmod(0o600)
@@ -508,7 +508,7 @@ def test_job_cancel_names_the_refused_connection_file(hcluster: Callable[..., Lo
         done = cli(settings.home, "job", "cancel", "1")
     finally:
         settings.connection_file.chmod(0o600)
-    assert done.returncode == 2 and "chmod 600" in done.stderr, done.stderr
+    assert done.returncode == 1 and "chmod 600" in done.stderr, done.stderr
 
 
 def _listening(pid: int) -> set[str]:

@@ -39,8 +39,9 @@ def casparian(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
                           text=True, timeout=timeout, env=env)
 
 
-def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert done.returncode == 2, (done.stdout, done.stderr)
+def one_line_error(done: subprocess.CompletedProcess[str], *needles: str, code: int = 1) -> str:
+    """A one-line error naming ``needles``, exit ``code`` (1 a failure, 2 a usage error)."""
+    assert done.returncode == code, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, done.stderr
@@ -245,10 +246,14 @@ def test_a_home_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file\n")
     home = blocker / "home"
-    for args in (("start",), ("sentinel",), ("worker",), ("jobs",), ("submit", "p.py", "x"),
-                 ("demo",), ("run", "p.py", "x")):
+    for args in (("start",), ("sentinel",), ("worker",), ("demo",), ("run", "p.py", "x")):
         one_line_error(casparian("--home", str(home), *args), f"cannot create home directory "
-                       f"{home}: Not a directory", "choose a writable one with --home")
+                       f"{home}: Not a directory", "choose a writable one with --home", code=2)
+    # Commands that create nothing do not trip over it: an empty list, or no sentinel.
+    listed = casparian("--home", str(home), "jobs")
+    assert listed.returncode == 0 and listed.stdout.split() == ["ID", "STATUS", "PLUGIN",
+                                                                "INPUT", "ROWS"]
+    one_line_error(casparian("--home", str(home), "job", "cancel", "1"), "no sentinel is running")
     with pytest.raises(ConfigError, match="choose a writable one"):
         load_settings(home)
     import casparian_nb as cf
@@ -260,7 +265,7 @@ def test_a_home_that_cannot_be_created(tmp_path: Path) -> None:
     other.mkdir()
     (other / "logs").write_text("not a dir\n")
     one_line_error(casparian("--home", str(other), "sentinel"), "cannot create home directory",
-                   "choose a writable one")
+                   "choose a writable one", code=2)
     record("unusable home refused", None, checks=10)
 
 

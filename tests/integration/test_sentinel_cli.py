@@ -198,27 +198,40 @@ def test_start_exits_1_naming_the_signal_when_its_sentinel_is_killed(
 
 # -- job cancel without a sentinel ----------------------------------------------------------
 
-def test_job_cancel_without_a_sentinel_cancels_a_queued_job_in_the_db(
+def test_job_cancel_without_a_sentinel_changes_nothing(
         cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
         tmp_path: Path) -> None:
+    """Only the sentinel writes the state DB (F17): with none running, ``job cancel`` says so
+    in one line (exit 1) and the queued job stays queued for the next sentinel."""
     cluster = cluster_factory(workers=0)
-    files = make_inputs(tmp_path / "in", 3)
+    files = make_inputs(tmp_path / "in", 2)
     with control(cluster) as ctl:
         ids = ctl.submit(fixture_plugin, [str(f) for f in files])["job_ids"]
     via_api = cli(settings.home, "job", "cancel", str(ids[0]))
     assert via_api.returncode == 0 and "ABORTED" in via_api.stdout
     cluster.stop()
+    before = settings.state_db.stat().st_mtime_ns
     done = cli(settings.home, "job", "cancel", str(ids[1]))
-    assert done.returncode == 0, done.stderr
-    assert "directly in the state DB" in done.stdout and "no sentinel" in done.stdout
-    again = cli(settings.home, "job", "cancel", str(ids[1]))
-    assert again.returncode == 1 and "ABORTED" in again.stderr
-    assert len([ln for ln in again.stderr.splitlines() if ln.strip()]) == 1
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (f"casparian: error: no sentinel is running for {settings.home}; "
+                           "start one with `casparian start`\n")
+    assert settings.state_db.stat().st_mtime_ns == before
     rows = jobs_by_id(settings, ids)
-    assert [rows[i]["status"] for i in ids] == ["ABORTED", "ABORTED", "QUEUED"]
-    listing = json.loads(cli(settings.home, "jobs", "--json").stdout)
-    assert {j["id"]: j["status"] for j in listing} == {ids[0]: "ABORTED", ids[1]: "ABORTED",
-                                                       ids[2]: "QUEUED"}
+    assert [rows[i]["status"] for i in ids] == ["ABORTED", "QUEUED"]
+
+
+def test_stop_stops_the_sentinel_cleanly(cluster_factory: Callable[..., LocalCluster],
+                                         settings: Settings) -> None:
+    """``casparian stop``: the sentinel exits 0 (its tape ends with TapeStopped) and a second
+    stop finds none running."""
+    cluster = cluster_factory(workers=1)
+    assert cluster.sentinel is not None
+    done = cli(settings.home, "stop")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"casparian: sentinel pid {cluster.sentinel.pid} of {settings.home} stopped\n"
+    assert cluster.sentinel.wait(timeout=10) == 0
+    again = cli(settings.home, "stop")
+    assert again.returncode == 1 and "no sentinel is running" in again.stderr
 
 
 # -- F14: hostile messages -------------------------------------------------------------------

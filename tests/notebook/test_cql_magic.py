@@ -73,3 +73,57 @@ def test_bad_magic_line_is_a_clear_error(shell: InteractiveShell) -> None:
     result = shell.run_cell("%%cql df <\nselect 1\n")
     assert not result.success
     assert "%%cql df <<" in str(result.error_in_exec)
+
+
+def test_cql_line_magic(shell: InteractiveShell, settings: Settings) -> None:
+    _orders(settings.output_dir)
+    result = shell.run_cell("%cql -o n select count(*) as n from orders")
+    assert result.success, result.error_in_exec
+    assert result.result.df["n"][0] == 3
+    assert shell.user_ns["n"]["n"][0] == 3
+    assert "line" in shell.magics_manager.magics and "cql" in shell.magics_manager.magics["line"]
+
+
+def test_cql_binds_notebook_variables_as_parameters(shell: InteractiveShell,
+                                                    settings: Settings) -> None:
+    """``{name}`` is a bound parameter: a hostile string is compared, never executed."""
+    _orders(settings.output_dir)
+    shell.user_ns["threshold"] = 100
+    result = shell.run_cell("%%cql -o big\nselect id from orders where amount > {threshold} "
+                            "order by id\n")
+    assert result.success, result.error_in_exec
+    assert shell.user_ns["big"]["id"].tolist() == [2, 3]
+    shell.user_ns["evil"] = "x' or '1'='1"
+    result = shell.run_cell("%cql select count(*) as n from orders where cast(id as text) = {evil}")
+    assert result.success, result.error_in_exec
+    assert result.result.df["n"][0] == 0
+    # Braces in string literals and doubled braces are text, not placeholders.
+    result = shell.run_cell("%cql select '{threshold}' as a, '{{x}}' as b")
+    assert result.success, result.error_in_exec
+    assert result.result.df["a"][0] == "{threshold}"
+
+
+def test_cql_unknown_variable_is_a_clear_error(shell: InteractiveShell,
+                                               settings: Settings) -> None:
+    _orders(settings.output_dir)
+    result = shell.run_cell("%cql select * from orders where id = {nope}")
+    assert not result.success
+    assert isinstance(result.error_in_exec, NameError)
+    assert "{nope} names no notebook variable" in str(result.error_in_exec)
+
+
+def test_cql_arrow_result(shell: InteractiveShell, settings: Settings) -> None:
+    _orders(settings.output_dir)
+    result = shell.run_cell("%cql --arrow -o t select id from orders order by id")
+    assert result.success, result.error_in_exec
+    assert isinstance(shell.user_ns["t"], pa.Table)
+    assert shell.user_ns["t"].column("id").to_pylist() == [1, 2, 3]
+
+
+def test_bind_variables_leaves_literals_and_comments_alone() -> None:
+    from casparian_nb.notebook._sqlparams import bind_variables
+
+    query, params = bind_variables(
+        "select {a}, '{a}', \"{a}\" -- {a}\n/* {a} */, {{a}}, {'k': 1}", {"a": 5})
+    assert query == "select $a, '{a}', \"{a}\" -- {a}\n/* {a} */, {a}, {'k': 1}"
+    assert params == {"a": 5}

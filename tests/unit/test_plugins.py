@@ -23,6 +23,7 @@ from casparian_nb.errors import (
     OutputNameError,
     PermanentError,
     PluginError,
+    PluginNotFoundError,
     PluginPathError,
     PluginReturnError,
     TransientError,
@@ -194,7 +195,7 @@ def test_bad_manifest_output_name_names_file_and_line(tmp_path: Path) -> None:
 
 def test_inspect_file_problems(tmp_path: Path) -> None:
     for path, expected in [
-        (tmp_path / "missing.py", "no such file"),
+        (tmp_path / "missing.py", "plugin file not found"),
         (write(tmp_path, "def parse(p): pass\n", "plug.txt"), "not a .py file"),
     ]:
         with pytest.raises(PluginError) as info:
@@ -248,9 +249,13 @@ def test_user_given_paths_relative_and_absolute(
     (tmp_path / "work" / "notes.txt").write_text("x")
     with pytest.raises(PluginError, match=r"not a regular \.py file"):
         resolve_plugin_path("./notes.txt", plugins_dir)
-    with pytest.raises(PluginError, match="no such file") as info:
+    with pytest.raises(PluginNotFoundError, match=r"^plugin file not found: ") as info:
         resolve_plugin_path(str(tmp_path / "nope.py"), plugins_dir)
     assert not isinstance(info.value, PluginPathError)
+    assert isinstance(info.value, FileNotFoundError)
+    # a relative path that is neither a file nor a plugin name says "file" first
+    with pytest.raises(PluginNotFoundError, match=r"^plugin file not found: nope\.py \(nor a"):
+        resolve_plugin_path("nope.py", plugins_dir)
 
 
 @pytest.mark.parametrize("ref", [
@@ -378,7 +383,8 @@ def test_unsigned_refused_or_allowed_by_policy(
         check_trust(spec, trust(keys, False, "alice"))
     assert str(info.value) == (
         f"{spec.path}: unsigned plugin refused by trust policy (allow_unsigned_python = false);"
-        " sign it with an allowed signer or set [trust] allow_unsigned_python = true")
+        " sign it with `casparian plugin sign` (a key: `casparian plugin keygen`) or set"
+        " [trust] allow_unsigned_python = true")
     assert isinstance(info.value, PermissionError)
 
 

@@ -16,6 +16,8 @@ errors also subclass the builtin they resemble, so ``except ValueError`` keeps w
     │   ├── SinkModeError (FileExistsError) mode=error and the output exists (F3)
     │   └── SinkLockedError                 a DuckDB file held by another process
     ├── PermanentError                      raised by plugins: fail now, no retry
+    │   ├── SchemaContractError (ValueError)  a batch breaks its declared schema (F16)
+    │   └── QuarantineLimitError (ValueError) more quarantined rows than the policy allows
     ├── TransientError                      raised by plugins: retry with backoff
     ├── JobError (RuntimeError)             a job ended badly
     │   ├── RemoteJobError                  a plugin raised; carries the remote traceback
@@ -53,7 +55,9 @@ __all__ = [
     "PluginPathError",
     "PluginReturnError",
     "ProtocolError",
+    "QuarantineLimitError",
     "RemoteJobError",
+    "SchemaContractError",
     "SchemaVersionError",
     "SentinelError",
     "SentinelGoneError",
@@ -130,6 +134,15 @@ class PermanentError(CasparianError):
 
 class TransientError(CasparianError):
     """Raise from a plugin to have the job retried with backoff."""
+
+
+class SchemaContractError(PermanentError, ValueError):
+    """A batch does not have the shape its output's declared schema promises (a missing,
+    extra or uncastable column, an undeclared output): the job fails, nothing is written."""
+
+
+class QuarantineLimitError(PermanentError, ValueError):
+    """More rows went to quarantine than the job's quarantine policy allows."""
 
 
 class JobError(CasparianError, RuntimeError):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import contracts
 from ._signing import (
     check_trust,
     generate_signing_key,
@@ -50,6 +51,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from .protocol import OutputContract, QuarantinePolicy
 
 __all__ = [
     "OUTPUT_NAME_RE", "JobContext", "LoadedPlugin", "Output", "PluginSpec", "call_parse",
@@ -109,6 +112,11 @@ class PluginSpec:
     #: ``name`` came from a ``name = "..."`` constant. When False it is the file stem: user
     #: data that tape redaction hashes, unlike a name the author chose.
     name_declared: bool
+    #: The schema contract of each declared output (:mod:`casparian_nb.contracts`); None
+    #: without a manifest (nothing is checked).
+    contracts: dict[str, OutputContract] | None = None
+    #: The plugin's ``quarantine = {"max_pct": .., "max_rows": ..}`` limits, if it sets them.
+    quarantine: QuarantinePolicy | None = None
 
 
 # -- static inspection ----------------------------------------------------------------------
@@ -143,7 +151,7 @@ def _literal(path: Path, node: ast.AST, what: str) -> Any:
 
 def _metadata(tree: ast.Module) -> dict[str, ast.expr]:
     """Last module-level assignment of each metadata constant (Python's own semantics)."""
-    wanted = {"name", "version", "TOPIC", "outputs", "OUTPUTS"}
+    wanted = {"name", "version", "TOPIC", "outputs", "OUTPUTS", "quarantine"}
     found: dict[str, ast.expr] = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign):
@@ -235,6 +243,17 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
         raise PluginError(f"{p}: defines both outputs and OUTPUTS; keep one")
     node = meta.get("outputs", meta.get("OUTPUTS"))
     manifest = _manifest(p, node) if node is not None else None
+    declared: dict[str, OutputContract] | None = None
+    quarantine: QuarantinePolicy | None = None
+    policy = _literal(p, meta["quarantine"], "quarantine") if "quarantine" in meta else None
+    try:
+        if node is not None and manifest is not None:
+            declared = contracts.parse_manifest(manifest)
+        if "quarantine" in meta:
+            node = meta["quarantine"]
+            quarantine = contracts.quarantine_policy(policy)
+    except PluginError as exc:
+        raise PluginError(f"{p}: line {getattr(node, 'lineno', '?')}: {exc}") from None
     default = consts.get("TOPIC", consts.get("name", "output"))
     if not OUTPUT_NAME_RE.fullmatch(default):
         source_of = "TOPIC" if "TOPIC" in consts else "name"
@@ -246,7 +265,7 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
         path=p, name=consts.get("name", p.stem), version=consts.get("version", "0.0.0"),
         default_output=default, manifest=manifest, source=source,
         source_hash=hashlib.sha256(raw).hexdigest(), takes_ctx=takes_ctx,
-        name_declared="name" in consts,
+        name_declared="name" in consts, contracts=declared, quarantine=quarantine,
     )
 
 

@@ -98,6 +98,7 @@ __all__ = [
     "CancelOutcome",
     "CancelResult",
     "Codec",
+    "ColumnContract",
     "CompletionStatus",
     "ControlReply",
     "ControlRequest",
@@ -132,12 +133,14 @@ __all__ = [
     "MaterializationStatus",
     "Message",
     "MessageTooLargeError",
+    "OutputContract",
     "Ping",
     "PluginRegistered",
     "Pong",
     "PreviewData",
     "PreviewOutput",
     "ProtocolError",
+    "QuarantinePolicy",
     "QueueStats",
     "Receipt",
     "ReceiptStatus",
@@ -486,6 +489,33 @@ class ShutdownAck(WireMessage):
 
 # The job and its outcome.
 
+class QuarantinePolicy(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """How many of an output's rows may go to quarantine before the job fails permanently
+    (and promotes nothing): ``max_pct`` of its rows (0-100), ``max_rows`` rows. None: no
+    limit. From a submission (``quarantine=``) or the plugin's ``quarantine`` constant."""
+
+    max_pct: float | None = None
+    max_rows: Int64 | None = None
+
+
+class ColumnContract(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One declared column of an output: ``type`` is the canonical spelling of
+    :mod:`casparian_nb.contracts` (``int64``, ``decimal(10,2)``, ``list<string>``, ...).
+    ``required=False``: a batch may omit it (it is then all null; needs ``nullable``)."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    required: bool = True
+
+
+class OutputContract(msgspec.Struct, kw_only=True, frozen=True):
+    """The declared schema of one output (from the plugin's literal ``outputs``)."""
+
+    output: str
+    columns: list[ColumnContract]
+
+
 class JobSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
     """One job, as submitted: built once and never rebuilt (see the module docstring).
 
@@ -509,6 +539,8 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=
     #: One ``_cf_processed_at`` for every job of a standalone run (RFC 3339); None: the
     #: plugin host stamps the job when it runs it.
     processed_at: str | None = None
+    #: The submission's quarantine limits (None: the plugin's, else no limit).
+    quarantine: QuarantinePolicy | None = None
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -649,6 +681,9 @@ class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     job: JobSpec
     attempt: Int64 = 1
     staging_root: str
+    #: False: the host skips the fsyncs of what it staged; the committer makes it durable
+    #: (``sinks.sync_staged``) before promoting. The runner's choice; workers keep True.
+    sync_staging: bool = True
     #: Where this attempt's captured output goes (``<log_root>/<job_id>/attempt-<n>.log``,
     #: :mod:`casparian_nb.joblogs`); None: the host's own log, as before.
     log_root: str | None = None

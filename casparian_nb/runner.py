@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -30,12 +30,20 @@ from typing import Any
 
 import psutil
 
-from . import plugins, sinks
+from . import contracts, plugins, sinks
 from ._inputs import expand_inputs
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
 from .joblogs import job_log_path, job_logs_root
-from .protocol import ErrorInfo, HostJob, JobSpec, JobStatus, Receipt, ReceiptStatus
+from .protocol import (
+    ErrorInfo,
+    HostJob,
+    JobSpec,
+    JobStatus,
+    QuarantinePolicy,
+    Receipt,
+    ReceiptStatus,
+)
 from .sinks.staging import JOURNAL
 from .worker.pool import HostPool
 
@@ -184,6 +192,7 @@ def run(
     progress: bool | None = None,
     timeout: float | None = None,
     on_file: Callable[[FileResult], None] | None = None,
+    quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
 ) -> RunResult:
     """Run ``plugin`` over ``inputs`` (files, directories, globs) and promote the outputs.
 
@@ -191,6 +200,9 @@ def run(
     for problems that stop the whole run: a bad plugin (including one that fails to import in
     the host), a bad sink, no inputs, or ``mode="error"`` finding data of another run in an
     output — then nothing of this run is written. Jobs still running are killed.
+
+    ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a file
+    whose output sends more rows to quarantine; it overrides the plugin's ``quarantine``.
     """
     settings = settings or load_settings(home)
     started = time.perf_counter()
@@ -199,6 +211,7 @@ def run(
     plugins.check_trust(spec, settings.trust)
     sink_uri = sinks.parse_sink_uri(sink or settings.effective_default_sink)
     sink_mode = sinks.SinkMode.parse(mode)
+    policy = contracts.quarantine_policy(quarantine)
     specs: Sequence[str | Path] = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     files = expand_inputs(specs)
 
@@ -212,8 +225,9 @@ def run(
             plugin_name=spec.name, plugin_name_declared=spec.name_declared,
             plugin_source_hash=spec.source_hash, parser_version=spec.version,
             sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
-        ), attempt=1, staging_root=str(staging_root), log_root=str(job_logs_root(settings.home)),
-            redact_log=settings.tape_redact)
+            quarantine=policy,
+        ), attempt=1, staging_root=str(staging_root), sync_staging=False,
+            log_root=str(job_logs_root(settings.home)), redact_log=settings.tape_redact)
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
@@ -244,7 +258,10 @@ def run(
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
-            artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
+            if sink_uri.is_file_sink:  # hosts leave it to us (sync_staging=False); a
+                sinks.sync_staged(staged)  # DuckDB load is durable by its own commit
+            with promoting:
+                artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:
             sinks.discard(staged)
             stop = exc
@@ -257,26 +274,39 @@ def run(
                     quarantine_rows=int(res.quarantine_rows or 0),
                     artifacts=[a.to_dict() for a in artifacts])
 
+    # Each run thread runs a job, then promotes it, so a promotion (a few fsyncs) overlaps the
+    # hosts' next jobs; appends to file sinks (distinct final names, F0) may also overlap each
+    # other. Others take turns: replace deletes other runs' files, DuckDB has one writer.
+    overlap = sink_uri.is_file_sink and sink_mode == sinks.SinkMode.APPEND
+    promoting: contextlib.AbstractContextManager[Any] = (
+        contextlib.nullcontext() if overlap else threading.Lock())
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
+
+    def attempt(job: HostJob) -> FileResult:
+        assert pool is not None
+        return finish(job, pool.run(job, timeout=limit))
+
     try:
         pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
                         memory_limit_mb=settings.job_memory_limit_mb, name="run",
                         log_max_bytes=settings.host_log_max_mb * 1024 * 1024)
-        with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as ex:
-            futures: dict[Future[Receipt], HostJob] = {
-                ex.submit(pool.run, job, timeout=limit): job for job in jobs
+        # Promotions wait on the disk (fsyncs), not the CPU: enough threads that they never
+        # hold up a host. Each thread blocks on a free host before it runs anything.
+        threads = size + (_PROMOTERS if overlap else size)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cf-run") as ex:
+            futures: dict[Future[FileResult], HostJob] = {
+                ex.submit(attempt, job): job for job in jobs
             }
+            stopped = False
             try:
                 for fut in as_completed(futures):
-                    job = futures[fut]
                     try:
-                        res = fut.result()
+                        file_result = fut.result()
                     except CancelledError:
                         continue
-                    was_stopped = stop is not None
-                    file_result = finish(job, res)
-                    if stop is not None and not was_stopped:
+                    if stop is not None and not stopped:
+                        stopped = True
                         ex.shutdown(wait=False, cancel_futures=True)
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")
@@ -303,6 +333,10 @@ def run(
     results.sort(key=lambda r: order[r.job_id])
     return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value,
                      tuple(results), time.perf_counter() - started)
+
+
+#: Run threads beyond one per host, for promotions that overlap (appends to file sinks).
+_PROMOTERS = 6
 
 
 # -- staging ownership ----------------------------------------------------------------------

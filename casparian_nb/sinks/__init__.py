@@ -15,7 +15,15 @@ File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never o
 from __future__ import annotations
 
 from .promotion import promote, recover
-from .staging import Artifact, JobStager, StagedJob, StagedOutput, discard, job_dirname
+from .staging import (
+    Artifact,
+    JobStager,
+    StagedJob,
+    StagedOutput,
+    discard,
+    job_dirname,
+    sync_staged,
+)
 from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
 
 __all__ = [
@@ -32,4 +40,5 @@ __all__ = [
     "parse_sink_uri",
     "promote",
     "recover",
+    "sync_staged",
 ]

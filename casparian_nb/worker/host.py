@@ -59,8 +59,8 @@ import msgspec
 import pandas  # noqa: F401
 import pyarrow  # noqa: F401
 
+from .. import contracts, plugins, sinks
 from .. import lineage as lineage_mod
-from .. import plugins, sinks
 from .._proc import die_with_parent, exit_with_parent
 from ..errors import (
     LineageError,
@@ -194,6 +194,7 @@ def _execute(attempt: HostJob) -> Receipt:
         staging_root = Path(attempt.staging_root)
         offsets: dict[str, int] = {}
         quarantined = 0
+        check = contracts.JobCheck(loaded.spec.contracts, job.quarantine or loaded.spec.quarantine)
         for out in plugins.call_parse(loaded, input_file, ctx):
             if stager is None:  # created on the first output: a job with none touches no disk
                 stager = (sinks.JobStager(staging_root, job_id, sink)
@@ -201,19 +202,21 @@ def _execute(attempt: HostJob) -> Receipt:
             table_name = sink.table_for(out.name, out.table)
             try:
                 valid, bad = lineage_mod.prepare_output(
-                    out.name, out.data, lineage, row_offset=offsets.get(out.name, 0)
-                )
+                    out.name, check.batch(out.name, out.data), lineage,
+                    row_offset=offsets.get(out.name, 0))
             except LineageError as exc:  # name the plugin that broke the rule
                 raise LineageError(f"{loaded.spec.path}: {exc}") from exc
             offsets[out.name] = offsets.get(out.name, 0) + out.data.num_rows
+            check.count(out.name, valid.num_rows, bad.num_rows if bad is not None else 0)
             stager.write(out.name, table_name, valid)
             if bad is not None and bad.num_rows:
                 quarantined += bad.num_rows
                 stager.write(f"{out.name}_quarantine", f"{table_name}_quarantine", bad)
+        check.finish()  # over the quarantine limit: fail, so the except below discards all
         if attempt.preview_rows is not None:
             return preview_receipt(job_id, stager, source_hash, quarantined, started)
         assert not isinstance(stager, PreviewStager)
-        staged = stager.close() if stager is not None else sinks.StagedJob(
+        staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
             job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
         return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,

@@ -44,6 +44,7 @@ __all__ = [
     "ControlTimeoutError",
     "JobCancelledError",
     "JobError",
+    "JobLogNotFoundError",
     "JobTimeoutError",
     "LineageError",
     "MissingExtraError",
@@ -246,3 +247,7 @@ class TapeError(CasparianError, ValueError):
 
 class PathOutsideRootError(CasparianError, PermissionError):
     """A path given to the Jupyter server extension leaves the server's root folder."""
+
+
+class JobLogNotFoundError(CasparianError, FileNotFoundError):
+    """A job attempt asked for has no captured log (it wrote nothing, or never ran)."""

@@ -278,7 +278,7 @@ _UNSET_LOGGER = logging.Logger("casparian_nb.plugin.<unset>")
 @dataclass
 class JobContext:
     """Passed as ``ctx`` to ``parse(path, ctx)``. Plugins may read every field and log via
-    ``ctx.logger``; they must not mutate it (the host owns job identity and lineage).
+    ``ctx.log(...)`` or ``ctx.logger``; they must not mutate it (the host owns job identity and lineage).
 
     ``source_hash`` is the hash of the input file's bytes (same as the ``_cf_source_hash``
     lineage column); ``attempt`` counts from 1 and grows on transient retries.
@@ -295,6 +295,11 @@ class JobContext:
     def __post_init__(self) -> None:
         if self.logger is _UNSET_LOGGER:
             self.logger = logging.getLogger(f"casparian_nb.plugin.{self.plugin_name}")
+
+    def log(self, message: object, *args: object) -> None:
+        """Write one line to this job attempt's log (``ctx.logger.info``; see
+        ``ctl.logs(job_id)`` / ``casparian job logs``)."""
+        self.logger.info(str(message), *args)
 
 
 @dataclass

@@ -137,6 +137,8 @@ __all__ = [
     "Ping",
     "PluginRegistered",
     "Pong",
+    "PreviewData",
+    "PreviewOutput",
     "ProtocolError",
     "QuarantinePolicy",
     "QueueStats",
@@ -557,6 +559,25 @@ class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     signal: Int64 | None = None
 
 
+class PreviewOutput(msgspec.Struct, kw_only=True, frozen=True):
+    """One output of a preview run: its full row counts and its first rows (an Arrow IPC
+    stream, schema included, base64: text like every other field), valid and
+    would-be-quarantined (with ``_cf_row_error``)."""
+
+    name: str
+    table: str
+    rows: Int64
+    head: str
+    quarantine_rows: Int64 = 0
+    quarantine: str | None = None
+
+
+class PreviewData(msgspec.Struct, kw_only=True, frozen=True):
+    """What a preview run returns besides its receipt (its log is a file the caller reads)."""
+
+    outputs: list[PreviewOutput]
+
+
 class Receipt(WireMessage, omit_defaults=True):
     """The outcome of one job attempt: made by the plugin host, completed by the worker
     (``attempt``, ``worker_id``, ``host_pid``) and sent to the sentinel."""
@@ -575,6 +596,8 @@ class Receipt(WireMessage, omit_defaults=True):
     #: ABORTED: why, for people ("cancelled by user", "timeout: ...") and for the sentinel.
     reason: str | None = None
     cause: AbortCause | None = None
+    #: Preview runs only (``HostJob.preview_rows``): the outputs' first rows.
+    preview: PreviewData | None = None
 
 
 # Worker socket (worker -> sentinel).
@@ -661,6 +684,14 @@ class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     #: False: the host skips the fsyncs of what it staged; the committer makes it durable
     #: (``sinks.sync_staged``) before promoting. The runner's choice; workers keep True.
     sync_staging: bool = True
+    #: Where this attempt's captured output goes (``<log_root>/<job_id>/attempt-<n>.log``,
+    #: :mod:`casparian_nb.joblogs`); None: the host's own log, as before.
+    log_root: str | None = None
+    #: Scrub paths, user and host names out of the captured output (like the tape).
+    redact_log: bool = True
+    #: Preview mode: stage nothing and answer with the first ``preview_rows`` rows of each
+    #: output in ``Receipt.preview`` (:mod:`casparian_nb.previews`).
+    preview_rows: Int64 | None = None
 
 
 class HostExit(msgspec.Struct, frozen=True, tag=True):

@@ -34,6 +34,7 @@ from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
+from .joblogs import job_log_path, job_logs_root
 from .protocol import (
     ErrorInfo,
     HostJob,
@@ -61,9 +62,18 @@ class FileResult:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     duration_ms: float = 0.0
+    #: FAILED by the plugin: the remote traceback (``casparian run -v`` / ``--json``).
+    traceback: str | None = None
+    #: The file of its captured output, when it wrote any (:mod:`casparian_nb.joblogs`).
+    log_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def details(self, indent: str = "    ") -> list[str]:
+        """The remote traceback and where the captured output is, as indented lines."""
+        lines = [indent + ln for ln in (self.traceback or "").rstrip("\n").splitlines()]
+        return lines + ([f"{indent}output: {self.log_path}"] if self.log_path else [])
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,11 @@ class RunResult:
         }
 
     def __str__(self) -> str:
+        return self.format()
+
+    def format(self, *, failures: bool = True, verbose: bool = False) -> str:
+        """The human summary: with ``failures``, a line per failed file, and with
+        ``verbose`` under it its remote traceback and the file holding its captured output."""
         lines = [
             f"casparian run {self.plugin_name} {self.plugin_version}: {len(self.files)} files, "
             f"{self.succeeded} succeeded, {len(self.failed)} failed "
@@ -126,8 +141,10 @@ class RunResult:
             lines.append(f"  rows   {name}: {n:,}")
         if self.quarantine_rows:
             lines.append(f"  quarantined rows: {self.quarantine_rows:,} (see the *_quarantine outputs)")
-        for f in self.failed:
-            lines.append(f"  failed {f.input_file}: {f.error}")
+        for f in self.failed if failures else ():
+            lines.append(f"  {f.status.lower()} {f.input_file}: {f.error}")
+            if verbose:
+                lines += f.details()
         lines.append(f"  outputs: {self.sink} (mode {self.mode})")
         return "\n".join(lines)
 
@@ -190,7 +207,8 @@ def run(
             plugin_source_hash=spec.source_hash, parser_version=spec.version,
             sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
             quarantine=policy,
-        ), attempt=1, staging_root=str(staging_root), sync_staging=False)
+        ), attempt=1, staging_root=str(staging_root), sync_staging=False,
+            log_root=str(job_logs_root(settings.home)), redact_log=settings.tape_redact)
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
@@ -206,15 +224,18 @@ def run(
     def finish(attempt: HostJob, res: Receipt) -> FileResult:
         nonlocal stop
         job = attempt.job
+        log = job_log_path(attempt.log_root or "", job.job_id, attempt.attempt)
         done = functools.partial(FileResult, job.job_id, job.input_file,
-                                 duration_ms=float(res.duration_ms or 0.0))
+                                 duration_ms=float(res.duration_ms or 0.0),
+                                 log_path=str(log) if log.exists() else None)
         if res.status == ReceiptStatus.ABORTED:
             return done(JobStatus.ABORTED, error=res.reason or "aborted")
         if res.status != ReceiptStatus.SUCCESS:
             if stop is None and res.error and res.error.phase == "load":
                 ename, evalue = res.error.ename, res.error.evalue
                 stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
-            return done(JobStatus.FAILED, error=_one_line(res.error, "failed"))
+            return done(JobStatus.FAILED, error=_one_line(res.error, "failed"),
+                        traceback=(res.error.traceback or None) if res.error else None)
         staged = sinks.StagedJob.from_dict(res.staged or {})
         if stop is not None:
             sinks.discard(staged)

@@ -1,4 +1,4 @@
-"""The queue: ``casparian submit``, ``jobs``, ``job show`` and ``job cancel``.
+"""The queue: ``casparian submit``, ``jobs``, ``job show``, ``job logs`` and ``job cancel``.
 
 Reads (``jobs``, ``job show``) open the state DB read-only, so they work whether or not a
 sentinel runs and never block it (F5), and create nothing (a fresh home stays absent).
@@ -9,6 +9,8 @@ Mutations go through the control API only: the sentinel is the one writer of the
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from .._inputs import expand_inputs
 from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, SentinelError
+from ..joblogs import job_log_attempts
 from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
@@ -139,7 +142,7 @@ def jobs(app: App, status: str | None, limit: int, offset: int, as_json: bool) -
 
 @click.group()
 def job() -> None:
-    """Show or cancel one job."""
+    """Show, cancel or read the logs of one job."""
 
 
 @job.command("show")
@@ -155,16 +158,86 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
         found = reader.get_job(job_id)
     if found is None:
         raise CasparianError(f"job {job_id} does not exist")
+    attempts = job_log_attempts(app.settings.home, job_id)
     if as_json:
-        print(json.dumps(found, indent=2, default=str))
-    else:
-        for key, value in found.items():
-            if value not in (None, "", [], {}):
-                print(f"{key:>20}: {value}")
-        failure = _failure(found)
-        if failure:
-            print(f"{'failure':>20}: {failure}")
+        print(json.dumps({**found, "log_attempts": attempts}, indent=2, default=str))
+        return EXIT_OK
+    for key, value in found.items():
+        if value not in (None, "", [], {}) and key != "traceback":
+            print(f"{key:>20}: {value}")
+    failure = _failure(found)
+    if failure:
+        print(f"{'failure':>20}: {failure}")
+    if attempts:
+        print(f"{'logs':>20}: attempt(s) {', '.join(map(str, attempts))} "
+              f"(casparian job logs {job_id})")
+    if found.get("traceback") and found.get("status") != JobStatus.COMPLETED:
+        print("remote traceback:")
+        print(str(found["traceback"]).rstrip("\n"))
     return EXIT_OK
+
+
+@job.command("logs")
+@click.argument("job_id", type=int)
+@click.option("--attempt", type=int, default=None, metavar="N",
+              help="This attempt's log (default: the latest attempt with output).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing new output until the job finishes.")
+@recorded("Job", creates_home=False)
+def job_logs(app: App, job_id: int, attempt: int | None, follow: bool) -> int:
+    """Print what job JOB_ID's plugin printed and logged (read-only; no sentinel needed)."""
+    from ..joblogs import read_job_log
+
+    if not follow:
+        log = read_job_log(app.settings.home, job_id, attempt)
+        if log.attempt is None:
+            print(f"job {job_id} has no captured output", file=sys.stderr)
+        _print_log(log.text)
+        return EXIT_OK
+    return _follow(app.settings, job_id, attempt)
+
+
+def _print_log(text: str) -> None:
+    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def _follow(settings: Settings, job_id: int, attempt: int | None) -> int:
+    """Print the log as it grows, polling until the job is finished. Once a long log is cut
+    to head and tail its middle is gone: say so, and print the final tail at the end."""
+    from ..joblogs import job_log_attempts, read_job_log
+
+    printed, shown_attempt, cut = 0, attempt, False
+    found = _reader(settings)
+    if found is None:
+        raise CasparianError(f"job {job_id} does not exist: no jobs in {settings.home} yet")
+    with found as reader:
+        while True:
+            row = reader.get_job(job_id)
+            if row is None:
+                raise CasparianError(f"job {job_id} does not exist")
+            finished = row["status"] in FINISHED_JOB_STATUSES
+            have = job_log_attempts(settings.home, job_id)
+            if attempt is None and have and have[-1] != shown_attempt:
+                if shown_attempt is not None:
+                    print(f"[casparian: attempt {have[-1]}]")
+                shown_attempt, printed, cut = have[-1], 0, False
+            if shown_attempt is not None and shown_attempt in have:
+                log = read_job_log(settings.home, job_id, shown_attempt)
+                data = log.text.encode()
+                if log.truncated and not cut:
+                    cut = True
+                    print(f"[casparian: output too long; the end of it follows when job "
+                          f"{job_id} finishes]")
+                elif not cut and len(data) > printed:
+                    sys.stdout.write(data[printed:].decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                    printed = len(data)
+                if finished and cut:
+                    _print_log(log.tail(200))
+            if finished:
+                return EXIT_OK
+            time.sleep(0.25)  # a poll interval: the job's end is the deadline
 
 
 def _failure(j: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from ._app import EXIT_INTERRUPTED, EXIT_USAGE, App, stdout_gone
 from .bundle import support_bundle
 from .jobs import job, jobs, submit
 from .plugin import plugin
+from .preview import preview
 from .run import demo, run
 from .sentinel import sentinel, start, stop, worker
 from .tape import tape
@@ -45,8 +46,8 @@ def cli(ctx: click.Context, home: str | None, tape_path: Path | None, verbose: b
     app.home, app.tape_path, app.verbose = home, tape_path, verbose
 
 
-for command in (run, demo, sentinel, worker, start, stop, submit, jobs, job, plugin, tape,
-                support_bundle):
+for command in (run, preview, demo, sentinel, worker, start, stop, submit, jobs, job, plugin,
+                tape, support_bundle):
     cli.add_command(command)
 
 

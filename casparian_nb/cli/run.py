@@ -35,13 +35,16 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
                    "go to quarantine (overrides the plugin's quarantine policy).")
 @click.option("--max-quarantine-rows", type=int, default=None, metavar="N",
               help="Fail a file if more than N rows of an output go to quarantine.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a machine-readable summary (failed jobs with their traceback).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show each failed file's remote traceback and where its output is.")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (there is none anyway when stdout is not a terminal).")
 @recorded("Run")
 def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
         parallel: int | None, max_quarantine_pct: float | None,
-        max_quarantine_rows: int | None, as_json: bool, quiet: bool) -> int:
+        max_quarantine_rows: int | None, as_json: bool, verbose: bool, quiet: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
     recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
     from ..runner import run as run_plugin
@@ -58,13 +61,15 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
         result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
                             settings=app.settings, quarantine=policy,
                             progress=False if quiet else None)
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        print(result)
-    for failed in result.failed:  # one line per failed file, naming it
+    # The summary counts the failures; each one is named once, on stderr (-v: with its
+    # remote traceback and where its output is; --json has both per job).
+    print(json.dumps(result.to_dict(), indent=2, default=str) if as_json
+          else result.format(failures=False))
+    for failed in result.failed:
         print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
               file=sys.stderr)
+        if (verbose or app.verbose) and not as_json:
+            print("\n".join(failed.details()), file=sys.stderr)
     app.response = {"files": len(result.files), "failed": len(result.failed),
                     "rows": sum(result.rows.values())}
     return EXIT_OK if result.ok else EXIT_FAILED

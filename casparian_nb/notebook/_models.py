@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..errors import CasparianError, RemoteJobError
 from ..protocol import FINISHED_JOB_STATUSES, JobStatus
-from ._reprs import STATUS_COLORS, badge, esc, html_rows, kv_table, short_path
+from ._reprs import STATUS_COLORS, badge, esc, html_rows, kv_table, short_path, traceback_html
 
 __all__ = ["Job", "QueueStats", "WaitInterrupted", "WaitResult", "WaitTimeoutError"]
 
@@ -139,10 +139,9 @@ class Job:
         rows += [(k, esc(short_path(v, 80) if k == "input_file" else v))
                  for k, v in self._fields() if k != "status"]
         html = kv_table(rows, f"Job {self.id}")
-        if self.status == JobStatus.FAILED and self.traceback:
-            html += ('<details open><summary style="cursor:pointer">remote traceback</summary>'
-                     f'<pre style="font-size:11px;color:{STATUS_COLORS[JobStatus.FAILED]};'
-                     f'white-space:pre-wrap">{esc(self.traceback)}</pre></details>')
+        err = self.error
+        if err is not None and self.traceback:
+            html += traceback_html(err.ename, err.evalue, self.traceback)
         return html
 
 

@@ -16,7 +16,9 @@ import pandas as pd
 
 from ..protocol import JobStatus
 
-__all__ = ["STATUS_COLORS", "QueryResult", "badge", "esc", "kv_table", "short_path"]
+__all__ = [
+    "STATUS_COLORS", "QueryResult", "badge", "esc", "kv_table", "short_path", "traceback_html",
+]
 
 #: Job status -> colour (queue widget, timeline and HTML reprs agree).
 STATUS_COLORS = {
@@ -112,3 +114,13 @@ def html_rows(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     body = "".join("<tr>" + "".join(f'<td style="{_TD}">{v}</td>' for v in r) + "</tr>"
                    for r in rows)
     return f'<table style="{_TABLE}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def traceback_html(ename: str, evalue: str, traceback: str, title: str = "remote traceback") -> str:
+    """A remote error shown the way IPython shows one: ``ename: evalue`` in bold red over
+    the traceback on the error background (open, in a collapsible block)."""
+    red = STATUS_COLORS[JobStatus.FAILED]
+    return (f'<details open style="margin-top:4px"><summary style="cursor:pointer;color:{red}">'
+            f'<b>{esc(ename)}</b>: {esc(evalue)} <span style="color:#6b7280">({esc(title)})'
+            f'</span></summary><pre style="font-size:11px;background:#fdd;padding:4px 6px;'
+            f'white-space:pre-wrap;margin:2px 0">{esc(traceback.rstrip())}</pre></details>')

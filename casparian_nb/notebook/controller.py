@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import threading
+import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,11 +39,15 @@ from typing import Any
 
 import pandas as pd
 
+from .._cellplugin import is_source_plugin, write_plugin_source
 from .._extras import import_with_extra
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
+from ..joblogs import JobLog, read_job_log
 from ..launcher import LocalCluster
+from ..previews import Preview
+from ..previews import preview as run_preview
 from ..protocol import JobStatus
 from ._events import EventPump
 from ._models import Job, QueueStats
@@ -53,7 +58,7 @@ from .catalog import OutputCatalog, ResultFormat, SqlParams
 
 log = logging.getLogger("casparian_nb.notebook")
 
-__all__ = ["Controller", "attach", "current_controller", "start"]
+__all__ = ["Controller", "attach", "current_controller", "preview", "start"]
 
 _LIVE: weakref.WeakSet[Controller] = weakref.WeakSet()
 _CURRENT: list[Controller] = []  # the most recent live controller last
@@ -96,6 +101,23 @@ def start(workers: int = 2, home: str | os.PathLike[str] | None = None, *,
     except BaseException:  # interrupted or failed half-way: leave no process behind
         cluster.stop()
         raise
+
+
+def preview(plugin: Any, path: str | os.PathLike[str], rows: int = 20,
+            timeout: float | None = None, *, home: str | os.PathLike[str] | None = None,
+            sink: str | None = None) -> Preview:
+    """Dry-run ``plugin`` on one file in a plugin host: the first ``rows`` rows of each
+    output, schemas, row counts, would-be quarantined rows, captured output and the remote
+    traceback if it raised — nothing is written (:mod:`casparian_nb.previews`).
+
+    ``plugin`` is a plugin file, a module, or a function defined in a notebook cell. With a
+    live controller (``cf.start``/``cf.attach``) for the same home, the run is recorded on
+    its session tape.
+    """
+    ctl = current_controller()
+    if ctl is not None and (home is None or Path(home).expanduser().resolve() == ctl.home.resolve()):
+        return ctl.preview(plugin, path, rows, timeout, sink=sink)
+    return run_preview(plugin, path, rows, timeout, home=home, sink=sink)
 
 
 def attach(home: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> Controller:
@@ -191,12 +213,16 @@ class Controller:
         return self._reader
 
     # -- mutations (control API) --------------------------------------------------------------
-    def submit(self, plugin: str | os.PathLike[str],
+    def submit(self, plugin: str | os.PathLike[str] | Callable[..., Any] | types.ModuleType,
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                sink: str | None = None, mode: str = "append", priority: int = 0,
                timeout: float | None = None, force: bool = False, wait: bool = False,
                progress: bool | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
+
+        ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
+        ``parse``-like function defined in the notebook, written to
+        ``<home>/plugins/cell/<name>-<hash>.py`` first (:mod:`casparian_nb._cellplugin`).
 
         ``inputs``: files, directories (every non-hidden file below) or globs. Files whose
         outputs this plugin version already materialized are skipped (``force=True`` runs
@@ -207,6 +233,11 @@ class Controller:
         from .._inputs import expand_inputs
 
         self._check()
+        if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
+            plugin = write_plugin_source(plugin, self.settings.plugins_dir / "cell")
+        if not isinstance(plugin, str | os.PathLike):
+            raise TypeError(f"plugin must be a path, a module or a function, not "
+                            f"{type(plugin).__name__}")
         specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
                    "sink": sink, "mode": mode, "priority": priority, "force": force}
@@ -268,6 +299,28 @@ class Controller:
         if row is None:
             raise LookupError(f"job {job_id} does not exist in {self.settings.state_db}")
         return Job.from_row(row)
+
+    def logs(self, job_id: int, attempt: int | None = None) -> JobLog:
+        """What job ``job_id``'s plugin printed and logged in ``attempt`` (default: its
+        latest attempt with output): stdout, stderr, ``logging`` and ``ctx.log`` lines, the
+        head and tail of a long log. Renders as a ``<pre>`` block; ``.tail(n)`` for the end."""
+        return read_job_log(self.settings.home, int(job_id), attempt)
+
+    def preview(self, plugin: Any, path: str | os.PathLike[str], rows: int = 20,
+                timeout: float | None = None, *, sink: str | None = None) -> Preview:
+        """:func:`casparian_nb.preview` with this home's settings, recorded on the session
+        tape (``Preview`` command and its response). Needs no sentinel; writes nothing."""
+        shown = plugin if isinstance(plugin, str | os.PathLike) else getattr(
+            plugin, "__name__", type(plugin).__name__)
+        payload = {"plugin": os.fspath(shown) if not isinstance(shown, str) else shown,
+                   "input": os.fspath(path), "rows": rows}
+        with self.session.command("Preview", payload) as r:
+            result = run_preview(plugin, path, rows, timeout, settings=self.settings, sink=sink)
+            r.update(status="success" if result.ok else "failed", rows=result.row_counts,
+                     quarantine_rows=sum(d.quarantine_rows for d in result.details.values()),
+                     **({"error": f"{result.error.ename}: {result.error.evalue}"}
+                        if result.error is not None else {}))
+        return result
 
     def stats(self) -> QueueStats:
         """Jobs per status (plus ``cancel_requested`` and ``total``)."""

@@ -1,7 +1,9 @@
 """A plugin host's log file with a size cap (``Settings.host_log_max_mb``).
 
 A host's stdout and stderr are one pipe; a thread in the parent (the worker, or ``casparian
-run``) copies it into ``<name>.log``. That file holds at most half the cap: when it is full it
+run``) copies it into ``<name>.log``. While a job runs, its output goes to the job's own log
+instead (:mod:`casparian_nb.worker._capture`): this file keeps what a host writes between jobs
+(start-up, crashes, and jobs run without a ``log_root``). That file holds at most half the cap: when it is full it
 becomes ``<name>.log.1`` — replacing the previous ``.1``, whose bytes are then dropped for
 good — and a new ``<name>.log`` starts with a line saying so and how many bytes were dropped
 in all. So the two files never hold more than the cap together, and what the host printed

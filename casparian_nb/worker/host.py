@@ -51,6 +51,7 @@ import traceback
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import TracebackType
 
 import msgspec
 
@@ -78,6 +79,8 @@ from ..protocol import (
     Receipt,
     ReceiptStatus,
 )
+from ._capture import capture_job_output
+from ._preview import PreviewStager, preview_receipt
 
 __all__ = ["classify_error", "execute_job", "main"]
 
@@ -109,7 +112,7 @@ def classify_error(exc: BaseException) -> ErrorKind:
 def error_payload(exc: BaseException, *, input_file: str | None = None,
                   phase: str | None = None) -> ErrorInfo:  # fmt: skip
     """The wire form of an error: ename, evalue, traceback (size-capped), kind."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = "".join(traceback.format_exception(type(exc), exc, _from_plugin(exc.__traceback__)))
     if len(tb) > _MAX_TRACEBACK:
         tb = tb[: _MAX_TRACEBACK // 2] + "\n... (traceback truncated) ...\n" + tb[-_MAX_TRACEBACK // 2 :]
     evalue = str(exc).splitlines()[0] if str(exc) else ""
@@ -119,6 +122,18 @@ def error_payload(exc: BaseException, *, input_file: str | None = None,
         evalue = f"out of memory: the job exceeded {limit}" + (f" ({evalue})" if evalue else "")
     return ErrorInfo(ename=type(exc).__name__, evalue=evalue, traceback=tb,
                      kind=classify_error(exc), input_file=input_file, phase=phase)
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _from_plugin(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from the first frame outside casparian_nb (the plugin's code), so a
+    remote traceback starts where the user's code does; all of it when no frame is."""
+    t = tb
+    while t is not None and t.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        t = t.tb_next
+    return t if t is not None else tb
 
 
 def _load(job: JobSpec) -> plugins.LoadedPlugin:
@@ -137,12 +152,19 @@ def _load(job: JobSpec) -> plugins.LoadedPlugin:
 
 
 def execute_job(attempt: HostJob) -> Receipt:
-    """Run one job attempt to staged outputs. Never raises: failures become a FAILED receipt."""
+    """Run one job attempt to staged outputs (or, in preview mode, to the outputs' first
+    rows), its output captured into the attempt's log when ``attempt.log_root`` is set.
+    Never raises: failures become a FAILED receipt."""
+    with capture_job_output(attempt):
+        return _execute(attempt)
+
+
+def _execute(attempt: HostJob) -> Receipt:
     started = time.perf_counter()
     job = attempt.job
     job_id = job.job_id
     input_file = job.input_file
-    stager: sinks.JobStager | None = None
+    stager: sinks.JobStager | PreviewStager | None = None
     source_hash: str | None = None
     phase = "load"  # "load": the plugin itself is unusable, whatever the input file
     try:
@@ -175,7 +197,8 @@ def execute_job(attempt: HostJob) -> Receipt:
         check = contracts.JobCheck(loaded.spec.contracts, job.quarantine or loaded.spec.quarantine)
         for out in plugins.call_parse(loaded, input_file, ctx):
             if stager is None:  # created on the first output: a job with none touches no disk
-                stager = sinks.JobStager(staging_root, job_id, sink)
+                stager = (sinks.JobStager(staging_root, job_id, sink)
+                          if attempt.preview_rows is None else PreviewStager(attempt.preview_rows))
             table_name = sink.table_for(out.name, out.table)
             try:
                 valid, bad = lineage_mod.prepare_output(
@@ -190,6 +213,9 @@ def execute_job(attempt: HostJob) -> Receipt:
                 quarantined += bad.num_rows
                 stager.write(f"{out.name}_quarantine", f"{table_name}_quarantine", bad)
         check.finish()  # over the quarantine limit: fail, so the except below discards all
+        if attempt.preview_rows is not None:
+            return preview_receipt(job_id, stager, source_hash, quarantined, started)
+        assert not isinstance(stager, PreviewStager)
         staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
             job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
@@ -267,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if not exit_with_parent(args.parent, before_exit=_drop_current_staging):
         return 0  # the worker died before we even started
     _limit_memory(args.memory_limit_mb)
-    # Plugin logging (ctx.logger) goes to this host's log file (our stderr).
+    # Plugin logging (ctx.logger, ctx.log) goes to our stderr: while a job runs, into that
+    # job attempt's own log (worker/_capture.py); between jobs, into this host's log file.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     # Plugins print; keep their output off the control pipe (stdout is the host log file).

@@ -31,6 +31,7 @@ from .._connection import ConnectionInfo, read_connection_file
 from .._proc import pid_alive, profiled
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
+from ..joblogs import job_logs_root
 from ..protocol import (
     MAGIC,
     Abort,
@@ -359,7 +360,9 @@ class Worker:
         # Each attempt stages in its own directory, so a straggler from a lost attempt can
         # never touch the files of the attempt that replaced it.
         staging = attempt_root(self.settings.staging_dir, dispatch.attempt)
-        attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging))
+        attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging),
+                          log_root=str(job_logs_root(self.settings.home)),
+                          redact_log=self.settings.tape_redact)
 
         def started(pid: int) -> None:
             abort = self._take_abort(job_id)

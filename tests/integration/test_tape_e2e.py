@@ -332,11 +332,11 @@ def test_plugin_without_a_name_does_not_leak_its_file_name(
     assert len(hashed) == 16 and int(hashed, 16) >= 0
     [job] = explain_tape(tape).to_json()["jobs"]
     assert job["plugin_name"] == hashed and job["status"] == "completed"
-    # ctx.logger of an unnamed plugin is "casparian_nb.plugin": its host log (which the
-    # plugin wrote to) does not carry the file name either.
-    host_logs = list(settings.logs_dir.glob("host-*.log"))
-    assert any(b"fixture_plugin mode=" in p.read_bytes() for p in host_logs)
-    for log in host_logs:
+    # ctx.logger of an unnamed plugin is "casparian_nb.plugin": the job's log (which the
+    # plugin wrote to) and the host logs do not carry the file name either.
+    job_logs = list((settings.logs_dir / "jobs").glob("*/attempt-*.log"))
+    assert any(b"fixture_plugin mode=" in p.read_bytes() for p in job_logs)
+    for log in [*job_logs, *settings.logs_dir.glob("host-*.log")]:
         assert marker.encode() not in log.read_bytes(), log.read_text()[-2000:]
 
     # The CLI's own tape of a standalone run of the same plugin leaks nothing either.

@@ -1,0 +1,230 @@
+"""Capturing one job attempt's output inside the plugin host (:mod:`casparian_nb.joblogs`).
+
+:func:`capture_output` points the host's file descriptors 1 and 2 at a pipe for the length
+of the job, so what C extensions and subprocesses write is caught as well as ``print`` and
+:mod:`logging` (the host's handler writes to ``sys.stderr``). A thread drains the pipe into
+a :class:`BoundedLog`: the first ``head`` bytes go straight to the file, the last ``tail``
+bytes are kept in a fixed buffer and rewritten after the head a few times a second, so a job
+printing 10 MB costs the host ~128 KiB and its log stays that size, and a host killed
+mid-job still leaves nearly all of its last words on disk. The file is created on the first
+byte: a silent job leaves none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..joblogs import HEAD_BYTES, TAIL_BYTES, job_log_path, meta_path
+from ..protocol import HostJob
+
+__all__ = ["BoundedLog", "capture_job_output", "capture_output"]
+
+_CHUNK = 64 * 1024
+#: How often (at most) the kept tail is rewritten into the file while output streams in.
+_FLUSH_EVERY = 0.25
+#: After the job, how long to wait for a subprocess it left behind to close the pipe.
+_DRAIN_GRACE = 1.0
+
+
+class BoundedLog:
+    """Streams bytes into ``path``: the head as it comes, then only the latest tail."""
+
+    def __init__(self, path: Path, *, head: int = HEAD_BYTES, tail: int = TAIL_BYTES,
+                 scrub: Callable[[str], str] | None = None) -> None:
+        self.path = path
+        self.head, self.tail_max = head, tail
+        self.scrub = scrub
+        self.total = 0
+        self._head_len = 0  # raw bytes of the head already handled
+        self._head_end = 0  # file offset where the head ends
+        self._pending = b""  # an unfinished line of the head (scrubbed only whole)
+        self._head_nl = True  # the head ends with a newline (or is empty)
+        self._tail = bytearray()
+        self._tail_dirty = False
+        self._tail_on_line = True
+        self._last_flush = 0.0
+        self._fh: io.FileIO | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self._head_len + len(self._tail)
+
+    def _file(self) -> io.FileIO:
+        if self._fh is None:  # created on the first byte: a silent job leaves no file
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "wb", buffering=0)  # closed by close()
+        return self._fh
+
+    def _text(self, raw: bytes) -> bytes:
+        if self.scrub is None:
+            return raw
+        return self.scrub(raw.decode("utf-8", "replace")).encode("utf-8")
+
+    def write(self, data: bytes) -> None:
+        """Take the next bytes of output (never raises on a full disk: output is dropped)."""
+        if not data:
+            return
+        self.total += len(data)
+        room = self.head - self._head_len
+        if room > 0:
+            part, data = data[:room], data[room:]
+            self._head_len += len(part)
+            buf = self._pending + part
+            cut = buf.rfind(b"\n") + 1
+            if room - len(part) <= 0:  # head full: write it all, whole line or not
+                cut = len(buf)
+            self._pending = buf[cut:]
+            with contextlib.suppress(OSError):
+                fh = self._file()
+                fh.write(self._text(buf[:cut]))
+                self._head_end = fh.tell()
+                self._head_nl = buf[:cut].endswith(b"\n") if cut else self._head_nl
+        if data:
+            self._tail += data
+            if len(self._tail) > self.tail_max:
+                cut = len(self._tail) - self.tail_max
+                self._tail_on_line = self._tail[cut - 1] == 0x0A  # the tail starts a line
+                del self._tail[:cut]
+            self._tail_dirty = True
+            if time.monotonic() - self._last_flush >= _FLUSH_EVERY:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the pending head line and the current tail after the head."""
+        self._last_flush = time.monotonic()
+        if not (self._pending or self._tail_dirty):
+            return
+        with contextlib.suppress(OSError):
+            fh = self._file()
+            if self._pending:
+                fh.seek(self._head_end)
+                fh.write(self._text(self._pending))
+                self._head_end = fh.tell()
+                self._head_nl = self._pending.endswith(b"\n")
+                self._pending = b""
+            if self._tail_dirty:
+                tail = bytes(self._tail)
+                omitted = self.total - self._head_len - len(tail)
+                if omitted > 0 and not self._tail_on_line:  # start on a whole line
+                    nl = tail.find(b"\n")
+                    if 0 <= nl < len(tail) - 1:
+                        omitted += nl + 1
+                        tail = tail[nl + 1 :]
+                note = (f"{'' if self._head_nl else chr(10)}[casparian: {omitted:,} bytes left out here; "
+                        f"{self.total:,} bytes written in all]\n".encode() if omitted > 0 else b"")
+                fh.seek(self._head_end)
+                fh.write(note + self._text(tail))
+                fh.truncate()
+                self._tail_dirty = False
+            self._write_meta()
+
+    def _write_meta(self) -> None:
+        meta = {"total_bytes": self.total, "truncated": self.truncated,
+                "head_bytes": self._head_len, "tail_bytes": len(self._tail)}
+        tmp = meta_path(self.path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(tmp, meta_path(self.path))
+
+    def close(self) -> None:
+        self.flush()
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._write_meta()
+                self._fh.close()
+            self._fh = None
+
+
+def _drain(read_fd: int, log: BoundedLog, stop: threading.Event) -> None:
+    """Copy the pipe into ``log`` until EOF, or until ``stop`` is set and the pipe is idle."""
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], 0.1)
+            if not ready:
+                if stop.is_set():
+                    return
+                if log._tail_dirty or log._pending:
+                    log.flush()
+                continue
+            chunk = os.read(read_fd, _CHUNK)
+            if not chunk:
+                return
+            log.write(chunk)
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(read_fd)
+
+
+@contextlib.contextmanager
+def capture_output(path: Path, *, scrub: Callable[[str], str] | None = None
+                   ) -> Iterator[BoundedLog]:  # fmt: skip
+    """For the ``with`` block, fds 1 and 2 (and so ``sys.stdout``/``sys.stderr`` and
+    every logging handler on them) write into the bounded log at ``path``."""
+    log = BoundedLog(path, scrub=scrub)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    # Line by line, so prints and log records keep their order in the log.
+    buffered = getattr(sys.stdout, "line_buffering", True)
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    read_fd, write_fd = os.pipe()
+    saved = (os.dup(1), os.dup(2))
+    stop = threading.Event()
+    pump = threading.Thread(target=_drain, args=(read_fd, log, stop), name="cf-joblog",
+                            daemon=True)
+    pump.start()
+    os.dup2(write_fd, 1)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    try:
+        yield log
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(Exception):
+            sys.stdout.reconfigure(line_buffering=buffered)  # type: ignore[union-attr]
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        # Our write ends are closed now: EOF comes at once unless a subprocess the job
+        # started still holds the pipe; then stop reading after a short grace.
+        pump.join(_DRAIN_GRACE)
+        stop.set()
+        pump.join(1.0)
+        log.close()
+
+
+_scrubber: Callable[[str], str] | None = None
+
+
+def _scrub(text: str) -> str:
+    """The tape's free-text redaction (paths, URIs, file names, home, user, host), with one
+    salt per host process."""
+    global _scrubber
+    if _scrubber is None:
+        from ..tape.redact import Redactor
+
+        _scrubber = Redactor().scrub
+    return _scrubber(text)
+
+
+def capture_job_output(attempt: HostJob) -> contextlib.AbstractContextManager[object]:
+    """Capture ``attempt``'s output into ``<log_root>/<job_id>/attempt-<n>.log`` (redacted
+    when ``attempt.redact_log``); nothing when the attempt has no ``log_root``."""
+    if attempt.log_root is None:
+        return contextlib.nullcontext()
+    path = job_log_path(attempt.log_root, attempt.job.job_id, attempt.attempt)
+    return capture_output(path, scrub=_scrub if attempt.redact_log else None)

@@ -144,6 +144,12 @@ class Settings:
         return self.home / "state.sqlite"
 
     @property
+    def run_ledger(self) -> Path:
+        """What standalone runs materialized (``casparian run``; the state DB is the
+        sentinel's alone)."""
+        return self.home / "run_ledger.sqlite"
+
+    @property
     def connection_file(self) -> Path:
         return self.home / "sentinel.json"
 

@@ -108,6 +108,9 @@ class PluginSpec:
     #: ``name`` came from a ``name = "..."`` constant. When False it is the file stem: user
     #: data that tape redaction hashes, unlike a name the author chose.
     name_declared: bool
+    #: ``version`` came from a ``version = "..."`` constant. Without one, incremental keys
+    #: use the source hash instead (:func:`casparian_nb.plan.declared_version`, F15).
+    version_declared: bool = False
 
 
 # -- static inspection ----------------------------------------------------------------------
@@ -243,7 +246,7 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
         path=p, name=consts.get("name", p.stem), version=consts.get("version", "0.0.0"),
         default_output=default, manifest=manifest, source=source,
         source_hash=hashlib.sha256(raw).hexdigest(), takes_ctx=takes_ctx,
-        name_declared="name" in consts,
+        name_declared="name" in consts, version_declared="version" in consts,
     )
 
 

@@ -119,6 +119,7 @@ __all__ = [
     "HostJob",
     "HostReady",
     "Identify",
+    "InputDecision",
     "Int64",
     "InvalidPayloadError",
     "Job",
@@ -301,6 +302,19 @@ class StagingRemovalCause(StrEnum):
     START = "start"
 
 
+class InputDecision(StrEnum):
+    """What a submission or a standalone run does with one input file
+    (:func:`casparian_nb.plan.decide`, the one skip rule of both, F4/F15)."""
+
+    #: Run it: some planned output is not materialized yet (or ``force``).
+    RUN = "run"
+    #: Every planned output is materialized by this plugin version and source.
+    SKIP = "skip"
+    #: Every planned output is materialized by this plugin version, but by a different source
+    #: of it: skipped and reported (``force`` re-runs).
+    STALE = "stale"
+
+
 #: Events that concern one job (their payload has ``job_id``).
 JOB_EVENTS: Final = frozenset({
     EventName.JOB_QUEUED, EventName.JOB_DISPATCHED, EventName.JOB_STARTED,
@@ -446,6 +460,8 @@ class SkippedInput(msgspec.Struct, kw_only=True):
     job_id: Int64
     input_file: str
     reason: str
+    #: Materialized by the same plugin version with a different source (F15).
+    stale: bool = False
 
 
 class Submitted(WireMessage):

@@ -18,6 +18,7 @@ from .._inputs import expand_inputs
 from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, SentinelError
+from ..plan import stale_warning
 from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
@@ -93,6 +94,11 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mod
                                                 "materialized" if reply["skipped"] else ""))
         for job_id in ids:
             print(job_id)
+    stale = sum(1 for s in reply["skipped"] if s.get("stale"))
+    if stale:
+        spec = plugins.inspect_plugin(plugin_path)
+        print("casparian: warning: " + stale_warning(stale, spec.name, spec.version,
+                                                    flag="--force"), file=sys.stderr)
     app.response = {"jobs": len(reply["job_ids"]), "skipped": len(reply["skipped"])}
     return EXIT_OK
 

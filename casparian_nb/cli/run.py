@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import CasparianError
+from ..plan import stale_warning
 from ..protocol import JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
@@ -29,10 +30,12 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @sink_options
 @click.option("--parallel", type=int, default=None, metavar="N",
               help="Plugin hosts to run at once (default: one per core).")
+@click.option("--force", is_flag=True,
+              help="Re-run files this plugin already materialized (also stale ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @recorded("Run")
 def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
-        parallel: int | None, as_json: bool) -> int:
+        parallel: int | None, force: bool, as_json: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
     recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
     from ..runner import run as run_plugin
@@ -41,7 +44,7 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
         raise CasparianError(f"--parallel must be at least 1, got {parallel}")
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
-                            settings=app.settings)
+                            settings=app.settings, force=force)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
@@ -49,8 +52,13 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
     for failed in result.failed:  # one line per failed file, naming it
         print(f"casparian: {failed.status.lower()}: {failed.input_file}: {failed.error}",
               file=sys.stderr)
+    if result.stale and as_json:  # the text summary says it already
+        print("casparian: warning: " + stale_warning(len(result.stale), result.plugin_name,
+                                                     result.plugin_version, flag="--force"),
+              file=sys.stderr)
     app.response = {"files": len(result.files), "failed": len(result.failed),
-                    "rows": sum(result.rows.values())}
+                    "skipped": len(result.skipped), "stale": len(result.stale),
+                    "forced": force, "rows": sum(result.rows.values())}
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

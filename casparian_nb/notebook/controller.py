@@ -41,6 +41,7 @@ from ..client import ConnectionInfo, ControlClient, connection_is_live, read_con
 from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
 from ..launcher import LocalCluster
+from ..plan import stale_warning
 from ..protocol import JobStatus
 from ._events import EventPump
 from ._models import Job, QueueStats
@@ -216,10 +217,23 @@ class Controller:
             r.update(job_ids=ids, count=len(ids))
         self._submitted.extend(ids)
         self.last_submission = reply
-        if reply.get("skipped"):
-            print(f"casparian: {len(reply['skipped'])} file(s) skipped, already materialized by "
+        stale = self.last_stale
+        fresh = len(reply.get("skipped") or []) - len(stale)
+        if fresh:
+            print(f"casparian: {fresh} file(s) skipped, already materialized by "
                   "this plugin version (submit(..., force=True) re-runs them)")
+        if stale:
+            spec = plugins.inspect_plugin(path)
+            print("casparian: warning: " + stale_warning(len(stale), spec.name, spec.version,
+                                                        flag="force=True"))
         return ids
+
+    @property
+    def last_stale(self) -> list[int]:
+        """Ids of the SKIPPED jobs of the last :meth:`submit` whose outputs were made by the
+        same plugin version with a different source (F15); ``force=True`` re-runs them."""
+        reply = self.last_submission or {}
+        return [int(s["job_id"]) for s in reply.get("skipped") or [] if s.get("stale")]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Cancel one job: a queued job is aborted at once; a running one shows

@@ -101,12 +101,13 @@ class Persister:
         source_hash = a.source_hash or ""
         plugin_name = spec.plugin_name
         version = spec.parser_version
+        key_version = plan.key_version(version, spec.plugin_source_hash)
         mats = []
         for t in self._targets(a.plan_json):
             produced = outputs.get(t.output) if t.output != plan.ALL_OUTPUTS else sum(outputs.values())
             mats.append(Materialization(
                 materialization_key=plan.materialization_key(source_hash, plugin_name,
-                                                             version or "", t.target_key),
+                                                             key_version, t.target_key),
                 output_target_key=t.target_key, source_hash=source_hash,
                 plugin_name=plugin_name, parser_version=version,
                 output_name=t.output, table_name=t.table, sink_uri=spec.sink,

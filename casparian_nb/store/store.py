@@ -36,7 +36,15 @@ from .schema import (
     stamp,
 )
 
-__all__ = ["BatchingStateStore", "Materialization", "NewJob", "StateStore"]
+__all__ = ["SKIPPED_REASON", "STALE_REASON", "BatchingStateStore", "Materialization", "NewJob",
+           "StateStore"]
+
+
+#: ``result_summary`` of a SKIPPED job whose outputs are all materialized.
+SKIPPED_REASON = "already materialized"
+#: ``result_summary`` of a SKIPPED job whose outputs were all materialized by the same plugin
+#: version but another source of it (F15: reported as stale; ``force`` re-runs).
+STALE_REASON = "stale: materialized by this version with a different source"
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +319,7 @@ class StateStore(JobTransitions, JobQueries):
         self,
         jobs: Sequence[NewJob],
         *,
-        reason: str = "already materialized",
+        reason: str = SKIPPED_REASON,
         now: str | None = None,
     ) -> list[int]:
         """Record jobs that need no run (every output already materialized) as SKIPPED rows,
@@ -370,8 +378,10 @@ class StateStore(JobTransitions, JobQueries):
     def record_materializations(
         self, rows: Iterable[Materialization], now: str | None = None
     ) -> int:
-        """Insert materializations; keys already present are ignored. Returns how many were
-        new, so the caller can emit MaterializationRecorded only once per key."""
+        """Insert materializations. Returns how many were new, so the caller can emit
+        MaterializationRecorded only once per key. A key already present (a forced re-run)
+        keeps its row but now names the latest job that made it, and that job's rows: the
+        source that job ran is what staleness compares against (F15)."""
         now = stamp(now)
         items = list(rows)
         for m in items:
@@ -389,7 +399,14 @@ class StateStore(JobTransitions, JobQueries):
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 batch,
             )
-            return self._conn.total_changes - before
+            added = self._conn.total_changes - before
+            self._conn.executemany(
+                "UPDATE cf_output_materializations SET job_id = ?, rows = ?, status = ?"
+                " WHERE materialization_key = ? AND job_id IS NOT ?",
+                [(m.job_id, m.rows, m.status, m.materialization_key, m.job_id) for m in items
+                 if m.job_id is not None],
+            )
+            return added
 
 
 class BatchingStateStore(StateStore):

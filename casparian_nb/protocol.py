@@ -143,6 +143,8 @@ __all__ = [
     "Refused",
     "RegisterPlugin",
     "RequestFailed",
+    "Retried",
+    "RetryJobs",
     "SentinelMessage",
     "Shutdown",
     "ShutdownAck",
@@ -385,6 +387,14 @@ class SubmitJobs(WireMessage):
     force: bool = False
 
 
+class RetryJobs(WireMessage):
+    """Re-queue FAILED/ABORTED jobs as new attempts: the ``job_ids`` given, else every job
+    in one of ``statuses`` (default FAILED and ABORTED). Answered by :class:`Retried`."""
+
+    job_ids: list[Int64] = []
+    statuses: list[JobStatus] = []
+
+
 class RegisterPlugin(WireMessage):
     path: str
 
@@ -468,6 +478,14 @@ class Submitted(WireMessage):
     job_ids: list[Int64]
     skipped: list[SkippedInput]
     submission_id: str
+
+
+class Retried(WireMessage):
+    """The jobs re-queued (their new attempt numbers) and those refused, with why."""
+
+    job_ids: list[Int64]
+    attempts: dict[str, Int64] = {}
+    refused: dict[str, str] = {}
 
 
 class PluginRegistered(WireMessage):
@@ -656,11 +674,11 @@ class HostReady(msgspec.Struct, frozen=True):
 
 ControlRequest: TypeAlias = Union[  # noqa: UP007 - a runtime union: get_args lists it
     Ping, ListJobs, GetJob, CancelJob, CancelJobs, GetQueueStats, SubmitJobs, RegisterPlugin,
-    ListWorkers, Shutdown,
+    ListWorkers, Shutdown, RetryJobs,
 ]
 ControlReply: TypeAlias = Union[  # noqa: UP007
     Pong, Jobs, Job, CancelResult, QueueStats, Submitted, PluginRegistered, Workers,
-    ShutdownAck, Error,
+    ShutdownAck, Retried, Error,
 ]
 WorkerMessage: TypeAlias = Union[Identify, Heartbeat, JobStarted, Receipt, Goodbye]  # noqa: UP007
 SentinelMessage: TypeAlias = Union[Welcome, Refused, Dispatch, Abort, Shutdown]  # noqa: UP007
@@ -680,7 +698,7 @@ _REPLIES: Final = frozenset(_catalogue(ControlReply))
 REPLY_FOR: Final[Mapping[type[WireMessage], type[WireMessage]]] = {
     Ping: Pong, ListJobs: Jobs, GetJob: Job, CancelJob: CancelResult, CancelJobs: CancelResult,
     GetQueueStats: QueueStats, SubmitJobs: Submitted, RegisterPlugin: PluginRegistered,
-    ListWorkers: Workers, Shutdown: ShutdownAck,
+    ListWorkers: Workers, Shutdown: ShutdownAck, RetryJobs: Retried,
 }  # fmt: skip
 
 

@@ -131,7 +131,8 @@ class RunResult:
         }
 
     def _counts(self) -> str:
-        return (f"{self.ran} ran, {self.succeeded} succeeded, {len(self.failed)} failed, "
+        total = self.ran + len(self.skipped) + len(self.stale)
+        return (f"{total} files, {self.succeeded} succeeded, {len(self.failed)} failed, "
                 f"{len(self.skipped)} skipped, {len(self.stale)} stale")
 
     def __str__(self) -> str:

@@ -136,7 +136,7 @@ def jobs(app: App, status: str | None, limit: int, offset: int, as_json: bool) -
 
 @click.group()
 def job() -> None:
-    """Show or cancel one job."""
+    """Show, cancel or retry jobs."""
 
 
 @job.command("show")
@@ -147,10 +147,11 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
     """Show every recorded field of job JOB_ID (read-only)."""
     with _reader(app.settings) as reader:
         found = reader.get_job(job_id)
+        attempts = reader.attempts(job_id) if found is not None else []
     if found is None:
         raise CasparianError(f"job {job_id} does not exist")
     if as_json:
-        print(json.dumps(found, indent=2, default=str))
+        print(json.dumps({**found, "attempts": attempts}, indent=2, default=str))
     else:
         for key, value in found.items():
             if value not in (None, "", [], {}):
@@ -158,7 +159,19 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
         failure = _failure(found)
         if failure:
             print(f"{'failure':>20}: {failure}")
+        if attempts:
+            print(f"{'attempts':>20}:")
+            for a in attempts:
+                print("  " + _fmt_attempt(a))
     return EXIT_OK
+
+
+def _fmt_attempt(a: dict[str, Any]) -> str:
+    """One line per attempt: number, how it ended, where, when, and its error."""
+    when = f"{a.get('started_at') or a.get('claimed_at') or '-'} -> {a.get('ended_at') or '-'}"
+    error = f"  {a['error_message']}" if a.get("error_message") else ""
+    return (f"#{a['attempt']:<3} {a['status']:<10} worker {a.get('worker_id') or '-':<14} "
+            f"{when}{error}")
 
 
 def _failure(j: dict[str, Any]) -> str | None:
@@ -174,6 +187,35 @@ def _failure(j: dict[str, Any]) -> str | None:
         kills = int(j.get("host_kills") or 0)
         return f"{kind.label}, {kills} time(s) so far; the job runs again"
     return kind.label
+
+
+@job.command("retry")
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--failed", is_flag=True, help="Retry every FAILED or ABORTED job.")
+@recorded("Job")
+def job_retry(app: App, job_ids: tuple[int, ...], failed: bool) -> int:
+    """Re-queue FAILED or ABORTED jobs (JOB_IDS, or every one with --failed) as new
+    attempts on the running sentinel; each keeps its attempt history (job show)."""
+    if bool(job_ids) == failed:
+        raise click.UsageError("give job ids or --failed (not both)")
+    settings = app.settings
+    client = _live_client(settings)
+    if client is None:  # only the sentinel writes the state DB (F17): never retry here
+        print(f"casparian: no sentinel is running for {settings.home}; start one with "
+              "`casparian start`", file=sys.stderr)
+        return EXIT_FAILED
+    with client:
+        reply = client.retry_jobs(job_ids, statuses=(JobStatus.FAILED, JobStatus.ABORTED)
+                                  if failed else ())
+    attempts = reply.get("attempts") or {}
+    for job_id in reply["job_ids"]:
+        print(f"job {job_id}: queued as attempt {attempts.get(str(job_id), '?')}")
+    for job_id, why in (reply.get("refused") or {}).items():
+        print(f"casparian: job {job_id} not retried: {why}", file=sys.stderr)
+    app.response = {"job_ids": reply["job_ids"], "count": len(reply["job_ids"])}
+    if failed and not reply["job_ids"] and not reply.get("refused"):
+        print("no FAILED or ABORTED jobs to retry")
+    return EXIT_FAILED if reply.get("refused") else EXIT_OK
 
 
 @job.command("cancel")

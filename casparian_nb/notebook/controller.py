@@ -245,6 +245,31 @@ class Controller:
             r.update(job_ids=[int(job_id)], state=reply.get("state"))
         return reply
 
+    def retry(self, ids: int | Iterable[int] | None = None,
+              status: str | Sequence[str] = (JobStatus.FAILED, JobStatus.ABORTED),
+              ) -> dict[str, Any]:
+        """Re-queue FAILED/ABORTED jobs as new attempts: the jobs ``ids``, else every job in
+        ``status``. Each keeps its attempt history (``ctl.job(id).attempts``); a job may be
+        retried ``manual_retry_limit`` times (settings). The sentinel's answer:
+        ``{"job_ids": [...], "attempts": {id: attempt}, "refused": {id: reason}}``."""
+        self._check()
+        wanted = None if ids is None else [int(ids)] if isinstance(ids, int) else \
+            [int(i) for i in ids]
+        statuses = [str(status)] if isinstance(status, str) else [str(s) for s in status]
+        payload: dict[str, Any] = ({"job_ids": wanted} if wanted is not None
+                                   else {"status": statuses})
+        with self.session.command("Retry", payload) as r:
+            if wanted:
+                self.events.link(wanted, r.correlation_id, r.event_id)
+            reply = self.client.retry_jobs(wanted or (), statuses=() if wanted else statuses)
+            queued = [int(i) for i in reply["job_ids"]]
+            self.events.link(queued, r.correlation_id, r.event_id)
+            r.update(job_ids=queued, count=len(queued))
+        self._submitted.extend(i for i in queued if i not in self._submitted)
+        for job_id, why in (reply.get("refused") or {}).items():
+            print(f"casparian: job {job_id} not retried: {why}")
+        return reply
+
     def cancel_all_queued(self) -> dict[str, Any]:
         """Cancel every job still QUEUED (running jobs keep running)."""
         self._check()
@@ -270,11 +295,14 @@ class Controller:
         return df.set_index("id", drop=False).rename_axis(None)
 
     def job(self, job_id: int) -> Job:
-        """One job with every column; a failed job's ``.error`` carries the remote traceback
-        (``job.raise_for_status()`` raises it)."""
-        row = self._state().get_job(int(job_id))
+        """One job with every column and its attempt history (``.attempts``); a failed
+        job's ``.error`` carries the remote traceback (``job.raise_for_status()`` raises it)."""
+        reader = self._state()
+        row = reader.get_job(int(job_id))
         if row is None:
             raise LookupError(f"job {job_id} does not exist in {self.settings.state_db}")
+        # Every attempt (status, error, worker, times), oldest first: ``job.attempts``.
+        row["attempts"] = reader.attempts(int(job_id))
         return Job.from_row(row)
 
     def stats(self) -> QueueStats:

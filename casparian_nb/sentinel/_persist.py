@@ -72,6 +72,8 @@ class Persister:
                 store.fail_job(job_id, error, error_kind, traceback, now, host_kills=host_kills)
             case st.DeadLetter(job_id, reason, error):
                 store.dead_letter(job_id, reason, error, now)
+            case st.RetryJob(job_id):
+                store.retry_job(job_id, now)
             case _:
                 assert_never(action)
 
@@ -172,6 +174,23 @@ class Persister:
                                            reason="sentinel_restart")
                     requeued.append(job_id)
         return requeued, adopted
+
+    def retry_candidates(self, job_ids: list[int], statuses: list[JobStatus],
+                         now: float) -> st.RetryRequested:
+        """The jobs a ``RetryJobs`` names (``job_ids``, else every job in ``statuses``) as
+        the state machine's records; the request id is filled in by the caller."""
+        if job_ids:
+            rows = [(i, self.store.get_job(i)) for i in dict.fromkeys(job_ids)]
+        else:
+            found = self.store.list_jobs(status=statuses or [JobStatus.FAILED,
+                                                             JobStatus.ABORTED], limit=100_000)
+            rows = [(int(r["id"]), r) for r in reversed(found)]  # oldest first
+        candidates = [st.RetryCandidate(self._rec(row, now), JobStatus(row["status"]),
+                                        int(row.get("manual_retries") or 0),
+                                        row.get("error_message"))
+                      for _, row in rows if row is not None]
+        missing = [i for i, row in rows if row is None]
+        return st.RetryRequested(candidates, missing, "", now)
 
     def load_queued(self, now: float) -> list[st.JobRec]:
         """Every QUEUED job as the state machine's record, oldest first (streamed)."""

@@ -357,6 +357,8 @@ class StateStore(JobTransitions, JobQueries):
                      job_id),
                 )
             self._conn.execute(
+                "UPDATE cf_processing_queue SET dead_letter = ? WHERE id = ?", (reason, job_id))
+            self._conn.execute(
                 "INSERT INTO cf_dead_letter (original_job_id, plugin_name, input_file,"
                 " error_message, retry_count, moved_at, reason) VALUES (?,?,?,?,?,?,?)"
                 " ON CONFLICT (original_job_id) DO NOTHING",

@@ -113,20 +113,20 @@ def test_run_twice_in_append_mode_does_not_duplicate_and_force_reruns(
     sink = f"parquet://{out}"
     first = cli(home, "run", plugin, *inputs, "--sink", sink, "--mode", "append")
     assert first.returncode == 0, first.stderr
-    assert "2 ran, 2 succeeded, 0 failed, 0 skipped, 0 stale" in first.stdout
+    assert "2 files, 2 succeeded, 0 failed, 0 skipped, 0 stale" in first.stdout
     second = cli(home, "run", plugin, *inputs, "--sink", sink, "--mode", "append")
     assert second.returncode == 0, second.stderr
-    assert "0 ran, 0 succeeded, 0 failed, 2 skipped, 0 stale" in second.stdout
+    assert "2 files, 0 succeeded, 0 failed, 2 skipped, 0 stale" in second.stdout
     assert rows_in(out) == [1, 1, 2, 2]  # not duplicated
     forced = cli(home, "run", plugin, *inputs, "--sink", sink, "--force")
     assert forced.returncode == 0, forced.stderr
-    assert "2 ran, 2 succeeded" in forced.stdout
+    assert "2 files, 2 succeeded, 0 failed, 0 skipped" in forced.stdout
     assert rows_in(out) == [1, 1, 1, 1, 2, 2, 2, 2]
     # A changed source under the same version: reported, not run.
     write_plugin(plugin, "5", "1.0.0")
     stale = cli(home, "run", plugin, *inputs, "--sink", sink)
     assert stale.returncode == 0, stale.stderr
-    assert "0 ran, 0 succeeded, 0 failed, 0 skipped, 2 stale" in stale.stdout
+    assert "2 files, 0 succeeded, 0 failed, 0 skipped, 2 stale" in stale.stdout
     assert ("warning: 2 files were processed by orders 1.0.0 with a different source; "
             "use --force to re-run") in stale.stdout
     assert rows_in(out) == [1, 1, 1, 1, 2, 2, 2, 2]
@@ -144,7 +144,7 @@ def test_runner_applies_the_sentinel_rule(settings: Settings, tmp_path: Path,
     more = make_inputs(tmp_path / "in", 3)  # one new file among the same two
     b = runner.run(plugin, more, **kw)
     assert (b.ran, len(b.skipped), len(b.stale)) == (1, 2, 0)
-    assert "1 ran, 1 succeeded, 0 failed, 2 skipped, 0 stale" in repr(b)
+    assert "3 files, 1 succeeded, 0 failed, 2 skipped, 0 stale" in repr(b)
     write_plugin(plugin, "9", version)
     c = runner.run(plugin, more, **kw)
     if version is None:  # keyed by its source: the edit re-runs every file

@@ -84,6 +84,7 @@ __all__ = [
     "FINISHED_JOB_STATUSES",
     "JOB_EVENTS",
     "MAGIC",
+    "MANUAL_RETRY_REASON",
     "MAX_DEPTH",
     "MAX_FRAMES",
     "MESSAGE_TYPES",
@@ -302,6 +303,11 @@ class StagingRemovalCause(StrEnum):
     STOP = "stop"
     #: Swept when the sentinel started, after crash recovery.
     START = "start"
+
+
+#: ``JobRetried.reason`` (and the job's ``result_summary``) of a retry its user asked for: a
+#: FAILED or ABORTED job queued again as a new attempt (``RetryJobs``).
+MANUAL_RETRY_REASON: Final = "retried by its user"
 
 
 class InputDecision(StrEnum):

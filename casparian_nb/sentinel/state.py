@@ -18,6 +18,7 @@ from typing import Any
 
 from .._proc import signal_name
 from ..protocol import (
+    MANUAL_RETRY_REASON,
     Abort,
     AbortCause,
     CancelOutcome,
@@ -430,7 +431,7 @@ class SentinelState:
                         Publish(EventName.JOB_RETRIED, {
                             "job_id": job.id, "retry_count": 0, "attempt": job.attempt + 1,
                             "delay_ms": 0, "error": c.error or c.status.value,
-                            "reason": "retried by its user"})]
+                            "reason": MANUAL_RETRY_REASON})]
         actions.append(Reply(ev.request_id, Retried(job_ids=queued, attempts=attempts,
                                                     refused=refused)))
         return actions
@@ -499,6 +500,7 @@ class SentinelState:
                 Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id,
                                                "error": text, "error_kind": kind,
                                                "retry_count": job.retry_count, "will_retry": False,
+                                               "dead_letter": reason,
                                                "duration_ms": round(duration_ms or 0.0, 1)})]
 
     def _retry(self, job: JobRec, text: str, now: float) -> list[Action]:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..protocol import CompletionStatus, JobStatus
+from ..protocol import MANUAL_RETRY_REASON, CompletionStatus, JobStatus
 from .schema import check_iso, stamp
 
 _QUEUED, _RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
@@ -268,7 +268,7 @@ class JobTransitions:
                                      (job_id,)).fetchone()
             if row is None or row[0] not in (JobStatus.FAILED, JobStatus.ABORTED):
                 return False
-            self._archive_attempt(job_id, JobStatus(row[0]), now, reason="retried by its user")
+            self._archive_attempt(job_id, JobStatus(row[0]), now, reason=MANUAL_RETRY_REASON)
             self._exec("DELETE FROM cf_dead_letter WHERE original_job_id = ?", (job_id,))
             return 1 == self._exec(
                 "UPDATE cf_processing_queue SET status = ?, completion_status = NULL,"
@@ -277,9 +277,9 @@ class JobTransitions:
                 " scheduled_at = NULL, retry_count = 0, host_kills = 0,"
                 " manual_retries = manual_retries + 1, dead_letter = NULL,"
                 " error_message = NULL, error_kind = NULL, traceback = NULL,"
-                " result_summary = 'retried by its user', updated_at = ?"
+                " result_summary = ?, updated_at = ?"
                 " WHERE id = ? AND status IN (?, ?)",
-                (_QUEUED, now, job_id, JobStatus.FAILED, JobStatus.ABORTED),
+                (_QUEUED, MANUAL_RETRY_REASON, now, job_id, JobStatus.FAILED, JobStatus.ABORTED),
             )
 
     def reconcile_running(self, now: str | None = None) -> list[int]:

@@ -77,7 +77,7 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
     _E.JOB_COMPLETED: {**_JOB, **_PLUGIN, "rows": KEEP, "quarantine_rows": KEEP,
                        "outputs": KEEP},
     _E.JOB_FAILED: {**_JOB, "error": TEXT, "error_kind": KEEP, "retry_count": KEEP,
-                    "will_retry": KEEP},
+                    "will_retry": KEEP, "dead_letter": KEEP},
     _E.JOB_ABORTED: {**_JOB, "reason": TEXT},
     _E.JOB_RETRIED: {**_JOB, "retry_count": KEEP, "delay_ms": KEEP, "error": TEXT,
                      "attempt": KEEP},

@@ -264,6 +264,9 @@ class Controller:
             reply = self.client.retry_jobs(wanted or (), statuses=() if wanted else statuses)
             queued = [int(i) for i in reply["job_ids"]]
             self.events.link(queued, r.correlation_id, r.event_id)
+            # wait() must not take their earlier end for this attempt's (the state DB
+            # check still sees this attempt end, even if its event came before this line).
+            self.events.forget_finished(queued)
             r.update(job_ids=queued, count=len(queued))
         self._submitted.extend(i for i in queued if i not in self._submitted)
         for job_id, why in (reply.get("refused") or {}).items():

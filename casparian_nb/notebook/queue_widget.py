@@ -205,6 +205,7 @@ class QueueWidget(anywidget.AnyWidget):
                 if getattr(self, name) != value:
                     setattr(self, name, value)
                     sent = True
+        self._refresh_detail()
         self._last_flush = self._clock()
         self.flushes += sent
         if self._inbox:  # arrived while we worked: next flush, still rate-limited
@@ -396,6 +397,13 @@ class QueueWidget(anywidget.AnyWidget):
         self.detail = {"job_id": jid, "status": str(job.status), "error": job.error_message,
                        "traceback": job.traceback, "attempts": attempts, "log": log_text,
                        "dead_letter": getattr(job, "raw", {}).get("dead_letter")}
+
+    def _refresh_detail(self) -> None:
+        """Re-read the expanded row when its job's status moved on (a retry ran)."""
+        jid = self.detail.get("job_id") if self.detail else None
+        row = self._model.rows.get(jid) if isinstance(jid, int) else None
+        if row is not None and "status" in self.detail and row.status != self.detail["status"]:
+            self.expand(jid)
 
     # -- static snapshot -----------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

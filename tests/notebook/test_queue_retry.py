@@ -85,6 +85,8 @@ def test_expand_sends_error_traceback_attempts_and_log_tail(
     assert detail["job_id"] == 7 and detail["error"] == "ValueError: bad row 3"
     assert detail["traceback"].startswith("Traceback") and detail["log"] == "last lines of job 7"
     assert [a["attempt"] for a in detail["attempts"]] == [1]
+    frontend_send(w, {"type": "retry", "job_id": 7})  # the open row follows its job
+    assert w.comm.merged()["detail"]["status"] == "QUEUED"
     frontend_send(w, {"type": "collapse"})
     assert w.comm.merged()["detail"] == {}
     plain = _widget(RetryingSource([job(8, "FAILED")]))  # no log_tail: no log part

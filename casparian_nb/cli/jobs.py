@@ -107,6 +107,8 @@ def _fmt_job(j: dict[str, Any]) -> str:
     name = Path(str(j.get("input_file") or "")).name
     err = (f"  {j['error_message']}"
            if j.get("error_message") and j["status"] != JobStatus.COMPLETED else "")
+    if j.get("dead_letter"):  # out of automatic retries (or a permanent error): `job retry`
+        err += f"  [dead letter: {j['dead_letter']}]"
     return (f"{j['id']:>8}  {j['status']:<10} {j.get('plugin_name', ''):<16} {name:<32} "
             f"{j.get('rows') or 0:>9}{err}")
 

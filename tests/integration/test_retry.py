@@ -77,6 +77,9 @@ def test_exhausted_retries_are_dead_lettered_and_a_retry_revives_them(
         assert dead["dead_letter"] == "max_retries_exceeded"  # visibly dead, not gone
         assert rows[ok_id]["dead_letter"] is None
         assert [a["status"] for a in attempts(settings, dead_id)] == [JobStatus.FAILED] * 2
+        [line] = [x for x in cli(home, "jobs").stdout.splitlines()
+                  if x.split()[:1] == [str(dead_id)]]
+        assert line.endswith("[dead letter: max_retries_exceeded]"), line
         # `job retry --failed` through the CLI: it is queued again, out of the dead letters.
         said = cli(home, "job", "retry", "--failed")
         assert said.returncode == 0, said.stderr

@@ -7,9 +7,11 @@ or put back in the queue — never left RUNNING, never completed twice (F8).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, assert_never
 
 from .. import plan, sinks
@@ -185,10 +187,24 @@ class Persister:
             found = self.store.list_jobs(status=statuses or [JobStatus.FAILED,
                                                              JobStatus.ABORTED], limit=100_000)
             rows = [(int(r["id"]), r) for r in reversed(found)]  # oldest first
-        candidates = [st.RetryCandidate(self._rec(row, now), JobStatus(row["status"]),
-                                        int(row.get("manual_retries") or 0),
-                                        row.get("error_message"))
-                      for _, row in rows if row is not None]
+        hashes: dict[str, str | None] = {}
+
+        def unchanged(rec: st.JobRec) -> bool:
+            path = rec.spec.plugin_path
+            if path not in hashes:
+                try:
+                    hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                except OSError:
+                    hashes[path] = None
+            return hashes[path] == rec.spec.plugin_source_hash
+
+        candidates = []
+        for _, row in rows:
+            if row is not None:
+                rec = self._rec(row, now)
+                candidates.append(st.RetryCandidate(
+                    rec, JobStatus(row["status"]), int(row.get("manual_retries") or 0),
+                    row.get("error_message"), plugin_unchanged=unchanged(rec)))
         missing = [i for i, row in rows if row is None]
         return st.RetryRequested(candidates, missing, "", now)
 

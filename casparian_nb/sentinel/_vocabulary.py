@@ -156,6 +156,9 @@ class RetryCandidate:
     status: JobStatus
     manual_retries: int
     error: str | None = None
+    #: The plugin file still holds the source the job was submitted with (a retry runs the
+    #: same job; an edited plugin is a new submission).
+    plugin_unchanged: bool = True
 
 
 @dataclass(slots=True)

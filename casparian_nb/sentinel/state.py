@@ -443,6 +443,9 @@ class SentinelState:
             return f"job {job_id} is not finished ({self.jobs[job_id].status})"
         if c.status not in (JobStatus.FAILED, JobStatus.ABORTED):
             return f"job {job_id} is {c.status}; only FAILED or ABORTED jobs are retried"
+        if not c.plugin_unchanged:
+            return (f"job {job_id}'s plugin changed since it was submitted; submit it again "
+                    "(its new source runs)")
         if c.manual_retries >= self.manual_retry_limit:
             return (f"job {job_id} was retried {c.manual_retries} times already "
                     f"(manual_retry_limit {self.manual_retry_limit})")

@@ -40,6 +40,11 @@ def test_retry_of_an_aborted_job_completes_as_attempt_2_with_both_attempts_liste
         assert ctl.cancel_job(job_id)["success"]
         wait_final(settings, [job_id], timeout=15, status="ABORTED")
         hang.write_text("mode=normal rows=3\n")  # what made it hang is fixed
+        source = fixture_plugin.read_text()
+        fixture_plugin.write_text(source + "\n# edited\n")  # a retry runs the same job:
+        refused = ctl.retry_jobs([job_id])             # an edited plugin is a new submit
+        assert "plugin changed since it was submitted" in refused["refused"][str(job_id)]
+        fixture_plugin.write_text(source)
         reply = ctl.retry_jobs([job_id])
         assert reply["job_ids"] == [job_id] and reply["attempts"] == {str(job_id): 2}
         row = wait_final(settings, [job_id], status="COMPLETED")[job_id]

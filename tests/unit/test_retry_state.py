@@ -50,3 +50,11 @@ def test_refusals_say_why_and_change_nothing() -> None:
     assert "does not exist" in reply.refused["10"]
     assert not [a for a in actions if isinstance(a, st.RetryJob | st.Publish)]
     assert m.queued_count() == 1
+
+
+def test_a_job_whose_plugin_changed_is_not_retried_but_resubmitted() -> None:
+    m = machine()
+    _, reply = retry(m, st.RetryCandidate(rec(3, attempt=1), JobStatus.FAILED, 0,
+                                          plugin_unchanged=False))
+    assert reply.job_ids == [] and "plugin changed since it was submitted" in reply.refused["3"]
+    assert m.queued_count() == 0

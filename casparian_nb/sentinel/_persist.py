@@ -117,7 +117,8 @@ class Persister:
                 output_name=t.output, table_name=t.table, sink_uri=spec.sink,
                 sink_mode=spec.mode, schema_hash=t.schema_hash,
                 status=MaterializationStatus.SUCCESS if produced else MaterializationStatus.NO_DATA,
-                rows=int(produced or 0), job_id=a.job_id))
+                rows=int(produced or 0), job_id=a.job_id,
+                parser_fingerprint=spec.plugin_source_hash))
         if mats:
             self.store.record_materializations(mats, now)
 

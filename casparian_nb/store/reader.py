@@ -258,16 +258,14 @@ class JobQueries:
         return {r[0] for r in rows}
 
     def materialized_by(self, keys: Iterable[str]) -> dict[str, str | None]:
-        """The recorded ones of ``keys``, each with the source hash (``parser_fingerprint``)
-        of the plugin whose job recorded it; None when that job row is gone (F15)."""
+        """The recorded ones of ``keys``, each with the source hash of the plugin that made
+        it (``parser_fingerprint``; None when unknown), for the staleness check (F15)."""
         wanted = list(keys)
         if not wanted:
             return {}
         rows = self._fetchall(
-            "SELECT m.materialization_key, q.parser_fingerprint "
-            "FROM cf_output_materializations AS m "
-            "LEFT JOIN cf_processing_queue AS q ON q.id = m.job_id "
-            "WHERE m.materialization_key IN (SELECT value FROM json_each(?))",
+            "SELECT materialization_key, parser_fingerprint FROM cf_output_materializations "
+            "WHERE materialization_key IN (SELECT value FROM json_each(?))",
             (json.dumps(wanted),),
         )
         return {r[0]: r[1] for r in rows}

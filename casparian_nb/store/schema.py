@@ -80,9 +80,10 @@ CREATE TABLE cf_job_attempts (
 
 
 def _add_retries(conn: sqlite3.Connection) -> None:
-    """2 -> 3 (retry and dead letters): the history of a job's earlier attempts
-    (``cf_job_attempts``), how often its user retried it (``manual_retries``) and whether it
-    is dead-lettered (``dead_letter``: the reason, backfilled from ``cf_dead_letter``)."""
+    """2 -> 3 (retry, dead letters, staleness): the history of a job's earlier attempts
+    (``cf_job_attempts``), how often its user retried it (``manual_retries``), whether it
+    is dead-lettered (``dead_letter``: the reason, backfilled from ``cf_dead_letter``) and
+    which plugin source made each materialization (``parser_fingerprint``, from its job)."""
     conn.execute(_ATTEMPTS_DDL)
     conn.execute("ALTER TABLE cf_processing_queue"
                  " ADD COLUMN manual_retries INTEGER NOT NULL DEFAULT 0")
@@ -90,6 +91,10 @@ def _add_retries(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE cf_processing_queue SET dead_letter = (SELECT d.reason FROM"
                  " cf_dead_letter AS d WHERE d.original_job_id = cf_processing_queue.id)"
                  " WHERE id IN (SELECT original_job_id FROM cf_dead_letter)")
+    conn.execute("ALTER TABLE cf_output_materializations ADD COLUMN parser_fingerprint TEXT")
+    conn.execute("UPDATE cf_output_materializations SET parser_fingerprint = (SELECT"
+                 " q.parser_fingerprint FROM cf_processing_queue AS q"
+                 " WHERE q.id = cf_output_materializations.job_id)")
 
 
 #: version -> migration to version + 1.
@@ -216,7 +221,9 @@ CREATE TABLE cf_output_materializations (
     rows                INTEGER NOT NULL DEFAULT 0,
     -- No foreign key: a materialization outlives any pruning of old job rows.
     job_id              INTEGER,
-    created_at          TEXT NOT NULL
+    created_at          TEXT NOT NULL,
+    -- The plugin source that made it (version 3): an edit under the same version is stale.
+    parser_fingerprint  TEXT
 );
 CREATE INDEX ix_mat_source_hash ON cf_output_materializations (source_hash);
 CREATE INDEX ix_mat_target ON cf_output_materializations (output_target_key);

@@ -94,6 +94,8 @@ class Materialization:
     status: MaterializationStatus
     rows: int
     job_id: int | None
+    #: sha256 of the plugin source that made it (F15: same version, other source = stale).
+    parser_fingerprint: str | None = None
 
 
 # attrgetter builds the parameter tuples ~5x faster than dataclasses.astuple (100k jobs).
@@ -382,8 +384,8 @@ class StateStore(JobTransitions, JobQueries):
     ) -> int:
         """Insert materializations. Returns how many were new, so the caller can emit
         MaterializationRecorded only once per key. A key already present (a forced re-run)
-        keeps its row but now names the latest job that made it, and that job's rows: the
-        source that job ran is what staleness compares against (F15)."""
+        keeps its row but now names the latest job that made it, that job's rows and plugin
+        source: what staleness compares against (F15)."""
         now = stamp(now)
         items = list(rows)
         for m in items:
@@ -397,16 +399,16 @@ class StateStore(JobTransitions, JobQueries):
             self._conn.executemany(
                 "INSERT INTO cf_output_materializations (materialization_key, output_target_key,"
                 " source_hash, plugin_name, parser_version, output_name, table_name, sink_uri,"
-                " sink_mode, schema_hash, status, rows, job_id, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                " sink_mode, schema_hash, status, rows, job_id, parser_fingerprint, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 batch,
             )
             added = self._conn.total_changes - before
             self._conn.executemany(
-                "UPDATE cf_output_materializations SET job_id = ?, rows = ?, status = ?"
-                " WHERE materialization_key = ? AND job_id IS NOT ?",
-                [(m.job_id, m.rows, m.status, m.materialization_key, m.job_id) for m in items
-                 if m.job_id is not None],
+                "UPDATE cf_output_materializations SET job_id = ?, rows = ?, status = ?,"
+                " parser_fingerprint = ? WHERE materialization_key = ? AND job_id IS NOT ?",
+                [(m.job_id, m.rows, m.status, m.parser_fingerprint, m.materialization_key,
+                  m.job_id) for m in items if m.job_id is not None],
             )
             return added
 

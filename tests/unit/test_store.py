@@ -353,6 +353,7 @@ def _make_version_2(db: Path) -> None:
     conn.execute("DROP TABLE cf_job_attempts")
     conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN dead_letter")
     conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN manual_retries")
+    conn.execute("ALTER TABLE cf_output_materializations DROP COLUMN parser_fingerprint")
     conn.commit()
     conn.close()
     set_version(db, 2)
@@ -382,13 +383,16 @@ def test_version_1_gains_host_kills_and_keeps_its_jobs(db: Path) -> None:
 
 def test_version_2_gains_attempts_and_dead_letter_flags(db: Path) -> None:
     with StateStore.open(db) as store:
-        a, b = store.insert_jobs([job(1), job(2)])
+        a, b = store.insert_jobs([job(1), job(2, parser_fingerprint="fp-b")])
         store.claim_job(a, "w1", attempt=1)
         store.fail_job(a, "TransientError: flaky", "transient")
         store.dead_letter(a, "max_retries_exceeded")
+        store.record_materializations([mat("k1", job_id=b)])
     _make_version_2(db)
     with StateStore.open(db) as store:
         assert store.schema_version_before == 2
+        # which source made a materialization: backfilled from its job
+        assert store.materialized_by(["k1", "k2"]) == {"k1": "fp-b"}
         flags = {j["id"]: (j["dead_letter"], j["manual_retries"]) for j in store.list_jobs()}
         assert flags == {a: ("max_retries_exceeded", 0), b: (None, 0)}
         assert store.retry_job(a) and not store.retry_job(b)  # b is QUEUED, not finished
@@ -396,7 +400,7 @@ def test_version_2_gains_attempts_and_dead_letter_flags(db: Path) -> None:
     assert version_of(db) == "3" and version_of(db.with_name("state.sqlite.bak-v2")) == "2"
     with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
         ddl.executescript(schema.DDL)
-        for table in ("cf_processing_queue", "cf_job_attempts"):
+        for table in ("cf_processing_queue", "cf_job_attempts", "cf_output_materializations"):
             columns = f"SELECT name, type, dflt_value FROM pragma_table_info('{table}')"
             assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
 

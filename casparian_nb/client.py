@@ -47,11 +47,13 @@ from .protocol import (
     EventMessage,
     GetJob,
     GetQueueStats,
+    JobStatus,
     ListJobs,
     ListWorkers,
     Message,
     Ping,
     RegisterPlugin,
+    RetryJobs,
     Shutdown,
     SignatureError,
     SubmitJobs,
@@ -265,6 +267,13 @@ class ControlClient:
         """Cancel several jobs, or every job in ``status`` (e.g. "QUEUED")."""
         ids = list(job_ids) if job_ids is not None else None
         return self._call(CancelJobs(job_ids=ids, status=status))
+
+    def retry_jobs(self, job_ids: Sequence[int] | None = None, *,
+                   statuses: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+        """Re-queue FAILED/ABORTED jobs as new attempts (``job_ids``, else every job in
+        ``statuses``): ``{"job_ids", "attempts", "refused"}``."""
+        return self._call(RetryJobs(job_ids=[int(i) for i in job_ids or ()],
+                                    statuses=[JobStatus(str(s).upper()) for s in statuses]))
 
     def queue_stats(self) -> dict[str, int]:
         """Counts per state plus ``total``."""

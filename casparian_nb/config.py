@@ -104,6 +104,9 @@ class Settings:
     #: how often the job is run again before it fails. A budget of its own, apart from
     #: ``max_retries``: a killed host says nothing about the plugin.
     host_kill_retries: int = 3
+    #: How often one job may be retried by hand (``casparian job retry``, ``ctl.retry``);
+    #: each retry is a new attempt with fresh automatic budgets. Beyond it, retry refuses.
+    manual_retry_limit: int = 5
     #: Address the sentinel binds; anything but loopback needs allow_remote = true.
     bind_host: str = "127.0.0.1"
     allow_remote: bool = False
@@ -142,6 +145,12 @@ class Settings:
     @property
     def state_db(self) -> Path:
         return self.home / "state.sqlite"
+
+    @property
+    def run_ledger(self) -> Path:
+        """What standalone runs materialized (``casparian run``; the state DB is the
+        sentinel's alone)."""
+        return self.home / "run_ledger.sqlite"
 
     @property
     def connection_file(self) -> Path:

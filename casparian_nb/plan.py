@@ -14,7 +14,12 @@ original)::
 
     schema_hash       = blake3(canonical JSON of the output's manifest "columns")   ("" if none)
     target_key        = H(output, canonical sink URI, mode, table, schema_hash)
-    materialization_key = H(source_hash, plugin_name, parser_version, target_key)
+    materialization_key = H(source_hash, plugin_name, key_version, target_key)
+
+``key_version`` is the declared ``version``, or ``source:<plugin source hash>`` for a plugin
+that declares none (F15): editing an unversioned parser re-runs its files. A versioned one is
+trusted to bump its version; an edit under the same version is reported as *stale*
+(:func:`decide`), and ``force`` re-runs.
 
 Changing the plugin version, the sink URI, the mode or an output's declared schema therefore
 changes the keys and re-runs the files; spelling the same sink differently does not.
@@ -25,24 +30,29 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from blake3 import blake3
 
 from .errors import OutputNameError
+from .protocol import InputDecision
 
 __all__ = [
     "ALL_OUTPUTS",
     "OutputTarget",
     "canonical_sink_uri",
+    "decide",
+    "declared_version",
+    "key_version",
     "materialization_key",
     "output_plan",
     "plan_from_json",
     "plan_keys",
     "plan_to_json",
     "schema_hash",
+    "stale_warning",
 ]
 
 #: Output name of the single target of a plugin without a manifest: "whatever it produced".
@@ -192,3 +202,51 @@ def plan_from_json(text: str | list[Any] | None) -> list[OutputTarget]:
         except (KeyError, TypeError):
             raise ValueError(f"malformed output plan entry {item!r}") from None
     return plan
+
+
+def declared_version(version: str, version_declared: bool) -> str | None:
+    """The version a job records: the plugin's declared ``version``, or None without one.
+
+    A job without a declared version is keyed by its source instead (:func:`key_version`),
+    so an edited parser is never skipped as "already materialized" (F15).
+    """
+    return version if version_declared else None
+
+
+def key_version(parser_version: str | None, parser_fingerprint: str | None) -> str:
+    """The version part of a materialization key: the declared version, else the plugin
+    source's hash. Submission, completion and standalone runs all key through this."""
+    if parser_version:
+        return parser_version
+    return f"source:{parser_fingerprint or ''}"
+
+
+def decide(
+    keys: Sequence[str],
+    recorded: Mapping[str, str | None],
+    parser_fingerprint: str | None,
+    *,
+    force: bool = False,
+) -> InputDecision:
+    """The one skip rule (sentinel submissions and standalone runs): what to do with an
+    input whose planned materialization keys are ``keys``.
+
+    ``recorded`` maps the keys already materialized to the source hash of the plugin that
+    materialized them (None when unknown). RUN unless every key is recorded (or ``force``);
+    then STALE when any of them was made by a different source of the same version, else SKIP.
+    """
+    if force or not keys or any(k not in recorded for k in keys):
+        return InputDecision.RUN
+    for k in keys:
+        made_by = recorded[k]
+        if made_by is not None and parser_fingerprint and made_by != parser_fingerprint:
+            return InputDecision.STALE
+    return InputDecision.SKIP
+
+
+def stale_warning(count: int, plugin_name: str, version: str | None, *, flag: str) -> str:
+    """The one warning line for inputs skipped as stale; ``flag`` is how to force
+    (``--force`` on the CLI, ``force=True`` in Python)."""
+    files = "1 file was" if count == 1 else f"{count} files were"
+    return (f"{files} processed by {plugin_name} {version or ''} with a different source; "
+            f"use {flag} to re-run").replace("  ", " ")

@@ -117,6 +117,9 @@ class PluginSpec:
     contracts: dict[str, OutputContract] | None = None
     #: The plugin's ``quarantine = {"max_pct": .., "max_rows": ..}`` limits, if it sets them.
     quarantine: QuarantinePolicy | None = None
+    #: ``version`` came from a ``version = "..."`` constant. Without one, incremental keys
+    #: use the source hash instead (:func:`casparian_nb.plan.declared_version`, F15).
+    version_declared: bool = False
 
 
 # -- static inspection ----------------------------------------------------------------------
@@ -265,7 +268,8 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
         path=p, name=consts.get("name", p.stem), version=consts.get("version", "0.0.0"),
         default_output=default, manifest=manifest, source=source,
         source_hash=hashlib.sha256(raw).hexdigest(), takes_ctx=takes_ctx,
-        name_declared="name" in consts, contracts=declared, quarantine=quarantine,
+        name_declared="name" in consts, version_declared="version" in consts,
+        contracts=declared, quarantine=quarantine,
     )
 
 

@@ -84,6 +84,7 @@ __all__ = [
     "FINISHED_JOB_STATUSES",
     "JOB_EVENTS",
     "MAGIC",
+    "MANUAL_RETRY_REASON",
     "MAX_DEPTH",
     "MAX_FRAMES",
     "MESSAGE_TYPES",
@@ -120,6 +121,7 @@ __all__ = [
     "HostJob",
     "HostReady",
     "Identify",
+    "InputDecision",
     "Int64",
     "InvalidPayloadError",
     "Job",
@@ -147,6 +149,8 @@ __all__ = [
     "Refused",
     "RegisterPlugin",
     "RequestFailed",
+    "Retried",
+    "RetryJobs",
     "SentinelMessage",
     "Shutdown",
     "ShutdownAck",
@@ -306,6 +310,24 @@ class StagingRemovalCause(StrEnum):
     START = "start"
 
 
+#: ``JobRetried.reason`` (and the job's ``result_summary``) of a retry its user asked for: a
+#: FAILED or ABORTED job queued again as a new attempt (``RetryJobs``).
+MANUAL_RETRY_REASON: Final = "retried by its user"
+
+
+class InputDecision(StrEnum):
+    """What a submission or a standalone run does with one input file
+    (:func:`casparian_nb.plan.decide`, the one skip rule of both, F4/F15)."""
+
+    #: Run it: some planned output is not materialized yet (or ``force``).
+    RUN = "run"
+    #: Every planned output is materialized by this plugin version and source.
+    SKIP = "skip"
+    #: Every planned output is materialized by this plugin version, but by a different source
+    #: of it: skipped and reported (``force`` re-runs).
+    STALE = "stale"
+
+
 #: Events that concern one job (their payload has ``job_id``).
 JOB_EVENTS: Final = frozenset({
     EventName.JOB_QUEUED, EventName.JOB_DISPATCHED, EventName.JOB_STARTED,
@@ -374,6 +396,14 @@ class SubmitJobs(WireMessage):
     timeout: float | None = None
     submission_id: str | None = None
     force: bool = False
+
+
+class RetryJobs(WireMessage):
+    """Re-queue FAILED/ABORTED jobs as new attempts: the ``job_ids`` given, else every job
+    in one of ``statuses`` (default FAILED and ABORTED). Answered by :class:`Retried`."""
+
+    job_ids: list[Int64] = []
+    statuses: list[JobStatus] = []
 
 
 class RegisterPlugin(WireMessage):
@@ -451,12 +481,22 @@ class SkippedInput(msgspec.Struct, kw_only=True):
     job_id: Int64
     input_file: str
     reason: str
+    #: Materialized by the same plugin version with a different source (F15).
+    stale: bool = False
 
 
 class Submitted(WireMessage):
     job_ids: list[Int64]
     skipped: list[SkippedInput]
     submission_id: str
+
+
+class Retried(WireMessage):
+    """The jobs re-queued (their new attempt numbers) and those refused, with why."""
+
+    job_ids: list[Int64]
+    attempts: dict[str, Int64] = {}
+    refused: dict[str, str] = {}
 
 
 class PluginRegistered(WireMessage):
@@ -706,11 +746,11 @@ class HostReady(msgspec.Struct, frozen=True):
 
 ControlRequest: TypeAlias = Union[  # noqa: UP007 - a runtime union: get_args lists it
     Ping, ListJobs, GetJob, CancelJob, CancelJobs, GetQueueStats, SubmitJobs, RegisterPlugin,
-    ListWorkers, Shutdown,
+    ListWorkers, Shutdown, RetryJobs,
 ]
 ControlReply: TypeAlias = Union[  # noqa: UP007
     Pong, Jobs, Job, CancelResult, QueueStats, Submitted, PluginRegistered, Workers,
-    ShutdownAck, Error,
+    ShutdownAck, Retried, Error,
 ]
 WorkerMessage: TypeAlias = Union[Identify, Heartbeat, JobStarted, Receipt, Goodbye]  # noqa: UP007
 SentinelMessage: TypeAlias = Union[Welcome, Refused, Dispatch, Abort, Shutdown]  # noqa: UP007
@@ -730,7 +770,7 @@ _REPLIES: Final = frozenset(_catalogue(ControlReply))
 REPLY_FOR: Final[Mapping[type[WireMessage], type[WireMessage]]] = {
     Ping: Pong, ListJobs: Jobs, GetJob: Job, CancelJob: CancelResult, CancelJobs: CancelResult,
     GetQueueStats: QueueStats, SubmitJobs: Submitted, RegisterPlugin: PluginRegistered,
-    ListWorkers: Workers, Shutdown: ShutdownAck,
+    ListWorkers: Workers, Shutdown: ShutdownAck, RetryJobs: Retried,
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from . import contracts, plugins, sinks
+from . import contracts, lineage, plan, plugins, sinks
 from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
 from .config import Settings, load_settings
@@ -38,6 +39,7 @@ from .joblogs import job_log_path, job_logs_root
 from .protocol import (
     ErrorInfo,
     HostJob,
+    InputDecision,
     JobSpec,
     JobStatus,
     QuarantinePolicy,
@@ -45,6 +47,8 @@ from .protocol import (
     ReceiptStatus,
 )
 from .sinks.staging import JOURNAL
+from .store import StateReader
+from .store.ledger import RunLedger
 from .worker.pool import HostPool
 
 __all__ = ["FileResult", "RunResult", "run"]
@@ -87,6 +91,16 @@ class RunResult:
     mode: str
     files: tuple[FileResult, ...]
     duration_s: float
+    #: Inputs not run: every planned output already materialized by this plugin and source.
+    skipped: tuple[str, ...] = ()
+    #: Inputs not run because this plugin version already materialized them, but from a
+    #: different source of it (F15): ``force=True`` / ``--force`` re-runs them.
+    stale: tuple[str, ...] = ()
+
+    @property
+    def ran(self) -> int:
+        """How many files ran (completed, failed or aborted)."""
+        return len(self.files)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -120,11 +134,17 @@ class RunResult:
         return {
             "run_id": self.run_id, "plugin_name": self.plugin_name,
             "plugin_version": self.plugin_version, "sink": self.sink, "mode": self.mode,
-            "files": len(self.files), "succeeded": self.succeeded,
-            "failed": len(self.failed), "rows": self.rows,
+            "files": len(self.files), "ran": self.ran, "succeeded": self.succeeded,
+            "failed": len(self.failed), "skipped": len(self.skipped), "stale": len(self.stale),
+            "stale_files": list(self.stale), "rows": self.rows,
             "quarantine_rows": self.quarantine_rows, "duration_s": round(self.duration_s, 3),
             "jobs": [f.to_dict() for f in self.files],
         }
+
+    def _counts(self) -> str:
+        total = self.ran + len(self.skipped) + len(self.stale)
+        return (f"{total} files, {self.succeeded} succeeded, {len(self.failed)} failed, "
+                f"{len(self.skipped)} skipped, {len(self.stale)} stale")
 
     def __str__(self) -> str:
         return self.format()
@@ -133,8 +153,7 @@ class RunResult:
         """The human summary: with ``failures``, a line per failed file, and with
         ``verbose`` under it its remote traceback and the file holding its captured output."""
         lines = [
-            f"casparian run {self.plugin_name} {self.plugin_version}: {len(self.files)} files, "
-            f"{self.succeeded} succeeded, {len(self.failed)} failed "
+            f"casparian run {self.plugin_name} {self.plugin_version}: {self._counts()} "
             f"in {self.duration_s:.2f}s"
         ]
         for name, n in sorted(self.rows.items()):
@@ -146,7 +165,27 @@ class RunResult:
             if verbose:
                 lines += f.details()
         lines.append(f"  outputs: {self.sink} (mode {self.mode})")
+        if self.stale:
+            lines.append("  warning: " + plan.stale_warning(len(self.stale), self.plugin_name,
+                                                          self.plugin_version, flag="--force"))
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"RunResult({self.plugin_name} {self.plugin_version}: {self._counts()}, "
+                f"rows={self.rows})")
+
+    def _repr_html_(self) -> str:
+        failed = "".join(f"<li>{html.escape(f.input_file)}: {html.escape(str(f.error))}</li>"
+                         for f in self.failed)
+        stale = ("<p><b>warning:</b> " + html.escape(plan.stale_warning(
+            len(self.stale), self.plugin_name, self.plugin_version, flag="force=True"))
+            + "</p>") if self.stale else ""
+        rows = ", ".join(f"{html.escape(k)}: {v:,}" for k, v in sorted(self.rows.items()))
+        return (f"<div class='cf-run-result'><b>casparian run</b> "
+                f"{html.escape(self.plugin_name)} {html.escape(self.plugin_version)}: "
+                f"{html.escape(self._counts())} in {self.duration_s:.2f}s"
+                f"<br>rows {rows or '0'}{stale}"
+                + (f"<ul>{failed}</ul>" if failed else "") + "</div>")
 
 
 def _progress_counts(results: list[FileResult], total: int, slots: int) -> ProgressCounts:
@@ -174,6 +213,7 @@ def run(
     timeout: float | None = None,
     on_file: Callable[[FileResult], None] | None = None,
     quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Run ``plugin`` over ``inputs`` (files, directories, globs) and promote the outputs.
 
@@ -184,6 +224,10 @@ def run(
 
     ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a file
     whose output sends more rows to quarantine; it overrides the plugin's ``quarantine``.
+
+    Inputs whose every planned output this plugin already materialized (by a standalone run
+    or a sentinel of this home) are skipped by the sentinel's rule (:func:`plan.decide`);
+    ``force=True`` runs them anyway.
     """
     settings = settings or load_settings(home)
     started = time.perf_counter()
@@ -195,7 +239,54 @@ def run(
     policy = contracts.quarantine_policy(quarantine)
     specs: Sequence[str | Path] = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     files = expand_inputs(specs)
+    version = plan.declared_version(spec.version, spec.version_declared)
+    targets = plan.output_plan(manifest=spec.manifest, default_output=spec.default_output,
+                               sink_uri=str(sink_uri), sink_mode=sink_mode.value)
+    ledger = RunLedger.open(settings.run_ledger)
+    try:
+        return _run(spec, files, ledger, targets, version, sink_uri, sink_mode, settings,
+                    parallel=parallel, progress=progress, timeout=timeout, on_file=on_file,
+                    force=force, started=started, policy=policy)
+    finally:
+        ledger.close()
 
+
+def _decide(files: Sequence[Path], spec: plugins.PluginSpec, ledger: RunLedger,
+            targets: list[plan.OutputTarget], version: str | None, settings: Settings,
+            force: bool) -> dict[Path, tuple[InputDecision, str, list[str]]]:
+    """Each input's decision, source hash and materialization keys: the sentinel's rule
+    over this home's standalone runs and, when there is one, its state DB."""
+    key_version = plan.key_version(version, spec.source_hash)
+    keyed = []
+    for path in files:
+        source_hash = lineage.hash_file(path)
+        keyed.append((path, source_hash,
+                      plan.plan_keys(targets, source_hash, spec.name, key_version)))
+    recorded: dict[str, str | None] = {}
+    if not force:
+        every = [k for _, _, keys in keyed for k in keys]
+        reader = StateReader.open_if_ready(settings.state_db)
+        if reader is not None:
+            with reader:
+                recorded.update(reader.materialized_by(every))
+        recorded.update(ledger.materialized_by(every))
+    return {path: (plan.decide(keys, recorded, spec.source_hash, force=force), source_hash, keys)
+            for path, source_hash, keys in keyed}
+
+
+def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
+         targets: list[plan.OutputTarget], version: str | None, sink_uri: sinks.SinkURI,
+         sink_mode: sinks.SinkMode, settings: Settings, *, parallel: int | None,
+         progress: bool | ProgressSink | None, timeout: float | None,
+         on_file: Callable[[FileResult], None] | None, force: bool,
+         started: float, policy: QuarantinePolicy | None) -> RunResult:
+    decisions = _decide(all_files, spec, ledger, targets, version, settings, force)
+    files = [p for p in all_files if decisions[p][0] == InputDecision.RUN]
+    skipped = tuple(str(p) for p in all_files if decisions[p][0] == InputDecision.SKIP)
+    stale = tuple(str(p) for p in all_files if decisions[p][0] == InputDecision.STALE)
+    if not files:
+        return RunResult(uuid.uuid4().hex[:12], spec.name, spec.version, str(sink_uri),
+                         sink_mode.value, (), time.perf_counter() - started, skipped, stale)
     sweep_stale_runs(settings.staging_dir)
     run_id = uuid.uuid4().hex[:12]
     staging_root = _claim_staging(settings.staging_dir, run_id)
@@ -204,7 +295,7 @@ def run(
         HostJob(job=JobSpec(
             job_id=f"run-{run_id}-{i:06d}", input_file=str(path), plugin_path=str(spec.path),
             plugin_name=spec.name, plugin_name_declared=spec.name_declared,
-            plugin_source_hash=spec.source_hash, parser_version=spec.version,
+            plugin_source_hash=spec.source_hash, parser_version=version,
             sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
             quarantine=policy,
         ), attempt=1, staging_root=str(staging_root), sync_staging=False,
@@ -253,6 +344,10 @@ def run(
             with contextlib.suppress(Exception):
                 sinks.discard(staged)
             return done(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        _, source_hash, keys = decisions[Path(job.input_file)]
+        ledger.record(keys, source_hash=source_hash, plugin_name=spec.name,
+                      parser_version=version, parser_fingerprint=spec.source_hash,
+                      input_file=job.input_file, run_id=run_id)
         return done(JobStatus.COMPLETED, rows=dict(res.rows or {}),
                     quarantine_rows=int(res.quarantine_rows or 0),
                     artifacts=[a.to_dict() for a in artifacts])
@@ -318,7 +413,7 @@ def run(
     order = {j.job.job_id: i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[r.job_id])
     return RunResult(run_id, spec.name, spec.version, str(sink_uri), sink_mode.value,
-                     tuple(results), time.perf_counter() - started)
+                     tuple(results), time.perf_counter() - started, skipped, stale)
 
 
 #: Run threads beyond one per host, for promotions that overlap (appends to file sinks).

@@ -21,6 +21,7 @@ from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
 from ..errors import CasparianError, SentinelError
 from ..joblogs import job_log_attempts
+from ..plan import stale_warning
 from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
@@ -102,6 +103,11 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mod
                                                 "materialized" if reply["skipped"] else ""))
         for job_id in ids:
             print(job_id)
+    stale = sum(1 for s in reply["skipped"] if s.get("stale"))
+    if stale:
+        spec = plugins.inspect_plugin(plugin_path)
+        print("casparian: warning: " + stale_warning(stale, spec.name, spec.version,
+                                                    flag="--force"), file=sys.stderr)
     app.response = {"jobs": len(reply["job_ids"]), "skipped": len(reply["skipped"])}
     return EXIT_OK
 
@@ -110,6 +116,8 @@ def _fmt_job(j: dict[str, Any]) -> str:
     name = Path(str(j.get("input_file") or "")).name
     err = (f"  {j['error_message']}"
            if j.get("error_message") and j["status"] != JobStatus.COMPLETED else "")
+    if j.get("dead_letter"):  # out of automatic retries (or a permanent error): `job retry`
+        err += f"  [dead letter: {j['dead_letter']}]"
     return (f"{j['id']:>8}  {j['status']:<10} {j.get('plugin_name', ''):<16} {name:<32} "
             f"{j.get('rows') or 0:>9}{err}")
 
@@ -142,7 +150,7 @@ def jobs(app: App, status: str | None, limit: int, offset: int, as_json: bool) -
 
 @click.group()
 def job() -> None:
-    """Show, cancel or read the logs of one job."""
+    """Show, cancel or retry jobs, or read a job's logs."""
 
 
 @job.command("show")
@@ -156,11 +164,13 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
         raise CasparianError(f"job {job_id} does not exist: no jobs in {app.settings.home} yet")
     with reader:
         found = reader.get_job(job_id)
+        attempts = reader.attempts(job_id) if found is not None else []
     if found is None:
         raise CasparianError(f"job {job_id} does not exist")
-    attempts = job_log_attempts(app.settings.home, job_id)
+    logged = job_log_attempts(app.settings.home, job_id)
     if as_json:
-        print(json.dumps({**found, "log_attempts": attempts}, indent=2, default=str))
+        print(json.dumps({**found, "attempts": attempts, "log_attempts": logged}, indent=2,
+                         default=str))
         return EXIT_OK
     for key, value in found.items():
         if value not in (None, "", [], {}) and key != "traceback":
@@ -169,7 +179,11 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
     if failure:
         print(f"{'failure':>20}: {failure}")
     if attempts:
-        print(f"{'logs':>20}: attempt(s) {', '.join(map(str, attempts))} "
+        print(f"{'attempts':>20}:")
+        for a in attempts:
+            print("  " + _fmt_attempt(a))
+    if logged:
+        print(f"{'logs':>20}: attempt(s) {', '.join(map(str, logged))} "
               f"(casparian job logs {job_id})")
     if found.get("traceback") and found.get("status") != JobStatus.COMPLETED:
         print("remote traceback:")
@@ -240,6 +254,14 @@ def _follow(settings: Settings, job_id: int, attempt: int | None) -> int:
             time.sleep(0.25)  # a poll interval: the job's end is the deadline
 
 
+def _fmt_attempt(a: dict[str, Any]) -> str:
+    """One line per attempt: number, how it ended, where, when, and its error."""
+    when = f"{a.get('started_at') or a.get('claimed_at') or '-'} -> {a.get('ended_at') or '-'}"
+    error = f"  {a['error_message']}" if a.get("error_message") else ""
+    return (f"#{a['attempt']:<3} {a['status']:<10} worker {a.get('worker_id') or '-':<14} "
+            f"{when}{error}")
+
+
 def _failure(j: dict[str, Any]) -> str | None:
     """What a job's (last) error was — a plugin's error, or its plugin host killed by a
     signal — from the stored kind, never from the message."""
@@ -253,6 +275,36 @@ def _failure(j: dict[str, Any]) -> str | None:
         kills = int(j.get("host_kills") or 0)
         return f"{kind.label}, {kills} time(s) so far; the job runs again"
     return kind.label
+
+
+@job.command("retry")
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--failed", is_flag=True, help="Retry every FAILED or ABORTED job.")
+@recorded("Job", creates_home=False)
+def job_retry(app: App, job_ids: tuple[int, ...], failed: bool) -> int:
+    """Re-queue FAILED or ABORTED jobs (JOB_IDS, or every one with --failed) as new
+    attempts on the running sentinel; each keeps its attempt history (job show).
+
+    Example: ``casparian job retry 42 43`` or ``casparian job retry --failed``
+    """
+    if bool(job_ids) == failed:
+        raise click.UsageError("give job ids or --failed (not both)")
+    settings = app.settings
+    client = _live_client(settings)
+    if client is None:  # only the sentinel writes the state DB (F17): never retry here
+        raise no_sentinel(settings)
+    with client:
+        reply = client.retry_jobs(job_ids, statuses=(JobStatus.FAILED, JobStatus.ABORTED)
+                                  if failed else ())
+    attempts = reply.get("attempts") or {}
+    for job_id in reply["job_ids"]:
+        print(f"job {job_id}: queued as attempt {attempts.get(str(job_id), '?')}")
+    for job_id, why in (reply.get("refused") or {}).items():
+        print(f"casparian: job {job_id} not retried: {why}", file=sys.stderr)
+    app.response = {"job_ids": reply["job_ids"], "count": len(reply["job_ids"])}
+    if failed and not reply["job_ids"] and not reply.get("refused"):
+        print("no FAILED or ABORTED jobs to retry")
+    return EXIT_FAILED if reply.get("refused") else EXIT_OK
 
 
 @job.command("cancel")

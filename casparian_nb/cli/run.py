@@ -14,6 +14,7 @@ import click
 
 from ..contracts import quarantine_policy
 from ..errors import CasparianError, PluginError
+from ..plan import stale_warning
 from ..protocol import JobStatus
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
 
@@ -41,10 +42,13 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
               help="Show each failed file's remote traceback and where its output is.")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (there is none anyway when stdout is not a terminal).")
+@click.option("--force", is_flag=True,
+              help="Re-run files this plugin already materialized (also stale ones).")
 @recorded("Run")
 def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
         parallel: int | None, max_quarantine_pct: float | None,
-        max_quarantine_rows: int | None, as_json: bool, verbose: bool, quiet: bool) -> int:
+        max_quarantine_rows: int | None, as_json: bool, verbose: bool, quiet: bool,
+        force: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
     recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
     from ..runner import run as run_plugin
@@ -60,7 +64,7 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
                             settings=app.settings, quarantine=policy,
-                            progress=False if quiet else None)
+                            progress=False if quiet else None, force=force)
     # The summary counts the failures; each one is named once, on stderr (-v: with its
     # remote traceback and where its output is; --json has both per job).
     print(json.dumps(result.to_dict(), indent=2, default=str) if as_json
@@ -70,8 +74,13 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
               file=sys.stderr)
         if (verbose or app.verbose) and not as_json:
             print("\n".join(failed.details()), file=sys.stderr)
+    if result.stale and as_json:  # the text summary says it already
+        print("casparian: warning: " + stale_warning(len(result.stale), result.plugin_name,
+                                                     result.plugin_version, flag="--force"),
+              file=sys.stderr)
     app.response = {"files": len(result.files), "failed": len(result.failed),
-                    "rows": sum(result.rows.values())}
+                    "skipped": len(result.skipped), "stale": len(result.stale),
+                    "forced": force, "rows": sum(result.rows.values())}
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

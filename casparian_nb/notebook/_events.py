@@ -103,6 +103,12 @@ class EventPump:
             for jid in job_ids:
                 self._links[str(jid)] = (correlation_id, parent_id)
 
+    def forget_finished(self, job_ids: Iterable[int]) -> None:
+        """Jobs that run again (a retry): their earlier final status no longer holds."""
+        with self._lock:
+            for jid in job_ids:
+                self._finished.pop(int(jid), None)
+
     def finished(self) -> dict[int, str]:
         """A copy of ``{job id: final status}`` for every final event seen."""
         with self._lock:

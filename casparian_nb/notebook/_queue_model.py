@@ -9,25 +9,33 @@ row saying ABORTED) makes it ABORTED.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from ..protocol import (
     FINISHED_JOB_STATUSES,
+    MANUAL_RETRY_REASON,
     STORED_JOB_STATUSES,
     ErrorKind,
     EventName,
     JobStatus,
 )
+from ..store import STALE_REASON
 
-__all__ = ["STATUSES", "TERMINAL", "QueueModel", "Row"]
+__all__ = ["DEAD", "STATUSES", "TERMINAL", "QueueModel", "Row"]
 
 #: The statuses the table counts, in the order its header shows them.
 STATUSES = STORED_JOB_STATUSES
 TERMINAL = FINISHED_JOB_STATUSES
 _CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+_RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.ABORTED})
+#: The view filter of dead-lettered jobs (FAILED for good: out of automatic retries, or a
+#: permanent error), which a retry brings back.
+DEAD = "DEAD"
+#: Seconds over which :meth:`QueueModel.throughput` counts finished jobs.
+THROUGHPUT_WINDOW = 10.0
 SORT_KEYS = ("id", "status", "plugin", "input", "worker", "rows", "duration")
 _ERROR_WIDTH = 300
 
@@ -66,9 +74,9 @@ def _one_line(text: Any) -> str | None:
 class Row:
     """One job as the table shows it."""
 
-    __slots__ = ("aborting", "cancel_requested", "duration_ms", "end", "error", "error_kind",
-                 "host_kills", "id", "input", "input_file", "plugin", "retries", "rows", "start",
-                 "started", "status", "touched", "worker")
+    __slots__ = ("aborting", "attempt", "cancel_requested", "dead_letter", "duration_ms", "end",
+                 "error", "error_kind", "host_kills", "id", "input", "input_file", "plugin",
+                 "retries", "rows", "stale", "start", "started", "status", "touched", "worker")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
@@ -94,6 +102,12 @@ class Row:
         #: Its plugin host began (JobStarted / ``started_at``). A RUNNING job that has not
         #: started waits in its worker's backlog (prefetch): the label says "dispatched".
         self.started = False
+        #: Attempts so far (1 while the first runs; a retry by its user adds one).
+        self.attempt = 0
+        #: Why the job was dead-lettered (None: it was not, or a retry brought it back).
+        self.dead_letter: str | None = None
+        #: SKIPPED although its plugin changed (same version, another source, F15).
+        self.stale = False
 
     @property
     def label(self) -> str:
@@ -118,7 +132,9 @@ class Row:
                 "worker": self.worker, "rows": self.rows, "start": self.start,
                 "duration_ms": self.duration(), "error": self.error, "retries": self.retries,
                 "error_kind": self.error_kind, "error_cause": _error_cause(self.error_kind),
-                "host_kills": self.host_kills,
+                "host_kills": self.host_kills, "attempt": self.attempt,
+                "dead_letter": self.dead_letter, "stale": self.stale,
+                "retryable": self.status in _RETRYABLE,
                 "cancellable": self.status in _CANCELLABLE and self.label != "aborting…"}
 
 
@@ -147,6 +163,8 @@ class QueueModel:
         #: Events applied so far; a snapshot read at ``seq == n`` is older than any row
         #: touched after n (see ``load(since=)``).
         self.seq = 0
+        #: When jobs finished (event times, unix seconds), for :meth:`throughput`.
+        self._finished_at: deque[float] = deque()
 
     # -- state changes -----------------------------------------------------------------------
     def _row(self, job_id: Any) -> Row | None:
@@ -202,6 +220,22 @@ class QueueModel:
             completed = status == JobStatus.COMPLETED
             row.error = None if completed else _one_line(job.get("error_message"))
             row.error_kind = None if completed else job.get("error_kind")
+            row.attempt = int(job.get("attempt") or 0)
+            row.dead_letter = job.get("dead_letter")
+            row.stale = job.get("result_summary") == STALE_REASON
+        self.dirty = True
+
+    def reopen(self, job_ids: Iterable[int]) -> None:
+        """Rows the sentinel has just re-queued by its user's request (its ``Retried``
+        reply): QUEUED again, whatever terminal state the table held (F10: confirmed)."""
+        self.seq += 1
+        for jid in job_ids:
+            row = self._row(jid)
+            if row is None or row.status not in TERMINAL:
+                continue
+            self._set_status(row, JobStatus.QUEUED)
+            row.worker, row.start, row.end, row.duration_ms = None, None, None, None
+            row.dead_letter, row.cancel_requested, row.touched = None, False, self.seq
         self.dirty = True
 
     def apply(self, name: str, data: Mapping[str, Any], ts: float | None = None) -> bool:
@@ -224,8 +258,12 @@ class QueueModel:
         row = self._row(data.get("job_id")) if handler else None
         if handler is None or row is None:
             return False
-        if row.status in TERMINAL and name != EventName.JOB_SKIPPED:
-            return False  # terminal is final: a late or replayed event cannot undo it
+        if (row.status in TERMINAL and name != EventName.JOB_SKIPPED
+                and not (name == EventName.JOB_RETRIED
+                         and data.get("reason") == MANUAL_RETRY_REASON)):
+            # Terminal is final: a late or replayed event cannot undo it. Only a retry its
+            # user asked for starts a new attempt of a FAILED or ABORTED job.
+            return False
         handler(self, row, data, ts)
         self.seq += 1
         row.touched = self.seq
@@ -241,6 +279,7 @@ class QueueModel:
 
     def _dispatched(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._set_status(row, JobStatus.RUNNING)
+        row.attempt = int(d.get("attempt") or row.attempt + 1)
         row.worker = d.get("worker_id") or row.worker
         row.plugin = d.get("plugin_name") or row.plugin
         row.start, row.end, row.duration_ms = ts, None, None
@@ -257,6 +296,8 @@ class QueueModel:
         row.cancel_requested = True
 
     def _finish(self, row: Row, status: str, d: Mapping[str, Any], ts: float | None) -> None:
+        if status in TERMINAL and ts is not None:
+            self._finished_at.append(ts)
         self._set_status(row, status)
         row.worker = d.get("worker_id") or row.worker
         row.end = ts
@@ -273,12 +314,20 @@ class QueueModel:
         self._finish(row, JobStatus.QUEUED if retry else JobStatus.FAILED, d, ts)
         row.error = _one_line(d.get("error"))
         row.error_kind = d.get("error_kind")
+        row.dead_letter = None if retry else d.get("dead_letter")
 
     def _aborted(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
         self._finish(row, JobStatus.ABORTED, d, ts)
         row.error, row.error_kind = _one_line(d.get("reason")), None
 
     def _retried(self, row: Row, d: Mapping[str, Any], ts: float | None) -> None:
+        if d.get("reason") == MANUAL_RETRY_REASON:  # a new attempt; budgets start afresh
+            row.dead_letter, row.retries = None, 0
+            row.attempt = max(row.attempt, int(d.get("attempt") or 0) - 1)
+            self._set_status(row, JobStatus.QUEUED)
+            row.worker, row.start, row.end, row.duration_ms = None, None, None, None
+            row.cancel_requested = False
+            return
         self._set_status(row, JobStatus.QUEUED)
         row.worker, row.start, row.end, row.duration_ms = None, None, None, None
         row.cancel_requested = False
@@ -295,6 +344,7 @@ class QueueModel:
             row.input_file = str(d["input_file"])
             row.input = _short(row.input_file)
         row.error = _one_line(d.get("reason"))
+        row.stale = d.get("stale") is True
 
     # -- user actions (pending until the sentinel answers) ----------------------------------
     def mark_aborting(self, job_ids: Iterable[int], on: bool = True) -> list[int]:
@@ -322,7 +372,18 @@ class QueueModel:
         out: dict[str, int] = {s: max(0, self.counts.get(s, 0)) for s in STATUSES}
         out["aborting"] = sum(1 for r in self.active.values() if r.aborting or r.cancel_requested)
         out["total"] = len(self.rows)
+        # Dead letters are FAILED rows: counted among those, and on their own for the filter.
+        out["dead"] = sum(1 for r in self.rows.values()
+                          if r.dead_letter and r.status == JobStatus.FAILED)
+        out["stale"] = sum(1 for r in self.rows.values() if r.stale)
         return out
+
+    def throughput(self, now: float, window: float = THROUGHPUT_WINDOW) -> float:
+        """Jobs finished per second over the last ``window`` seconds (event times)."""
+        times = self._finished_at
+        while times and times[0] < now - window:
+            times.popleft()
+        return len(times) / window
 
     def page(self, *, status: str = "", sort: str = "id", desc: bool = True, offset: int = 0,
              limit: int = 50) -> tuple[int, int, list[dict[str, Any]]]:
@@ -335,6 +396,9 @@ class QueueModel:
         limit = max(1, limit)
         if status == "ABORTING":
             pool: Iterable[Row] = [r for r in self.active.values() if r.label == "aborting…"]
+        elif status == DEAD:
+            pool = [r for r in self.rows.values()
+                    if r.dead_letter and r.status == JobStatus.FAILED]
         elif status:
             source = self.rows if status in TERMINAL else self.active
             pool = [r for r in source.values() if r.status == status]

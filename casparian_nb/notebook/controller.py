@@ -46,6 +46,7 @@ from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
 from ..joblogs import JobLog, read_job_log
 from ..launcher import LocalCluster
+from ..plan import stale_warning
 from ..previews import Preview
 from ..previews import preview as run_preview
 from ..protocol import JobStatus
@@ -251,12 +252,25 @@ class Controller:
             r.update(job_ids=ids, count=len(ids))
         self._submitted.extend(ids)
         self.last_submission = reply
-        if reply.get("skipped"):
-            print(f"casparian: {len(reply['skipped'])} file(s) skipped, already materialized by "
+        stale = self.last_stale
+        fresh = len(reply.get("skipped") or []) - len(stale)
+        if fresh:
+            print(f"casparian: {fresh} file(s) skipped, already materialized by "
                   "this plugin version (submit(..., force=True) re-runs them)")
+        if stale:
+            spec = plugins.inspect_plugin(path)
+            print("casparian: warning: " + stale_warning(len(stale), spec.name, spec.version,
+                                                        flag="force=True"))
         if wait and ids:
             self.wait(ids, progress=progress)
         return ids
+
+    @property
+    def last_stale(self) -> list[int]:
+        """Ids of the SKIPPED jobs of the last :meth:`submit` whose outputs were made by the
+        same plugin version with a different source (F15); ``force=True`` re-runs them."""
+        reply = self.last_submission or {}
+        return [int(s["job_id"]) for s in reply.get("skipped") or [] if s.get("stale")]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Cancel one job: a queued job is aborted at once; a running one shows
@@ -266,6 +280,34 @@ class Controller:
             self.events.link([job_id], r.correlation_id, r.event_id)
             reply = self.client.cancel_job(int(job_id))
             r.update(job_ids=[int(job_id)], state=reply.get("state"))
+        return reply
+
+    def retry(self, ids: int | Iterable[int] | None = None,
+              status: str | Sequence[str] = (JobStatus.FAILED, JobStatus.ABORTED),
+              ) -> dict[str, Any]:
+        """Re-queue FAILED/ABORTED jobs as new attempts: the jobs ``ids``, else every job in
+        ``status``. Each keeps its attempt history (``ctl.job(id).attempts``); a job may be
+        retried ``manual_retry_limit`` times (settings). The sentinel's answer:
+        ``{"job_ids": [...], "attempts": {id: attempt}, "refused": {id: reason}}``."""
+        self._check()
+        wanted = None if ids is None else [int(ids)] if isinstance(ids, int) else \
+            [int(i) for i in ids]
+        statuses = [str(status)] if isinstance(status, str) else [str(s) for s in status]
+        payload: dict[str, Any] = ({"job_ids": wanted} if wanted is not None
+                                   else {"status": statuses})
+        with self.session.command("Retry", payload) as r:
+            if wanted:
+                self.events.link(wanted, r.correlation_id, r.event_id)
+            reply = self.client.retry_jobs(wanted or (), statuses=() if wanted else statuses)
+            queued = [int(i) for i in reply["job_ids"]]
+            self.events.link(queued, r.correlation_id, r.event_id)
+            # wait() must not take their earlier end for this attempt's (the state DB
+            # check still sees this attempt end, even if its event came before this line).
+            self.events.forget_finished(queued)
+            r.update(job_ids=queued, count=len(queued))
+        self._submitted.extend(i for i in queued if i not in self._submitted)
+        for job_id, why in (reply.get("refused") or {}).items():
+            print(f"casparian: job {job_id} not retried: {why}")
         return reply
 
     def cancel_all_queued(self) -> dict[str, Any]:
@@ -293,11 +335,14 @@ class Controller:
         return df.set_index("id", drop=False).rename_axis(None)
 
     def job(self, job_id: int) -> Job:
-        """One job with every column; a failed job's ``.error`` carries the remote traceback
-        (``job.raise_for_status()`` raises it)."""
-        row = self._state().get_job(int(job_id))
+        """One job with every column and its attempt history (``.attempts``); a failed
+        job's ``.error`` carries the remote traceback (``job.raise_for_status()`` raises it)."""
+        reader = self._state()
+        row = reader.get_job(int(job_id))
         if row is None:
             raise LookupError(f"job {job_id} does not exist in {self.settings.state_db}")
+        # Every attempt (status, error, worker, times), oldest first: ``job.attempts``.
+        row["attempts"] = reader.attempts(int(job_id))
         return Job.from_row(row)
 
     def logs(self, job_id: int, attempt: int | None = None) -> JobLog:
@@ -375,9 +420,11 @@ class Controller:
         return self.events.subscribe(callback)
 
     def queue(self, **kwargs: Any) -> Any:
-        """The live job-queue widget (one table for every job, with cancel buttons)."""
+        """The live job-queue widget: one table for every job, with cancel and retry buttons;
+        a clicked row expands to its error, traceback, attempts and the end of its log."""
         widgets = import_with_extra("casparian_nb.notebook.queue_widget", "ctl.queue()")
         self._check()
+        kwargs.setdefault("log_tail", lambda job_id: self.logs(job_id).tail(40))
         widget = widgets.QueueWidget(self, **kwargs)
         self._widgets.add(widget)
         return widget

@@ -1,4 +1,4 @@
-"""The live job-queue widget: one table for every job, with cancel buttons.
+"""The live job-queue widget: one table for every job, with cancel and retry buttons.
 
 >>> w = ctl.queue()                                                 # doctest: +SKIP
 
@@ -14,15 +14,26 @@ Front-end → kernel messages (``model.send`` in ``static/queue.js``)::
     {"type": "view", "status": "FAILED", "sort": "duration", "desc": true, "offset": 0, "limit": 25}
     {"type": "cancel", "job_id": 42}
     {"type": "cancel_all_queued"}
+    {"type": "retry", "job_id": 42}          # a FAILED or ABORTED row: a new attempt
+    {"type": "retry_failed"}                 # every FAILED or ABORTED job
+    {"type": "expand", "job_id": 42}         # the row's error, traceback, attempts, log tail
+    {"type": "collapse"}
     {"type": "refresh"}
 
 A cancel click marks the row ``aborting…`` at once; the row becomes ABORTED only when the
 sentinel says so (``JobAborted`` or the state DB): the widget never shows what the sentinel has
-not confirmed (F10). A refused cancel clears the mark and shows the sentinel's reason.
+not confirmed (F10). A refused cancel clears the mark and shows the sentinel's reason. A retry
+re-opens a row only once the sentinel's reply says the job is queued again.
+
+The header shows the counts per status as a small stacked bar and the throughput (jobs
+finished per second over the last ten seconds). The widget's display data also carries a
+static ``text/html`` snapshot of that header and the first page (and ``text/plain``), so a
+saved notebook shows what the queue looked like without a kernel (F10).
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 import time
@@ -35,7 +46,7 @@ import anywidget
 import traitlets
 
 from ..protocol import JobStatus, vocabulary
-from ._queue_model import STATUSES, QueueModel
+from ._queue_model import DEAD, STATUSES, QueueModel
 from ._scheduling import Scheduler, default_scheduler
 
 __all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
@@ -53,7 +64,8 @@ QueueEvent = tuple[str, Mapping[str, Any], float | None]
 STATUS_VOCABULARY: dict[str, Any] = {
     "statuses": [str(s) for s in STATUSES], "queued": str(JobStatus.QUEUED),
     "running": str(JobStatus.RUNNING), "dispatched": str(JobStatus.DISPATCHED),
-    "finished": vocabulary()["finished_job_statuses"],
+    "finished": vocabulary()["finished_job_statuses"], "dead": DEAD,
+    "retryable": [str(JobStatus.FAILED), str(JobStatus.ABORTED)],
 }
 
 
@@ -65,6 +77,12 @@ class QueueSource(Protocol):
 
     def cancel_all_queued(self) -> Mapping[str, Any]:
         """Ask the sentinel to cancel every queued job."""
+
+    def retry(self, ids: Any = None, status: Any = ...) -> Mapping[str, Any]:
+        """Ask the sentinel to re-queue FAILED/ABORTED jobs; its ``Retried`` reply."""
+
+    def job(self, job_id: int) -> Any:
+        """One job with its traceback and ``attempts`` (``ctl.job``)."""
 
     def job_snapshot(self, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Job dicts from the state DB: the newest jobs (``ids`` None) or those ids."""
@@ -85,6 +103,10 @@ class QueueWidget(anywidget.AnyWidget):
     view = traitlets.Dict().tag(sync=True)
     message = traitlets.Unicode("").tag(sync=True)
     workers = traitlets.Int(0).tag(sync=True)
+    #: Jobs finished per second over the last ten seconds.
+    throughput = traitlets.Float(0.0).tag(sync=True)
+    #: The expanded row: ``{"job_id", "error", "traceback", "attempts", "log"}`` ({}: none).
+    detail = traitlets.Dict().tag(sync=True)
     #: The status names the front-end shows (it spells none itself): the statuses counted,
     #: in table order, and which mean queued, running and dispatched.
     vocabulary = traitlets.Dict(STATUS_VOCABULARY).tag(sync=True)
@@ -92,8 +114,11 @@ class QueueWidget(anywidget.AnyWidget):
     def __init__(self, source: QueueSource, *, limit: int = 25, interval: float = 0.1,
                  reconcile_every: float = 3.0, scheduler: Scheduler | None = None,
                  clock: Callable[[], float] = time.monotonic,
+                 log_tail: Callable[[int], str] | None = None,
                  **kwargs: Any) -> None:
         self._source = source
+        #: ``log_tail(job_id)``: the last lines of a job's captured log, for an expanded row.
+        self._log_tail = log_tail
         self._model = QueueModel()
         self._scheduler = scheduler or default_scheduler()
         self._clock = clock
@@ -171,13 +196,16 @@ class QueueWidget(anywidget.AnyWidget):
                                                limit=v["limit"])
         counts = self._model.count_dict()
         view = v if offset == v["offset"] else {**v, "offset": offset}
+        rate = round(self._model.throughput(time.time()), 2)
         sent = False
         with self.hold_sync():
             for name, value in (("rows", page), ("counts", counts), ("total", total),
-                                ("workers", len(self._model.workers)), ("view", view)):
+                                ("workers", len(self._model.workers)), ("view", view),
+                                ("throughput", rate)):
                 if getattr(self, name) != value:
                     setattr(self, name, value)
                     sent = True
+        self._refresh_detail()
         self._last_flush = self._clock()
         self.flushes += sent
         if self._inbox:  # arrived while we worked: next flush, still rate-limited
@@ -270,6 +298,14 @@ class QueueWidget(anywidget.AnyWidget):
             self.cancel(content.get("job_id"))
         elif kind == "cancel_all_queued":
             self.cancel_all_queued()
+        elif kind == "retry":
+            self.retry(content.get("job_id"))
+        elif kind == "retry_failed":
+            self.retry_failed()
+        elif kind == "expand":
+            self.expand(content.get("job_id"))
+        elif kind == "collapse":
+            self.detail = {}
         elif kind == "refresh":
             self._model.load(self._source.job_snapshot())
             self._flush(force=True)
@@ -277,7 +313,7 @@ class QueueWidget(anywidget.AnyWidget):
     def _set_view(self, change: Mapping[str, Any]) -> None:
         view = dict(self.view)
         status = str(change.get("status", view["status"]) or "").upper()
-        view["status"] = status if status in (*STATUSES, "ABORTING") else ""
+        view["status"] = status if status in (*STATUSES, "ABORTING", DEAD) else ""
         view["sort"] = str(change.get("sort", view["sort"]))
         view["desc"] = bool(change.get("desc", view["desc"]))
         view["limit"] = max(5, min(500, _int(change.get("limit"), view["limit"])))
@@ -317,6 +353,91 @@ class QueueWidget(anywidget.AnyWidget):
                 self.message = ""
         self._flush(force=True)
 
+    def retry(self, job_id: Any) -> None:
+        """What a FAILED/ABORTED row's retry button does: ask the sentinel for a new attempt;
+        the row shows QUEUED once the sentinel's reply confirms it."""
+        jid = _int(job_id, -1)
+        if jid >= 0:
+            self._after_retry(lambda: self._source.retry([jid]), f"job {jid}")
+
+    def retry_failed(self) -> None:
+        """What "retry all failed" does: every FAILED or ABORTED job, a new attempt each."""
+        self._after_retry(lambda: self._source.retry(), "failed jobs")
+
+    def _after_retry(self, call: Callable[[], Mapping[str, Any]], what: str) -> None:
+        try:
+            reply = call()
+        except Exception as exc:
+            self.message = f"retry {what} failed: {exc}"
+        else:
+            self._model.reopen(int(i) for i in reply.get("job_ids") or ())
+            refused = reply.get("refused") or {}
+            self.message = "; ".join(f"job {k} not retried: {v}" for k, v in refused.items())
+        self._flush(force=True)
+
+    def expand(self, job_id: Any) -> None:
+        """Open a row: its error, remote traceback, attempts and the tail of its log."""
+        jid = _int(job_id, -1)
+        if jid < 0:
+            return
+        try:
+            job = self._source.job(jid)
+        except Exception as exc:  # gone from the DB, or the DB is unreadable right now
+            self.detail = {"job_id": jid, "error": f"cannot read job {jid}: {exc}"}
+            return
+        attempts = [{k: a.get(k) for k in ("attempt", "status", "worker_id", "started_at",
+                                           "ended_at", "error_message")}
+                    for a in (getattr(job, "raw", {}).get("attempts") or [])]
+        log_text = None
+        if self._log_tail is not None:
+            try:
+                log_text = self._log_tail(jid)
+            except Exception as exc:
+                log_text = f"(no log: {exc})"
+        self.detail = {"job_id": jid, "status": str(job.status), "error": job.error_message,
+                       "traceback": job.traceback, "attempts": attempts, "log": log_text,
+                       "dead_letter": getattr(job, "raw", {}).get("dead_letter")}
+
+    def _refresh_detail(self) -> None:
+        """Re-read the expanded row when its job's status moved on (a retry ran)."""
+        jid = self.detail.get("job_id") if self.detail else None
+        row = self._model.rows.get(jid) if isinstance(jid, int) else None
+        if row is not None and "status" in self.detail and row.status != self.detail["status"]:
+            self.expand(jid)
+
+    # -- static snapshot -----------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """The live widget plus a static ``text/html`` snapshot for saved notebooks."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict):
+            data["text/html"] = self.snapshot_html()
+        return bundle
+
+    def snapshot_html(self) -> str:
+        """The header (counts as a stacked bar, throughput) and the current page, as static
+        HTML: no script, the colours inline."""
+        counts = self._model.count_dict()
+        total = max(1, counts["total"])
+        segments = "".join(
+            f'<span title="{s.lower()} {counts[s]}" style="display:inline-block;height:8px;'
+            f'width:{100 * counts[s] / total:.2f}%;background:{_COLORS.get(s, "#9ca3af")}">'
+            "</span>" for s in STATUSES if counts.get(s))
+        bar = (f'<div style="width:240px;background:#e5e7eb;font-size:0;line-height:0">'
+               f"{segments}</div>")
+        head = html.escape(self.summary()) + (
+            f", {counts['dead']} dead" if counts.get("dead") else "") + (
+            f", {self._model.throughput(time.time()):.1f} jobs/s")
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                r["id"], r["label"] + (" (dead)" if r["dead_letter"] else "")
+                + (" (stale)" if r["stale"] else ""), r["plugin"] or "", r["input"],
+                r["error"] or "")) + "</tr>"
+            for r in self.rows)
+        table = ("<table><tr><th>#</th><th>status</th><th>plugin</th><th>input</th>"
+                 f"<th>error</th></tr>{cells}</table>") if cells else ""
+        return f'<div class="cf-queue-snapshot"><div>{head}</div>{bar}{table}</div>'
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop listening to events and close the widget's comm."""
@@ -334,6 +455,12 @@ class QueueWidget(anywidget.AnyWidget):
     def __repr__(self) -> str:
         # Constant on purpose: nbval compares a widget's text/plain, and counts change.
         return "<QueueWidget: live job queue>"
+
+
+#: Status colours of the static snapshot (the live widget's are in queue.css).
+_COLORS = {JobStatus.QUEUED: "#6b7280", JobStatus.RUNNING: "#2563eb",
+           JobStatus.COMPLETED: "#16a34a", JobStatus.FAILED: "#dc2626",
+           JobStatus.ABORTED: "#9333ea", JobStatus.SKIPPED: "#9ca3af"}
 
 
 def _int(value: Any, default: int) -> int:

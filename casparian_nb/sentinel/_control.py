@@ -41,6 +41,7 @@ from ..protocol import (
     QueueStats,
     RegisterPlugin,
     RequestFailed,
+    RetryJobs,
     Shutdown,
     ShutdownAck,
     SubmitJobs,
@@ -54,7 +55,7 @@ from . import state as st
 if TYPE_CHECKING:
     import zmq
 
-    from ._persist import SentinelStore
+    from ._persist import Persister, SentinelStore
     from ._submit import SubmitHandler
 
 __all__ = ["ControlHandlers"]
@@ -72,6 +73,7 @@ class ControlHandlers:
         ctl: zmq.Socket[bytes]
         store: SentinelStore
         state: st.SentinelState
+        persist: Persister
         submitter: SubmitHandler
         started_at: float
         control_table: HandlerTable
@@ -90,7 +92,7 @@ class ControlHandlers:
             CancelJob: self._on_cancel_job, CancelJobs: self._on_cancel_jobs,
             GetQueueStats: self._on_stats, SubmitJobs: self._on_submit,
             RegisterPlugin: self._on_register, ListWorkers: self._on_workers,
-            Shutdown: self._on_shutdown,
+            Shutdown: self._on_shutdown, RetryJobs: self._on_retry,
         }  # fmt: skip
 
     def _handle_control(self, frames: list[bytes]) -> None:
@@ -186,6 +188,19 @@ class ControlHandlers:
         self._actions.append(st.Reply(msg.id, CancelResult(
             success=True, state=CancelOutcome.MIXED, message=f"{cancelled} job(s) cancelled",
             results=results)))
+
+    def _on_retry(self, msg: Message, routing: list[bytes]) -> None:
+        req = msg.payload
+        assert isinstance(req, RetryJobs)
+        statuses = [_job_status(s, (JobStatus.FAILED, JobStatus.ABORTED))
+                    for s in req.statuses]
+        self._flush()  # what has just finished is in the DB before we read it
+        self._stats = None
+        event = self.persist.retry_candidates(list(req.job_ids), statuses, time.time())
+        event.request_id = msg.id
+        # Answered once the re-queue is committed (the Reply action), like every write.
+        self._pending_replies[msg.id] = (routing, msg)
+        self._feed(event)
 
     def _on_stats(self, msg: Message, routing: list[bytes]) -> QueueStats:
         return msgspec.convert(self._queue_stats(), QueueStats)

@@ -7,9 +7,11 @@ or put back in the queue — never left RUNNING, never completed twice (F8).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, assert_never
 
 from .. import plan, sinks
@@ -72,6 +74,8 @@ class Persister:
                 store.fail_job(job_id, error, error_kind, traceback, now, host_kills=host_kills)
             case st.DeadLetter(job_id, reason, error):
                 store.dead_letter(job_id, reason, error, now)
+            case st.RetryJob(job_id):
+                store.retry_job(job_id, now)
             case _:
                 assert_never(action)
 
@@ -101,18 +105,20 @@ class Persister:
         source_hash = a.source_hash or ""
         plugin_name = spec.plugin_name
         version = spec.parser_version
+        key_version = plan.key_version(version, spec.plugin_source_hash)
         mats = []
         for t in self._targets(a.plan_json):
             produced = outputs.get(t.output) if t.output != plan.ALL_OUTPUTS else sum(outputs.values())
             mats.append(Materialization(
                 materialization_key=plan.materialization_key(source_hash, plugin_name,
-                                                             version or "", t.target_key),
+                                                             key_version, t.target_key),
                 output_target_key=t.target_key, source_hash=source_hash,
                 plugin_name=plugin_name, parser_version=version,
                 output_name=t.output, table_name=t.table, sink_uri=spec.sink,
                 sink_mode=spec.mode, schema_hash=t.schema_hash,
                 status=MaterializationStatus.SUCCESS if produced else MaterializationStatus.NO_DATA,
-                rows=int(produced or 0), job_id=a.job_id))
+                rows=int(produced or 0), job_id=a.job_id,
+                parser_fingerprint=spec.plugin_source_hash))
         if mats:
             self.store.record_materializations(mats, now)
 
@@ -171,6 +177,37 @@ class Persister:
                                            reason="sentinel_restart")
                     requeued.append(job_id)
         return requeued, adopted
+
+    def retry_candidates(self, job_ids: list[int], statuses: list[JobStatus],
+                         now: float) -> st.RetryRequested:
+        """The jobs a ``RetryJobs`` names (``job_ids``, else every job in ``statuses``) as
+        the state machine's records; the request id is filled in by the caller."""
+        if job_ids:
+            rows = [(i, self.store.get_job(i)) for i in dict.fromkeys(job_ids)]
+        else:
+            found = self.store.list_jobs(status=statuses or [JobStatus.FAILED,
+                                                             JobStatus.ABORTED], limit=100_000)
+            rows = [(int(r["id"]), r) for r in reversed(found)]  # oldest first
+        hashes: dict[str, str | None] = {}
+
+        def unchanged(rec: st.JobRec) -> bool:
+            path = rec.spec.plugin_path
+            if path not in hashes:
+                try:
+                    hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                except OSError:
+                    hashes[path] = None
+            return hashes[path] == rec.spec.plugin_source_hash
+
+        candidates = []
+        for _, row in rows:
+            if row is not None:
+                rec = self._rec(row, now)
+                candidates.append(st.RetryCandidate(
+                    rec, JobStatus(row["status"]), int(row.get("manual_retries") or 0),
+                    row.get("error_message"), plugin_unchanged=unchanged(rec)))
+        missing = [i for i, row in rows if row is None]
+        return st.RetryRequested(candidates, missing, "", now)
 
     def load_queued(self, now: float) -> list[st.JobRec]:
         """Every QUEUED job as the state machine's record, oldest first (streamed)."""

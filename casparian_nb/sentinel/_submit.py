@@ -24,8 +24,15 @@ from .. import lineage, plan, plugins, sinks
 from .._inputs import expand_inputs
 from ..config import Settings
 from ..errors import PluginError
-from ..protocol import EventName, JobSpec, PluginRegistered, SkippedInput, SubmitJobs
-from ..store import NewJob, StateStore
+from ..protocol import (
+    EventName,
+    InputDecision,
+    JobSpec,
+    PluginRegistered,
+    SkippedInput,
+    SubmitJobs,
+)
+from ..store import SKIPPED_REASON, STALE_REASON, NewJob, StateStore
 from .state import JobRec, plugin_name_fields
 
 __all__ = ["SubmitHandler", "SubmitOutcome", "job_spec_from_row"]
@@ -169,33 +176,41 @@ class SubmitHandler:
         timeout = request.timeout
         priority = request.priority
 
+        version = plan.declared_version(spec.version, spec.version_declared)
+        key_version = plan.key_version(version, spec.source_hash)
         todo: list[NewJob] = []
         skip: list[NewJob] = []
+        stale: list[NewJob] = []
         hashes: list[tuple[NewJob, list[str]]] = []
         sink_uri, timeout_s = str(sink), float(timeout) if timeout else None
         for path in files:
             source_hash = _hash(path, sizes.get(path))
             job = NewJob(plugin_name=spec.name, input_file=path,
                          submission_id=out.submission_id, plugin_id=plugin_id,
-                         parser_version=spec.version, parser_fingerprint=spec.source_hash,
+                         parser_version=version, parser_fingerprint=spec.source_hash,
                          source_hash=source_hash, sink_uri=sink_uri, sink_mode=mode.value,
                          plan_json=plan_json, priority=priority, timeout_s=timeout_s)
-            hashes.append((job, plan.plan_keys(targets, source_hash, spec.name, spec.version)))
-        done: set[str] = set()
+            hashes.append((job, plan.plan_keys(targets, source_hash, spec.name, key_version)))
+        recorded: dict[str, str | None] = {}
         if not force:
-            done = self.store.materialized(k for _, keys in hashes for k in keys)
+            recorded = self.store.materialized_by(k for _, keys in hashes for k in keys)
         for job, keys in hashes:
-            (skip if keys and not force and all(k in done for k in keys) else todo).append(job)
+            decision = plan.decide(keys, recorded, spec.source_hash, force=force)
+            if decision == InputDecision.RUN:
+                todo.append(job)
+                continue
+            (stale if decision == InputDecision.STALE else skip).append(job)
 
         with self.store.transaction():
             ids = self.store.insert_jobs(todo) if todo else []
             skipped_ids = self.store.insert_skipped(skip) if skip else []
+            stale_ids = self.store.insert_skipped(stale, reason=STALE_REASON) if stale else []
         name_fields: dict[str, Any] = {}
         for job_id, job in zip(ids, todo, strict=True):
             job_spec = JobSpec(
                 job_id=str(job_id), input_file=job.input_file, plugin_path=str(spec.path),
                 plugin_name=spec.name, plugin_name_declared=spec.name_declared,
-                plugin_source_hash=spec.source_hash, parser_version=spec.version,
+                plugin_source_hash=spec.source_hash, parser_version=version,
                 sink=sink_uri, mode=mode.value, submission_id=out.submission_id,
                 timeout_s=timeout_s,
             )  # fmt: skip
@@ -204,12 +219,16 @@ class SubmitHandler:
                                       timeout_s=timeout_s, plan_json=plan_json,
                                       input_file=job.input_file))
             out.events.append((EventName.JOB_QUEUED, {
-                "job_id": job_id, **name_fields, "plugin_version": spec.version,
-                "input_file": job.input_file, "priority": priority, "sink": job.sink_uri}))
-        for job_id, job in zip(skipped_ids, skip, strict=True):
+                "job_id": job_id, **name_fields, "plugin_version": version,
+                "input_file": job.input_file, "priority": priority, "sink": job.sink_uri,
+                **({"forced": True} if force else {})}))
+        for job_id, job, is_stale in [*((i, j, False) for i, j in zip(skipped_ids, skip, strict=True)),
+                                      *((i, j, True) for i, j in zip(stale_ids, stale, strict=True))]:
+            reason = STALE_REASON if is_stale else SKIPPED_REASON
             out.skipped.append(SkippedInput(job_id=job_id, input_file=job.input_file,
-                                            reason="already materialized"))
+                                            reason=reason, stale=is_stale))
             out.events.append((EventName.JOB_SKIPPED, {"job_id": job_id, "input_file": job.input_file,
-                                              "reason": "already materialized"}))
+                                                       "reason": reason,
+                                                       **({"stale": True} if is_stale else {})}))
         out.job_ids = ids
         return out

@@ -38,6 +38,9 @@ __all__ = [
     "Reply",
     "RequestCancel",
     "RequeueJob",
+    "RetryCandidate",
+    "RetryJob",
+    "RetryRequested",
     "Send",
     "Tick",
     "WorkerGone",
@@ -146,6 +149,29 @@ class CancelRequested:
 
 
 @dataclass(slots=True)
+class RetryCandidate:
+    """A finished job its user asked to retry, as the state DB holds it."""
+
+    job: JobRec
+    status: JobStatus
+    manual_retries: int
+    error: str | None = None
+    #: The plugin file still holds the source the job was submitted with (a retry runs the
+    #: same job; an edited plugin is a new submission).
+    plugin_unchanged: bool = True
+
+
+@dataclass(slots=True)
+class RetryRequested:
+    """``RetryJobs``: the jobs found (``candidates``) and the ids not found (``missing``)."""
+
+    candidates: list[RetryCandidate]
+    missing: list[int]
+    request_id: str
+    now: float
+
+
+@dataclass(slots=True)
 class Tick:
     now: float
 
@@ -153,7 +179,7 @@ class Tick:
 #: Everything :meth:`SentinelState.handle <casparian_nb.sentinel.state.SentinelState.handle>`
 #: accepts.
 Event = (JobsQueued | WorkerJoined | WorkerHeartbeat | WorkerGone | JobStarted | ReceiptReceived
-         | PromotionFinished | CancelRequested | Tick)
+         | PromotionFinished | CancelRequested | RetryRequested | Tick)
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -254,9 +280,16 @@ class DeadLetter:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class RetryJob:
+    """FAILED or ABORTED -> QUEUED as a new attempt (``StateStore.retry_job``)."""
+
+    job_id: int
+
+
 #: A store write the state machine asks for (``isinstance(action, Persist)`` works).
 Persist = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob | RequeueJob
-           | AbortJob | FailJob | DeadLetter)
+           | AbortJob | FailJob | DeadLetter | RetryJob)
 
 
 @dataclass(slots=True)
@@ -310,5 +343,5 @@ class Reply:
 
 
 Action = (ClaimJob | MarkStarted | RequestCancel | RecordStaged | CompleteJob | RequeueJob
-          | AbortJob | FailJob | DeadLetter | Send | Publish | Promote | Discard | RemoveStaging
+          | AbortJob | FailJob | DeadLetter | RetryJob | Send | Publish | Promote | Discard | RemoveStaging
           | Reply)

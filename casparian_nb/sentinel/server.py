@@ -101,6 +101,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self.state = st.SentinelState(
             max_retries=settings.max_retries, retry_backoff=settings.retry_backoff,
             host_kill_retries=settings.host_kill_retries,
+            manual_retry_limit=settings.manual_retry_limit,
             worker_timeout=settings.worker_timeout, default_timeout=settings.job_timeout,
             timeout_grace=max(2.0, 3 * settings.heartbeat_interval),
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._proc import signal_name
 from ..protocol import (
+    MANUAL_RETRY_REASON,
     Abort,
     AbortCause,
     CancelOutcome,
@@ -29,6 +30,7 @@ from ..protocol import (
     JobSpec,
     JobStatus,
     ReceiptStatus,
+    Retried,
 )
 from ..store import CANCELLED_BY_USER
 from ._vocabulary import (
@@ -55,6 +57,9 @@ from ._vocabulary import (
     Reply,
     RequestCancel,
     RequeueJob,
+    RetryCandidate,
+    RetryJob,
+    RetryRequested,
     Send,
     Tick,
     WorkerGone,
@@ -92,6 +97,9 @@ __all__ = [
     "Reply",
     "RequestCancel",
     "RequeueJob",
+    "RetryCandidate",
+    "RetryJob",
+    "RetryRequested",
     "Send",
     "SentinelState",
     "Tick",
@@ -140,12 +148,17 @@ class SentinelState:
     A job whose plugin host was killed by a signal (``ErrorKind.HOST_KILLED``) runs again at
     once, up to ``host_kill_retries`` times, on a budget of its own (``JobRec.host_kills``,
     stored with the job): the signal says nothing about the plugin, so it spends no retry.
+
+    A FAILED or ABORTED job its user retries (``RetryRequested``) runs again as a new
+    attempt with fresh automatic budgets, up to ``manual_retry_limit`` times per job.
     """
 
     def __init__(self, *, max_retries: int = 3, retry_backoff: float = 1.0,
                  worker_timeout: float = 10.0, default_timeout: float | None = None,
-                 timeout_grace: float = 5.0, host_kill_retries: int = 3) -> None:
+                 timeout_grace: float = 5.0, host_kill_retries: int = 3,
+                 manual_retry_limit: int = 5) -> None:
         self.max_retries = max_retries
+        self.manual_retry_limit = manual_retry_limit
         self.host_kill_retries = host_kill_retries
         self.retry_backoff = retry_backoff
         self.worker_timeout = worker_timeout
@@ -397,6 +410,47 @@ class SentinelState:
             job_id=job.spec.job_id, reason=f"timeout: job ran longer than {timeout:g}s",
             cause=AbortCause.TIMEOUT))]
 
+    def _on_retry(self, ev: RetryRequested) -> list[Action]:
+        actions: list[Action] = []
+        queued: list[int] = []
+        attempts: dict[str, int] = {}
+        refused = {str(job_id): f"job {job_id} does not exist" for job_id in ev.missing}
+        for c in ev.candidates:
+            job = c.job
+            why = self._retry_refusal(c)
+            if why is not None:
+                refused[str(job.id)] = why
+                continue
+            job.retry_count, job.host_kills, job.ready_at = 0, 0, ev.now
+            self._reset(job)
+            self.jobs[job.id] = job
+            self._enqueue(job, ev.now)
+            queued.append(job.id)
+            attempts[str(job.id)] = job.attempt + 1
+            actions += [RetryJob(job.id),
+                        Publish(EventName.JOB_RETRIED, {
+                            "job_id": job.id, "retry_count": 0, "attempt": job.attempt + 1,
+                            "delay_ms": 0, "error": c.error or c.status.value,
+                            "reason": MANUAL_RETRY_REASON})]
+        actions.append(Reply(ev.request_id, Retried(job_ids=queued, attempts=attempts,
+                                                    refused=refused)))
+        return actions
+
+    def _retry_refusal(self, c: RetryCandidate) -> str | None:
+        """Why a job cannot be retried now, or None."""
+        job_id = c.job.id
+        if job_id in self.jobs:
+            return f"job {job_id} is not finished ({self.jobs[job_id].status})"
+        if c.status not in (JobStatus.FAILED, JobStatus.ABORTED):
+            return f"job {job_id} is {c.status}; only FAILED or ABORTED jobs are retried"
+        if not c.plugin_unchanged:
+            return (f"job {job_id}'s plugin changed since it was submitted; submit it again "
+                    "(its new source runs)")
+        if c.manual_retries >= self.manual_retry_limit:
+            return (f"job {job_id} was retried {c.manual_retries} times already "
+                    f"(manual_retry_limit {self.manual_retry_limit})")
+        return None
+
     _handlers: dict[type, Callable[[SentinelState, Any], list[Action]]] = {
         JobsQueued: _on_jobs_queued,
         WorkerJoined: _on_worker_joined,
@@ -406,6 +460,7 @@ class SentinelState:
         ReceiptReceived: _on_receipt,
         PromotionFinished: _on_promotion,
         CancelRequested: _on_cancel,
+        RetryRequested: _on_retry,
         Tick: _on_tick,
     }
 
@@ -448,6 +503,7 @@ class SentinelState:
                 Publish(EventName.JOB_FAILED, {"job_id": job.id, "worker_id": job.worker_id,
                                                "error": text, "error_kind": kind,
                                                "retry_count": job.retry_count, "will_retry": False,
+                                               "dead_letter": reason,
                                                "duration_ms": round(duration_ms or 0.0, 1)})]
 
     def _retry(self, job: JobRec, text: str, now: float) -> list[Action]:

@@ -21,7 +21,14 @@ from .schema import (
     iso_from_epoch,
     now_iso,
 )
-from .store import BatchingStateStore, Materialization, NewJob, StateStore
+from .store import (
+    SKIPPED_REASON,
+    STALE_REASON,
+    BatchingStateStore,
+    Materialization,
+    NewJob,
+    StateStore,
+)
 
 __all__ = [
     "CANCELLED_BY_USER",
@@ -31,6 +38,8 @@ __all__ = [
     "MIGRATIONS",
     "QUEUE_ROW_COLUMNS",
     "SCHEMA_VERSION",
+    "SKIPPED_REASON",
+    "STALE_REASON",
     "TABLES",
     "BatchingStateStore",
     "JobQueries",

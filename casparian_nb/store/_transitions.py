@@ -9,6 +9,7 @@ racing a completion ends in exactly one final state.
        |                    |  \\--fail_job-------> FAILED
        |                    |   \\--abort_job------> ABORTED
        |                    \\--requeue_job--> QUEUED   (retry, capacity rejection, lost worker)
+    FAILED / ABORTED --retry_job--> QUEUED   (retried by its user: a new attempt)
        \\--cancel_queued / abort_job / fail_job --> ABORTED / FAILED
 
 While RUNNING: mark_started (host pid), request_cancel ("aborting…"), record_staged (outputs
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..protocol import CompletionStatus, JobStatus
+from ..protocol import MANUAL_RETRY_REASON, CompletionStatus, JobStatus
 from .schema import check_iso, stamp
 
 _QUEUED, _RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
@@ -223,6 +224,11 @@ class JobTransitions:
         """
         now = stamp(now)
         check_iso(scheduled_at, "scheduled_at")
+        # The attempt that ends here joins the job's history (a failure of the job, or an
+        # attempt cut short: a lost worker, a capacity rejection, a restart).
+        self._archive_attempt(job_id, JobStatus.FAILED if error_kind else JobStatus.ABORTED,
+                              now, error=error, error_kind=error_kind, reason=reason,
+                              only_if=_RUNNING)
         return 1 == self._exec(
             "UPDATE cf_processing_queue SET status = ?, completion_status = NULL,"
             " worker_id = NULL, host_pid = NULL, claimed_at = NULL, started_at = NULL,"
@@ -234,6 +240,47 @@ class JobTransitions:
             (_QUEUED, scheduled_at, retry_count, error, error, error_kind, host_kills,
              reason and f"requeued: {reason}", now, job_id, _RUNNING),
         )
+
+    def _archive_attempt(self, job_id: int, status: JobStatus, now: str, *,
+                         error: str | None = None, error_kind: str | None = None,
+                         reason: str | None = None, only_if: JobStatus | None = None) -> None:
+        """Copy the job's current attempt (its row's attempt fields) into
+        ``cf_job_attempts`` before the row is reused for the next attempt."""
+        self._exec(
+            "INSERT OR REPLACE INTO cf_job_attempts (job_id, attempt, status, error_message,"
+            " error_kind, traceback, worker_id, host_pid, claimed_at, started_at, ended_at,"
+            " reason) SELECT id, attempt, ?, coalesce(?, error_message),"
+            " CASE WHEN ? IS NULL THEN error_kind ELSE ? END, traceback, worker_id, host_pid,"
+            " claimed_at, started_at, coalesce(ended_at, ?), ?"
+            " FROM cf_processing_queue WHERE id = ? AND attempt > 0"
+            " AND (? IS NULL OR status = ?)",
+            (status, error, error, error_kind, now, reason, job_id, only_if, only_if),
+        )
+
+    def retry_job(self, job_id: int, now: str | None = None) -> bool:
+        """FAILED or ABORTED -> QUEUED as a new attempt, by its user's request: the ended
+        attempt is kept in ``cf_job_attempts``, the automatic retry budgets start afresh,
+        ``manual_retries`` counts one more, and the job leaves the dead letters. False if the
+        job is not FAILED or ABORTED."""
+        now = stamp(now)
+        with self.transaction():
+            row = self._conn.execute("SELECT status FROM cf_processing_queue WHERE id = ?",
+                                     (job_id,)).fetchone()
+            if row is None or row[0] not in (JobStatus.FAILED, JobStatus.ABORTED):
+                return False
+            self._archive_attempt(job_id, JobStatus(row[0]), now, reason=MANUAL_RETRY_REASON)
+            self._exec("DELETE FROM cf_dead_letter WHERE original_job_id = ?", (job_id,))
+            return 1 == self._exec(
+                "UPDATE cf_processing_queue SET status = ?, completion_status = NULL,"
+                " worker_id = NULL, host_pid = NULL, claimed_at = NULL, started_at = NULL,"
+                " ended_at = NULL, cancel_requested_at = NULL, staged_json = NULL,"
+                " scheduled_at = NULL, retry_count = 0, host_kills = 0,"
+                " manual_retries = manual_retries + 1, dead_letter = NULL,"
+                " error_message = NULL, error_kind = NULL, traceback = NULL,"
+                " result_summary = ?, updated_at = ?"
+                " WHERE id = ? AND status IN (?, ?)",
+                (_QUEUED, MANUAL_RETRY_REASON, now, job_id, JobStatus.FAILED, JobStatus.ABORTED),
+            )
 
     def reconcile_running(self, now: str | None = None) -> list[int]:
         """At sentinel start: the ids of jobs left RUNNING by a previous sentinel, oldest

@@ -37,7 +37,7 @@ _INFO_FIELDS = (
     "source_hash", "submission_id", "sink_uri", "sink_mode", "priority", "retry_count",
     "host_kills", "attempt", "worker_id", "created_at", "claimed_at", "started_at", "ended_at",
     "scheduled_at", "cancel_requested_at", "updated_at", "error_message", "error_kind",
-    "rows", "quarantine_rows", "result_summary",
+    "rows", "quarantine_rows", "result_summary", "manual_retries", "dead_letter",
 )  # fmt: skip
 
 
@@ -93,7 +93,8 @@ DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "host_kills", 
 #: What the notebook's queue table shows of a job (``queue_rows``): no JSON, no traceback.
 QUEUE_ROW_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows",
                      "claimed_at", "started_at", "ended_at", "cancel_requested_at",
-                     "error_message", "error_kind", "retry_count", "host_kills")
+                     "error_message", "error_kind", "retry_count", "host_kills", "attempt",
+                     "dead_letter", "result_summary")
 _QUEUE_ROW_SELECT = f"SELECT {', '.join(QUEUE_ROW_COLUMNS)} FROM cf_processing_queue"
 
 #: Tables a reader may export whole (the notebook's SQL catalog), by their public name.
@@ -256,6 +257,19 @@ class JobQueries:
         )
         return {r[0] for r in rows}
 
+    def materialized_by(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """The recorded ones of ``keys``, each with the source hash of the plugin that made
+        it (``parser_fingerprint``; None when unknown), for the staleness check (F15)."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        rows = self._fetchall(
+            "SELECT materialization_key, parser_fingerprint FROM cf_output_materializations "
+            "WHERE materialization_key IN (SELECT value FROM json_each(?))",
+            (json.dumps(wanted),),
+        )
+        return {r[0]: r[1] for r in rows}
+
     def list_materializations(
         self,
         *,
@@ -282,6 +296,20 @@ class JobQueries:
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
         params.extend([max(0, int(limit)), max(0, int(offset))])
         return [_row_dict(r) for r in self._fetchall(sql, params)]
+
+    def attempts(self, job_id: int) -> list[dict[str, Any]]:
+        """Every attempt of a job, oldest first: the ended ones kept in ``cf_job_attempts``
+        and then the job row's current one (``attempt``, ``status``, ``error_message``,
+        ``error_kind``, ``traceback``, ``worker_id``, ``started_at``, ``ended_at``...)."""
+        rows = [_row_dict(r) for r in self._fetchall(
+            "SELECT * FROM cf_job_attempts WHERE job_id = ? ORDER BY attempt", (int(job_id),))]
+        current = self._fetchall(
+            "SELECT id AS job_id, attempt, status, error_message, error_kind, traceback,"
+            " worker_id, host_pid, claimed_at, started_at, ended_at, result_summary AS reason"
+            " FROM cf_processing_queue WHERE id = ? AND attempt > 0", (int(job_id),))
+        seen = {r["attempt"] for r in rows}
+        rows += [_row_dict(r) for r in current if r["attempt"] not in seen]
+        return rows
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Dead-lettered jobs, newest first."""

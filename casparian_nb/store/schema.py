@@ -38,8 +38,9 @@ __all__ = [
     "stored_version",
 ]
 
-#: Schema version this build reads and writes (2: ``cf_processing_queue.host_kills``).
-SCHEMA_VERSION = 2
+#: Schema version this build reads and writes (2: ``cf_processing_queue.host_kills``;
+#: 3: retries by hand and dead letters, ``cf_job_attempts``).
+SCHEMA_VERSION = 3
 
 #: ``cf_processing_queue.status`` (one spelling: upper case), from the protocol's vocabulary.
 JOB_STATUSES: Final[tuple[JobStatus, ...]] = STORED_JOB_STATUSES
@@ -60,8 +61,44 @@ def _add_host_kills(conn: sqlite3.Connection) -> None:
                  " ADD COLUMN host_kills INTEGER NOT NULL DEFAULT 0")
 
 
+_ATTEMPTS_DDL = """
+CREATE TABLE cf_job_attempts (
+    job_id          INTEGER NOT NULL REFERENCES cf_processing_queue (id) ON DELETE CASCADE,
+    attempt         INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    error_message   TEXT,
+    error_kind      TEXT,
+    traceback       TEXT,
+    worker_id       TEXT,
+    host_pid        INTEGER,
+    claimed_at      TEXT,
+    started_at      TEXT,
+    ended_at        TEXT,
+    reason          TEXT,
+    PRIMARY KEY (job_id, attempt)
+)"""
+
+
+def _add_retries(conn: sqlite3.Connection) -> None:
+    """2 -> 3 (retry, dead letters, staleness): the history of a job's earlier attempts
+    (``cf_job_attempts``), how often its user retried it (``manual_retries``), whether it
+    is dead-lettered (``dead_letter``: the reason, backfilled from ``cf_dead_letter``) and
+    which plugin source made each materialization (``parser_fingerprint``, from its job)."""
+    conn.execute(_ATTEMPTS_DDL)
+    conn.execute("ALTER TABLE cf_processing_queue"
+                 " ADD COLUMN manual_retries INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN dead_letter TEXT")
+    conn.execute("UPDATE cf_processing_queue SET dead_letter = (SELECT d.reason FROM"
+                 " cf_dead_letter AS d WHERE d.original_job_id = cf_processing_queue.id)"
+                 " WHERE id IN (SELECT original_job_id FROM cf_dead_letter)")
+    conn.execute("ALTER TABLE cf_output_materializations ADD COLUMN parser_fingerprint TEXT")
+    conn.execute("UPDATE cf_output_materializations SET parser_fingerprint = (SELECT"
+                 " q.parser_fingerprint FROM cf_processing_queue AS q"
+                 " WHERE q.id = cf_output_materializations.job_id)")
+
+
 #: version -> migration to version + 1.
-MIGRATIONS: dict[int, Migration] = {1: _add_host_kills}
+MIGRATIONS: dict[int, Migration] = {1: _add_host_kills, 2: _add_retries}
 
 
 def now_iso() -> str:
@@ -101,7 +138,8 @@ def _in(values: tuple[StrEnum, ...]) -> str:
 
 #: The schema of :data:`SCHEMA_VERSION`; its CHECK lists come from the enums above. A column a
 #: migration adds comes last, where its ALTER TABLE puts it: ``host_kills`` (version 2) counts
-#: the plugin hosts killed by a signal while running the job.
+#: the plugin hosts killed by a signal while running the job; ``manual_retries`` and
+#: ``dead_letter`` (version 3) count retries by hand and name why a job was dead-lettered.
 DDL: Final = f"""
 CREATE TABLE cf_meta (
     key   TEXT PRIMARY KEY,
@@ -158,7 +196,9 @@ CREATE TABLE cf_processing_queue (
     staged_json         TEXT,
     artifacts_json      TEXT,
     result_summary      TEXT,
-    host_kills          INTEGER NOT NULL DEFAULT 0
+    host_kills          INTEGER NOT NULL DEFAULT 0,
+    manual_retries      INTEGER NOT NULL DEFAULT 0,
+    dead_letter         TEXT
 );
 -- Dispatch order (best QUEUED job first).
 CREATE INDEX ix_queue_dispatch ON cf_processing_queue (status, priority DESC, id);
@@ -181,7 +221,9 @@ CREATE TABLE cf_output_materializations (
     rows                INTEGER NOT NULL DEFAULT 0,
     -- No foreign key: a materialization outlives any pruning of old job rows.
     job_id              INTEGER,
-    created_at          TEXT NOT NULL
+    created_at          TEXT NOT NULL,
+    -- The plugin source that made it (version 3): an edit under the same version is stale.
+    parser_fingerprint  TEXT
 );
 CREATE INDEX ix_mat_source_hash ON cf_output_materializations (source_hash);
 CREATE INDEX ix_mat_target ON cf_output_materializations (output_target_key);
@@ -196,6 +238,7 @@ CREATE TABLE cf_dead_letter (
     moved_at        TEXT NOT NULL,
     reason          TEXT
 );
+{_ATTEMPTS_DDL};
 """
 
 

@@ -36,7 +36,15 @@ from .schema import (
     stamp,
 )
 
-__all__ = ["BatchingStateStore", "Materialization", "NewJob", "StateStore"]
+__all__ = ["SKIPPED_REASON", "STALE_REASON", "BatchingStateStore", "Materialization", "NewJob",
+           "StateStore"]
+
+
+#: ``result_summary`` of a SKIPPED job whose outputs are all materialized.
+SKIPPED_REASON = "already materialized"
+#: ``result_summary`` of a SKIPPED job whose outputs were all materialized by the same plugin
+#: version but another source of it (F15: reported as stale; ``force`` re-runs).
+STALE_REASON = "stale: materialized by this version with a different source"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,8 @@ class Materialization:
     status: MaterializationStatus
     rows: int
     job_id: int | None
+    #: sha256 of the plugin source that made it (F15: same version, other source = stale).
+    parser_fingerprint: str | None = None
 
 
 # attrgetter builds the parameter tuples ~5x faster than dataclasses.astuple (100k jobs).
@@ -311,7 +321,7 @@ class StateStore(JobTransitions, JobQueries):
         self,
         jobs: Sequence[NewJob],
         *,
-        reason: str = "already materialized",
+        reason: str = SKIPPED_REASON,
         now: str | None = None,
     ) -> list[int]:
         """Record jobs that need no run (every output already materialized) as SKIPPED rows,
@@ -349,6 +359,8 @@ class StateStore(JobTransitions, JobQueries):
                      job_id),
                 )
             self._conn.execute(
+                "UPDATE cf_processing_queue SET dead_letter = ? WHERE id = ?", (reason, job_id))
+            self._conn.execute(
                 "INSERT INTO cf_dead_letter (original_job_id, plugin_name, input_file,"
                 " error_message, retry_count, moved_at, reason) VALUES (?,?,?,?,?,?,?)"
                 " ON CONFLICT (original_job_id) DO NOTHING",
@@ -370,8 +382,10 @@ class StateStore(JobTransitions, JobQueries):
     def record_materializations(
         self, rows: Iterable[Materialization], now: str | None = None
     ) -> int:
-        """Insert materializations; keys already present are ignored. Returns how many were
-        new, so the caller can emit MaterializationRecorded only once per key."""
+        """Insert materializations. Returns how many were new, so the caller can emit
+        MaterializationRecorded only once per key. A key already present (a forced re-run)
+        keeps its row but now names the latest job that made it, that job's rows and plugin
+        source: what staleness compares against (F15)."""
         now = stamp(now)
         items = list(rows)
         for m in items:
@@ -385,11 +399,18 @@ class StateStore(JobTransitions, JobQueries):
             self._conn.executemany(
                 "INSERT INTO cf_output_materializations (materialization_key, output_target_key,"
                 " source_hash, plugin_name, parser_version, output_name, table_name, sink_uri,"
-                " sink_mode, schema_hash, status, rows, job_id, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                " sink_mode, schema_hash, status, rows, job_id, parser_fingerprint, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 batch,
             )
-            return self._conn.total_changes - before
+            added = self._conn.total_changes - before
+            self._conn.executemany(
+                "UPDATE cf_output_materializations SET job_id = ?, rows = ?, status = ?,"
+                " parser_fingerprint = ? WHERE materialization_key = ? AND job_id IS NOT ?",
+                [(m.job_id, m.rows, m.status, m.parser_fingerprint, m.materialization_key,
+                  m.job_id) for m in items if m.job_id is not None],
+            )
+            return added
 
 
 class BatchingStateStore(StateStore):

@@ -80,7 +80,7 @@ CLI_COMMANDS = (
 )  # fmt: skip
 #: ``ui_command`` names of the notebook controller.
 CONTROLLER_COMMANDS = ("Start", "Attach", "Submit", "Cancel", "Wait", "Query", "Stop",
-                       "Preview")
+                       "Preview", "Retry")
 #: Job statuses ``explain`` and the replay reducer report, in the order explain counts them.
 JOB_STATUSES = tuple(s.tape_name for s in TAPE_JOB_STATUSES)
 #: A command's status before its response, and a success response's default ``status``.

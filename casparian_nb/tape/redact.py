@@ -59,7 +59,8 @@ _JOB = {"job_id": KEEP, "worker_id": KEEP, "duration_ms": KEEP}
 _PLUGIN = {"plugin_name": KEEP, "plugin_name_source": KEEP}
 _CMD = {"plugin": HASH, "inputs": HASH, "input": HASH, "sink": HASH, "mode": KEEP,
         "path": HASH, "home": HASH, "file": HASH, "output": HASH, "status": KEEP,
-        "limit": KEEP, "workers": KEEP, "job_id": KEEP, "job_ids": KEEP, "format": KEEP}
+        "limit": KEEP, "workers": KEEP, "job_id": KEEP, "job_ids": KEEP, "format": KEEP,
+        "force": KEEP, "failed": KEEP}
 
 #: Field policies per event name (``*`` in the design notes = ``hash``).
 PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
@@ -69,17 +70,18 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
     "TapeStopped": {"reason": KEEP},
     # sentinel domain events
     _E.JOB_QUEUED: {**_JOB, **_PLUGIN, "plugin_version": KEEP, "input_file": HASH,
-                    "priority": KEEP, "sink": HASH},
+                    "priority": KEEP, "sink": HASH, "forced": KEEP},
     _E.JOB_DISPATCHED: {**_JOB, **_PLUGIN, "plugin_version": KEEP, "attempt": KEEP},
     _E.JOB_STARTED: {**_JOB},
     _E.CANCEL_REQUESTED: {**_JOB, "state": KEEP},
     _E.JOB_COMPLETED: {**_JOB, **_PLUGIN, "rows": KEEP, "quarantine_rows": KEEP,
                        "outputs": KEEP},
     _E.JOB_FAILED: {**_JOB, "error": TEXT, "error_kind": KEEP, "retry_count": KEEP,
-                    "will_retry": KEEP},
+                    "will_retry": KEEP, "dead_letter": KEEP},
     _E.JOB_ABORTED: {**_JOB, "reason": TEXT},
-    _E.JOB_RETRIED: {**_JOB, "retry_count": KEEP, "delay_ms": KEEP, "error": TEXT},
-    _E.JOB_SKIPPED: {**_JOB, "input_file": HASH, "reason": TEXT},
+    _E.JOB_RETRIED: {**_JOB, "retry_count": KEEP, "delay_ms": KEEP, "error": TEXT,
+                     "attempt": KEEP},
+    _E.JOB_SKIPPED: {**_JOB, "input_file": HASH, "reason": TEXT, "stale": KEEP},
     _E.MATERIALIZATION_RECORDED: {**_JOB, "output_name": KEEP, "table": KEEP, "rows": KEEP,
                                   "sink": HASH},
     _E.WORKER_JOINED: {"worker_id": KEEP, "slots": KEEP, "pid": KEEP},

@@ -138,6 +138,51 @@ def test_cancel_a_running_job_from_its_row(open_notebook: Any, tmp_path: Path) -
     assert_no_leaks(pids, timeout=20)
 
 
+def test_expand_and_retry_a_failed_row(open_notebook: Any, tmp_path: Path) -> None:
+    """Click a failed row: it expands to the error, the remote traceback and the attempts.
+    Fix the input, click the row's retry button: the row runs again and COMPLETES as attempt
+    2; the state DB lists both attempts. The header's stacked bar shows the counts."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    [bad] = make_inputs(data, 1, mode="permanent msg=row 3 is not a number", prefix="bad")
+    nb = open_notebook(write_notebook(tmp_path / "retry.ipynb", [
+        "import casparian_nb as cf\n"
+        f"ctl = cf.start(workers=1, slots=1, home={str(home)!r})\n"
+        f"ids = ctl.submit({str(FIXTURE_PLUGIN)!r}, {str(bad)!r})\n"
+        "ctl.queue()",
+    ]), "browser-retry")
+    nb.run_all()
+    pids = _cluster_pids(home)
+    [row] = nb.poll(nb.queue_rows, lambda rows: bool(rows) and rows[0]["status"] == "FAILED",
+                    f"{bad.name} to show FAILED")
+    job_id = row["id"]
+    retry = nb.page.locator(f".cf-queue tr[data-id='{job_id}'] button.cf-q-retry")
+    assert retry.count() == 1, f"a FAILED row has no retry button: {nb.describe()}"
+
+    nb.page.locator(f".cf-queue tr.cf-q-row[data-id='{job_id}'] td.cf-q-input").click()
+    detail = nb.wait_for(f".cf-queue tr.cf-q-detail-row[data-id='{job_id}']", "the expanded row")
+    text = detail.inner_text()
+    assert "PermanentError: fixture permanent failure: row 3 is not a number" in text, text
+    assert "Traceback (most recent call last)" in text and "attempts" in text, text
+    nb.screenshot(nb.page.locator(".cf-queue"), "-expanded")
+
+    bad.write_text("mode=normal rows=2\n")  # fixed
+    retry.click()
+    nb.poll(nb.queue_rows, lambda rows: bool(rows) and rows[0]["status"] == "COMPLETED",
+            f"job {job_id} to COMPLETE after its retry", timeout=30)
+    nb.poll(lambda: nb.page.locator(".cf-queue .cf-q-detail").inner_text(),
+            lambda t: "COMPLETED" in t, "the expanded row to list the second attempt")
+    segments = nb.page.locator(".cf-queue .cf-q-bar .cf-q-seg")
+    assert segments.count() == 1 and "completed 1" in (segments.first.get_attribute("title") or "")
+    nb.screenshot(nb.page.locator(".cf-queue"), "-retried")
+    with StateReader.open(home / "state.sqlite") as db:
+        attempts = [(a["attempt"], a["status"]) for a in db.attempts(job_id)]
+    assert attempts == [(1, "FAILED"), (2, "COMPLETED")], attempts
+
+    pids += descendants(pids)
+    nb.lab.shutdown_kernels_of(nb.path)
+    assert_no_leaks(pids, timeout=20)
+
+
 # -- scenario 3: the timeline of the golden tape ------------------------------------------------
 
 _BAR_JS = """(rect) => ({fill: getComputedStyle(rect).fill,

@@ -152,7 +152,8 @@ def test_two_cli_runs_write_distinct_files_and_overwrite_nothing(
               for name in sink_files(out)}
     assert len(before) == 2 and all(FINAL.match(n) for n in before)
 
-    second = cli(home, "run", fixture_plugin, *inputs, "--sink", f"parquet://{out}")
+    # A plain second run skips both files (already materialized); a forced one writes anew.
+    second = cli(home, "run", fixture_plugin, *inputs, "--sink", f"parquet://{out}", "--force")
     assert second.code == 0, second.err
     after = sink_files(out)
     assert len(after) == 4 and all(FINAL.match(n) for n in after)
@@ -168,7 +169,7 @@ def test_runner_api_runs_get_unique_job_ids_and_lineage(
     inputs = make_inputs(tmp_path / "data", 2)
     sink = f"parquet://{tmp_path / 'out'}"
     a = runner.run(fixture_plugin, inputs, sink=sink, settings=settings, parallel=2)
-    b = runner.run(fixture_plugin, inputs, sink=sink, settings=settings, parallel=2)
+    b = runner.run(fixture_plugin, inputs, sink=sink, settings=settings, parallel=2, force=True)
     assert a.ok and b.ok and a.run_id != b.run_id
     ids = [f.job_id for f in (*a.files, *b.files)]
     assert len(set(ids)) == 4

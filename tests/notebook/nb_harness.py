@@ -104,3 +104,30 @@ class FakeSource:
     def publish(self, name: str, data: dict[str, Any], ts: float | None = None) -> None:
         for cb in list(self.callbacks):
             cb([(name, data, ts)])
+
+
+class RetryingSource(FakeSource):
+    """A :class:`FakeSource` that also answers retries (as the sentinel's ``Retried``) and
+    ``job(id)`` (as ``ctl.job``), recording what was asked."""
+
+    def __init__(self, jobs: Sequence[dict[str, Any]] = ()) -> None:
+        super().__init__(jobs)
+        self.retried: list[Any] = []
+
+    def retry(self, ids: Any = None, status: Any = ("FAILED", "ABORTED")) -> dict[str, Any]:
+        self.retried.append(ids)
+        wanted = ids if ids is not None else [
+            i for i, j in self.jobs.items() if j["status"] in status]
+        ok = [i for i in wanted if self.jobs.get(i, {}).get("status") in ("FAILED", "ABORTED")]
+        refused = {str(i): f"job {i} is not FAILED or ABORTED" for i in wanted if i not in ok}
+        for i in ok:
+            self.jobs[i]["status"] = "QUEUED"
+        return {"job_ids": ok, "attempts": {str(i): 2 for i in ok}, "refused": refused}
+
+    def job(self, job_id: int) -> Any:
+        from casparian_nb.notebook._models import Job
+
+        row = dict(self.jobs[job_id])
+        row.setdefault("attempts", [{"attempt": 1, "status": row["status"], "worker_id": "w1",
+                                     "error_message": row.get("error_message")}])
+        return Job.from_row(row)

@@ -165,3 +165,35 @@ def test_invalid_names_and_modes_are_refused() -> None:
         plan(sink_mode="upsert")
     with pytest.raises(SinkError):
         plan(sink_uri="s3://bucket/x")
+
+
+# -- staleness and the one skip rule (F15) ------------------------------------------------
+
+def test_key_version_uses_the_source_hash_without_a_declared_version() -> None:
+    from casparian_nb.plan import declared_version, key_version
+
+    assert declared_version("0.0.0", False) is None
+    assert declared_version("1.2.0", True) == "1.2.0"
+    assert key_version("1.2.0", "abc") == "1.2.0"  # a declared version is trusted
+    assert key_version(None, "abc") == "source:abc" != key_version(None, "abd")
+
+
+def test_decide_run_skip_stale_and_force() -> None:
+    from casparian_nb.plan import decide
+    from casparian_nb.protocol import InputDecision
+
+    keys = ["k1", "k2"]
+    assert decide(keys, {"k1": "s1"}, "s1") == InputDecision.RUN  # k2 missing
+    assert decide(keys, {"k1": "s1", "k2": "s1"}, "s1") == InputDecision.SKIP
+    assert decide(keys, {"k1": "s1", "k2": "s0"}, "s1") == InputDecision.STALE
+    assert decide(keys, {"k1": None, "k2": None}, "s1") == InputDecision.SKIP  # job row gone
+    assert decide(keys, {"k1": "s0", "k2": "s0"}, "s1", force=True) == InputDecision.RUN
+    assert decide([], {}, "s1") == InputDecision.RUN
+
+
+def test_stale_warning_is_one_line() -> None:
+    from casparian_nb.plan import stale_warning
+
+    assert stale_warning(3, "orders", "1.0.0", flag="--force") == (
+        "3 files were processed by orders 1.0.0 with a different source; use --force to re-run")
+    assert stale_warning(1, "orders", None, flag="force=True").startswith("1 file was processed")

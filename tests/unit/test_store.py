@@ -142,7 +142,7 @@ def test_fresh_db_gets_schema_version_and_pragmas(store: StateStore, db: Path) -
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"cf_meta", "cf_plugins", "cf_processing_queue", "cf_output_materializations",
             "cf_dead_letter"} <= tables  # fmt: skip
-    assert version_of(db) == str(SCHEMA_VERSION) == "2"
+    assert version_of(db) == str(SCHEMA_VERSION) == "3"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -347,9 +347,22 @@ def test_failed_migration_changes_nothing(db: Path, build: Callable[..., None]) 
     assert db.with_name(f"state.sqlite.bak-v{V}.1").exists()
 
 
+def _make_version_2(db: Path) -> None:
+    """Turn this build's DB into the file a version-2 build left."""
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE cf_job_attempts")
+    conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN dead_letter")
+    conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN manual_retries")
+    conn.execute("ALTER TABLE cf_output_materializations DROP COLUMN parser_fingerprint")
+    conn.commit()
+    conn.close()
+    set_version(db, 2)
+
+
 def test_version_1_gains_host_kills_and_keeps_its_jobs(db: Path) -> None:
     with StateStore.open(db) as store:
         store.insert_jobs([job(1), job(2)])
+    _make_version_2(db)
     conn = sqlite3.connect(db)  # make it the file a version-1 build left
     conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN host_kills")
     conn.commit()
@@ -360,12 +373,61 @@ def test_version_1_gains_host_kills_and_keeps_its_jobs(db: Path) -> None:
     with StateStore.open(db) as store:
         assert store.schema_version_before == 1
         assert [j["host_kills"] for j in store.list_jobs()] == [0, 0]
-    assert version_of(db) == "2" and version_of(db.with_name("state.sqlite.bak-v1")) == "1"
+    assert version_of(db) == "3" and version_of(db.with_name("state.sqlite.bak-v1")) == "1"
     with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
         ddl.executescript(schema.DDL)
         columns = "SELECT name, type, dflt_value FROM pragma_table_info('cf_processing_queue')"
         # The same columns in the same order as a fresh database (the ALTER appends it last).
         assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
+
+
+def test_version_2_gains_attempts_and_dead_letter_flags(db: Path) -> None:
+    with StateStore.open(db) as store:
+        a, b = store.insert_jobs([job(1), job(2, parser_fingerprint="fp-b")])
+        store.claim_job(a, "w1", attempt=1)
+        store.fail_job(a, "TransientError: flaky", "transient")
+        store.dead_letter(a, "max_retries_exceeded")
+        store.record_materializations([mat("k1", job_id=b)])
+    _make_version_2(db)
+    with StateStore.open(db) as store:
+        assert store.schema_version_before == 2
+        # which source made a materialization: backfilled from its job
+        assert store.materialized_by(["k1", "k2"]) == {"k1": "fp-b"}
+        flags = {j["id"]: (j["dead_letter"], j["manual_retries"]) for j in store.list_jobs()}
+        assert flags == {a: ("max_retries_exceeded", 0), b: (None, 0)}
+        assert store.retry_job(a) and not store.retry_job(b)  # b is QUEUED, not finished
+        assert [(x["attempt"], x["status"]) for x in store.attempts(a)] == [(1, "FAILED")]
+    assert version_of(db) == "3" and version_of(db.with_name("state.sqlite.bak-v2")) == "2"
+    with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
+        ddl.executescript(schema.DDL)
+        for table in ("cf_processing_queue", "cf_job_attempts", "cf_output_materializations"):
+            columns = f"SELECT name, type, dflt_value FROM pragma_table_info('{table}')"
+            assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
+
+
+def test_retry_keeps_every_attempt_and_leaves_the_dead_letters(db: Path) -> None:
+    with StateStore.open(db) as store:
+        [a] = store.insert_jobs([job(1)])
+        store.claim_job(a, "w1", attempt=1)
+        store.requeue_job(a, retry_count=1, error="TransientError: once",
+                          error_kind="transient", reason="retry")
+        store.claim_job(a, "w2", attempt=2)
+        store.fail_job(a, "TransientError: twice", "transient", "Traceback: ...")
+        store.dead_letter(a, "max_retries_exceeded")
+        assert store.get_job(a)["dead_letter"] == "max_retries_exceeded"
+        assert store.retry_job(a)
+        row = store.get_job(a)
+        assert (row["status"], row["dead_letter"], row["manual_retries"], row["retry_count"],
+                row["error_message"]) == ("QUEUED", None, 1, 0, None)
+        assert store.dead_letters() == []
+        history = store.attempts(a)
+        assert [(h["attempt"], h["status"], h["worker_id"], h["error_message"])
+                for h in history] == [(1, "FAILED", "w1", "TransientError: once"),
+                                      (2, "FAILED", "w2", "TransientError: twice")]
+        assert history[1]["traceback"] == "Traceback: ..."
+        store.claim_job(a, "w1", attempt=3)
+        assert [h["attempt"] for h in store.attempts(a)] == [1, 2, 3]
+        assert not store.retry_job(a)  # RUNNING: nothing to retry
 
 
 def test_older_schema_without_migration_refused(db: Path) -> None:

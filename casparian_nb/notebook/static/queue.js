@@ -14,6 +14,19 @@ export function vocabularyOf(model) {
   return model.get("vocabulary") || { statuses: [], queued: null, running: null, dispatched: null };
 }
 
+/** The segments of the stacked status bar: [status, percent] for every status with jobs. */
+export function barSegments(vocabulary, counts) {
+  const total = counts.total || 0;
+  if (!total) return [];
+  return vocabulary.statuses.filter((s) => counts[s]).map((s) => [s, (100 * counts[s]) / total]);
+}
+
+/** "3.2 jobs/s" ("" when nothing finished lately). */
+export function formatRate(rate) {
+  if (!rate) return "";
+  return `${rate < 10 ? rate.toFixed(1) : Math.round(rate)} jobs/s`;
+}
+
 /** The status chips to show: every status with jobs, and the one filtered on. */
 export function shownStatuses(vocabulary, counts, current) {
   return vocabulary.statuses.filter((s) => counts[s] || current === s);
@@ -70,7 +83,29 @@ function h(tag, attrs = {}, ...children) {
 function statusCell(row, vocabulary) {
   const label = row.label || row.status;
   const cls = label === "aborting…" ? "ABORTING" : label === "dispatched" ? vocabulary.dispatched : row.status;
-  return h("span", { class: `cf-q-badge cf-st-${cls}` }, label);
+  const cell = h("span", {}, h("span", { class: `cf-q-badge cf-st-${cls}` }, label));
+  if (row.dead_letter) cell.append(" ", h("span", { class: "cf-q-mark cf-q-dead", title: `dead letter: ${row.dead_letter}` }, "dead"));
+  if (row.stale) cell.append(" ", h("span", { class: "cf-q-mark cf-q-stale", title: "processed by this plugin version with a different source; force=True re-runs it" }, "stale"));
+  if (row.attempt > 1) cell.append(" ", h("span", { class: "cf-q-mark", title: "attempt" }, `#${row.attempt}`));
+  return cell;
+}
+
+/** The expanded row: error, traceback, attempts and the log's last lines. */
+function detailNode(detail, colspan) {
+  const box = h("div", { class: "cf-q-detail" });
+  if (detail.error) box.append(h("div", { class: "cf-q-detail-error" }, detail.error));
+  if (detail.dead_letter) box.append(h("div", {}, `dead letter: ${detail.dead_letter}`));
+  if (detail.traceback) box.append(h("pre", { class: "cf-q-traceback" }, detail.traceback));
+  const attempts = detail.attempts || [];
+  if (attempts.length) {
+    const list = h("ol", { class: "cf-q-attempts" });
+    for (const a of attempts) {
+      list.append(h("li", { value: a.attempt }, `${a.status} on ${a.worker_id ?? "-"}, ${a.started_at ?? "-"} → ${a.ended_at ?? "-"}${a.error_message ? `: ${a.error_message}` : ""}`));
+    }
+    box.append(h("div", {}, "attempts"), list);
+  }
+  if (detail.log) box.append(h("div", {}, "log (last lines)"), h("pre", { class: "cf-q-log" }, detail.log));
+  return h("tr", { class: "cf-q-detail-row", dataset: { id: detail.job_id } }, h("td", { colspan }, box));
 }
 
 function durationText(row, now, running) {
@@ -83,7 +118,9 @@ function rowNode(row, now, vocabulary) {
   const running = vocabulary.running;
   const action = row.cancellable
     ? h("button", { class: "cf-q-cancel", title: `cancel job ${row.id}`, dataset: { id: row.id } }, "cancel")
-    : "";
+    : row.retryable
+      ? h("button", { class: "cf-q-retry", title: `retry job ${row.id} as a new attempt`, dataset: { id: row.id } }, "retry")
+      : "";
   const tr = h(
     "tr",
     { class: `cf-q-row cf-row-${row.status}`, dataset: { id: row.id } },
@@ -115,6 +152,9 @@ function render({ model, el }) {
 
   const chips = h("div", { class: "cf-q-chips" });
   const cancelAll = h("button", { class: "cf-q-cancel-all", title: "cancel every queued job" }, "cancel all queued");
+  const retryAll = h("button", { class: "cf-q-retry-all", title: "retry every failed or aborted job" }, "retry all failed");
+  const bar = h("div", { class: "cf-q-bar" });
+  const rate = h("span", { class: "cf-q-rate" });
   const refresh = h("button", { class: "cf-q-refresh", title: "re-read the state database" }, "↻");
   const message = h("div", { class: "cf-q-msg" });
   const thead = h("tr");
@@ -126,7 +166,7 @@ function render({ model, el }) {
   const size = h("select", { class: "cf-q-size", title: "rows per page" });
   for (const n of [10, 25, 50, 100, 250]) size.append(h("option", { value: n }, `${n} / page`));
   el.append(
-    h("div", { class: "cf-q-head" }, chips, h("span", { class: "cf-q-spacer" }), refresh, cancelAll),
+    h("div", { class: "cf-q-head" }, bar, rate, chips, h("span", { class: "cf-q-spacer" }), refresh, retryAll, cancelAll),
     message,
     h("div", { class: "cf-q-scroll" }, table),
     h("div", { class: "cf-q-pager" }, prev, label, next, size),
@@ -151,17 +191,31 @@ function render({ model, el }) {
     const vocabulary = vocabularyOf(model);
     for (const s of shownStatuses(vocabulary, counts, v.status)) nodes.push(chip(s, s.toLowerCase(), counts[s]));
     if (counts.aborting) nodes.push(chip("ABORTING", "aborting…", counts.aborting));
+    if (counts.dead || v.status === vocabulary.dead) nodes.push(chip(vocabulary.dead, "dead", counts.dead));
     const workers = model.get("workers");
     if (workers) nodes.push(h("span", { class: "cf-q-workers" }, `${workers} worker${workers === 1 ? "" : "s"}`));
     chips.replaceChildren(...nodes);
     cancelAll.disabled = !counts[vocabulary.queued];
+    retryAll.disabled = !(vocabulary.retryable || []).some((s) => counts[s]);
+    bar.replaceChildren(...barSegments(vocabulary, counts).map(([s, pct]) =>
+      h("span", { class: `cf-q-seg cf-st-${s}`, style: `width:${pct.toFixed(2)}%`, title: `${s.toLowerCase()} ${counts[s]}` })));
+  }
+
+  function drawRate() {
+    rate.textContent = formatRate(model.get("throughput"));
   }
 
   function drawRows() {
     const now = Date.now();
     const rows = model.get("rows") || [];
     const vocabulary = vocabularyOf(model);
-    tbody.replaceChildren(...rows.map((r) => rowNode(r, now, vocabulary)));
+    const detail = model.get("detail") || {};
+    const nodes = [];
+    for (const r of rows) {
+      nodes.push(rowNode(r, now, vocabulary));
+      if (detail.job_id === r.id) nodes.push(detailNode(detail, COLUMNS.length));
+    }
+    tbody.replaceChildren(...nodes);
     if (!rows.length) tbody.append(h("tr", {}, h("td", { class: "cf-q-empty", colspan: COLUMNS.length }, "no jobs")));
   }
 
@@ -186,6 +240,7 @@ function render({ model, el }) {
     drawRows();
     drawPager();
     drawMessage();
+    drawRate();
   }
 
   // -- interactions: every one is a message; the kernel answers with new state ---------------
@@ -198,11 +253,23 @@ function render({ model, el }) {
     if (b) send({ type: "view", status: view().status === b.dataset.status ? "" : b.dataset.status, offset: 0 });
   });
   tbody.addEventListener("click", (e) => {
-    const b = e.target.closest("button.cf-q-cancel");
-    if (!b) return;
-    b.disabled = true; // the row's status changes only when the kernel says so
-    b.textContent = "…";
-    send({ type: "cancel", job_id: Number(b.dataset.id) });
+    const b = e.target.closest("button.cf-q-cancel, button.cf-q-retry");
+    if (b) {
+      b.disabled = true; // the row's status changes only when the kernel says so
+      b.textContent = "…";
+      const type = b.classList.contains("cf-q-retry") ? "retry" : "cancel";
+      send({ type, job_id: Number(b.dataset.id) });
+      return;
+    }
+    const tr = e.target.closest("tr.cf-q-row");
+    if (!tr) return;
+    const id = Number(tr.dataset.id);
+    const open = (model.get("detail") || {}).job_id === id;
+    send(open ? { type: "collapse" } : { type: "expand", job_id: id });
+  });
+  retryAll.addEventListener("click", () => {
+    retryAll.disabled = true;
+    send({ type: "retry_failed" });
   });
   cancelAll.addEventListener("click", () => {
     cancelAll.disabled = true;
@@ -224,6 +291,8 @@ function render({ model, el }) {
   model.on("change:workers", drawChips);
   model.on("change:total", drawPager);
   model.on("change:message", drawMessage);
+  model.on("change:detail", drawRows);
+  model.on("change:throughput", drawRate);
   model.on("change:vocabulary", drawAll);
   model.on("change:view", () => {
     drawHeader();

@@ -30,8 +30,14 @@ from casparian_nb.errors import ConfigError
 from casparian_nb.launcher import LocalCluster
 from casparian_nb.protocol import EventName
 from tests.conftest import make_inputs, running, wait_until
-from tests.integration.test_sentinel import FAST, control, jobs_by_id, output_files, wait_final, \
-    wait_job
+from tests.integration.test_sentinel import (
+    FAST,
+    control,
+    jobs_by_id,
+    output_files,
+    wait_final,
+    wait_job,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -54,11 +60,11 @@ class DaskCluster:
 
 
 def _cli_cluster(tmp: Path, workers: int = 2) -> DaskCluster:
-    """``dask scheduler`` + ``workers`` × ``dask worker --nthreads 2`` on 127.0.0.1."""
+    """``dask scheduler`` + ``workers`` x ``dask worker --nthreads 2`` on 127.0.0.1."""
     tmp.mkdir(parents=True, exist_ok=True)
     sched_file = tmp / "scheduler.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    log = open(tmp / "dask.log", "ab")  # noqa: SIM115 - closed with the processes' end
+    log = open(tmp / "dask.log", "ab")
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard", "--scheduler-file", str(sched_file)],
                               stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -77,15 +83,18 @@ def _cli_cluster(tmp: Path, workers: int = 2) -> DaskCluster:
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in reversed(procs):  # workers first, then the scheduler
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+    """Workers first (they close faster with their scheduler still there), then the
+    scheduler; SIGKILL after a bounded wait."""
+    for group in (procs[1:], procs[:1]):
+        for p in group:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in group:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
 
 
 @pytest.fixture(scope="module", params=["LocalCluster", "dask-cli"])
@@ -158,38 +167,52 @@ def rows_of(sink: Path) -> list[dict[str, Any]]:
     return sorted(table.to_pylist(), key=lambda r: (r["_cf_source_hash"], r["id"]))
 
 
+@dataclass
+class Reference:
+    """150 input files and the rows the local executor makes of them."""
+
+    files: list[str]
+    rows: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """Run once per module: the local executor (2 workers) over the 150 inputs."""
+    from tests.conftest import FIXTURE_PLUGIN
+
+    tmp = tmp_path_factory.mktemp("reference")
+    files = [str(f) for f in make_inputs(tmp / "in", 150)]
+    home = tmp / "home"
+    home.mkdir(mode=0o700)
+    settings = load_settings(home).with_overrides(**FAST)
+    local = LocalCluster(settings, workers=2, slots=1)
+    local.start()
+    try:
+        with control(local) as ctl:
+            ids = ctl.submit(FIXTURE_PLUGIN, files, sink=f"parquet://{tmp / 'out'}")["job_ids"]
+            wait_final(settings, ids, 90, status="COMPLETED")
+    finally:
+        local.stop()
+    return Reference(files, rows_of(tmp / "out"))
+
+
 def test_150_files_give_the_local_executors_rows_with_lineage(
         on_dask: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
-        tmp_path: Path, dask_cluster: DaskCluster) -> None:
-    files = [str(f) for f in make_inputs(tmp_path / "in", 150)]
+        tmp_path: Path, reference: Reference) -> None:
     sink = tmp_path / "out-dask"
     cluster = on_dask()
     with control(cluster) as ctl:
         workers = {w["worker_id"] for w in ctl.list_workers()}
         assert len(workers) == 2 and all(w.startswith("dask-127.0.0.1-") for w in workers)
-        ids = ctl.submit(fixture_plugin, files, sink=f"parquet://{sink}")["job_ids"]
+        ids = ctl.submit(fixture_plugin, reference.files, sink=f"parquet://{sink}")["job_ids"]
+        assert len(ids) == 150
         rows = wait_final(settings, ids, 90, status="COMPLETED")
     assert {r["worker_id"] for r in rows.values()} == workers  # both Dask workers ran jobs
     assert all(r["host_pid"] and r["attempt"] == 1 for r in rows.values())
-    cluster.stop()
 
-    # The same inputs through the local executor, in a home of its own.
-    local_home = tmp_path / "home-local"
-    local_home.mkdir(mode=0o700)
-    local_settings = load_settings(local_home)
-    local_sink = tmp_path / "out-local"
-    local = LocalCluster(local_settings.with_overrides(**FAST), workers=2, slots=1)
-    local.start()
-    try:
-        with control(local) as ctl:
-            local_ids = ctl.submit(fixture_plugin, files, sink=f"parquet://{local_sink}")["job_ids"]
-            wait_final(local_settings, local_ids, 90, status="COMPLETED")
-    finally:
-        local.stop()
-
-    dask_rows, local_rows = rows_of(sink), rows_of(local_sink)
+    dask_rows = rows_of(sink)
     assert len(dask_rows) == 150 * 10
-    assert dask_rows == local_rows
+    assert dask_rows == reference.rows  # the local executor's rows, lineage included
     full = pa.concat_tables([pq.read_table(p) for p in output_files(sink)])
     for col in lineage.LINEAGE_COLUMNS:  # lineage on every row
         assert full.column(col).null_count == 0
@@ -250,6 +273,7 @@ def test_a_dask_worker_killed_mid_job_every_job_promoted_exactly_once(
         cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
         tmp_path: Path) -> None:
     dask = _cli_cluster(tmp_path / "dask-kill")
+    cluster: LocalCluster | None = None
     try:
         files = make_inputs(tmp_path / "in", 24, mode="slow")
         for f in files:  # 0.3 s each: a window to kill a worker in
@@ -285,6 +309,8 @@ def test_a_dask_worker_killed_mid_job_every_job_promoted_exactly_once(
         tape = "".join(p.read_text() for p in settings.tapes_dir.glob("sentinel-*.tape"))
         assert f'"{EventName.WORKER_LOST}"' in tape and victim_id in tape
     finally:
+        if cluster is not None:  # the bridge leaves before its cluster does
+            cluster.stop()
         _stop(dask.procs)
 
 

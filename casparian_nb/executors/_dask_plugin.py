@@ -28,6 +28,8 @@ from ..worker.pool import HostPool, aborted
 
 __all__ = ["HostPoolPlugin", "abort_on_worker", "probe_write", "run_attempt"]
 
+#: How long a job runs before the bridge is told it started (see ``run_attempt``).
+STARTED_DELAY = 0.05
 _hostjob = msgspec.json.Decoder(HostJob)
 _receipt = msgspec.json.Encoder()
 
@@ -98,11 +100,19 @@ def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
     job_id, attempt = job.job.job_id, int(job.attempt)
     worker = get_worker()
 
+    timers: list[threading.Timer] = []
+
     def started(pid: int) -> None:
         parked = plugin.take_abort(job_id, attempt)
         if parked is not None and plugin.pool is not None:  # aborted while it waited for a host
             plugin.pool.cancel(job_id, parked[0], cause=parked[1])
-        worker.log_event(name, {"job_id": job_id, "attempt": attempt, "host_pid": pid})
+        # Said only of a job still running after STARTED_DELAY: a quick job is reported by
+        # its receipt alone (one message through the scheduler fewer per job).
+        timer = threading.Timer(STARTED_DELAY, worker.log_event, (name, {
+            "job_id": job_id, "attempt": attempt, "host_pid": pid}))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
 
     parked = plugin.take_abort(job_id, attempt)
     try:
@@ -115,6 +125,8 @@ def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
         res = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
                       error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
                                       kind=ErrorKind.TRANSIENT))
+    for timer in timers:
+        timer.cancel()
     plugin.take_abort(job_id, attempt)
     return _receipt.encode(res)
 

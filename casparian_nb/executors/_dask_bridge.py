@@ -95,7 +95,8 @@ class _Seat:
 
     @property
     def capacity(self) -> int:
-        return self.nthreads * (1 + PREFETCH_FACTOR)
+        # The sentinel takes a prefetch of at most 64 per worker.
+        return self.nthreads + min(64, self.nthreads * PREFETCH_FACTOR)
 
 
 def seat_id(address: str) -> str:

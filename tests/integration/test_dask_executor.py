@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from casparian_nb import lineage
+from casparian_nb.client import ControlClient
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.errors import ConfigError
 from casparian_nb.launcher import LocalCluster
@@ -319,3 +320,46 @@ def test_start_refuses_a_dask_executor_without_a_scheduler(home: Path) -> None:
         LocalCluster(load_settings(home, executor="dask")).start()
     with pytest.raises(ConfigError, match="not one of"):
         load_settings(home, executor="ray")
+
+
+def test_cf_start_with_a_client_shows_the_dask_dashboard(
+        home: Path, dask_cluster: DaskCluster, fixture_plugin: Path, tmp_path: Path) -> None:
+    if dask_cluster.kind != "LocalCluster":
+        pytest.skip("the CLI cluster runs without a dashboard")
+    import casparian_nb as cf
+
+    with distributed.Client(dask_cluster.address, timeout="10s") as client:
+        ctl = cf.start(executor=client, home=home, **FAST)
+        try:
+            assert ctl.dashboard_link == client.dashboard_link
+            assert f"dask dashboard {client.dashboard_link}" in repr(ctl)
+            assert client.dashboard_link in ctl._repr_html_()
+            (f,) = make_inputs(tmp_path / "in", 1)
+            ids = ctl.submit(fixture_plugin, str(f), sink=f"parquet://{tmp_path / 'out'}")
+            ctl.wait(ids, timeout=30)
+            assert str(ctl.jobs()["worker_id"].iloc[0]).startswith("dask-127.0.0.1-")
+        finally:
+            ctl.stop()
+    assert ctl.dashboard_link is None  # the bridge is gone with its file
+
+
+def test_casparian_start_executor_dask_serves_until_sigterm(
+        home: Path, dask_cluster: DaskCluster) -> None:
+    if dask_cluster.kind != "dask-cli":
+        pytest.skip("one CLI run is enough")
+    proc = subprocess.Popen([sys.executable, "-m", "casparian_nb", "--home", str(home), "start",
+                             "--executor", "dask", "--scheduler", dask_cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert "serving" in first and f"the Dask cluster at {dask_cluster.address}" in first
+        with ControlClient.from_home(home, timeout=5.0) as ctl:
+            assert len(ctl.list_workers()) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

@@ -322,10 +322,9 @@ def test_start_refuses_a_dask_executor_without_a_scheduler(home: Path) -> None:
         load_settings(home, executor="ray")
 
 
+@pytest.mark.parametrize("dask_cluster", ["LocalCluster"], indirect=True)  # has a dashboard
 def test_cf_start_with_a_client_shows_the_dask_dashboard(
         home: Path, dask_cluster: DaskCluster, fixture_plugin: Path, tmp_path: Path) -> None:
-    if dask_cluster.kind != "LocalCluster":
-        pytest.skip("the CLI cluster runs without a dashboard")
     import casparian_nb as cf
 
     with distributed.Client(dask_cluster.address, timeout="10s") as client:
@@ -343,10 +342,9 @@ def test_cf_start_with_a_client_shows_the_dask_dashboard(
     assert ctl.dashboard_link is None  # the bridge is gone with its file
 
 
+@pytest.mark.parametrize("dask_cluster", ["dask-cli"], indirect=True)
 def test_casparian_start_executor_dask_serves_until_sigterm(
         home: Path, dask_cluster: DaskCluster) -> None:
-    if dask_cluster.kind != "dask-cli":
-        pytest.skip("one CLI run is enough")
     proc = subprocess.Popen([sys.executable, "-m", "casparian_nb", "--home", str(home), "start",
                              "--executor", "dask", "--scheduler", dask_cluster.address],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -363,3 +361,17 @@ def test_casparian_start_executor_dask_serves_until_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_start_without_distributed_says_how_to_install_it_in_one_line(home: Path) -> None:
+    code = ("import sys; sys.modules['distributed'] = None\n"  # as if the extra were missing
+            "from casparian_nb.cli.main import main\n"
+            f"sys.argv = ['casparian', '--home', {str(home)!r}, 'start', '--executor', 'dask',"
+            " '--scheduler', 'tcp://127.0.0.1:9']\n"
+            "sys.exit(main())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2, out
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert lines == ["casparian: error: the dask executor needs dask[distributed]: "
+                     "pip install 'casparian_nb[dask]'"], lines

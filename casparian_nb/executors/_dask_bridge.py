@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ from ..protocol import (
     WireMessage,
 )
 from ..sinks.staging import attempt_root
+from ..worker.pool import aborted
 from . import _dask_plugin as remote
 from ._dask_names import BRIDGE_FILE, require_distributed
 
@@ -74,6 +76,7 @@ SYNC_INTERVAL = 0.5
 PREFETCH_FACTOR = 3
 _receipt = msgspec.json.Decoder(Receipt)
 _hostjob = msgspec.json.Encoder()
+_receipt_out = msgspec.json.Encoder()
 
 
 @dataclass(eq=False)
@@ -121,7 +124,12 @@ class DaskBridge:
         self._by_sock: dict[zmq.Socket[bytes], _Seat] = {}
         self._refused: set[str] = set()
         self._trusted: dict[str, str] = {}
-        self._done: queue.Queue[tuple[_Seat, str, _Flight]] = queue.Queue()
+        self._done: queue.Queue[tuple[_Seat, str, _Flight] | None] = queue.Queue()
+        self._fetched: queue.Queue[tuple[_Seat, str, _Flight, Any]] = queue.Queue()
+        self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
+                                         daemon=True)
+        #: Aborts are RPCs to one worker: off the loop, so a dying worker cannot stall it.
+        self._rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cf-bridge-rpc")
         self._started: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
@@ -143,6 +151,7 @@ class DaskBridge:
             memory_limit_mb=s.job_memory_limit_mb,
             log_max_bytes=s.host_log_max_mb * 1024 * 1024), name=self.name)
         self.client.subscribe_topic(self.name, self._on_started_event)
+        self._fetcher.start()
         try:
             workers = self._scheduler_workers()
             self.check_shared_storage(list(workers), strict=True)
@@ -161,6 +170,8 @@ class DaskBridge:
         tmp.replace(path)
 
     def _shutdown(self) -> None:
+        self._done.put(None)
+        self._rpc.shutdown(wait=False, cancel_futures=True)
         for seat in list(self.seats.values()):
             for job_id, flight in list(seat.running.items()):
                 self.client.cancel(flight.future, force=True)
@@ -375,12 +386,24 @@ class DaskBridge:
         if flight is None:
             log.info("abort for job %s which is not running here", abort.job_id)
             return
+        self._rpc.submit(self._abort_rpc, seat, abort, flight)
+
+    def _abort_rpc(self, seat: _Seat, abort: Abort, flight: _Flight) -> None:
+        """Kill the attempt's host on its worker. Once the worker says it killed it (the host
+        is reaped by then: nothing more gets staged), the ABORTED receipt goes out at once,
+        without waiting for the task's own answer to come back through the scheduler."""
         try:
-            self.client.run(remote.abort_on_worker, self.name, abort.job_id,
-                            int(flight.dispatch.attempt), abort.reason, str(abort.cause),
-                            workers=[seat.address], on_error="return")
+            killed = self.client.run(remote.abort_on_worker, self.name, abort.job_id,
+                                     int(flight.dispatch.attempt), abort.reason,
+                                     str(abort.cause), workers=[seat.address],
+                                     on_error="return")
         except Exception as exc:  # the worker is going away: its loss re-queues or aborts
             log.warning("abort of job %s on %s failed: %s", abort.job_id, seat.address, exc)
+            return
+        if killed.get(seat.address) is True:
+            receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
+            self._fetched.put((seat, abort.job_id, flight, _receipt_out.encode(receipt)))
+            self._wake()
 
     # -- results (from the client's thread) ------------------------------------------------
     def _finished(self, seat: _Seat, job_id: str, flight: _Flight) -> None:
@@ -418,36 +441,56 @@ class DaskBridge:
                                                 worker_id=seat.worker_id))
                     break
 
+    def _fetch_results(self) -> None:
+        """Fetcher thread: fetch the receipts of finished tasks, many in one ``gather``, and
+        hand them to the loop. Off the loop, so a slow fetch (a worker going away under it)
+        never holds up heartbeats, dispatches or aborts."""
+        stop = False
+        while not stop:
+            first = self._done.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    item = self._done.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            finished = {f.future.key: f.future for _, _, f in batch
+                        if f.future.status == "finished"}
+            values: dict[Any, Any] = {}
+            if finished:  # one round trip for all of them
+                try:
+                    values = self.client.gather(finished, errors="skip")
+                except Exception as exc:
+                    log.error("could not fetch %d result(s): %s", len(finished), exc)
+            for seat, job_id, flight in batch:
+                self._fetched.put((seat, job_id, flight, values.get(flight.future.key)))
+            self._wake()
+
     def _send_results(self) -> None:
-        batch: list[tuple[_Seat, str, _Flight]] = []
         while True:
             try:
-                batch.append(self._done.get_nowait())
+                seat, job_id, flight, raw = self._fetched.get_nowait()
             except queue.Empty:
-                break
-        # Only attempts still in flight on a seated worker: a cancelled future (its worker
-        # left, or shutdown) has been answered already.
-        live = [(s, j, f) for s, j, f in batch
-                if s.address in self.seats and s.running.get(j) is f]
-        finished = [item for item in live if item[2].future.status == "finished"]
-        values: list[Any] = []
-        if finished:  # one round trip for all of them
-            try:
-                values = self.client.gather([f.future for _, _, f in finished], errors="skip")
-            except Exception as exc:
-                log.error("could not fetch %d result(s): %s", len(finished), exc)
-                values = []
-        results = dict(zip([id(f) for _, _, f in finished], values, strict=False))
-        for seat, job_id, flight in live:
+                return
+            # Only attempts still in flight on a seated worker: a future cancelled because
+            # its worker left (or at shutdown) has been answered already.
+            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
+                continue
             del seat.running[job_id]
-            raw = results.get(id(flight))
-            if raw is not None:
+            if isinstance(raw, bytes):
                 receipt = _receipt.decode(raw)
             else:  # the task erred (never by the plugin: run_attempt returns its failures)
-                err = flight.future.exception() if flight.future.status == "error" else None
+                status = flight.future.status
+                err = flight.future.exception() if status == "error" else None
                 receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
                                   error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
-                                                  evalue=str(err or flight.future.status),
+                                                  evalue=str(err or f"task {status}"),
                                                   kind=ErrorKind.TRANSIENT))
             self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
                                                      worker_id=seat.worker_id))

@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -63,6 +62,7 @@ from ..sinks.staging import attempt_root
 from ..worker.pool import aborted
 from . import _dask_plugin as remote
 from ._dask_names import BRIDGE_FILE, require_distributed
+from ._dask_seats import Flight, Seat, probe_storage, seat_id
 
 __all__ = ["DaskBridge", "main"]
 
@@ -70,44 +70,9 @@ log = logging.getLogger("casparian_nb.executors.dask")
 
 #: How often the bridge asks the scheduler which workers there are.
 SYNC_INTERVAL = 0.5
-#: Attempts a seat holds beyond its threads (the Dask worker queues them), per thread: enough
-#: that a thread finds its next attempt already there, while the receipt of the last one and
-#: the dispatch that replaces it go round (1 gave half the rate of 3 on small files).
-PREFETCH_FACTOR = 3
 _receipt = msgspec.json.Decoder(Receipt)
 _hostjob = msgspec.json.Encoder()
 _receipt_out = msgspec.json.Encoder()
-
-
-@dataclass(eq=False)
-class _Flight:
-    dispatch: Dispatch
-    future: Any
-
-
-@dataclass(eq=False)
-class _Seat:
-    """One Dask worker, presented to the sentinel as one worker."""
-
-    address: str
-    worker_id: str
-    nthreads: int
-    host: str
-    sock: zmq.Socket[bytes]
-    running: dict[str, _Flight] = field(default_factory=dict)
-
-    @property
-    def capacity(self) -> int:
-        # The sentinel takes a prefetch of at most 64 per worker.
-        return self.nthreads + min(64, self.nthreads * PREFETCH_FACTOR)
-
-
-def seat_id(address: str) -> str:
-    """``tcp://10.0.0.5:40123`` -> ``dask-10.0.0.5-40123`` (the worker id the sentinel sees)."""
-    bare = address.split("://", 1)[-1]
-    return "dask-" + bare.replace(":", "-").replace("/", "-").strip("[]")
-
-
 class DaskBridge:
     """Serves the sentinel of ``settings.home`` with the workers of ``client``'s cluster."""
 
@@ -120,12 +85,12 @@ class DaskBridge:
         digest = hashlib.sha256(str(settings.home).encode()).hexdigest()[:10]
         #: The worker plugin's name and the event topic of this home's bridge.
         self.name = f"casparian-{digest}"
-        self.seats: dict[str, _Seat] = {}
-        self._by_sock: dict[zmq.Socket[bytes], _Seat] = {}
+        self.seats: dict[str, Seat] = {}
+        self._by_sock: dict[zmq.Socket[bytes], Seat] = {}
         self._refused: set[str] = set()
         self._trusted: dict[str, str] = {}
-        self._done: queue.Queue[tuple[_Seat, str, _Flight] | None] = queue.Queue()
-        self._fetched: queue.Queue[tuple[_Seat, str, _Flight, Any]] = queue.Queue()
+        self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
+        self._fetched: queue.Queue[tuple[Seat, str, Flight, Any]] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
                                          daemon=True)
         #: Aborts are RPCs to one worker: off the loop, so a dying worker cannot stall it.
@@ -196,33 +161,12 @@ class DaskBridge:
         return workers if isinstance(workers, dict) else {}
 
     def check_shared_storage(self, addresses: list[str], *, strict: bool) -> list[str]:
-        """Each worker writes a probe file under the staging directory and the bridge reads
-        it back; the addresses that pass. ``strict``: raise SharedStorageError on the first
-        that does not (at start: the sentinel could never promote what they stage)."""
-        if not addresses:
-            return []
+        """The addresses whose workers share the staging directory with us (a probe file
+        each writes and we read). ``strict``: raise SharedStorageError on the first that
+        does not (at start: the sentinel could never promote what they stage)."""
         staging = self.settings.staging_dir
-        token = uuid.uuid4().hex[:12]
-        try:
-            names = self.client.run(remote.probe_write, str(staging), token,
-                                    workers=addresses, on_error="return")
-        except Exception as exc:
-            names = {a: exc for a in addresses}
         good = []
-        for address in addresses:
-            name = names.get(address)
-            problem = None
-            if isinstance(name, BaseException) or not isinstance(name, str):
-                problem = f"it could not write there ({name})"
-            else:
-                path = staging / name
-                try:
-                    seen = path.read_text()
-                    path.unlink()
-                except OSError:
-                    seen = ""
-                if not seen.startswith(token):
-                    problem = "the probe file it wrote is not visible here"
+        for address, problem in probe_storage(self.client, staging, addresses).items():
             if problem is None:
                 good.append(address)
                 continue
@@ -256,7 +200,7 @@ class DaskBridge:
         wid = seat_id(address)
         sock.setsockopt(zmq.IDENTITY, f"{wid}-{uuid.uuid4().hex[:6]}".encode())
         sock.connect(self.info.workers)
-        seat = _Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock)
+        seat = Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock)
         self.seats[address] = seat
         self._by_sock[sock] = seat
         # pid: the bridge's own, so a sentinel on this machine sees every seat lost at once
@@ -266,7 +210,7 @@ class DaskBridge:
                                   prefetch=seat.capacity - seat.nthreads))
         log.info("Dask worker %s (%d threads) joined as %s", address, seat.nthreads, wid)
 
-    def _drop_seat(self, seat: _Seat, goodbye: Goodbye) -> None:
+    def _drop_seat(self, seat: Seat, goodbye: Goodbye) -> None:
         self._send(seat, goodbye)
         self.seats.pop(seat.address, None)
         self._by_sock.pop(seat.sock, None)
@@ -314,7 +258,7 @@ class DaskBridge:
                                                active_job_ids=list(seat.running),
                                                free_slots=seat.capacity - len(seat.running)))
 
-    def _send(self, seat: _Seat, message: WireMessage) -> None:
+    def _send(self, seat: Seat, message: WireMessage) -> None:
         self._ids += 1
         try:
             seat.sock.send_multipart(self.codec.encode(message, msg_id=f"b{os.getpid():x}-{self._ids:x}"))
@@ -322,7 +266,7 @@ class DaskBridge:
             log.warning("could not send %s for %s: %s", type(message).__name__,
                         seat.worker_id, exc)
 
-    def _handle(self, seat: _Seat, frames: list[bytes]) -> None:
+    def _handle(self, seat: Seat, frames: list[bytes]) -> None:
         try:
             payload = self.codec.decode(frames)[1].payload
         except ProtocolError as exc:
@@ -344,7 +288,7 @@ class DaskBridge:
             log.info("ignored %s", type(payload).__name__)
 
     # -- jobs ------------------------------------------------------------------------------
-    def _on_dispatch(self, seat: _Seat, dispatch: Dispatch) -> None:
+    def _on_dispatch(self, seat: Seat, dispatch: Dispatch) -> None:
         job_id, attempt = dispatch.job.job_id, int(dispatch.attempt)
         if len(seat.running) >= seat.capacity:
             self._send(seat, Receipt(job_id=job_id, attempt=attempt, worker_id=seat.worker_id,
@@ -366,7 +310,7 @@ class DaskBridge:
                                     dispatch.timeout_s or None,
                                     key=f"casparian-{job_id}-{attempt}", workers=[seat.address],
                                     allow_other_workers=False, pure=False, retries=0)
-        flight = _Flight(dispatch, future)
+        flight = Flight(dispatch, future)
         seat.running[job_id] = flight
         future.add_done_callback(lambda _f: self._finished(seat, job_id, flight))
 
@@ -381,14 +325,14 @@ class DaskBridge:
         if key and spec.source_hash != key:
             raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
 
-    def _on_abort(self, seat: _Seat, abort: Abort) -> None:
+    def _on_abort(self, seat: Seat, abort: Abort) -> None:
         flight = seat.running.get(abort.job_id)
         if flight is None:
             log.info("abort for job %s which is not running here", abort.job_id)
             return
         self._rpc.submit(self._abort_rpc, seat, abort, flight)
 
-    def _abort_rpc(self, seat: _Seat, abort: Abort, flight: _Flight) -> None:
+    def _abort_rpc(self, seat: Seat, abort: Abort, flight: Flight) -> None:
         """Kill the attempt's host on its worker. Once the worker says it killed it (the host
         is reaped by then: nothing more gets staged), the ABORTED receipt goes out at once,
         without waiting for the task's own answer to come back through the scheduler."""
@@ -406,7 +350,7 @@ class DaskBridge:
             self._wake()
 
     # -- results (from the client's thread) ------------------------------------------------
-    def _finished(self, seat: _Seat, job_id: str, flight: _Flight) -> None:
+    def _finished(self, seat: Seat, job_id: str, flight: Flight) -> None:
         self._done.put((seat, job_id, flight))
         self._wake()
 

@@ -137,6 +137,12 @@ class DaskBridge:
     def _shutdown(self) -> None:
         self._done.put(None)
         self._rpc.shutdown(wait=False, cancel_futures=True)
+        # The hosts first (the plugin's teardown kills the running ones), so that nothing is
+        # staged any more once the sentinel reads the ABORTED receipts below.
+        try:
+            self.client.unregister_worker_plugin(self.name)
+        except Exception as exc:  # the cluster may be gone already
+            log.info("could not remove the worker plugin: %s", exc)
         for seat in list(self.seats.values()):
             for job_id, flight in list(seat.running.items()):
                 self.client.cancel(flight.future, force=True)
@@ -144,10 +150,6 @@ class DaskBridge:
                                          status=ReceiptStatus.ABORTED, reason="shutdown",
                                          cause=AbortCause.SHUTDOWN, worker_id=seat.worker_id))
             self._drop_seat(seat, Goodbye(worker_id=seat.worker_id))
-        try:  # tears the host pools down on every worker (running hosts are killed)
-            self.client.unregister_worker_plugin(self.name)
-        except Exception as exc:  # the cluster may be gone already
-            log.info("could not remove the worker plugin: %s", exc)
         (self.settings.home / BRIDGE_FILE).unlink(missing_ok=True)
         self._wake_rx.close(0)
         if self._wake_tx is not None:

@@ -375,3 +375,48 @@ def test_start_without_distributed_says_how_to_install_it_in_one_line(home: Path
     lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
     assert lines == ["casparian: error: the dask executor needs dask[distributed]: "
                      "pip install 'casparian_nb[dask]'"], lines
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m` (a mount namespace)")
+def test_start_refuses_dask_workers_that_do_not_share_the_staging_directory(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings,
+        tmp_path: Path) -> None:
+    """A worker in a mount namespace of its own, with a tmpfs over the home's staging
+    directory: what it stages there, the sentinel would never see."""
+    from casparian_nb.errors import CasparianError
+
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    with open(tmp_path / "dask.log", "ab") as log:
+        procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                   "--no-dashboard", "--scheduler-file", str(sched_file)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)]
+        try:
+            wait_until(sched_file.exists, 30, message="the dask scheduler file")
+            staging = settings.staging_dir
+            procs.append(subprocess.Popen(
+                ["unshare", "-m", "sh", "-c",
+                 f"mount -t tmpfs none '{staging}' && exec '{DASK}' worker --scheduler-file "
+                 f"'{sched_file}' --nthreads 1 --host 127.0.0.1 --no-nanny --no-dashboard"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            with distributed.Client(scheduler_file=str(sched_file), timeout="20s") as client:
+                client.wait_for_workers(1, timeout=30)
+                address = client.scheduler.address
+            with pytest.raises(CasparianError) as err:
+                cluster_factory(workers=0, slots=None, executor="dask", scheduler=address,
+                                **FAST)
+            message = str(err.value)
+            assert "\n" not in message
+            assert f"the staging directory {staging} is not shared with Dask worker" in message
+            assert "the probe file it wrote is not visible here" in message
+        finally:
+            _stop(procs)

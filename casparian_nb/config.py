@@ -31,10 +31,12 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "TrustSettings", "default_home", "ensure_home", "load_settings"]
+__all__ = ["EXECUTORS", "Settings", "TrustSettings", "default_home", "ensure_home", "load_settings"]
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+#: The executors ``Settings.executor`` may name.
+EXECUTORS = ("local", "dask")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -139,6 +141,12 @@ class Settings:
     #: The sentinel records its events on a tape under <home>/tapes (false: no sentinel tape;
     #: for measuring what recording costs).
     sentinel_tape: bool = True
+    #: How the sentinel places jobs: "local" (worker processes on this machine) or "dask"
+    #: (a Dask cluster, reached at ``scheduler`` or through ``scheduler_file``); see
+    #: docs/scale-out.md.
+    executor: str = "local"
+    scheduler: str = ""
+    scheduler_file: str = ""
     trust: TrustSettings = field(default_factory=TrustSettings)
 
     # -- derived locations -------------------------------------------------------------
@@ -337,6 +345,9 @@ def load_settings(
 
     trust = _with_home_keys(home_path / "keys", trust)
     settings = Settings(home=home_path, trust=trust, **values)
+    if settings.executor not in EXECUTORS:
+        raise ConfigError(f"executor: {settings.executor!r} is not one of "
+                          f"{', '.join(EXECUTORS)}")
     if settings.bind_host not in ("127.0.0.1", "localhost", "::1") and not settings.allow_remote:
         raise ConfigError(
             f"bind_host = {settings.bind_host!r} is not loopback; set allow_remote = true "

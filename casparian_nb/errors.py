@@ -28,6 +28,7 @@ errors also subclass the builtin they resemble, so ``except ValueError`` keeps w
     ├── SentinelError (ConnectionError)     no sentinel / cannot reach it
     │   ├── ControlTimeoutError (TimeoutError)
     │   └── SentinelGoneError               the sentinel a controller uses died
+    ├── SharedStorageError (OSError)        Dask workers do not see the home's staging
     ├── StoreError (RuntimeError)           state database problems
     │   └── SchemaVersionError              state DB schema mismatch (F11)
     └── TapeError (ValueError)              unreadable tape
@@ -61,6 +62,7 @@ __all__ = [
     "SchemaVersionError",
     "SentinelError",
     "SentinelGoneError",
+    "SharedStorageError",
     "SinkError",
     "SinkLockedError",
     "SinkModeError",
@@ -231,6 +233,11 @@ class ControlTimeoutError(SentinelError, TimeoutError):
 class SentinelGoneError(SentinelError):
     """The sentinel a notebook controller started or attached to is no longer running (it was
     killed, or it crashed): its requests would only time out and its jobs would never finish."""
+
+
+class SharedStorageError(CasparianError, OSError):
+    """A remote executor's workers do not see the home's staging directory, so nothing they
+    stage could ever be promoted (the dask executor checks this at start)."""
 
 
 class StoreError(CasparianError, RuntimeError):

@@ -18,6 +18,7 @@ from ._proc import OWNER_PID_ENV, describe_exit
 from .client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from .config import Settings
 from .errors import CasparianError, SentinelError
+from .executors import processes
 
 __all__ = ["LocalCluster", "settings_env"]
 
@@ -60,11 +61,14 @@ class LocalCluster:
             env[OWNER_PID_ENV] = str(self.owner_pid)
         return env
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log_name: str,
+               module: str | None = None) -> subprocess.Popen[bytes]:
         log_path = self.settings.logs_dir / log_name
+        argv = ([sys.executable, "-m", module, *args] if module else
+                [sys.executable, "-m", "casparian_nb", "--home", str(self.settings.home), *args])
         with open(log_path, "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "casparian_nb", "--home", str(self.settings.home), *args],
+                argv,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                 start_new_session=True,  # Ctrl-C goes to us; we stop the children in order
             )
@@ -78,20 +82,28 @@ class LocalCluster:
         if existing is not None and connection_is_live(existing):
             raise SentinelError(f"a sentinel (pid {existing.pid}) already serves "
                                 f"{self.settings.home}; attach to it instead")
+        # What the executor needs (the dask one: a scheduler and the extra), refused in
+        # one line before anything starts.
+        spawns = processes(self.settings, workers=self.n_workers, slots=self.slots)
         deadline = time.monotonic() + timeout
         self.sentinel = self._spawn(["sentinel"], "sentinel.out")
         info = self._wait_for_sentinel(deadline)
         self.info = info
-        for _ in range(self.n_workers):
-            self._spawn_worker(self.slots)
-        self._wait_for_workers(len(self.workers), deadline, timeout)
+        for p in spawns:
+            self.workers.append(self._spawn(p.args, p.log_name, p.module))
+        # A dask bridge is ready once it has seated at least one of the cluster's workers.
+        self._wait_for_workers(1 if self.dask else len(self.workers), deadline, timeout)
         return info
 
+    @property
+    def dask(self) -> bool:
+        """Whether jobs run on a Dask cluster (through a bridge process) instead of local
+        workers."""
+        return self.settings.executor == "dask"
+
     def _spawn_worker(self, slots: int | None) -> None:
-        args = ["worker"]
-        if slots:
-            args += ["--slots", str(slots)]
-        self.workers.append(self._spawn(args, f"worker-{len(self.workers)}.out"))
+        (p,) = processes(self.settings, workers=1, slots=slots, first=len(self.workers))
+        self.workers.append(self._spawn(p.args, p.log_name, p.module))
 
     def _wait_for_workers(self, n: int, deadline: float, timeout: float) -> None:
         assert self.info is not None
@@ -101,6 +113,10 @@ class LocalCluster:
                 if joined >= n:
                     return
                 dead = [w.pid for w in self.workers if w.poll() is not None]
+                if dead and self.dask:
+                    self.stop()
+                    raise CasparianError(self._failure("the dask bridge exited during "
+                                                       "start-up", ("dask-bridge.out",)))
                 if dead:
                     self.stop()
                     raise CasparianError(f"worker process(es) {dead} exited during start-up; "
@@ -115,6 +131,8 @@ class LocalCluster:
         """Start one more worker and wait until it joined; its pid."""
         if self.info is None:
             raise CasparianError("start the cluster first")
+        if self.dask:
+            raise CasparianError("with the dask executor, add workers to the Dask cluster")
         with ControlClient(self.info, timeout=5.0) as client:
             before = len(client.list_workers())
         self._spawn_worker(slots or self.slots)
@@ -140,10 +158,11 @@ class LocalCluster:
                 raise SentinelError(self._failure("sentinel did not start in time"))
             time.sleep(0.05)
 
-    def _failure(self, what: str) -> str:
+    def _failure(self, what: str,
+                 logs: tuple[str, ...] = ("sentinel.out", "sentinel.log")) -> str:
         # sentinel.out holds what the process printed (a `casparian: error: ...` line, a
         # traceback); its log lines go to sentinel.log only, so look there when .out is empty.
-        for name in ("sentinel.out", "sentinel.log"):
+        for name in logs:
             log = self.settings.logs_dir / name
             try:
                 lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -151,7 +170,7 @@ class LocalCluster:
                 continue
             if lines:  # the last line is already one line: keep its advice
                 return f"{what}: {lines[-1]} (log: {log})"
-        return f"{what} (log: {self.settings.logs_dir / 'sentinel.out'})"
+        return f"{what} (log: {self.settings.logs_dir / logs[0]})"
 
     @property
     def pids(self) -> list[int]:

@@ -666,6 +666,10 @@ class JobStarted(WireMessage):
 
 class Goodbye(WireMessage):
     worker_id: str
+    #: The worker is gone rather than leaving (a Dask worker that left its cluster, said by
+    #: the dask bridge): its running attempts spend a retry, as for any lost worker.
+    lost: bool = False
+    reason: str | None = None
 
 
 # Worker socket (sentinel -> worker).

@@ -41,14 +41,28 @@ def worker(app: App, slots: int | None, worker_id: str | None) -> int:
 @click.option("--workers", type=int, default=2, show_default=True, help="Workers to start.")
 @click.option("--slots", type=int, default=None, metavar="N",
               help="Plugin hosts per worker (default: one per core).")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="Where jobs run: local worker processes, or a Dask cluster "
+                   "(default: the setting `executor`, else local).")
+@click.option("--scheduler", default=None, metavar="ADDR",
+              help="The Dask scheduler, e.g. tcp://HOST:8786 (with --executor dask).")
+@click.option("--scheduler-file", default=None, metavar="FILE",
+              help="A Dask scheduler file, in place of --scheduler.")
 @recorded("Start")
-def start(app: App, workers: int, slots: int | None) -> int:
+def start(app: App, workers: int, slots: int | None, executor: str | None,
+          scheduler: str | None, scheduler_file: str | None) -> int:
     """Run a sentinel and its workers in the foreground; Ctrl-C (or SIGTERM) stops them all,
     workers first. Exits 1, naming the sentinel's pid and signal, when the sentinel dies on
-    its own (its workers are stopped all the same)."""
+    its own (its workers are stopped all the same). With ``--executor dask`` the jobs run on
+    the Dask cluster at ``--scheduler`` (docs/scale-out.md)."""
     from ..launcher import LocalCluster
 
     settings = app.settings
+    changes = {k: v for k, v in (("executor", executor), ("scheduler", scheduler),
+                                 ("scheduler_file", scheduler_file)) if v is not None}
+    if (scheduler or scheduler_file) and "executor" not in changes:
+        changes["executor"] = "dask"
+    settings = settings.with_overrides(**changes)
     cluster = LocalCluster(settings, workers=workers, slots=slots)
     stopping = False
 
@@ -60,8 +74,12 @@ def start(app: App, workers: int, slots: int | None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     info = cluster.start()
+    if cluster.dask:
+        where = (f"the Dask cluster at {settings.scheduler or settings.scheduler_file}")
+    else:
+        where = f"{workers} worker(s)"
     print(f"casparian: sentinel pid {info.pid} serving {settings.home} "
-          f"(control {info.control}); {workers} worker(s). Ctrl-C stops all.", flush=True)
+          f"(control {info.control}); {where}. Ctrl-C stops all.", flush=True)
     try:
         while not stopping and cluster.alive():
             time.sleep(0.1)

@@ -44,6 +44,7 @@ from .._extras import import_with_extra
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
 from ..errors import SentinelError, SentinelGoneError
+from ..executors.dask import bridge_info, scheduler_of
 from ..joblogs import JobLog, read_job_log
 from ..launcher import LocalCluster
 from ..plan import stale_warning
@@ -74,14 +75,23 @@ def current_controller() -> Controller | None:
 
 def start(workers: int = 2, home: str | os.PathLike[str] | None = None, *,
           slots: int | None = None, timeout: float = 60.0, keep_alive: bool = False,
-          **settings: Any) -> Controller:
+          executor: Any = None, **settings: Any) -> Controller:
     """Start a sentinel and ``workers`` workers for ``home`` (default ``$CASPARIAN_HOME`` or
     ``~/.casparian_flow``) and connect to it; attach instead if one already serves that home.
 
     ``settings`` override :class:`~casparian_nb.config.Settings` fields for this session and
     its processes (e.g. ``job_timeout="10m"``). Waits at most ``timeout`` seconds for the
     sentinel to answer and the workers to join, then fails with the reason and the log path.
+
+    ``executor="dask"`` with ``scheduler="tcp://HOST:PORT"`` (or ``scheduler_file=``), or
+    ``executor=client`` with a ``distributed.Client``, runs the jobs on that Dask cluster
+    instead of local workers (``workers`` and ``slots`` are then ignored; see
+    docs/scale-out.md).
     """
+    if executor is not None and not isinstance(executor, str):  # a distributed.Client
+        settings.update(executor="dask", scheduler=scheduler_of(executor), scheduler_file="")
+    elif executor is not None:
+        settings["executor"] = executor
     s = load_settings(home, **settings)
     try:
         existing: ConnectionInfo | None = read_connection_file(s.home)
@@ -482,10 +492,19 @@ class Controller:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The Dask dashboard of the cluster the jobs run on (dask executor), else None."""
+        info = bridge_info(self.settings)
+        link = info.get("dashboard") if info else None
+        return link if isinstance(link, str) and link else None
+
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else f"sentinel pid {self.info.pid}"
         own = " (started here)" if self.cluster is not None else ""
-        return f"<Controller {str(self.home)!r} {state}{own}>"
+        dash = self.dashboard_link
+        dask = f" dask dashboard {dash}" if dash and not self._stopped else ""
+        return f"<Controller {str(self.home)!r} {state}{own}{dask}>"
 
     def _repr_html_(self) -> str:
         from ._reprs import esc, kv_table
@@ -494,6 +513,10 @@ class Controller:
                 ("started here", "yes" if self.cluster is not None else "no (attached)"),
                 ("session tape", esc(self.session.path.name)),
                 ("state", "stopped" if self._stopped else "connected")]
+        dash = self.dashboard_link
+        if dash and not self._stopped:
+            rows.append(("dask dashboard",
+                         f'<a href="{esc(dash)}" target="_blank">{esc(dash)}</a>'))
         return kv_table(rows, "casparian controller")
 
 

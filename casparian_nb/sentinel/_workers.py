@@ -113,4 +113,5 @@ class WorkerHandlers:
         assert isinstance(p, Goodbye)
         wid = self._known(routing[0], p.worker_id)
         if wid:
-            self._feed(st.WorkerGone(wid, "worker said goodbye", time.time(), graceful=True))
+            self._feed(st.WorkerGone(wid, p.reason or "worker said goodbye", time.time(),
+                                     graceful=not p.lost))

@@ -1,0 +1,487 @@
+"""The bridge process between a sentinel and a Dask cluster.
+
+Each Dask worker becomes a *seat*: one DEALER to the sentinel's worker socket, introduced
+with ``Identify(slots=nthreads, prefetch=3 x nthreads)``, so the sentinel's capacity-based
+dispatch keeps at most 4 x threads attempts in flight per Dask worker (a 100k-job queue stays
+in the state DB, not in the Dask scheduler), and ``casparian jobs``, the queue widget and the
+timeline show Dask workers as workers. A ``Dispatch`` becomes one task, key
+``casparian-<job_id>-<attempt>``, pinned to the seat's worker (``workers=[addr]``, no
+stealing); its result is the Receipt, sent back on the seat. The warm host pools live on the
+workers (:mod:`._dask_plugin`); ``JobStarted`` comes back as a Dask event (``log_event``).
+
+Workers joining and leaving are followed by polling the scheduler (``SYNC_INTERVAL``): a new
+worker is probed (it must see the home's staging directory) and seated; a worker that left
+says ``Goodbye(lost=True)`` on its seat, and the sentinel re-queues its attempts as for any
+lost worker (a new attempt, so a late result of the old one is discarded: promotion once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+import zmq
+
+from .. import plugins
+from .._connection import ConnectionInfo, read_connection_file
+from .._proc import pid_alive
+from ..config import Settings, load_settings
+from ..errors import CasparianError, ProtocolError, SharedStorageError
+from ..joblogs import job_logs_root
+from ..protocol import (
+    Abort,
+    AbortCause,
+    Codec,
+    Dispatch,
+    ErrorInfo,
+    ErrorKind,
+    Goodbye,
+    Heartbeat,
+    HostJob,
+    Identify,
+    JobStarted,
+    Receipt,
+    ReceiptStatus,
+    Refused,
+    SentinelMessage,
+    Shutdown,
+    Welcome,
+    WireMessage,
+)
+from ..sinks.staging import attempt_root
+from ..worker.pool import aborted
+from . import _dask_plugin as remote
+from ._dask_names import BRIDGE_FILE, require_distributed
+from ._dask_seats import Flight, Seat, probe_storage, seat_id
+
+__all__ = ["DaskBridge", "main"]
+
+log = logging.getLogger("casparian_nb.executors.dask")
+
+#: How often the bridge asks the scheduler which workers there are.
+SYNC_INTERVAL = 0.5
+_receipt = msgspec.json.Decoder(Receipt)
+_hostjob = msgspec.json.Encoder()
+_receipt_out = msgspec.json.Encoder()
+class DaskBridge:
+    """Serves the sentinel of ``settings.home`` with the workers of ``client``'s cluster."""
+
+    def __init__(self, settings: Settings, client: Any, *, info: ConnectionInfo | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.info = info or read_connection_file(settings.home)
+        self.codec = Codec(self.info.key_bytes, accepts=SentinelMessage,
+                           max_bytes=settings.max_message_bytes)
+        digest = hashlib.sha256(str(settings.home).encode()).hexdigest()[:10]
+        #: The worker plugin's name and the event topic of this home's bridge.
+        self.name = f"casparian-{digest}"
+        self.seats: dict[str, Seat] = {}
+        self._by_sock: dict[zmq.Socket[bytes], Seat] = {}
+        self._refused: set[str] = set()
+        self._trusted: dict[str, str] = {}
+        self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
+        self._fetched: queue.Queue[tuple[Seat, str, Flight, Any]] = queue.Queue()
+        self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
+                                         daemon=True)
+        #: Aborts are RPCs to one worker: off the loop, so a dying worker cannot stall it.
+        self._rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cf-bridge-rpc")
+        self._started: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._wake_ep = f"inproc://bridge-wake-{id(self)}"
+        self._wake_rx = self._ctx.socket(zmq.PULL)
+        self._wake_rx.bind(self._wake_ep)
+        self._wake_tx: zmq.Socket[bytes] | None = None
+        self._wake_lock = threading.Lock()
+        self._ids = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        s = self.settings
+        self.client.register_plugin(remote.HostPoolPlugin(
+            self.name, log_dir=str(s.logs_dir), cancel_grace=s.cancel_grace,
+            memory_limit_mb=s.job_memory_limit_mb,
+            log_max_bytes=s.host_log_max_mb * 1024 * 1024), name=self.name)
+        self.client.subscribe_topic(self.name, self._on_started_event)
+        self._fetcher.start()
+        try:
+            workers = self._scheduler_workers()
+            self.check_shared_storage(list(workers), strict=True)
+            self._write_info()
+            self._loop()
+            return 0
+        finally:
+            self._shutdown()
+
+    def _write_info(self) -> None:
+        data = {"scheduler": self.client.scheduler.address, "pid": os.getpid(),
+                "dashboard": getattr(self.client, "dashboard_link", None)}
+        path = self.settings.home / BRIDGE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    def _shutdown(self) -> None:
+        self._done.put(None)
+        self._rpc.shutdown(wait=False, cancel_futures=True)
+        # The hosts first (the plugin's teardown kills the running ones), so that nothing is
+        # staged any more once the sentinel reads the ABORTED receipts below.
+        try:
+            self.client.unregister_worker_plugin(self.name)
+        except Exception as exc:  # the cluster may be gone already
+            log.info("could not remove the worker plugin: %s", exc)
+        for seat in list(self.seats.values()):
+            for job_id, flight in list(seat.running.items()):
+                self.client.cancel(flight.future, force=True)
+                self._send(seat, Receipt(job_id=job_id, attempt=flight.dispatch.attempt,
+                                         status=ReceiptStatus.ABORTED, reason="shutdown",
+                                         cause=AbortCause.SHUTDOWN, worker_id=seat.worker_id))
+            self._drop_seat(seat, Goodbye(worker_id=seat.worker_id))
+        (self.settings.home / BRIDGE_FILE).unlink(missing_ok=True)
+        self._wake_rx.close(0)
+        if self._wake_tx is not None:
+            self._wake_tx.close(0)
+        self._ctx.destroy(linger=0)
+
+    # -- the cluster's workers ---------------------------------------------------------------
+    def _scheduler_workers(self) -> dict[str, dict[str, Any]]:
+        info = self.client.scheduler_info(n_workers=-1)
+        workers = info.get("workers", {})
+        return workers if isinstance(workers, dict) else {}
+
+    def check_shared_storage(self, addresses: list[str], *, strict: bool) -> list[str]:
+        """The addresses whose workers share the staging directory with us (a probe file
+        each writes and we read). ``strict``: raise SharedStorageError on the first that
+        does not (at start: the sentinel could never promote what they stage)."""
+        staging = self.settings.staging_dir
+        good = []
+        for address, problem in probe_storage(self.client, staging, addresses).items():
+            if problem is None:
+                good.append(address)
+                continue
+            message = (f"the staging directory {staging} is not shared with Dask worker "
+                       f"{address}: {problem}; put the casparian home on storage every "
+                       "worker mounts at the same path")
+            if strict:
+                raise SharedStorageError(message)
+            log.error("%s (worker not used)", message)
+            self._refused.add(address)
+        return good
+
+    def _sync_workers(self) -> None:
+        workers = self._scheduler_workers()
+        for address in [a for a in self.seats if a not in workers]:
+            seat = self.seats[address]
+            log.warning("Dask worker %s left the cluster; its %d attempt(s) go back to the "
+                        "queue", address, len(seat.running))
+            for flight in seat.running.values():
+                self.client.cancel(flight.future, force=True)
+            self._drop_seat(seat, Goodbye(worker_id=seat.worker_id, lost=True,
+                                          reason=f"Dask worker {address} left the cluster"))
+        new = [a for a in workers if a not in self.seats and a not in self._refused]
+        for address in self.check_shared_storage(new, strict=False):
+            w = workers[address]
+            self._seat(address, int(w.get("nthreads") or 1), str(w.get("host") or ""))
+
+    def _seat(self, address: str, nthreads: int, host: str) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        wid = seat_id(address)
+        sock.setsockopt(zmq.IDENTITY, f"{wid}-{uuid.uuid4().hex[:6]}".encode())
+        sock.connect(self.info.workers)
+        seat = Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock)
+        self.seats[address] = seat
+        self._by_sock[sock] = seat
+        # pid: the bridge's own, so a sentinel on this machine sees every seat lost at once
+        # when the bridge dies (it checks the pids of local workers).
+        self._send(seat, Identify(worker_id=wid, slots=seat.nthreads, pid=os.getpid(),
+                                  host=socket.gethostname(),
+                                  prefetch=seat.capacity - seat.nthreads))
+        log.info("Dask worker %s (%d threads) joined as %s", address, seat.nthreads, wid)
+
+    def _drop_seat(self, seat: Seat, goodbye: Goodbye) -> None:
+        self._send(seat, goodbye)
+        self.seats.pop(seat.address, None)
+        self._by_sock.pop(seat.sock, None)
+        seat.sock.close(linger=200)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        next_beat = next_sync = 0.0
+        while not self._stop.is_set():
+            poller = zmq.Poller()
+            poller.register(self._wake_rx, zmq.POLLIN)
+            for sock in self._by_sock:
+                poller.register(sock, zmq.POLLIN)
+            ready = dict(poller.poll(50))
+            if self._wake_rx in ready:
+                while True:
+                    try:
+                        self._wake_rx.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            for sock in [s for s in ready if s is not self._wake_rx]:
+                seat = self._by_sock.get(sock)
+                for _ in range(1000):
+                    if seat is None or seat.address not in self.seats:
+                        break
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(seat, frames)
+            self._send_started()
+            self._send_results()
+            now = time.monotonic()
+            if now >= next_sync:
+                next_sync = now + SYNC_INTERVAL
+                self._sync_workers()
+            if now >= next_beat:
+                next_beat = now + interval
+                if not pid_alive(self.info.pid):
+                    log.warning("sentinel pid %d is gone; the bridge exits", self.info.pid)
+                    return
+                for seat in self.seats.values():
+                    self._send(seat, Heartbeat(worker_id=seat.worker_id,
+                                               active_job_ids=list(seat.running),
+                                               free_slots=seat.capacity - len(seat.running)))
+
+    def _send(self, seat: Seat, message: WireMessage) -> None:
+        self._ids += 1
+        try:
+            seat.sock.send_multipart(self.codec.encode(message, msg_id=f"b{os.getpid():x}-{self._ids:x}"))
+        except zmq.ZMQError as exc:
+            log.warning("could not send %s for %s: %s", type(message).__name__,
+                        seat.worker_id, exc)
+
+    def _handle(self, seat: Seat, frames: list[bytes]) -> None:
+        try:
+            payload = self.codec.decode(frames)[1].payload
+        except ProtocolError as exc:
+            log.warning("dropped a message from the sentinel: %s", exc)
+            return
+        if isinstance(payload, Dispatch):
+            self._on_dispatch(seat, payload)
+        elif isinstance(payload, Abort):
+            self._on_abort(seat, payload)
+        elif isinstance(payload, Shutdown):
+            self._stop.set()
+        elif isinstance(payload, Refused):
+            log.error("the sentinel refused %s: %s", seat.worker_id, payload.reason)
+            self.seats.pop(seat.address, None)
+            self._by_sock.pop(seat.sock, None)
+            self._refused.add(seat.address)
+            seat.sock.close(0)
+        elif not isinstance(payload, Welcome):
+            log.info("ignored %s", type(payload).__name__)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _on_dispatch(self, seat: Seat, dispatch: Dispatch) -> None:
+        job_id, attempt = dispatch.job.job_id, int(dispatch.attempt)
+        if len(seat.running) >= seat.capacity:
+            self._send(seat, Receipt(job_id=job_id, attempt=attempt, worker_id=seat.worker_id,
+                                     status=ReceiptStatus.REJECTED,
+                                     error=ErrorInfo(ename="Capacity", evalue="worker at capacity",
+                                                     kind=ErrorKind.TRANSIENT)))
+            return
+        try:
+            self._check_trust(dispatch)
+        except CasparianError as exc:
+            self._send(seat, Receipt(job_id=job_id, attempt=attempt, worker_id=seat.worker_id,
+                                     status=ReceiptStatus.FAILED,
+                                     error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc))))
+            return
+        staging = attempt_root(self.settings.staging_dir, attempt)
+        # The job's captured output goes beside the staging dir, on the storage both sides
+        # see (checked at start), so ctl.logs reads it as for a local worker.
+        payload = _hostjob.encode(HostJob(job=dispatch.job, attempt=attempt,
+                                          staging_root=str(staging),
+                                          log_root=str(job_logs_root(self.settings.home)),
+                                          redact_log=self.settings.tape_redact))
+        future = self.client.submit(remote.run_attempt, self.name, payload,
+                                    dispatch.timeout_s or None,
+                                    key=f"casparian-{job_id}-{attempt}", workers=[seat.address],
+                                    allow_other_workers=False, pure=False, retries=0)
+        flight = Flight(dispatch, future)
+        seat.running[job_id] = flight
+        future.add_done_callback(lambda _f: self._finished(seat, job_id, flight))
+
+    def _check_trust(self, dispatch: Dispatch) -> None:
+        """The bridge checks the trust policy before any worker sees the job (F13); the
+        host checks the source hash again where it runs."""
+        key = dispatch.job.plugin_source_hash or ""
+        if key and key in self._trusted:
+            return
+        spec = plugins.inspect_plugin(dispatch.job.plugin_path)
+        self._trusted[spec.source_hash] = plugins.check_trust(spec, self.settings.trust)
+        if key and spec.source_hash != key:
+            raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
+
+    def _on_abort(self, seat: Seat, abort: Abort) -> None:
+        flight = seat.running.get(abort.job_id)
+        if flight is None:
+            log.info("abort for job %s which is not running here", abort.job_id)
+            return
+        self._rpc.submit(self._abort_rpc, seat, abort, flight)
+
+    def _abort_rpc(self, seat: Seat, abort: Abort, flight: Flight) -> None:
+        """Kill the attempt's host on its worker. Once the worker says it killed it (the host
+        is reaped by then: nothing more gets staged), the ABORTED receipt goes out at once,
+        without waiting for the task's own answer to come back through the scheduler."""
+        try:
+            killed = self.client.run(remote.abort_on_worker, self.name, abort.job_id,
+                                     int(flight.dispatch.attempt), abort.reason,
+                                     str(abort.cause), workers=[seat.address],
+                                     on_error="return")
+        except Exception as exc:  # the worker is going away: its loss re-queues or aborts
+            log.warning("abort of job %s on %s failed: %s", abort.job_id, seat.address, exc)
+            return
+        if killed.get(seat.address) is True:
+            receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
+            self._fetched.put((seat, abort.job_id, flight, _receipt_out.encode(receipt)))
+            self._wake()
+
+    # -- results (from the client's thread) ------------------------------------------------
+    def _finished(self, seat: Seat, job_id: str, flight: Flight) -> None:
+        self._done.put((seat, job_id, flight))
+        self._wake()
+
+    def _on_started_event(self, event: Any) -> None:
+        msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
+        if isinstance(msg, dict):
+            self._started.put(msg)
+            self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_tx is None:
+                self._wake_tx = self._ctx.socket(zmq.PUSH)
+                self._wake_tx.setsockopt(zmq.LINGER, 0)
+                self._wake_tx.connect(self._wake_ep)
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _send_started(self) -> None:
+        while True:
+            try:
+                msg = self._started.get_nowait()
+            except queue.Empty:
+                return
+            job_id = str(msg.get("job_id"))
+            for seat in self.seats.values():
+                flight = seat.running.get(job_id)
+                if flight is not None and int(flight.dispatch.attempt) == msg.get("attempt"):
+                    self._send(seat, JobStarted(job_id=job_id, host_pid=int(msg["host_pid"]),
+                                                worker_id=seat.worker_id))
+                    break
+
+    def _fetch_results(self) -> None:
+        """Fetcher thread: fetch the receipts of finished tasks, many in one ``gather``, and
+        hand them to the loop. Off the loop, so a slow fetch (a worker going away under it)
+        never holds up heartbeats, dispatches or aborts."""
+        stop = False
+        while not stop:
+            first = self._done.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    item = self._done.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            finished = {f.future.key: f.future for _, _, f in batch
+                        if f.future.status == "finished"}
+            values: dict[Any, Any] = {}
+            if finished:  # one round trip for all of them
+                try:
+                    values = self.client.gather(finished, errors="skip")
+                except Exception as exc:
+                    log.error("could not fetch %d result(s): %s", len(finished), exc)
+            for seat, job_id, flight in batch:
+                self._fetched.put((seat, job_id, flight, values.get(flight.future.key)))
+            self._wake()
+
+    def _send_results(self) -> None:
+        while True:
+            try:
+                seat, job_id, flight, raw = self._fetched.get_nowait()
+            except queue.Empty:
+                return
+            # Only attempts still in flight on a seated worker: a future cancelled because
+            # its worker left (or at shutdown) has been answered already.
+            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
+                continue
+            del seat.running[job_id]
+            if isinstance(raw, bytes):
+                receipt = _receipt.decode(raw)
+            else:  # the task erred (never by the plugin: run_attempt returns its failures)
+                status = flight.future.status
+                err = flight.future.exception() if status == "error" else None
+                receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
+                                  error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
+                                                  evalue=str(err or f"task {status}"),
+                                                  kind=ErrorKind.TRANSIENT))
+            self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
+                                                     worker_id=seat.worker_id))
+
+
+def main() -> int:
+    """``python -m casparian_nb.executors.dask``: serve the home's sentinel (settings from
+    ``CASPARIAN_*``, as the launcher passes them) with the configured Dask cluster."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s dask-bridge %(levelname)s %(message)s")
+    try:
+        settings = load_settings()
+        distributed = require_distributed()
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                info = read_connection_file(settings.home)
+                break
+            except CasparianError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        if settings.scheduler_file:
+            client = distributed.Client(scheduler_file=settings.scheduler_file, timeout="20s")
+        else:
+            client = distributed.Client(settings.scheduler, timeout="20s")
+    except (CasparianError, OSError, TimeoutError) as exc:
+        print(f"casparian: error: {exc}", flush=True)
+        return 1
+    bridge = DaskBridge(settings, client, info=info)
+
+    def _stop(signum: int, frame: object) -> None:
+        bridge.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return bridge.run()
+    except SharedStorageError as exc:
+        print(f"casparian: error: {exc}", flush=True)
+        return 1
+    finally:
+        client.close()

@@ -1,0 +1,150 @@
+"""What runs on each Dask worker: a warm :class:`HostPool`, the task that runs one attempt on
+it, and the two calls the bridge makes there (abort, storage probe).
+
+The pool lives in a ``WorkerPlugin`` (one per Dask worker, one host per worker thread), so a
+plugin runs in a killable child process, never in the Dask worker itself: a crashing plugin
+costs a host, not the worker, and a cancel is a kill (SIGTERM, a short grace, SIGKILL).
+
+Cancel travels as ``Client.run(abort_on_worker, ..., workers=[addr])``: a direct RPC from the
+bridge to the one worker that runs the attempt, answered by the worker's event loop even while
+every worker thread is busy in a plugin — no scheduler round trip, no topic to poll, and the
+kill is done (the host reaped) when the call returns. An abort that arrives before the task
+took a host is parked, keyed by job and attempt, and honoured the moment it does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from distributed import WorkerPlugin, get_worker
+
+from ..protocol import AbortCause, ErrorInfo, ErrorKind, HostJob, Receipt, ReceiptStatus
+from ..worker.pool import HostPool, aborted
+
+__all__ = ["HostPoolPlugin", "abort_on_worker", "probe_write", "run_attempt"]
+
+#: How long a job runs before the bridge is told it started (see ``run_attempt``).
+STARTED_DELAY = 0.05
+_hostjob = msgspec.json.Decoder(HostJob)
+_receipt = msgspec.json.Encoder()
+
+
+class HostPoolPlugin(WorkerPlugin):
+    """Keeps ``nthreads`` warm plugin hosts on each Dask worker it is registered on."""
+
+    def __init__(self, name: str, *, log_dir: str, cancel_grace: float,
+                 memory_limit_mb: int, log_max_bytes: int) -> None:
+        self.name = name
+        self.log_dir = log_dir
+        self.cancel_grace = cancel_grace
+        self.memory_limit_mb = memory_limit_mb
+        self.log_max_bytes = log_max_bytes
+        self.pool: HostPool | None = None
+        self._lock = threading.Lock()
+        self._parked: dict[tuple[str, int], tuple[str, AbortCause]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # the pool and the lock stay where they live
+        return {k: v for k, v in self.__dict__.items() if k not in ("pool", "_lock", "_parked")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.pool = None
+        self._lock = threading.Lock()
+        self._parked = {}
+
+    def setup(self, worker: Any) -> None:
+        port = str(worker.address).rsplit(":", 1)[-1]
+        self.pool = HostPool(max(1, int(worker.state.nthreads)), log_dir=Path(self.log_dir),
+                             cancel_grace=self.cancel_grace,
+                             memory_limit_mb=self.memory_limit_mb,
+                             log_max_bytes=self.log_max_bytes,
+                             name=f"host-dask-{port}")
+
+    def teardown(self, worker: Any) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def abort(self, job_id: str, attempt: int, reason: str, cause: AbortCause) -> bool:
+        """Kill the host running the attempt (True), or park the abort for it (False)."""
+        assert self.pool is not None
+        with self._lock:
+            if self.pool.cancel(job_id, reason, cause=cause):
+                return True
+            self._parked[(job_id, attempt)] = (reason, cause)
+            return False
+
+    def take_abort(self, job_id: str, attempt: int) -> tuple[str, AbortCause] | None:
+        with self._lock:
+            return self._parked.pop((job_id, attempt), None)
+
+
+def _plugin(name: str) -> HostPoolPlugin:
+    plugin = get_worker().plugins[name]
+    assert isinstance(plugin, HostPoolPlugin)
+    return plugin
+
+
+def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
+    """The Dask task of one attempt: run it on a warm host; the Receipt, JSON-encoded.
+
+    Always returns a receipt (a failure of ours is a transient FAILED), so the task itself
+    never errs and Dask never retries it behind the sentinel's back.
+    """
+    plugin = _plugin(name)
+    job = _hostjob.decode(payload)
+    job_id, attempt = job.job.job_id, int(job.attempt)
+    worker = get_worker()
+
+    timers: list[threading.Timer] = []
+
+    def started(pid: int) -> None:
+        parked = plugin.take_abort(job_id, attempt)
+        if parked is not None and plugin.pool is not None:  # aborted while it waited for a host
+            plugin.pool.cancel(job_id, parked[0], cause=parked[1])
+        # Said only of a job still running after STARTED_DELAY: a quick job is reported by
+        # its receipt alone (one message through the scheduler fewer per job).
+        timer = threading.Timer(STARTED_DELAY, worker.log_event, (name, {
+            "job_id": job_id, "attempt": attempt, "host_pid": pid}))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    parked = plugin.take_abort(job_id, attempt)
+    try:
+        if parked is not None:
+            res = aborted(job_id, parked[0], cause=parked[1])
+        else:
+            assert plugin.pool is not None
+            res = plugin.pool.run(job, timeout=timeout, on_start=started)
+    except Exception as exc:  # the pool closed under us (teardown), or a bug
+        res = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
+                      error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
+                                      kind=ErrorKind.TRANSIENT))
+    for timer in timers:
+        timer.cancel()
+    plugin.take_abort(job_id, attempt)
+    return _receipt.encode(res)
+
+
+def abort_on_worker(name: str, job_id: str, attempt: int, reason: str, cause: str,
+                    dask_worker: Any = None) -> bool:
+    """``Client.run`` target: kill the attempt's host here (True) or park the abort."""
+    plugin = dask_worker.plugins.get(name) if dask_worker is not None else None
+    if not isinstance(plugin, HostPoolPlugin):
+        return False
+    return plugin.abort(job_id, attempt, reason, AbortCause(cause))
+
+
+def probe_write(directory: str, token: str, dask_worker: Any = None) -> str:
+    """``Client.run`` target: write a probe file the bridge then reads; its file name."""
+    address = str(getattr(dask_worker, "address", "")) or socket.gethostname()
+    name = f".cf-probe-{token}-{abs(hash(address)) % 10**8}-{os.getpid()}"
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{token} {address}")
+    return name

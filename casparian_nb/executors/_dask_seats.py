@@ -1,0 +1,80 @@
+"""The dask bridge's view of one Dask worker (a *seat*), and the shared-storage probe."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ..protocol import Dispatch
+from . import _dask_plugin as remote
+
+__all__ = ["PREFETCH_FACTOR", "Flight", "Seat", "probe_storage", "seat_id"]
+
+#: Attempts a seat holds beyond its threads (the Dask worker queues them), per thread: enough
+#: that a thread finds its next attempt already there, while the receipt of the last one and
+#: the dispatch that replaces it go round (1 gave half the rate of 3 on small files).
+PREFETCH_FACTOR = 3
+
+
+@dataclass(eq=False)
+class Flight:
+    """One attempt submitted to Dask: its dispatch and its future."""
+
+    dispatch: Dispatch
+    future: Any
+
+
+@dataclass(eq=False)
+class Seat:
+    """One Dask worker, presented to the sentinel as one worker."""
+
+    address: str
+    worker_id: str
+    nthreads: int
+    host: str
+    sock: zmq.Socket[bytes]
+    running: dict[str, Flight] = field(default_factory=dict)
+
+    @property
+    def capacity(self) -> int:
+        # The sentinel takes a prefetch of at most 64 per worker.
+        return self.nthreads + min(64, self.nthreads * PREFETCH_FACTOR)
+
+
+def seat_id(address: str) -> str:
+    """``tcp://10.0.0.5:40123`` -> ``dask-10.0.0.5-40123`` (the worker id the sentinel sees)."""
+    bare = address.split("://", 1)[-1]
+    return "dask-" + bare.replace(":", "-").replace("/", "-").strip("[]")
+
+
+
+def probe_storage(client: Any, staging: Path, addresses: list[str]) -> dict[str, str | None]:
+    """Each worker at ``addresses`` writes a probe file under ``staging`` (``Client.run``)
+    and we read it back: address -> None when it is shared, else what went wrong."""
+    if not addresses:
+        return {}
+    token = uuid.uuid4().hex[:12]
+    try:
+        names = client.run(remote.probe_write, str(staging), token, workers=addresses,
+                           on_error="return")
+    except Exception as exc:  # the cluster is gone: every probe failed
+        names = {a: exc for a in addresses}
+    out: dict[str, str | None] = {}
+    for address in addresses:
+        name = names.get(address)
+        if isinstance(name, BaseException) or not isinstance(name, str):
+            out[address] = f"it could not write there ({name})"
+            continue
+        path = staging / name
+        try:
+            seen = path.read_text()
+            path.unlink()
+        except OSError:
+            seen = ""
+        out[address] = None if seen.startswith(token) else \
+            "the probe file it wrote is not visible here"
+    return out

@@ -154,8 +154,8 @@ class EventPump:
     def _handle(self, batch: list[Event]) -> None:
         any_final = False
         with self._lock:
-            for name, data, _ in batch:
-                self._relay(name, data)
+            for name, data, ts in batch:
+                self._relay(name, data, ts)
                 if is_final(name, data) and data.get("job_id") is not None:
                     try:
                         self._finished[int(data["job_id"])] = _final_status(name)
@@ -172,13 +172,16 @@ class EventPump:
             except Exception:  # one broken widget must not starve the others or the tape
                 log.exception("event subscriber %r failed", callback)
 
-    def _relay(self, name: str, data: Mapping[str, Any]) -> None:
+    def _relay(self, name: str, data: Mapping[str, Any], at: float | None = None) -> None:
+        # ``at``: when the sentinel published it. The relay runs in batches, later; the
+        # timeline of a session tape must show when jobs ran, not when they were relayed.
         if self.tape is None or self.tape.closed or not name:
             return
         jid = data.get("job_id")
         corr, parent = self._links.get(str(jid), (None, None)) if jid is not None else (None, None)
         try:
-            event_id = self.tape.domain(name, dict(data), correlation_id=corr, parent_id=parent)
+            event_id = self.tape.domain(name, dict(data), correlation_id=corr, parent_id=parent,
+                                        at=at)
         except Exception:  # a full disk must not stop live updates
             log.exception("cannot append %s to the session tape", name)
             return

@@ -88,7 +88,8 @@ _WORKER_VERB: dict[str, str] = {E.WORKER_JOINED: "joined", E.WORKER_LOST: "lost"
 #: Queue-depth category of a status: 0 queued, 1 on a worker, 2 neither.
 _CATEGORY = {_QUEUED: 0, _DISPATCHED: 1, _RUNNING: 1}
 #: Job events drawn as bar ends or markers.
-_DRAWN = frozenset({E.JOB_DISPATCHED, E.CANCEL_REQUESTED, E.JOB_RETRIED, *_BAR_END})
+_DRAWN = frozenset({E.JOB_DISPATCHED, E.JOB_STARTED, E.CANCEL_REQUESTED, E.JOB_RETRIED,
+                    *_BAR_END})
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -295,6 +296,13 @@ class _Pass:
             self.attempt.append(int(self.core.jobs[jid].attempts or 0))
             self.status.append(_CODE[_RUNNING])
             self.open[jid] = self.last_bar[jid] = i
+        elif name == E.JOB_STARTED:
+            # The plugin started: the bar begins here, not at the dispatch. A worker takes a
+            # few jobs ahead of its free slots; drawn from the dispatch they would overlap and
+            # need lanes the worker never had. (A fast job sends no JobStarted: from dispatch.)
+            j = self.open.get(jid, -1)
+            if j >= 0 and rel >= self.t0[j]:
+                self.t0[j] = rel
         elif name in _BAR_END:
             status = _BAR_END[name]
             if name == E.JOB_FAILED and p.will_retry is True:

@@ -199,22 +199,25 @@ class TapeWriter:
         *,
         correlation_id: str | None = None,
         parent_id: str | None = None,
+        at: float | None = None,
     ) -> str:
         """Append one event; returns its ``event_id``.
 
         ``kind`` is ``ui_command``, ``domain_event``, ``system_response`` or ``error_event``
         (``tape_started``/``tape_stopped`` belong to the writer). The payload is redacted
-        by ``name``'s schema before it is written.
+        by ``name``'s schema before it is written. ``at`` (epoch seconds) is when the event
+        happened, if not now: a relayed sentinel event keeps the sentinel's time.
         """
         if kind not in NAMED_TYPES:
             raise ValueError(f"cannot emit event type {kind!r}; use one of {sorted(NAMED_TYPES)}")
         if not isinstance(name, str) or not name:
             raise ValueError("event name must be a non-empty string")
-        return self._append(kind, name, payload, correlation_id, parent_id)
+        return self._append(kind, name, payload, correlation_id, parent_id, at)
 
-    def domain(self, name: str, payload: Any = None, **links: str | None) -> str:
+    def domain(self, name: str, payload: Any = None, *, at: float | None = None,
+               **links: str | None) -> str:
         """``emit("domain_event", name, payload, ...)``: what the sentinel records."""
-        return self.emit(DOMAIN_EVENT, name, payload, **links)
+        return self.emit(DOMAIN_EVENT, name, payload, at=at, **links)
 
     def command(self, name: str, payload: Any = None) -> tuple[str, str]:
         """Record a ``ui_command`` under a fresh correlation id: ``(event_id, correlation_id)``."""
@@ -264,7 +267,8 @@ class TapeWriter:
 
     # -- hot path --------------------------------------------------------------------------
     def _append(
-        self, kind: str, name: str | None, payload: Any, corr: str | None, parent: str | None
+        self, kind: str, name: str | None, payload: Any, corr: str | None, parent: str | None,
+        at: float | None = None,
     ) -> str:
         if payload is None:
             payload = {}
@@ -277,10 +281,11 @@ class TapeWriter:
         except ValueError:
             encoded = _encode(finite(body))
         with self._lock:
-            return self._write_locked(kind, name, encoded, corr, parent)
+            return self._write_locked(kind, name, encoded, corr, parent, at)
 
     def _write_locked(
-        self, kind: str, name: str | None, encoded: Any, corr: str | None, parent: str | None
+        self, kind: str, name: str | None, encoded: Any, corr: str | None, parent: str | None,
+        at: float | None = None,
     ) -> str:
         if self._closed and kind != TAPE_STOPPED:
             raise TapeError(f"tape {self.path} is closed")
@@ -294,7 +299,7 @@ class TapeWriter:
         if en is None:
             en = _ENCODER.encode({"type": kind} if name is None else {"type": kind, "name": name})
             self._names[(kind, name)] = en
-        t = self._clock()
+        t = self._clock() if at is None else at
         sec = math.floor(t)
         if sec != self._ts_sec:  # strftime once per second, not per event
             self._ts_sec = sec

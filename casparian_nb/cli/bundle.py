@@ -25,7 +25,10 @@ def support_bundle(app: App, output: Path, no_tapes: bool, no_logs: bool, no_con
                    as_json: bool) -> int:
     """Write OUT.zip with the home's tapes, its logs (paths, home, user and host names
     scrubbed), a redacted config summary and a manifest. Never includes output data or
-    plugin source."""
+    plugin source.
+
+    Example: casparian support-bundle bug-report.zip
+    """
     from ..bundle import create_support_bundle
 
     result = create_support_bundle(app.settings, output, tapes=not no_tapes,

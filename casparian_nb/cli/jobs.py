@@ -79,11 +79,19 @@ def no_sentinel(settings: Settings) -> SentinelError:
               help="Per-job timeout (default: the home's job_timeout).")
 @click.option("--force", is_flag=True, help="Run even if already materialized.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sentinel's reply as JSON.")
+@click.option("--wait", is_flag=True,
+              help="Wait until every job is finished (a progress bar on a terminal); exit 1 "
+                   "if any failed or was aborted.")
+@click.option("--quiet", "-q", is_flag=True, help="With --wait: no progress bar.")
 @recorded("Submit", creates_home=False)
 def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
-           priority: int, timeout: float | None, force: bool, as_json: bool) -> int:
+           priority: int, timeout: float | None, force: bool, as_json: bool, wait: bool,
+           quiet: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
-    sentinel; print the job ids."""
+    sentinel; print the job ids.
+
+    Example: casparian submit plugins/orders.py data/ --sink parquet://output --wait
+    """
     from .. import plugins
 
     settings = app.settings
@@ -109,7 +117,41 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mod
         print("casparian: warning: " + stale_warning(stale, spec.name, spec.version,
                                                     flag="--force"), file=sys.stderr)
     app.response = {"jobs": len(reply["job_ids"]), "skipped": len(reply["skipped"])}
+    if wait and reply["job_ids"]:
+        return _wait_for(settings, [int(i) for i in reply["job_ids"]], quiet=quiet)
     return EXIT_OK
+
+
+def _wait_for(settings: Settings, ids: list[int], *, quiet: bool) -> int:
+    """Poll the state DB (read-only) until every job of ``ids`` is finished, with a progress
+    bar on a terminal; the final counts as one line on stderr; 1 if any did not complete."""
+    from .._progress import ProgressCounts, terminal_progress
+    from ..store import StateReader
+
+    bar = terminal_progress("submit --wait", enabled=False if quiet else None)
+    counts = ProgressCounts()
+    done_as = {JobStatus.COMPLETED, JobStatus.SKIPPED}
+    try:
+        with StateReader.open(settings.state_db) as reader:
+            while True:
+                status = [str(r["status"]) for r in reader.queue_rows(ids=ids)]
+                finished = [s for s in status if s in FINISHED_JOB_STATUSES]
+                ok = sum(1 for s in finished if s in done_as)
+                counts = ProgressCounts(ok, len(finished) - ok,
+                                        sum(1 for s in status if s == JobStatus.RUNNING),
+                                        sum(1 for s in status if s == JobStatus.QUEUED))
+                if bar is not None:
+                    bar.update(counts)
+                if len(finished) == len(ids):
+                    break
+                time.sleep(0.2)  # a poll interval; the jobs' end is the deadline
+    finally:
+        if bar is not None:
+            bar.finish(counts)
+    if bar is None and not quiet:
+        print(f"submit --wait: {counts.done} done, {counts.failed} failed of {len(ids)}",
+              file=sys.stderr)
+    return EXIT_OK if counts.failed == 0 else EXIT_FAILED
 
 
 def _fmt_job(j: dict[str, Any]) -> str:
@@ -132,7 +174,10 @@ def _fmt_job(j: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of job objects.")
 @recorded("Jobs", creates_home=False)
 def jobs(app: App, status: str | None, limit: int, offset: int, as_json: bool) -> int:
-    """List jobs, newest first (read-only; works with or without a sentinel)."""
+    """List jobs, newest first (read-only; works with or without a sentinel).
+
+    Example: casparian jobs --status failed --json
+    """
     found: list[dict[str, Any]] = []
     reader = _reader(app.settings)
     if reader is not None:
@@ -158,7 +203,10 @@ def job() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @recorded("Job", creates_home=False)
 def job_show(app: App, job_id: int, as_json: bool) -> int:
-    """Show every recorded field of job JOB_ID (read-only)."""
+    """Show every recorded field of job JOB_ID (read-only).
+
+    Example: casparian job show 42
+    """
     reader = _reader(app.settings)
     if reader is None:
         raise CasparianError(f"job {job_id} does not exist: no jobs in {app.settings.home} yet")
@@ -199,7 +247,10 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
               help="Keep printing new output until the job finishes.")
 @recorded("Job", creates_home=False)
 def job_logs(app: App, job_id: int, attempt: int | None, follow: bool) -> int:
-    """Print what job JOB_ID's plugin printed and logged (read-only; no sentinel needed)."""
+    """Print what job JOB_ID's plugin printed and logged (read-only; no sentinel needed).
+
+    Example: casparian job logs 42 --follow
+    """
     from ..joblogs import read_job_log
 
     if not follow:
@@ -285,7 +336,7 @@ def job_retry(app: App, job_ids: tuple[int, ...], failed: bool) -> int:
     """Re-queue FAILED or ABORTED jobs (JOB_IDS, or every one with --failed) as new
     attempts on the running sentinel; each keeps its attempt history (job show).
 
-    Example: ``casparian job retry 42 43`` or ``casparian job retry --failed``
+    Example: casparian job retry 42 43 or casparian job retry --failed
     """
     if bool(job_ids) == failed:
         raise click.UsageError("give job ids or --failed (not both)")
@@ -313,7 +364,10 @@ def job_retry(app: App, job_ids: tuple[int, ...], failed: bool) -> int:
 def job_cancel(app: App, job_id: int) -> int:
     """Cancel job JOB_ID through the running sentinel: a queued job is dropped, a running
     job's plugin is killed and nothing is promoted. With no sentinel running nothing changes
-    (only the sentinel writes the state DB)."""
+    (only the sentinel writes the state DB).
+
+    Example: casparian job cancel 42
+    """
     settings = app.settings
     client = _live_client(settings)
     if client is None:

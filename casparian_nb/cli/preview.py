@@ -26,7 +26,10 @@ def preview(app: App, plugin: str, file: str, rows: int, timeout: float | None,
             as_json: bool) -> int:
     """Run PLUGIN on FILE in a plugin host, as a job would run, and show each output's row
     count, schema and first rows, the rows a sink would quarantine, what the plugin printed,
-    and its traceback if it raised. Nothing is written. Exit 1 if the plugin raised."""
+    and its traceback if it raised. Nothing is written. Exit 1 if the plugin raised.
+
+    Example: casparian preview plugins/orders.py data/jan.csv --rows 5
+    """
     from ..previews import preview as run_preview
 
     result = run_preview(plugin, file, rows, timeout, settings=app.settings)

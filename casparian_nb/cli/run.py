@@ -50,7 +50,10 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
         max_quarantine_rows: int | None, as_json: bool, verbose: bool, quiet: bool,
         force: bool) -> int:
     """Run PLUGIN (a file, or a name under <home>/plugins) over INPUTS (files, directories,
-    recursive, or globs) and promote its outputs. Exit 1 if any file failed."""
+    recursive, or globs) and promote its outputs. Exit 1 if any file failed.
+
+    Example: casparian run plugins/orders.py data/ --sink parquet://output
+    """
     from ..runner import run as run_plugin
 
     if parallel is not None and parallel < 1:
@@ -120,7 +123,7 @@ def demo(app: App, files: int, workers: int, timeout: float, force: bool,
     show progress, print the summary and a DuckDB query over the outputs, stop cleanly.
     With --notebook, run that notebook instead (what `make demo` does).
 
-    Example: ``casparian demo --notebook notebooks/01-quickstart.ipynb --html out.html``
+    Example: casparian demo --notebook notebooks/01-quickstart.ipynb --html out.html
     """
     if notebook is not None:
         from ..demo_notebook import run_notebook

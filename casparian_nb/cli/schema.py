@@ -25,7 +25,10 @@ __all__ = ["schema"]
 @recorded("Plugin")
 def schema(app: App, plugin_ref: str, infer_from: Path | None) -> int:
     """Print the schema contract PLUGIN declares (its literal ``outputs``), or with --infer
-    the manifest matching what it produces on FILE."""
+    the manifest matching what it produces on FILE.
+
+    Example: casparian plugin schema plugins/orders.py --infer data/jan.csv
+    """
     from .. import plugins
 
     spec = plugins.inspect_plugin(plugins.resolve_plugin_path(plugin_ref,

@@ -18,7 +18,10 @@ __all__ = ["sentinel", "start", "stop", "worker"]
 @click.command()
 @recorded("Sentinel")
 def sentinel(app: App) -> int:
-    """Run the sentinel of the home in the foreground."""
+    """Run the sentinel of the home in the foreground.
+
+    Example: casparian --home ./home sentinel
+    """
     from ..sentinel.server import run_sentinel
 
     return run_sentinel(app.settings)
@@ -31,7 +34,10 @@ def sentinel(app: App) -> int:
               help="Name the worker reports to the sentinel (default: a random one).")
 @recorded("Worker")
 def worker(app: App, slots: int | None, worker_id: str | None) -> int:
-    """Run one worker of the home's sentinel in the foreground."""
+    """Run one worker of the home's sentinel in the foreground.
+
+    Example: casparian --home ./home worker --slots 4
+    """
     from ..worker.supervisor import run_worker
 
     return run_worker(app.settings, slots=slots, worker_id=worker_id)
@@ -54,7 +60,10 @@ def start(app: App, workers: int, slots: int | None, executor: str | None,
     """Run a sentinel and its workers in the foreground; Ctrl-C (or SIGTERM) stops them all,
     workers first. Exits 1, naming the sentinel's pid and signal, when the sentinel dies on
     its own (its workers are stopped all the same). With ``--executor dask`` the jobs run on
-    the Dask cluster at ``--scheduler`` (docs/scale-out.md)."""
+    the Dask cluster at ``--scheduler`` (docs/scale-out.md).
+
+    Example: casparian start --workers 2  (or --executor dask --scheduler tcp://HOST:8786)
+    """
     from ..launcher import LocalCluster
 
     settings = app.settings
@@ -104,7 +113,7 @@ def stop(app: App, timeout: float) -> int:
     workers (a running job is aborted, nothing of it promoted), writes TapeStopped, and
     exits; a ``casparian start`` in the foreground then exits 0.
 
-    Example: ``casparian --home ./demo_home stop``
+    Example: casparian --home ./demo_home stop
     """
     from .._proc import pid_alive
     from .jobs import _live_client, no_sentinel

@@ -76,7 +76,10 @@ def _format_options(fn: click.decorators.FC) -> click.decorators.FC:
 @_format_options
 @recorded("Tape", creates_home=False)
 def explain(app: App, file: str, fmt: str, as_json: bool) -> int:
-    """Summarise the commands, jobs, retries, errors and workers of tape FILE."""
+    """Summarise the commands, jobs, retries, errors and workers of tape FILE.
+
+    Example: casparian tape explain home/tapes/sentinel-*.tape --format json
+    """
     return explain_command(file, "json" if as_json else fmt)
 
 
@@ -84,5 +87,8 @@ def explain(app: App, file: str, fmt: str, as_json: bool) -> int:
 @_format_options
 @recorded("Tape", creates_home=False)
 def validate(app: App, file: str, fmt: str, as_json: bool) -> int:
-    """Check the envelope, sequence, ids and links of tape FILE; exit 1 if it is invalid."""
+    """Check the envelope, sequence, ids and links of tape FILE; exit 1 if it is invalid.
+
+    Example: casparian tape validate session.tape
+    """
     return validate_command(file, "json" if as_json else fmt)

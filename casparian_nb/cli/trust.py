@@ -25,7 +25,7 @@ def keygen(app: App, signer: str | None) -> int:
     """Make an Ed25519 signing key pair in the home's keys/ directory; the home trusts its
     public key from then on.
 
-    Example: ``casparian plugin keygen`` then ``casparian plugin sign plugins/orders.py``.
+    Example: casparian plugin keygen then casparian plugin sign plugins/orders.py.
     """
     from .._signing import default_signer, write_key_pair
 
@@ -67,7 +67,7 @@ def sign(app: App, plugin: Path, key: Path | None, signer: str | None) -> int:
     """Sign PLUGIN's current bytes; writes PLUGIN.sig beside it. Editing the plugin
     afterwards makes the signature fail until it is signed again.
 
-    Example: ``casparian plugin sign plugins/orders.py``
+    Example: casparian plugin sign plugins/orders.py
     """
     from .._signing import read_private_key, resolve_plugin_path, sign_plugin
 
@@ -86,7 +86,7 @@ def sign(app: App, plugin: Path, key: Path | None, signer: str | None) -> int:
 def verify(app: App, plugin: Path) -> int:
     """Say whether PLUGIN may run under the home's trust policy, and why; exit 1 if not.
 
-    Example: ``casparian plugin verify plugins/orders.py``
+    Example: casparian plugin verify plugins/orders.py
     """
     from .._signing import resolve_plugin_path
     from ..errors import TrustError

@@ -35,6 +35,8 @@ ALL = [("casparian", cli), *_commands(cli)]
 @pytest.mark.parametrize(("path", "command"), ALL, ids=[p for p, _ in ALL])
 def test_every_command_and_option_has_help(path: str, command: click.Command) -> None:
     assert command.help, f"{path} has no help text"
+    if not isinstance(command, click.Group):
+        assert f"Example: {path.split(' ')[0]}" in command.help, f"{path} shows no example"
     for param in command.params:
         if isinstance(param, click.Option) and not param.hidden:
             assert param.help, f"{path} {param.opts[0]} has no help text"

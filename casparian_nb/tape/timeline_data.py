@@ -309,7 +309,13 @@ class _Pass:
                 status = "failed_retrying"
             j = self.open.pop(jid, -1)
             if j >= 0:
-                self._close(j, rel, status)
+                # The worker's slot was busy for the plugin's run, not until the committer
+                # recorded the end (promotions go in batches): end the bar when the run did.
+                dur = p.duration_ms
+                end = rel
+                if type(dur) in (int, float) and dur >= 0:
+                    end = min(rel, max(self.t0[j], self.t0[j] + dur / 1000.0))
+                self._close(j, end, status)
             if name == E.JOB_FAILED:
                 markers.append({"seq": seq, "t": rel, "kind": "error", "job": jid,
                                 "bar": self.last_bar.get(jid),

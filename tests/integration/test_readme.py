@@ -93,13 +93,17 @@ def _serve_lab(target: str, env: dict[str, str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # CI runs as root, which jupyter refuses without --allow-root (a user's machine does not).
+    root = ["--allow-root"] if os.geteuid() == 0 else []
     proc = subprocess.Popen(
         [str(BIN / "jupyter"), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         "--IdentityProvider.token=readme", "--ServerApp.open_browser=False", target],
+         "--IdentityProvider.token=readme", "--ServerApp.open_browser=False", *root, target],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
-        url = f"http://127.0.0.1:{port}/api/contents/{target}?content=0&token=readme"
+        # Given a file, jupyter lab serves its folder and opens it: ask for it there.
+        name = Path(target).name
+        url = f"http://127.0.0.1:{port}/api/contents/{name}?content=0&token=readme"
         deadline = time.monotonic() + 60
         while True:
             try:

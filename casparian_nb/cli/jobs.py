@@ -164,10 +164,22 @@ def _fmt_job(j: dict[str, Any]) -> str:
             f"{j.get('rows') or 0:>9}{err}")
 
 
+def shown_status(job: dict[str, Any]) -> str:
+    """A job's status as ``jobs`` shows it: a RUNNING job whose plugin has not started yet
+    (the worker took it ahead of a free slot) is DISPATCHED."""
+    if job.get("status") == JobStatus.RUNNING and not job.get("started_at"):
+        return JobStatus.DISPATCHED.value
+    return str(job.get("status"))
+
+
+#: What ``jobs --status`` accepts: the stored statuses plus DISPATCHED (see shown_status).
+_LISTED = [s.value for s in STORED_JOB_STATUSES] + [JobStatus.DISPATCHED.value]
+
+
 @click.command(short_help="List jobs (read-only; works without a sentinel).")
-@click.option("--status", type=click.Choice([s.value for s in STORED_JOB_STATUSES],
-                                            case_sensitive=False),
-              default=None, help="Only jobs in this status.")
+@click.option("--status", type=click.Choice(_LISTED, case_sensitive=False),
+              default=None, help="Only jobs in this status (DISPATCHED: on a worker, its "
+                                 "plugin not started yet; RUNNING: the plugin runs).")
 @click.option("--limit", type=int, default=50, show_default=True, help="At most this many jobs.")
 @click.option("--offset", type=int, default=0, show_default=True,
               help="Skip this many (newest first).")
@@ -180,10 +192,19 @@ def jobs(app: App, status: str | None, limit: int, offset: int, as_json: bool) -
     """
     found: list[dict[str, Any]] = []
     reader = _reader(app.settings)
+    wanted = status.upper() if status else None
+    stored = JobStatus.RUNNING.value if wanted == JobStatus.DISPATCHED else wanted
     if reader is not None:
         with reader:
-            found = reader.list_jobs(status=status.upper() if status else None, limit=limit,
-                                     offset=offset)
+            # DISPATCHED and RUNNING share the stored RUNNING: split them after reading
+            # (running jobs are few: at most the workers' slots and what they took ahead).
+            split = stored == JobStatus.RUNNING
+            found = reader.list_jobs(status=stored, limit=100_000 if split else limit,
+                                     offset=0 if split else offset)
+    for j in found:
+        j["status"] = shown_status(j)
+    if stored == JobStatus.RUNNING:
+        found = [j for j in found if j["status"] == wanted][offset:offset + limit]
     if as_json:
         print(json.dumps(found, indent=2, default=str))
         return EXIT_OK
@@ -215,6 +236,7 @@ def job_show(app: App, job_id: int, as_json: bool) -> int:
         attempts = reader.attempts(job_id) if found is not None else []
     if found is None:
         raise CasparianError(f"job {job_id} does not exist")
+    found["status"] = shown_status(found)
     logged = job_log_attempts(app.settings.home, job_id)
     if as_json:
         print(json.dumps({**found, "attempts": attempts, "log_attempts": logged}, indent=2,

@@ -168,3 +168,30 @@ def test_a_missing_notebook_extra_names_it(tmp_path: Path) -> None:
                           timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.stdout == ("MissingExtraError casparian_nb.timeline needs anywidget, which is "
                            "not installed: pip install 'casparian_nb[notebook]'\n"), done.stderr
+
+
+def test_jobs_tells_dispatched_from_running(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A job a worker took ahead of a free slot is DISPATCHED until its plugin starts."""
+    import json
+
+    from casparian_nb.config import load_settings
+    from casparian_nb.store import NewJob, StateStore
+
+    settings = load_settings(tmp_path / "h")
+    store = StateStore.open(settings.state_db)
+    try:
+        a, b, _c = store.insert_jobs([NewJob("orders", f"/d/{i}.csv") for i in range(3)])
+        assert store.claim_job(a, "w1") and store.claim_job(b, "w1")
+        assert store.mark_started(b, 4242)
+    finally:
+        store.close()
+    home = str(tmp_path / "h")
+    assert main(["--home", home, "jobs", "--json"]) == 0
+    shown = {j["id"]: j["status"] for j in json.loads(capsys.readouterr().out)}
+    assert shown == {a: "DISPATCHED", b: "RUNNING", _c: "QUEUED"}
+    for status, ids in (("dispatched", [a]), ("running", [b]), ("queued", [_c])):
+        assert main(["--home", home, "jobs", "--status", status, "--json"]) == 0
+        assert [j["id"] for j in json.loads(capsys.readouterr().out)] == ids
+    assert main(["--home", home, "job", "show", str(a)]) == 0
+    assert "status: DISPATCHED" in capsys.readouterr().out

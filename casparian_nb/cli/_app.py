@@ -127,6 +127,11 @@ class App:
                    if key in _TAPE_FIELDS and value is not None}
         self._command = self._tape.command(name, payload)
 
+    @property
+    def correlation_id(self) -> str | None:
+        """The recorded command's correlation id (``--tape``), else None."""
+        return self._command[1] if self._command is not None else None
+
     def finish(self, code: int) -> None:
         if self._tape is not None and self._command is not None:
             cmd_id, corr = self._command

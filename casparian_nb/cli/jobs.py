@@ -102,7 +102,8 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mod
     client.timeout = max(client.timeout, 30.0 + len(files) / 2000)
     with client:
         reply = client.submit(plugin=str(plugin_path), inputs=files, sink=sink, mode=mode,
-                              priority=priority, timeout=timeout, force=force)
+                              priority=priority, timeout=timeout, force=force,
+                              submission_id=app.correlation_id)
     if as_json:
         print(json.dumps(reply, indent=2))
     else:

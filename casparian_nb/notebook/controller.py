@@ -255,8 +255,11 @@ class Controller:
         with self.session.command("Submit", payload) as r:
             path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
             files = [str(p) for p in expand_inputs(specs)]
+            # The submission id is this command's correlation id: the sentinel's tape then
+            # links every event of these jobs to the Submit on this session tape.
             reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
-                                       timeout=timeout, force=force)
+                                       timeout=timeout, force=force,
+                                       submission_id=r.correlation_id)
             ids = [int(j) for j in reply["job_ids"]]
             self.events.link(ids, r.correlation_id, r.event_id)
             r.update(job_ids=ids, count=len(ids))

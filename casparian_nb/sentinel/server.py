@@ -81,6 +81,8 @@ REFUSED_LOG_BURST = 20
 #: At a clean stop, how long to wait for local workers to exit (after the Shutdown) before
 #: sweeping the staging, so that no plugin host writes into it after the sweep.
 STOP_WORKERS_WAIT = 5.0
+#: Job ids whose command correlation id the tape writer remembers after they finished.
+_CORR_KEPT = 100_000
 
 
 class Sentinel(ControlHandlers, WorkerHandlers):
@@ -110,6 +112,7 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self.started_at = time.time()
         self._stop = threading.Event()
         self._event_seq = 0
+        self._job_corr: dict[int, str] = {}  # job id -> correlation id, for its tape events
         self._pending_replies: dict[str, tuple[list[bytes], Message]] = {}
         self._promotions: queue.Queue[st.Promote | st.Discard | None] = queue.Queue()
         self._finished: queue.Queue[st.PromotionFinished] = queue.Queue()
@@ -374,7 +377,27 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             frames = self.events_codec.encode(event, msg_id=self._msg_id())
             self.pub.send_multipart([topic, *frames])
         if self.tape is not None:
-            self.tape.emit("domain_event", name, data)
+            self.tape.emit("domain_event", name, data, correlation_id=self._correlation(data))
+
+    def _correlation(self, data: dict[str, Any]) -> str | None:
+        """The correlation id of the command that caused a job's events: its submission id,
+        which a controller or a recorded CLI command sets to its own correlation id. Kept
+        here from the job's first event, since a finished job leaves the state machine
+        before its final event is published."""
+        raw = data.get("job_id")
+        if raw is None:
+            return None
+        try:
+            job_id = int(raw)
+        except (TypeError, ValueError):
+            return None
+        job = self.state.jobs.get(job_id)
+        if job is not None and job.spec.submission_id:
+            self._job_corr[job_id] = job.spec.submission_id
+            if len(self._job_corr) > _CORR_KEPT:  # oldest first: finished long ago
+                del self._job_corr[next(iter(self._job_corr))]
+            return job.spec.submission_id
+        return self._job_corr.get(job_id)
 
     # -- staging no promotion needs -------------------------------------------------------
     def _remove_staging(self, a: st.RemoveStaging) -> None:

@@ -296,3 +296,29 @@ def test_interpreter_exit_stops_the_processes_it_started(home: Path) -> None:
                15, message=f"{pids} to exit")
     tapes = sorted((home / "tapes").glob("session-*.tape"))
     assert tapes and validate_tape(tapes[-1]).valid
+
+
+def test_the_sentinel_tape_links_job_events_to_the_submit_command(
+        controllers: Factory, fixture_plugin_path: Path, tmp_path: Path) -> None:
+    """Every sentinel event of a submitted job carries the correlation id of the session's
+    Submit command (queued → dispatched → started → completed), so the two tapes join."""
+    ctl = controllers(workers=1)
+    make_inputs(tmp_path / "data", 3)
+    ids = ctl.submit(fixture_plugin_path, tmp_path / "data")
+    assert ctl.wait(ids, timeout=60, progress=False).ok
+    [submit] = [e for e in read_tape(ctl.tape_path)
+                if e.kind == "ui_command" and e.name == "Submit"]
+    corr = submit.correlation_id
+    deadline = time.monotonic() + 10
+    while True:
+        events = [e for t in sorted((ctl.home / "tapes").glob("sentinel-*.tape"))
+                  for e in read_tape(t) if e.kind == "domain_event"
+                  and (e.payload or {}).get("job_id") in ids]
+        finals = [e for e in events if e.name == "JobCompleted"]
+        if len(finals) == len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    names = {e.name for e in events}
+    assert {"JobQueued", "JobDispatched", "JobCompleted"} <= names, names
+    assert len(finals) == len(ids)
+    assert {e.correlation_id for e in events} == {corr}

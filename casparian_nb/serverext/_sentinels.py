@@ -163,6 +163,12 @@ class ServerSentinels:
         with self.client(home) as c:
             return c.cancel_job(job_id)
 
+    def retry(self, home: Path, job_id: int) -> dict[str, Any]:
+        """Re-queue a FAILED or ABORTED job as a new attempt (the sentinel may refuse, with
+        a reason: not failed, retried too often, its plugin changed)."""
+        with self.client(home) as c:
+            return c.retry_jobs([job_id])
+
     def start(self, folder: Path, workers: int = 2) -> dict[str, Any]:
         """Start a sentinel and ``workers`` workers whose home is ``folder``. This server is
         their owner process: they stop when it ends, however it ends."""

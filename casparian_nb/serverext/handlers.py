@@ -12,6 +12,7 @@ control API. Errors answer ``{"reason": "<one line>"}`` with a status that says 
 ``GET  sentinels``       the sentinels of the homes visible to the server
 ``GET  jobs?home=H``     the job queue of one of them
 ``POST cancel``          ``{"home", "job_id"}``: cancel a job (running → "aborting…")
+``POST retry``           ``{"home", "job_id"}``: a FAILED/ABORTED job as a new attempt (409: refused)
 ``POST start``           ``{"path"}``: start a sentinel + workers with that folder as home
 =======================  ====================================================================
 """
@@ -213,6 +214,23 @@ class CancelHandler(_BaseHandler):
             self.finish(json.dumps(reply))
 
 
+class RetryHandler(_BaseHandler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        job_id = body.get("job_id")
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            raise tornado.web.HTTPError(400, reason="job_id must be an integer")
+        home = str(body.get("home", ""))
+        reply = await self.run(lambda: self.sentinels.retry(self.sentinels.known(home), job_id))
+        if reply is not None:
+            refused = (reply.get("refused") or {}).get(str(job_id))
+            if refused:
+                self.fail(409, str(refused))
+            else:
+                self.finish(json.dumps(reply))
+
+
 class StartHandler(_BaseHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -246,6 +264,7 @@ def setup_handlers(web_app: tornado.web.Application, sentinels: ServerSentinels)
         ("tape", TapeHandler), ("tape/state", TapeStateHandler), ("tape/event", TapeEventHandler),
         ("tape/view", TapeViewHandler),
         ("sentinels", SentinelsHandler), ("jobs", JobsHandler), ("cancel", CancelHandler),
+        ("retry", RetryHandler),
         ("start", StartHandler),
     ]
     web_app.add_handlers(".*$", [(url_path_join(base, p), h) for p, h in routes])

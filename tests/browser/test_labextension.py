@@ -161,7 +161,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_the_sidebar_lists_a_running_sentinel_and_cancels_its_running_job(
+def test_the_sidebar_lists_a_running_sentinel_cancels_and_retries_its_job(
         ext_lab: Lab, page: Any, tmp_path: Path) -> None:
     assert ext_lab.root is not None
     home = ext_lab.root / "project" / "home"
@@ -202,6 +202,16 @@ def test_the_sidebar_lists_a_running_sentinel_and_cancels_its_running_job(
         with StateReader.open(load_settings(home).state_db) as r:
             assert r.get_job(job_id)["status"] == "ABORTED"  # type: ignore[index]
         shot(page, "lab_sidebar_cancelled", page.locator("#casparian-sidebar"))
+        # retry from the sidebar: a new attempt runs (its plugin host starts again)
+        row.locator("button.cf-sb-retry").click()
+        page.wait_for_selector(f'tr.cf-sb-job[data-job="{job_id}"][data-status="running"] '
+                               "button.cf-sb-cancel", timeout=30_000)
+        again = wait_until(lambda: _running_host(home, job_id), 30, 0.05, "attempt 2's host")
+        tracked.append(again)
+        with StateReader.open(load_settings(home).state_db) as r:
+            assert r.get_job(job_id)["attempt"] == 2  # type: ignore[index]
+        row.locator("button.cf-sb-cancel").click()
+        wait_until(lambda: _gone(again), 20, 0.05, f"plugin host {again} to be killed")
 
         page.locator("#casparian-sidebar button.cf-sb-attach").click()
         page.wait_for_selector(f'.jp-NotebookPanel .jp-Cell .cm-content:has-text('

@@ -169,6 +169,18 @@ async def test_a_running_sentinel_is_listed_and_its_running_job_cancelled(
 
         final = await apoll(aborted, "the job to be ABORTED")
         assert final["active"] is False
+        # retry: a new attempt through the same signed control API; a second one is refused
+        response = await jp_fetch("casparian", "api", "retry", method="POST",
+                                  body=json.dumps({"home": str(home), "job_id": job_id}))
+        assert json.loads(response.body)["attempts"] == {str(job_id): 2}
+        code, reason = await refused(jp_fetch, "retry", method="POST",
+                                     body={"home": str(home), "job_id": job_id})
+        assert code == 409 and f"job {job_id} is not finished" in reason, reason
+        host = await poll(lambda: _running_host(home, job_id), "attempt 2's plugin host")
+        await jp_fetch("casparian", "api", "cancel", method="POST",
+                       body=json.dumps({"home": str(home), "job_id": job_id}))
+        await poll(lambda: _gone(host), f"plugin host {host} to be killed")
+        await apoll(aborted, "attempt 2 to be ABORTED")
         stats = (await get_json(jp_fetch, "sentinels"))["sentinels"]
         assert next(r for r in stats if r["home"] == str(home))["counts"]["aborted"] == 1
         # a home the server does not show cannot be named

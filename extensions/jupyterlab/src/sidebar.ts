@@ -179,17 +179,26 @@ export class CasparianPanel extends Widget {
       cancel.addEventListener('click', () => void this.act('cancel', s.home, j, cancel));
       actions.append(cancel);
     }
+    if (j.status === 'failed' || j.status === 'aborted') {
+      const retry = el('button', { class: 'jp-Button cf-sb-retry', 'data-job': String(j.job_id) }, 'retry');
+      retry.addEventListener('click', () => void this.act('retry', s.home, j, retry));
+      actions.append(retry);
+    }
     return el('tr', { class: 'cf-sb-job', 'data-job': String(j.job_id), 'data-status': j.status },
       el('td', {}, String(j.job_id)), el('td', { class: 'cf-sb-status' }, status),
       el('td', { title: j.input_path ?? '' }, j.plugin_name ?? ''), actions);
   }
 
-  private async act(what: 'cancel', home: string, job: IJob, button: HTMLElement): Promise<void> {
+  private async act(what: 'cancel' | 'retry', home: string, job: IJob, button: HTMLElement): Promise<void> {
     button.setAttribute('disabled', 'true');
     try {
       await postAPI(what, { home, job_id: job.job_id });
       if (what === 'cancel') {
         job.cancel_requested = true; // "aborting…" until the sentinel confirms ABORTED
+        this.render();
+      } else {
+        job.status = 'queued'; // a new attempt, until the next poll says where it is
+        job.active = true;
         this.render();
       }
     } catch (e) {

@@ -14,6 +14,7 @@ memory grows with jobs, workers and commands, not with events.
 
 from __future__ import annotations
 
+import html
 import importlib
 import json
 import os
@@ -304,6 +305,17 @@ class Explanation:
         s = self.summary()
         return (f"<Explanation {self.event_count} events, {s['total']} jobs "
                 f"({s['completed']} completed, {s['failed']} failed)>")
+
+    def _repr_html_(self) -> str:
+        """The summary as a small table of jobs per status, then the full text (HTML-safe);
+        ``.plot()`` draws utilisation and durations."""
+        s = self.summary()
+        cells = "".join(f"<td style='padding:2px 8px'><b>{html.escape(str(v))}</b><br>"
+                        f"<span style='color:#6b7280'>{html.escape(k)}</span></td>"
+                        for k, v in s.items() if v or k == "total")
+        return (f"<div class='cf-explanation'><div style='font-weight:600'>"
+                f"{html.escape(repr(self))}</div><table><tr>{cells}</tr></table>"
+                f"<pre style='font-size:12px'>{html.escape(self.to_text())}</pre></div>")
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """IPython shows the text summary for ``cf.explain(path)`` in a cell."""

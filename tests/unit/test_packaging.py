@@ -53,6 +53,8 @@ def test_metadata_names_the_license_and_the_lab_extension(wheel: Path) -> None:
     assert "Classifier: Framework :: Jupyter :: JupyterLab :: Extensions :: Prebuilt" in metadata
     assert "Description-Content-Type: text/markdown" in metadata
     assert "# casparian_nb" in metadata  # the README is the long description
+    for label in ("Source", "Documentation", "Issues"):
+        assert f"Project-URL: {label}, https://github.com/casparian-flow/casparian_nb" in metadata
 
 
 def test_installs_and_runs_without_a_c_compiler(wheel: Path, tmp_path: Path) -> None:

@@ -707,6 +707,8 @@ class Event(WireMessage):
     name: EventName
     seq: Int64
     data: dict[str, Any]
+    #: The command that caused it (a job's submission id), when the sentinel knows one.
+    correlation_id: str | None = None
 
 
 class Subscribed(WireMessage):

@@ -143,7 +143,8 @@ class EventPump:
                     continue
                 events = [(m.payload, m.ts) for m in messages if isinstance(m.payload, EventMessage)]
                 if events:
-                    self._handle([(e.name, e.data, ts) for e, ts in events])
+                    self._handle([(e.name, e.data, ts) for e, ts in events],
+                                 [e.correlation_id for e, _ in events])
                     top = max(e.seq for e, _ in events)
                     with self._seq_seen:
                         self.last_seq = max(self.last_seq, top)
@@ -151,11 +152,11 @@ class EventPump:
         finally:
             sub.close()
 
-    def _handle(self, batch: list[Event]) -> None:
+    def _handle(self, batch: list[Event], correlations: list[str | None] | None = None) -> None:
         any_final = False
         with self._lock:
-            for name, data, ts in batch:
-                self._relay(name, data, ts)
+            for i, (name, data, ts) in enumerate(batch):
+                self._relay(name, data, ts, correlations[i] if correlations else None)
                 if is_final(name, data) and data.get("job_id") is not None:
                     try:
                         self._finished[int(data["job_id"])] = _final_status(name)
@@ -172,13 +173,17 @@ class EventPump:
             except Exception:  # one broken widget must not starve the others or the tape
                 log.exception("event subscriber %r failed", callback)
 
-    def _relay(self, name: str, data: Mapping[str, Any], at: float | None = None) -> None:
+    def _relay(self, name: str, data: Mapping[str, Any], at: float | None = None,
+               correlation_id: str | None = None) -> None:
         # ``at``: when the sentinel published it. The relay runs in batches, later; the
         # timeline of a session tape must show when jobs ran, not when they were relayed.
         if self.tape is None or self.tape.closed or not name:
             return
         jid = data.get("job_id")
-        corr, parent = self._links.get(str(jid), (None, None)) if jid is not None else (None, None)
+        # The command that caused it: linked here after its reply, or named by the sentinel
+        # (a job's first events can arrive before the submit's reply).
+        corr, parent = (self._links.get(str(jid), (correlation_id, None)) if jid is not None
+                        else (correlation_id, None))
         try:
             event_id = self.tape.domain(name, dict(data), correlation_id=corr, parent_id=parent,
                                         at=at)

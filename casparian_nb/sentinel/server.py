@@ -372,12 +372,14 @@ class Sentinel(ControlHandlers, WorkerHandlers):
     def _publish(self, name: EventName, data: dict[str, Any]) -> None:
         self._event_seq += 1
         topic = b"worker" if name.startswith("Worker") else b"job"
+        corr = self._correlation(data)
         if any(topic.startswith(t) for t in self._subscriptions):
-            event = Event(name=EventName(name), seq=self._event_seq, data=data)
+            event = Event(name=EventName(name), seq=self._event_seq, data=data,
+                          correlation_id=corr)
             frames = self.events_codec.encode(event, msg_id=self._msg_id())
             self.pub.send_multipart([topic, *frames])
         if self.tape is not None:
-            self.tape.emit("domain_event", name, data, correlation_id=self._correlation(data))
+            self.tape.emit("domain_event", name, data, correlation_id=corr)
 
     def _correlation(self, data: dict[str, Any]) -> str | None:
         """The correlation id of the command that caused a job's events: its submission id,

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import msgspec
 
+from ..protocol import EventName
 from ._decode import Payload, to_payload
 from ._scan import Cursor, finish, scan, settle
 from .envelope import (
@@ -41,6 +42,8 @@ from .reader import open_tape
 from .reducer import ABORTED, COMPLETED, FAILED, SKIPPED, JobRecord, JobReducer
 
 __all__ = ["Explanation", "explain_tape"]
+
+JOB_QUEUED = EventName.JOB_QUEUED
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -202,7 +205,8 @@ class Explanation:
             "ended_at": self.ended_at,
             "duration_s": self.duration_s,
             "command_list": [
-                {"name": n, "status": s, "correlation_id": c, "error": e}
+                {"name": n, "status": s, "correlation_id": c, "error": e,
+                 "jobs_queued": r.queued_by.get(c, 0) if isinstance(c, str) else 0}
                 for n, s, c, e in self.commands
             ],
             "summary": self.summary(),
@@ -274,7 +278,10 @@ class Explanation:
             lines.append(f"Time Span: {self.started_at} -> {self.ended_at}{span}")
         if self.commands:
             lines.append(f"Commands ({len(self.commands)}):")
-            lines += [f"  - {n} [{s}]" for n, s, _, _ in self.commands]
+            queued_by = self.reducer.queued_by
+            lines += [f"  - {n} [{s}]" + (f" -> queued {queued_by[c]} job(s)"
+                                          if isinstance(c, str) and queued_by.get(c) else "")
+                      for n, s, c, _ in self.commands]
         if self._job_count():
             lines.append(f"Jobs ({self._job_count()}):")
             lines.extend(self._text_job_lines())
@@ -341,7 +348,10 @@ class Explanation:
 
     def _event(self, kind: Any, name: Any, payload: Any, ts: str | None, corr: Any) -> None:
         if kind == DOMAIN_EVENT:
-            self.reducer.apply(name, payload, ts)
+            if self.reducer.apply(name, payload, ts) and name == JOB_QUEUED and isinstance(
+                    corr, str):
+                queued_by = self.reducer.queued_by
+                queued_by[corr] = queued_by.get(corr, 0) + 1
         elif kind == UI_COMMAND:
             if isinstance(corr, str):
                 self._by_corr[corr] = len(self.commands)

@@ -171,6 +171,8 @@ class JobReducer:
         self.materializations = 0
         #: (output_name, table) -> [count, rows]
         self.materialized: dict[tuple[Any, Any], list[int]] = {}
+        #: correlation id of the command that queued a job -> how many jobs it queued
+        self.queued_by: dict[str, int] = {}
         self._strings: dict[str, str] = {}
         self.handlers: dict[str, Handler] = {
             _E.JOB_QUEUED: self._queued,
@@ -195,6 +197,7 @@ class JobReducer:
         that the compiled reducer runs it in C too."""
         handlers = self.handlers
         skipped = 0
+        queued, queued_by = _E.JOB_QUEUED, self.queued_by
         for e in events:
             en = e.event_name
             if en is None:  # valid JSON, but not an envelope
@@ -207,6 +210,10 @@ class JobReducer:
                     continue
                 if handler is not None and p is not None:
                     handler(p, e.timestamp)
+                    corr = e.correlation_id
+                    if corr is not None and en.name == queued and type(corr) is str:
+                        # which command queued it: explain counts jobs per command
+                        queued_by[corr] = queued_by.get(corr, 0) + 1
             else:
                 other(e)
         return skipped
@@ -232,6 +239,7 @@ class JobReducer:
         new.retries, new.cancels = self.retries, self.cancels
         new.materializations = self.materializations
         new.materialized = {k: list(v) for k, v in self.materialized.items()}
+        new.queued_by = dict(self.queued_by)
         new._strings = self._strings
         return new
 

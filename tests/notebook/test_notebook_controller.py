@@ -322,3 +322,14 @@ def test_the_sentinel_tape_links_job_events_to_the_submit_command(
     assert {"JobQueued", "JobDispatched", "JobCompleted"} <= names, names
     assert len(finals) == len(ids)
     assert {e.correlation_id for e in events} == {corr}
+    # the session tape relays them under the same id, and explain says who queued what
+    ctl.stop()
+    relayed = [e for e in read_tape(ctl.tape_path) if e.kind == "domain_event"
+               and (e.payload or {}).get("job_id") in ids]
+    assert relayed and {e.correlation_id for e in relayed} == {corr}
+    submits = [c for c in cf.explain(ctl.tape_path).to_json()["command_list"]
+               if c["name"] == "Submit"]
+    assert submits == [{"name": "Submit", "status": "success", "correlation_id": corr,
+                        "error": None, "jobs_queued": len(ids)}]
+    text = cf.explain(ctl.tape_path).to_text()
+    assert f"Submit [success] -> queued {len(ids)} job(s)" in text

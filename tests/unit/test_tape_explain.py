@@ -127,7 +127,8 @@ def test_errors_read_error_and_message_keys(tmp_path: Path) -> None:
     data = explain_tape(path).to_json()
     assert data["errors"] == ["CommandFailed: boom", "Oops: m", "QueryError: bad sql", "Bare"]
     assert data["command_list"] == [
-        {"name": "Run", "status": "failed", "correlation_id": "c1", "error": "boom"}]
+        {"name": "Run", "status": "failed", "correlation_id": "c1", "error": "boom",
+         "jobs_queued": 0}]
 
 
 def test_crash_truncated_tape_explains_complete_events(tmp_path: Path) -> None:

@@ -201,7 +201,16 @@ class JobsHandler(_BaseHandler):
             self.finish(json.dumps({"jobs": jobs}))
 
 
-class CancelHandler(_BaseHandler):
+class _JobActionHandler(_BaseHandler):
+    """``POST {"home", "job_id"}``: one job action of a visible sentinel, through its signed
+    control API. ``refusal`` says where the sentinel's reply carries a refusal (409)."""
+
+    def act(self, home: Path, job_id: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def refusal(self, reply: dict[str, Any], job_id: int) -> str | None:
+        return None
+
     @tornado.web.authenticated
     async def post(self) -> None:
         body = self.body()
@@ -209,26 +218,28 @@ class CancelHandler(_BaseHandler):
         if not isinstance(job_id, int) or isinstance(job_id, bool):
             raise tornado.web.HTTPError(400, reason="job_id must be an integer")
         home = str(body.get("home", ""))
-        reply = await self.run(lambda: self.sentinels.cancel(self.sentinels.known(home), job_id))
-        if reply is not None:
+        reply = await self.run(lambda: self.act(self.sentinels.known(home), job_id))
+        if reply is None:
+            return
+        refused = self.refusal(reply, job_id)
+        if refused:
+            self.fail(409, refused)
+        else:
             self.finish(json.dumps(reply))
 
 
-class RetryHandler(_BaseHandler):
-    @tornado.web.authenticated
-    async def post(self) -> None:
-        body = self.body()
-        job_id = body.get("job_id")
-        if not isinstance(job_id, int) or isinstance(job_id, bool):
-            raise tornado.web.HTTPError(400, reason="job_id must be an integer")
-        home = str(body.get("home", ""))
-        reply = await self.run(lambda: self.sentinels.retry(self.sentinels.known(home), job_id))
-        if reply is not None:
-            refused = (reply.get("refused") or {}).get(str(job_id))
-            if refused:
-                self.fail(409, str(refused))
-            else:
-                self.finish(json.dumps(reply))
+class CancelHandler(_JobActionHandler):
+    def act(self, home: Path, job_id: int) -> dict[str, Any]:
+        return self.sentinels.cancel(home, job_id)
+
+
+class RetryHandler(_JobActionHandler):
+    def act(self, home: Path, job_id: int) -> dict[str, Any]:
+        return self.sentinels.retry(home, job_id)
+
+    def refusal(self, reply: dict[str, Any], job_id: int) -> str | None:
+        why = (reply.get("refused") or {}).get(str(job_id))
+        return None if why is None else str(why)
 
 
 class StartHandler(_BaseHandler):

@@ -113,10 +113,12 @@ def test_a_tape_opened_from_the_file_browser_shows_lanes_and_the_summary(
     shutil.copy(GOLDEN, ext_lab.root / "tapes" / "golden.tape")
     open_in_file_browser(page, ext_lab, "tapes", "golden.tape")
     page.wait_for_selector(".cf-tape-view .cf-timeline .cf-t-bar", timeout=60_000)
-    widget = TimelineWidget(GOLDEN)
+    widget = TimelineWidget(GOLDEN)  # the same payload as the notebook widget draws
     labels = page.locator(".cf-tape-view .cf-t-lane-label").all_inner_texts()
-    assert labels == ["session", *widget.data["lanes"]]
-    assert page.locator(".cf-tape-view .cf-t-bar").count() == len(widget.data["bars"])
+    lanes = [lane["worker"] if not lane["slot"] else f"{lane['worker']} #{lane['slot'] + 1}"
+             for lane in widget.data["lanes"]]
+    assert labels == ["session", "queue depth", *lanes]
+    assert page.locator(".cf-tape-view .cf-t-bar").count() == len(widget.data["bars"]["job"])
     assert page.locator(".cf-tape-view .cf-t-marker").count() == len(widget.data["markers"])
     summary = page.locator(".cf-tape-summary").inner_text()
     assert "jobs: completed 2, failed 1, aborted 1" in summary

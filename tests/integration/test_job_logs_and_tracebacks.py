@@ -94,7 +94,8 @@ def test_run_verbose_and_json_show_each_traceback_once(home: Path, tmp_path: Pat
     assert verbose.stderr.startswith(f"casparian: failed: {bad}: ValueError: chatty failed")
     assert "    output: " in verbose.stderr  # where the failed file's captured output is
 
-    as_json = casparian(home, "run", "--json", CHATTY, good, bad, "--sink", sink)
+    # --force: the good file is already materialized (it would be skipped), run it again
+    as_json = casparian(home, "run", "--json", "--force", CHATTY, good, bad, "--sink", sink)
     doc = json.loads(as_json.stdout)
     by_file = {j["input_file"]: j for j in doc["jobs"]}
     assert by_file[str(bad)]["traceback"].count(TB) == 1

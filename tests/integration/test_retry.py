@@ -102,7 +102,7 @@ def test_exhausted_retries_are_dead_lettered_and_a_retry_revives_them(
 def test_job_retry_without_a_sentinel_says_so_and_writes_nothing(home: Path) -> None:
     said = cli(home, "job", "retry", "1")
     assert said.returncode == 1
-    assert said.stderr.strip() == (f"casparian: no sentinel is running for {home}; start one "
+    assert said.stderr.strip() == (f"casparian: error: no sentinel is running for {home}; start one "
                                    "with `casparian start`")
     assert not (home / "state.sqlite").exists()
     usage = cli(home, "job", "retry")

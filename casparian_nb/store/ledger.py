@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class RunLedger:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunLedger:
@@ -72,11 +74,12 @@ class RunLedger:
         wanted = list(keys)
         if not wanted:
             return {}
-        rows = self._conn.execute(
-            "SELECT materialization_key, parser_fingerprint FROM cf_run_materializations "
-            "WHERE materialization_key IN (SELECT value FROM json_each(?))",
-            (json.dumps(wanted),),
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT materialization_key, parser_fingerprint FROM cf_run_materializations "
+                "WHERE materialization_key IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),),
+            ).fetchall()
         return {str(r[0]): r[1] for r in rows}
 
     def record(self, keys: Iterable[str], *, source_hash: str, plugin_name: str,
@@ -87,7 +90,8 @@ class RunLedger:
         now = now_iso()
         rows = [(k, source_hash, plugin_name, parser_version, parser_fingerprint, input_file,
                  run_id, now) for k in keys]
-        with self._conn:
+        # The runner's promoting threads share this connection: one transaction at a time.
+        with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
                 "INSERT OR REPLACE INTO cf_run_materializations (materialization_key,"

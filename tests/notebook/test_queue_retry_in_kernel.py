@@ -33,7 +33,8 @@ def test_retry_and_expand_a_failed_row_in_a_kernel(home: Path, fixture_plugin_pa
         "click({'type': 'expand', 'job_id': jid})\n"
         "d = w.detail\n"
         "print(json.dumps({'error': d['error'], 'tb': 'PermanentError' in (d['traceback'] or ''),\n"
-        "                  'attempts': [a['status'] for a in d['attempts']], 'log': d['log'],\n"
+        "                  'attempts': [a['status'] for a in d['attempts']],\n"
+        "                  'log': 'fixture_plugin mode=permanent' in (d['log'] or ''),\n"
         "                  'row': [r['retryable'] for r in w.rows if r['id'] == jid]}))",
         f"open({str(bad)!r}, 'w').write('mode=normal rows=4\\n')  # fixed\n"
         "click({'type': 'retry', 'job_id': jid})\n"
@@ -62,7 +63,7 @@ def test_retry_and_expand_a_failed_row_in_a_kernel(home: Path, fixture_plugin_pa
                 pids = json.loads(output["text"].strip().splitlines()[-1])
     expanded = json.loads(nb.cells[1].outputs[-1]["text"])
     assert expanded == {"error": "PermanentError: fixture permanent failure: row 3 is not a "
-                                 "number", "tb": True, "attempts": ["FAILED"], "log": None,
+                                 "number", "tb": True, "attempts": ["FAILED"], "log": True,
                         "row": [True]}
     retried = json.loads(nb.cells[2].outputs[-1]["text"])
     assert retried == {"status": "COMPLETED", "attempt": 2, "detail": ["FAILED", "COMPLETED"],

@@ -140,6 +140,22 @@ def _wait_serving(env: dict[str, str], scratch: Path) -> None:
         time.sleep(0.2)
 
 
+def _run_line(command: str, scratch: Path, env: dict[str, str],
+              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """One README line in bash, in its own session: a line that hangs (a foreground
+    ``casparian start``) is killed with everything it started, not left running."""
+    proc = subprocess.Popen(["bash", "-c", command], cwd=scratch, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"README line did not finish in {timeout:g} s: {command}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 CONSOLE = blocks("console")
 
 
@@ -161,8 +177,7 @@ def test_readme_console_block_runs(block: str, tmp_path: Path) -> None:
                                                    start_new_session=True))
                 _wait_serving(env, scratch)
                 continue
-            done = subprocess.run(["bash", "-c", command], cwd=scratch, env=env,
-                                  capture_output=True, text=True, timeout=300)
+            done = _run_line(command, scratch, env)
             if expect_failure:
                 assert done.returncode != 0, command
                 assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1

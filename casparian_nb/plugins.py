@@ -41,6 +41,7 @@ from ._signing import (
     verify_signature,
 )
 from .errors import (
+    CasparianError,
     OutputNameError,
     PermanentError,
     PluginError,
@@ -52,11 +53,12 @@ from .errors import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .config import TrustSettings
     from .protocol import OutputContract, QuarantinePolicy
 
 __all__ = [
     "OUTPUT_NAME_RE", "JobContext", "LoadedPlugin", "Output", "PluginSpec", "call_parse",
-    "check_trust", "generate_signing_key", "inspect_plugin", "load_plugin",
+    "check_job_trust", "check_trust", "generate_signing_key", "inspect_plugin", "load_plugin",
     "resolve_plugin_path", "sign_plugin", "to_arrow", "verify_signature",
 ]
 
@@ -450,3 +452,18 @@ def call_parse(plugin: LoadedPlugin, input_path: str, ctx: JobContext) -> Iterat
     if isinstance(result, collections.abc.Iterator):
         return _stream(result, default, where)
     raise PluginReturnError(f"{where}: parse() returned {_type_name(result)}; {_SHAPES}")
+
+
+def check_job_trust(plugin_path: str, source_hash: str | None, trust: TrustSettings,
+                    trusted: dict[str, str]) -> None:
+    """What a process that runs a dispatched job checks first (F13): the plugin file passes
+    the trust policy and still has the source hash it was submitted with. ``trusted`` caches
+    the verdict per source hash, so a plugin is inspected once per process."""
+    key = source_hash or ""
+    if key and key in trusted:
+        return
+    spec = inspect_plugin(plugin_path)
+    trusted[spec.source_hash] = check_trust(spec, trust)
+    if key and spec.source_hash != key:
+        raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
+

@@ -324,13 +324,8 @@ class DaskBridge:
     def _check_trust(self, dispatch: Dispatch) -> None:
         """The bridge checks the trust policy before any worker sees the job (F13); the
         host checks the source hash again where it runs."""
-        key = dispatch.job.plugin_source_hash or ""
-        if key and key in self._trusted:
-            return
-        spec = plugins.inspect_plugin(dispatch.job.plugin_path)
-        self._trusted[spec.source_hash] = plugins.check_trust(spec, self.settings.trust)
-        if key and spec.source_hash != key:
-            raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
+        plugins.check_job_trust(dispatch.job.plugin_path, dispatch.job.plugin_source_hash,
+                                self.settings.trust, self._trusted)
 
     def _on_abort(self, seat: Seat, abort: Abort) -> None:
         flight = seat.running.get(abort.job_id)

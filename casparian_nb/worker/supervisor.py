@@ -333,13 +333,8 @@ class Worker:
 
     def _check_trust(self, dispatch: Dispatch) -> None:
         """The worker runs code, so it enforces the trust policy itself (F13)."""
-        key = dispatch.job.plugin_source_hash or ""
-        if key and key in self._trusted:
-            return
-        spec = plugins.inspect_plugin(dispatch.job.plugin_path)
-        self._trusted[spec.source_hash] = plugins.check_trust(spec, self.settings.trust)
-        if key and spec.source_hash != key:
-            raise CasparianError(f"{spec.path}: plugin changed on disk since it was submitted")
+        plugins.check_job_trust(dispatch.job.plugin_path, dispatch.job.plugin_source_hash,
+                                self.settings.trust, self._trusted)
 
     def _job_thread(self, dispatch: Dispatch) -> None:
         """Run ``dispatch``, then whatever waits in the backlog, then end."""

@@ -71,6 +71,9 @@ log = logging.getLogger("casparian_nb.executors.dask")
 
 #: How often the bridge asks the scheduler which workers there are.
 SYNC_INTERVAL = 0.5
+#: A task's receipt normally comes as an event before Dask says the task finished; only
+#: when it is this late (seconds) is it fetched from the worker (``gather``).
+RECEIPT_GRACE = 0.5
 _receipt = msgspec.json.Decoder(Receipt)
 _hostjob = msgspec.json.Encoder()
 _receipt_out = msgspec.json.Encoder()
@@ -91,12 +94,14 @@ class DaskBridge:
         self._refused: set[str] = set()
         self._trusted: dict[str, str] = {}
         self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
+        self._unsubmitted: list[tuple[Seat, str, Flight]] = []
         self._fetched: queue.Queue[tuple[Seat, str, Flight, Any]] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
                                          daemon=True)
         #: Aborts are RPCs to one worker: off the loop, so a dying worker cannot stall it.
         self._rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cf-bridge-rpc")
-        self._started: queue.Queue[dict[str, Any]] = queue.Queue()
+        #: What the tasks say through the topic: started jobs and receipts.
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._wake_ep = f"inproc://bridge-wake-{id(self)}"
@@ -116,7 +121,7 @@ class DaskBridge:
             self.name, log_dir=str(s.logs_dir), cancel_grace=s.cancel_grace,
             memory_limit_mb=s.job_memory_limit_mb,
             log_max_bytes=s.host_log_max_mb * 1024 * 1024), name=self.name)
-        self.client.subscribe_topic(self.name, self._on_started_event)
+        self.client.subscribe_topic(self.name, self._on_task_event)
         self._fetcher.start()
         try:
             workers = self._scheduler_workers()
@@ -146,7 +151,8 @@ class DaskBridge:
             log.info("could not remove the worker plugin: %s", exc)
         for seat in list(self.seats.values()):
             for job_id, flight in list(seat.running.items()):
-                self.client.cancel(flight.future, force=True)
+                if flight.future is not None:  # None: dispatched, never submitted
+                    self.client.cancel(flight.future, force=True)
                 self._send(seat, Receipt(job_id=job_id, attempt=flight.dispatch.attempt,
                                          status=ReceiptStatus.ABORTED, reason="shutdown",
                                          cause=AbortCause.SHUTDOWN, worker_id=seat.worker_id))
@@ -188,8 +194,9 @@ class DaskBridge:
             seat = self.seats[address]
             log.warning("Dask worker %s left the cluster; its %d attempt(s) go back to the "
                         "queue", address, len(seat.running))
-            for flight in seat.running.values():
-                self.client.cancel(flight.future, force=True)
+            futures = [f.future for f in seat.running.values() if f.future is not None]
+            if futures:
+                self.client.cancel(futures, force=True)
             self._drop_seat(seat, Goodbye(worker_id=seat.worker_id, lost=True,
                                           reason=f"Dask worker {address} left the cluster"))
         new = [a for a in workers if a not in self.seats and a not in self._refused]
@@ -245,7 +252,8 @@ class DaskBridge:
                     except zmq.Again:
                         break
                     self._handle(seat, frames)
-            self._send_started()
+            self._submit_pending()
+            self._send_events()
             self._send_results()
             now = time.monotonic()
             if now >= next_sync:
@@ -313,13 +321,32 @@ class DaskBridge:
                                           staging_root=str(staging),
                                           log_root=str(job_logs_root(self.settings.home)),
                                           redact_log=self.settings.tape_redact))
-        future = self.client.submit(remote.run_attempt, self.name, payload,
-                                    dispatch.timeout_s or None,
-                                    key=f"casparian-{job_id}-{attempt}", workers=[seat.address],
-                                    allow_other_workers=False, pure=False, retries=0)
-        flight = Flight(dispatch, future)
+        flight = Flight(dispatch, None, payload)
         seat.running[job_id] = flight
-        future.add_done_callback(lambda _f: self._finished(seat, job_id, flight))
+        self._unsubmitted.append((seat, job_id, flight))
+
+    def _submit_pending(self) -> None:
+        """Submit the attempts dispatched since the last call: one ``client.map`` per seat
+        (one graph update for the scheduler, however many attempts), each with its
+        deterministic key, pinned to its seat's worker."""
+        pending, self._unsubmitted = self._unsubmitted, []
+        groups: dict[str, list[tuple[Seat, str, Flight]]] = {}
+        for item in pending:
+            seat, job_id, flight = item
+            if seat.address in self.seats and seat.running.get(job_id) is flight:
+                groups.setdefault(seat.address, []).append(item)
+        for address, items in groups.items():
+            futures = self.client.map(
+                remote.run_attempt, [self.name] * len(items), [f.payload for _, _, f in items],
+                [f.dispatch.timeout_s or None for _, _, f in items],
+                key=[f"casparian-{job_id}-{f.dispatch.attempt}" for _, job_id, f in items],
+                workers=[address], allow_other_workers=False, pure=False, retries=0)
+            for (seat, job_id, flight), future in zip(items, futures, strict=True):
+                flight.future, flight.payload = future, b""
+                future.add_done_callback(self._done_callback(seat, job_id, flight))
+
+    def _done_callback(self, seat: Seat, job_id: str, flight: Flight) -> Any:
+        return lambda _f: self._finished(seat, job_id, flight)
 
     def _check_trust(self, dispatch: Dispatch) -> None:
         """The bridge checks the trust policy before any worker sees the job (F13); the
@@ -328,6 +355,7 @@ class DaskBridge:
                                 self.settings.trust, self._trusted)
 
     def _on_abort(self, seat: Seat, abort: Abort) -> None:
+        self._submit_pending()  # the attempt may be among them: it then has its future
         flight = seat.running.get(abort.job_id)
         if flight is None:
             log.info("abort for job %s which is not running here", abort.job_id)
@@ -353,13 +381,14 @@ class DaskBridge:
 
     # -- results (from the client's thread) ------------------------------------------------
     def _finished(self, seat: Seat, job_id: str, flight: Flight) -> None:
+        flight.done_at = time.monotonic()
         self._done.put((seat, job_id, flight))
         self._wake()
 
-    def _on_started_event(self, event: Any) -> None:
+    def _on_task_event(self, event: Any) -> None:
         msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
         if isinstance(msg, dict):
-            self._started.put(msg)
+            self._events.put(msg)
             self._wake()
 
     def _wake(self) -> None:
@@ -373,29 +402,39 @@ class DaskBridge:
             except zmq.ZMQError:
                 pass
 
-    def _send_started(self) -> None:
+    def _send_events(self) -> None:
+        """Forward what the tasks said: JobStarted, and receipts as they come (the usual
+        way a receipt arrives: pushed by the task with the scheduler's batched stream, no
+        ``gather`` round trip)."""
         while True:
             try:
-                msg = self._started.get_nowait()
+                msg = self._events.get_nowait()
             except queue.Empty:
                 return
-            job_id = str(msg.get("job_id"))
+            job_id, attempt = str(msg.get("job_id")), msg.get("attempt")
             for seat in self.seats.values():
                 flight = seat.running.get(job_id)
-                if flight is not None and int(flight.dispatch.attempt) == msg.get("attempt"):
+                if flight is None or int(flight.dispatch.attempt) != attempt:
+                    continue
+                raw = msg.get("receipt")
+                if isinstance(raw, str):
+                    self._deliver(seat, job_id, flight, raw.encode())
+                elif "host_pid" in msg:
                     self._send(seat, JobStarted(job_id=job_id, host_pid=int(msg["host_pid"]),
                                                 worker_id=seat.worker_id))
-                    break
+                break
 
     def _fetch_results(self) -> None:
-        """Fetcher thread: fetch the receipts of finished tasks, many in one ``gather``, and
-        hand them to the loop. Off the loop, so a slow fetch (a worker going away under it)
-        never holds up heartbeats, dispatches or aborts."""
+        """Fetcher thread, the fallback for a receipt that did not come as an event: once
+        a finished task's receipt is ``RECEIPT_GRACE`` late, fetch it (many in one
+        ``gather``) and hand it to the loop. Off the loop, so a slow fetch (a worker going
+        away under it) never holds up heartbeats, dispatches or aborts."""
         stop = False
         while not stop:
             first = self._done.get()
             if first is None:
                 return
+            time.sleep(max(0.0, first[2].done_at + RECEIPT_GRACE - time.monotonic()))
             batch = [first]
             while True:
                 try:
@@ -406,6 +445,10 @@ class DaskBridge:
                     stop = True
                     break
                 batch.append(item)
+            # Those whose receipt came meanwhile are done (a read of the loop's dict: the
+            # loop checks again before it sends anything).
+            batch = [(seat, job_id, f) for seat, job_id, f in batch
+                     if seat.running.get(job_id) is f]
             finished = {f.future.key: f.future for _, _, f in batch
                         if f.future.status == "finished"}
             values: dict[Any, Any] = {}
@@ -416,7 +459,8 @@ class DaskBridge:
                     log.error("could not fetch %d result(s): %s", len(finished), exc)
             for seat, job_id, flight in batch:
                 self._fetched.put((seat, job_id, flight, values.get(flight.future.key)))
-            self._wake()
+            if batch:
+                self._wake()
 
     def _send_results(self) -> None:
         while True:
@@ -424,22 +468,27 @@ class DaskBridge:
                 seat, job_id, flight, raw = self._fetched.get_nowait()
             except queue.Empty:
                 return
-            # Only attempts still in flight on a seated worker: a future cancelled because
-            # its worker left (or at shutdown) has been answered already.
-            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
-                continue
-            del seat.running[job_id]
-            if isinstance(raw, bytes):
-                receipt = _receipt.decode(raw)
-            else:  # the task erred (never by the plugin: run_attempt returns its failures)
-                status = flight.future.status
-                err = flight.future.exception() if status == "error" else None
-                receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
-                                  error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
-                                                  evalue=str(err or f"task {status}"),
-                                                  kind=ErrorKind.TRANSIENT))
-            self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
-                                                     worker_id=seat.worker_id))
+            self._deliver(seat, job_id, flight, raw)
+
+    def _deliver(self, seat: Seat, job_id: str, flight: Flight, raw: Any) -> None:
+        """Send the receipt of an attempt still in flight on a seated worker (once: a
+        future cancelled because its worker left, or at shutdown, was answered already)."""
+        if seat.address not in self.seats or seat.running.get(job_id) is not flight:
+            return
+        del seat.running[job_id]
+        if isinstance(raw, bytes):
+            receipt = _receipt.decode(raw)
+        else:  # the task erred (never by the plugin: run_attempt returns its failures)
+            status = flight.future.status
+            err = flight.future.exception() if status == "error" else None
+            receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
+                              error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
+                                              evalue=str(err or f"task {status}"),
+                                              kind=ErrorKind.TRANSIENT))
+        # Answered: the task's result is no longer needed on its worker.
+        flight.future.release()
+        self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
+                                                 worker_id=seat.worker_id))
 
 
 def main() -> int:

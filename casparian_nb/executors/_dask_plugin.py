@@ -90,7 +90,8 @@ def _plugin(name: str) -> HostPoolPlugin:
 
 
 def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
-    """The Dask task of one attempt: run it on a warm host; the Receipt, JSON-encoded.
+    """The Dask task of one attempt: run it on a warm host; the Receipt, JSON-encoded,
+    also sent as an event on the topic ``name``.
 
     Always returns a receipt (a failure of ours is a transient FAILED), so the task itself
     never errs and Dask never retries it behind the sentinel's back.
@@ -128,7 +129,12 @@ def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
     for timer in timers:
         timer.cancel()
     plugin.take_abort(job_id, attempt)
-    return _receipt.encode(res)
+    raw = _receipt.encode(res)
+    # Pushed to the bridge at once (the worker's batched stream to the scheduler, which
+    # forwards it to the subscribed client): no gather round trip per receipt. The return
+    # value is the same receipt, fetched only if this event went astray.
+    worker.log_event(name, {"job_id": job_id, "attempt": attempt, "receipt": raw.decode()})
+    return raw
 
 
 def abort_on_worker(name: str, job_id: str, attempt: int, reason: str, cause: str,

@@ -17,15 +17,19 @@ __all__ = ["PREFETCH_FACTOR", "Flight", "Seat", "probe_storage", "seat_id"]
 #: Attempts a seat holds beyond its threads (the Dask worker queues them), per thread: enough
 #: that a thread finds its next attempt already there, while the receipt of the last one and
 #: the dispatch that replaces it go round (1 gave half the rate of 3 on small files).
-PREFETCH_FACTOR = 3
+PREFETCH_FACTOR = 10
 
 
 @dataclass(eq=False)
 class Flight:
-    """One attempt submitted to Dask: its dispatch and its future."""
+    """One attempt for Dask: its dispatch, and its future once submitted (the encoded
+    ``HostJob`` until then)."""
 
     dispatch: Dispatch
     future: Any
+    payload: bytes = b""
+    #: When the task's done callback came (the fetcher's fallback waits from then).
+    done_at: float = 0.0
 
 
 @dataclass(eq=False)

@@ -35,7 +35,7 @@ import zmq
 
 from .. import plugins
 from .._connection import ConnectionInfo, read_connection_file
-from .._proc import pid_alive
+from .._proc import pid_alive, profiled
 from ..config import Settings, load_settings
 from ..errors import CasparianError, ProtocolError, SharedStorageError
 from ..joblogs import job_logs_root
@@ -95,6 +95,7 @@ class DaskBridge:
         self._trusted: dict[str, str] = {}
         self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
         self._unsubmitted: list[tuple[Seat, str, Flight]] = []
+        self._answered: list[Any] = []
         self._fetched: queue.Queue[tuple[Seat, str, Flight, Any]] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
                                          daemon=True)
@@ -255,6 +256,7 @@ class DaskBridge:
             self._submit_pending()
             self._send_events()
             self._send_results()
+            self._release_answered()
             now = time.monotonic()
             if now >= next_sync:
                 next_sync = now + SYNC_INTERVAL
@@ -347,6 +349,13 @@ class DaskBridge:
 
     def _done_callback(self, seat: Seat, job_id: str, flight: Flight) -> Any:
         return lambda _f: self._finished(seat, job_id, flight)
+
+    def _release_answered(self) -> None:
+        """Release the futures of answered attempts, all in one call on the client's loop
+        (a release from this thread would wake that loop once per future)."""
+        if self._answered:
+            futures, self._answered = self._answered, []
+            self.client.loop.add_callback(_release, futures)
 
     def _check_trust(self, dispatch: Dispatch) -> None:
         """The bridge checks the trust policy before any worker sees the job (F13); the
@@ -486,9 +495,14 @@ class DaskBridge:
                                               evalue=str(err or f"task {status}"),
                                               kind=ErrorKind.TRANSIENT))
         # Answered: the task's result is no longer needed on its worker.
-        flight.future.release()
+        self._answered.append(flight.future)
         self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
                                                  worker_id=seat.worker_id))
+
+
+def _release(futures: list[Any]) -> None:
+    for future in futures:
+        future.release()
 
 
 def main() -> int:
@@ -523,7 +537,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        return bridge.run()
+        with profiled("dask-bridge"):
+            return bridge.run()
     except SharedStorageError as exc:
         print(f"casparian: error: {exc}", flush=True)
         return 1

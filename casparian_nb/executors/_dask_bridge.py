@@ -96,6 +96,9 @@ class DaskBridge:
         self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
         self._unsubmitted: list[tuple[Seat, str, Flight]] = []
         self._answered: list[Any] = []
+        #: Attempts no worker has the resources for, and the resource sets said so in the log.
+        self._held: list[tuple[Seat, str, Flight]] = []
+        self._said_waiting: set[tuple[tuple[str, float], ...]] = set()
         self._fetched: queue.Queue[tuple[Seat, str, Flight, Any]] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
                                          daemon=True)
@@ -200,18 +203,40 @@ class DaskBridge:
                 self.client.cancel(futures, force=True)
             self._drop_seat(seat, Goodbye(worker_id=seat.worker_id, lost=True,
                                           reason=f"Dask worker {address} left the cluster"))
+            self._lost_elsewhere(address)
         new = [a for a in workers if a not in self.seats and a not in self._refused]
         for address in self.check_shared_storage(new, strict=False):
             w = workers[address]
-            self._seat(address, int(w.get("nthreads") or 1), str(w.get("host") or ""))
+            self._seat(address, int(w.get("nthreads") or 1), str(w.get("host") or ""),
+                       w.get("resources") or {})
+        if self._held and new:  # a worker that joined may have what they wait for
+            self._unsubmitted += self._held
+            self._held = []
+            self._submit_pending()
 
-    def _seat(self, address: str, nthreads: int, host: str) -> None:
+    def _lost_elsewhere(self, address: str) -> None:
+        """Attempts of other seats that ran on the worker at ``address`` (for its resources)
+        fail as transient: the sentinel retries them as new attempts, and never promotes a
+        late answer of the lost one."""
+        for seat in self.seats.values():
+            for job_id, flight in list(seat.running.items()):
+                if flight.address != address or flight.future is None:
+                    continue
+                self.client.cancel(flight.future, force=True)
+                receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED, error=ErrorInfo(
+                    ename="WorkerLost", evalue=f"Dask worker {address} left the cluster",
+                    kind=ErrorKind.TRANSIENT))
+                self._deliver(seat, job_id, flight, _receipt_out.encode(receipt))
+
+    def _seat(self, address: str, nthreads: int, host: str,
+              resources: dict[str, float]) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         wid = seat_id(address)
         sock.setsockopt(zmq.IDENTITY, f"{wid}-{uuid.uuid4().hex[:6]}".encode())
         sock.connect(self.info.workers)
-        seat = Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock)
+        seat = Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock,
+                    resources={str(k): float(v) for k, v in resources.items()})
         self.seats[address] = seat
         self._by_sock[sock] = seat
         # pid: the bridge's own, so a sentinel on this machine sees every seat lost at once
@@ -328,24 +353,63 @@ class DaskBridge:
         self._unsubmitted.append((seat, job_id, flight))
 
     def _submit_pending(self) -> None:
-        """Submit the attempts dispatched since the last call: one ``client.map`` per seat
-        (one graph update for the scheduler, however many attempts), each with its
-        deterministic key, pinned to its seat's worker."""
+        """Submit the attempts dispatched since the last call: one ``client.map`` per worker
+        and resource set (one graph update for the scheduler, however many attempts), each
+        with its deterministic key, pinned to one worker (no stealing: the bridge knows
+        where each attempt runs, for its abort and for the loss of its worker)."""
         pending, self._unsubmitted = self._unsubmitted, []
-        groups: dict[str, list[tuple[Seat, str, Flight]]] = {}
+        groups: dict[tuple[str, tuple[tuple[str, float], ...]],
+                     list[tuple[Seat, str, Flight]]] = {}
         for item in pending:
             seat, job_id, flight = item
-            if seat.address in self.seats and seat.running.get(job_id) is flight:
-                groups.setdefault(seat.address, []).append(item)
-        for address, items in groups.items():
+            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
+                continue
+            needs = flight.dispatch.job.resources
+            flight.address = self._place(seat, needs)
+            if flight.address is None:
+                self._hold(item)
+                continue
+            key = (flight.address, tuple(sorted((needs or {}).items())))
+            groups.setdefault(key, []).append(item)
+        for (address, wanted), items in groups.items():
             futures = self.client.map(
                 remote.run_attempt, [self.name] * len(items), [f.payload for _, _, f in items],
                 [f.dispatch.timeout_s or None for _, _, f in items],
                 key=[f"casparian-{job_id}-{f.dispatch.attempt}" for _, job_id, f in items],
-                workers=[address], allow_other_workers=False, pure=False, retries=0)
+                workers=[address], allow_other_workers=False, pure=False, retries=0,
+                resources=dict(wanted) or None)
             for (seat, job_id, flight), future in zip(items, futures, strict=True):
                 flight.future, flight.payload = future, b""
                 future.add_done_callback(self._done_callback(seat, job_id, flight))
+
+    def _place(self, seat: Seat, needs: dict[str, float] | None) -> str | None:
+        """The worker an attempt runs on: its seat's, unless that one lacks the attempt's
+        resources; then the one with them holding fewest of our attempts; None: none has."""
+        if seat.offers(needs):
+            return seat.address
+        able = [s.address for s in self.seats.values() if s.offers(needs)]
+        if not able:
+            return None
+        load = {a: 0 for a in able}
+        for other in self.seats.values():
+            for f in other.running.values():
+                if f.address in load:
+                    load[f.address] += 1
+        return min(able, key=load.__getitem__)
+
+    def _hold(self, item: tuple[Seat, str, Flight]) -> None:
+        """Keep an attempt no worker has the resources for until one joins (``_sync_workers``
+        submits it then). It stays DISPATCHED on its seat, and the log says why, once per
+        resource set: it is waiting, not lost; a cancel answers it at once."""
+        needs = item[2].dispatch.job.resources or {}
+        said = tuple(sorted(needs.items()))
+        if said not in self._said_waiting:
+            self._said_waiting.add(said)
+            log.warning("job %s needs resources %s, which no Dask worker of the cluster "
+                        "offers (start one with dask worker --resources \"%s\"); its "
+                        "attempts wait here until one joins", item[1], needs,
+                        " ".join(f"{k}={v:g}" for k, v in needs.items()))
+        self._held.append(item)
 
     def _done_callback(self, seat: Seat, job_id: str, flight: Flight) -> Any:
         return lambda _f: self._finished(seat, job_id, flight)
@@ -369,21 +433,27 @@ class DaskBridge:
         if flight is None:
             log.info("abort for job %s which is not running here", abort.job_id)
             return
+        if flight.future is None:  # held for resources: it never reached a worker
+            self._held = [h for h in self._held if h[2] is not flight]
+            receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
+            self._deliver(seat, abort.job_id, flight, _receipt_out.encode(receipt))
+            return
         self._rpc.submit(self._abort_rpc, seat, abort, flight)
 
     def _abort_rpc(self, seat: Seat, abort: Abort, flight: Flight) -> None:
         """Kill the attempt's host on its worker. Once the worker says it killed it (the host
         is reaped by then: nothing more gets staged), the ABORTED receipt goes out at once,
         without waiting for the task's own answer to come back through the scheduler."""
+        address = flight.address or seat.address
         try:
             killed = self.client.run(remote.abort_on_worker, self.name, abort.job_id,
                                      int(flight.dispatch.attempt), abort.reason,
-                                     str(abort.cause), workers=[seat.address],
+                                     str(abort.cause), workers=[address],
                                      on_error="return")
         except Exception as exc:  # the worker is going away: its loss re-queues or aborts
-            log.warning("abort of job %s on %s failed: %s", abort.job_id, seat.address, exc)
+            log.warning("abort of job %s on %s failed: %s", abort.job_id, address, exc)
             return
-        if killed.get(seat.address) is True:
+        if killed.get(address) is True:
             receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
             self._fetched.put((seat, abort.job_id, flight, _receipt_out.encode(receipt)))
             self._wake()

@@ -28,6 +28,9 @@ class Flight:
     dispatch: Dispatch
     future: Any
     payload: bytes = b""
+    #: The Dask worker it is pinned to: its seat's, or for a job whose resources that worker
+    #: lacks, one that has them; None while no worker has them (held by the bridge).
+    address: str | None = None
     #: When the task's done callback came (the fetcher's fallback waits from then).
     done_at: float = 0.0
 
@@ -42,6 +45,13 @@ class Seat:
     host: str
     sock: zmq.Socket[bytes]
     running: dict[str, Flight] = field(default_factory=dict)
+    #: What the Dask worker offers (``dask worker --resources "GPU=1"``).
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def offers(self, needs: dict[str, float] | None) -> bool:
+        """Whether this worker has (in total) every resource ``needs`` asks for."""
+        return all(self.resources.get(name, 0.0) >= amount
+                   for name, amount in (needs or {}).items())
 
     @property
     def capacity(self) -> int:

@@ -228,7 +228,8 @@ class Controller:
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                sink: str | None = None, mode: str = "append", priority: int = 0,
                timeout: float | None = None, force: bool = False, wait: bool = False,
-               progress: bool | None = None) -> list[int]:
+               progress: bool | None = None,
+               resources: dict[str, float] | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
         ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
@@ -239,6 +240,10 @@ class Controller:
         outputs this plugin version already materialized are skipped (``force=True`` runs
         them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
         finish (:meth:`wait`, with its progress bar unless ``progress=False``).
+
+        ``resources``: what each job needs on a Dask worker, e.g. ``{"GPU": 1}`` (on top of
+        the plugin's own ``resources``); the dask executor runs it only on a worker that
+        offers them (``dask worker --resources "GPU=1"``), the local executor ignores them.
         """
         from .. import plugins
         from .._inputs import expand_inputs
@@ -251,7 +256,8 @@ class Controller:
                             f"{type(plugin).__name__}")
         specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
-                   "sink": sink, "mode": mode, "priority": priority, "force": force}
+                   "sink": sink, "mode": mode, "priority": priority, "force": force,
+                   **({"resources": resources} if resources else {})}
         with self.session.command("Submit", payload) as r:
             path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
             files = [str(p) for p in expand_inputs(specs)]
@@ -259,7 +265,7 @@ class Controller:
             # links every event of these jobs to the Submit on this session tape.
             reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
                                        timeout=timeout, force=force,
-                                       submission_id=r.correlation_id)
+                                       submission_id=r.correlation_id, resources=resources)
             ids = [int(j) for j in reply["job_ids"]]
             self.events.link(ids, r.correlation_id, r.event_id)
             r.update(job_ids=ids, count=len(ids))

@@ -72,8 +72,14 @@ log = logging.getLogger("casparian_nb.executors.dask")
 #: How often the bridge asks the scheduler which workers there are.
 SYNC_INTERVAL = 0.5
 #: A task's receipt normally comes as an event before Dask says the task finished; only
-#: when it is this late (seconds) is it fetched from the worker (``gather``).
+#: when it is this late (seconds) is it fetched from the worker (``gather``). Checked every
+#: SYNC_INTERVAL.
 RECEIPT_GRACE = 0.5
+#: Dispatches are submitted to Dask together once the first has waited this long (seconds)
+#: or SUBMIT_BATCH are waiting: a graph update costs the scheduler and the worker about the
+#: same for one task as for a dozen, and the sentinel's dispatches come one per receipt.
+SUBMIT_DELAY = 0.005
+SUBMIT_BATCH = 32
 _receipt = msgspec.json.Decoder(Receipt)
 _hostjob = msgspec.json.Encoder()
 _receipt_out = msgspec.json.Encoder()
@@ -93,8 +99,10 @@ class DaskBridge:
         self._by_sock: dict[zmq.Socket[bytes], Seat] = {}
         self._refused: set[str] = set()
         self._trusted: dict[str, str] = {}
-        self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
+        #: Batches of finished attempts whose receipt came late (see ``_check_late``).
+        self._done: queue.Queue[list[tuple[Seat, str, Flight]] | None] = queue.Queue()
         self._unsubmitted: list[tuple[Seat, str, Flight]] = []
+        self._unsubmitted_since = 0.0
         self._answered: list[Any] = []
         #: Attempts no worker has the resources for, and the resource sets said so in the log.
         self._held: list[tuple[Seat, str, Flight]] = []
@@ -113,6 +121,7 @@ class DaskBridge:
         self._wake_rx.bind(self._wake_ep)
         self._wake_tx: zmq.Socket[bytes] | None = None
         self._wake_lock = threading.Lock()
+        self._wake_pending = False
         self._ids = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -261,13 +270,16 @@ class DaskBridge:
             poller.register(self._wake_rx, zmq.POLLIN)
             for sock in self._by_sock:
                 poller.register(sock, zmq.POLLIN)
-            ready = dict(poller.poll(50))
+            # Dispatches wait up to SUBMIT_DELAY to go to Dask together (see _submit_pending).
+            ready = dict(poller.poll(int(SUBMIT_DELAY * 1000) if self._unsubmitted else 50))
             if self._wake_rx in ready:
                 while True:
                     try:
                         self._wake_rx.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                # Cleared before the queues are read: whatever comes after wakes us again.
+                self._wake_pending = False
             for sock in [s for s in ready if s is not self._wake_rx]:
                 seat = self._by_sock.get(sock)
                 for _ in range(1000):
@@ -278,7 +290,9 @@ class DaskBridge:
                     except zmq.Again:
                         break
                     self._handle(seat, frames)
-            self._submit_pending()
+            if self._unsubmitted and (time.monotonic() - self._unsubmitted_since >= SUBMIT_DELAY
+                                      or len(self._unsubmitted) >= SUBMIT_BATCH):
+                self._submit_pending()
             self._send_events()
             self._send_results()
             self._release_answered()
@@ -286,6 +300,7 @@ class DaskBridge:
             if now >= next_sync:
                 next_sync = now + SYNC_INTERVAL
                 self._sync_workers()
+                self._check_late(now)
             if now >= next_beat:
                 next_beat = now + interval
                 if not pid_alive(self.info.pid):
@@ -350,6 +365,8 @@ class DaskBridge:
                                           redact_log=self.settings.tape_redact))
         flight = Flight(dispatch, None, payload)
         seat.running[job_id] = flight
+        if not self._unsubmitted:
+            self._unsubmitted_since = time.monotonic()
         self._unsubmitted.append((seat, job_id, flight))
 
     def _submit_pending(self) -> None:
@@ -378,9 +395,8 @@ class DaskBridge:
                 key=[f"casparian-{job_id}-{f.dispatch.attempt}" for _, job_id, f in items],
                 workers=[address], allow_other_workers=False, pure=False, retries=0,
                 resources=dict(wanted) or None)
-            for (seat, job_id, flight), future in zip(items, futures, strict=True):
+            for (_seat, _job_id, flight), future in zip(items, futures, strict=True):
                 flight.future, flight.payload = future, b""
-                future.add_done_callback(self._done_callback(seat, job_id, flight))
 
     def _place(self, seat: Seat, needs: dict[str, float] | None) -> str | None:
         """The worker an attempt runs on: its seat's, unless that one lacks the attempt's
@@ -410,9 +426,6 @@ class DaskBridge:
                         "attempts wait here until one joins", item[1], needs,
                         " ".join(f"{k}={v:g}" for k, v in needs.items()))
         self._held.append(item)
-
-    def _done_callback(self, seat: Seat, job_id: str, flight: Flight) -> Any:
-        return lambda _f: self._finished(seat, job_id, flight)
 
     def _release_answered(self) -> None:
         """Release the futures of answered attempts, all in one call on the client's loop
@@ -459,10 +472,23 @@ class DaskBridge:
             self._wake()
 
     # -- results (from the client's thread) ------------------------------------------------
-    def _finished(self, seat: Seat, job_id: str, flight: Flight) -> None:
-        flight.done_at = time.monotonic()
-        self._done.put((seat, job_id, flight))
-        self._wake()
+    def _check_late(self, now: float) -> None:
+        """Attempts whose task is done (finished, erred, cancelled) but whose receipt did
+        not come as an event within ``RECEIPT_GRACE``: the fetcher gets their results.
+        A scan of what is in flight (a few per worker thread) every ``LATE_SCAN`` seconds,
+        rather than a done callback per task."""
+        late = []
+        for seat in self.seats.values():
+            for job_id, flight in seat.running.items():
+                if flight.future is None or flight.fetching or not flight.future.done():
+                    continue
+                if not flight.done_at:
+                    flight.done_at = now
+                elif now - flight.done_at >= RECEIPT_GRACE:
+                    flight.fetching = True
+                    late.append((seat, job_id, flight))
+        if late:
+            self._done.put(late)
 
     def _on_task_event(self, event: Any) -> None:
         msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
@@ -471,6 +497,9 @@ class DaskBridge:
             self._wake()
 
     def _wake(self) -> None:
+        if self._wake_pending:  # the loop has not drained the last one yet
+            return
+        self._wake_pending = True
         with self._wake_lock:
             if self._wake_tx is None:
                 self._wake_tx = self._ctx.socket(zmq.PUSH)
@@ -504,42 +533,25 @@ class DaskBridge:
                 break
 
     def _fetch_results(self) -> None:
-        """Fetcher thread, the fallback for a receipt that did not come as an event: once
-        a finished task's receipt is ``RECEIPT_GRACE`` late, fetch it (many in one
-        ``gather``) and hand it to the loop. Off the loop, so a slow fetch (a worker going
-        away under it) never holds up heartbeats, dispatches or aborts."""
-        stop = False
-        while not stop:
-            first = self._done.get()
-            if first is None:
+        """Fetcher thread, the fallback for receipts that did not come as events: fetch
+        them (one ``gather`` per batch) and hand them to the loop. Off the loop, so a slow
+        fetch (a worker going away under it) never holds up heartbeats, dispatches or
+        aborts."""
+        while True:
+            batch = self._done.get()
+            if batch is None:
                 return
-            time.sleep(max(0.0, first[2].done_at + RECEIPT_GRACE - time.monotonic()))
-            batch = [first]
-            while True:
-                try:
-                    item = self._done.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            # Those whose receipt came meanwhile are done (a read of the loop's dict: the
-            # loop checks again before it sends anything).
-            batch = [(seat, job_id, f) for seat, job_id, f in batch
-                     if seat.running.get(job_id) is f]
             finished = {f.future.key: f.future for _, _, f in batch
                         if f.future.status == "finished"}
             values: dict[Any, Any] = {}
-            if finished:  # one round trip for all of them
+            if finished:
                 try:
                     values = self.client.gather(finished, errors="skip")
                 except Exception as exc:
                     log.error("could not fetch %d result(s): %s", len(finished), exc)
             for seat, job_id, flight in batch:
                 self._fetched.put((seat, job_id, flight, values.get(flight.future.key)))
-            if batch:
-                self._wake()
+            self._wake()
 
     def _send_results(self) -> None:
         while True:
@@ -564,8 +576,8 @@ class DaskBridge:
                               error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
                                               evalue=str(err or f"task {status}"),
                                               kind=ErrorKind.TRANSIENT))
-        # Answered: the task's result is no longer needed on its worker.
-        self._answered.append(flight.future)
+        if flight.future is not None:  # its result is no longer needed on its worker
+            self._answered.append(flight.future)
         self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
                                                  worker_id=seat.worker_id))
 

@@ -56,7 +56,8 @@ class StartedNotices:
         with self._cond:
             self._running.add((job_id, attempt))
             heapq.heappush(self._due, (time.monotonic() + STARTED_DELAY, job_id, attempt, pid))
-            self._cond.notify()
+            if len(self._due) == 1:  # else the thread is waiting for an earlier one already
+                self._cond.notify()
 
     def finished(self, job_id: str, attempt: int) -> None:
         with self._cond:
@@ -75,11 +76,13 @@ class StartedNotices:
                     self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
                 if self._closed:
                     return
-                _, job_id, attempt, pid = heapq.heappop(self._due)
-                if (job_id, attempt) not in self._running:
-                    continue
-            self._log_event(self._topic, {"job_id": job_id, "attempt": attempt,
-                                          "host_pid": pid})
+                now, say = time.monotonic(), []
+                while self._due and self._due[0][0] <= now:  # all that are due, at once
+                    _, job_id, attempt, pid = heapq.heappop(self._due)
+                    if (job_id, attempt) in self._running:
+                        say.append({"job_id": job_id, "attempt": attempt, "host_pid": pid})
+            for msg in say:
+                self._log_event(self._topic, msg)
 
 
 class HostPoolPlugin(WorkerPlugin):

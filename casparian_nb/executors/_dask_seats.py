@@ -31,8 +31,10 @@ class Flight:
     #: The Dask worker it is pinned to: its seat's, or for a job whose resources that worker
     #: lacks, one that has them; None while no worker has them (held by the bridge).
     address: str | None = None
-    #: When the task's done callback came (the fetcher's fallback waits from then).
+    #: When the bridge first saw the task done without its receipt (monotonic; 0: not yet),
+    #: and whether the fetcher has it.
     done_at: float = 0.0
+    fetching: bool = False
 
 
 @dataclass(eq=False)

@@ -1,13 +1,16 @@
 """The bridge process between a sentinel and a Dask cluster.
 
 Each Dask worker becomes a *seat*: one DEALER to the sentinel's worker socket, introduced
-with ``Identify(slots=nthreads, prefetch=3 x nthreads)``, so the sentinel's capacity-based
-dispatch keeps at most 4 x threads attempts in flight per Dask worker (a 100k-job queue stays
-in the state DB, not in the Dask scheduler), and ``casparian jobs``, the queue widget and the
-timeline show Dask workers as workers. A ``Dispatch`` becomes one task, key
-``casparian-<job_id>-<attempt>``, pinned to the seat's worker (``workers=[addr]``, no
-stealing); its result is the Receipt, sent back on the seat. The warm host pools live on the
-workers (:mod:`._dask_plugin`); ``JobStarted`` comes back as a Dask event (``log_event``).
+with ``Identify(slots=nthreads, prefetch=PREFETCH_FACTOR x nthreads)`` (at most 64), so the
+sentinel's capacity-based dispatch keeps a bounded number of attempts in flight per Dask
+worker (a 100k-job queue stays in the state DB, not in the Dask scheduler), and ``casparian
+jobs``, the queue widget and the timeline show Dask workers as workers. A ``Dispatch``
+becomes one task, key ``casparian-<job_id>-<attempt>``, pinned to the seat's worker
+(``workers=[addr]``, no stealing) — or, when that worker lacks the job's ``resources``, to
+one that has them. Dispatches are submitted in batches (one ``client.map`` per worker). The
+warm host pools live on the workers (:mod:`._dask_plugin`); the task pushes its Receipt, and
+``JobStarted``, as Dask events (``log_event``), which the bridge forwards to the sentinel on
+the seat as they come; ``gather`` is only the fallback for a receipt that did not come.
 
 Workers joining and leaving are followed by polling the scheduler (``SYNC_INTERVAL``): a new
 worker is probed (it must see the home's staging directory) and seated; a worker that left
@@ -265,11 +268,14 @@ class DaskBridge:
     def _loop(self) -> None:
         interval = self.settings.heartbeat_interval
         next_beat = next_sync = 0.0
+        poller, polled = zmq.Poller(), set[zmq.Socket[bytes]]()
+        poller.register(self._wake_rx, zmq.POLLIN)
         while not self._stop.is_set():
-            poller = zmq.Poller()
-            poller.register(self._wake_rx, zmq.POLLIN)
-            for sock in self._by_sock:
-                poller.register(sock, zmq.POLLIN)
+            if polled != self._by_sock.keys():  # seats came or went: poll what there is
+                poller, polled = zmq.Poller(), set(self._by_sock)
+                poller.register(self._wake_rx, zmq.POLLIN)
+                for sock in polled:
+                    poller.register(sock, zmq.POLLIN)
             # Dispatches wait up to SUBMIT_DELAY to go to Dask together (see _submit_pending).
             ready = dict(poller.poll(int(SUBMIT_DELAY * 1000) if self._unsubmitted else 50))
             if self._wake_rx in ready:

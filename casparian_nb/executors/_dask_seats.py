@@ -15,8 +15,9 @@ from . import _dask_plugin as remote
 __all__ = ["PREFETCH_FACTOR", "Flight", "Seat", "probe_storage", "seat_id"]
 
 #: Attempts a seat holds beyond its threads (the Dask worker queues them), per thread: enough
-#: that a thread finds its next attempt already there, while the receipt of the last one and
-#: the dispatch that replaces it go round (1 gave half the rate of 3 on small files).
+#: that a thread finds its next attempt already there while the receipt of the last one and
+#: the dispatch that replaces it go round the scheduler, the bridge and the sentinel (tens of
+#: ms on a busy machine; with 3, most tasks in flight were waiting for that, not running).
 PREFETCH_FACTOR = 10
 
 

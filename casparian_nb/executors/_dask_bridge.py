@@ -99,6 +99,8 @@ class DaskBridge(ReceiptRelay):
         self._by_sock: dict[zmq.Socket[bytes], Seat] = {}
         self._refused: set[str] = set()
         self._trusted: dict[str, str] = {}
+        self._staging_roots: dict[int, str] = {}
+        self._log_root = str(job_logs_root(settings.home))
         #: Batches of finished attempts whose receipt came late (see ``_check_late``).
         self._done: queue.Queue[list[tuple[Seat, str, Flight]] | None] = queue.Queue()
         self._unsubmitted: list[tuple[Seat, str, Flight]] = []
@@ -359,12 +361,14 @@ class DaskBridge(ReceiptRelay):
                                      status=ReceiptStatus.FAILED,
                                      error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc))))
             return
-        staging = attempt_root(self.settings.staging_dir, attempt)
+        staging = self._staging_roots.get(attempt)
+        if staging is None:  # a handful of attempt numbers: paths made once each
+            staging = self._staging_roots[attempt] = str(
+                attempt_root(self.settings.staging_dir, attempt))
         # The job's captured output goes beside the staging dir, on the storage both sides
         # see (checked at start), so ctl.logs reads it as for a local worker.
         payload = _hostjob.encode(HostJob(job=dispatch.job, attempt=attempt,
-                                          staging_root=str(staging),
-                                          log_root=str(job_logs_root(self.settings.home)),
+                                          staging_root=staging, log_root=self._log_root,
                                           redact_log=self.settings.tape_redact))
         flight = Flight(dispatch, None, payload)
         seat.running[job_id] = flight

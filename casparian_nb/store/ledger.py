@@ -6,6 +6,13 @@ materializations are kept apart, keyed exactly like the state DB's
 (:func:`casparian_nb.plan.plan_keys`) and judged by the same rule
 (:func:`casparian_nb.plan.decide`). Several runs may share a home: each write is one short
 transaction and SQLite serialises them.
+
+A run records from several promoting threads at once, each after its file's promotion, and
+must not return before its record is durable. One commit per file made the ledger the run's
+bottleneck (each commit waits on the disk while the others queue behind it), so records are
+*group-committed*: the first thread to find no commit under way writes every record waiting
+at that moment in one transaction, and each thread returns once the commit holding its record
+is done. The database is in WAL mode, so a commit costs one fsync.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreError
 from .schema import now_iso
@@ -42,7 +50,14 @@ class RunLedger:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: one statement or transaction at a time
+        # group commit (see the module's docstring)
+        self._turn = threading.Condition()
+        self._waiting: list[tuple[Any, ...]] = []
+        self._next_group = 1  # the group the records now waiting will be committed in
+        self._committing = False
+        self._done_group = 0
+        self._failed: dict[int, str] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunLedger:
@@ -54,6 +69,10 @@ class RunLedger:
                 os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 10000")
+            # WAL: a commit is one append and one fsync (the rollback journal takes three or
+            # four), and other runs' reads do not wait for our writes.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
             conn.execute(_DDL)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the run ledger {db}: {exc}; move it aside "
@@ -90,10 +109,40 @@ class RunLedger:
         now = now_iso()
         rows = [(k, source_hash, plugin_name, parser_version, parser_fingerprint, input_file,
                  run_id, now) for k in keys]
-        # The runner's promoting threads share this connection: one transaction at a time.
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO cf_run_materializations (materialization_key,"
-                " source_hash, plugin_name, parser_version, parser_fingerprint, input_file,"
-                " run_id, created_at) VALUES (?,?,?,?,?,?,?,?)", rows)
+        with self._turn:
+            self._waiting.extend(rows)
+            mine = self._next_group
+            while self._done_group < mine:
+                if not self._committing:  # lead: commit every record waiting now
+                    self._committing = True
+                    batch, self._waiting = self._waiting, []
+                    self._next_group += 1
+                    self._turn.release()
+                    error: str | None = "the commit was interrupted"
+                    try:
+                        error = self._commit(batch)
+                    finally:
+                        self._turn.acquire()
+                        self._committing = False
+                        self._done_group = mine
+                        if error:
+                            self._failed[mine] = error
+                        self._turn.notify_all()
+                else:
+                    self._turn.wait()
+            error = self._failed.get(mine)
+        if error:
+            raise StoreError(f"cannot record in the run ledger {self.path}: {error}")
+
+    def _commit(self, rows: list[tuple[Any, ...]]) -> str | None:
+        """Write ``rows`` in one transaction; the error's text, or None."""
+        try:
+            with self._lock, self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO cf_run_materializations (materialization_key,"
+                    " source_hash, plugin_name, parser_version, parser_fingerprint, input_file,"
+                    " run_id, created_at) VALUES (?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            return str(exc)
+        return None

@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from . import contracts, lineage, plan, plugins, sinks
+from ._group import GroupCommit
 from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
 from .config import Settings, load_settings
@@ -334,7 +335,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
             if sink_uri.is_file_sink:  # hosts leave it to us (sync_staging=False); a
-                sinks.sync_staged(staged)  # DuckDB load is durable by its own commit
+                staged_sync.submit([staged])  # DuckDB load is durable by its own commit
             with promoting:
                 artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:
@@ -363,6 +364,9 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
     finished: queue.SimpleQueue[FileResult | BaseException] = queue.SimpleQueue()
+    # The promoting threads make their staged files durable together: one sync per group.
+    staged_sync: GroupCommit[sinks.StagedJob] = GroupCommit(
+        lambda group: sinks.sync_staged(*group))
 
     def promote(job: HostJob, receipt: Receipt) -> None:
         try:

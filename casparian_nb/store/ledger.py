@@ -10,9 +10,8 @@ transaction and SQLite serialises them.
 A run records from several promoting threads at once, each after its file's promotion, and
 must not return before its record is durable. One commit per file made the ledger the run's
 bottleneck (each commit waits on the disk while the others queue behind it), so records are
-*group-committed*: the first thread to find no commit under way writes every record waiting
-at that moment in one transaction, and each thread returns once the commit holding its record
-is done. The database is in WAL mode, so a commit costs one fsync.
+group-committed (:class:`casparian_nb._group.GroupCommit`): one transaction writes every
+record waiting at that moment. The database is in WAL mode, so a commit costs one fsync.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .._group import GroupCommit
 from ..errors import StoreError
 from .schema import now_iso
 
@@ -51,13 +51,7 @@ class RunLedger:
         self.path = path
         self._conn = conn
         self._lock = threading.Lock()  # the connection: one statement or transaction at a time
-        # group commit (see the module's docstring)
-        self._turn = threading.Condition()
-        self._waiting: list[tuple[Any, ...]] = []
-        self._next_group = 1  # the group the records now waiting will be committed in
-        self._committing = False
-        self._done_group = 0
-        self._failed: dict[int, str] = {}
+        self._group: GroupCommit[tuple[Any, ...]] = GroupCommit(self._commit)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunLedger:
@@ -93,12 +87,15 @@ class RunLedger:
         wanted = list(keys)
         if not wanted:
             return {}
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT materialization_key, parser_fingerprint FROM cf_run_materializations "
-                "WHERE materialization_key IN (SELECT value FROM json_each(?))",
-                (json.dumps(wanted),),
-            ).fetchall()
+        try:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT materialization_key, parser_fingerprint FROM cf_run_materializations"
+                    " WHERE materialization_key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(wanted),),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the run ledger {self.path}: {exc}") from exc
         return {str(r[0]): r[1] for r in rows}
 
     def record(self, keys: Iterable[str], *, source_hash: str, plugin_name: str,
@@ -109,33 +106,10 @@ class RunLedger:
         now = now_iso()
         rows = [(k, source_hash, plugin_name, parser_version, parser_fingerprint, input_file,
                  run_id, now) for k in keys]
-        with self._turn:
-            self._waiting.extend(rows)
-            mine = self._next_group
-            while self._done_group < mine:
-                if not self._committing:  # lead: commit every record waiting now
-                    self._committing = True
-                    batch, self._waiting = self._waiting, []
-                    self._next_group += 1
-                    self._turn.release()
-                    error: str | None = "the commit was interrupted"
-                    try:
-                        error = self._commit(batch)
-                    finally:
-                        self._turn.acquire()
-                        self._committing = False
-                        self._done_group = mine
-                        if error:
-                            self._failed[mine] = error
-                        self._turn.notify_all()
-                else:
-                    self._turn.wait()
-            error = self._failed.get(mine)
-        if error:
-            raise StoreError(f"cannot record in the run ledger {self.path}: {error}")
+        self._group.submit(rows)
 
-    def _commit(self, rows: list[tuple[Any, ...]]) -> str | None:
-        """Write ``rows`` in one transaction; the error's text, or None."""
+    def _commit(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write ``rows`` in one transaction."""
         try:
             with self._lock, self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -144,5 +118,4 @@ class RunLedger:
                     " source_hash, plugin_name, parser_version, parser_fingerprint, input_file,"
                     " run_id, created_at) VALUES (?,?,?,?,?,?,?,?)", rows)
         except sqlite3.Error as exc:
-            return str(exc)
-        return None
+            raise StoreError(f"cannot record in the run ledger {self.path}: {exc}") from exc

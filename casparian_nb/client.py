@@ -52,6 +52,7 @@ from .protocol import (
     ListWorkers,
     Message,
     Ping,
+    QuarantinePolicy,
     RegisterPlugin,
     RetryJobs,
     Shutdown,
@@ -282,12 +283,14 @@ class ControlClient:
     def submit(self, plugin: PathLike, inputs: PathLike | Sequence[PathLike], *,
                sink: str | None = None, mode: str | None = None, priority: int | None = None,
                timeout: float | None = None, submission_id: str | None = None,
-               force: bool = False) -> dict[str, Any]:  # fmt: skip
+               force: bool = False, quarantine: QuarantinePolicy | None = None,
+               ) -> dict[str, Any]:  # fmt: skip
         """Queue one job per input file: ``{"job_ids", "skipped", "submission_id"}``."""
         files = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         return self._call(SubmitJobs(
             plugin=os.fspath(plugin), inputs=[os.fspath(f) for f in files], sink=sink, mode=mode,
-            priority=priority or 0, timeout=timeout, submission_id=submission_id, force=force))
+            priority=priority or 0, timeout=timeout, submission_id=submission_id, force=force,
+            quarantine=quarantine))
 
     def register_plugin(self, path: PathLike) -> dict[str, Any]:
         """Register (or refresh) a plugin file: ``{plugin_id, name, version, source_hash, trust}``."""

@@ -396,6 +396,8 @@ class SubmitJobs(WireMessage):
     timeout: float | None = None
     submission_id: str | None = None
     force: bool = False
+    #: This submission's quarantine limits (None: the plugin's ``quarantine``, else none).
+    quarantine: QuarantinePolicy | None = None
 
 
 class RetryJobs(WireMessage):

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from .._cellplugin import is_source_plugin, write_plugin_source
@@ -50,7 +51,7 @@ from ..launcher import LocalCluster
 from ..plan import stale_warning
 from ..previews import Preview
 from ..previews import preview as run_preview
-from ..protocol import JobStatus
+from ..protocol import JobStatus, QuarantinePolicy
 from ._events import EventPump
 from ._models import Job, QueueStats
 from ._session import SessionTape
@@ -228,7 +229,8 @@ class Controller:
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                sink: str | None = None, mode: str = "append", priority: int = 0,
                timeout: float | None = None, force: bool = False, wait: bool = False,
-               progress: bool | None = None) -> list[int]:
+               progress: bool | None = None,
+               quarantine: Mapping[str, Any] | QuarantinePolicy | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
         ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
@@ -239,11 +241,17 @@ class Controller:
         outputs this plugin version already materialized are skipped (``force=True`` runs
         them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
         finish (:meth:`wait`, with its progress bar unless ``progress=False``).
+
+        ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a
+        job whose output sends more rows to quarantine; it overrides the plugin's
+        ``quarantine``, and a restarted sentinel keeps it.
         """
         from .. import plugins
         from .._inputs import expand_inputs
+        from ..contracts import quarantine_policy
 
         self._check()
+        policy = quarantine_policy(quarantine)
         if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
             plugin = write_plugin_source(plugin, self.settings.plugins_dir / "cell")
         if not isinstance(plugin, str | os.PathLike):
@@ -251,7 +259,8 @@ class Controller:
                             f"{type(plugin).__name__}")
         specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
-                   "sink": sink, "mode": mode, "priority": priority, "force": force}
+                   "sink": sink, "mode": mode, "priority": priority, "force": force,
+                   **({"quarantine": msgspec.structs.asdict(policy)} if policy else {})}
         with self.session.command("Submit", payload) as r:
             path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
             files = [str(p) for p in expand_inputs(specs)]
@@ -259,7 +268,7 @@ class Controller:
             # links every event of these jobs to the Submit on this session tape.
             reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
                                        timeout=timeout, force=force,
-                                       submission_id=r.correlation_id)
+                                       submission_id=r.correlation_id, quarantine=policy)
             ids = [int(j) for j in reply["job_ids"]]
             self.events.link(ids, r.correlation_id, r.event_id)
             r.update(job_ids=ids, count=len(ids))

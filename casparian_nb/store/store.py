@@ -68,12 +68,14 @@ class NewJob:
     timeout_s: float | None = None
     #: Not before this time (RFC 3339); None = as soon as possible.
     scheduled_at: str | None = None
+    #: The submission's ``QuarantinePolicy`` as JSON (None: the plugin's own).
+    quarantine_json: str | None = None
 
 
 _JOB_COLUMNS = (
     "plugin_name", "input_file", "submission_id", "plugin_id", "parser_version",
     "parser_fingerprint", "source_hash", "sink_uri", "sink_mode", "plan_json", "priority",
-    "timeout_s", "scheduled_at",
+    "timeout_s", "scheduled_at", "quarantine_json",
 )  # fmt: skip
 
 

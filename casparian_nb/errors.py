@@ -41,6 +41,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "CasparianError",
+    "CompactionError",
     "ConfigError",
     "ControlTimeoutError",
     "JobCancelledError",
@@ -124,6 +125,11 @@ class SinkModeError(SinkError, FileExistsError):
 
 class SinkLockedError(SinkError):
     """A DuckDB sink file is held by another process."""
+
+
+class CompactionError(SinkError):
+    """A compaction could not run now (another one runs, readers hold the output); nothing
+    changed."""
 
 
 class MissingExtraError(CasparianError, ImportError):

@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CompactionError, SinkURIError
+from ..errors import CompactionBusyError, CompactionError, CompactionSizeError, SinkURIError
 from ._fs import fsync_dir, fsync_file, read_json, write_json_atomic
 from .uri import SinkURI, output_filename, parse_sink_uri
 
@@ -91,10 +91,6 @@ def parse_size(text: str | int) -> int:
     if size < 1024:
         raise CompactionSizeError(f"target size {text!r} is too small (at least 1KB)")
     return size
-
-
-class CompactionSizeError(SinkURIError):
-    """A target size that does not parse (a usage error, like a bad sink URI)."""
 
 
 @dataclass
@@ -160,8 +156,10 @@ class CompactionResult:
 
 
 # -- locks ------------------------------------------------------------------------------
-def _flock(path: Path, mode: int, timeout: float, what: str) -> int:
-    """Open (creating) ``path`` and take ``mode``; poll up to ``timeout`` seconds."""
+def _flock(path: Path, mode: int, timeout: float, what: str,
+           busy: type[CompactionError] = CompactionError) -> int:
+    """Open (creating) ``path`` and take ``mode``; poll up to ``timeout`` seconds, then
+    raise ``busy(what)``."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline = time.monotonic() + timeout
     delay = 0.002
@@ -172,7 +170,7 @@ def _flock(path: Path, mode: int, timeout: float, what: str) -> int:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise CompactionError(what) from None
+                raise busy(what) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
@@ -307,10 +305,11 @@ def merge(group: MergeGroup) -> dict[str, Any]:
 # -- swap -------------------------------------------------------------------------------
 def swap(directory: Path, journal: dict[str, Any], *, lock_timeout: float = 30.0) -> bool:
     """Step 3-4 for one journal: True if the merged file replaced its sources, False if it
-    was dropped (a source vanished: a replace-mode promotion removed it meanwhile)."""
+    was dropped (a source vanished: a replace-mode promotion removed it meanwhile).
+    :class:`CompactionBusyError` if readers hold the directory for ``lock_timeout``."""
     fd = _flock(directory / LOCK_NAME, fcntl.LOCK_EX, lock_timeout,
                 f"{directory}: readers kept the output busy for {lock_timeout}s; "
-                "compaction stopped (nothing changed), run it again")
+                "compaction stopped (nothing changed), run it again", CompactionBusyError)
     try:
         return _swap_locked(directory, journal)
     finally:
@@ -370,6 +369,27 @@ def _direct(fn: Callable[[], T]) -> T:
     return fn()
 
 
+def _swap_retrying(directory: Path, j: dict[str, Any],
+                   swap_with: Callable[[Callable[[], bool]], bool], timeout: float) -> bool:
+    """Try the swap without waiting (the committer must never wait for a notebook's query)
+    until readers let it through, for ``timeout`` seconds; then drop the merge and raise."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            return swap_with(functools.partial(swap, directory, j, lock_timeout=0.0))
+        except CompactionBusyError:
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(FileNotFoundError):
+                    (directory / j["tmp"]).unlink()
+                (directory / f".cf-compact-{j['id']}.json").unlink()
+                raise CompactionBusyError(
+                    f"{directory}: readers kept the output busy for {timeout}s; compaction "
+                    "stopped (nothing changed), run it again") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 def compact(sink: str | SinkURI, output: str | None = None, *,
             target_size: int | str = DEFAULT_TARGET_SIZE,
             swap_with: Callable[[Callable[[], bool]], bool] = _direct,
@@ -393,7 +413,7 @@ def compact(sink: str | SinkURI, output: str | None = None, *,
         by_output: dict[str, OutputCompaction] = {}
         for group in plan(s.path, output, size):
             j = merge(group)
-            if not swap_with(functools.partial(swap, s.path, j, lock_timeout=lock_timeout)):
+            if not _swap_retrying(s.path, j, swap_with, lock_timeout):
                 log.warning("compaction of %s: sources changed meanwhile, group skipped",
                             group.output)
                 continue

@@ -218,3 +218,28 @@ def test_files_promoted_during_compaction_are_untouched(tmp_path):
     got = reader_rows(out)
     assert sum(got.values()) == 6 * 19 and got["job100"] == 19
     del uri
+
+
+def test_catalog_counts_each_row_once_after_a_crash_inside_the_swap(tmp_path, monkeypatch):
+    from casparian_nb.notebook.catalog import OutputCatalog
+
+    uri = promote_jobs(tmp_path, 5)
+    out = tmp_path / "out"
+    j = comp.merge(comp.plan(out, "orders", 1 << 20)[0])
+    real_unlink = Path.unlink
+
+    def dying_unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == j["sources"][2]:
+            raise SystemExit("killed")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", dying_unlink)
+    with pytest.raises(SystemExit):
+        comp.swap(out, j)
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    with OutputCatalog(tmp_path / "home", sinks=[uri]) as cat:
+        assert len(files(out)) == 4  # merged + 3 sources left
+        got = cat.sql("select _cf_job_id, count(*) n from orders group by 1 order by 1")
+        assert got["n"].tolist() == [19] * 5
+        comp.compact(uri, output="orders")
+        assert cat.sql("select count(*) n from orders")["n"][0] == 5 * 19

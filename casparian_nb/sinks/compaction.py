@@ -60,7 +60,7 @@ from ._fs import fsync_dir, fsync_file, read_json, write_json_atomic
 from .uri import SinkURI, output_filename, parse_sink_uri
 
 __all__ = ["DEFAULT_TARGET_SIZE", "CompactionResult", "MergeGroup", "OutputCompaction",
-           "compact", "hidden_files", "parse_size", "read_lock", "recover_compactions"]
+           "check_compactable", "compact", "hidden_files", "parse_size", "read_lock", "recover_compactions"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ RUN_LOCK_NAME = ".cf-compact.run.lock"
 _JOURNAL = re.compile(r"^\.cf-compact-([0-9a-f]{32})\.json$")
 _TMP_SUFFIX = ".cf-compact-tmp"
 _FILE = re.compile(r"^([a-z][a-z0-9_]*)_[0-9a-f]{16}\.parquet$")
+_OUTPUT = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Rows per row group of a merged file (DuckDB's own default row group size).
 ROW_GROUP_ROWS = 122_880
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -220,6 +221,16 @@ def _sink_dir(sink: str | SinkURI) -> SinkURI:
     if s.kind != "parquet":
         raise SinkURIError(f"compaction is for parquet:// sinks; {s} is a {s.kind} sink")
     return s
+
+
+def check_compactable(sink: str | SinkURI, output: str | None,
+                      target_size: int | str) -> tuple[SinkURI, int]:
+    """The parsed sink and target size, or a one-line :class:`SinkURIError` (a usage error:
+    not a ``parquet://`` sink, a bad output name or size)."""
+    s = _sink_dir(sink)
+    if output is not None and not _OUTPUT.match(output):
+        raise SinkURIError(f"invalid output name {output!r}: expected [a-z][a-z0-9_]*")
+    return s, parse_size(target_size)
 
 
 def plan(directory: Path, output: str | None, target_size: int) -> list[MergeGroup]:
@@ -401,8 +412,7 @@ def compact(sink: str | SinkURI, output: str | None = None, *,
     :class:`~casparian_nb.errors.CompactionError` when another compaction of the directory
     runs or readers hold it too long, ``SinkURIError`` for a sink that is not Parquet.
     """
-    s = _sink_dir(sink)
-    size = parse_size(target_size)
+    s, size = check_compactable(sink, output, target_size)
     result = CompactionResult(str(s), size)
     if not s.path.is_dir():
         return result

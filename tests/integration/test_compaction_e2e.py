@@ -1,0 +1,140 @@
+"""Compaction with a real sentinel: many small promoted files merged while a stream of jobs
+keeps promoting into the same output and a reader queries ``count(*)`` through the notebook's
+catalog the whole time — the count never goes down, only ever grows by whole jobs, and ends
+at the total; the jobs' artifacts name files that exist (issue 18, item 4)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from casparian_nb.client import RemoteRequestError
+from casparian_nb.notebook.catalog import OutputCatalog
+from tests.conftest import wait_until
+from tests.integration.test_sentinel import control, jobs_by_id, wait_final
+
+ROWS = 7  # rows per job: every count the reader sees must be a multiple of it
+
+
+def inputs(directory: Path, n: int, start: int = 0) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(start, start + n):
+        p = directory / f"in_{i:04d}.txt"
+        p.write_text(f"mode=normal rows={ROWS}\nfile {i}\n")
+        out.append(str(p))
+    return out
+
+
+def parquet_files(out: Path) -> list[Path]:
+    return sorted(out.glob("fixture_output_" + "?" * 16 + ".parquet"))
+
+
+def test_compaction_under_concurrent_promotion_and_reads(cluster_factory, settings, tmp_path,
+                                                         fixture_plugin):
+    cluster = cluster_factory(workers=2, slots=2)
+    out = tmp_path / "out"
+    sink = f"parquet://{out}"
+    client = control(cluster, timeout=60.0)
+    first = client.submit(str(fixture_plugin), inputs(tmp_path / "in", 60), sink=sink)
+    wait_final(settings, first["job_ids"], timeout=120, status="COMPLETED")
+    assert len(parquet_files(out)) == 60
+
+    counts: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with OutputCatalog(settings) as cat:
+            while not stop.is_set():
+                try:
+                    counts.append(int(cat.sql("select count(*) n from fixture_output")["n"][0]))
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    reader = threading.Thread(target=read, name="reader", daemon=True)
+    reader.start()
+    wait_until(lambda: len(counts) >= 3, 30, message="the reader's first counts")
+
+    # A stream of jobs promoting into the same output while compactions run.
+    stream: list[int] = []
+
+    def submit_stream() -> None:
+        with control(cluster, timeout=60.0) as c:
+            for batch in range(6):
+                reply = c.submit(str(fixture_plugin),
+                                 inputs(tmp_path / "in", 15, start=100 + 15 * batch), sink=sink)
+                stream.extend(reply["job_ids"])
+                time.sleep(0.05)
+
+    submitter = threading.Thread(target=submit_stream, name="submitter", daemon=True)
+    submitter.start()
+    size = max(p.stat().st_size for p in parquet_files(out))
+    results = []
+    while submitter.is_alive() or len(results) < 3:
+        results.append(client.compact(sink, "fixture_output", target_size=size * 8))
+    submitter.join(60)
+    wait_final(settings, stream, timeout=180, status="COMPLETED")
+    results.append(client.compact(sink, target_size=size * 1000))
+    total = (60 + len(stream)) * ROWS
+    wait_until(lambda: errors or (counts and counts[-1] == total), 30,
+               message="the final count")
+    stop.set()
+    reader.join(30)
+    client.close()
+
+    assert not errors, errors
+    assert len(counts) > 20, len(counts)
+    drops = [(a, b) for a, b in itertools.pairwise(counts) if b < a]
+    assert not drops, f"the count went down: {drops[:5]}"
+    assert all(c % ROWS == 0 for c in counts), sorted({c % ROWS for c in counts})
+    merged = sum(o["files_before"] for r in results for o in r["outputs"])
+    assert merged >= 60, [r["outputs"] for r in results]
+    assert len(parquet_files(out)) < 20
+    # Every job's rows once, lineage kept, and every artifact names a file that exists.
+    with OutputCatalog(settings) as cat:
+        per_job = cat.sql("select _cf_job_id j, count(*) n from fixture_output group by 1")
+    assert len(per_job) == 60 + len(stream) and set(per_job["n"]) == {ROWS}
+    rows = jobs_by_id(settings, [*first["job_ids"], *stream])
+    repointed = sum(r["jobs_repointed"] for r in results)
+    assert repointed >= 60
+    for job in rows.values():
+        arts = json.loads(job["artifacts_json"]) if isinstance(job["artifacts_json"], str) \
+            else job["artifacts_json"]
+        for a in arts:
+            path = Path(a["uri"].removeprefix("file://"))
+            assert path.is_file(), (job["id"], a)
+
+
+def test_compact_refuses_non_parquet_sinks_with_one_line(cluster, tmp_path):
+    with control(cluster) as c, pytest.raises(RemoteRequestError,
+                                              match="compaction is for parquet:// sinks"):
+        c.compact(f"csv://{tmp_path / 'x'}")
+
+
+def test_ctl_compact_records_command_and_response(cluster, settings, tmp_path, fixture_plugin):
+    import casparian_nb as cf
+
+    out = tmp_path / "out"
+    ctl = cf.attach(settings.home)
+    try:
+        ids = ctl.submit(str(fixture_plugin), inputs(tmp_path / "in", 6), sink=f"parquet://{out}")
+        ctl.wait(ids, progress=False)
+        result = ctl.compact(f"parquet://{out}")
+        assert (result.files_before, result.files_after, result.rows) == (6, 1, 6 * ROWS)
+        assert "Compaction" in result._repr_html_() and "6 files" in repr(result)
+        assert int(ctl.sql("select count(*) n from fixture_output")["n"][0]) == 6 * ROWS
+        tape = ctl.tape_path
+    finally:
+        ctl.stop()
+    events = [json.loads(line) for line in tape.read_text().splitlines()]
+    cmd = next(e for e in events if e["event_name"].get("name") == "Compact")
+    resp = next(e for e in events if e["parent_id"] == cmd["event_id"])
+    assert resp["event_name"]["name"] == "CommandSucceeded"
+    assert resp["payload"]["files_before"] == 6 and resp["payload"]["files_after"] == 1

@@ -243,3 +243,31 @@ def test_catalog_counts_each_row_once_after_a_crash_inside_the_swap(tmp_path, mo
         assert got["n"].tolist() == [19] * 5
         comp.compact(uri, output="orders")
         assert cat.sql("select count(*) n from orders")["n"][0] == 5 * 19
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["csv://{d}"], 2, "compaction is for parquet:// sinks"),
+    (["parquet://{d}", "--target-size", "12XB"], 2, "invalid size '12XB'"),
+    (["parquet://{d}", "--output", "Bad-Name"], 2, "invalid output name"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, args, code, text):
+    from casparian_nb.cli.main import main
+
+    argv = ["--home", str(tmp_path / "h"), "compact", *(a.format(d=tmp_path / "o") for a in args)]
+    assert main(argv) == code
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("casparian: error: ") and text in line
+
+
+def test_cli_fails_with_exit_1_while_another_compaction_runs(tmp_path, capsys):
+    from casparian_nb.cli.main import main
+
+    uri = promote_jobs(tmp_path, 3)
+    fd = comp._flock(tmp_path / "out" / comp.RUN_LOCK_NAME, comp.fcntl.LOCK_EX, 0, "x")
+    try:
+        assert main(["--home", str(tmp_path / "h"), "compact", uri]) == 1
+    finally:
+        os.close(fd)
+    assert "already running" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path / "h"), "compact", uri]) == 0
+    assert "3 files -> 1" in capsys.readouterr().out

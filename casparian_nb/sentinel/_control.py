@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from .. import __version__
-from ..errors import CasparianError, SinkURIError
+from ..errors import CasparianError, CompactionError, SinkURIError
 from ..protocol import (
     STORED_JOB_STATUSES,
     CancelJob,
@@ -56,6 +56,7 @@ from ..protocol import (
     WorkerInfo,
     Workers,
 )
+from ..sinks import SinkMode
 from ..sinks.compaction import CompactionResult, check_compactable, compact
 from . import state as st
 
@@ -251,9 +252,17 @@ class ControlHandlers:
         req = msg.payload
         assert isinstance(req, CompactOutputs)
         try:
-            check_compactable(req.sink, req.output, req.target_size)
+            sink, _ = check_compactable(req.sink, req.output, req.target_size)
         except SinkURIError as exc:
             raise RequestFailed(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        # A replace/error-mode run tells its own files from other runs' by their names; a
+        # merged file holding some of its jobs' rows would count as another run's.
+        busy = [j.id for j in self.state.jobs.values()
+                if j.spec.mode != SinkMode.APPEND and str(sink) in str(j.spec.sink)]
+        if busy:
+            raise RequestFailed(ErrorCode.INVALID_REQUEST, (
+                f"{len(busy)} job(s) with mode replace/error are not finished in {sink} "
+                f"(e.g. job {busy[0]}); compact after they finish"))
         self._pending_replies[msg.id] = (routing, msg)
         threading.Thread(target=self._compact, args=(msg.id, req), name="cf-compact",
                          daemon=True).start()
@@ -269,7 +278,13 @@ class ControlHandlers:
                 done.set_exception(exc)
 
         self._promotions.put(task)
-        return done.result()
+        while True:  # the committer stops with the sentinel: do not wait for it forever
+            try:
+                return done.result(timeout=0.5)
+            except TimeoutError:
+                if self._stop.is_set():
+                    raise CompactionError("the sentinel stopped during the compaction; "
+                                          "the next compaction of the sink finishes it") from None
 
     def _compact(self, request_id: str, req: CompactOutputs) -> None:
         """The compaction thread: never touches the store or the sockets itself."""

@@ -160,3 +160,18 @@ def test_cli_compacts_without_a_sentinel_and_repoints_the_state_db(cluster_facto
         arts = json.loads(job["artifacts_json"]) if isinstance(job["artifacts_json"], str) \
             else job["artifacts_json"]
         assert [a["uri"] for a in arts] == [f"file://{merged}"]
+
+
+def test_compact_waits_for_replace_mode_runs_into_the_sink(cluster, settings, tmp_path,
+                                                           fixture_plugin):
+    out = tmp_path / "out"
+    slow = tmp_path / "in" / "slow.txt"
+    slow.parent.mkdir(parents=True)
+    slow.write_text("mode=slow sleep=2 rows=3\n")
+    with control(cluster) as c:
+        ids = c.submit(str(fixture_plugin), [str(slow)], sink=f"parquet://{out}",
+                       mode="replace")["job_ids"]
+        with pytest.raises(RemoteRequestError, match="mode replace/error are not finished"):
+            c.compact(f"parquet://{out}")
+        wait_final(settings, ids, timeout=60, status="COMPLETED")
+        assert c.compact(f"parquet://{out}")["outputs"] == []  # one file: nothing to merge

@@ -140,23 +140,31 @@ def test_ctl_compact_records_command_and_response(cluster, settings, tmp_path, f
     assert resp["payload"]["files_before"] == 6 and resp["payload"]["files_after"] == 1
 
 
-def test_cli_compacts_without_a_sentinel_and_repoints_the_state_db(cluster_factory, settings,
-                                                                   tmp_path, fixture_plugin,
-                                                                   capsys):
+def test_cli_compacts_with_and_without_a_sentinel_and_repoints_the_state_db(
+        cluster_factory, settings, tmp_path, fixture_plugin, capsys):
     from casparian_nb.cli.main import main
 
     out = tmp_path / "out"
+    argv = ["--home", str(settings.home), "compact", f"parquet://{out}", "--json"]
     cluster = cluster_factory(workers=1)
     with control(cluster) as c:
-        ids = c.submit(str(fixture_plugin), inputs(tmp_path / "in", 5), sink=f"parquet://{out}")
-    wait_final(settings, ids["job_ids"], timeout=60, status="COMPLETED")
+        first = c.submit(str(fixture_plugin), inputs(tmp_path / "in", 5),
+                         sink=f"parquet://{out}")["job_ids"]
+        wait_final(settings, first, timeout=60, status="COMPLETED")
+        assert main(argv) == 0  # through the sentinel
+        reply = json.loads(capsys.readouterr().out)
+        assert (reply["files_before"], reply["files_after"], reply["jobs_repointed"]) == (5, 1, 5)
+        second = c.submit(str(fixture_plugin), inputs(tmp_path / "in", 3, start=5),
+                          sink=f"parquet://{out}")["job_ids"]
+        wait_final(settings, second, timeout=60, status="COMPLETED")
     cluster.stop()
-    assert main(["--home", str(settings.home), "compact", f"parquet://{out}", "--json"]) == 0
+    assert main(argv) == 0  # no sentinel: this process writes the state DB
     reply = json.loads(capsys.readouterr().out)
-    assert (reply["files_before"], reply["files_after"], reply["rows"]) == (5, 1, 5 * ROWS)
-    assert reply["jobs_repointed"] == 5
+    # The first merged file and the 3 new ones; the 5 jobs in it follow it to the new one.
+    assert (reply["files_before"], reply["files_after"], reply["rows"]) == (4, 1, 8 * ROWS)
+    assert reply["jobs_repointed"] == 8
     [merged] = parquet_files(out)
-    for job in jobs_by_id(settings, ids["job_ids"]).values():
+    for job in jobs_by_id(settings, [*first, *second]).values():
         arts = json.loads(job["artifacts_json"]) if isinstance(job["artifacts_json"], str) \
             else job["artifacts_json"]
         assert [a["uri"] for a in arts] == [f"file://{merged}"]

@@ -370,7 +370,9 @@ def recover_compactions(directory: Path, *, lock_timeout: float = 30.0) -> list[
         swap(directory, j, lock_timeout=lock_timeout)
         done.append(m.group(1))
     for name in os.listdir(directory):
-        if name.endswith(_TMP_SUFFIX) and name.startswith(".") and name not in named:
+        orphan = name.startswith(".") and name.endswith(_TMP_SUFFIX) and name not in named
+        unpublished = name.startswith(".cf-compact-") and name.endswith(".json.tmp")
+        if orphan or unpublished:
             with contextlib.suppress(FileNotFoundError):
                 (directory / name).unlink()
     return done

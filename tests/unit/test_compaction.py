@@ -271,3 +271,70 @@ def test_cli_fails_with_exit_1_while_another_compaction_runs(tmp_path, capsys):
     assert "already running" in capsys.readouterr().err
     assert main(["--home", str(tmp_path / "h"), "compact", uri]) == 0
     assert "3 files -> 1" in capsys.readouterr().out
+
+
+_CHILD = """
+import os, pathlib, signal, sys
+import pyarrow.parquet as pq
+import casparian_nb.sinks.compaction as comp
+
+point, uri = sys.argv[1], sys.argv[2]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "write":  # the merged tmp half written (no footer), no journal
+    real_write = pq.ParquetWriter.write_table
+    def write(self, *a, **k):
+        real_write(self, *a, **k)
+        die()
+    pq.ParquetWriter.write_table = write
+elif point == "journal":  # the tmp complete, the journal not published
+    real_replace = os.replace
+    def replace(a, b):
+        if str(b).endswith(".json"):
+            die()
+        real_replace(a, b)
+    os.replace = replace
+elif point in ("link", "unlink", "done"):
+    real_link, real_unlink = os.link, pathlib.Path.unlink
+    def link(a, b):
+        real_link(a, b)
+        if point == "link":  # the merged file visible, every source still there
+            die()
+    def unlink(self, missing_ok=False):
+        if point == "done" and self.name.startswith(".cf-compact-"):
+            die()  # every source gone, the journal left
+        real_unlink(self, missing_ok=missing_ok)
+        if point == "unlink" and comp._FILE.match(self.name):
+            die()  # one source gone
+    os.link, pathlib.Path.unlink = link, unlink
+comp.compact(uri, output="orders")
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("point", ["write", "journal", "link", "unlink", "done"])
+def test_killed_at_each_step_readers_stay_exact_and_the_next_compaction_recovers(tmp_path,
+                                                                                 point):
+    import signal
+    import subprocess
+    import sys
+
+    uri = promote_jobs(tmp_path, 6)
+    out = tmp_path / "out"
+    want = Counter({f"job{i}": 19 for i in range(6)})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(comp.__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, point, uri], env=env, timeout=120,
+                          check=False)
+    assert proc.returncode == -signal.SIGKILL
+    journals = [p for p in out.iterdir() if comp._JOURNAL.match(p.name)]
+    assert bool(journals) == (point in ("link", "unlink", "done"))
+    assert reader_rows(out) == want  # exact in every state a crash can leave
+    comp.compact(uri, output="orders")
+    assert len(files(out)) == 1
+    assert reader_rows(out) == want
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")
+                 and p.name not in (comp.LOCK_NAME, comp.RUN_LOCK_NAME)]
+    assert leftovers == []

@@ -60,7 +60,8 @@ from ._fs import fsync_dir, fsync_file, read_json, write_json_atomic
 from .uri import SinkURI, output_filename, parse_sink_uri
 
 __all__ = ["DEFAULT_TARGET_SIZE", "CompactionResult", "MergeGroup", "OutputCompaction",
-           "check_compactable", "compact", "hidden_files", "parse_size", "read_lock", "recover_compactions"]
+           "check_compactable", "compact", "hidden_files", "parse_size", "read_lock",
+           "recover_compactions"]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,10 @@ def _flock(path: Path, mode: int, timeout: float, what: str,
            busy: type[CompactionError] = CompactionError) -> int:
     """Open (creating) ``path`` and take ``mode``; poll up to ``timeout`` seconds, then
     raise ``busy(what)``."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # someone else's file: flock works
     deadline = time.monotonic() + timeout
     delay = 0.002
     while True:
@@ -191,8 +195,10 @@ def read_lock(dirs: Iterable[Path], timeout: float = 30.0) -> Iterator[None]:
             try:
                 fds.append(_flock(d / LOCK_NAME, fcntl.LOCK_SH, timeout,
                                   f"{d}: a compaction holds its swap lock for over {timeout}s"))
-            except PermissionError:
-                continue
+            except CompactionError:
+                raise
+            except OSError:
+                continue  # no lock file and none can be made (read-only): nothing compacts
         yield
     finally:
         for fd in fds:

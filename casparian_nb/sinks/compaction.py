@@ -384,6 +384,12 @@ def recover_compactions(directory: Path, *, lock_timeout: float = 30.0) -> list[
     return done
 
 
+def _leftovers(directory: Path) -> bool:
+    """Whether an interrupted compaction left anything in ``directory``."""
+    return any(n.startswith(".cf-compact-") or n.endswith(_TMP_SUFFIX)
+               for n in os.listdir(directory))
+
+
 def _direct(fn: Callable[[], T]) -> T:
     return fn()
 
@@ -422,8 +428,8 @@ def compact(sink: str | SinkURI, output: str | None = None, *,
     """
     s, size = check_compactable(sink, output, target_size)
     result = CompactionResult(str(s), size)
-    if not s.path.is_dir():
-        return result
+    if not s.path.is_dir() or not (_leftovers(s.path) or plan(s.path, output, size)):
+        return result  # nothing to do: leave no lock file behind in a directory
     run_fd = _flock(s.path / RUN_LOCK_NAME, fcntl.LOCK_EX, 0.0,
                     f"a compaction of {s.path} is already running")
     try:

@@ -138,6 +138,9 @@ def test_ctl_compact_records_command_and_response(cluster, settings, tmp_path, f
     resp = next(e for e in events if e["parent_id"] == cmd["event_id"])
     assert resp["event_name"]["name"] == "CommandSucceeded"
     assert resp["payload"]["files_before"] == 6 and resp["payload"]["files_after"] == 1
+    from casparian_nb.cli.main import main
+
+    assert main(["tape", "validate", str(tape)]) == 0
 
 
 def test_cli_compacts_with_and_without_a_sentinel_and_repoints_the_state_db(

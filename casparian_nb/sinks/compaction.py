@@ -356,9 +356,12 @@ def _swap_locked(directory: Path, j: dict[str, Any]) -> bool:
     return True
 
 
-def recover_compactions(directory: Path, *, lock_timeout: float = 30.0) -> list[str]:
+def recover_compactions(directory: Path, *, lock_timeout: float = 30.0,
+                        swap_with: Callable[[Callable[[], bool]], bool] | None = None
+                        ) -> list[str]:
     """Finish (or drop) the compactions a crash interrupted in ``directory``; remove orphan
-    tmp files. Only call while holding the directory's run lock. Returns journal ids."""
+    tmp files. Only call while holding the directory's run lock. Returns journal ids.
+    ``swap_with`` as in :func:`compact`."""
     done: list[str] = []
     if not directory.is_dir():
         return done
@@ -373,7 +376,7 @@ def recover_compactions(directory: Path, *, lock_timeout: float = 30.0) -> list[
             (directory / name).unlink()  # torn journal: written atomically, so never happens
             continue
         named.add(j["tmp"])
-        swap(directory, j, lock_timeout=lock_timeout)
+        _swap_retrying(directory, j, swap_with or _direct, lock_timeout)
         done.append(m.group(1))
     for name in os.listdir(directory):
         orphan = name.startswith(".") and name.endswith(_TMP_SUFFIX) and name not in named
@@ -405,9 +408,12 @@ def _swap_retrying(directory: Path, j: dict[str, Any],
             return swap_with(functools.partial(swap, directory, j, lock_timeout=0.0))
         except CompactionBusyError:
             if time.monotonic() >= deadline:
-                with contextlib.suppress(FileNotFoundError):
-                    (directory / j["tmp"]).unlink()
-                (directory / f".cf-compact-{j['id']}.json").unlink()
+                if not (directory / j["dst"]).exists():
+                    # Never linked: drop it (after a link, the journal must stay: it tells
+                    # readers which leftovers to skip until a later compaction finishes).
+                    with contextlib.suppress(FileNotFoundError):
+                        (directory / j["tmp"]).unlink()
+                    (directory / f".cf-compact-{j['id']}.json").unlink()
                 raise CompactionBusyError(
                     f"{directory}: readers kept the output busy for {timeout}s; compaction "
                     "stopped (nothing changed), run it again") from None
@@ -433,10 +439,14 @@ def compact(sink: str | SinkURI, output: str | None = None, *,
     run_fd = _flock(s.path / RUN_LOCK_NAME, fcntl.LOCK_EX, 0.0,
                     f"a compaction of {s.path} is already running")
     try:
-        recover_compactions(s.path, lock_timeout=lock_timeout)
+        recover_compactions(s.path, lock_timeout=lock_timeout, swap_with=swap_with)
         by_output: dict[str, OutputCompaction] = {}
         for group in plan(s.path, output, size):
-            j = merge(group)
+            try:
+                j = merge(group)
+            except FileNotFoundError as exc:  # a replace-mode promotion removed a source
+                log.warning("compaction of %s: %s; group skipped", group.output, exc)
+                continue
             if not _swap_retrying(s.path, j, swap_with, lock_timeout):
                 log.warning("compaction of %s: sources changed meanwhile, group skipped",
                             group.output)

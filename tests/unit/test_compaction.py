@@ -338,3 +338,19 @@ def test_killed_at_each_step_readers_stay_exact_and_the_next_compaction_recovers
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")
                  and p.name not in (comp.LOCK_NAME, comp.RUN_LOCK_NAME)]
     assert leftovers == []
+
+
+def test_a_source_removed_before_the_merge_skips_its_group(tmp_path, monkeypatch):
+    uri = promote_jobs(tmp_path, 4)
+    out = tmp_path / "out"
+    real_merge = comp.merge
+
+    def merge_after_a_replace(group: comp.MergeGroup) -> dict[str, object]:
+        group.sources[1].unlink()  # what a replace-mode promotion would do meanwhile
+        return real_merge(group)
+
+    monkeypatch.setattr(comp, "merge", merge_after_a_replace)
+    res = comp.compact(uri, output="orders")
+    assert res.outputs == []
+    assert len(files(out)) == 3 and sum(reader_rows(out).values()) == 3 * 19
+    assert not [p for p in out.iterdir() if p.name.endswith(comp._TMP_SUFFIX)]

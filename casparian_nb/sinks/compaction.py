@@ -266,12 +266,14 @@ def plan(directory: Path, output: str | None, target_size: int) -> list[MergeGro
 
 
 # -- merge ------------------------------------------------------------------------------
-def _unified_schema(sources: list[Path]) -> pa.Schema:
+def _unified_schema(output: str, sources: list[Path]) -> pa.Schema:
     schemas = [pq.read_schema(p) for p in sources]
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise CompactionError(f"files of output cannot be merged: {exc}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CompactionError(f"the files of output {output!r} have columns of types that "
+                              f"cannot be merged ({first}); nothing of it was changed") from exc
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -291,7 +293,7 @@ def merge(group: MergeGroup) -> dict[str, Any]:
     cid = uuid.uuid4().hex
     dst = output_filename(group.output, f"compaction:{cid}", "parquet")
     tmp = directory / f".{dst}{_TMP_SUFFIX}"
-    schema = _unified_schema(group.sources)
+    schema = _unified_schema(group.output, group.sources)
     rows = 0
     buffered: list[pa.Table] = []
     pending = 0

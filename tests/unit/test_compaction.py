@@ -354,3 +354,14 @@ def test_a_source_removed_before_the_merge_skips_its_group(tmp_path, monkeypatch
     assert res.outputs == []
     assert len(files(out)) == 3 and sum(reader_rows(out).values()) == 3 * 19
     assert not [p for p in out.iterdir() if p.name.endswith(comp._TMP_SUFFIX)]
+
+
+def test_incompatible_column_types_fail_in_one_line_and_change_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for i, values in enumerate(([1, 2], ["a", "b"])):
+        pq.write_table(pa.table({"x": values}), out / f"orders_{i:016x}.parquet")
+    with pytest.raises(CompactionError, match="output 'orders' have columns of types"):
+        comp.compact(f"parquet://{out}")
+    assert len(files(out)) == 2
+    assert [p.name for p in out.iterdir() if p.name.startswith(".cf-compact-")] == []

@@ -3,7 +3,8 @@
 With a sentinel serving the home, the sentinel does it (each swap between two of its
 promotions; it is the one writer of the state DB, F17, so it also repoints the jobs'
 artifacts). Without one, this command does both itself: the state DB is then held by no one,
-and opening it takes the writer lock, so a sentinel started meanwhile cannot write beside it.
+and this command takes its writer lock before it touches a file, so a sentinel cannot start
+(and write beside it) before the artifacts are repointed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import click
 
 from ..config import Settings
-from ..errors import StoreError
 from ._app import EXIT_OK, App, recorded
 from .jobs import _live_client
 
@@ -82,17 +82,15 @@ def _compact_here(settings: Settings, sink: str, output: str | None,
     from ..sinks import compact as compact_sink
     from ..store import StateStore
 
-    result = compact_sink(sink, output, target_size=size)
-    repointed = 0
-    moves = result.uri_moves()
-    if moves and settings.state_db.exists():
-        try:
-            store = StateStore.open(settings.state_db)
-        except StoreError as exc:
-            raise StoreError(f"files compacted, but the state DB could not be updated: "
-                             f"{str(exc).splitlines()[0]}") from exc
-        with store:
-            repointed = store.repoint_artifacts(moves)
+    # The writer lock first, before any file changes: a sentinel starting meanwhile then
+    # waits for us (it fails in one line) instead of leaving artifacts we cannot repoint.
+    store = StateStore.open(settings.state_db) if settings.state_db.exists() else None
+    try:
+        result = compact_sink(sink, output, target_size=size)
+        repointed = store.repoint_artifacts(result.uri_moves()) if store is not None else 0
+    finally:
+        if store is not None:
+            store.close()
     return {"sink": result.sink, "target_size": result.target_size,
             "jobs_repointed": repointed,
             "outputs": [{k: v for k, v in o.to_dict().items() if k != "merged"}

@@ -40,6 +40,7 @@ from .protocol import (
     CancelJob,
     CancelJobs,
     Codec,
+    CompactOutputs,
     ControlReply,
     Error,
     ErrorCode,
@@ -275,6 +276,15 @@ class ControlClient:
         ``statuses``): ``{"job_ids", "attempts", "refused"}``."""
         return self._call(RetryJobs(job_ids=[int(i) for i in job_ids or ()],
                                     statuses=[JobStatus(str(s).upper()) for s in statuses]))
+
+    def compact(self, sink: str, output: str | None = None, *,
+                target_size: int = 128 * 1024 * 1024,
+                timeout: float | None = 3600.0) -> dict[str, Any]:
+        """Merge the small promoted files of a ``parquet://`` sink (the sentinel does it,
+        taking turns with its promotions): ``Compacted`` as a dict. Waits up to ``timeout``
+        seconds: merging gigabytes takes a while."""
+        return self._call(CompactOutputs(sink=sink, output=output, target_size=target_size),
+                          timeout=timeout)
 
     def queue_stats(self) -> dict[str, int]:
         """Counts per state plus ``total``."""

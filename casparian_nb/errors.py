@@ -41,6 +41,9 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "CasparianError",
+    "CompactionBusyError",
+    "CompactionError",
+    "CompactionSizeError",
     "ConfigError",
     "ControlTimeoutError",
     "JobCancelledError",
@@ -124,6 +127,19 @@ class SinkModeError(SinkError, FileExistsError):
 
 class SinkLockedError(SinkError):
     """A DuckDB sink file is held by another process."""
+
+
+class CompactionError(SinkError):
+    """A compaction could not run now (another one runs, readers hold the output); nothing
+    changed."""
+
+
+class CompactionBusyError(CompactionError, BlockingIOError):
+    """Readers hold the output a compaction wants to swap (it tries again, then gives up)."""
+
+
+class CompactionSizeError(SinkURIError):
+    """A compaction target size that does not parse (a usage error, like a bad sink URI)."""
 
 
 class MissingExtraError(CasparianError, ImportError):

@@ -74,7 +74,7 @@ def exit_status(exc: CasparianError) -> int:
 
 #: Parameters a command's tape event records (when given); the tape redacts them by field.
 _TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers",
-                "file", "rows")
+                "file", "rows", "target_size")
 
 #: ``--mode`` choices: the values of :class:`casparian_nb.sinks.SinkMode`, spelled here because
 #: importing ``sinks`` loads pyarrow, too slow for every ``casparian jobs`` (a unit test keeps

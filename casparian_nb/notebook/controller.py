@@ -52,6 +52,7 @@ from ..plan import stale_warning
 from ..previews import Preview
 from ..previews import preview as run_preview
 from ..protocol import JobStatus, QuarantinePolicy
+from ._compaction import Compaction
 from ._events import EventPump
 from ._models import Job, QueueStats
 from ._session import SessionTape
@@ -339,6 +340,24 @@ class Controller:
             reply = self.client.cancel_jobs(status=JobStatus.QUEUED)
             r.update(count=len(reply.get("results") or {}))
         return reply
+
+    def compact(self, sink: str, output: str | None = None,
+                target_size: int | str = "128MB") -> Compaction:
+        """Merge the small promoted files of a ``parquet://`` sink (``output``, or every
+        output) into files of about ``target_size``. The sentinel does it, taking turns with
+        its promotions, so it is safe while jobs run; queries (``ctl.sql``) never see a row
+        twice or miss one; the jobs' artifacts then name the merged files."""
+        from ..sinks.compaction import check_compactable
+
+        self._check()
+        parsed, size = check_compactable(sink, output, target_size)
+        payload = {"sink": str(parsed), "output": output, "target_size": size}
+        with self.session.command("Compact", payload) as r:
+            result = Compaction.from_reply(self.client.compact(str(parsed), output,
+                                                               target_size=size))
+            r.update(files_before=result.files_before, files_after=result.files_after,
+                     rows=result.rows)
+        return result
 
     # -- reads (state DB, read-only) -----------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None, limit: int = 1000,

@@ -7,6 +7,7 @@ The life of a job's outputs::
     staged = stager.close()                                 # -> StagedJob (JSON over a pipe)
     artifacts = promote(staged, mode=SinkMode.APPEND)       # committer: all outputs or none
     recover(settings.staging_dir)                           # committer start-up, after a crash
+    compact("parquet://output", target_size="128MB")        # merge small promoted files
 
 File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never overwritten
 (F0); promotion is atomic per job (F2); every sink kind honours every :class:`SinkMode` (F3).
@@ -14,6 +15,7 @@ File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never o
 
 from __future__ import annotations
 
+from .compaction import CompactionResult, OutputCompaction, compact
 from .promotion import promote, recover
 from .staging import (
     Artifact,
@@ -28,11 +30,14 @@ from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
 
 __all__ = [
     "Artifact",
+    "CompactionResult",
     "JobStager",
+    "OutputCompaction",
     "SinkMode",
     "SinkURI",
     "StagedJob",
     "StagedOutput",
+    "compact",
     "discard",
     "job_dirname",
     "job_hash16",

@@ -8,6 +8,8 @@ The life of a job's outputs::
     artifacts = promote(staged, mode=SinkMode.APPEND)       # committer: all outputs or none
     recover(settings.staging_dir)                           # committer start-up, after a crash
 
+``sink`` may also route outputs to several sinks (:class:`SinkRouting`: ``{"orders":
+"duckdb://db.duckdb", "*": "parquet://out"}``); such a job still promotes all or nothing.
 File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never overwritten
 (F0); promotion is atomic per job (F2); every sink kind honours every :class:`SinkMode` (F3).
 """
@@ -15,6 +17,7 @@ File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never o
 from __future__ import annotations
 
 from .promotion import promote, recover
+from .routing import SinkRouting, routing_from_args
 from .staging import (
     Artifact,
     JobStager,
@@ -30,6 +33,7 @@ __all__ = [
     "Artifact",
     "JobStager",
     "SinkMode",
+    "SinkRouting",
     "SinkURI",
     "StagedJob",
     "StagedOutput",
@@ -40,5 +44,6 @@ __all__ = [
     "parse_sink_uri",
     "promote",
     "recover",
+    "routing_from_args",
     "sync_staged",
 ]

@@ -84,24 +84,29 @@ def no_sentinel(settings: Settings) -> SentinelError:
                    "if any failed or was aborted.")
 @click.option("--quiet", "-q", is_flag=True, help="With --wait: no progress bar.")
 @recorded("Submit", creates_home=False)
-def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
+def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
            priority: int, timeout: float | None, force: bool, as_json: bool, wait: bool,
            quiet: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
     sentinel; print the job ids.
 
-    Example: casparian submit plugins/orders.py data/ --sink parquet://output --wait
+    Example: casparian submit plugins/orders.py data/ --sink parquet://output
+    --sink orders=duckdb://db.duckdb --wait
     """
     from .. import plugins
+    from ..sinks import SinkRouting, routing_from_args
 
     settings = app.settings
+    routing = routing_from_args(sink)
+    # A mapping travels as its canonical text, its relative paths resolved here.
+    routed = str(SinkRouting.parse(routing)) if isinstance(routing, dict) else routing
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
     files = [str(p) for p in expand_inputs(inputs)]
     client = _client(settings)
     # The sentinel hashes every input before it answers: allow for big submissions.
     client.timeout = max(client.timeout, 30.0 + len(files) / 2000)
     with client:
-        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=sink, mode=mode,
+        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routed, mode=mode,
                               priority=priority, timeout=timeout, force=force,
                               submission_id=app.correlation_id)
     if as_json:

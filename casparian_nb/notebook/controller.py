@@ -226,9 +226,9 @@ class Controller:
     # -- mutations (control API) --------------------------------------------------------------
     def submit(self, plugin: str | os.PathLike[str] | Callable[..., Any] | types.ModuleType,
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-               sink: str | None = None, mode: str = "append", priority: int = 0,
-               timeout: float | None = None, force: bool = False, wait: bool = False,
-               progress: bool | None = None) -> list[int]:
+               sink: str | Mapping[str, str] | None = None, mode: str = "append",
+               priority: int = 0, timeout: float | None = None, force: bool = False,
+               wait: bool = False, progress: bool | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
         ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
@@ -239,11 +239,18 @@ class Controller:
         outputs this plugin version already materialized are skipped (``force=True`` runs
         them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
         finish (:meth:`wait`, with its progress bar unless ``progress=False``).
+
+        ``sink``: one URI, or a mapping of output names to URIs with ``"*"`` for the rest
+        (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); each job's outputs
+        promote into all their sinks or none.
         """
         from .. import plugins
         from .._inputs import expand_inputs
+        from ..sinks import SinkRouting
 
         self._check()
+        if isinstance(sink, Mapping):  # resolved here, where its relative paths were typed
+            sink = str(SinkRouting.parse(sink))
         if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
             plugin = write_plugin_source(plugin, self.settings.plugins_dir / "cell")
         if not isinstance(plugin, str | os.PathLike):

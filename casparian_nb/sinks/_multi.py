@@ -83,7 +83,7 @@ def promote_across(staged: StagedJob, groups: dict[SinkURI, list[StagedOutput]],
             state["state"] = "started"
             write_json_atomic(journal, state)  # the commit point
         except BaseException as exc:
-            rollback(cons, journal, state)
+            _rollback(cons, journal, state)
             if isinstance(exc, Exception) and not isinstance(exc, SinkError):
                 raise SinkError(f"job {staged.job_id!r}: promotion into its sinks failed and "
                                 f"was rolled back: {exc}") from exc
@@ -175,7 +175,7 @@ def _forget(path: Path) -> None:
         holder.close(path)
 
 
-def rollback(cons: dict[Path, duckdb.DuckDBPyConnection], journal: Path,
+def _rollback(cons: dict[Path, duckdb.DuckDBPyConnection], journal: Path,
               state: dict[str, Any]) -> None:
     """Undo a promotion stopped before its commit point: nothing becomes visible."""
     for con in cons.values():

@@ -111,7 +111,7 @@ def _artifacts(staged: StagedJob) -> list[Artifact]:
         sink = staged.sink_of(o)
         uri = (f"file://{final_path(sink, o.output, staged.job_id)}" if sink.is_file_sink
                else str(SinkURI("duckdb", sink.path, o.table)))
-        out.append(Artifact(o.output, o.table, o.rows, uri))
+        out.append(Artifact(o.output, o.table, o.rows, uri, sink=str(sink)))
     return out
 
 

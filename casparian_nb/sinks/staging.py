@@ -43,15 +43,23 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 @dataclass
 class Artifact:
-    """What a staged output became once promoted: where its rows now live."""
+    """What a staged output became once promoted: where its rows now live.
+
+    ``sink`` names the output's sink when the job's outputs went to several (else the job's
+    one sink is its ``sink_uri``)."""
 
     output: str
     table: str
     rows: int
     uri: str
+    sink: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "table": self.table, "rows": self.rows, "uri": self.uri}
+        data: dict[str, Any] = {"output": self.output, "table": self.table, "rows": self.rows,
+                                "uri": self.uri}
+        if self.sink:
+            data["sink"] = self.sink
+        return data
 
 
 @dataclass

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ..errors import SinkRoutingError, SinkURIError
@@ -80,10 +81,14 @@ class SinkRouting:
         return cls(tuple(sorted(routes.items())))
 
     # -- lookups --------------------------------------------------------------------------
+    @cached_property
+    def _by_name(self) -> dict[str, SinkURI]:
+        return dict(self.routes)  # looked up per output batch by the plugin host
+
     @property
     def default(self) -> SinkURI | None:
         """The ``"*"`` sink, if any."""
-        return dict(self.routes).get(ANY_OUTPUT)
+        return self._by_name.get(ANY_OUTPUT)
 
     @property
     def single(self) -> SinkURI | None:
@@ -94,7 +99,7 @@ class SinkRouting:
     def route(self, output: str) -> SinkURI | None:
         """The sink of ``output``: its own route, else its base output's (for
         ``<name>_quarantine``), else ``"*"``; None when none applies."""
-        routes = dict(self.routes)
+        routes = self._by_name
         if output in routes:
             return routes[output]
         if output.endswith(_QUARANTINE) and output[: -len(_QUARANTINE)] in routes:

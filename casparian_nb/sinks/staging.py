@@ -124,6 +124,8 @@ class StagedJob:
 
     def by_sink(self) -> dict[SinkURI, list[StagedOutput]]:
         """The staged outputs grouped by their sink, in order of first appearance."""
+        if not any(o.sink for o in self.outputs):  # one sink: parse it once
+            return {parse_sink_uri(self.sink): list(self.outputs)} if self.outputs else {}
         groups: dict[SinkURI, list[StagedOutput]] = {}
         for o in self.outputs:
             groups.setdefault(self.sink_of(o), []).append(o)

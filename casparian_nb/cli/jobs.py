@@ -101,6 +101,10 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
     # A mapping travels as its canonical text, its relative paths resolved here.
     routed = str(SinkRouting.parse(routing)) if isinstance(routing, dict) else routing
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
+    if isinstance(routing, dict):  # the sentinel checks it too; here it is a usage error
+        manifest = plugins.inspect_plugin(plugin_path).manifest
+        if manifest:
+            SinkRouting.parse(routing).check_outputs(list(manifest))
     files = [str(p) for p in expand_inputs(inputs)]
     client = _client(settings)
     # The sentinel hashes every input before it answers: allow for big submissions.

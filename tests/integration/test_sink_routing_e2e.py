@@ -184,10 +184,22 @@ def test_sentinel_routes_outputs_and_keys_each_by_its_sink(
         assert mats == arts  # each output's materialization names its own sink
         # Resubmitting the same routing skips every file; moving one output re-runs them.
         assert ctl.submit(plugin(tmp_path / "p"), files, sink=routes(tmp_path)) == []
-        moved = {**routes(tmp_path), "errors": f"csv://{tmp_path}/csv2"}
-        rerun = ctl.submit(plugin(tmp_path / "p"), files, sink=moved)
-        assert len(rerun) == 3
-        wait_final(settings, rerun)
+        # `casparian submit --sink NAME=URI ... --wait`: errors moved elsewhere re-runs them.
+        r = routes(tmp_path)
+        done = cli(settings.home, "submit", plugin(tmp_path / "p"), *files, "--sink",
+                   f"orders={r['orders']}", "--sink", f"errors=csv://{tmp_path}/csv2",
+                   "--sink", r["*"], "--wait", "-q")
+        assert done.code == 0, done.err
+        assert done.out.startswith("submitted 3 job(s)"), done.out
+        assert len(list((tmp_path / "csv2").glob("errors_*.csv"))) == 3
+        bad = cli(settings.home, "submit", plugin(tmp_path / "p"), *files, "--sink",
+                  f"orderz=csv://{tmp_path}/z", "--sink", r["*"])
+        assert bad.code == 2 and len(bad.err_lines) == 1, bad.err
+        assert "'orderz' that the plugin does not declare" in bad.err
+        # `casparian job show --json` lists each artifact with its sink.
+        shown = cli(settings.home, "job", "show", str(ids[0]), "--json")
+        assert shown.code == 0, shown.err
+        assert {a["output"]: a["sink"] for a in json.loads(shown.out)["artifacts_json"]} == arts
         # An unknown output name is refused at submit, in one line, before anything runs.
         with pytest.raises(Exception, match="'orderz' that the plugin does not declare") as err:
             ctl.submit(plugin(tmp_path / "p"), files,

@@ -52,8 +52,13 @@ def promote_across(staged: StagedJob, groups: dict[SinkURI, list[StagedOutput]],
     if journal.exists() and resume(journal, lock_timeout) == "done":
         return artifacts  # an interrupted promotion of this very job: now finished
     files = {s: outs for s, outs in groups.items() if s.is_file_sink}
-    ducks = sorted(((s, outs) for s, outs in groups.items() if not s.is_file_sink),
-                   key=lambda pair: str(pair[0]))
+    # One step per DuckDB *file*: routes to one file with different ?table= share its
+    # transaction (each staged output already names its table).
+    by_file: dict[SinkURI, list[StagedOutput]] = {}
+    for s, outs in groups.items():
+        if not s.is_file_sink:
+            by_file.setdefault(SinkURI("duckdb", s.path), []).extend(outs)
+    ducks = sorted(by_file.items(), key=lambda pair: str(pair[0]))
     if not any(os.path.lexists(o.path) for o in staged.outputs):
         finals = [final_path(s, o.output, staged.job_id) for s, outs in files.items()
                   for o in outs]

@@ -274,7 +274,8 @@ class JobStager:
         sink = self.routing.sink_for(output)  # an unrouted output fails the job here
         if sink.kind == "duckdb":
             for other in self._writers.values():
-                if other.table == table_name and other.sink == sink:
+                if (other.table == table_name and other.sink is not None
+                        and other.sink.kind == "duckdb" and other.sink.path == sink.path):
                     raise SinkError(
                         f"outputs {other.output!r} and {output!r} both target table "
                         f"{table_name!r} in {sink}; give one of them another table="

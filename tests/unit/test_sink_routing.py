@@ -139,13 +139,15 @@ def routes(tmp_path: Path) -> dict[str, str]:
 def stage3(root: Path, job_id: str, routing: object) -> StagedJob:
     """Three outputs (one with quarantined rows) staged like the plugin host does."""
     lin = Lineage("cd" * 32, job_id, TS, "1.0")
-    stager = JobStager(root, job_id, SinkRouting.parse(routing))  # type: ignore[arg-type]
+    parsed = SinkRouting.parse(routing)  # type: ignore[arg-type]
+    stager = JobStager(root, job_id, parsed)
     for name, table in {"orders": rows(4, bad=(1,)), "items": rows(3),
                         "errors": rows(2)}.items():
         valid, bad = prepare_output(name, table, lin)
-        stager.write(name, name, valid)
+        table_name = parsed.sink_for(name).table_for(name)  # as the plugin host names it
+        stager.write(name, table_name, valid)
         if bad is not None:
-            stager.write(quarantine_name(name), quarantine_name(name), bad)
+            stager.write(quarantine_name(name), quarantine_name(table_name), bad)
     return stager.close()
 
 
@@ -336,3 +338,19 @@ def test_single_sink_jobs_keep_their_one_sink_text(tmp_path: Path) -> None:
                                                     Lineage("ab" * 32, "j1", TS, "1"))[0])
     staged = stager.close()
     assert staged.sink == f"parquet://{tmp_path}/p" and "sink" not in staged.outputs[0].to_dict()
+
+
+def test_two_duckdb_files_and_a_failure_in_the_second(tmp_path: Path) -> None:
+    """Two DuckDB files (and two tables of one file): the second file unusable rolls back
+    the first's load; usable, both commit."""
+    a, b = f"duckdb://{tmp_path}/a.duckdb", f"duckdb://{tmp_path}/b.duckdb"
+    routing = {"orders": a, "items": f"{a}?table=things", "errors": b}
+    (tmp_path / "b.duckdb").mkdir()
+    staged = stage3(tmp_path / "stg", "j1", routing)
+    with pytest.raises(SinkError, match=r"b\.duckdb"):
+        promote(staged)
+    assert job_rows(a, "orders") == {} and job_rows(a, "things") == {}
+    (tmp_path / "b.duckdb").rmdir()
+    promote(staged)
+    assert job_rows(a, "orders") == {"j1": 3} and job_rows(a, "things") == {"j1": 3}
+    assert job_rows(a, "orders_quarantine") == {"j1": 1} and job_rows(b, "errors") == {"j1": 2}

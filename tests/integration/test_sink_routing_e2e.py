@@ -209,18 +209,27 @@ def test_sentinel_routes_outputs_and_keys_each_by_its_sink(
         ctl.stop()
 
 
+@pytest.mark.parametrize("broken", ["duckdb-is-a-directory", "csv-dir-is-a-file"])
 def test_sentinel_failure_in_the_second_sink_promotes_nothing_anywhere(
         cluster_factory: Callable[..., LocalCluster], settings: Settings,
-        tmp_path: Path) -> None:
-    """The DuckDB sink is a directory: the job FAILS and no sink holds anything of it."""
-    (tmp_path / "db" / "out.duckdb").mkdir(parents=True)
+        tmp_path: Path, broken: str) -> None:
+    """The DuckDB sink is a directory, or the CSV sink's directory is a file (after the
+    committer loaded DuckDB on its held connection, uncommitted): the job FAILS and no sink
+    holds anything of it."""
+    if broken == "duckdb-is-a-directory":
+        (tmp_path / "db" / "out.duckdb").mkdir(parents=True)
+    else:
+        (tmp_path / "csv").write_text("not a directory")
     c = cluster_factory(workers=1, **FAST)
     with control(c) as client:
         ids = client.submit(plugin(tmp_path / "p"), inputs(tmp_path / "in", 2),
                             sink=str(SinkRouting.parse(routes(tmp_path))))["job_ids"]
     rows = wait_final(settings, ids)
     assert {r["status"] for r in rows.values()} == {JobStatus.FAILED}
-    assert all("out.duckdb" in (r["error_message"] or "") for r in rows.values())
+    named = "out.duckdb" if broken == "duckdb-is-a-directory" else f"{tmp_path}/csv"
+    assert all(named in (r["error_message"] or "") for r in rows.values()), rows
+    if broken == "csv-dir-is-a-file":
+        (tmp_path / "csv").unlink()
     assert counts(tmp_path) == {"orders": 0, "errors": 0, "items": 0}
 
 

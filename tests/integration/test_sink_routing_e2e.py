@@ -182,6 +182,9 @@ def test_sentinel_routes_outputs_and_keys_each_by_its_sink(
                     if m["job_id"] == ids[0]}
             assert set(r.sink_uris()) == set(arts.values())  # what ctl.sql's catalog reads
         assert mats == arts  # each output's materialization names its own sink
+        # ctl.sql finds every output in its own sink.
+        for output, n in expected(3).items():
+            assert ctl.sql(f"select count(*) as n from {output}")["n"].tolist() == [n], output
         # Resubmitting the same routing skips every file; moving one output re-runs them.
         assert ctl.submit(plugin(tmp_path / "p"), files, sink=routes(tmp_path)) == []
         # `casparian submit --sink NAME=URI ... --wait`: errors moved elsewhere re-runs them.

@@ -25,7 +25,9 @@ __all__ = ["RECOVER_LOCK_TIMEOUT", "final_path", "finish", "finish_duckdb", "mov
 #: How long recovery waits for a DuckDB file another process holds (seconds).
 RECOVER_LOCK_TIMEOUT = 5.0
 
+
 def final_path(sink: SinkURI, output: str, job_id: str) -> Path:
+    """Where ``output`` of ``job_id`` lands in a file sink (F0: one name per output and job)."""
     return sink.path / output_filename(output, job_id, sink.extension)
 
 
@@ -102,7 +104,7 @@ def undo(journal: Path, state: dict[str, Any]) -> None:
 
 
 def finish(journal: Path, state: dict[str, Any], *, loaded: bool = False,
-            lock_timeout: float | None = None) -> None:
+           lock_timeout: float | None = None) -> None:
     """Roll a started promotion forward to "done" (also the recovery path).
 
     A journal of several sinks also lists DuckDB loads: each is redone unless that database

@@ -43,6 +43,7 @@ __all__ = ["promote_across"]
 
 log = logging.getLogger(__name__)
 
+
 def promote_across(staged: StagedJob, groups: dict[SinkURI, list[StagedOutput]],
                    mode: SinkMode, run_ids: frozenset[str],
                    lock_timeout: float) -> list[Artifact]:
@@ -96,7 +97,7 @@ def promote_across(staged: StagedJob, groups: dict[SinkURI, list[StagedOutput]],
         for sink, _ in ducks:
             try:
                 cons[sink.path].execute("COMMIT")
-            except Exception as exc:  # DuckDB rolled it back: _finish loads it again
+            except Exception as exc:  # DuckDB rolled it back: finish() loads it again
                 log.warning("job %s: commit into %s failed (%s); retrying", staged.job_id,
                             sink, exc)
                 committed = False

@@ -97,20 +97,22 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
     from ..sinks import SinkRouting, routing_from_args
 
     settings = app.settings
-    routing = routing_from_args(sink)
-    # A mapping travels as its canonical text, its relative paths resolved here.
-    routed = str(SinkRouting.parse(routing)) if isinstance(routing, dict) else routing
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
-    if isinstance(routing, dict):  # the sentinel checks it too; here it is a usage error
+    routing = routing_from_args(sink)
+    if isinstance(routing, dict):
+        # Sent as its canonical text, relative paths resolved here. The sentinel checks it
+        # against the manifest too; checked here, a mismatch is a usage error (exit 2).
+        parsed = SinkRouting.parse(routing)
         manifest = plugins.inspect_plugin(plugin_path).manifest
         if manifest:
-            SinkRouting.parse(routing).check_outputs(list(manifest))
+            parsed.check_outputs(list(manifest))
+        routing = str(parsed)
     files = [str(p) for p in expand_inputs(inputs)]
     client = _client(settings)
     # The sentinel hashes every input before it answers: allow for big submissions.
     client.timeout = max(client.timeout, 30.0 + len(files) / 2000)
     with client:
-        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routed, mode=mode,
+        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routing, mode=mode,
                               priority=priority, timeout=timeout, force=force,
                               submission_id=app.correlation_id)
     if as_json:

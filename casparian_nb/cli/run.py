@@ -68,8 +68,7 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], m
                                .replace("quarantine: max_rows", "--max-quarantine-rows")) from None
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=routing_from_args(sink), mode=mode,
-                            parallel=parallel,
-                            settings=app.settings, quarantine=policy,
+                            parallel=parallel, settings=app.settings, quarantine=policy,
                             progress=False if quiet else None, force=force)
     # The summary counts the failures; each one is named once, on stderr (-v: with its
     # remote traceback and where its output is; --json has both per job).

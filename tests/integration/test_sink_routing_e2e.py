@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from casparian_nb.launcher import LocalCluster
 from casparian_nb.protocol import JobStatus
 from casparian_nb.sinks import SinkRouting
 from casparian_nb.store import StateReader
+from tests.conftest import wait_until
 from tests.integration.test_run import cli
 from tests.integration.test_sentinel import FAST, control, wait_final
 
@@ -300,3 +302,37 @@ def test_sigkill_between_two_sinks_is_finished_by_the_restart(
               if str((e.get("payload") or {}).get("job_id")) == str(job_id)]
     names = [e["event_name"].get("name") for e in events]
     assert names.count("JobCompleted") == 1 and "JobFailed" not in names, names
+
+
+def test_a_locked_duckdb_sink_holds_back_the_other_sinks_too(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings,
+        tmp_path: Path) -> None:
+    """A notebook holds the DuckDB file: the job's Parquet and CSV outputs wait with it (the
+    committer parks the whole job), and all three appear once the file is free."""
+    db = tmp_path / "db" / "out.duckdb"
+    db.parent.mkdir(parents=True)
+    holder = duckdb.connect(str(db))  # read-write: DuckDB's own lock, as a notebook holds it
+    c = cluster_factory(workers=1, sink_lock_timeout=60.0, **FAST)
+    try:
+        with control(c) as client:
+            [job_id] = client.submit(plugin(tmp_path / "p"), inputs(tmp_path / "in", 1),
+                                     sink=str(SinkRouting.parse(routes(tmp_path))))["job_ids"]
+
+        def staged() -> bool:
+            with StateReader.open(settings.state_db) as r:
+                return bool((r.get_job(job_id) or {}).get("staged_json"))
+
+        wait_until(staged, 30, message="the job to be staged")
+        # For a while (the committer retries with backoff): nothing of it in any sink.
+        watch_until = time.monotonic() + 1.0
+        while time.monotonic() < watch_until:
+            with StateReader.open(settings.state_db) as r:
+                assert (r.get_job(job_id) or {})["status"] == JobStatus.RUNNING
+            assert not list((tmp_path / "pq").glob("*"))
+            assert not list((tmp_path / "csv").glob("*"))
+            time.sleep(0.05)
+    finally:
+        holder.close()
+    row = wait_final(settings, [job_id])[job_id]
+    assert row["status"] == JobStatus.COMPLETED
+    assert counts(tmp_path) == expected(1)

@@ -7,6 +7,10 @@ One journal (``PROMOTING.json`` in the job's staging dir) covers every sink::
     3. journal    state "preparing": every file move and every DuckDB step
     4. move       file outputs to ``<sinkdir>/.<final>.cf-tmp`` (invisible to readers)
     5. journal    state "started", fsynced: the commit point
+
+(Without DuckDB sinks, 3 writes "started" at once, as a one-sink promotion does: temps are
+rolled back by an error and forward by recovery. Without file sinks there is nothing to
+move and 3 is skipped.)
     6. COMMIT     each DuckDB transaction, in file order
     7. place      link every file final, fsync each sink dir, replace's deletions, "done"
 
@@ -83,11 +87,15 @@ def promote_across(staged: StagedJob, groups: dict[SinkURI, list[StagedOutput]],
                 load_uncommitted(cons[sink.path], part, sink, mode, run_ids)
             for sink in files:
                 sink.path.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(journal, state)
-            for m in moves:
-                move_to_tmp(Path(m["src"]), Path(m["tmp"]))
-            state["state"] = "started"
-            write_json_atomic(journal, state)  # the commit point
+            if not ducks:  # files only: the one-sink protocol ("started", then move)
+                state["state"] = "started"
+            if moves:
+                write_json_atomic(journal, state)
+                for m in moves:
+                    move_to_tmp(Path(m["src"]), Path(m["tmp"]))
+            if ducks:
+                state["state"] = "started"
+                write_json_atomic(journal, state)  # the commit point
         except BaseException as exc:
             _rollback(cons, journal, state)
             if isinstance(exc, Exception) and not isinstance(exc, SinkError):

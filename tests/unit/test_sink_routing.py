@@ -354,3 +354,42 @@ def test_two_duckdb_files_and_a_failure_in_the_second(tmp_path: Path) -> None:
     promote(staged)
     assert job_rows(a, "orders") == {"j1": 3} and job_rows(a, "things") == {"j1": 3}
     assert job_rows(a, "orders_quarantine") == {"j1": 1} and job_rows(b, "errors") == {"j1": 2}
+
+
+def test_file_sinks_only_and_a_crash_while_moving(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """CSV + Parquet (no DuckDB): the journal says "started" before the first move, so a
+    crash among the moves is rolled forward, and an error among them rolled back."""
+    routing = {"errors": f"csv://{tmp_path}/csv", "*": f"parquet://{tmp_path}/pq"}
+    import casparian_nb.sinks._multi as multi_mod
+
+    real_move = multi_mod.move_to_tmp
+    calls: list[Path] = []
+
+    def crash_on_second(src: Path, tmp: Path) -> None:
+        calls.append(src)
+        if len(calls) == 2:
+            raise SystemExit("killed mid-move")
+        real_move(src, tmp)
+
+    staged = stage3(tmp_path / "stg", "j1", routing)
+    monkeypatch.setattr(multi_mod, "move_to_tmp", crash_on_second)
+    monkeypatch.setattr(multi_mod, "_rollback", lambda *a: None)  # the process is gone
+    with pytest.raises(SystemExit):
+        promote(staged)
+    monkeypatch.undo()
+    assert json.loads((Path(staged.staging_dir) / JOURNAL).read_text())["state"] == "started"
+    assert recover(tmp_path / "stg") == ["j1"]
+    assert job_rows(routing["*"], "items") == {"j1": 3}
+    assert job_rows(routing["*"], "orders") == {"j1": 3}
+    assert job_rows(routing["errors"], "errors") == {"j1": 2}
+
+    again = stage3(tmp_path / "stg", "j2", routing)
+    monkeypatch.setattr(multi_mod, "move_to_tmp", lambda s, t: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")) if s.suffix == ".csv" else real_move(s, t))
+    with pytest.raises(SinkError, match="rolled back"):
+        promote(again)
+    monkeypatch.undo()
+    assert job_rows(routing["*"], "items") == {"j1": 3}  # nothing of j2 anywhere
+    assert job_rows(routing["errors"], "errors") == {"j1": 2}
+    assert all(Path(o.path).is_file() for o in again.outputs)

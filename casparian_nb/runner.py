@@ -362,7 +362,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     # Each run thread runs a job, then promotes it, so a promotion (a few fsyncs) overlaps the
     # hosts' next jobs; appends to file sinks (distinct final names, F0) may also overlap each
     # other. Others take turns: replace deletes other runs' files, DuckDB has one writer.
-    overlap = single is not None and single.is_file_sink and sink_mode == sinks.SinkMode.APPEND
+    overlap = (all(s.is_file_sink for s in sink_uri.sinks())
+               and sink_mode == sinks.SinkMode.APPEND)
     promoting: contextlib.AbstractContextManager[Any] = (
         contextlib.nullcontext() if overlap else threading.Lock())
     limit = timeout if timeout is not None else settings.job_timeout

@@ -42,6 +42,9 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "CasparianError",
+    "CompactionBusyError",
+    "CompactionError",
+    "CompactionSizeError",
     "ConfigError",
     "ControlTimeoutError",
     "JobCancelledError",
@@ -131,6 +134,19 @@ class SinkLockedError(SinkError):
 class SinkRoutingError(CasparianError, ValueError):
     """A ``sink=`` mapping names an output the plugin does not declare, or an output has no
     route and there is no ``"*"`` (not an I/O error: a retry cannot fix it)."""
+
+
+class CompactionError(SinkError):
+    """A compaction could not run now (another one runs, readers hold the output); nothing
+    changed."""
+
+
+class CompactionBusyError(CompactionError, BlockingIOError):
+    """Readers hold the output a compaction wants to swap (it tries again, then gives up)."""
+
+
+class CompactionSizeError(SinkURIError):
+    """A compaction target size that does not parse (a usage error, like a bad sink URI)."""
 
 
 class MissingExtraError(CasparianError, ImportError):

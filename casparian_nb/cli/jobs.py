@@ -23,7 +23,15 @@ from ..errors import CasparianError, SentinelError
 from ..joblogs import job_log_attempts
 from ..plan import stale_warning
 from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
-from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
+from ._app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    App,
+    quarantine_from_options,
+    quarantine_options,
+    recorded,
+    sink_options,
+)
 
 if TYPE_CHECKING:
     from ..store import StateReader
@@ -78,6 +86,7 @@ def no_sentinel(settings: Settings) -> SentinelError:
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Per-job timeout (default: the home's job_timeout).")
 @click.option("--force", is_flag=True, help="Run even if already materialized.")
+@quarantine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the sentinel's reply as JSON.")
 @click.option("--wait", is_flag=True,
               help="Wait until every job is finished (a progress bar on a terminal); exit 1 "
@@ -85,8 +94,8 @@ def no_sentinel(settings: Settings) -> SentinelError:
 @click.option("--quiet", "-q", is_flag=True, help="With --wait: no progress bar.")
 @recorded("Submit", creates_home=False)
 def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
-           priority: int, timeout: float | None, force: bool, as_json: bool, wait: bool,
-           quiet: bool) -> int:
+           priority: int, timeout: float | None, force: bool, max_quarantine_pct: float | None,
+           max_quarantine_rows: int | None, as_json: bool, wait: bool, quiet: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
     sentinel; print the job ids.
 
@@ -97,6 +106,7 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
     from ..sinks import SinkRouting, routing_from_args
 
     settings = app.settings
+    policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
     routing = routing_from_args(sink)
     if isinstance(routing, dict):
@@ -114,7 +124,7 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
     with client:
         reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routing, mode=mode,
                               priority=priority, timeout=timeout, force=force,
-                              submission_id=app.correlation_id)
+                              submission_id=app.correlation_id, quarantine=policy)
     if as_json:
         print(json.dumps(reply, indent=2))
     else:

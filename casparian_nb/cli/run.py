@@ -12,11 +12,18 @@ from pathlib import Path
 
 import click
 
-from ..contracts import quarantine_policy
-from ..errors import CasparianError, PluginError
+from ..errors import CasparianError
 from ..plan import stale_warning
 from ..protocol import JobStatus
-from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
+from ._app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    App,
+    quarantine_from_options,
+    quarantine_options,
+    recorded,
+    sink_options,
+)
 
 __all__ = ["demo", "run"]
 
@@ -31,11 +38,7 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @sink_options
 @click.option("--parallel", type=int, default=None, metavar="N",
               help="Plugin hosts to run at once (default: one per core).")
-@click.option("--max-quarantine-pct", type=float, default=None, metavar="PCT",
-              help="Fail a file (promote none of it) if more than PCT%% of an output's rows "
-                   "go to quarantine (overrides the plugin's quarantine policy).")
-@click.option("--max-quarantine-rows", type=int, default=None, metavar="N",
-              help="Fail a file if more than N rows of an output go to quarantine.")
+@quarantine_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print a machine-readable summary (failed jobs with their traceback).")
 @click.option("--verbose", "-v", is_flag=True,
@@ -60,12 +63,7 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], m
 
     if parallel is not None and parallel < 1:
         raise CasparianError(f"--parallel must be at least 1, got {parallel}")
-    limits = {"max_pct": max_quarantine_pct, "max_rows": max_quarantine_rows}
-    try:
-        policy = quarantine_policy({k: v for k, v in limits.items() if v is not None})
-    except PluginError as exc:  # a bad flag value: a usage error (exit 2)
-        raise click.UsageError(str(exc).replace("quarantine: max_pct", "--max-quarantine-pct")
-                               .replace("quarantine: max_rows", "--max-quarantine-rows")) from None
+    policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
     with _sigterm_as_interrupt():
         result = run_plugin(plugin, list(inputs), sink=routing_from_args(sink), mode=mode,
                             parallel=parallel, settings=app.settings, quarantine=policy,

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from .._cellplugin import is_source_plugin, write_plugin_source
@@ -50,7 +51,8 @@ from ..launcher import LocalCluster
 from ..plan import stale_warning
 from ..previews import Preview
 from ..previews import preview as run_preview
-from ..protocol import JobStatus
+from ..protocol import JobStatus, QuarantinePolicy
+from ._compaction import Compaction
 from ._events import EventPump
 from ._models import Job, QueueStats
 from ._session import SessionTape
@@ -228,7 +230,8 @@ class Controller:
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                sink: str | Mapping[str, str] | None = None, mode: str = "append",
                priority: int = 0, timeout: float | None = None, force: bool = False,
-               wait: bool = False, progress: bool | None = None) -> list[int]:
+               wait: bool = False, progress: bool | None = None,
+               quarantine: Mapping[str, Any] | QuarantinePolicy | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
         ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
@@ -243,12 +246,18 @@ class Controller:
         ``sink``: one URI, or a mapping of output names to URIs with ``"*"`` for the rest
         (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); each job's outputs
         promote into all their sinks or none.
+
+        ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a
+        job whose output sends more rows to quarantine; it overrides the plugin's
+        ``quarantine``, and a restarted sentinel keeps it.
         """
         from .. import plugins
         from .._inputs import expand_inputs
+        from ..contracts import quarantine_policy
         from ..sinks import SinkRouting
 
         self._check()
+        policy = quarantine_policy(quarantine)
         if isinstance(sink, Mapping):  # resolved here, where its relative paths were typed
             sink = str(SinkRouting.parse(sink))
         if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
@@ -258,7 +267,8 @@ class Controller:
                             f"{type(plugin).__name__}")
         specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
-                   "sink": sink, "mode": mode, "priority": priority, "force": force}
+                   "sink": sink, "mode": mode, "priority": priority, "force": force,
+                   **({"quarantine": msgspec.structs.asdict(policy)} if policy else {})}
         with self.session.command("Submit", payload) as r:
             path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
             files = [str(p) for p in expand_inputs(specs)]
@@ -266,7 +276,7 @@ class Controller:
             # links every event of these jobs to the Submit on this session tape.
             reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
                                        timeout=timeout, force=force,
-                                       submission_id=r.correlation_id)
+                                       submission_id=r.correlation_id, quarantine=policy)
             ids = [int(j) for j in reply["job_ids"]]
             self.events.link(ids, r.correlation_id, r.event_id)
             r.update(job_ids=ids, count=len(ids))
@@ -337,6 +347,24 @@ class Controller:
             reply = self.client.cancel_jobs(status=JobStatus.QUEUED)
             r.update(count=len(reply.get("results") or {}))
         return reply
+
+    def compact(self, sink: str, output: str | None = None,
+                target_size: int | str = "128MB") -> Compaction:
+        """Merge the small promoted files of a ``parquet://`` sink (``output``, or every
+        output) into files of about ``target_size``. The sentinel does it, taking turns with
+        its promotions, so it is safe while jobs run; queries (``ctl.sql``) never see a row
+        twice or miss one; the jobs' artifacts then name the merged files."""
+        from ..sinks.compaction import check_compactable
+
+        self._check()
+        parsed, size = check_compactable(sink, output, target_size)
+        payload = {"sink": str(parsed), "output": output, "target_size": size}
+        with self.session.command("Compact", payload) as r:
+            result = Compaction.from_reply(self.client.compact(str(parsed), output,
+                                                               target_size=size))
+            r.update(files_before=result.files_before, files_after=result.files_after,
+                     rows=result.rows)
+        return result
 
     # -- reads (state DB, read-only) -----------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None, limit: int = 1000,

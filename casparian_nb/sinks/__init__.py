@@ -7,6 +7,7 @@ The life of a job's outputs::
     staged = stager.close()                                 # -> StagedJob (JSON over a pipe)
     artifacts = promote(staged, mode=SinkMode.APPEND)       # committer: all outputs or none
     recover(settings.staging_dir)                           # committer start-up, after a crash
+    compact("parquet://output", target_size="128MB")        # merge small promoted files
 
 ``sink`` may also route outputs to several sinks (:class:`SinkRouting`: ``{"orders":
 "duckdb://db.duckdb", "*": "parquet://out"}``); such a job still promotes all or nothing.
@@ -16,6 +17,7 @@ File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never o
 
 from __future__ import annotations
 
+from .compaction import CompactionResult, OutputCompaction, compact
 from .promotion import promote, recover
 from .routing import SinkRouting, routing_from_args
 from .staging import (
@@ -31,12 +33,15 @@ from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
 
 __all__ = [
     "Artifact",
+    "CompactionResult",
     "JobStager",
+    "OutputCompaction",
     "SinkMode",
     "SinkRouting",
     "SinkURI",
     "StagedJob",
     "StagedOutput",
+    "compact",
     "discard",
     "job_dirname",
     "job_hash16",

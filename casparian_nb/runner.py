@@ -206,7 +206,7 @@ def run(
     plugin: str | Path,
     inputs: str | Path | Iterable[str | Path],
     *,
-    sink: str | None = None,
+    sink: str | Mapping[str, str] | None = None,
     mode: str = "append",
     parallel: int | None = None,
     home: str | Path | None = None,
@@ -224,6 +224,10 @@ def run(
     the host), a bad sink, no inputs, or ``mode="error"`` finding data of another run in an
     output — then nothing of this run is written. Jobs still running are killed.
 
+    ``sink`` is one URI, or a mapping of output names to URIs with ``"*"`` for the rest
+    (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); a file's outputs promote
+    into all their sinks or none.
+
     ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a file
     whose output sends more rows to quarantine; it overrides the plugin's ``quarantine``.
 
@@ -236,7 +240,7 @@ def run(
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
     spec = plugins.inspect_plugin(plugin_path)
     plugins.check_trust(spec, settings.trust)
-    sink_uri = sinks.parse_sink_uri(sink or settings.effective_default_sink)
+    sink_uri = sinks.SinkRouting.parse(sink or settings.effective_default_sink)
     sink_mode = sinks.SinkMode.parse(mode)
     policy = contracts.quarantine_policy(quarantine)
     specs: Sequence[str | Path] = [inputs] if isinstance(inputs, str | Path) else list(inputs)
@@ -277,7 +281,7 @@ def _decide(files: Sequence[Path], spec: plugins.PluginSpec, ledger: RunLedger,
 
 
 def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
-         targets: list[plan.OutputTarget], version: str | None, sink_uri: sinks.SinkURI,
+         targets: list[plan.OutputTarget], version: str | None, sink_uri: sinks.SinkRouting,
          sink_mode: sinks.SinkMode, settings: Settings, *, parallel: int | None,
          progress: bool | ProgressSink | None, timeout: float | None,
          on_file: Callable[[FileResult], None] | None, force: bool,
@@ -305,6 +309,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
+    single = sink_uri.single  # None: outputs routed to several sinks
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
     # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
     bar = progress if not isinstance(progress, bool | None) else (
@@ -334,8 +339,10 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
-            if sink_uri.is_file_sink:  # hosts leave it to us (sync_staging=False); a
-                staged_sync.submit([staged])  # DuckDB load is durable by its own commit
+            if single is None or single.is_file_sink:  # hosts leave it to us
+                # (sync_staging=False); a lone DuckDB load is durable by its own commit, but
+                # a multi-sink journal may re-load the staged Parquet after a crash.
+                staged_sync.submit([staged])
             with promoting:
                 artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:
@@ -358,7 +365,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     # back and hands each receipt to the promoting threads. Promotions wait on fsyncs, not
     # the CPU; appends to file sinks (distinct final names, F0) may overlap each other.
     # Others take turns: replace deletes other runs' files, DuckDB has one writer.
-    overlap = sink_uri.is_file_sink and sink_mode == sinks.SinkMode.APPEND
+    overlap = (all(s.is_file_sink for s in sink_uri.sinks())
+               and sink_mode == sinks.SinkMode.APPEND)
     promoting: contextlib.AbstractContextManager[Any] = (
         contextlib.nullcontext() if overlap else threading.Lock())
     limit = timeout if timeout is not None else settings.job_timeout

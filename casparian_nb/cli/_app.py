@@ -35,6 +35,7 @@ from ..errors import (
     ConfigError,
     PluginError,
     SinkModeError,
+    SinkRoutingError,
     SinkURIError,
     TapeError,
 )
@@ -59,7 +60,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 
 #: output path it names) is what must change. Every other CasparianError is a failure of a
 #: well-formed request (no sentinel, a state DB of another version, a job that failed).
 USAGE_ERRORS: tuple[type[CasparianError], ...] = (ConfigError, PluginError, SinkURIError,
-                                                  SinkModeError, TapeError)
+                                                  SinkModeError, SinkRoutingError, TapeError)
 
 
 def exit_status(exc: CasparianError) -> int:
@@ -86,13 +87,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def sink_options(fn: F) -> F:
-    """``--sink URI`` and ``--mode M``, as ``run`` and ``submit`` both take them."""
+    """``--sink [NAME=]URI`` (repeatable) and ``--mode M``, as ``run`` and ``submit`` both
+    take them; the command turns the ``--sink`` values into one routing
+    (:func:`casparian_nb.sinks.routing_from_args`)."""
     fn = click.option("--mode", type=click.Choice(SINK_MODES), default="append",
                       show_default=True,
                       help="What to do with data of other runs already in an output.")(fn)
-    return click.option("--sink", default=None, metavar="URI",
-                        help="parquet://DIR, csv://DIR or duckdb://FILE "
-                             "(default: the home's output).")(fn)
+    return click.option("--sink", multiple=True, metavar="[NAME=]URI",
+                        help="parquet://DIR, csv://DIR or duckdb://FILE (default: the home's "
+                             "output); NAME=URI sends output NAME there, repeat for each, a "
+                             "bare URI takes the rest.")(fn)
 
 
 def quarantine_options(fn: F) -> F:

@@ -93,25 +93,36 @@ def no_sentinel(settings: Settings) -> SentinelError:
                    "if any failed or was aborted.")
 @click.option("--quiet", "-q", is_flag=True, help="With --wait: no progress bar.")
 @recorded("Submit", creates_home=False)
-def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
+def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
            priority: int, timeout: float | None, force: bool, max_quarantine_pct: float | None,
            max_quarantine_rows: int | None, as_json: bool, wait: bool, quiet: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
     sentinel; print the job ids.
 
-    Example: casparian submit plugins/orders.py data/ --sink parquet://output --wait
+    Example: casparian submit plugins/orders.py data/ --sink parquet://output
+    --sink orders=duckdb://db.duckdb --wait
     """
     from .. import plugins
+    from ..sinks import SinkRouting, routing_from_args
 
     settings = app.settings
     policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
+    routing = routing_from_args(sink)
+    if isinstance(routing, dict):
+        # Sent as its canonical text, relative paths resolved here. The sentinel checks it
+        # against the manifest too; checked here, a mismatch is a usage error (exit 2).
+        parsed = SinkRouting.parse(routing)
+        manifest = plugins.inspect_plugin(plugin_path).manifest
+        if manifest:
+            parsed.check_outputs(list(manifest))
+        routing = str(parsed)
     files = [str(p) for p in expand_inputs(inputs)]
     client = _client(settings)
     # The sentinel hashes every input before it answers: allow for big submissions.
     client.timeout = max(client.timeout, 30.0 + len(files) / 2000)
     with client:
-        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=sink, mode=mode,
+        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routing, mode=mode,
                               priority=priority, timeout=timeout, force=force,
                               submission_id=app.correlation_id, quarantine=policy)
     if as_json:

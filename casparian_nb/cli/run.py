@@ -48,7 +48,7 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @click.option("--force", is_flag=True,
               help="Re-run files this plugin already materialized (also stale ones).")
 @recorded("Run")
-def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
+def run(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
         parallel: int | None, max_quarantine_pct: float | None,
         max_quarantine_rows: int | None, as_json: bool, verbose: bool, quiet: bool,
         force: bool) -> int:
@@ -56,15 +56,17 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
     recursive, or globs) and promote its outputs. Exit 1 if any file failed.
 
     Example: casparian run plugins/orders.py data/ --sink parquet://output
+    --sink errors=csv://output/errors
     """
     from ..runner import run as run_plugin
+    from ..sinks import routing_from_args
 
     if parallel is not None and parallel < 1:
         raise CasparianError(f"--parallel must be at least 1, got {parallel}")
     policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
     with _sigterm_as_interrupt():
-        result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
-                            settings=app.settings, quarantine=policy,
+        result = run_plugin(plugin, list(inputs), sink=routing_from_args(sink), mode=mode,
+                            parallel=parallel, settings=app.settings, quarantine=policy,
                             progress=False if quiet else None, force=force)
     # The summary counts the failures; each one is named once, on stderr (-v: with its
     # remote traceback and where its output is; --json has both per job).

@@ -228,9 +228,9 @@ class Controller:
     # -- mutations (control API) --------------------------------------------------------------
     def submit(self, plugin: str | os.PathLike[str] | Callable[..., Any] | types.ModuleType,
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-               sink: str | None = None, mode: str = "append", priority: int = 0,
-               timeout: float | None = None, force: bool = False, wait: bool = False,
-               progress: bool | None = None,
+               sink: str | Mapping[str, str] | None = None, mode: str = "append",
+               priority: int = 0, timeout: float | None = None, force: bool = False,
+               wait: bool = False, progress: bool | None = None,
                quarantine: Mapping[str, Any] | QuarantinePolicy | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
@@ -243,6 +243,10 @@ class Controller:
         them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
         finish (:meth:`wait`, with its progress bar unless ``progress=False``).
 
+        ``sink``: one URI, or a mapping of output names to URIs with ``"*"`` for the rest
+        (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); each job's outputs
+        promote into all their sinks or none.
+
         ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a
         job whose output sends more rows to quarantine; it overrides the plugin's
         ``quarantine``, and a restarted sentinel keeps it.
@@ -250,9 +254,12 @@ class Controller:
         from .. import plugins
         from .._inputs import expand_inputs
         from ..contracts import quarantine_policy
+        from ..sinks import SinkRouting
 
         self._check()
         policy = quarantine_policy(quarantine)
+        if isinstance(sink, Mapping):  # resolved here, where its relative paths were typed
+            sink = str(SinkRouting.parse(sink))
         if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
             plugin = write_plugin_source(plugin, self.settings.plugins_dir / "cell")
         if not isinstance(plugin, str | os.PathLike):

@@ -207,12 +207,14 @@ class Committer:
 
 
 def _duckdb_key(item: st.Promote) -> str | None:
-    """The DuckDB file a promotion writes (its real path), or None for other sinks."""
+    """The DuckDB file a promotion writes (its real path; the first in file order when its
+    outputs are routed to several), or None when it writes none."""
     try:
-        sink = sinks.parse_sink_uri(str(item.staged.get("sink") or ""))
+        routing = sinks.SinkRouting.parse(str(item.staged.get("sink") or ""))
     except Exception:
         return None  # promote() reports the bad URI
-    return os.path.realpath(sink.path) if sink.kind == "duckdb" else None
+    ducks = [s for s in routing.sinks() if s.kind == "duckdb"]
+    return os.path.realpath(ducks[0].path) if ducks else None
 
 
 def remove_attempt(staging: Path, attempt: int, job_key: str) -> str | None:

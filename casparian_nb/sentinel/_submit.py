@@ -174,7 +174,9 @@ class SubmitHandler:
 
     def submit(self, request: SubmitJobs, now: float) -> SubmitOutcome:
         spec, _trust, plugin_id = self._plugin(request.plugin)
-        sink = sinks.parse_sink_uri(request.sink or self.settings.effective_default_sink)
+        # One URI, or a routing of outputs to sinks (its canonical text travels in JobSpec.sink
+        # and the sink_uri column); output_plan refuses a mapping that does not fit the plugin.
+        sink = sinks.SinkRouting.parse(request.sink or self.settings.effective_default_sink)
         mode = sinks.SinkMode.parse(request.mode or sinks.SinkMode.APPEND)
         files, sizes = _expand(request.inputs)
         if not files:

@@ -9,6 +9,8 @@ The life of a job's outputs::
     recover(settings.staging_dir)                           # committer start-up, after a crash
     compact("parquet://output", target_size="128MB")        # merge small promoted files
 
+``sink`` may also route outputs to several sinks (:class:`SinkRouting`: ``{"orders":
+"duckdb://db.duckdb", "*": "parquet://out"}``); such a job still promotes all or nothing.
 File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never overwritten
 (F0); promotion is atomic per job (F2); every sink kind honours every :class:`SinkMode` (F3).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from .compaction import CompactionResult, OutputCompaction, compact
 from .promotion import promote, recover
+from .routing import SinkRouting, routing_from_args
 from .staging import (
     Artifact,
     JobStager,
@@ -34,6 +37,7 @@ __all__ = [
     "JobStager",
     "OutputCompaction",
     "SinkMode",
+    "SinkRouting",
     "SinkURI",
     "StagedJob",
     "StagedOutput",
@@ -45,5 +49,6 @@ __all__ = [
     "parse_sink_uri",
     "promote",
     "recover",
+    "routing_from_args",
     "sync_staged",
 ]

@@ -192,16 +192,16 @@ def _execute(attempt: HostJob) -> Receipt:
             logger=logging.getLogger("casparian_nb.plugin" + (
                 f".{loaded.spec.name}" if loaded.spec.name_declared else "")),
         )
-        sink = sinks.parse_sink_uri(job.sink)
+        routing = sinks.SinkRouting.parse(job.sink)
         staging_root = Path(attempt.staging_root)
         offsets: dict[str, int] = {}
         quarantined = 0
         check = contracts.JobCheck(loaded.spec.contracts, job.quarantine or loaded.spec.quarantine)
         for out in plugins.call_parse(loaded, input_file, ctx):
             if stager is None:  # created on the first output: a job with none touches no disk
-                stager = (sinks.JobStager(staging_root, job_id, sink)
+                stager = (sinks.JobStager(staging_root, job_id, routing)
                           if attempt.preview_rows is None else PreviewStager(attempt.preview_rows))
-            table_name = sink.table_for(out.name, out.table)
+            table_name = routing.sink_for(out.name).table_for(out.name, out.table)
             try:
                 valid, bad = lineage_mod.prepare_output(
                     out.name, check.batch(out.name, out.data), lineage,
@@ -219,7 +219,7 @@ def _execute(attempt: HostJob) -> Receipt:
             return preview_receipt(job_id, stager, source_hash, quarantined, started)
         assert not isinstance(stager, PreviewStager)
         staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
-            job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
+            job_id, str(routing), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
         return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,
                        staged=staged.to_dict(), rows=rows, quarantine_rows=quarantined,

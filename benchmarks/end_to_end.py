@@ -14,7 +14,10 @@ in the same run, with the same number of worker processes:
               run, contracts, lineage, quarantine split, staging, atomic promotion;
 (d) casparian the same plugin without its manifest (contracts off), for the contracts' cost.
 
-Each round runs the contenders in a rotated order. Goals (issue 18): (c) >= 0.8x (a)'s
+Each round runs the contenders in a rotated order. Besides wall time, each contender's CPU
+time over all its processes (this one's threads and every child it reaped: pool workers,
+plugin hosts) is printed per file, which holds up better than wall time on a busy machine
+(Dask's is left out: its cluster's processes are not this process's children). Goals (issue 18): (c) >= 0.8x (a)'s
 throughput and >= 1.5x (b)'s. Printed: best and median seconds and files/s of each,
 both ratios, and the per-file overhead of (c) over (a) in worker-milliseconds
 ((wall_c - wall_a) x workers / files). Every run checks its outputs' row counts.
@@ -27,6 +30,7 @@ import importlib
 import logging
 import multiprocessing
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -83,6 +87,12 @@ MANIFEST = '''outputs = {"orders": {"columns": [
     {"name": "currency", "type": "string"},
     {"name": "ordered_at", "type": "timestamp"},
 ]}}'''
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of every child process it has reaped."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def write_inputs(directory: Path, files: int, rows: int, seed: int = 18) -> list[Path]:
@@ -169,6 +179,7 @@ def main() -> int:
         print(f"{args.files} files x {args.rows} rows, {args.workers} workers, "
               f"repeat {args.repeat}")
         timings: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         runs: list[tuple[str, Callable[[Path], float]]] = [
             ("pool", lambda o: time_pool("e2e_orders", files, o, args.workers)),
             ("casparian", lambda o: time_casparian(plugin, files, o, args.workers,
@@ -184,14 +195,18 @@ def main() -> int:
             # worker teardown, dirty pages) does not always land on the same one.
             for name, fn in runs[i % len(runs):] + runs[:i % len(runs)]:
                 out = root / f"out-{name.replace(', ', '-').replace(' ', '_')}-{i}"
+                before = _cpu()
                 timings.setdefault(name, []).append(fn(out))
+                cpu.setdefault(name, []).append(_cpu() - before)
                 rows = parquet_rows(out)
                 if rows != total_rows:
                     raise RuntimeError(f"{name}: {rows} rows in the outputs, not {total_rows}")
         best = {name: min(ts) for name, ts in timings.items()}
         for name, ts in timings.items():
+            cpu_ms = (f"  cpu {min(cpu[name]) / args.files * 1000:5.2f} ms/file"
+                      if name != "dask" else "")
             print(f"  {name:<26} best {best[name]:6.2f} s  median {statistics.median(ts):6.2f} s"
-                  f"  {args.files / best[name]:7.0f} files/s")
+                  f"  {args.files / best[name]:7.0f} files/s{cpu_ms}")
         ours = best["casparian"]
         print(f"casparian / pool throughput: {best['pool'] / ours:.2f}x (goal >= 0.8x)")
         if "dask" in best:

@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "preview": "casparian_nb.notebook.controller",
     "Preview": "casparian_nb.previews",
     "JobLog": "casparian_nb.joblogs",
+    "Compaction": "casparian_nb.notebook._compaction",
     "start": "casparian_nb.notebook.controller",
     "attach": "casparian_nb.notebook.controller",
     "Controller": "casparian_nb.notebook.controller",
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "CasparianError",
+    "Compaction",
     "Controller",
     "JobContext",
     "JobLog",

@@ -40,6 +40,7 @@ from .protocol import (
     CancelJob,
     CancelJobs,
     Codec,
+    CompactOutputs,
     ControlReply,
     Error,
     ErrorCode,
@@ -52,6 +53,7 @@ from .protocol import (
     ListWorkers,
     Message,
     Ping,
+    QuarantinePolicy,
     RegisterPlugin,
     RetryJobs,
     Shutdown,
@@ -275,6 +277,15 @@ class ControlClient:
         return self._call(RetryJobs(job_ids=[int(i) for i in job_ids or ()],
                                     statuses=[JobStatus(str(s).upper()) for s in statuses]))
 
+    def compact(self, sink: str, output: str | None = None, *,
+                target_size: int = 128 * 1024 * 1024,
+                timeout: float | None = 3600.0) -> dict[str, Any]:
+        """Merge the small promoted files of a ``parquet://`` sink (the sentinel does it,
+        taking turns with its promotions): ``Compacted`` as a dict. Waits up to ``timeout``
+        seconds: merging gigabytes takes a while."""
+        return self._call(CompactOutputs(sink=sink, output=output, target_size=target_size),
+                          timeout=timeout)
+
     def queue_stats(self) -> dict[str, int]:
         """Counts per state plus ``total``."""
         return self._call(GetQueueStats())
@@ -282,7 +293,7 @@ class ControlClient:
     def submit(self, plugin: PathLike, inputs: PathLike | Sequence[PathLike], *,
                sink: str | None = None, mode: str | None = None, priority: int | None = None,
                timeout: float | None = None, submission_id: str | None = None,
-               force: bool = False,
+               force: bool = False, quarantine: QuarantinePolicy | None = None,
                resources: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
         """Queue one job per input file: ``{"job_ids", "skipped", "submission_id"}``.
         ``resources``: what each job needs on a Dask worker (e.g. ``{"GPU": 1}``)."""
@@ -290,7 +301,7 @@ class ControlClient:
         return self._call(SubmitJobs(
             plugin=os.fspath(plugin), inputs=[os.fspath(f) for f in files], sink=sink, mode=mode,
             priority=priority or 0, timeout=timeout, submission_id=submission_id, force=force,
-            resources=resources or None))
+            quarantine=quarantine, resources=resources or None))
 
     def register_plugin(self, path: PathLike) -> dict[str, Any]:
         """Register (or refresh) a plugin file: ``{plugin_id, name, version, source_hash, trust}``."""

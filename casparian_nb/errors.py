@@ -15,6 +15,7 @@ errors also subclass the builtin they resemble, so ``except ValueError`` keeps w
     │   ├── SinkURIError (ValueError)       malformed sink URI
     │   ├── SinkModeError (FileExistsError) mode=error and the output exists (F3)
     │   └── SinkLockedError                 a DuckDB file held by another process
+    ├── SinkRoutingError (ValueError)       a sink= mapping names an unknown or unrouted output
     ├── PermanentError                      raised by plugins: fail now, no retry
     │   ├── SchemaContractError (ValueError)  a batch breaks its declared schema (F16)
     │   └── QuarantineLimitError (ValueError) more quarantined rows than the policy allows
@@ -41,6 +42,9 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "CasparianError",
+    "CompactionBusyError",
+    "CompactionError",
+    "CompactionSizeError",
     "ConfigError",
     "ControlTimeoutError",
     "JobCancelledError",
@@ -66,6 +70,7 @@ __all__ = [
     "SinkError",
     "SinkLockedError",
     "SinkModeError",
+    "SinkRoutingError",
     "SinkURIError",
     "StoreError",
     "TapeError",
@@ -124,6 +129,24 @@ class SinkModeError(SinkError, FileExistsError):
 
 class SinkLockedError(SinkError):
     """A DuckDB sink file is held by another process."""
+
+
+class SinkRoutingError(CasparianError, ValueError):
+    """A ``sink=`` mapping names an output the plugin does not declare, or an output has no
+    route and there is no ``"*"`` (not an I/O error: a retry cannot fix it)."""
+
+
+class CompactionError(SinkError):
+    """A compaction could not run now (another one runs, readers hold the output); nothing
+    changed."""
+
+
+class CompactionBusyError(CompactionError, BlockingIOError):
+    """Readers hold the output a compaction wants to swap (it tries again, then gives up)."""
+
+
+class CompactionSizeError(SinkURIError):
+    """A compaction target size that does not parse (a usage error, like a bad sink URI)."""
 
 
 class MissingExtraError(CasparianError, ImportError):

@@ -23,6 +23,11 @@ trusted to bump its version; an edit under the same version is reported as *stal
 
 Changing the plugin version, the sink URI, the mode or an output's declared schema therefore
 changes the keys and re-runs the files; spelling the same sink differently does not.
+
+With a sink mapping (:class:`~casparian_nb.sinks.SinkRouting`) each declared output's target
+is keyed by *its own* sink, so moving one output to another sink re-runs the files for that
+output's sake and leaves a single-sink job's keys what they were. The one target of a
+plugin without a manifest is keyed by the routing's canonical text.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class OutputTarget:
     schema_hash: str
     #: Identity of (output, sink, mode, table, schema): part of every materialization key.
     target_key: str
+    #: The output's own canonical sink (a routing's text for :data:`ALL_OUTPUTS`).
+    sink: str = ""
 
 
 def _digest(*parts: str) -> str:
@@ -129,31 +136,39 @@ def output_plan(
 
     ``manifest`` is the plugin's literal ``outputs`` dict (``{name: {"columns": [...],
     "table"?: str}}``). With a manifest: one target per declared output (quarantine outputs
-    are never targets). Without one (None or empty): a single :data:`ALL_OUTPUTS` target whose
-    table is where a bare table lands (``default_output``) and whose schema hash is "".
+    are never targets), each against its own sink. Without one (None or empty): a single
+    :data:`ALL_OUTPUTS` target whose table is where a bare table lands (``default_output``)
+    and whose schema hash is "". ``sink_uri`` is a URI or a routing's canonical text; a
+    mapping that names an undeclared output, or leaves a declared one without a sink, raises
+    :class:`~casparian_nb.errors.SinkRoutingError`.
     """
-    from .sinks.uri import parse_sink_uri
+    from .sinks.routing import SinkRouting
 
-    sink = parse_sink_uri(sink_uri, base=base)
-    uri = str(sink)
+    routing = SinkRouting.parse(sink_uri, base=base)
     mode = _canonical_mode(sink_mode)
     _check_name(default_output, "default output")
 
-    specs: list[tuple[str, str, str]] = []  # (output, table, schema_hash)
+    specs: list[tuple[str, str, str, str]] = []  # (output, table, schema_hash, sink)
     if not manifest:
-        specs.append((ALL_OUTPUTS, sink.table_for(default_output), ""))
+        sink = routing.route(default_output)
+        bare = sink.table_for(default_output) if sink is not None else default_output
+        specs.append((ALL_OUTPUTS, bare, "", str(routing)))
     else:
         for name in sorted(manifest):
-            spec = manifest[name]
             _check_name(name, "manifest output")
+        routing.check_outputs(list(manifest))
+        for name in sorted(manifest):
+            spec = manifest[name]
             spec = spec if isinstance(spec, Mapping) else {}
             table = spec.get("table")
             if table is not None and not isinstance(table, str):
                 raise OutputNameError(f"manifest output {name!r}: table must be a string")
-            specs.append((name, sink.table_for(name, table), schema_hash(spec.get("columns"))))
+            sink = routing.sink_for(name)
+            specs.append((name, sink.table_for(name, table), schema_hash(spec.get("columns")),
+                          str(sink)))
     return [
-        OutputTarget(output, table, shash, _digest(output, uri, mode, table, shash))
-        for output, table, shash in specs
+        OutputTarget(output, table, shash, _digest(output, uri, mode, table, shash), uri)
+        for output, table, shash, uri in specs
     ]
 
 
@@ -198,6 +213,7 @@ def plan_from_json(text: str | list[Any] | None) -> list[OutputTarget]:
             plan.append(OutputTarget(
                 output=str(item["output"]), table=str(item["table"]),
                 schema_hash=str(item["schema_hash"]), target_key=str(item["target_key"]),
+                sink=str(item.get("sink") or ""),
             ))  # fmt: skip
         except (KeyError, TypeError):
             raise ValueError(f"malformed output plan entry {item!r}") from None

@@ -100,6 +100,9 @@ __all__ = [
     "CancelResult",
     "Codec",
     "ColumnContract",
+    "CompactOutputs",
+    "Compacted",
+    "CompactedOutput",
     "CompletionStatus",
     "ControlReply",
     "ControlRequest",
@@ -396,6 +399,8 @@ class SubmitJobs(WireMessage):
     timeout: float | None = None
     submission_id: str | None = None
     force: bool = False
+    #: This submission's quarantine limits (None: the plugin's ``quarantine``, else none).
+    quarantine: QuarantinePolicy | None = None
     #: Resources each job needs, on top of (and overriding) the plugin's ``resources``.
     resources: dict[str, float] | None = None
 
@@ -418,6 +423,16 @@ class ListWorkers(WireMessage):
 
 class Shutdown(WireMessage):
     """Stop (a control request to the sentinel; also sent by the sentinel to its workers)."""
+
+
+class CompactOutputs(WireMessage):
+    """Merge the small promoted files of a ``parquet://`` sink (``output``, or every output)
+    into files of about ``target_size`` bytes. Answered by :class:`Compacted` once the merged
+    files replaced the small ones and the jobs' artifacts name them."""
+
+    sink: str
+    output: str | None = None
+    target_size: Int64 = 128 * 1024 * 1024
 
 
 # Control replies (sentinel -> client).
@@ -527,6 +542,27 @@ class Workers(WireMessage):
 
 class ShutdownAck(WireMessage):
     pass
+
+
+class CompactedOutput(msgspec.Struct, kw_only=True):
+    """What a compaction did to one output: files, rows moved and bytes, before and after."""
+
+    output: str
+    files_before: Int64
+    files_after: Int64
+    rows: Int64
+    bytes_before: Int64
+    bytes_after: Int64
+
+
+class Compacted(WireMessage):
+    """The answer to :class:`CompactOutputs`; ``jobs_repointed``: jobs whose artifacts now
+    name a merged file."""
+
+    sink: str
+    target_size: Int64
+    outputs: list[CompactedOutput] = []
+    jobs_repointed: Int64 = 0
 
 
 # The job and its outcome.
@@ -758,11 +794,11 @@ class HostReady(msgspec.Struct, frozen=True):
 
 ControlRequest: TypeAlias = Union[  # noqa: UP007 - a runtime union: get_args lists it
     Ping, ListJobs, GetJob, CancelJob, CancelJobs, GetQueueStats, SubmitJobs, RegisterPlugin,
-    ListWorkers, Shutdown, RetryJobs,
+    ListWorkers, Shutdown, RetryJobs, CompactOutputs,
 ]
 ControlReply: TypeAlias = Union[  # noqa: UP007
     Pong, Jobs, Job, CancelResult, QueueStats, Submitted, PluginRegistered, Workers,
-    ShutdownAck, Retried, Error,
+    ShutdownAck, Retried, Compacted, Error,
 ]
 WorkerMessage: TypeAlias = Union[Identify, Heartbeat, JobStarted, Receipt, Goodbye]  # noqa: UP007
 SentinelMessage: TypeAlias = Union[Welcome, Refused, Dispatch, Abort, Shutdown]  # noqa: UP007
@@ -783,6 +819,7 @@ REPLY_FOR: Final[Mapping[type[WireMessage], type[WireMessage]]] = {
     Ping: Pong, ListJobs: Jobs, GetJob: Job, CancelJob: CancelResult, CancelJobs: CancelResult,
     GetQueueStats: QueueStats, SubmitJobs: Submitted, RegisterPlugin: PluginRegistered,
     ListWorkers: Workers, Shutdown: ShutdownAck, RetryJobs: Retried,
+    CompactOutputs: Compacted,
 }  # fmt: skip
 
 

@@ -17,12 +17,13 @@ import functools
 import html
 import json
 import os
+import queue
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import psutil
 
 from . import contracts, lineage, plan, plugins, sinks
+from ._group import GroupCommit
 from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
 from .config import Settings, load_settings
@@ -204,7 +206,7 @@ def run(
     plugin: str | Path,
     inputs: str | Path | Iterable[str | Path],
     *,
-    sink: str | None = None,
+    sink: str | Mapping[str, str] | None = None,
     mode: str = "append",
     parallel: int | None = None,
     home: str | Path | None = None,
@@ -222,6 +224,10 @@ def run(
     the host), a bad sink, no inputs, or ``mode="error"`` finding data of another run in an
     output — then nothing of this run is written. Jobs still running are killed.
 
+    ``sink`` is one URI, or a mapping of output names to URIs with ``"*"`` for the rest
+    (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); a file's outputs promote
+    into all their sinks or none.
+
     ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a file
     whose output sends more rows to quarantine; it overrides the plugin's ``quarantine``.
 
@@ -234,7 +240,7 @@ def run(
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
     spec = plugins.inspect_plugin(plugin_path)
     plugins.check_trust(spec, settings.trust)
-    sink_uri = sinks.parse_sink_uri(sink or settings.effective_default_sink)
+    sink_uri = sinks.SinkRouting.parse(sink or settings.effective_default_sink)
     sink_mode = sinks.SinkMode.parse(mode)
     policy = contracts.quarantine_policy(quarantine)
     specs: Sequence[str | Path] = [inputs] if isinstance(inputs, str | Path) else list(inputs)
@@ -275,7 +281,7 @@ def _decide(files: Sequence[Path], spec: plugins.PluginSpec, ledger: RunLedger,
 
 
 def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
-         targets: list[plan.OutputTarget], version: str | None, sink_uri: sinks.SinkURI,
+         targets: list[plan.OutputTarget], version: str | None, sink_uri: sinks.SinkRouting,
          sink_mode: sinks.SinkMode, settings: Settings, *, parallel: int | None,
          progress: bool | ProgressSink | None, timeout: float | None,
          on_file: Callable[[FileResult], None] | None, force: bool,
@@ -303,6 +309,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
+    single = sink_uri.single  # None: outputs routed to several sinks
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
     # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
     bar = progress if not isinstance(progress, bool | None) else (
@@ -332,8 +339,10 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             sinks.discard(staged)
             return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
         try:
-            if sink_uri.is_file_sink:  # hosts leave it to us (sync_staging=False); a
-                sinks.sync_staged(staged)  # DuckDB load is durable by its own commit
+            if single is None or single.is_file_sink:  # hosts leave it to us
+                # (sync_staging=False); a lone DuckDB load is durable by its own commit, but
+                # a multi-sink journal may re-load the staged Parquet after a crash.
+                staged_sync.submit([staged])
             with promoting:
                 artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
         except SinkModeError as exc:
@@ -352,50 +361,67 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                     quarantine_rows=int(res.quarantine_rows or 0),
                     artifacts=[a.to_dict() for a in artifacts])
 
-    # Each run thread runs a job, then promotes it, so a promotion (a few fsyncs) overlaps the
-    # hosts' next jobs; appends to file sinks (distinct final names, F0) may also overlap each
-    # other. Others take turns: replace deletes other runs' files, DuckDB has one writer.
-    overlap = sink_uri.is_file_sink and sink_mode == sinks.SinkMode.APPEND
+    # Two stages, so a host never waits on the disk: one thread per host runs jobs back to
+    # back and hands each receipt to the promoting threads. Promotions wait on fsyncs, not
+    # the CPU; appends to file sinks (distinct final names, F0) may overlap each other.
+    # Others take turns: replace deletes other runs' files, DuckDB has one writer.
+    overlap = (all(s.is_file_sink for s in sink_uri.sinks())
+               and sink_mode == sinks.SinkMode.APPEND)
     promoting: contextlib.AbstractContextManager[Any] = (
         contextlib.nullcontext() if overlap else threading.Lock())
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
+    finished: queue.SimpleQueue[FileResult | BaseException] = queue.SimpleQueue()
+    # The promoting threads make their staged files durable together: one sync per group.
+    staged_sync: GroupCommit[sinks.StagedJob] = GroupCommit(
+        lambda group: sinks.sync_staged(*group))
 
-    def attempt(job: HostJob) -> FileResult:
+    def promote(job: HostJob, receipt: Receipt) -> None:
+        try:
+            finished.put(finish(job, receipt))
+        except BaseException as exc:  # a bug: the main thread re-raises it
+            finished.put(exc)
+
+    def attempt(job: HostJob) -> None:
         assert pool is not None
-        return finish(job, pool.run(job, timeout=limit))
+        try:
+            receipt = pool.run(job, timeout=limit)
+        except BaseException as exc:
+            finished.put(exc)
+            return
+        promoters.submit(promote, job, receipt)
 
     try:
         pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
                         memory_limit_mb=settings.job_memory_limit_mb, name="run",
-                        log_max_bytes=settings.host_log_max_mb * 1024 * 1024)
-        # Promotions wait on the disk (fsyncs), not the CPU: enough threads that they never
-        # hold up a host. Each thread blocks on a free host before it runs anything.
-        threads = size + (_PROMOTERS if overlap else size)
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cf-run") as ex:
-            futures: dict[Future[FileResult], HostJob] = {
-                ex.submit(attempt, job): job for job in jobs
-            }
+                        log_max_bytes=settings.host_log_max_mb * 1024 * 1024,
+                        warm=str(spec.path))
+        with ThreadPoolExecutor(max_workers=_PROMOTERS if overlap else 1,
+                                thread_name_prefix="cf-promote") as promoters, \
+                ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as hosts:
+            futures = [hosts.submit(attempt, job) for job in jobs]
+            expected = len(jobs)
             stopped = False
             try:
-                for fut in as_completed(futures):
-                    try:
-                        file_result = fut.result()
-                    except CancelledError:
-                        continue
+                while len(results) < expected:
+                    got = finished.get()
+                    if isinstance(got, BaseException):
+                        raise got
                     if stop is not None and not stopped:
                         stopped = True
-                        ex.shutdown(wait=False, cancel_futures=True)
+                        # jobs not started never report; running ones are killed and do
+                        expected -= sum(1 for f in futures if f.cancel())
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")
-                    results.append(file_result)
+                    results.append(got)
                     if bar is not None:
                         bar.update(_progress_counts(results, len(jobs), size))
                     if on_file is not None:
-                        on_file(file_result)
+                        on_file(got)
             except BaseException:
                 # Ctrl-C (or a bug): kill the hosts now rather than wait for their jobs.
-                ex.shutdown(wait=False, cancel_futures=True)
+                for f in futures:
+                    f.cancel()
                 pool.close()
                 raise
     finally:
@@ -416,8 +442,9 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                      tuple(results), time.perf_counter() - started, skipped, stale)
 
 
-#: Run threads beyond one per host, for promotions that overlap (appends to file sinks).
-_PROMOTERS = 6
+#: Promoting threads for promotions that overlap (appends to file sinks): enough that a
+#: burst of fsyncs never holds up the hosts' receipts.
+_PROMOTERS = 8
 
 
 # -- staging ownership ----------------------------------------------------------------------

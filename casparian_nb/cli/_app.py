@@ -35,15 +35,18 @@ from ..errors import (
     ConfigError,
     PluginError,
     SinkModeError,
+    SinkRoutingError,
     SinkURIError,
     TapeError,
 )
 
 if TYPE_CHECKING:
+    from ..protocol import QuarantinePolicy
     from ..tape import TapeWriter
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "SINK_MODES",
-           "USAGE_ERRORS", "App", "exit_status", "recorded", "sink_options", "stdout_gone"]
+           "USAGE_ERRORS", "App", "exit_status", "quarantine_from_options", "quarantine_options",
+           "recorded", "sink_options", "stdout_gone"]
 
 #: 0 success; 1 a failure: the request was well formed but could not be done or something it
 #: did failed (no sentinel running, a job, a validation; for ``start``: its sentinel died on
@@ -57,7 +60,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 
 #: output path it names) is what must change. Every other CasparianError is a failure of a
 #: well-formed request (no sentinel, a state DB of another version, a job that failed).
 USAGE_ERRORS: tuple[type[CasparianError], ...] = (ConfigError, PluginError, SinkURIError,
-                                                  SinkModeError, TapeError)
+                                                  SinkModeError, SinkRoutingError, TapeError)
 
 
 def exit_status(exc: CasparianError) -> int:
@@ -72,7 +75,7 @@ def exit_status(exc: CasparianError) -> int:
 
 #: Parameters a command's tape event records (when given); the tape redacts them by field.
 _TAPE_FIELDS = ("plugin", "inputs", "sink", "mode", "status", "limit", "job_id", "workers",
-                "file", "rows")
+                "file", "rows", "target_size")
 
 #: ``--mode`` choices: the values of :class:`casparian_nb.sinks.SinkMode`, spelled here because
 #: importing ``sinks`` loads pyarrow, too slow for every ``casparian jobs`` (a unit test keeps
@@ -84,13 +87,40 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def sink_options(fn: F) -> F:
-    """``--sink URI`` and ``--mode M``, as ``run`` and ``submit`` both take them."""
+    """``--sink [NAME=]URI`` (repeatable) and ``--mode M``, as ``run`` and ``submit`` both
+    take them; the command turns the ``--sink`` values into one routing
+    (:func:`casparian_nb.sinks.routing_from_args`)."""
     fn = click.option("--mode", type=click.Choice(SINK_MODES), default="append",
                       show_default=True,
                       help="What to do with data of other runs already in an output.")(fn)
-    return click.option("--sink", default=None, metavar="URI",
-                        help="parquet://DIR, csv://DIR or duckdb://FILE "
-                             "(default: the home's output).")(fn)
+    return click.option("--sink", multiple=True, metavar="[NAME=]URI",
+                        help="parquet://DIR, csv://DIR or duckdb://FILE (default: the home's "
+                             "output); NAME=URI sends output NAME there, repeat for each, a "
+                             "bare URI takes the rest.")(fn)
+
+
+def quarantine_options(fn: F) -> F:
+    """``--max-quarantine-pct`` and ``--max-quarantine-rows``, as ``run`` and ``submit`` both
+    take them; :func:`quarantine_from_options` makes the policy."""
+    fn = click.option("--max-quarantine-rows", type=int, default=None, metavar="N",
+                      help="Fail a job if more than N rows of an output go to quarantine.")(fn)
+    return click.option("--max-quarantine-pct", type=float, default=None, metavar="PCT",
+                        help="Fail a job (promote none of it) if more than PCT%% of an "
+                             "output's rows go to quarantine (overrides the plugin's "
+                             "quarantine policy).")(fn)
+
+
+def quarantine_from_options(max_pct: float | None, max_rows: int | None
+                            ) -> QuarantinePolicy | None:  # fmt: skip
+    """The policy of ``--max-quarantine-pct/-rows``; a bad value is a usage error (exit 2)."""
+    from ..contracts import quarantine_policy
+
+    limits = {"max_pct": max_pct, "max_rows": max_rows}
+    try:
+        return quarantine_policy({k: v for k, v in limits.items() if v is not None})
+    except PluginError as exc:
+        raise click.UsageError(str(exc).replace("quarantine: max_pct", "--max-quarantine-pct")
+                               .replace("quarantine: max_rows", "--max-quarantine-rows")) from None
 
 
 @dataclass

@@ -23,7 +23,15 @@ from ..errors import CasparianError, ConfigError, SentinelError
 from ..joblogs import job_log_attempts
 from ..plan import stale_warning
 from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
-from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
+from ._app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    App,
+    quarantine_from_options,
+    quarantine_options,
+    recorded,
+    sink_options,
+)
 
 if TYPE_CHECKING:
     from ..store import StateReader
@@ -78,6 +86,7 @@ def no_sentinel(settings: Settings) -> SentinelError:
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Per-job timeout (default: the home's job_timeout).")
 @click.option("--force", is_flag=True, help="Run even if already materialized.")
+@quarantine_options
 @click.option("--resource", "resources", multiple=True, metavar="NAME=N",
               help="A resource each job needs on a Dask worker (repeatable), e.g. GPU=1; "
                    "the local executor ignores it.")
@@ -87,27 +96,41 @@ def no_sentinel(settings: Settings) -> SentinelError:
                    "if any failed or was aborted.")
 @click.option("--quiet", "-q", is_flag=True, help="With --wait: no progress bar.")
 @recorded("Submit", creates_home=False)
-def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
-           priority: int, timeout: float | None, force: bool, resources: tuple[str, ...],
-           as_json: bool, wait: bool, quiet: bool) -> int:
+def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
+           priority: int, timeout: float | None, force: bool, max_quarantine_pct: float | None,
+           max_quarantine_rows: int | None, resources: tuple[str, ...], as_json: bool,
+           wait: bool, quiet: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
     sentinel; print the job ids.
 
-    Example: casparian submit plugins/orders.py data/ --sink parquet://output --wait
+    Example: casparian submit plugins/orders.py data/ --sink parquet://output
+    --sink orders=duckdb://db.duckdb --wait
     """
     from .. import plugins
+    from ..sinks import SinkRouting, routing_from_args
 
     settings = app.settings
+    policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
     needs = _resource_options(resources)
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
+    routing = routing_from_args(sink)
+    if isinstance(routing, dict):
+        # Sent as its canonical text, relative paths resolved here. The sentinel checks it
+        # against the manifest too; checked here, a mismatch is a usage error (exit 2).
+        parsed = SinkRouting.parse(routing)
+        manifest = plugins.inspect_plugin(plugin_path).manifest
+        if manifest:
+            parsed.check_outputs(list(manifest))
+        routing = str(parsed)
     files = [str(p) for p in expand_inputs(inputs)]
     client = _client(settings)
     # The sentinel hashes every input before it answers: allow for big submissions.
     client.timeout = max(client.timeout, 30.0 + len(files) / 2000)
     with client:
-        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=sink, mode=mode,
+        reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routing, mode=mode,
                               priority=priority, timeout=timeout, force=force,
-                              submission_id=app.correlation_id, resources=needs)
+                              submission_id=app.correlation_id, quarantine=policy,
+                              resources=needs)
     if as_json:
         print(json.dumps(reply, indent=2))
     else:

@@ -18,6 +18,7 @@ from .. import __version__
 from .._proc import exit_with_owner
 from ._app import EXIT_INTERRUPTED, EXIT_USAGE, App, stdout_gone
 from .bundle import support_bundle
+from .compact import compact
 from .jobs import job, jobs, submit
 from .plugin import plugin
 from .preview import preview
@@ -47,7 +48,7 @@ def cli(ctx: click.Context, home: str | None, tape_path: Path | None, verbose: b
 
 
 for command in (run, preview, demo, sentinel, worker, start, stop, submit, jobs, job, plugin,
-                tape, support_bundle):
+                compact, tape, support_bundle):
     cli.add_command(command)
 
 

@@ -12,11 +12,18 @@ from pathlib import Path
 
 import click
 
-from ..contracts import quarantine_policy
-from ..errors import CasparianError, PluginError
+from ..errors import CasparianError
 from ..plan import stale_warning
 from ..protocol import JobStatus
-from ._app import EXIT_FAILED, EXIT_OK, App, recorded, sink_options
+from ._app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    App,
+    quarantine_from_options,
+    quarantine_options,
+    recorded,
+    sink_options,
+)
 
 __all__ = ["demo", "run"]
 
@@ -31,11 +38,7 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @sink_options
 @click.option("--parallel", type=int, default=None, metavar="N",
               help="Plugin hosts to run at once (default: one per core).")
-@click.option("--max-quarantine-pct", type=float, default=None, metavar="PCT",
-              help="Fail a file (promote none of it) if more than PCT%% of an output's rows "
-                   "go to quarantine (overrides the plugin's quarantine policy).")
-@click.option("--max-quarantine-rows", type=int, default=None, metavar="N",
-              help="Fail a file if more than N rows of an output go to quarantine.")
+@quarantine_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print a machine-readable summary (failed jobs with their traceback).")
 @click.option("--verbose", "-v", is_flag=True,
@@ -45,7 +48,7 @@ _PROGRESS = [s.lower() for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.
 @click.option("--force", is_flag=True,
               help="Re-run files this plugin already materialized (also stale ones).")
 @recorded("Run")
-def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: str,
+def run(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
         parallel: int | None, max_quarantine_pct: float | None,
         max_quarantine_rows: int | None, as_json: bool, verbose: bool, quiet: bool,
         force: bool) -> int:
@@ -53,20 +56,17 @@ def run(app: App, plugin: str, inputs: tuple[str, ...], sink: str | None, mode: 
     recursive, or globs) and promote its outputs. Exit 1 if any file failed.
 
     Example: casparian run plugins/orders.py data/ --sink parquet://output
+    --sink errors=csv://output/errors
     """
     from ..runner import run as run_plugin
+    from ..sinks import routing_from_args
 
     if parallel is not None and parallel < 1:
         raise CasparianError(f"--parallel must be at least 1, got {parallel}")
-    limits = {"max_pct": max_quarantine_pct, "max_rows": max_quarantine_rows}
-    try:
-        policy = quarantine_policy({k: v for k, v in limits.items() if v is not None})
-    except PluginError as exc:  # a bad flag value: a usage error (exit 2)
-        raise click.UsageError(str(exc).replace("quarantine: max_pct", "--max-quarantine-pct")
-                               .replace("quarantine: max_rows", "--max-quarantine-rows")) from None
+    policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
     with _sigterm_as_interrupt():
-        result = run_plugin(plugin, list(inputs), sink=sink, mode=mode, parallel=parallel,
-                            settings=app.settings, quarantine=policy,
+        result = run_plugin(plugin, list(inputs), sink=routing_from_args(sink), mode=mode,
+                            parallel=parallel, settings=app.settings, quarantine=policy,
                             progress=False if quiet else None, force=force)
     # The summary counts the failures; each one is named once, on stderr (-v: with its
     # remote traceback and where its output is; --json has both per job).

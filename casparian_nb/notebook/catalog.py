@@ -52,6 +52,8 @@ ResultFormat = Literal["pandas", "arrow"]
 #: ``<output>_<16 hex>.<ext>`` (quarantine files are ``<output>_quarantine_<16 hex>``).
 _FILE = re.compile(r"^([a-z][a-z0-9_]*)_[0-9a-f]{16}\.(parquet|csv)$")
 _HEX16 = "?" * 16
+#: Name prefix of a compaction's journal in a sink directory (sinks/compaction.py).
+_COMPACTION_JOURNAL = ".cf-compact-"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_TABLE = re.compile(r"Table with name (\S+) does not exist", re.IGNORECASE)
 #: Envelope columns of a tape line; ``payload`` stays JSON (its shape varies by event).
@@ -115,6 +117,8 @@ class OutputCatalog:
         self._state = StateTables(self.settings.state_db)
         self._views: dict[str, str] = {}  # view name -> defining SELECT
         self._duck: dict[Path, DuckFile] = {}
+        #: Per sink directory, files a dead compaction left that the views skip.
+        self._hidden: dict[Path, set[str]] = {}
         #: Why something was left out of the last refresh (a locked DuckDB file, ...).
         self.notes: list[str] = []
 
@@ -126,7 +130,12 @@ class OutputCatalog:
         ``?`` with a sequence) — values travel beside the SQL, never pasted into it."""
         if as_ not in ("pandas", "arrow"):
             raise ValueError(f"as_ must be 'pandas' or 'arrow', not {as_!r}")
-        with self._lock:
+        from ..sinks.compaction import read_lock
+
+        with self._lock, read_lock(self._file_sink_dirs()):
+            # Listing and reading the sink directories inside the compaction's reader lock:
+            # a compaction's swap (link the merged file, unlink its sources) is never seen
+            # half done, so no row is counted twice or missed.
             self._refresh()
             attached = self._attach_for(query)
             try:
@@ -167,10 +176,24 @@ class OutputCatalog:
             uris.append(s if "://" in s else f"parquet://{s}")
         return list(dict.fromkeys(uris))
 
+    def _file_sink_dirs(self) -> list[Path]:
+        from ..sinks import parse_sink_uri
+
+        dirs = []
+        for uri in self._sink_uris():
+            try:
+                sink = parse_sink_uri(uri)
+            except CasparianError:
+                continue
+            if sink.kind != "duckdb":
+                dirs.append(sink.path)
+        return dirs
+
     def _refresh(self) -> None:
         from ..sinks import parse_sink_uri
 
         self.notes = []
+        self._hidden = {}
         file_dirs: dict[tuple[str, str], list[Path]] = {}  # (output, ext) -> dirs
         seen_dirs: set[Path] = set()
         duck_paths: list[Path] = []
@@ -184,8 +207,11 @@ class OutputCatalog:
                 duck_paths.append(sink.path)
             elif sink.path not in seen_dirs:
                 seen_dirs.add(sink.path)
-                for output, ext in _outputs_in(sink.path):
+                found, compacting = _outputs_in(sink.path)
+                for output, ext in found:
                     file_dirs.setdefault((output, ext), []).append(sink.path)
+                if compacting:
+                    self._hidden[sink.path] = _hidden_files(sink.path)
         wanted = {**self._file_views(file_dirs), **self._state_views()}
         self._apply_views(wanted)
         self._scan_duck(duck_paths)
@@ -193,12 +219,22 @@ class OutputCatalog:
     def _file_views(self, file_dirs: dict[tuple[str, str], list[Path]]) -> dict[str, str]:
         by_output: dict[str, list[str]] = {}
         for (output, ext), dirs in sorted(file_dirs.items()):
-            globs = ", ".join(lit(str(d / f"{output}_{_HEX16}.{ext}")) for d in sorted(dirs))
+            globs = ", ".join(self._file_globs(output, ext, d) for d in sorted(dirs))
             reader = "read_parquet" if ext == "parquet" else "read_csv"
             by_output.setdefault(output, []).append(
                 f"SELECT * FROM {reader}([{globs}], union_by_name = true)")
         # An output written both as Parquet and as CSV is still one table.
         return {o: " UNION ALL BY NAME ".join(parts) for o, parts in by_output.items()}
+
+    def _file_globs(self, output: str, ext: str, d: Path) -> str:
+        """The glob of ``output``'s files in ``d``, or (while a dead compaction's leftovers
+        are there) the explicit list of its files without those leftovers."""
+        hidden = self._hidden.get(d)
+        if not hidden:
+            return lit(str(d / f"{output}_{_HEX16}.{ext}"))
+        pattern = re.compile(rf"^{re.escape(output)}_[0-9a-f]{{16}}\.{ext}$")
+        names = sorted(n for n in os.listdir(d) if pattern.match(n) and n not in hidden)
+        return ", ".join(lit(str(d / n)) for n in names) or lit(str(d / f"{output}_{_HEX16}.{ext}"))
 
     def _state_views(self) -> dict[str, str]:
         views: dict[str, str] = {}
@@ -314,15 +350,25 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _outputs_in(directory: Path) -> set[tuple[str, str]]:
-    """``(output, ext)`` of the promoted files in ``directory`` (temp files never match)."""
+def _outputs_in(directory: Path) -> tuple[set[tuple[str, str]], bool]:
+    """``(output, ext)`` of the promoted files in ``directory`` (temp files never match),
+    and whether a compaction journal is there (see :func:`_hidden_files`)."""
     found: set[tuple[str, str]] = set()
+    compacting = False
     try:
         with os.scandir(directory) as it:
             for entry in it:
                 m = _FILE.match(entry.name)
                 if m:
                     found.add((m.group(1), m.group(2)))
+                elif entry.name.startswith(_COMPACTION_JOURNAL):
+                    compacting = True
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         pass
-    return found
+    return found, compacting
+
+
+def _hidden_files(directory: Path) -> set[str]:
+    from ..sinks.compaction import hidden_files
+
+    return hidden_files(directory)

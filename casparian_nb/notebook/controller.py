@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from .._cellplugin import is_source_plugin, write_plugin_source
@@ -50,7 +51,8 @@ from ..launcher import LocalCluster
 from ..plan import stale_warning
 from ..previews import Preview
 from ..previews import preview as run_preview
-from ..protocol import JobStatus
+from ..protocol import JobStatus, QuarantinePolicy
+from ._compaction import Compaction
 from ._events import EventPump
 from ._models import Job, QueueStats
 from ._session import SessionTape
@@ -226,9 +228,10 @@ class Controller:
     # -- mutations (control API) --------------------------------------------------------------
     def submit(self, plugin: str | os.PathLike[str] | Callable[..., Any] | types.ModuleType,
                inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-               sink: str | None = None, mode: str = "append", priority: int = 0,
-               timeout: float | None = None, force: bool = False, wait: bool = False,
-               progress: bool | None = None,
+               sink: str | Mapping[str, str] | None = None, mode: str = "append",
+               priority: int = 0, timeout: float | None = None, force: bool = False,
+               wait: bool = False, progress: bool | None = None,
+               quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
                resources: dict[str, float] | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
@@ -241,14 +244,27 @@ class Controller:
         them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
         finish (:meth:`wait`, with its progress bar unless ``progress=False``).
 
+        ``sink``: one URI, or a mapping of output names to URIs with ``"*"`` for the rest
+        (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); each job's outputs
+        promote into all their sinks or none.
+
+        ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a
+        job whose output sends more rows to quarantine; it overrides the plugin's
+        ``quarantine``, and a restarted sentinel keeps it.
+
         ``resources``: what each job needs on a Dask worker, e.g. ``{"GPU": 1}`` (on top of
         the plugin's own ``resources``); the dask executor runs it only on a worker that
         offers them (``dask worker --resources "GPU=1"``), the local executor ignores them.
         """
         from .. import plugins
         from .._inputs import expand_inputs
+        from ..contracts import quarantine_policy
+        from ..sinks import SinkRouting
 
         self._check()
+        policy = quarantine_policy(quarantine)
+        if isinstance(sink, Mapping):  # resolved here, where its relative paths were typed
+            sink = str(SinkRouting.parse(sink))
         if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
             plugin = write_plugin_source(plugin, self.settings.plugins_dir / "cell")
         if not isinstance(plugin, str | os.PathLike):
@@ -257,6 +273,7 @@ class Controller:
         specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
                    "sink": sink, "mode": mode, "priority": priority, "force": force,
+                   **({"quarantine": msgspec.structs.asdict(policy)} if policy else {}),
                    **({"resources": resources} if resources else {})}
         with self.session.command("Submit", payload) as r:
             path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
@@ -265,7 +282,8 @@ class Controller:
             # links every event of these jobs to the Submit on this session tape.
             reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
                                        timeout=timeout, force=force,
-                                       submission_id=r.correlation_id, resources=resources)
+                                       submission_id=r.correlation_id, quarantine=policy,
+                                       resources=resources)
             ids = [int(j) for j in reply["job_ids"]]
             self.events.link(ids, r.correlation_id, r.event_id)
             r.update(job_ids=ids, count=len(ids))
@@ -336,6 +354,24 @@ class Controller:
             reply = self.client.cancel_jobs(status=JobStatus.QUEUED)
             r.update(count=len(reply.get("results") or {}))
         return reply
+
+    def compact(self, sink: str, output: str | None = None,
+                target_size: int | str = "128MB") -> Compaction:
+        """Merge the small promoted files of a ``parquet://`` sink (``output``, or every
+        output) into files of about ``target_size``. The sentinel does it, taking turns with
+        its promotions, so it is safe while jobs run; queries (``ctl.sql``) never see a row
+        twice or miss one; the jobs' artifacts then name the merged files."""
+        from ..sinks.compaction import check_compactable
+
+        self._check()
+        parsed, size = check_compactable(sink, output, target_size)
+        payload = {"sink": str(parsed), "output": output, "target_size": size}
+        with self.session.command("Compact", payload) as r:
+            result = Compaction.from_reply(self.client.compact(str(parsed), output,
+                                                               target_size=size))
+            r.update(files_before=result.files_before, files_after=result.files_after,
+                     rows=result.rows)
+        return result
 
     # -- reads (state DB, read-only) -----------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None, limit: int = 1000,

@@ -40,7 +40,7 @@ from ..sinks.staging import ATTEMPT_PREFIX, JOURNAL, attempt_root, job_dirname
 from . import state as st
 from ._persist import Persister
 
-__all__ = ["Committer", "remove_attempt", "sweep_staging"]
+__all__ = ["Committer", "CommitterItem", "FinishedItem", "remove_attempt", "sweep_staging"]
 
 log = logging.getLogger("casparian_nb.sentinel")
 
@@ -52,6 +52,13 @@ WAKE_EVERY = 64
 #: Longest a DuckDB file stays open across a burst of promotions, seconds (the default of
 #: Settings.duckdb_hold_s).
 HOLD_MAX_AGE = 1.0
+
+
+#: What the committer's queue carries: promotions, discards, a task to run between two
+#: promotions (a callable: it reports its own outcome), or None to stop.
+CommitterItem = st.Promote | st.Discard | Callable[[], None] | None
+#: What goes back to the loop: finished promotions, or a task for the loop thread.
+FinishedItem = st.PromotionFinished | Callable[[], None]
 
 
 @dataclass(slots=True)
@@ -76,8 +83,8 @@ class Committer:
     memory and RUNNING-with-staged-outputs in the state DB, which ``recover`` re-adopts)."""
 
     def __init__(self, persist: Persister,
-                 promotions: queue.Queue[st.Promote | st.Discard | None],
-                 finished: queue.Queue[st.PromotionFinished], wake: Callable[[], None],
+                 promotions: queue.Queue[CommitterItem],
+                 finished: queue.Queue[FinishedItem], wake: Callable[[], None],
                  *, lock_timeout: float = 10.0, hold_s: float = HOLD_MAX_AGE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.persist = persist
@@ -111,11 +118,16 @@ class Committer:
                         return
                     if isinstance(item, st.Promote):
                         self.take(item)
-                    else:
+                    elif isinstance(item, st.Discard):
                         try:
                             sinks.discard(sinks.StagedJob.from_dict(item.staged))
                         except Exception:
                             log.exception("discarding staged outputs failed")
+                    else:  # a step that must not overlap a promotion (a compaction's swap)
+                        try:
+                            item()
+                        except Exception:
+                            log.exception("committer task failed")
                 self.retry_due()
                 # DuckDB files stay open through a burst (a small job loads in ~2 ms, an
                 # open + close costs ~15 ms) and are closed when it ends, or at least every
@@ -195,12 +207,14 @@ class Committer:
 
 
 def _duckdb_key(item: st.Promote) -> str | None:
-    """The DuckDB file a promotion writes (its real path), or None for other sinks."""
+    """The DuckDB file a promotion writes (its real path; the first in file order when its
+    outputs are routed to several), or None when it writes none."""
     try:
-        sink = sinks.parse_sink_uri(str(item.staged.get("sink") or ""))
+        routing = sinks.SinkRouting.parse(str(item.staged.get("sink") or ""))
     except Exception:
         return None  # promote() reports the bad URI
-    return os.path.realpath(sink.path) if sink.kind == "duckdb" else None
+    ducks = [s for s in routing.sinks() if s.kind == "duckdb"]
+    return os.path.realpath(ducks[0].path) if ducks else None
 
 
 def remove_attempt(staging: Path, attempt: int, job_key: str) -> str | None:

@@ -14,18 +14,24 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from .. import __version__
+from ..errors import CasparianError, CompactionError, SinkURIError
 from ..protocol import (
     STORED_JOB_STATUSES,
     CancelJob,
     CancelJobs,
     CancelOutcome,
     CancelResult,
+    Compacted,
+    CompactedOutput,
+    CompactOutputs,
+    Error,
     ErrorCode,
     GetJob,
     GetQueueStats,
@@ -50,11 +56,16 @@ from ..protocol import (
     WorkerInfo,
     Workers,
 )
+from ..sinks import SinkMode
+from ..sinks.compaction import CompactionResult, check_compactable, compact
 from . import state as st
 
 if TYPE_CHECKING:
+    import queue
+
     import zmq
 
+    from ._committer import CommitterItem, FinishedItem
     from ._persist import Persister, SentinelStore
     from ._submit import SubmitHandler
 
@@ -64,6 +75,8 @@ log = logging.getLogger("casparian_nb.sentinel")
 
 #: CancelJobs' ``status`` that selects every job not finished yet.
 ALL_JOBS = "ALL"
+
+T = TypeVar("T")
 
 
 class ControlHandlers:
@@ -82,6 +95,9 @@ class ControlHandlers:
         _pending_replies: dict[str, tuple[list[bytes], Message]]
         _stats: dict[str, int] | None
         _stop: threading.Event
+        _promotions: queue.Queue[CommitterItem]
+        _finished: queue.Queue[FinishedItem]
+        wake_tx: zmq.Socket[bytes]
 
         def _flush(self) -> None: ...
         def _feed(self, event: Any) -> None: ...
@@ -93,6 +109,7 @@ class ControlHandlers:
             GetQueueStats: self._on_stats, SubmitJobs: self._on_submit,
             RegisterPlugin: self._on_register, ListWorkers: self._on_workers,
             Shutdown: self._on_shutdown, RetryJobs: self._on_retry,
+            CompactOutputs: self._on_compact,
         }  # fmt: skip
 
     def _handle_control(self, frames: list[bytes]) -> None:
@@ -226,6 +243,91 @@ class ControlHandlers:
     def _on_shutdown(self, msg: Message, routing: list[bytes]) -> ShutdownAck:
         self._stop.set()
         return ShutdownAck()
+
+    # -- compaction ------------------------------------------------------------------------
+    def _on_compact(self, msg: Message, routing: list[bytes]) -> None:
+        """Merge small promoted files: merged in a thread of its own, each swap done by the
+        committer between two promotions, the artifacts repointed and the reply sent by the
+        loop — the request is answered once all of it is committed."""
+        req = msg.payload
+        assert isinstance(req, CompactOutputs)
+        try:
+            sink, _ = check_compactable(req.sink, req.output, req.target_size)
+        except SinkURIError as exc:
+            raise RequestFailed(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        # A replace/error-mode run tells its own files from other runs' by their names; a
+        # merged file holding some of its jobs' rows would count as another run's.
+        busy = [j.id for j in self.state.jobs.values()
+                if j.spec.mode != SinkMode.APPEND and str(sink) in str(j.spec.sink)]
+        if busy:
+            raise RequestFailed(ErrorCode.INVALID_REQUEST, (
+                f"{len(busy)} job(s) with mode replace/error are not finished in {sink} "
+                f"(e.g. job {busy[0]}); compact after they finish"))
+        self._pending_replies[msg.id] = (routing, msg)
+        threading.Thread(target=self._compact, args=(msg.id, req), name="cf-compact",
+                         daemon=True).start()
+
+    def _on_committer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the committer thread (between two promotions) and wait for it."""
+        done: Future[T] = Future()
+
+        def task() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self._promotions.put(task)
+        while True:  # the committer stops with the sentinel: do not wait for it forever
+            try:
+                return done.result(timeout=0.5)
+            except TimeoutError:
+                if self._stop.is_set():
+                    raise CompactionError("the sentinel stopped during the compaction; "
+                                          "the next compaction of the sink finishes it") from None
+
+    def _compact(self, request_id: str, req: CompactOutputs) -> None:
+        """The compaction thread: never touches the store or the sockets itself."""
+        try:
+            result: CompactionResult | Exception = compact(
+                req.sink, req.output, target_size=req.target_size, swap_with=self._on_committer)
+        except Exception as exc:
+            if not isinstance(exc, CasparianError):
+                log.exception("compaction of %s failed", req.sink)
+            result = exc
+
+        def finish() -> None:  # on the loop thread
+            self._reply_pending(request_id, self._record_compaction(req, result))
+
+        def hand_back() -> None:  # on the committer thread, which owns the wake socket
+            self._finished.put(finish)
+            self.wake_tx.send(b"")
+
+        self._promotions.put(hand_back)
+
+    def _record_compaction(self, req: CompactOutputs,
+                           result: CompactionResult | Exception) -> WireMessage:
+        if isinstance(result, Exception):
+            code = ErrorCode.INVALID_REQUEST if isinstance(result, SinkURIError) \
+                else ErrorCode.INTERNAL
+            return Error(code=code, message=str(result).splitlines()[0] if str(result)
+                         else type(result).__name__)
+        repointed = 0
+        try:
+            with self.store.transaction():
+                repointed = self.store.repoint_artifacts(result.uri_moves())
+        except Exception as exc:
+            log.exception("recording the compaction of %s failed", req.sink)
+            return Error(code=ErrorCode.DB_ERROR,
+                         message=f"files compacted, but recording it failed: {exc}")
+        if result.outputs:
+            log.info("compacted %s: %d files -> %d, %d job(s) repointed", result.sink,
+                     result.files_before, result.files_after, repointed)
+        return Compacted(sink=result.sink, target_size=result.target_size,
+                         jobs_repointed=repointed,
+                         outputs=[CompactedOutput(**{k: v for k, v in o.to_dict().items()
+                                                     if k != "merged"})
+                                  for o in result.outputs])
 
 
 def _job_status(text: str, allowed: Collection[JobStatus] = STORED_JOB_STATUSES) -> JobStatus:

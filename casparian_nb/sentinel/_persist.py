@@ -114,7 +114,7 @@ class Persister:
                                                              key_version, t.target_key),
                 output_target_key=t.target_key, source_hash=source_hash,
                 plugin_name=plugin_name, parser_version=version,
-                output_name=t.output, table_name=t.table, sink_uri=spec.sink,
+                output_name=t.output, table_name=t.table, sink_uri=t.sink or spec.sink,
                 sink_mode=spec.mode, schema_hash=t.schema_hash,
                 status=MaterializationStatus.SUCCESS if produced else MaterializationStatus.NO_DATA,
                 rows=int(produced or 0), job_id=a.job_id,

@@ -20,7 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .. import lineage, plan, plugins, sinks
+import msgspec
+
+from .. import contracts, lineage, plan, plugins, sinks
 from .._inputs import expand_inputs
 from ..config import Settings
 from ..errors import PluginError
@@ -29,6 +31,7 @@ from ..protocol import (
     InputDecision,
     JobSpec,
     PluginRegistered,
+    QuarantinePolicy,
     SkippedInput,
     SubmitJobs,
 )
@@ -62,8 +65,16 @@ def job_spec_from_row(row: dict[str, Any], plugin_path: str) -> JobSpec:
         parser_version=_shared(row.get("parser_version")), sink=_shared(row.get("sink_uri")) or "",
         mode=_shared(row.get("sink_mode")) or sinks.SinkMode.APPEND.value,
         submission_id=_shared(row.get("submission_id")), timeout_s=row.get("timeout_s"),
+        quarantine=_policy(row.get("quarantine_json")),
         resources=_plugin_resources(plugin_path, row.get("parser_fingerprint")),
     )  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def _policy(text: str | None) -> QuarantinePolicy | None:
+    """A submission's stored quarantine limits; one object per distinct text, like
+    :func:`_shared`."""
+    return None if text is None else msgspec.json.decode(text, type=QuarantinePolicy)
 
 
 def _shared(value: object) -> str | None:
@@ -186,7 +197,9 @@ class SubmitHandler:
 
     def submit(self, request: SubmitJobs, now: float) -> SubmitOutcome:
         spec, _trust, plugin_id = self._plugin(request.plugin)
-        sink = sinks.parse_sink_uri(request.sink or self.settings.effective_default_sink)
+        # One URI, or a routing of outputs to sinks (its canonical text travels in JobSpec.sink
+        # and the sink_uri column); output_plan refuses a mapping that does not fit the plugin.
+        sink = sinks.SinkRouting.parse(request.sink or self.settings.effective_default_sink)
         mode = sinks.SinkMode.parse(request.mode or sinks.SinkMode.APPEND)
         files, sizes = _expand(request.inputs)
         if not files:
@@ -197,6 +210,10 @@ class SubmitHandler:
         plan_json = plan.plan_to_json(targets)
         force = request.force
         timeout = request.timeout
+        # checked here too: a client other than ours may send any numbers
+        policy = contracts.quarantine_policy(
+            None if request.quarantine is None else msgspec.structs.asdict(request.quarantine))
+        policy_json = msgspec.json.encode(policy).decode() if policy is not None else None
         resources = job_resources(spec.resources, request.resources)
         priority = request.priority
 
@@ -213,7 +230,8 @@ class SubmitHandler:
                          submission_id=out.submission_id, plugin_id=plugin_id,
                          parser_version=version, parser_fingerprint=spec.source_hash,
                          source_hash=source_hash, sink_uri=sink_uri, sink_mode=mode.value,
-                         plan_json=plan_json, priority=priority, timeout_s=timeout_s)
+                         plan_json=plan_json, priority=priority, timeout_s=timeout_s,
+                         quarantine_json=policy_json)
             hashes.append((job, plan.plan_keys(targets, source_hash, spec.name, key_version)))
         recorded: dict[str, str | None] = {}
         if not force:
@@ -236,7 +254,7 @@ class SubmitHandler:
                 plugin_name=spec.name, plugin_name_declared=spec.name_declared,
                 plugin_source_hash=spec.source_hash, parser_version=version,
                 sink=sink_uri, mode=mode.value, submission_id=out.submission_id,
-                timeout_s=timeout_s, resources=resources,
+                timeout_s=timeout_s, quarantine=policy, resources=resources,
             )  # fmt: skip
             name_fields = name_fields or plugin_name_fields(job_spec)
             out.records.append(JobRec(id=job_id, priority=priority, spec=job_spec,

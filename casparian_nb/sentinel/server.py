@@ -53,7 +53,7 @@ from ..protocol import (
 from ..sinks.staging import ATTEMPT_PREFIX, attempt_root
 from ..store.schema import now_iso
 from . import state as st
-from ._committer import Committer, remove_attempt, sweep_staging
+from ._committer import Committer, CommitterItem, FinishedItem, remove_attempt, sweep_staging
 from ._control import ControlHandlers
 from ._persist import Persister, SentinelStore
 from ._submit import SubmitHandler
@@ -114,8 +114,10 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self._event_seq = 0
         self._job_corr: dict[int, str] = {}  # job id -> correlation id, for its tape events
         self._pending_replies: dict[str, tuple[list[bytes], Message]] = {}
-        self._promotions: queue.Queue[st.Promote | st.Discard | None] = queue.Queue()
-        self._finished: queue.Queue[st.PromotionFinished] = queue.Queue()
+        self._promotions: queue.Queue[CommitterItem] = queue.Queue()
+        #: Promotions done, and tasks the committer hands back to the loop (a compaction's
+        #: records and reply).
+        self._finished: queue.Queue[FinishedItem] = queue.Queue()
         self.tape = self._open_tape()
         self.ctx = zmq.Context()
         self.endpoints: dict[str, str] = {}
@@ -275,7 +277,10 @@ class Sentinel(ControlHandlers, WorkerHandlers):
                 ev = self._finished.get_nowait()
             except queue.Empty:
                 return
-            self._feed(ev)
+            if isinstance(ev, st.PromotionFinished):
+                self._feed(ev)
+            else:
+                ev()
 
     def _drain_subscriptions(self) -> None:
         """XPUB hands us (un)subscriptions: b"\\x01topic" / b"\\x00topic" (first and last

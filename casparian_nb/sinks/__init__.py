@@ -7,14 +7,19 @@ The life of a job's outputs::
     staged = stager.close()                                 # -> StagedJob (JSON over a pipe)
     artifacts = promote(staged, mode=SinkMode.APPEND)       # committer: all outputs or none
     recover(settings.staging_dir)                           # committer start-up, after a crash
+    compact("parquet://output", target_size="128MB")        # merge small promoted files
 
+``sink`` may also route outputs to several sinks (:class:`SinkRouting`: ``{"orders":
+"duckdb://db.duckdb", "*": "parquet://out"}``); such a job still promotes all or nothing.
 File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never overwritten
 (F0); promotion is atomic per job (F2); every sink kind honours every :class:`SinkMode` (F3).
 """
 
 from __future__ import annotations
 
+from .compaction import CompactionResult, OutputCompaction, compact
 from .promotion import promote, recover
+from .routing import SinkRouting, routing_from_args
 from .staging import (
     Artifact,
     JobStager,
@@ -28,11 +33,15 @@ from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
 
 __all__ = [
     "Artifact",
+    "CompactionResult",
     "JobStager",
+    "OutputCompaction",
     "SinkMode",
+    "SinkRouting",
     "SinkURI",
     "StagedJob",
     "StagedOutput",
+    "compact",
     "discard",
     "job_dirname",
     "job_hash16",
@@ -40,5 +49,6 @@ __all__ = [
     "parse_sink_uri",
     "promote",
     "recover",
+    "routing_from_args",
     "sync_staged",
 ]

@@ -29,7 +29,7 @@ from ._held import current_holder
 from .staging import Artifact, StagedJob
 from .uri import SinkMode, SinkURI
 
-__all__ = ["promote_duckdb"]
+__all__ = ["load_uncommitted", "promote_duckdb"]
 
 _JOB_ID = LINEAGE_COLUMNS[1]
 
@@ -77,6 +77,22 @@ def _transaction(con: duckdb.DuckDBPyConnection, staged: StagedJob, sink: SinkUR
             _apply_mode(con, staged, sink, mode, run_ids)
             _load(con, staged, sink)
         con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+def load_uncommitted(con: duckdb.DuckDBPyConnection, staged: StagedJob, sink: SinkURI,
+                     mode: SinkMode, run_ids: frozenset[str]) -> None:
+    """Open a transaction and load ``staged`` into it (nothing if it is already there),
+    leaving the COMMIT to the caller: a job spanning several sinks commits after its journal
+    reached its commit point (:mod:`._multi`). Rolled back here if the load fails."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if not _already_loaded(con, staged):
+            _apply_mode(con, staged, sink, mode, run_ids)
+            _load(con, staged, sink)
     except BaseException:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")

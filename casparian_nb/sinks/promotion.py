@@ -22,25 +22,26 @@ A crash after step 2 is finished by :func:`recover` (roll forward: every staged 
 complete and durable before promotion starts). An error in step 3 or 4 before the first
 final exists rolls back instead (temps return to staging), recorded as journal state
 "rollback" so that a crash during the rollback is also finished the same way.
+
+A job whose outputs are routed to several sinks promotes through :mod:`._multi` instead:
+the same journal, with a "preparing" state before its commit point and DuckDB steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import re
-import shutil
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from ..errors import SinkError, SinkModeError
-from ..lineage import quarantine_name
-from ._fs import fsync_dir, fsync_file, read_json, remove_tree, write_json_atomic
+from . import _journal
+from ._fs import read_json, remove_tree, write_json_atomic
+from ._journal import final_path, finish, move_to_tmp, other_run_files, output_of, resume, rollback
 from .staging import JOURNAL, Artifact, StagedJob
-from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
+from .uri import SinkMode, SinkURI
 
 __all__ = ["Artifact", "promote", "recover"]
 
@@ -63,7 +64,17 @@ def promote(
     """
     mode = SinkMode.parse(mode)
     run_ids = frozenset(run_job_ids or ()) | {staged.job_id}
-    sink = parse_sink_uri(staged.sink)
+    groups = staged.by_sink()
+    if len(groups) > 1:
+        from ._multi import promote_across  # outputs routed to several sinks
+
+        artifacts = promote_across(staged, groups, mode, run_ids, lock_timeout)
+        remove_tree(staged.staging_dir)
+        return artifacts
+    if not groups:
+        remove_tree(staged.staging_dir)
+        return []
+    (sink,) = groups
     if sink.kind == "duckdb":
         from .duckdb_sink import promote_duckdb  # keep duckdb out of plugin-host imports
 
@@ -74,13 +85,9 @@ def promote(
     return artifacts
 
 
-def _final_path(sink: SinkURI, output: str, job_id: str) -> Path:
-    return sink.path / output_filename(output, job_id, sink.extension)
-
-
 def _artifacts(staged: StagedJob, sink: SinkURI) -> list[Artifact]:
     return [
-        Artifact(o.output, o.table, o.rows, f"file://{_final_path(sink, o.output, staged.job_id)}")
+        Artifact(o.output, o.table, o.rows, f"file://{final_path(sink, o.output, staged.job_id)}")
         for o in staged.outputs
     ]
 
@@ -90,9 +97,9 @@ def _promote_files(
 ) -> list[Artifact]:
     journal = Path(staged.staging_dir) / JOURNAL
     artifacts = _artifacts(staged, sink)
-    if journal.exists() and _resume(journal) == "done":
+    if journal.exists() and resume(journal) == "done":
         return artifacts  # an interrupted promotion of this very job: now finished
-    plan = [(Path(o.path), _final_path(sink, o.output, staged.job_id)) for o in staged.outputs]
+    plan = [(Path(o.path), final_path(sink, o.output, staged.job_id)) for o in staged.outputs]
     if not plan:
         return []
     taken = [dst for _, dst in plan if os.path.lexists(dst)]
@@ -110,9 +117,9 @@ def _promote_files(
     # Append never looks at what other runs wrote: scanning the sink dir would make every
     # promotion cost O(files already there).
     others = ([] if mode is SinkMode.APPEND
-              else _other_run_files(sink, {o.output for o in staged.outputs}, run_ids))
+              else other_run_files(sink, {o.output for o in staged.outputs}, run_ids))
     if others and mode is SinkMode.ERROR:
-        name = _output_of(others[0].name, sink.extension)
+        name = output_of(others[0].name, sink.extension)
         raise SinkModeError(
             f"output {name!r} already has data in {sink}; mode=error refuses to add to it — "
             "use mode=append or replace"
@@ -138,9 +145,9 @@ def _promote_files(
         # staged, ".cf-tmp" and final names the disk may hold after a power cut (the data
         # itself was made durable in staging, and the journal above before any move).
         for m in moves:
-            _move_to_tmp(Path(m["src"]), Path(m["tmp"]))
+            move_to_tmp(Path(m["src"]), Path(m["tmp"]))
         for m in moves:
-            _place(Path(m["tmp"]), Path(m["dst"]))
+            _journal.place(Path(m["tmp"]), Path(m["dst"]))  # via the module: tests patch it
             placed += 1
     except BaseException as exc:
         if placed:
@@ -149,7 +156,7 @@ def _promote_files(
             if not isinstance(exc, Exception):
                 raise
             try:
-                _finish(journal, state)
+                finish(journal, state)
             except Exception:
                 raise SinkError(
                     f"job {staged.job_id!r}: promotion into {sink} stopped after {placed} of "
@@ -157,136 +164,14 @@ def _promote_files(
                 ) from exc
             log.warning("promotion of job %s: %s; completed on retry", staged.job_id, exc)
             return artifacts
-        _rollback(journal, state)
+        rollback(journal, state)
         if isinstance(exc, Exception) and not isinstance(exc, SinkError):
             raise SinkError(
                 f"job {staged.job_id!r}: promotion into {sink} failed and was rolled back: {exc}"
             ) from exc
         raise
-    _finish(journal, state)
+    finish(journal, state)
     return artifacts
-
-
-def _output_of(filename: str, ext: str) -> str:
-    return filename[: -len(ext) - 18]  # strip "_<16 hex>.<ext>"
-
-
-def _other_run_files(sink: SinkURI, outputs: set[str], run_ids: frozenset[str]) -> list[Path]:
-    """Files of these outputs (and their quarantine siblings) written by other runs' jobs."""
-    if not sink.path.is_dir():
-        return []
-    governed = outputs | {quarantine_name(o) for o in outputs}
-    ours = {job_hash16(j) for j in run_ids}
-    names = "|".join(map(re.escape, sorted(governed)))
-    pattern = re.compile(rf"^({names})_([0-9a-f]{{16}})\.{sink.extension}$")
-    found = []
-    with os.scandir(sink.path) as it:
-        for entry in it:
-            m = pattern.match(entry.name)
-            if m and m.group(2) not in ours:
-                found.append(Path(entry.path))
-    return sorted(found)
-
-
-def _move_to_tmp(src: Path, tmp: Path) -> None:
-    try:
-        os.replace(src, tmp)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        # Staging and sink on different filesystems: copy under a second name first, so a
-        # ".cf-tmp" file is always complete (recovery may promote it as it is).
-        part = tmp.with_name(tmp.name + "-part")
-        shutil.copyfile(src, part)
-        fsync_file(part)
-        os.replace(part, tmp)
-
-
-def _place(tmp: Path, dst: Path) -> None:
-    """Give ``tmp`` its final name without ever replacing an existing ``dst`` (F0)."""
-    try:
-        os.link(tmp, dst)
-    except FileExistsError:
-        if not os.path.samefile(tmp, dst):  # after a crash between link and unlink it is ours
-            raise SinkError(f"{dst} already exists; outputs are never overwritten (F0)") from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        # No hard links on this filesystem: rename after a check (one committer per sink).
-        if os.path.lexists(dst):
-            raise SinkError(f"{dst} already exists; outputs are never overwritten (F0)") from None
-        os.rename(tmp, dst)
-        return
-    os.unlink(tmp)
-
-
-def _rollback(journal: Path, state: dict[str, Any]) -> None:
-    state["state"] = "rollback"
-    write_json_atomic(journal, state)
-    _undo(journal, state)
-
-
-def _undo(journal: Path, state: dict[str, Any]) -> None:
-    for m in state["moves"]:
-        tmp, src = Path(m["tmp"]), Path(m["src"])
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp.with_name(tmp.name + "-part"))
-        if tmp.exists():
-            if src.exists():
-                tmp.unlink()  # a cross-device copy: the original never left staging
-            else:
-                os.replace(tmp, src)
-    journal.unlink()
-
-
-def _finish(journal: Path, state: dict[str, Any]) -> None:
-    """Roll a started promotion forward to "done" (also the recovery path)."""
-    sinkdir = Path(state["moves"][0]["dst"]).parent if state["moves"] else None
-    for m in state["moves"]:
-        src, tmp, dst = Path(m["src"]), Path(m["tmp"]), Path(m["dst"])
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp.with_name(tmp.name + "-part"))
-        if os.path.lexists(dst):
-            if tmp.exists():
-                if not os.path.samefile(tmp, dst):
-                    # Someone else's file took our name: keep both, never overwrite (F0).
-                    raise SinkError(
-                        f"{dst} appeared during the promotion of job {state['job_id']!r}; "
-                        f"outputs are never overwritten (F0) — move it away and run recover()"
-                    )
-                tmp.unlink()  # crashed between link and unlink: the final is already ours
-            continue
-        if not tmp.exists():
-            if not src.exists():
-                raise SinkError(
-                    f"job {state['job_id']!r}: staged file {src} vanished during promotion"
-                )
-            _move_to_tmp(src, tmp)
-        _place(tmp, dst)
-    if sinkdir is not None:
-        fsync_dir(sinkdir)
-    for p in state.get("delete", []):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
-    if sinkdir is not None and state.get("delete"):
-        fsync_dir(sinkdir)
-    state["state"] = "done"
-    # Without deletions, not durable: the finals are (the fsync above), and if a power cut
-    # brings "started" back, recover() rolls forward again, finds every final in place and
-    # does nothing. With them (mode=replace) it is: a replayed delete list could otherwise
-    # remove a file that another job wrote under one of those names since.
-    write_json_atomic(journal, state, durable=bool(state.get("delete")))
-
-
-def _resume(journal: Path) -> str:
-    """Finish whatever promotion ``journal`` describes; return "done" or "rolled back"."""
-    state = read_json(journal)
-    if state.get("state") == "rollback":
-        _undo(journal, state)
-        return "rolled back"
-    if state.get("state") != "done":
-        _finish(journal, state)
-    return "done"
 
 
 def recover(staging_root: str | Path) -> list[str]:
@@ -309,7 +194,7 @@ def recover(staging_root: str | Path) -> list[str]:
             continue
         try:
             job_id = str(read_json(journal).get("job_id", job_dir.name))
-            if _resume(journal) == "done":
+            if resume(journal) == "done":
                 remove_tree(job_dir)
         except (OSError, ValueError) as exc:
             log.error("cannot recover promotion in %s: %s", job_dir, exc)

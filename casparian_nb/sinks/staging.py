@@ -22,8 +22,9 @@ import pyarrow.types as pat
 
 from ..errors import OutputNameError, SinkError
 from ..lineage import LINEAGE_COLUMNS
-from ._fs import fsync_dir, fsync_file, remove_tree
+from ._fs import fsync_dir, fsync_file, fsync_files, remove_tree
 from ._schema import conform
+from .routing import SinkRouting
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
 
 __all__ = ["ATTEMPT_PREFIX", "JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput",
@@ -42,31 +43,47 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 @dataclass
 class Artifact:
-    """What a staged output became once promoted: where its rows now live."""
+    """What a staged output became once promoted: where its rows now live.
+
+    ``sink`` names the output's sink when the job's outputs went to several (else the job's
+    one sink is its ``sink_uri``)."""
 
     output: str
     table: str
     rows: int
     uri: str
+    sink: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "table": self.table, "rows": self.rows, "uri": self.uri}
+        data: dict[str, Any] = {"output": self.output, "table": self.table, "rows": self.rows,
+                                "uri": self.uri}
+        if self.sink:
+            data["sink"] = self.sink
+        return data
 
 
 @dataclass
 class StagedOutput:
-    """One staged output file: which output/table it feeds, its rows and its schema."""
+    """One staged output file: which output/table it feeds, its rows and its schema.
+
+    ``sink`` is the output's own canonical sink URI when the job routes outputs to several
+    sinks; "" when it goes to the job's one sink (``StagedJob.sink``).
+    """
 
     output: str
     table: str
     rows: int
     path: str
     schema: list[list[str]] = field(default_factory=list)
+    sink: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Spelled out: dataclasses.asdict deep-copies the schema, ~1 ms a job (issue 18).
-        return {"output": self.output, "table": self.table, "rows": self.rows,
+        data = {"output": self.output, "table": self.table, "rows": self.rows,
                 "path": self.path, "schema": [list(pair) for pair in self.schema]}
+        if self.sink:
+            data["sink"] = self.sink
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StagedOutput:
@@ -77,6 +94,7 @@ class StagedOutput:
                 rows=int(data["rows"]),
                 path=str(data["path"]),
                 schema=[[str(n), str(t)] for n, t in data.get("schema", [])],
+                sink=str(data.get("sink") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SinkError(f"malformed staged output {data!r}: {exc}") from None
@@ -84,7 +102,11 @@ class StagedOutput:
 
 @dataclass
 class StagedJob:
-    """What a finished plugin host hands to the committer (JSON-safe via ``to_dict``)."""
+    """What a finished plugin host hands to the committer (JSON-safe via ``to_dict``).
+
+    ``sink`` is the job's routing as text (:class:`~.routing.SinkRouting`: one URI, or the
+    JSON of a mapping); each output's own sink is :meth:`sink_of`.
+    """
 
     job_id: str
     sink: str
@@ -95,6 +117,19 @@ class StagedJob:
     def rows(self) -> dict[str, int]:
         """Rows staged per output name."""
         return {o.output: o.rows for o in self.outputs}
+
+    def sink_of(self, output: StagedOutput) -> SinkURI:
+        """The sink ``output`` promotes into."""
+        return parse_sink_uri(output.sink or self.sink)
+
+    def by_sink(self) -> dict[SinkURI, list[StagedOutput]]:
+        """The staged outputs grouped by their sink, in order of first appearance."""
+        if not any(o.sink for o in self.outputs):  # one sink: parse it once
+            return {parse_sink_uri(self.sink): list(self.outputs)} if self.outputs else {}
+        groups: dict[SinkURI, list[StagedOutput]] = {}
+        for o in self.outputs:
+            groups.setdefault(self.sink_of(o), []).append(o)
+        return groups
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +189,7 @@ class _Writer:
 
     def __init__(self, output: str, table: str, path: Path, kind: str, schema: pa.Schema) -> None:
         self.output, self.table, self.path, self.schema = output, table, path, schema
+        self.sink: SinkURI | None = None  # set by JobStager._open
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -196,9 +232,12 @@ class JobStager:
     output fixes its schema and later batches are cast to it when that is lossless.
     """
 
-    def __init__(self, staging_root: str | Path, job_id: str, sink: SinkURI | str) -> None:
+    def __init__(self, staging_root: str | Path, job_id: str,
+                 sink: SinkRouting | SinkURI | str) -> None:
         self.job_id = job_id
-        self.sink = parse_sink_uri(sink)
+        self.routing = SinkRouting.parse(sink)
+        #: The job's one sink, or None when its outputs are routed to several.
+        self.sink = self.routing.single
         self.staging_dir = Path(staging_root).absolute() / job_dirname(job_id)
         if (self.staging_dir / JOURNAL).exists():
             raise SinkError(
@@ -232,21 +271,24 @@ class JobStager:
             raise OutputNameError(f"invalid output name {output!r}: expected [a-z][a-z0-9_]*")
         if not valid_table_name(table_name):
             raise SinkError(f"output {output!r}: invalid table name {table_name!r}")
-        if self.sink.kind == "duckdb":
+        sink = self.routing.sink_for(output)  # an unrouted output fails the job here
+        if sink.kind == "duckdb":
             for other in self._writers.values():
-                if other.table == table_name:
+                if (other.table == table_name and other.sink is not None
+                        and other.sink.kind == "duckdb" and other.sink.path == sink.path):
                     raise SinkError(
                         f"outputs {other.output!r} and {output!r} both target table "
-                        f"{table_name!r} in {self.sink}; give one of them another table="
+                        f"{table_name!r} in {sink}; give one of them another table="
                     )
         # pandas' per-frame metadata (index ranges, ...) describes one batch, not the file.
         metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}
         schema = schema.with_metadata(metadata or None)
-        path = self.staging_dir / f"{output}.{self.sink.extension}"
+        path = self.staging_dir / f"{output}.{sink.extension}"
         try:
-            writer = _Writer(output, table_name, path, self.sink.kind, schema)
+            writer = _Writer(output, table_name, path, sink.kind, schema)
         except (pa.ArrowException, OSError) as exc:
             raise SinkError(f"output {output!r}: cannot stage to {path}: {exc}") from exc
+        writer.sink = sink
         self._writers[output] = writer
         return writer
 
@@ -271,11 +313,12 @@ class JobStager:
                     rows=w.rows,
                     path=str(w.path),
                     schema=[[f.name, str(f.type)] for f in w.schema],
+                    sink="" if self.sink is not None else str(w.sink),
                 )
             )
         if sync:
             fsync_dir(self.staging_dir)
-        self._closed = StagedJob(self.job_id, str(self.sink), str(self.staging_dir), outputs)
+        self._closed = StagedJob(self.job_id, str(self.routing), str(self.staging_dir), outputs)
         return self._closed
 
     def discard(self) -> None:
@@ -294,13 +337,13 @@ class JobStager:
             self.discard()
 
 
-def sync_staged(staged: StagedJob) -> None:
-    """Make the files of a job staged with ``close(sync=False)`` durable, for a promotion to
-    a file sink (fsync reaches the data whichever process wrote it). Their directory entries
-    become durable with the promotion journal, which is written and fsynced in the same
-    directory before anything moves."""
-    for out in staged.outputs:
-        fsync_file(out.path)
+def sync_staged(*staged: StagedJob) -> None:
+    """Make the files of jobs staged with ``close(sync=False)`` durable, for a promotion to
+    a file sink (fsync reaches the data whichever process wrote it); several jobs at once
+    cost about one (:func:`fsync_files`). Their directory entries become durable with the
+    promotion journal, which is written and fsynced in the same directory before anything
+    moves."""
+    fsync_files(out.path for job in staged for out in job.outputs)
 
 
 def discard(staged_or_dir: StagedJob | JobStager | str | Path) -> None:

@@ -88,7 +88,8 @@ def _where(clauses: Mapping[str, Any]) -> tuple[str, list[Any]]:
 DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "host_kills", "attempt",
                     "scheduled_at",
                     "plan_json", "input_file", "plugin_id", "parser_fingerprint",
-                                    "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id")
+                                    "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id",
+                    "quarantine_json")
 
 #: What the notebook's queue table shows of a job (``queue_rows``): no JSON, no traceback.
 QUEUE_ROW_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows",
@@ -188,10 +189,16 @@ class JobQueries:
         return [dict(zip(QUEUE_ROW_COLUMNS, tuple(r), strict=True)) for r in rows]
 
     def sink_uris(self) -> list[str]:
-        """Every distinct ``sink_uri`` jobs were submitted with."""
+        """Every distinct sink jobs were submitted with (each sink of a routing, whose
+        ``sink_uri`` holds the mapping's JSON)."""
         rows = self._fetchall(
             "SELECT DISTINCT sink_uri FROM cf_processing_queue WHERE sink_uri IS NOT NULL")
-        return [str(r[0]) for r in rows]
+        found: dict[str, None] = {}
+        for (text,) in rows:
+            text = str(text)
+            for uri in _routed_uris(text) if text.lstrip().startswith("{") else [text]:
+                found.setdefault(uri)
+        return list(found)
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
         """One job with every column (JSON columns decoded), or None."""
@@ -426,3 +433,13 @@ class StateReader(JobQueries):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _routed_uris(text: str) -> list[str]:
+    """The sinks of a routing stored as JSON (``{"orders": "duckdb:///...", "*": ...}``, its
+    URIs already canonical: ``sinks.SinkRouting`` wrote it)."""
+    try:
+        mapping = json.loads(text)
+    except ValueError:
+        return []
+    return [str(v) for v in mapping.values()] if isinstance(mapping, dict) else []

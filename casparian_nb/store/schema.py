@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 #: Schema version this build reads and writes (2: ``cf_processing_queue.host_kills``;
-#: 3: retries by hand and dead letters, ``cf_job_attempts``).
-SCHEMA_VERSION = 3
+#: 3: retries by hand and dead letters, ``cf_job_attempts``; 4: a submission's quarantine
+#: limits, ``cf_processing_queue.quarantine_json``).
+SCHEMA_VERSION = 4
 
 #: ``cf_processing_queue.status`` (one spelling: upper case), from the protocol's vocabulary.
 JOB_STATUSES: Final[tuple[JobStatus, ...]] = STORED_JOB_STATUSES
@@ -97,8 +98,15 @@ def _add_retries(conn: sqlite3.Connection) -> None:
                  " WHERE q.id = cf_output_materializations.job_id)")
 
 
+def _add_quarantine_policy(conn: sqlite3.Connection) -> None:
+    """3 -> 4: the quarantine limits a job was submitted with (``QuarantinePolicy`` as JSON;
+    NULL: the plugin's own), so a restarted sentinel dispatches it with the same limits."""
+    conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN quarantine_json TEXT")
+
+
 #: version -> migration to version + 1.
-MIGRATIONS: dict[int, Migration] = {1: _add_host_kills, 2: _add_retries}
+MIGRATIONS: dict[int, Migration] = {1: _add_host_kills, 2: _add_retries,
+                                    3: _add_quarantine_policy}
 
 
 def now_iso() -> str:
@@ -139,7 +147,8 @@ def _in(values: tuple[StrEnum, ...]) -> str:
 #: The schema of :data:`SCHEMA_VERSION`; its CHECK lists come from the enums above. A column a
 #: migration adds comes last, where its ALTER TABLE puts it: ``host_kills`` (version 2) counts
 #: the plugin hosts killed by a signal while running the job; ``manual_retries`` and
-#: ``dead_letter`` (version 3) count retries by hand and name why a job was dead-lettered.
+#: ``dead_letter`` (version 3) count retries by hand and name why a job was dead-lettered;
+#: ``quarantine_json`` (version 4) holds the quarantine limits the job was submitted with.
 DDL: Final = f"""
 CREATE TABLE cf_meta (
     key   TEXT PRIMARY KEY,
@@ -198,7 +207,8 @@ CREATE TABLE cf_processing_queue (
     result_summary      TEXT,
     host_kills          INTEGER NOT NULL DEFAULT 0,
     manual_retries      INTEGER NOT NULL DEFAULT 0,
-    dead_letter         TEXT
+    dead_letter         TEXT,
+    quarantine_json     TEXT
 );
 -- Dispatch order (best QUEUED job first).
 CREATE INDEX ix_queue_dispatch ON cf_processing_queue (status, priority DESC, id);

@@ -12,6 +12,7 @@ so a late or duplicate receipt can never complete, fail or re-queue a job twice 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -68,12 +69,14 @@ class NewJob:
     timeout_s: float | None = None
     #: Not before this time (RFC 3339); None = as soon as possible.
     scheduled_at: str | None = None
+    #: The submission's ``QuarantinePolicy`` as JSON (None: the plugin's own).
+    quarantine_json: str | None = None
 
 
 _JOB_COLUMNS = (
     "plugin_name", "input_file", "submission_id", "plugin_id", "parser_version",
     "parser_fingerprint", "source_hash", "sink_uri", "sink_mode", "plan_json", "priority",
-    "timeout_s", "scheduled_at",
+    "timeout_s", "scheduled_at", "quarantine_json",
 )  # fmt: skip
 
 
@@ -411,6 +414,30 @@ class StateStore(JobTransitions, JobQueries):
                   m.job_id) for m in items if m.job_id is not None],
             )
             return added
+
+    def repoint_artifacts(self, moves: Mapping[str, str], now: str | None = None) -> int:
+        """Point job artifacts at the files now holding their rows: every artifact whose
+        ``uri`` is a key of ``moves`` (``file://`` URIs, as promotion records them) gets
+        the value (a compaction merged the file into it). Returns the jobs changed."""
+        if not moves:
+            return 0
+        now = stamp(now)
+        with self.transaction():
+            rows = self._conn.execute(
+                "SELECT DISTINCT q.id, q.artifacts_json FROM cf_processing_queue q,"
+                " json_each(q.artifacts_json) a WHERE q.artifacts_json IS NOT NULL"
+                " AND json_valid(q.artifacts_json) AND json_type(q.artifacts_json) = 'array'"
+                " AND json_extract(a.value, '$.uri') IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(moves)),)).fetchall()
+            for job_id, text in rows:
+                artifacts = json.loads(text)
+                for art in artifacts:
+                    if isinstance(art, dict) and art.get("uri") in moves:
+                        art["uri"] = moves[art["uri"]]
+                self._conn.execute(
+                    "UPDATE cf_processing_queue SET artifacts_json = ?, updated_at = ?"
+                    " WHERE id = ?", (dumps(artifacts), now, job_id))
+        return len(rows)
 
 
 class BatchingStateStore(StateStore):

@@ -76,11 +76,11 @@ COMMAND_FAILED = EventName.COMMAND_FAILED
 #: ``ui_command`` names of the ``casparian`` CLI (one per subcommand).
 CLI_COMMANDS = (
     "Run", "Submit", "Jobs", "Job", "Start", "Sentinel", "Worker", "Tape", "SupportBundle",
-    "Demo", "Stop", "Plugin", "Preview",
+    "Demo", "Stop", "Plugin", "Preview", "Compact",
 )  # fmt: skip
 #: ``ui_command`` names of the notebook controller.
 CONTROLLER_COMMANDS = ("Start", "Attach", "Submit", "Cancel", "Wait", "Query", "Stop",
-                       "Preview", "Retry")
+                       "Preview", "Retry", "Compact")
 #: Job statuses ``explain`` and the replay reducer report, in the order explain counts them.
 JOB_STATUSES = tuple(s.tape_name for s in TAPE_JOB_STATUSES)
 #: A command's status before its response, and a success response's default ``status``.

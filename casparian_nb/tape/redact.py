@@ -60,7 +60,7 @@ _PLUGIN = {"plugin_name": KEEP, "plugin_name_source": KEEP}
 _CMD = {"plugin": HASH, "inputs": HASH, "input": HASH, "sink": HASH, "mode": KEEP,
         "path": HASH, "home": HASH, "file": HASH, "output": HASH, "status": KEEP,
         "limit": KEEP, "workers": KEEP, "job_id": KEEP, "job_ids": KEEP, "format": KEEP,
-        "force": KEEP, "failed": KEEP}
+        "force": KEEP, "failed": KEEP, "target_size": KEEP}
 
 #: Field policies per event name (``*`` in the design notes = ``hash``).
 PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
@@ -90,7 +90,8 @@ PAYLOAD_SCHEMAS: Final[dict[str, dict[str, str]]] = {
     # a staging dir's path names the job's id and the home: hashed like every path
     _E.STAGING_REMOVED: {"job_id": KEEP, "attempt": KEEP, "path": HASH, "cause": KEEP},
     # responses
-    COMMAND_SUCCEEDED: {"status": KEEP, "job_ids": KEEP, "count": KEEP, "rows": KEEP},
+    COMMAND_SUCCEEDED: {"status": KEEP, "job_ids": KEEP, "count": KEEP, "rows": KEEP,
+                        "files_before": KEEP, "files_after": KEEP},
     COMMAND_FAILED: {"status": KEEP, "error": TEXT, "error_kind": KEEP},
     # CLI and controller commands
     **{name: dict(_CMD) for name in (*CLI_COMMANDS, *CONTROLLER_COMMANDS)},

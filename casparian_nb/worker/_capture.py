@@ -2,12 +2,19 @@
 
 :func:`capture_output` points the host's file descriptors 1 and 2 at a pipe for the length
 of the job, so what C extensions and subprocesses write is caught as well as ``print`` and
-:mod:`logging` (the host's handler writes to ``sys.stderr``). A thread drains the pipe into
-a :class:`BoundedLog`: the first ``head`` bytes go straight to the file, the last ``tail``
+:mod:`logging` (the host's handler writes to ``sys.stderr``). The pipe is drained into a
+:class:`BoundedLog`: the first ``head`` bytes go straight to the file, the last ``tail``
 bytes are kept in a fixed buffer and rewritten after the head a few times a second, so a job
 printing 10 MB costs the host ~128 KiB and its log stays that size, and a host killed
 mid-job still leaves nearly all of its last words on disk. The file is created on the first
 byte: a silent job leaves none.
+
+While the job runs, one long-lived thread of the host (:class:`_Pump`) drains the pipe, so a
+job that prints more than a pipe holds never blocks. When the job ends, the job's own thread
+takes what is left in the pipe itself, under the pump's lock: a job costs no thread start and
+no wait for another thread to be scheduled (on a busy machine, each such hand-off cost about
+a third of a small job's time). Only when a subprocess the job started still holds the pipe
+does the job's thread wait, for at most ``_DRAIN_GRACE``, while the pump reads on.
 """
 
 from __future__ import annotations
@@ -143,26 +150,101 @@ class BoundedLog:
             self._fh = None
 
 
-def _drain(read_fd: int, log: BoundedLog, stop: threading.Event) -> None:
-    """Copy the pipe into ``log`` until EOF, or until ``stop`` is set and the pipe is idle."""
-    try:
+class _Pump:
+    """The host's one thread that drains the pipes of running jobs into their logs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held for every read of a job pipe and its log
+        self._logs: dict[int, BoundedLog] = {}  # read fd -> log, while it is drained
+        self._done: dict[int, threading.Event] = {}  # read fd -> set at EOF (lingering pipes)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread: threading.Thread | None = None
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"w")
+
+    def watch(self, read_fd: int, log: BoundedLog) -> None:
+        """Drain ``read_fd`` into ``log`` from now on."""
+        os.set_blocking(read_fd, False)
+        with self._lock:
+            self._logs[read_fd] = log
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cf-joblog", daemon=True)
+                self._thread.start()
+        self._wake()
+
+    def finish(self, read_fd: int, log: BoundedLog) -> None:
+        """The job is over and its write ends are closed: take the rest of the pipe here and
+        close it; if a subprocess still holds it, let the pump read on for a short grace."""
+        with self._lock:
+            done = None
+            if read_fd not in self._logs or self._take(read_fd, log, everything=True):
+                self._close(read_fd)
+            else:
+                done = self._done[read_fd] = threading.Event()
+        if done is not None:
+            self._wake()
+            if not done.wait(_DRAIN_GRACE):
+                with self._lock:
+                    if read_fd in self._logs:
+                        self._take(read_fd, log, everything=True)
+                        self._close(read_fd)
+        log.close()
+
+    def _take(self, fd: int, log: BoundedLog, *, everything: bool) -> bool:
+        """Read what the pipe holds into the log (with the lock held); True at EOF."""
         while True:
-            ready, _, _ = select.select([read_fd], [], [], 0.1)
-            if not ready:
-                if stop.is_set():
-                    return
-                if log._tail_dirty or log._pending:
-                    log.flush()
-                continue
-            chunk = os.read(read_fd, _CHUNK)
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
             if not chunk:
-                return
+                return True
             log.write(chunk)
-    except OSError:
-        return
-    finally:
+            if not everything:
+                return False
+
+    def _close(self, fd: int) -> None:
+        self._logs.pop(fd, None)
+        done = self._done.pop(fd, None)
+        if done is not None:
+            done.set()
         with contextlib.suppress(OSError):
-            os.close(read_fd)
+            os.close(fd)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                fds = list(self._logs)
+                dirty = any(log._tail_dirty or log._pending for log in self._logs.values())
+            try:
+                ready, _, _ = select.select([self._wake_r, *fds], [], [], 0.1 if dirty else None)
+            except (OSError, ValueError):  # a pipe closed under us: look again
+                ready = [self._wake_r]
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.read(self._wake_r, 4096)
+            with self._lock:
+                for fd in ready:
+                    log = self._logs.get(fd)  # gone, or a new pipe that reuses the number
+                    if log is None or not self._take(fd, log, everything=False):
+                        continue
+                    if fd in self._done:
+                        self._close(fd)  # EOF of a lingering pipe: its job can return
+                    else:
+                        del self._logs[fd]  # the job closed fds 1 and 2: finish() closes it
+                if not ready:
+                    for log in self._logs.values():
+                        if log._tail_dirty or log._pending:
+                            log.flush()
+
+
+_pump = _Pump()
 
 
 @contextlib.contextmanager
@@ -180,10 +262,7 @@ def capture_output(path: Path, *, scrub: Callable[[str], str] | None = None
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     read_fd, write_fd = os.pipe()
     saved = (os.dup(1), os.dup(2))
-    stop = threading.Event()
-    pump = threading.Thread(target=_drain, args=(read_fd, log, stop), name="cf-joblog",
-                            daemon=True)
-    pump.start()
+    _pump.watch(read_fd, log)
     os.dup2(write_fd, 1)
     os.dup2(write_fd, 2)
     os.close(write_fd)
@@ -199,12 +278,9 @@ def capture_output(path: Path, *, scrub: Callable[[str], str] | None = None
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        # Our write ends are closed now: EOF comes at once unless a subprocess the job
-        # started still holds the pipe; then stop reading after a short grace.
-        pump.join(_DRAIN_GRACE)
-        stop.set()
-        pump.join(1.0)
-        log.close()
+        # Our write ends are closed now: the rest of the pipe is ours to take, unless a
+        # subprocess the job started still holds it (then at most a short grace).
+        _pump.finish(read_fd, log)
 
 
 _scrubber: Callable[[str], str] | None = None

@@ -55,7 +55,9 @@ from types import TracebackType
 
 import msgspec
 
-# Imported at start-up on purpose: this is what makes a host "warm".
+# Imported at start-up on purpose: this is what makes a host "warm" (see ``_warm_up``).
+# pandas too: pyarrow imports it on the first table any plugin builds (pa.table checks for a
+# DataFrame), so a host that skipped it would only pay for it in its first job.
 import pandas  # noqa: F401
 import pyarrow  # noqa: F401
 
@@ -190,16 +192,16 @@ def _execute(attempt: HostJob) -> Receipt:
             logger=logging.getLogger("casparian_nb.plugin" + (
                 f".{loaded.spec.name}" if loaded.spec.name_declared else "")),
         )
-        sink = sinks.parse_sink_uri(job.sink)
+        routing = sinks.SinkRouting.parse(job.sink)
         staging_root = Path(attempt.staging_root)
         offsets: dict[str, int] = {}
         quarantined = 0
         check = contracts.JobCheck(loaded.spec.contracts, job.quarantine or loaded.spec.quarantine)
         for out in plugins.call_parse(loaded, input_file, ctx):
             if stager is None:  # created on the first output: a job with none touches no disk
-                stager = (sinks.JobStager(staging_root, job_id, sink)
+                stager = (sinks.JobStager(staging_root, job_id, routing)
                           if attempt.preview_rows is None else PreviewStager(attempt.preview_rows))
-            table_name = sink.table_for(out.name, out.table)
+            table_name = routing.sink_for(out.name).table_for(out.name, out.table)
             try:
                 valid, bad = lineage_mod.prepare_output(
                     out.name, check.batch(out.name, out.data), lineage,
@@ -217,7 +219,7 @@ def _execute(attempt: HostJob) -> Receipt:
             return preview_receipt(job_id, stager, source_hash, quarantined, started)
         assert not isinstance(stager, PreviewStager)
         staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
-            job_id, str(sink), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
+            job_id, str(routing), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
         return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,
                        staged=staged.to_dict(), rows=rows, quarantine_rows=quarantined,
@@ -282,11 +284,28 @@ def _drop_current_staging() -> None:
         sinks.discard(path)
 
 
+def _warm_up(plugin_path: str | None) -> None:
+    """Load the plugin the pool's hosts will run (a standalone run knows it) before reporting
+    ready, so its imports overlap the run's planning instead of delaying its first job.
+
+    A plugin that fails to load here is left for its first job, which reports the error.
+    """
+    if plugin_path is None:
+        return
+    try:
+        spec = plugins.inspect_plugin(plugin_path)
+        _PLUGIN_CACHE.setdefault(spec.source_hash, plugins.load_plugin(spec))
+    except Exception:  # reported by the first job, in its receipt
+        logging.getLogger(__name__).debug("warm-up load of %s failed", plugin_path,
+                                          exc_info=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m casparian_nb.worker.host")
     parser.add_argument("--fd", type=int, required=True, help="socket fd shared with the parent")
     parser.add_argument("--parent", type=int, default=os.getppid())
     parser.add_argument("--memory-limit-mb", type=int, default=0)
+    parser.add_argument("--warm", default=None, help="the plugin to load before the first job")
     args = parser.parse_args(argv)
     # No host outlives its worker, nor finishes work nobody will receive (module docstring).
     die_with_parent(args.parent)
@@ -299,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     # Plugins print; keep their output off the control pipe (stdout is the host log file).
     sys.stdin.close()
+    _warm_up(args.warm)
     serve(Connection(args.fd))
     return 0
 

@@ -70,7 +70,8 @@ class PluginHostProcess:
     """One host child process and the parent's end of its socket pair."""
 
     def __init__(self, *, log_path: Path, memory_limit_mb: int = 0,
-                 env: Mapping[str, str] | None = None, log_max_bytes: int = 0) -> None:
+                 env: Mapping[str, str] | None = None, log_max_bytes: int = 0,
+                 warm: str | None = None) -> None:
         parent_sock, child_sock = socket.socketpair()
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,8 @@ class PluginHostProcess:
             out = open(log_path, "ab", buffering=0)  # handed to the child, closed below
         cmd = [sys.executable, "-m", "casparian_nb.worker.host", "--fd", str(child_sock.fileno()),
                "--parent", str(os.getpid()), "--memory-limit-mb", str(memory_limit_mb)]
+        if warm is not None:
+            cmd += ["--warm", warm]
         try:
             self.proc = subprocess.Popen(
                 cmd, pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL, stdout=out,
@@ -186,11 +189,14 @@ class HostPool:
     Each host logs its stdout and stderr to ``<log_dir>/<name>-<pid>-<n>.log``; with
     ``log_max_bytes`` > 0 that log and its one rotated part (``.log.1``) hold at most that
     many bytes together (see :class:`~casparian_nb.worker._hostlog.CappedLog`).
+
+    ``warm``, the path of the plugin the hosts will run when the pool serves one plugin, has
+    each host load it before it reports ready, so its imports are done before the first job.
     """
 
     def __init__(self, size: int, *, log_dir: Path, cancel_grace: float = 0.05,
                  memory_limit_mb: int = 0, env: Mapping[str, str] | None = None,
-                 name: str = "host", log_max_bytes: int = 0) -> None:
+                 name: str = "host", log_max_bytes: int = 0, warm: str | None = None) -> None:
         if size < 1:
             raise ValueError("a host pool needs at least one host")
         self.size = size
@@ -200,6 +206,7 @@ class HostPool:
         self._env = env
         self._name = name
         self._log_max = log_max_bytes  # per host log, its .1 part included (0: no cap)
+        self._warm = warm
         self._counter = 0
         self._lock = threading.Condition()
         self._idle: list[PluginHostProcess] = []
@@ -218,7 +225,7 @@ class HostPool:
             n = self._counter
         log = self._log_dir / f"{self._name}-{os.getpid()}-{n}.log"
         return PluginHostProcess(log_path=log, memory_limit_mb=self._memory, env=self._env,
-                                 log_max_bytes=self._log_max)
+                                 log_max_bytes=self._log_max, warm=self._warm)
 
     @property
     def pids(self) -> list[int]:

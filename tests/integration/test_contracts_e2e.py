@@ -25,6 +25,7 @@ from casparian_nb import runner, sinks
 from casparian_nb.client import ControlClient, EventSubscriber
 from casparian_nb.config import Settings
 from casparian_nb.launcher import LocalCluster
+from casparian_nb.protocol import QuarantinePolicy
 from tests.integration.test_run import cli, sink_files
 from tests.integration.test_sentinel import FAST, subscribed, wait_final
 
@@ -211,3 +212,38 @@ def test_plugin_schema_prints_the_contract_and_infers_one(settings: Settings,
     assert namespace["outputs"] == {"orders": {"columns": [
         {"name": "id", "type": "int64"}, {"name": "amount", "type": "float64"},
         {"name": "note", "type": "string"}]}}
+
+
+def test_a_submissions_quarantine_limit_holds_on_the_sentinel_and_from_the_cli(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings,
+        tmp_path: Path) -> None:
+    cluster_factory(workers=1, **FAST)
+    path = plugin(tmp_path / "p", extra='quarantine = {"max_rows": 1}\n')
+    src = data(tmp_path / "in", "a", GOOD_AND_BAD)
+    out = tmp_path / "out"
+    with ControlClient.from_home(settings.home, timeout=10) as ctl:
+        reply = ctl.submit(path, [str(src)], sink=f"parquet://{out}",
+                           quarantine=QuarantinePolicy(max_pct=10))
+        [job_id] = reply["job_ids"]
+        rows = wait_final(settings, [job_id])
+        job = ctl.get_job(job_id)
+    assert rows[job_id]["status"] == "FAILED" and rows[job_id]["error_kind"] == "permanent"
+    assert job is not None and job["error_message"] == (
+        "QuarantineLimitError: quarantine limit exceeded: 75% > 10% "
+        "(output 'orders': 3 of 4 rows quarantined)")
+    assert sink_files(out) == []
+    # The CLI's limit overrides the plugin's (1 row): within it, the file is promoted.
+    done = subprocess.run(
+        [sys.executable, "-m", "casparian_nb", "--home", str(settings.home), "submit",
+         str(path), str(src), "--sink", f"parquet://{out}", "--max-quarantine-rows", "3",
+         "--wait", "--quiet"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(sink_files(out)) == 2
+    bad = subprocess.run(
+        [sys.executable, "-m", "casparian_nb", "--home", str(settings.home), "submit",
+         str(path), str(src), "--max-quarantine-pct", "250"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "casparian: error: --max-quarantine-pct must be a number from 0 to 100, not 250.0 "
+        "(see 'casparian submit --help')"]

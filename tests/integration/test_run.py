@@ -676,19 +676,21 @@ def test_append_promotion_cost_does_not_grow_with_the_sink(tmp_path: Path) -> No
     out.mkdir()
 
     def promote_ms() -> float:
+        # CPU time, not wall time: what grows with a scan of the sink is CPU work, while
+        # the fsyncs' waits swing by 10x on a busy machine and made this test flaky.
         best = float("inf")
         for _ in range(5):
             stager = sinks.JobStager(tmp_path / "stg", f"job-{time.monotonic_ns()}",
                                      f"parquet://{out}")
             stager.write("t", "t", valid)
             staged = stager.close()
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             sinks.promote(staged, mode="append")
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.process_time() - t0)
         return best * 1e3
 
     empty = promote_ms()
     for i in range(10_000):  # other runs' outputs of the same name
         (out / f"t_{i:016x}.parquet").touch()
     crowded = promote_ms()
-    assert crowded < 3 * empty + 5, f"append promote: {empty:.1f} ms -> {crowded:.1f} ms"
+    assert crowded < 3 * empty + 2, f"append promote: {empty:.1f} ms CPU -> {crowded:.1f} ms"

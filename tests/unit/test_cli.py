@@ -46,7 +46,7 @@ def test_the_tape_names_are_the_envelopes_cli_commands(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Every command records under a name ``tape validate`` accepts from the CLI."""
     leaves = [c for _, c in ALL if not isinstance(c, click.Group)]
-    assert len(leaves) == 20  # + plugin schema (issue 18), job logs, preview, job retry
+    assert len(leaves) == 21  # + plugin schema, compact (issue 18), job logs, preview, job retry
     recording = tmp_path / "c.tape"
     # `job show` of a home without a state DB: runs, fails in one line (a failure: exit 1),
     # is recorded, and creates no home.

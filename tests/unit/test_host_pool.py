@@ -23,7 +23,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from casparian_nb import lineage, sinks
+from casparian_nb import lineage, plugins, sinks
 from casparian_nb.protocol import AbortCause, ErrorKind, HostJob, JobSpec, Receipt
 from casparian_nb.worker.pool import HostPool
 from tests.conftest import assert_no_leaks, wait_until
@@ -345,3 +345,52 @@ def test_hosts_exit_when_their_parent_is_killed(tmp_path: Path, fixture_plugin: 
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+# -- warm-up on the plugin ---------------------------------------------------------------
+
+_WARM_PLUGIN = '''
+import os
+import pyarrow as pa
+
+with open(os.path.join(os.path.dirname(__file__), f"imported-{os.getpid()}"), "a") as f:
+    f.write("x")
+
+
+def parse(path, ctx=None):
+    return pa.table({"pid": [os.getpid()]})
+'''
+
+
+def test_a_pool_warmed_on_its_plugin_loads_it_before_the_first_job(
+        pool: Any, jobs: Jobs, tmp_path: Path) -> None:
+    plugin = tmp_path / "warm_plugin" / "warmed.py"
+    plugin.parent.mkdir()
+    plugin.write_text(_WARM_PLUGIN)
+    p = pool(1, warm=str(plugin))
+    [pid] = p.pids
+    marker = plugin.parent / f"imported-{pid}"
+    assert marker.read_text() == "x", "the host imports the plugin before it is ready"
+    jobs.plugin = plugin
+    source_hash = plugins.inspect_plugin(plugin).source_hash
+    for _ in range(2):
+        res = p.run(jobs.spec(plugin_source_hash=source_hash))
+        assert res.status == "SUCCESS", res
+        [out] = sinks.StagedJob.from_dict(res.staged or {}).outputs
+        assert pq.read_table(out.path).column("pid").to_pylist() == [pid]
+    assert marker.read_text() == "x", "jobs reuse the plugin loaded at warm-up"
+
+
+def test_a_plugin_that_fails_at_warm_up_fails_its_first_job_not_the_host(
+        pool: Any, jobs: Jobs, tmp_path: Path) -> None:
+    plugin = tmp_path / "warm_plugin" / "broken.py"
+    plugin.parent.mkdir()
+    plugin.write_text("raise ImportError('no such thing')\n\n\ndef parse(path, ctx=None):\n"
+                      "    return None\n")
+    p = pool(1, warm=str(plugin))
+    [pid] = p.pids
+    jobs.plugin = plugin
+    res = p.run(jobs.spec())
+    assert res.status == "FAILED"
+    assert res.error is not None and "no such thing" in res.error.evalue
+    assert res.host_pid == pid, "the host survives a plugin that cannot load"

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import psutil
@@ -129,3 +132,31 @@ def test_bounded_log_keeps_head_and_tail(tmp_path: Path) -> None:
     assert rest.split("]\n", 1)[1] == "".join(ln.decode() for ln in lines[-10:])
     assert "10,000 bytes written in all" in rest
     assert log.total == 10_000 and log.truncated
+
+
+def test_consecutive_captures_share_one_pump_thread_and_keep_every_line(tmp_path: Path) -> None:
+    """In a fresh process (fds 1 and 2 are redirected): 50 jobs, one pump thread, every
+    line in its own job's log; a subprocess that writes after its job ended is waited for
+    (within the grace) and lands in that job's log."""
+    script = tmp_path / "jobs.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, subprocess, sys, threading
+        from pathlib import Path
+        from casparian_nb.worker._capture import capture_output
+        root = Path({str(tmp_path)!r})
+        for i in range(50):
+            with capture_output(root / f"job-{{i}}.log"):
+                print(f"job {{i}} stdout")
+                os.write(2, f"job {{i}} fd2\\n".encode())
+        with capture_output(root / "late.log"):
+            subprocess.Popen(["sh", "-c", "sleep 0.3; echo late line"])
+        assert threading.active_count() == 2, threading.enumerate()
+        print("ok")
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    for i in range(50):
+        assert (tmp_path / f"job-{i}.log").read_text() == f"job {i} stdout\njob {i} fd2\n"
+    assert (tmp_path / "late.log").read_text() == "late line\n"

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import casparian_nb.lineage as lineage_mod
+import casparian_nb.sinks._journal as journal_mod
 import casparian_nb.sinks.promotion as promote_mod
 from casparian_nb.errors import (
     OutputNameError,
@@ -449,7 +450,7 @@ def test_place_refuses_a_final_that_appears_after_the_check(tmp_path):
     tmp.write_text("new")
     dst.write_text("old")
     with pytest.raises(SinkError, match="never overwritten"):
-        promote_mod._place(tmp, dst)
+        journal_mod.place(tmp, dst)
     assert dst.read_text() == "old"
 
 
@@ -600,8 +601,8 @@ def test_recover_keeps_a_foreign_file_that_took_a_final_name(tmp_path, monkeypat
     staged = stage(tmp_path / "stg", "j1", uri, {"orders": rows(2)})
     # Simulate dying right after the temps were moved: no placement, no rollback.
     die = lambda *a: (_ for _ in ()).throw(SystemExit)  # noqa: E731
-    monkeypatch.setattr(promote_mod, "_place", die)
-    monkeypatch.setattr(promote_mod, "_rollback", die)
+    monkeypatch.setattr(journal_mod, "place", die)
+    monkeypatch.setattr(promote_mod, "rollback", die)
     with pytest.raises(SystemExit):
         promote(staged, mode="append")
     monkeypatch.undo()
@@ -619,7 +620,7 @@ def test_recover_finishes_an_interrupted_rollback(tmp_path, monkeypatch):
         promote_mod.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EIO, "io"))
     )
     monkeypatch.setattr(
-        promote_mod, "_undo", lambda j, s: (_ for _ in ()).throw(SystemExit("killed"))
+        journal_mod, "undo", lambda j, s: (_ for _ in ()).throw(SystemExit("killed"))
     )
     with pytest.raises(SystemExit):
         promote(staged, mode="append")

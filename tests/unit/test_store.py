@@ -14,10 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from casparian_nb.errors import SchemaVersionError, StoreError
 from casparian_nb.plan import output_plan, plan_from_json, plan_keys, plan_to_json
+from casparian_nb.protocol import JobStatus, QuarantinePolicy
+from casparian_nb.sentinel._submit import job_spec_from_row
 from casparian_nb.store import (
     SCHEMA_VERSION,
     Materialization,
@@ -142,7 +145,7 @@ def test_fresh_db_gets_schema_version_and_pragmas(store: StateStore, db: Path) -
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"cf_meta", "cf_plugins", "cf_processing_queue", "cf_output_materializations",
             "cf_dead_letter"} <= tables  # fmt: skip
-    assert version_of(db) == str(SCHEMA_VERSION) == "3"
+    assert version_of(db) == str(SCHEMA_VERSION) == "4"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -347,8 +350,18 @@ def test_failed_migration_changes_nothing(db: Path, build: Callable[..., None]) 
     assert db.with_name(f"state.sqlite.bak-v{V}.1").exists()
 
 
+def _make_version_3(db: Path) -> None:
+    """Turn this build's DB into the file a version-3 build left."""
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN quarantine_json")
+    conn.commit()
+    conn.close()
+    set_version(db, 3)
+
+
 def _make_version_2(db: Path) -> None:
     """Turn this build's DB into the file a version-2 build left."""
+    _make_version_3(db)
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE cf_job_attempts")
     conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN dead_letter")
@@ -373,7 +386,8 @@ def test_version_1_gains_host_kills_and_keeps_its_jobs(db: Path) -> None:
     with StateStore.open(db) as store:
         assert store.schema_version_before == 1
         assert [j["host_kills"] for j in store.list_jobs()] == [0, 0]
-    assert version_of(db) == "3" and version_of(db.with_name("state.sqlite.bak-v1")) == "1"
+    assert version_of(db) == str(SCHEMA_VERSION)
+    assert version_of(db.with_name("state.sqlite.bak-v1")) == "1"
     with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
         ddl.executescript(schema.DDL)
         columns = "SELECT name, type, dflt_value FROM pragma_table_info('cf_processing_queue')"
@@ -397,12 +411,36 @@ def test_version_2_gains_attempts_and_dead_letter_flags(db: Path) -> None:
         assert flags == {a: ("max_retries_exceeded", 0), b: (None, 0)}
         assert store.retry_job(a) and not store.retry_job(b)  # b is QUEUED, not finished
         assert [(x["attempt"], x["status"]) for x in store.attempts(a)] == [(1, "FAILED")]
-    assert version_of(db) == "3" and version_of(db.with_name("state.sqlite.bak-v2")) == "2"
+    assert version_of(db) == str(SCHEMA_VERSION)
+    assert version_of(db.with_name("state.sqlite.bak-v2")) == "2"
     with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
         ddl.executescript(schema.DDL)
         for table in ("cf_processing_queue", "cf_job_attempts", "cf_output_materializations"):
             columns = f"SELECT name, type, dflt_value FROM pragma_table_info('{table}')"
             assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
+
+
+def test_version_3_gains_quarantine_limits_and_a_restart_dispatches_with_them(
+        db: Path) -> None:
+    policy = QuarantinePolicy(max_pct=12.5, max_rows=40)
+    text = msgspec.json.encode(policy).decode()
+    with StateStore.open(db) as store:
+        store.insert_jobs([job(1), job(2)])
+    _make_version_3(db)
+    with StateStore.open(db) as store:
+        assert store.schema_version_before == 3
+        assert [j["quarantine_json"] for j in store.list_jobs()] == [None, None]
+        store.insert_jobs([job(3, quarantine_json=text)])
+        # what a restarted sentinel reads of its queued jobs, made into their JobSpecs
+        specs = {row["input_file"]: job_spec_from_row(row, "/plugins/orders.py")
+                 for row in store.iter_dispatchable(JobStatus.QUEUED)}
+    assert specs["/data/f3.csv"].quarantine == policy
+    assert specs["/data/f1.csv"].quarantine is None
+    assert version_of(db.with_name("state.sqlite.bak-v3")) == "3"
+    with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
+        ddl.executescript(schema.DDL)
+        columns = "SELECT name, type, dflt_value FROM pragma_table_info('cf_processing_queue')"
+        assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
 
 
 def test_retry_keeps_every_attempt_and_leaves_the_dead_letters(db: Path) -> None:

@@ -55,15 +55,15 @@ def _loop_after_staged_recorded(server: ModuleType) -> None:
 def _committer_before_placing(server: ModuleType) -> None:
     """The committer thread mid-promotion: journal written, outputs moved next to their final
     names (``.<name>.cf-tmp``), none placed yet."""
-    from casparian_nb.sinks import promotion
+    from casparian_nb.sinks import _journal
 
-    original = promotion._place
+    original = _journal.place
 
-    def _place(tmp: Any, dst: Any) -> None:
+    def place(tmp: Any, dst: Any) -> None:
         _kill_once()
         original(tmp, dst)
 
-    promotion._place = _place
+    _journal.place = place
 
 
 def _committer_after_promoting(server: ModuleType) -> None:

@@ -37,6 +37,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -58,6 +60,36 @@ def parse(path, ctx=None):
 '''
 WARMUP = 50
 _PLUGINS: dict[str, ModuleType] = {}
+#: The processes whose CPU time each batch reports, by what their command line runs.
+GROUPS = ("scheduler+clients", "dask workers", "sentinel", "bridge / local workers",
+          "plugin hosts")
+
+
+def _group(proc: psutil.Process) -> str:
+    cmd = " ".join(proc.cmdline())
+    if "casparian_nb.worker.host" in cmd:
+        return "plugin hosts"
+    if " sentinel" in cmd:
+        return "sentinel"
+    if "casparian_nb.executors.dask" in cmd or (" worker" in cmd and "casparian_nb" in cmd):
+        return "bridge / local workers"
+    return "dask workers"
+
+
+def cpu_by_group() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (the Dask scheduler runs in it)
+    and of every process under it, by group."""
+    me = psutil.Process()
+    out = dict.fromkeys(GROUPS, 0.0)
+    t = me.cpu_times()
+    out["scheduler+clients"] = t.user + t.system
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            out[_group(child)] += t.user + t.system
+        except psutil.Error:  # gone meanwhile
+            continue
+    return out
 
 
 def run_plugin(plugin: str, path: str, out_dir: str | None) -> int:
@@ -104,6 +136,8 @@ class System:
         self.name = name
         self.batches = batches
         self.rates: list[float] = []
+        #: CPU ms per job, by process group, of each timed batch.
+        self.cpu: list[dict[str, float]] = []
 
     def start(self) -> None: ...
     def run(self, files: list[str]) -> None: ...
@@ -111,9 +145,13 @@ class System:
 
     def batch(self) -> tuple[int, float]:
         files = self.batches.pop(0)
+        c0 = cpu_by_group()
         t0 = time.perf_counter()
         self.run(files)
-        return len(files), time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        c1 = cpu_by_group()
+        self.cpu.append({g: (c1[g] - c0[g]) * 1000 / len(files) for g in GROUPS})
+        return len(files), took
 
 
 class DaskNative(System):
@@ -166,6 +204,7 @@ def main() -> int:
     from distributed import LocalCluster as DaskCluster
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-dask-"))
     noop_plugin, csv_plugin = tmp / "noop.py", tmp / "small_csv.py"
     noop_plugin.write_text(NOOP)
@@ -222,9 +261,21 @@ def main() -> int:
             med = statistics.median(s.rates)
             print(f"{work + f' x {n:,}':<16} {s.name:<32} {med:8.0f} {max(s.rates):8.0f} "
                   f"{med / native:14.2f}x")
+    print()
+    print("CPU ms per job, median over the timed batches (all processes of the run; the idle "
+          "systems' heartbeats included)")
+    print(f"{'workload':<16} {'system':<32} " + " ".join(f"{g[:12]:>12}" for g in GROUPS)
+          + f" {'total':>8}")
+    for work, (n, systems) in workloads.items():
+        for s in systems:
+            per = {g: statistics.median(c[g] for c in s.cpu[1:]) for g in GROUPS}
+            print(f"{work + f' x {n:,}':<16} {s.name:<32} "
+                  + " ".join(f"{per[g]:12.2f}" for g in GROUPS)
+                  + f" {sum(per.values()):8.2f}")
     for work, (_n, systems) in workloads.items():
         ratio = statistics.median(systems[1].rates) / statistics.median(systems[0].rates)
         print(f"goal >= 0.7x Dask-native ({work}): dask executor {ratio:.2f}x")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"  temporary files under {tmp}")
     return 0
 

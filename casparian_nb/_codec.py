@@ -342,7 +342,8 @@ class FrameCodec:
         except OverflowError:  # a 400-digit integer is valid JSON
             raise WireError("'ts' is out of range") from None
         if self.max_age is not None:
-            skew = time.time() - ts
+            # Clamped for the message only: a fuzzed 1e300 would make it hundreds of digits.
+            skew = max(-1e12, min(1e12, time.time() - ts))
             if skew > self.max_age:
                 raise StaleMessageError(f"stale message: sent {skew:.0f} s ago "
                                      f"(limit {self.max_age:.0f} s)")  # fmt: skip

@@ -294,13 +294,14 @@ class ControlClient:
                sink: str | None = None, mode: str | None = None, priority: int | None = None,
                timeout: float | None = None, submission_id: str | None = None,
                force: bool = False, quarantine: QuarantinePolicy | None = None,
-               ) -> dict[str, Any]:  # fmt: skip
-        """Queue one job per input file: ``{"job_ids", "skipped", "submission_id"}``."""
+               resources: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Queue one job per input file: ``{"job_ids", "skipped", "submission_id"}``.
+        ``resources``: what each job needs on a Dask worker (e.g. ``{"GPU": 1}``)."""
         files = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         return self._call(SubmitJobs(
             plugin=os.fspath(plugin), inputs=[os.fspath(f) for f in files], sink=sink, mode=mode,
             priority=priority or 0, timeout=timeout, submission_id=submission_id, force=force,
-            quarantine=quarantine))
+            quarantine=quarantine, resources=resources or None))
 
     def register_plugin(self, path: PathLike) -> dict[str, Any]:
         """Register (or refresh) a plugin file: ``{plugin_id, name, version, source_hash, trust}``."""

@@ -42,6 +42,7 @@ from ._signing import (
 )
 from .errors import (
     CasparianError,
+    ConfigError,
     OutputNameError,
     PermanentError,
     PluginError,
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTPUT_NAME_RE", "JobContext", "LoadedPlugin", "Output", "PluginSpec", "call_parse",
-    "check_job_trust", "check_trust", "generate_signing_key", "inspect_plugin", "load_plugin",
+    "check_job_trust", "check_resources", "check_trust", "generate_signing_key", "inspect_plugin", "load_plugin",
     "resolve_plugin_path", "sign_plugin", "to_arrow", "verify_signature",
 ]
 
@@ -122,6 +123,9 @@ class PluginSpec:
     #: ``version`` came from a ``version = "..."`` constant. Without one, incremental keys
     #: use the source hash instead (:func:`casparian_nb.plan.declared_version`, F15).
     version_declared: bool = False
+    #: The plugin's ``resources = {"GPU": 1}``: what one job needs on a Dask worker
+    #: (``Client.submit(resources=)``); None when it sets none.
+    resources: dict[str, float] | None = None
 
 
 # -- static inspection ----------------------------------------------------------------------
@@ -156,7 +160,7 @@ def _literal(path: Path, node: ast.AST, what: str) -> Any:
 
 def _metadata(tree: ast.Module) -> dict[str, ast.expr]:
     """Last module-level assignment of each metadata constant (Python's own semantics)."""
-    wanted = {"name", "version", "TOPIC", "outputs", "OUTPUTS", "quarantine"}
+    wanted = {"name", "version", "TOPIC", "outputs", "OUTPUTS", "quarantine", "resources"}
     found: dict[str, ast.expr] = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign):
@@ -194,6 +198,23 @@ def _manifest(path: Path, node: ast.expr) -> dict[str, dict[str, Any]]:
                               f"{reserved[0]!r}: columns starting with _cf_ are reserved for "
                               "lineage (only _cf_row_error may be emitted); rename it")
     return value
+
+
+def check_resources(value: object) -> dict[str, float]:
+    """``{"GPU": 1, "MEMORY": 8e9}``: resource names (non-empty text) to positive amounts;
+    a one-line ConfigError otherwise."""
+    if not isinstance(value, dict):
+        raise ConfigError("resources must be a dict of resource name -> amount, "
+                         "e.g. {'GPU': 1}")
+    out: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            raise ConfigError(f"resources: {name!r} is not a resource name")
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or not amount > 0:
+            raise ConfigError(f"resources: {name}: the amount must be a positive number, "
+                             f"not {amount!r}")
+        out[name] = float(amount)
+    return out
 
 
 def _check_parse(path: Path, tree: ast.Module) -> bool:
@@ -259,6 +280,12 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
             quarantine = contracts.quarantine_policy(policy)
     except PluginError as exc:
         raise PluginError(f"{p}: line {getattr(node, 'lineno', '?')}: {exc}") from None
+    resources: dict[str, float] | None = None
+    if "resources" in meta:
+        try:
+            resources = check_resources(_literal(p, meta["resources"], "resources"))
+        except ConfigError as exc:
+            raise PluginError(f"{p}: line {meta['resources'].lineno}: {exc}") from None
     default = consts.get("TOPIC", consts.get("name", "output"))
     if not OUTPUT_NAME_RE.fullmatch(default):
         source_of = "TOPIC" if "TOPIC" in consts else "name"
@@ -271,7 +298,7 @@ def inspect_plugin(path: str | os.PathLike[str]) -> PluginSpec:
         default_output=default, manifest=manifest, source=source,
         source_hash=hashlib.sha256(raw).hexdigest(), takes_ctx=takes_ctx,
         name_declared="name" in consts, version_declared="version" in consts,
-        contracts=declared, quarantine=quarantine,
+        contracts=declared, quarantine=quarantine, resources=resources,
     )
 
 

@@ -401,6 +401,8 @@ class SubmitJobs(WireMessage):
     force: bool = False
     #: This submission's quarantine limits (None: the plugin's ``quarantine``, else none).
     quarantine: QuarantinePolicy | None = None
+    #: Resources each job needs, on top of (and overriding) the plugin's ``resources``.
+    resources: dict[str, float] | None = None
 
 
 class RetryJobs(WireMessage):
@@ -617,6 +619,10 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=
     processed_at: str | None = None
     #: The submission's quarantine limits (None: the plugin's, else no limit).
     quarantine: QuarantinePolicy | None = None
+    #: Abstract resources one attempt needs, e.g. ``{"GPU": 1}``: the plugin's ``resources``
+    #: merged with the submission's (which win). The dask executor passes them to
+    #: ``Client.submit(resources=)``; the local executor ignores them.
+    resources: dict[str, float] | None = None
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -19,7 +19,7 @@ import click
 from .._inputs import expand_inputs
 from ..client import ControlClient, connection_is_live, read_connection_file
 from ..config import Settings
-from ..errors import CasparianError, SentinelError
+from ..errors import CasparianError, ConfigError, SentinelError
 from ..joblogs import job_log_attempts
 from ..plan import stale_warning
 from ..protocol import FINISHED_JOB_STATUSES, STORED_JOB_STATUSES, ErrorKind, JobStatus
@@ -87,6 +87,9 @@ def no_sentinel(settings: Settings) -> SentinelError:
               help="Per-job timeout (default: the home's job_timeout).")
 @click.option("--force", is_flag=True, help="Run even if already materialized.")
 @quarantine_options
+@click.option("--resource", "resources", multiple=True, metavar="NAME=N",
+              help="A resource each job needs on a Dask worker (repeatable), e.g. GPU=1; "
+                   "the local executor ignores it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sentinel's reply as JSON.")
 @click.option("--wait", is_flag=True,
               help="Wait until every job is finished (a progress bar on a terminal); exit 1 "
@@ -95,7 +98,8 @@ def no_sentinel(settings: Settings) -> SentinelError:
 @recorded("Submit", creates_home=False)
 def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...], mode: str,
            priority: int, timeout: float | None, force: bool, max_quarantine_pct: float | None,
-           max_quarantine_rows: int | None, as_json: bool, wait: bool, quiet: bool) -> int:
+           max_quarantine_rows: int | None, resources: tuple[str, ...], as_json: bool,
+           wait: bool, quiet: bool) -> int:
     """Queue one job per input file of INPUTS (files, directories, globs) on the running
     sentinel; print the job ids.
 
@@ -107,6 +111,7 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
 
     settings = app.settings
     policy = quarantine_from_options(max_quarantine_pct, max_quarantine_rows)
+    needs = _resource_options(resources)
     plugin_path = plugins.resolve_plugin_path(plugin, settings.plugins_dir)
     routing = routing_from_args(sink)
     if isinstance(routing, dict):
@@ -124,7 +129,8 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
     with client:
         reply = client.submit(plugin=str(plugin_path), inputs=files, sink=routing, mode=mode,
                               priority=priority, timeout=timeout, force=force,
-                              submission_id=app.correlation_id, quarantine=policy)
+                              submission_id=app.correlation_id, quarantine=policy,
+                              resources=needs)
     if as_json:
         print(json.dumps(reply, indent=2))
     else:
@@ -142,6 +148,27 @@ def submit(app: App, plugin: str, inputs: tuple[str, ...], sink: tuple[str, ...]
     if wait and reply["job_ids"]:
         return _wait_for(settings, [int(i) for i in reply["job_ids"]], quiet=quiet)
     return EXIT_OK
+
+
+def _resource_options(values: tuple[str, ...]) -> dict[str, float] | None:
+    """``("GPU=1", "MEMORY=8e9")`` -> ``{"GPU": 1.0, "MEMORY": 8e9}``; a usage error
+    (exit 2) for anything else."""
+    from .. import plugins
+
+    out: dict[str, float] = {}
+    for value in values:
+        name, sep, amount = value.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(f"{value!r}: expected NAME=N, e.g. GPU=1",
+                                     param_hint="--resource")
+    try:
+        return plugins.check_resources(out) or None
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--resource") from None
 
 
 def _wait_for(settings: Settings, ids: list[int], *, quiet: bool) -> int:

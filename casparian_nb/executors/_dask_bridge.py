@@ -1,13 +1,16 @@
 """The bridge process between a sentinel and a Dask cluster.
 
 Each Dask worker becomes a *seat*: one DEALER to the sentinel's worker socket, introduced
-with ``Identify(slots=nthreads, prefetch=3 x nthreads)``, so the sentinel's capacity-based
-dispatch keeps at most 4 x threads attempts in flight per Dask worker (a 100k-job queue stays
-in the state DB, not in the Dask scheduler), and ``casparian jobs``, the queue widget and the
-timeline show Dask workers as workers. A ``Dispatch`` becomes one task, key
-``casparian-<job_id>-<attempt>``, pinned to the seat's worker (``workers=[addr]``, no
-stealing); its result is the Receipt, sent back on the seat. The warm host pools live on the
-workers (:mod:`._dask_plugin`); ``JobStarted`` comes back as a Dask event (``log_event``).
+with ``Identify(slots=nthreads, prefetch=PREFETCH_FACTOR x nthreads)`` (at most 64), so the
+sentinel's capacity-based dispatch keeps a bounded number of attempts in flight per Dask
+worker (a 100k-job queue stays in the state DB, not in the Dask scheduler), and ``casparian
+jobs``, the queue widget and the timeline show Dask workers as workers. A ``Dispatch``
+becomes one task, key ``casparian-<job_id>-<attempt>``, pinned to the seat's worker
+(``workers=[addr]``, no stealing) — or, when that worker lacks the job's ``resources``, to
+one that has them. Dispatches are submitted in batches (one ``client.map`` per worker). The
+warm host pools live on the workers (:mod:`._dask_plugin`); the task pushes its Receipt, and
+``JobStarted``, as Dask events (``log_event``), which the bridge forwards to the sentinel on
+the seat as they come; ``gather`` is only the fallback for a receipt that did not come.
 
 Workers joining and leaving are followed by polling the scheduler (``SYNC_INTERVAL``): a new
 worker is probed (it must see the home's staging directory) and seated; a worker that left
@@ -35,7 +38,7 @@ import zmq
 
 from .. import plugins
 from .._connection import ConnectionInfo, read_connection_file
-from .._proc import pid_alive
+from .._proc import pid_alive, profiled
 from ..config import Settings, load_settings
 from ..errors import CasparianError, ProtocolError, SharedStorageError
 from ..joblogs import job_logs_root
@@ -50,7 +53,6 @@ from ..protocol import (
     Heartbeat,
     HostJob,
     Identify,
-    JobStarted,
     Receipt,
     ReceiptStatus,
     Refused,
@@ -63,6 +65,7 @@ from ..sinks.staging import attempt_root
 from ..worker.pool import aborted
 from . import _dask_plugin as remote
 from ._dask_names import BRIDGE_FILE, require_distributed
+from ._dask_receipts import ReceiptRelay
 from ._dask_seats import Flight, Seat, probe_storage, seat_id
 
 __all__ = ["DaskBridge", "main"]
@@ -71,10 +74,16 @@ log = logging.getLogger("casparian_nb.executors.dask")
 
 #: How often the bridge asks the scheduler which workers there are.
 SYNC_INTERVAL = 0.5
-_receipt = msgspec.json.Decoder(Receipt)
+#: Dispatches are submitted to Dask together once the first has waited this long (seconds)
+#: or SUBMIT_BATCH are waiting: a graph update costs the scheduler and the worker about the
+#: same for one task as for a dozen, and the sentinel's dispatches come one per receipt.
+SUBMIT_DELAY = 0.005
+SUBMIT_BATCH = 32
 _hostjob = msgspec.json.Encoder()
 _receipt_out = msgspec.json.Encoder()
-class DaskBridge:
+
+
+class DaskBridge(ReceiptRelay):
     """Serves the sentinel of ``settings.home`` with the workers of ``client``'s cluster."""
 
     def __init__(self, settings: Settings, client: Any, *, info: ConnectionInfo | None = None) -> None:
@@ -90,13 +99,23 @@ class DaskBridge:
         self._by_sock: dict[zmq.Socket[bytes], Seat] = {}
         self._refused: set[str] = set()
         self._trusted: dict[str, str] = {}
-        self._done: queue.Queue[tuple[Seat, str, Flight] | None] = queue.Queue()
+        self._staging_roots: dict[int, str] = {}
+        self._log_root = str(job_logs_root(settings.home))
+        #: Batches of finished attempts whose receipt came late (see ``_check_late``).
+        self._done: queue.Queue[list[tuple[Seat, str, Flight]] | None] = queue.Queue()
+        self._unsubmitted: list[tuple[Seat, str, Flight]] = []
+        self._unsubmitted_since = 0.0
+        self._answered: list[Any] = []
+        #: Attempts no worker has the resources for, and the resource sets said so in the log.
+        self._held: list[tuple[Seat, str, Flight]] = []
+        self._said_waiting: set[tuple[tuple[str, float], ...]] = set()
         self._fetched: queue.Queue[tuple[Seat, str, Flight, Any]] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_results, name="cf-bridge-fetch",
                                          daemon=True)
         #: Aborts are RPCs to one worker: off the loop, so a dying worker cannot stall it.
         self._rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cf-bridge-rpc")
-        self._started: queue.Queue[dict[str, Any]] = queue.Queue()
+        #: What the tasks say through the topic: started jobs and receipts.
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._wake_ep = f"inproc://bridge-wake-{id(self)}"
@@ -104,6 +123,7 @@ class DaskBridge:
         self._wake_rx.bind(self._wake_ep)
         self._wake_tx: zmq.Socket[bytes] | None = None
         self._wake_lock = threading.Lock()
+        self._wake_pending = False
         self._ids = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -116,7 +136,7 @@ class DaskBridge:
             self.name, log_dir=str(s.logs_dir), cancel_grace=s.cancel_grace,
             memory_limit_mb=s.job_memory_limit_mb,
             log_max_bytes=s.host_log_max_mb * 1024 * 1024), name=self.name)
-        self.client.subscribe_topic(self.name, self._on_started_event)
+        self.client.subscribe_topic(self.name, self._on_task_event)
         self._fetcher.start()
         try:
             workers = self._scheduler_workers()
@@ -146,7 +166,8 @@ class DaskBridge:
             log.info("could not remove the worker plugin: %s", exc)
         for seat in list(self.seats.values()):
             for job_id, flight in list(seat.running.items()):
-                self.client.cancel(flight.future, force=True)
+                if flight.future is not None:  # None: dispatched, never submitted
+                    self.client.cancel(flight.future, force=True)
                 self._send(seat, Receipt(job_id=job_id, attempt=flight.dispatch.attempt,
                                          status=ReceiptStatus.ABORTED, reason="shutdown",
                                          cause=AbortCause.SHUTDOWN, worker_id=seat.worker_id))
@@ -188,22 +209,45 @@ class DaskBridge:
             seat = self.seats[address]
             log.warning("Dask worker %s left the cluster; its %d attempt(s) go back to the "
                         "queue", address, len(seat.running))
-            for flight in seat.running.values():
-                self.client.cancel(flight.future, force=True)
+            futures = [f.future for f in seat.running.values() if f.future is not None]
+            if futures:
+                self.client.cancel(futures, force=True)
             self._drop_seat(seat, Goodbye(worker_id=seat.worker_id, lost=True,
                                           reason=f"Dask worker {address} left the cluster"))
+            self._lost_elsewhere(address)
         new = [a for a in workers if a not in self.seats and a not in self._refused]
         for address in self.check_shared_storage(new, strict=False):
             w = workers[address]
-            self._seat(address, int(w.get("nthreads") or 1), str(w.get("host") or ""))
+            self._seat(address, int(w.get("nthreads") or 1), str(w.get("host") or ""),
+                       w.get("resources") or {})
+        if self._held and new:  # a worker that joined may have what they wait for
+            self._unsubmitted += self._held
+            self._held = []
+            self._submit_pending()
 
-    def _seat(self, address: str, nthreads: int, host: str) -> None:
+    def _lost_elsewhere(self, address: str) -> None:
+        """Attempts of other seats that ran on the worker at ``address`` (for its resources)
+        fail as transient: the sentinel retries them as new attempts, and never promotes a
+        late answer of the lost one."""
+        for seat in self.seats.values():
+            for job_id, flight in list(seat.running.items()):
+                if flight.address != address or flight.future is None:
+                    continue
+                self.client.cancel(flight.future, force=True)
+                receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED, error=ErrorInfo(
+                    ename="WorkerLost", evalue=f"Dask worker {address} left the cluster",
+                    kind=ErrorKind.TRANSIENT))
+                self._deliver(seat, job_id, flight, _receipt_out.encode(receipt))
+
+    def _seat(self, address: str, nthreads: int, host: str,
+              resources: dict[str, float]) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         wid = seat_id(address)
         sock.setsockopt(zmq.IDENTITY, f"{wid}-{uuid.uuid4().hex[:6]}".encode())
         sock.connect(self.info.workers)
-        seat = Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock)
+        seat = Seat(address, wid, max(1, nthreads), host or socket.gethostname(), sock,
+                    resources={str(k): float(v) for k, v in resources.items()})
         self.seats[address] = seat
         self._by_sock[sock] = seat
         # pid: the bridge's own, so a sentinel on this machine sees every seat lost at once
@@ -223,18 +267,24 @@ class DaskBridge:
     def _loop(self) -> None:
         interval = self.settings.heartbeat_interval
         next_beat = next_sync = 0.0
+        poller, polled = zmq.Poller(), set[zmq.Socket[bytes]]()
+        poller.register(self._wake_rx, zmq.POLLIN)
         while not self._stop.is_set():
-            poller = zmq.Poller()
-            poller.register(self._wake_rx, zmq.POLLIN)
-            for sock in self._by_sock:
-                poller.register(sock, zmq.POLLIN)
-            ready = dict(poller.poll(50))
+            if polled != self._by_sock.keys():  # seats came or went: poll what there is
+                poller, polled = zmq.Poller(), set(self._by_sock)
+                poller.register(self._wake_rx, zmq.POLLIN)
+                for sock in polled:
+                    poller.register(sock, zmq.POLLIN)
+            # Dispatches wait up to SUBMIT_DELAY to go to Dask together (see _submit_pending).
+            ready = dict(poller.poll(int(SUBMIT_DELAY * 1000) if self._unsubmitted else 50))
             if self._wake_rx in ready:
                 while True:
                     try:
                         self._wake_rx.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                # Cleared before the queues are read: whatever comes after wakes us again.
+                self._wake_pending = False
             for sock in [s for s in ready if s is not self._wake_rx]:
                 seat = self._by_sock.get(sock)
                 for _ in range(1000):
@@ -245,12 +295,17 @@ class DaskBridge:
                     except zmq.Again:
                         break
                     self._handle(seat, frames)
-            self._send_started()
+            if self._unsubmitted and (time.monotonic() - self._unsubmitted_since >= SUBMIT_DELAY
+                                      or len(self._unsubmitted) >= SUBMIT_BATCH):
+                self._submit_pending()
+            self._send_events()
             self._send_results()
+            self._release_answered()
             now = time.monotonic()
             if now >= next_sync:
                 next_sync = now + SYNC_INTERVAL
                 self._sync_workers()
+                self._check_late(now)
             if now >= next_beat:
                 next_beat = now + interval
                 if not pid_alive(self.info.pid):
@@ -306,20 +361,78 @@ class DaskBridge:
                                      status=ReceiptStatus.FAILED,
                                      error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc))))
             return
-        staging = attempt_root(self.settings.staging_dir, attempt)
+        staging = self._staging_roots.get(attempt)
+        if staging is None:  # a handful of attempt numbers: paths made once each
+            staging = self._staging_roots[attempt] = str(
+                attempt_root(self.settings.staging_dir, attempt))
         # The job's captured output goes beside the staging dir, on the storage both sides
         # see (checked at start), so ctl.logs reads it as for a local worker.
         payload = _hostjob.encode(HostJob(job=dispatch.job, attempt=attempt,
-                                          staging_root=str(staging),
-                                          log_root=str(job_logs_root(self.settings.home)),
+                                          staging_root=staging, log_root=self._log_root,
                                           redact_log=self.settings.tape_redact))
-        future = self.client.submit(remote.run_attempt, self.name, payload,
-                                    dispatch.timeout_s or None,
-                                    key=f"casparian-{job_id}-{attempt}", workers=[seat.address],
-                                    allow_other_workers=False, pure=False, retries=0)
-        flight = Flight(dispatch, future)
+        flight = Flight(dispatch, None, payload)
         seat.running[job_id] = flight
-        future.add_done_callback(lambda _f: self._finished(seat, job_id, flight))
+        if not self._unsubmitted:
+            self._unsubmitted_since = time.monotonic()
+        self._unsubmitted.append((seat, job_id, flight))
+
+    def _submit_pending(self) -> None:
+        """Submit the attempts dispatched since the last call: one ``client.map`` per worker
+        and resource set (one graph update for the scheduler, however many attempts), each
+        with its deterministic key, pinned to one worker (no stealing: the bridge knows
+        where each attempt runs, for its abort and for the loss of its worker)."""
+        pending, self._unsubmitted = self._unsubmitted, []
+        groups: dict[tuple[str, tuple[tuple[str, float], ...]],
+                     list[tuple[Seat, str, Flight]]] = {}
+        for item in pending:
+            seat, job_id, flight = item
+            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
+                continue
+            needs = flight.dispatch.job.resources
+            flight.address = self._place(seat, needs)
+            if flight.address is None:
+                self._hold(item)
+                continue
+            key = (flight.address, tuple(sorted((needs or {}).items())))
+            groups.setdefault(key, []).append(item)
+        for (address, wanted), items in groups.items():
+            futures = self.client.map(
+                remote.run_attempt, [self.name] * len(items), [f.payload for _, _, f in items],
+                [f.dispatch.timeout_s or None for _, _, f in items],
+                key=[f"casparian-{job_id}-{f.dispatch.attempt}" for _, job_id, f in items],
+                workers=[address], allow_other_workers=False, pure=False, retries=0,
+                resources=dict(wanted) or None)
+            for (_seat, _job_id, flight), future in zip(items, futures, strict=True):
+                flight.future, flight.payload = future, b""
+
+    def _place(self, seat: Seat, needs: dict[str, float] | None) -> str | None:
+        """The worker an attempt runs on: its seat's, unless that one lacks the attempt's
+        resources; then the one with them holding fewest of our attempts; None: none has."""
+        if seat.offers(needs):
+            return seat.address
+        able = [s.address for s in self.seats.values() if s.offers(needs)]
+        if not able:
+            return None
+        load = {a: 0 for a in able}
+        for other in self.seats.values():
+            for f in other.running.values():
+                if f.address in load:
+                    load[f.address] += 1
+        return min(able, key=load.__getitem__)
+
+    def _hold(self, item: tuple[Seat, str, Flight]) -> None:
+        """Keep an attempt no worker has the resources for until one joins (``_sync_workers``
+        submits it then). It stays DISPATCHED on its seat, and the log says why, once per
+        resource set: it is waiting, not lost; a cancel answers it at once."""
+        needs = item[2].dispatch.job.resources or {}
+        said = tuple(sorted(needs.items()))
+        if said not in self._said_waiting:
+            self._said_waiting.add(said)
+            log.warning("job %s needs resources %s, which no Dask worker of the cluster "
+                        "offers (start one with dask worker --resources \"%s\"); its "
+                        "attempts wait here until one joins", item[1], needs,
+                        " ".join(f"{k}={v:g}" for k, v in needs.items()))
+        self._held.append(item)
 
     def _check_trust(self, dispatch: Dispatch) -> None:
         """The bridge checks the trust policy before any worker sees the job (F13); the
@@ -328,9 +441,15 @@ class DaskBridge:
                                 self.settings.trust, self._trusted)
 
     def _on_abort(self, seat: Seat, abort: Abort) -> None:
+        self._submit_pending()  # the attempt may be among them: it then has its future
         flight = seat.running.get(abort.job_id)
         if flight is None:
             log.info("abort for job %s which is not running here", abort.job_id)
+            return
+        if flight.future is None:  # held for resources: it never reached a worker
+            self._held = [h for h in self._held if h[2] is not flight]
+            receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
+            self._deliver(seat, abort.job_id, flight, _receipt_out.encode(receipt))
             return
         self._rpc.submit(self._abort_rpc, seat, abort, flight)
 
@@ -338,108 +457,19 @@ class DaskBridge:
         """Kill the attempt's host on its worker. Once the worker says it killed it (the host
         is reaped by then: nothing more gets staged), the ABORTED receipt goes out at once,
         without waiting for the task's own answer to come back through the scheduler."""
+        address = flight.address or seat.address
         try:
             killed = self.client.run(remote.abort_on_worker, self.name, abort.job_id,
                                      int(flight.dispatch.attempt), abort.reason,
-                                     str(abort.cause), workers=[seat.address],
+                                     str(abort.cause), workers=[address],
                                      on_error="return")
         except Exception as exc:  # the worker is going away: its loss re-queues or aborts
-            log.warning("abort of job %s on %s failed: %s", abort.job_id, seat.address, exc)
+            log.warning("abort of job %s on %s failed: %s", abort.job_id, address, exc)
             return
-        if killed.get(seat.address) is True:
+        if killed.get(address) is True:
             receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
             self._fetched.put((seat, abort.job_id, flight, _receipt_out.encode(receipt)))
             self._wake()
-
-    # -- results (from the client's thread) ------------------------------------------------
-    def _finished(self, seat: Seat, job_id: str, flight: Flight) -> None:
-        self._done.put((seat, job_id, flight))
-        self._wake()
-
-    def _on_started_event(self, event: Any) -> None:
-        msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
-        if isinstance(msg, dict):
-            self._started.put(msg)
-            self._wake()
-
-    def _wake(self) -> None:
-        with self._wake_lock:
-            if self._wake_tx is None:
-                self._wake_tx = self._ctx.socket(zmq.PUSH)
-                self._wake_tx.setsockopt(zmq.LINGER, 0)
-                self._wake_tx.connect(self._wake_ep)
-            try:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-
-    def _send_started(self) -> None:
-        while True:
-            try:
-                msg = self._started.get_nowait()
-            except queue.Empty:
-                return
-            job_id = str(msg.get("job_id"))
-            for seat in self.seats.values():
-                flight = seat.running.get(job_id)
-                if flight is not None and int(flight.dispatch.attempt) == msg.get("attempt"):
-                    self._send(seat, JobStarted(job_id=job_id, host_pid=int(msg["host_pid"]),
-                                                worker_id=seat.worker_id))
-                    break
-
-    def _fetch_results(self) -> None:
-        """Fetcher thread: fetch the receipts of finished tasks, many in one ``gather``, and
-        hand them to the loop. Off the loop, so a slow fetch (a worker going away under it)
-        never holds up heartbeats, dispatches or aborts."""
-        stop = False
-        while not stop:
-            first = self._done.get()
-            if first is None:
-                return
-            batch = [first]
-            while True:
-                try:
-                    item = self._done.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            finished = {f.future.key: f.future for _, _, f in batch
-                        if f.future.status == "finished"}
-            values: dict[Any, Any] = {}
-            if finished:  # one round trip for all of them
-                try:
-                    values = self.client.gather(finished, errors="skip")
-                except Exception as exc:
-                    log.error("could not fetch %d result(s): %s", len(finished), exc)
-            for seat, job_id, flight in batch:
-                self._fetched.put((seat, job_id, flight, values.get(flight.future.key)))
-            self._wake()
-
-    def _send_results(self) -> None:
-        while True:
-            try:
-                seat, job_id, flight, raw = self._fetched.get_nowait()
-            except queue.Empty:
-                return
-            # Only attempts still in flight on a seated worker: a future cancelled because
-            # its worker left (or at shutdown) has been answered already.
-            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
-                continue
-            del seat.running[job_id]
-            if isinstance(raw, bytes):
-                receipt = _receipt.decode(raw)
-            else:  # the task erred (never by the plugin: run_attempt returns its failures)
-                status = flight.future.status
-                err = flight.future.exception() if status == "error" else None
-                receipt = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
-                                  error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
-                                                  evalue=str(err or f"task {status}"),
-                                                  kind=ErrorKind.TRANSIENT))
-            self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
-                                                     worker_id=seat.worker_id))
 
 
 def main() -> int:
@@ -474,7 +504,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        return bridge.run()
+        with profiled("dask-bridge"):
+            return bridge.run()
     except SharedStorageError as exc:
         print(f"casparian: error: {exc}", flush=True)
         return 1

@@ -14,9 +14,11 @@ took a host is parked, keyed by job and attempt, and honoured the moment it does
 
 from __future__ import annotations
 
+import heapq
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,61 @@ from distributed import WorkerPlugin, get_worker
 from ..protocol import AbortCause, ErrorInfo, ErrorKind, HostJob, Receipt, ReceiptStatus
 from ..worker.pool import HostPool, aborted
 
-__all__ = ["HostPoolPlugin", "abort_on_worker", "probe_write", "run_attempt"]
+__all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write", "run_attempt"]
 
-#: How long a job runs before the bridge is told it started (see ``run_attempt``).
+#: How long a job runs before the bridge is told it started (see ``StartedNotices``).
 STARTED_DELAY = 0.05
 _hostjob = msgspec.json.Decoder(HostJob)
 _receipt = msgspec.json.Encoder()
+
+
+class StartedNotices:
+    """Tells the bridge (a Dask event) that a job started, for jobs still running
+    ``STARTED_DELAY`` after they took a host: a quick job is reported by its receipt alone
+    (one message through the scheduler fewer per job). One thread per Dask worker, not a
+    timer thread per job."""
+
+    def __init__(self, log_event: Any, topic: str) -> None:
+        self._log_event = log_event
+        self._topic = topic
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, str, int, int]] = []
+        self._running: set[tuple[str, int]] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cf-started", daemon=True)
+        self._thread.start()
+
+    def started(self, job_id: str, attempt: int, pid: int) -> None:
+        with self._cond:
+            self._running.add((job_id, attempt))
+            heapq.heappush(self._due, (time.monotonic() + STARTED_DELAY, job_id, attempt, pid))
+            if len(self._due) == 1:  # else the thread is waiting for an earlier one already
+                self._cond.notify()
+
+    def finished(self, job_id: str, attempt: int) -> None:
+        with self._cond:
+            self._running.discard((job_id, attempt))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._due
+                                            or self._due[0][0] > time.monotonic()):
+                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                if self._closed:
+                    return
+                now, say = time.monotonic(), []
+                while self._due and self._due[0][0] <= now:  # all that are due, at once
+                    _, job_id, attempt, pid = heapq.heappop(self._due)
+                    if (job_id, attempt) in self._running:
+                        say.append({"job_id": job_id, "attempt": attempt, "host_pid": pid})
+            for msg in say:
+                self._log_event(self._topic, msg)
 
 
 class HostPoolPlugin(WorkerPlugin):
@@ -45,15 +96,18 @@ class HostPoolPlugin(WorkerPlugin):
         self.memory_limit_mb = memory_limit_mb
         self.log_max_bytes = log_max_bytes
         self.pool: HostPool | None = None
+        self.notices: StartedNotices | None = None
         self._lock = threading.Lock()
         self._parked: dict[tuple[str, int], tuple[str, AbortCause]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # the pool and the lock stay where they live
-        return {k: v for k, v in self.__dict__.items() if k not in ("pool", "_lock", "_parked")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("pool", "notices", "_lock", "_parked")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.pool = None
+        self.notices = None
         self._lock = threading.Lock()
         self._parked = {}
 
@@ -64,8 +118,11 @@ class HostPoolPlugin(WorkerPlugin):
                              memory_limit_mb=self.memory_limit_mb,
                              log_max_bytes=self.log_max_bytes,
                              name=f"host-dask-{port}")
+        self.notices = StartedNotices(worker.log_event, self.name)
 
     def teardown(self, worker: Any) -> None:
+        if self.notices is not None:
+            self.notices.close()
         if self.pool is not None:
             self.pool.close()
 
@@ -90,7 +147,8 @@ def _plugin(name: str) -> HostPoolPlugin:
 
 
 def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
-    """The Dask task of one attempt: run it on a warm host; the Receipt, JSON-encoded.
+    """The Dask task of one attempt: run it on a warm host; the Receipt, JSON-encoded,
+    also sent as an event on the topic ``name``.
 
     Always returns a receipt (a failure of ours is a transient FAILED), so the task itself
     never errs and Dask never retries it behind the sentinel's back.
@@ -99,20 +157,14 @@ def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
     job = _hostjob.decode(payload)
     job_id, attempt = job.job.job_id, int(job.attempt)
     worker = get_worker()
-
-    timers: list[threading.Timer] = []
+    notices = plugin.notices
 
     def started(pid: int) -> None:
         parked = plugin.take_abort(job_id, attempt)
         if parked is not None and plugin.pool is not None:  # aborted while it waited for a host
             plugin.pool.cancel(job_id, parked[0], cause=parked[1])
-        # Said only of a job still running after STARTED_DELAY: a quick job is reported by
-        # its receipt alone (one message through the scheduler fewer per job).
-        timer = threading.Timer(STARTED_DELAY, worker.log_event, (name, {
-            "job_id": job_id, "attempt": attempt, "host_pid": pid}))
-        timer.daemon = True
-        timers.append(timer)
-        timer.start()
+        if notices is not None:
+            notices.started(job_id, attempt, pid)
 
     parked = plugin.take_abort(job_id, attempt)
     try:
@@ -125,10 +177,15 @@ def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
         res = Receipt(job_id=job_id, status=ReceiptStatus.FAILED,
                       error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
                                       kind=ErrorKind.TRANSIENT))
-    for timer in timers:
-        timer.cancel()
+    if notices is not None:
+        notices.finished(job_id, attempt)
     plugin.take_abort(job_id, attempt)
-    return _receipt.encode(res)
+    raw = _receipt.encode(res)
+    # Pushed to the bridge at once (the worker's batched stream to the scheduler, which
+    # forwards it to the subscribed client): no gather round trip per receipt. The return
+    # value is the same receipt, fetched only if this event went astray.
+    worker.log_event(name, {"job_id": job_id, "attempt": attempt, "receipt": raw.decode()})
+    return raw
 
 
 def abort_on_worker(name: str, job_id: str, attempt: int, reason: str, cause: str,

@@ -15,17 +15,27 @@ from . import _dask_plugin as remote
 __all__ = ["PREFETCH_FACTOR", "Flight", "Seat", "probe_storage", "seat_id"]
 
 #: Attempts a seat holds beyond its threads (the Dask worker queues them), per thread: enough
-#: that a thread finds its next attempt already there, while the receipt of the last one and
-#: the dispatch that replaces it go round (1 gave half the rate of 3 on small files).
-PREFETCH_FACTOR = 3
+#: that a thread finds its next attempt already there while the receipt of the last one and
+#: the dispatch that replaces it go round the scheduler, the bridge and the sentinel (tens of
+#: ms on a busy machine; with 3, most tasks in flight were waiting for that, not running).
+PREFETCH_FACTOR = 10
 
 
 @dataclass(eq=False)
 class Flight:
-    """One attempt submitted to Dask: its dispatch and its future."""
+    """One attempt for Dask: its dispatch, and its future once submitted (the encoded
+    ``HostJob`` until then)."""
 
     dispatch: Dispatch
     future: Any
+    payload: bytes = b""
+    #: The Dask worker it is pinned to: its seat's, or for a job whose resources that worker
+    #: lacks, one that has them; None while no worker has them (held by the bridge).
+    address: str | None = None
+    #: When the bridge first saw the task done without its receipt (monotonic; 0: not yet),
+    #: and whether the fetcher has it.
+    done_at: float = 0.0
+    fetching: bool = False
 
 
 @dataclass(eq=False)
@@ -38,6 +48,13 @@ class Seat:
     host: str
     sock: zmq.Socket[bytes]
     running: dict[str, Flight] = field(default_factory=dict)
+    #: What the Dask worker offers (``dask worker --resources "GPU=1"``).
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def offers(self, needs: dict[str, float] | None) -> bool:
+        """Whether this worker has (in total) every resource ``needs`` asks for."""
+        return all(self.resources.get(name, 0.0) >= amount
+                   for name, amount in (needs or {}).items())
 
     @property
     def capacity(self) -> int:

@@ -231,7 +231,8 @@ class Controller:
                sink: str | Mapping[str, str] | None = None, mode: str = "append",
                priority: int = 0, timeout: float | None = None, force: bool = False,
                wait: bool = False, progress: bool | None = None,
-               quarantine: Mapping[str, Any] | QuarantinePolicy | None = None) -> list[int]:
+               quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
+               resources: dict[str, float] | None = None) -> list[int]:
         """Queue one job per input file; returns the new job ids.
 
         ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
@@ -250,6 +251,10 @@ class Controller:
         ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a
         job whose output sends more rows to quarantine; it overrides the plugin's
         ``quarantine``, and a restarted sentinel keeps it.
+
+        ``resources``: what each job needs on a Dask worker, e.g. ``{"GPU": 1}`` (on top of
+        the plugin's own ``resources``); the dask executor runs it only on a worker that
+        offers them (``dask worker --resources "GPU=1"``), the local executor ignores them.
         """
         from .. import plugins
         from .._inputs import expand_inputs
@@ -268,7 +273,8 @@ class Controller:
         specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
                    "sink": sink, "mode": mode, "priority": priority, "force": force,
-                   **({"quarantine": msgspec.structs.asdict(policy)} if policy else {})}
+                   **({"quarantine": msgspec.structs.asdict(policy)} if policy else {}),
+                   **({"resources": resources} if resources else {})}
         with self.session.command("Submit", payload) as r:
             path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
             files = [str(p) for p in expand_inputs(specs)]
@@ -276,7 +282,8 @@ class Controller:
             # links every event of these jobs to the Submit on this session tape.
             reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
                                        timeout=timeout, force=force,
-                                       submission_id=r.correlation_id, quarantine=policy)
+                                       submission_id=r.correlation_id, quarantine=policy,
+                                       resources=resources)
             ids = [int(j) for j in reply["job_ids"]]
             self.events.link(ids, r.correlation_id, r.event_id)
             r.update(job_ids=ids, count=len(ids))

@@ -38,7 +38,7 @@ from ..protocol import (
 from ..store import SKIPPED_REASON, STALE_REASON, NewJob, StateStore
 from .state import JobRec, plugin_name_fields
 
-__all__ = ["SubmitHandler", "SubmitOutcome", "job_spec_from_row"]
+__all__ = ["SubmitHandler", "SubmitOutcome", "job_resources", "job_spec_from_row"]
 
 
 @dataclass
@@ -66,6 +66,7 @@ def job_spec_from_row(row: dict[str, Any], plugin_path: str) -> JobSpec:
         mode=_shared(row.get("sink_mode")) or sinks.SinkMode.APPEND.value,
         submission_id=_shared(row.get("submission_id")), timeout_s=row.get("timeout_s"),
         quarantine=_policy(row.get("quarantine_json")),
+        resources=_plugin_resources(plugin_path, row.get("parser_fingerprint")),
     )  # fmt: skip
 
 
@@ -113,6 +114,20 @@ def _declared_in_file(path: str, fingerprint: str | None) -> bool:
     return spec.source_hash == fingerprint and spec.name_declared
 
 
+@lru_cache(maxsize=256)
+def _plugin_resources(path: str, fingerprint: str | None) -> dict[str, float] | None:
+    """The ``resources`` of the plugin file a restored job was submitted with (same sha256),
+    else None. The state DB keeps no column for them: a submission's own ``resources=``
+    are not restored after a sentinel restart, the plugin's are."""
+    if not path or not fingerprint:
+        return None
+    try:
+        spec = plugins.inspect_plugin(path)
+    except Exception:  # unreadable, gone, no longer a valid plugin
+        return None
+    return spec.resources if spec.source_hash == fingerprint else None
+
+
 def _expand(specs: Sequence[str]) -> tuple[list[str], dict[str, int]]:
     """The input files of a submission, as :func:`expand_inputs` finds them, and the sizes
     learnt on the way.
@@ -148,6 +163,14 @@ def _hash(path: str, size: int | None) -> str:
     if size is not None and size < _SMALL:
         return lineage.hash_file(path, chunk=1 << 16)
     return lineage.hash_file(path)
+
+
+def job_resources(plugin: dict[str, float] | None,
+                  submitted: dict[str, float] | None) -> dict[str, float] | None:
+    """What each job of a submission needs: the plugin's ``resources``, updated with the
+    submission's (checked: a one-line ConfigError for a bad one); None for none."""
+    merged = {**(plugin or {}), **(plugins.check_resources(submitted) if submitted else {})}
+    return merged or None
 
 
 class SubmitHandler:
@@ -191,6 +214,7 @@ class SubmitHandler:
         policy = contracts.quarantine_policy(
             None if request.quarantine is None else msgspec.structs.asdict(request.quarantine))
         policy_json = msgspec.json.encode(policy).decode() if policy is not None else None
+        resources = job_resources(spec.resources, request.resources)
         priority = request.priority
 
         version = plan.declared_version(spec.version, spec.version_declared)
@@ -230,7 +254,7 @@ class SubmitHandler:
                 plugin_name=spec.name, plugin_name_declared=spec.name_declared,
                 plugin_source_hash=spec.source_hash, parser_version=version,
                 sink=sink_uri, mode=mode.value, submission_id=out.submission_id,
-                timeout_s=timeout_s, quarantine=policy,
+                timeout_s=timeout_s, quarantine=policy, resources=resources,
             )  # fmt: skip
             name_fields = name_fields or plugin_name_fields(job_spec)
             out.records.append(JobRec(id=job_id, priority=priority, spec=job_spec,

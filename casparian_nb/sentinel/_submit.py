@@ -66,7 +66,7 @@ def job_spec_from_row(row: dict[str, Any], plugin_path: str) -> JobSpec:
         mode=_shared(row.get("sink_mode")) or sinks.SinkMode.APPEND.value,
         submission_id=_shared(row.get("submission_id")), timeout_s=row.get("timeout_s"),
         quarantine=_policy(row.get("quarantine_json")),
-        resources=_plugin_resources(plugin_path, row.get("parser_fingerprint")),
+        resources=_resources(row.get("resources_json")),
     )  # fmt: skip
 
 
@@ -114,18 +114,10 @@ def _declared_in_file(path: str, fingerprint: str | None) -> bool:
     return spec.source_hash == fingerprint and spec.name_declared
 
 
-@lru_cache(maxsize=256)
-def _plugin_resources(path: str, fingerprint: str | None) -> dict[str, float] | None:
-    """The ``resources`` of the plugin file a restored job was submitted with (same sha256),
-    else None. The state DB keeps no column for them: a submission's own ``resources=``
-    are not restored after a sentinel restart, the plugin's are."""
-    if not path or not fingerprint:
-        return None
-    try:
-        spec = plugins.inspect_plugin(path)
-    except Exception:  # unreadable, gone, no longer a valid plugin
-        return None
-    return spec.resources if spec.source_hash == fingerprint else None
+@lru_cache(maxsize=64)
+def _resources(text: str | None) -> dict[str, float] | None:
+    """A job's stored resource hints; one dict per distinct text (never mutated)."""
+    return None if text is None else msgspec.json.decode(text, type=dict[str, float])
 
 
 def _expand(specs: Sequence[str]) -> tuple[list[str], dict[str, int]]:
@@ -215,6 +207,7 @@ class SubmitHandler:
             None if request.quarantine is None else msgspec.structs.asdict(request.quarantine))
         policy_json = msgspec.json.encode(policy).decode() if policy is not None else None
         resources = job_resources(spec.resources, request.resources)
+        resources_json = msgspec.json.encode(resources).decode() if resources else None
         priority = request.priority
 
         version = plan.declared_version(spec.version, spec.version_declared)
@@ -231,7 +224,7 @@ class SubmitHandler:
                          parser_version=version, parser_fingerprint=spec.source_hash,
                          source_hash=source_hash, sink_uri=sink_uri, sink_mode=mode.value,
                          plan_json=plan_json, priority=priority, timeout_s=timeout_s,
-                         quarantine_json=policy_json)
+                         quarantine_json=policy_json, resources_json=resources_json)
             hashes.append((job, plan.plan_keys(targets, source_hash, spec.name, key_version)))
         recorded: dict[str, str | None] = {}
         if not force:

@@ -89,7 +89,7 @@ DISPATCH_COLUMNS = ("id", "priority", "timeout_s", "retry_count", "host_kills", 
                     "scheduled_at",
                     "plan_json", "input_file", "plugin_id", "parser_fingerprint",
                                     "plugin_name", "parser_version", "sink_uri", "sink_mode", "submission_id",
-                    "quarantine_json")
+                    "quarantine_json", "resources_json")
 
 #: What the notebook's queue table shows of a job (``queue_rows``): no JSON, no traceback.
 QUEUE_ROW_COLUMNS = ("id", "status", "plugin_name", "input_file", "worker_id", "rows",

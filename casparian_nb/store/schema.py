@@ -40,7 +40,7 @@ __all__ = [
 
 #: Schema version this build reads and writes (2: ``cf_processing_queue.host_kills``;
 #: 3: retries by hand and dead letters, ``cf_job_attempts``; 4: a submission's quarantine
-#: limits, ``cf_processing_queue.quarantine_json``).
+#: limits and resource hints, ``cf_processing_queue.quarantine_json`` / ``resources_json``).
 SCHEMA_VERSION = 4
 
 #: ``cf_processing_queue.status`` (one spelling: upper case), from the protocol's vocabulary.
@@ -98,15 +98,17 @@ def _add_retries(conn: sqlite3.Connection) -> None:
                  " WHERE q.id = cf_output_materializations.job_id)")
 
 
-def _add_quarantine_policy(conn: sqlite3.Connection) -> None:
-    """3 -> 4: the quarantine limits a job was submitted with (``QuarantinePolicy`` as JSON;
-    NULL: the plugin's own), so a restarted sentinel dispatches it with the same limits."""
+def _add_submission_options(conn: sqlite3.Connection) -> None:
+    """3 -> 4: the quarantine limits (``QuarantinePolicy`` as JSON; NULL: the plugin's own)
+    and resource hints (``{"GPU": 1.0}``; NULL: none) a job was submitted with, so a restarted
+    sentinel dispatches it with the same ones."""
     conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN quarantine_json TEXT")
+    conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN resources_json TEXT")
 
 
 #: version -> migration to version + 1.
 MIGRATIONS: dict[int, Migration] = {1: _add_host_kills, 2: _add_retries,
-                                    3: _add_quarantine_policy}
+                                    3: _add_submission_options}
 
 
 def now_iso() -> str:
@@ -148,7 +150,8 @@ def _in(values: tuple[StrEnum, ...]) -> str:
 #: migration adds comes last, where its ALTER TABLE puts it: ``host_kills`` (version 2) counts
 #: the plugin hosts killed by a signal while running the job; ``manual_retries`` and
 #: ``dead_letter`` (version 3) count retries by hand and name why a job was dead-lettered;
-#: ``quarantine_json`` (version 4) holds the quarantine limits the job was submitted with.
+#: ``quarantine_json`` and ``resources_json`` (version 4) hold the quarantine limits and
+#: resource hints the job was submitted with.
 DDL: Final = f"""
 CREATE TABLE cf_meta (
     key   TEXT PRIMARY KEY,
@@ -208,7 +211,8 @@ CREATE TABLE cf_processing_queue (
     host_kills          INTEGER NOT NULL DEFAULT 0,
     manual_retries      INTEGER NOT NULL DEFAULT 0,
     dead_letter         TEXT,
-    quarantine_json     TEXT
+    quarantine_json     TEXT,
+    resources_json      TEXT
 );
 -- Dispatch order (best QUEUED job first).
 CREATE INDEX ix_queue_dispatch ON cf_processing_queue (status, priority DESC, id);

@@ -71,12 +71,14 @@ class NewJob:
     scheduled_at: str | None = None
     #: The submission's ``QuarantinePolicy`` as JSON (None: the plugin's own).
     quarantine_json: str | None = None
+    #: What the job needs of a worker (``{"GPU": 1.0}``) as JSON; None: nothing.
+    resources_json: str | None = None
 
 
 _JOB_COLUMNS = (
     "plugin_name", "input_file", "submission_id", "plugin_id", "parser_version",
     "parser_fingerprint", "source_hash", "sink_uri", "sink_mode", "plan_json", "priority",
-    "timeout_s", "scheduled_at", "quarantine_json",
+    "timeout_s", "scheduled_at", "quarantine_json", "resources_json",
 )  # fmt: skip
 
 

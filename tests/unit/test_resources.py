@@ -66,14 +66,13 @@ def test_resources_travel_in_the_jobspec_and_the_submit_request() -> None:
         "GPU": 1.0}
 
 
-def test_a_restored_job_gets_its_plugins_resources_back(tmp_path: Path) -> None:
-    plugin = tmp_path / "gpu.py"
-    plugin.write_text('resources = {"GPU": 1}\n' + PARSE)
+def test_a_restored_job_gets_the_resources_it_was_submitted_with() -> None:
+    """The submission's merged resources are stored with the job (``resources_json``), so a
+    restarted sentinel dispatches with them, whatever the plugin file now says."""
     row = {"id": 7, "input_file": "/in", "plugin_name": "gpu", "sink_uri": "parquet:///o",
-           "parser_fingerprint": inspect_plugin(plugin).source_hash}
-    assert job_spec_from_row(row, str(plugin)).resources == {"GPU": 1.0}
-    changed = {**row, "parser_fingerprint": "0" * 64}  # not the file it was submitted with
-    assert job_spec_from_row(changed, str(plugin)).resources is None
+           "resources_json": '{"GPU":1.0,"mem":4.0}'}
+    assert job_spec_from_row(row, "/gone.py").resources == {"GPU": 1.0, "mem": 4.0}
+    assert job_spec_from_row({**row, "resources_json": None}, "/gone.py").resources is None
 
 
 @pytest.mark.parametrize("value", ["GPU", "GPU=", "GPU=many", "GPU=0", "=1"])

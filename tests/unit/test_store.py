@@ -354,6 +354,7 @@ def _make_version_3(db: Path) -> None:
     """Turn this build's DB into the file a version-3 build left."""
     conn = sqlite3.connect(db)
     conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN quarantine_json")
+    conn.execute("ALTER TABLE cf_processing_queue DROP COLUMN resources_json")
     conn.commit()
     conn.close()
     set_version(db, 3)
@@ -420,7 +421,7 @@ def test_version_2_gains_attempts_and_dead_letter_flags(db: Path) -> None:
             assert fresh.execute(columns).fetchall() == ddl.execute(columns).fetchall()
 
 
-def test_version_3_gains_quarantine_limits_and_a_restart_dispatches_with_them(
+def test_version_3_gains_submission_options_and_a_restart_dispatches_with_them(
         db: Path) -> None:
     policy = QuarantinePolicy(max_pct=12.5, max_rows=40)
     text = msgspec.json.encode(policy).decode()
@@ -430,12 +431,13 @@ def test_version_3_gains_quarantine_limits_and_a_restart_dispatches_with_them(
     with StateStore.open(db) as store:
         assert store.schema_version_before == 3
         assert [j["quarantine_json"] for j in store.list_jobs()] == [None, None]
-        store.insert_jobs([job(3, quarantine_json=text)])
+        store.insert_jobs([job(3, quarantine_json=text, resources_json='{"GPU":1.0}')])
         # what a restarted sentinel reads of its queued jobs, made into their JobSpecs
         specs = {row["input_file"]: job_spec_from_row(row, "/plugins/orders.py")
                  for row in store.iter_dispatchable(JobStatus.QUEUED)}
     assert specs["/data/f3.csv"].quarantine == policy
-    assert specs["/data/f1.csv"].quarantine is None
+    assert specs["/data/f3.csv"].resources == {"GPU": 1.0}
+    assert specs["/data/f1.csv"].quarantine is None and specs["/data/f1.csv"].resources is None
     assert version_of(db.with_name("state.sqlite.bak-v3")) == "3"
     with sqlite3.connect(db) as fresh, sqlite3.connect(":memory:") as ddl:
         ddl.executescript(schema.DDL)

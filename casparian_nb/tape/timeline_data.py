@@ -39,6 +39,7 @@ Times are seconds from the tape's first event. Zooming asks again with a narrowe
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -57,8 +58,8 @@ from ._timeline_pass import CLOSED_NAMES, STATUS_NAMES, Columns, reduce_columns
 from .envelope import TapeEvent, parse_timestamp
 from .reader import LINES, open_tape, read_blocks, split_lines
 
-__all__ = ["BAR_LIMIT", "MARKER_LIMIT", "STATUSES", "TimelineData", "load_timeline",
-           "timeline_from_events", "timeline_payload"]
+__all__ = ["BAR_LIMIT", "MARKER_LIMIT", "STATUSES", "TimelineData", "clear_timeline_cache",
+           "load_timeline", "timeline_from_events", "timeline_payload"]
 
 #: Most exact bars a payload carries; more in view → binned density.
 BAR_LIMIT = 4000
@@ -184,8 +185,8 @@ def _timeline(cols: Columns) -> TimelineData:
 
 
 #: bar status and final status codes (indices into STATUSES) of the pass's codes
-_CLOSED_CODE = np.array([_CODE[s] for s in CLOSED_NAMES], dtype=np.int8)
-_FINAL_CODE = np.array([0] + [_CODE[s] for s in STATUS_NAMES[1:]], dtype=np.int8)
+_CLOSED_CODE = np.array([_CODE[str(s)] for s in CLOSED_NAMES], dtype=np.int8)
+_FINAL_CODE = np.array([0] + [_CODE[str(s)] for s in STATUS_NAMES[1:]], dtype=np.int8)
 
 
 class _TapeFile:
@@ -200,43 +201,46 @@ class _TapeFile:
         self.number = 0  # lines read
         self.truncated: int | None = None
         self.bad = 0
-        self._offsets: list[Any] = []  # each named event's line start
-        self.stamp: tuple[int, int] | None = None
+        # the blocks read: (first named event, byte offset, indices of the named lines
+        # among its non-blank lines, or None: all), to read a few events again at the end
+        self._blocks: list[tuple[int, int, list[int] | None]] = []
+        self.stamp: tuple[int, int, int] | None = None
+        self._block: tuple[int, list[bytes]] | None = None  # the last block read again
         self.data: TimelineData | None = None
 
     def read(self) -> TimelineData:
         """Read on from the last complete line (or from the start, when the file is no
         longer the one read) and reduce everything read."""
         stat = os.stat(self.path)
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if self.data is not None and stamp == self.stamp:
             return self.data  # a zoom, a second widget: nothing new to read
-        if self.stamp is not None and stat.st_size < self.offset:
+        if self.stamp is not None and (stat.st_size < self.offset or stamp[0] != self.stamp[0]):
             self.__init__(self.path)  # type: ignore[misc]  # replaced or cut: start over
         self.truncated = None
         with open_tape(self.path) as fh:
             for data, cut, kind in read_blocks(fh, self.offset):
-                block = data[:cut] if cut < len(data) else data
+                block = memoryview(data)[:cut]
                 if not (kind != LINES and self._fast(block)):
-                    self._lines(block)
+                    self._lines(bytes(block))
         self.stamp = stamp
         self.data = _timeline(self.cols)
         self.data.truncated, self.data.skipped = self.truncated, self.cols.skipped + self.bad
         return self.data
 
-    def _fast(self, block: bytes) -> bool:
+    def _fast(self, block: memoryview) -> bool:
         try:
             events = _DECODER.decode_lines(block)
         except (msgspec.MsgspecError, ValueError):
             return False
-        ends = np.nonzero(np.frombuffer(block, dtype=np.uint8) == 10)[0]
-        if len(events) != len(ends):
+        lines = bytes.count(block.obj, b"\n", 0, len(block))  # type: ignore[arg-type]
+        if len(events) != lines:
             return False  # blank lines, or two values on a line: read line by line
-        starts = np.concatenate(([0], ends[:-1] + 1)) + self.offset
+        first = len(self.cols)
         kept = self.cols.add(events)
-        self._offsets.append(starts[kept] if len(kept) != len(events) else starts)
+        self._blocks.append((first, self.offset, kept if len(kept) != len(events) else None))
         self.offset += len(block)
-        self.number += len(ends)
+        self.number += lines
         return True
 
     def _lines(self, block: bytes) -> None:
@@ -257,17 +261,23 @@ class _TapeFile:
                 self.bad += 1
                 self.offset = at
                 continue
+            first = len(self.cols)
             if self.cols.add([e]):
-                self._offsets.append(np.array([line_at]))
+                self._blocks.append((first, line_at, None))
             self.offset = at
 
     def _envelope_at(self, i: int) -> tuple[Any, Payload | None, Any]:
-        """(event name, payload, timestamp) of named event ``i``, read again from the file."""
-        if len(self._offsets) > 1:
-            self._offsets[:] = [np.concatenate(self._offsets)]
-        with open_tape(self.path) as fh:
-            fh.seek(int(self._offsets[0][i]))
-            e = msgspec.convert(json.loads(fh.readline()), _Envelope)
+        """(event name, payload, timestamp) of named event ``i``, read again from the file
+        (its block, whose lines are all events)."""
+        b = bisect.bisect_right(self._blocks, i, key=lambda x: x[0]) - 1
+        first, offset, kept = self._blocks[b]
+        end = self._blocks[b + 1][1] if b + 1 < len(self._blocks) else self.offset
+        if self._block is None or self._block[0] != offset:
+            with open_tape(self.path) as fh:
+                fh.seek(offset)
+                self._block = (offset, fh.read(end - offset).split(b"\n"))
+        line = i - first if kept is None else kept[i - first]
+        e = msgspec.convert(json.loads(self._block[1][line]), _Envelope)
         assert e.event_name is not None
         return e.event_name.name, e.payload, e.timestamp
 
@@ -291,6 +301,11 @@ def load_timeline(source: str | os.PathLike[str]) -> TimelineData:
     while len(_FILES) > _FILES_KEPT:
         _FILES.pop(next(iter(_FILES)))
     return tape.read()
+
+
+def clear_timeline_cache() -> None:
+    """Forget the columns kept of every tape (the next :func:`load_timeline` reads whole)."""
+    _FILES.clear()
 
 
 def timeline_from_events(events: Iterable[TapeEvent]) -> TimelineData:

@@ -419,6 +419,20 @@ class Controller:
                                             if s == JobStatus.ABORTED))
         return result
 
+    def event_gaps(self) -> int:
+        """How often the sentinel's event stream skipped events so far (see
+        ``EventPump.gaps``): the queue widget re-reads the state DB only when this grew."""
+        return self.events.gaps
+
+    def catch_up(self, timeout: float = 1.0) -> bool:
+        """Wait until every event the sentinel has published so far has reached the widgets;
+        False when that cannot be told (the sentinel does not answer) or took too long."""
+        try:
+            seq = int(self.client.ping(timeout=timeout).get("event_seq") or 0)
+        except Exception:  # gone or busy: the caller re-reads the state DB instead
+            return False
+        return not seq or self.events.wait_seq(seq, timeout)
+
     def _pump_widgets(self, final: bool = False) -> None:
         """Let open queue widgets catch up while a blocking call holds the kernel's thread."""
         for w in list(self._widgets):

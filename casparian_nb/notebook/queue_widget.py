@@ -33,7 +33,6 @@ saved notebook shows what the queue looked like without a kernel (F10).
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 import time
@@ -47,6 +46,7 @@ import traitlets
 
 from ..protocol import JobStatus, vocabulary
 from ._queue_model import DEAD, STATUSES, QueueModel
+from ._queue_snapshot import queue_snapshot_html
 from ._scheduling import Scheduler, default_scheduler
 
 __all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
@@ -464,26 +464,7 @@ class QueueWidget(anywidget.AnyWidget):
     def snapshot_html(self) -> str:
         """The header (counts as a stacked bar, throughput) and the current page, as static
         HTML: no script, the colours inline."""
-        counts = self._model.count_dict()
-        total = max(1, counts["total"])
-        segments = "".join(
-            f'<span title="{s.lower()} {counts[s]}" style="display:inline-block;height:8px;'
-            f'width:{100 * counts[s] / total:.2f}%;background:{_COLORS.get(s, "#9ca3af")}">'
-            "</span>" for s in STATUSES if counts.get(s))
-        bar = (f'<div style="width:240px;background:#e5e7eb;font-size:0;line-height:0">'
-               f"{segments}</div>")
-        head = html.escape(self.summary()) + (
-            f", {counts['dead']} dead" if counts.get("dead") else "") + (
-            f", {self._model.throughput(time.time()):.1f} jobs/s")
-        cells = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                r["id"], r["label"] + (" (dead)" if r["dead_letter"] else "")
-                + (" (stale)" if r["stale"] else ""), r["plugin"] or "", r["input"],
-                r["error"] or "")) + "</tr>"
-            for r in self.rows)
-        table = ("<table><tr><th>#</th><th>status</th><th>plugin</th><th>input</th>"
-                 f"<th>error</th></tr>{cells}</table>") if cells else ""
-        return f'<div class="cf-queue-snapshot"><div>{head}</div>{bar}{table}</div>'
+        return queue_snapshot_html(self._model, self.rows, self.summary())
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -502,12 +483,6 @@ class QueueWidget(anywidget.AnyWidget):
     def __repr__(self) -> str:
         # Constant on purpose: nbval compares a widget's text/plain, and counts change.
         return "<QueueWidget: live job queue>"
-
-
-#: Status colours of the static snapshot (the live widget's are in queue.css).
-_COLORS = {JobStatus.QUEUED: "#6b7280", JobStatus.RUNNING: "#2563eb",
-           JobStatus.COMPLETED: "#16a34a", JobStatus.FAILED: "#dc2626",
-           JobStatus.ABORTED: "#9333ea", JobStatus.SKIPPED: "#9ca3af"}
 
 
 def _int(value: Any, default: int) -> int:

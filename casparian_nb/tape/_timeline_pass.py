@@ -164,9 +164,9 @@ def reduce_columns(cols: Columns) -> dict[str, Any]:
     # lanes: workers in the order they are first seen (a worker event, or a bar)
     seen = np.nonzero(np.isin(kind, [K_WJ, K_WL, K_WLEFT]))[0]
     first = np.sort(np.concatenate((seen, out["bar_pos"])))
-    names = list(cols.worker_ids)
-    order = dict.fromkeys(names[w] if w >= 0 else "None" for w in worker[first].tolist())
-    out["workers"] = list(order)
+    names = [*cols.worker_ids, "None"]  # -1: a worker event without a worker id
+    ids, at = np.unique(worker[first], return_index=True)
+    out["workers"] = [names[w] for w in ids[np.argsort(at)].tolist()]
     out["end_state"] = _end_state(cols, rows, final, counts, out["jobs"])
     return out
 

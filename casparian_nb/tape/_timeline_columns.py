@@ -30,8 +30,11 @@ _KIND: dict[str, int] = {
     E.JOB_SKIPPED: K_K, E.MATERIALIZATION_RECORDED: K_M, E.WORKER_JOINED: K_WJ,
     E.WORKER_LOST: K_WL, E.WORKER_LEFT: K_WLEFT}
 ENDS = np.array([K_OK, K_F, K_FR, K_A, K_K])
-#: Kinds whose worker id is kept (bars, worker records), and whose details are kept.
-_NAMES_WORKER = np.array([K_D, K_S, K_OK, K_F, K_FR, K_A, K_WJ, K_WL, K_WLEFT])
+#: Kinds whose worker id is kept (bars, worker records), ...
+_NAMES_WORKER = np.array([K_D, K_WJ, K_WL, K_WLEFT])
+#: ... and kinds whose worker id is kept when it names a worker not seen before.
+_NAMES_WORKER_TOO = np.array([K_S, K_OK, K_F, K_FR, K_A])
+#: Kinds whose details are kept.
 _DETAILED = np.array([K_F, K_FR, K_C, K_R, K_WJ, K_WL, K_WLEFT, K_OTHER])
 
 
@@ -89,11 +92,20 @@ class Columns:
         if not _all_str(raws):  # 123 and "123" are the same job
             raws = [r if type(r) is str else job_key(r) for r in raws]
         job[idx] = _index(self.keys, raws)
-        idx = np.nonzero(np.isin(kind, _NAMES_WORKER))[0].tolist()
-        ws = list(map(_WORKER_ID, _pick(pays, idx)))
         worker = np.full(len(named), -1, dtype=np.int64)
-        worker[idx] = _index(self.worker_ids, ws if _all_str(ws) else [
-            None if w is None else w if type(w) is str else str(w) for w in ws])
+        known = set(self.worker_ids)
+        self._index_workers(worker, pays, np.nonzero(np.isin(kind, _NAMES_WORKER))[0])
+        # A start or an end names a worker first only when it is not known yet (the
+        # reducer's worker order); most blocks name none: then only those events are read.
+        idx = np.nonzero(np.isin(kind, _NAMES_WORKER_TOO))[0].tolist()
+        try:
+            fresh = not set(map(_WORKER_ID, _pick(pays, idx))) <= known | {None}
+        except TypeError:  # a corrupt tape's unhashable worker id
+            fresh = True
+        if fresh:
+            worker[:] = -1
+            self._index_workers(worker, pays, np.nonzero(np.isin(
+                kind, np.concatenate((_NAMES_WORKER, _NAMES_WORKER_TOO))))[0])
         idx = np.nonzero(np.isin(kind, ENDS))[0].tolist()
         duration = np.full(len(named), np.nan)
         duration[idx] = _durations(list(map(_DURATION, _pick(pays, idx))))
@@ -112,6 +124,12 @@ class Columns:
         self._duration.append(duration)
         self._arrays = None
         return kept
+
+    def _index_workers(self, worker: Any, pays: list[Any], at: Any) -> None:
+        idx = at.tolist()
+        ws = list(map(_WORKER_ID, _pick(pays, idx)))
+        worker[idx] = _index(self.worker_ids, ws if _all_str(ws) else [
+            None if w is None else w if type(w) is str else str(w) for w in ws])
 
     def arrays(self) -> tuple[Any, Any, Any, Any, Any]:
         """(epoch seconds, kind, job index, worker index, duration ms) per event."""
@@ -180,12 +198,14 @@ def _kinds(ens: list[Any], pays: list[Any]) -> Any:
     except TypeError:  # a corrupt tape's unhashable event name: not a handler
         kind = np.array([_KINDS[en.name] if type(en.name) is str else 0 for en in ens],
                         dtype=np.int8)
-    # (``str.__eq__`` of a non-string is NotImplemented, not False: hence ``is True``)
-    domain = np.fromiter(map(is_, map(DOMAIN_EVENT.__eq__, map(_TYPE, ens)), repeat(True)),
-                         dtype=bool, count=n)
-    kind[~domain] = K_OTHER
-    none = np.fromiter(map(is_, pays, repeat(None)), dtype=bool, count=n)
-    kind[none & domain] = 0
+    types = list(map(_TYPE, ens))
+    domain = np.ones(n, dtype=bool)
+    if types.count(DOMAIN_EVENT) != n:  # commands, responses, errors: a few per block
+        domain[[i for i, t in enumerate(types) if t != DOMAIN_EVENT]] = False
+        kind[~domain] = K_OTHER
+    if None in pays:
+        none = np.fromiter(map(is_, pays, repeat(None)), dtype=bool, count=n)
+        kind[none & domain] = 0
     for i in np.nonzero(kind == K_F)[0].tolist():
         if pays[i].will_retry is True:
             kind[i] = K_FR

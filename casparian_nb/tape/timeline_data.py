@@ -43,6 +43,7 @@ import bisect
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,11 @@ class _TapeFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()  # held by the reader (load_timeline)
+        self._start()
+
+    def _start(self) -> None:
+        """Nothing read yet."""
         self.cols = Columns()
         self.cols.envelope_at = self._envelope_at
         self.offset = 0  # the next unread line starts here
@@ -207,6 +213,7 @@ class _TapeFile:
         self.stamp: tuple[int, int, int] | None = None
         self._block: tuple[int, list[bytes]] | None = None  # the last block read again
         self.data: TimelineData | None = None
+        self._seen: tuple[bytes, bytes] = (b"", b"")
 
     def read(self) -> TimelineData:
         """Read on from the last complete line (or from the start, when the file is no
@@ -215,18 +222,27 @@ class _TapeFile:
         stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if self.data is not None and stamp == self.stamp:
             return self.data  # a zoom, a second widget: nothing new to read
-        if self.stamp is not None and (stat.st_size < self.offset or stamp[0] != self.stamp[0]):
-            self.__init__(self.path)  # type: ignore[misc]  # replaced or cut: start over
         self.truncated = None
         with open_tape(self.path) as fh:
+            if self.offset and self._marks(fh) != self._seen:
+                self._start()  # replaced, cut or rewritten: read it whole again
             for data, cut, kind in read_blocks(fh, self.offset):
                 block = memoryview(data)[:cut]
                 if not (kind != LINES and self._fast(block)):
                     self._lines(bytes(block))
+            self._seen = self._marks(fh)
         self.stamp = stamp
         self.data = _timeline(self.cols)
         self.data.truncated, self.data.skipped = self.truncated, self.cols.skipped + self.bad
         return self.data
+
+    def _marks(self, fh: Any) -> tuple[bytes, bytes]:
+        """The file's first bytes and those before ``offset``: while they stay the same, the
+        file only grew since it was read."""
+        fh.seek(0)
+        head = fh.read(min(_MARK, self.offset))
+        fh.seek(max(0, self.offset - _MARK))
+        return head, fh.read(min(_MARK, self.offset))
 
     def _fast(self, block: memoryview) -> bool:
         try:
@@ -282,8 +298,11 @@ class _TapeFile:
         return e.event_name.name, e.payload, e.timestamp
 
 
+_MARK = 256  # bytes compared to tell a grown tape from another one at the same path
 _FILES: dict[Path, _TapeFile] = {}
-_FILES_KEPT = 4  # tapes whose columns stay in memory (a 100,000-job tape: ~30 MB)
+_FILES_KEPT = 4  # tapes whose columns stay in memory (a 100,000-job tape: ~40 MB)
+# The lab's server extension loads tapes on worker threads: one read of a file at a time.
+_FILES_LOCK = threading.Lock()
 
 
 def load_timeline(source: str | os.PathLike[str]) -> TimelineData:
@@ -296,16 +315,19 @@ def load_timeline(source: str | os.PathLike[str]) -> TimelineData:
     path = Path(source)
     open_tape(path).close()  # a missing file or a folder: one-line TapeError
     key = path.resolve()
-    tape = _FILES.pop(key, None) or _TapeFile(key)
-    _FILES[key] = tape  # most recently used last
-    while len(_FILES) > _FILES_KEPT:
-        _FILES.pop(next(iter(_FILES)))
-    return tape.read()
+    with _FILES_LOCK:
+        tape = _FILES.pop(key, None) or _TapeFile(key)
+        _FILES[key] = tape  # most recently used last
+        while len(_FILES) > _FILES_KEPT:
+            _FILES.pop(next(iter(_FILES)))
+    with tape.lock:
+        return tape.read()
 
 
 def clear_timeline_cache() -> None:
     """Forget the columns kept of every tape (the next :func:`load_timeline` reads whole)."""
-    _FILES.clear()
+    with _FILES_LOCK:
+        _FILES.clear()
 
 
 def timeline_from_events(events: Iterable[TapeEvent]) -> TimelineData:

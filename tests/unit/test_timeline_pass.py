@@ -136,3 +136,16 @@ def test_a_growing_tape_is_read_on_and_matches_a_whole_read(tmp_path: Path) -> N
     assert whole is not first and whole.truncated is None and whole.events == 600
     assert live == timeline_payload(whole)
     assert end == TimelineSource(tape).end()
+
+
+def test_a_tape_written_again_at_the_same_path_is_read_whole(tmp_path: Path) -> None:
+    """Another tape in the same file (re-recorded, longer than the first): not read on from
+    the old offset, but whole."""
+    tape = tmp_path / "again.tape"
+    tape.write_text("".join(_random_tape(11, events=300)))
+    load_timeline(tape)
+    tape.write_text("".join(_random_tape(12, events=500)))
+    again = load_timeline(tape)
+    clear_timeline_cache()
+    assert timeline_payload(again) == timeline_payload(load_timeline(tape))
+    assert again.events == 500

@@ -14,7 +14,10 @@ Truth rules:
   three sub-lanes and no two bars on a lane overlap.
 * A job that never reached a worker gets no lane: it counts in the queue-depth strip (and in
   the scrubber's replayed state), never as a bar.
-* Status rules are the tape reducer's (:mod:`.reducer`), shared with explain and replay.
+* Status rules are the tape reducer's (:mod:`.reducer`), shared with explain and replay;
+  the timeline applies them to whole columns at once (:mod:`._timeline_pass`, checked
+  against the reducer by ``tests/unit/test_timeline_pass.py``): a 100,000-job tape has
+  ~420,000 events, too many for a Python loop in the 2 s a first render may take.
 
 The payload (JSON; version 1) — what :func:`timeline_payload` returns and the front-end's
 ``mountTimeline`` (``notebook/static/timeline_draw.js``) draws::

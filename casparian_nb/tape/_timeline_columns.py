@@ -8,7 +8,7 @@ is read on block by block.
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import count, repeat
 from operator import attrgetter, is_, itemgetter
 from typing import Any
 
@@ -49,7 +49,9 @@ class Columns:
         self.first_timestamp: Any = None
         self.last: tuple[Any, Any, Any, Any] | None = None  # seq, timestamp, type, name
         self.count = 0
-        self.keys: dict[str, int] = {}  # job id -> index, in order of first job event
+        #: job id -> index (increasing in order of first job event; not dense)
+        self.keys: dict[str, int] = {}
+        self._next_job = count()
         self.worker_ids: dict[str, int] = {}
         self.extra: dict[int, tuple[Any, ...]] = {}  # event -> details of the few that need them
         self._times: list[Any] = []
@@ -91,7 +93,13 @@ class Columns:
         raws = list(map(_JOB_ID, _pick(pays, idx)))
         if not _all_str(raws):  # 123 and "123" are the same job
             raws = [r if type(r) is str else job_key(r) for r in raws]
-        job[idx] = _index(self.keys, raws)
+        if None in raws:  # not a job id: no row
+            ok = [i for i, r in zip(idx, raws, strict=True) if r is not None]
+            idx, raws = ok, [r for r in raws if r is not None]
+        # One C-level pass: a job's index is the count of job events before its first one
+        # (sparse, in order of first appearance; Rows makes names of them).
+        job[idx] = np.fromiter(map(self.keys.setdefault, raws, self._next_job), dtype=np.int64,
+                               count=len(raws))
         worker = np.full(len(named), -1, dtype=np.int64)
         known = set(self.worker_ids)
         self._index_workers(worker, pays, np.nonzero(np.isin(kind, _NAMES_WORKER))[0])

@@ -90,18 +90,26 @@ class Rows:
         pos = np.nonzero(job >= 0)[0]
         jobs, kinds = job[pos], kind[pos]
         keys = dict(cols.keys)
+        end = max(keys.values(), default=-1) + 1
         extra_pos: list[int] = []
         extra_job: list[int] = []
         for i in np.nonzero((kind == K_WL) | (kind == K_WLEFT))[0].tolist():
             ids = cols.extra[i][3]
             for raw in ids if isinstance(ids, list) else ():
                 extra_pos.append(i)
-                extra_job.append(keys.setdefault(job_key(raw) or "", len(keys)))
+                key = job_key(raw) or ""
+                if key not in keys:  # re-queued, never queued: no job (the reducer's rule)
+                    keys[key] = end
+                    end += 1
+                extra_job.append(keys[key])
         if extra_pos:
             pos = np.concatenate((pos, np.asarray(extra_pos, dtype=np.int64)))
             jobs = np.concatenate((jobs, np.asarray(extra_job, dtype=np.int64)))
             kinds = np.concatenate((kinds, np.full(len(extra_pos), K_REQ, dtype=np.int8)))
-        self.keys = list(keys)
+        #: job id by index (None: an index no job has)
+        self.keys: Any = np.full(end, None, dtype=object)
+        if keys:
+            self.keys[np.fromiter(keys.values(), dtype=np.int64, count=len(keys))] = list(keys)
         order = np.lexsort((pos, jobs))  # stable: a list's re-queues keep their order
         self.pos, self.job, self.kind = pos[order], jobs[order], kinds[order]
         n = len(order)

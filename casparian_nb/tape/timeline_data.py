@@ -170,7 +170,7 @@ def _timeline(cols: Columns) -> TimelineData:
     data.bar_t0, data.bar_t1, data.bar_lane = t0, t1, lane
     data.bar_status = _CLOSED_CODE[r["bar_closed"][order]]
     data.bar_attempt = r["bar_attempt"][order]
-    data.bar_job = [keys[j] for j in jobs.tolist()]
+    data.bar_job = keys[jobs].tolist()
     data.bar_final = _FINAL_CODE[final[jobs]]
     first_lane = {w: i for i, (w, s) in reversed(list(enumerate(data.lanes)))}
     for _, m, where in r["markers"]:

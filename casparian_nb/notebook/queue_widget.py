@@ -173,7 +173,10 @@ class QueueWidget(anywidget.AnyWidget):
 
     # -- widget thread -----------------------------------------------------------------------
     def _schedule_flush(self) -> None:
-        self._wake_pending = False
+        # The wake-up flag stays set until a flush takes the inbox: the event thread wakes
+        # the kernel's loop once per flush, not once per batch (hundreds a second under
+        # load, each a cross-thread wake-up and a turn of the loop fighting a cell for the
+        # GIL).
         if self._flush_scheduled or self._closed:
             return
         self._flush_scheduled = True
@@ -212,6 +215,7 @@ class QueueWidget(anywidget.AnyWidget):
     def _flush(self, force: bool = False) -> None:
         if self._closed:
             return
+        self._wake_pending = False  # cleared first: an event from now on wakes the loop again
         self._apply()
         if not (force or self._model.dirty):
             return

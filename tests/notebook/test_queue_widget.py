@@ -516,3 +516,24 @@ def test_a_backlog_of_events_is_applied_a_slice_per_turn(comms: list[RecordingCo
     assert len(backlog) == 2000 // queue_widget._APPLY_SLICE + 1
     assert w.comm.merged()["counts"]["QUEUED"] == 2000 and w.flushes == 1
     w.close()
+
+
+def test_the_event_thread_wakes_the_loop_once_per_flush(comms: list[RecordingComm]) -> None:
+    """Batch after batch of events (the event thread hands over every few ms) wake the
+    kernel's loop once until a flush takes them, not once per batch."""
+    now = [0.0]
+    sched = ManualScheduler(clock=lambda: now[0])
+    src = FakeSource([job(i) for i in range(1, 101)])
+    w = _widget(src, scheduler=sched, clock=lambda: now[0])
+    wakes = 0
+    for i in range(1, 101):  # the loop is idle: it runs what is due after every batch
+        src.publish("JobDispatched", {"job_id": i, "worker_id": "w1"})
+        wakes += sched.run_due()
+    assert wakes == 1  # one wake-up for 100 batches (the flush timer is not due yet)
+    now[0] = 1.0
+    sched.run_due()
+    assert w.comm.merged()["counts"]["RUNNING"] == 100 and not sched._heap
+    src.publish("JobStarted", {"job_id": 1, "worker_id": "w1"})
+    src.publish("JobStarted", {"job_id": 2, "worker_id": "w1"})
+    assert len(sched._heap) == 1  # the next batch wakes the loop again, once
+    w.close()

@@ -303,7 +303,7 @@ class _TapeFile:
 
 _MARK = 256  # bytes compared to tell a grown tape from another one at the same path
 _FILES: dict[Path, _TapeFile] = {}
-_FILES_KEPT = 4  # tapes whose columns stay in memory (a 100,000-job tape: ~40 MB)
+_FILES_KEPT = 2  # tapes whose columns stay in memory (a 100,000-job tape: ~100 MB)
 # The lab's server extension loads tapes on worker threads: one read of a file at a time.
 _FILES_LOCK = threading.Lock()
 

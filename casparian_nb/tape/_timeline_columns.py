@@ -154,8 +154,8 @@ class Columns:
 
 _EVENT_NAME, _PAYLOAD, _TIMESTAMP = (attrgetter(a) for a in (
     "event_name", "payload", "timestamp"))
-_TYPE, _NAME, _JOB_ID, _WORKER_ID, _DURATION = (attrgetter(a) for a in (
-    "type", "name", "job_id", "worker_id", "duration_ms"))
+_TYPE, _NAME, _JOB_ID, _WORKER_ID, _DURATION, _WILL_RETRY = (attrgetter(a) for a in (
+    "type", "name", "job_id", "worker_id", "duration_ms", "will_retry"))
 
 
 def _pick(values: list[Any], idx: list[int]) -> list[Any]:
@@ -214,7 +214,8 @@ def _kinds(ens: list[Any], pays: list[Any]) -> Any:
     if None in pays:
         none = np.fromiter(map(is_, pays, repeat(None)), dtype=bool, count=n)
         kind[none & domain] = 0
-    for i in np.nonzero(kind == K_F)[0].tolist():
-        if pays[i].will_retry is True:
-            kind[i] = K_FR
+    failed = np.nonzero(kind == K_F)[0]
+    retry = np.fromiter(map(is_, map(_WILL_RETRY, _pick(pays, failed.tolist())), repeat(True)),
+                        dtype=bool, count=len(failed))
+    kind[failed[retry]] = K_FR
     return kind

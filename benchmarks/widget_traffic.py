@@ -216,7 +216,7 @@ def one_run(args: argparse.Namespace) -> float:
         t1 = time.monotonic()
         kernel.run("from pathlib import Path\n"
                    f"_ = Path({str(tmp / 'widget.json')!r}).write_text(json.dumps("
-                   "{'flushes': w.flushes, 'counts': w.counts}))")
+                   "{'flushes': w.flushes, 'counts': w.counts, 'gaps': ctl.event_gaps()}))")
         widget = json.loads((tmp / "widget.json").read_text())
         kernel.run("ctl.stop()")
         events = sum(1 for p in (home / "tapes").glob("sentinel-*.tape")
@@ -274,6 +274,8 @@ def one_run(args: argparse.Namespace) -> float:
          f"{events / max(1, comm):.0f} events per comm message"),
         ("widget flushes / final counts", f"{widget['flushes']}", "",
          ", ".join(f"{k} {v}" for k, v in widget["counts"].items() if v)),
+        ("gaps in the event stream", f"{widget['gaps']}", "",
+         "the queue re-reads the state DB only after one"),
     ]
     print()
     print(f"widget traffic: {args.jobs:,} no-op jobs, 2 workers, queue widget open in a real "

@@ -54,6 +54,11 @@ class EventPump:
         self._finished: dict[int, str] = {}
         #: The highest event ``seq`` received (see :meth:`wait_seq`).
         self.last_seq = 0
+        #: Gaps seen in the sentinel's event ``seq`` (PUB/SUB drops events a slow subscriber
+        #: does not take in time; a restarted sentinel starts again at 1). While it stays the
+        #: same, the widgets have every event and need not re-read the state DB.
+        self.gaps = 0
+        self._next_seq: int | None = None
         self._seq_seen = threading.Condition()
         self._links: dict[str, tuple[str, str]] = {}  # job id -> (correlation id, last event)
         self._subscribers: list[Subscriber] = []
@@ -143,6 +148,10 @@ class EventPump:
                     continue
                 events = [(m.payload, m.ts) for m in messages if isinstance(m.payload, EventMessage)]
                 if events:
+                    for e, _ in events:
+                        if self._next_seq is not None and e.seq != self._next_seq:
+                            self.gaps += 1
+                        self._next_seq = e.seq + 1
                     self._handle([(e.name, e.data, ts) for e, ts in events],
                                  [e.correlation_id for e, _ in events])
                     top = max(e.seq for e, _ in events)

@@ -169,6 +169,8 @@ class Controller:
         with self.session.command(command, {"home": str(settings.home), **(start_args or {})}) as r:
             self.events = EventPump(info, self.session.tape)
             self.events.start()
+            # events up to this seq may predate the subscription: never waited for
+            self._event_floor = self._published_seq() or 0
             r.update(pid=info.pid)
         _LIVE.add(self)
         _CURRENT.append(self)
@@ -460,6 +462,26 @@ class Controller:
                      aborted_job_ids=sorted(j for j, s in result.statuses.items()
                                             if s == JobStatus.ABORTED))
         return result
+
+    def event_gaps(self) -> int:
+        """How often the sentinel's event stream skipped events so far (see
+        ``EventPump.gaps``): the queue widget re-reads the state DB only when this grew."""
+        return self.events.gaps
+
+    def catch_up(self, timeout: float = 1.0) -> bool:
+        """Wait until every event the sentinel has published so far has reached the widgets;
+        False when that cannot be told (the sentinel does not answer) or took too long."""
+        seq = self._published_seq(timeout)
+        if seq is None:  # gone or busy: the caller re-reads the state DB instead
+            return False
+        return seq <= self._event_floor or self.events.wait_seq(seq, timeout)
+
+    def _published_seq(self, timeout: float | None = None) -> int | None:
+        """The ``seq`` of the sentinel's last published event (None: no answer)."""
+        try:
+            return int(self.client.ping(timeout=timeout).get("event_seq") or 0)
+        except Exception:
+            return None
 
     def _pump_widgets(self, final: bool = False) -> None:
         """Let open queue widgets catch up while a blocking call holds the kernel's thread."""

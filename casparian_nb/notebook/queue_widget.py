@@ -33,7 +33,6 @@ saved notebook shows what the queue looked like without a kernel (F10).
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 import time
@@ -47,6 +46,7 @@ import traitlets
 
 from ..protocol import JobStatus, vocabulary
 from ._queue_model import DEAD, STATUSES, QueueModel
+from ._queue_snapshot import queue_snapshot_html
 from ._scheduling import Scheduler, default_scheduler
 
 __all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
@@ -54,8 +54,11 @@ __all__ = ["QueueEvent", "QueueSource", "QueueWidget"]
 log = logging.getLogger("casparian_nb.notebook")
 
 _STATIC = Path(__file__).parent / "static"
-#: Snapshot rows merged per turn of the kernel's loop (~5 ms each).
-_MERGE_SLICE = 1000
+#: Snapshot rows merged per turn of the kernel's loop (~3 ms): a cell waits for one turn.
+_MERGE_SLICE = 250
+#: Events applied per turn of the kernel's loop on a timed flush (~3 ms); a submit of
+#: thousands of jobs brings thousands of events at once.
+_APPLY_SLICE = 300
 #: ``(event name, data, publish time)`` as the sentinel sent it.
 QueueEvent = tuple[str, Mapping[str, Any], float | None]
 
@@ -70,7 +73,12 @@ STATUS_VOCABULARY: dict[str, Any] = {
 
 
 class QueueSource(Protocol):
-    """What the widget needs from a controller."""
+    """What the widget needs from a controller.
+
+    A source may also offer ``event_gaps() -> int`` (how often its event stream skipped
+    events) and ``catch_up() -> bool`` (wait until every event published so far has been
+    delivered): then the widget re-reads the state DB only after a gap. Without them it
+    re-reads the unfinished jobs every ``reconcile_every`` seconds and at every ``sync``."""
 
     def cancel(self, job_id: int) -> Mapping[str, Any]:
         """Ask the sentinel to cancel one job; its ``CancelResult`` reply."""
@@ -138,6 +146,10 @@ class QueueWidget(anywidget.AnyWidget):
         # Subscribe before the snapshot: an event published in between is applied after it,
         # and a stale snapshot row can never undo a terminal event (see QueueModel.load).
         self._unsubscribe = source.subscribe(self._on_events)
+        gaps = getattr(source, "event_gaps", None)
+        #: the source's event gaps at the last look (see _missed_events); the snapshot
+        #: below covers any before now
+        self._gaps_seen = int(gaps()) if gaps is not None else 0
         self._model.load(source.job_snapshot())
         view = {"status": "", "sort": "id", "desc": True, "offset": 0, "limit": limit}
         total, _, page = self._model.page(limit=limit)
@@ -161,7 +173,10 @@ class QueueWidget(anywidget.AnyWidget):
 
     # -- widget thread -----------------------------------------------------------------------
     def _schedule_flush(self) -> None:
-        self._wake_pending = False
+        # The wake-up flag stays set until a flush takes the inbox: the event thread wakes
+        # the kernel's loop once per flush, not once per batch (hundreds a second under
+        # load, each a cross-thread wake-up and a turn of the loop fighting a cell for the
+        # GIL).
         if self._flush_scheduled or self._closed:
             return
         self._flush_scheduled = True
@@ -180,14 +195,28 @@ class QueueWidget(anywidget.AnyWidget):
             self._flush_scheduled = True
             self._scheduler.call_later(wait, self._timed_flush)
             return
+        if len(self._inbox) > _APPLY_SLICE:
+            # a slice now, the rest on the next turns: a cell run meanwhile waits for one
+            # slice, not for the whole backlog
+            self._apply(_APPLY_SLICE)
+            self._flush_scheduled = True
+            self._scheduler.call_later(0.0, self._timed_flush)
+            return
         self._flush()
+
+    def _apply(self, limit: int | None = None) -> None:
+        """Apply pending events (at most ``limit``) to the model, in arrival order."""
+        inbox, apply = self._inbox, self._model.apply
+        n = len(inbox) if limit is None else min(limit, len(inbox))
+        for _ in range(n):
+            name, data, ts = inbox.popleft()
+            apply(name, data, ts)
 
     def _flush(self, force: bool = False) -> None:
         if self._closed:
             return
-        while self._inbox:
-            name, data, ts = self._inbox.popleft()
-            self._model.apply(name, data, ts)
+        self._wake_pending = False  # cleared first: an event from now on wakes the loop again
+        self._apply()
         if not (force or self._model.dirty):
             return
         v = self.view
@@ -211,13 +240,27 @@ class QueueWidget(anywidget.AnyWidget):
         if self._inbox:  # arrived while we worked: next flush, still rate-limited
             self._schedule_flush()
 
+    def _missed_events(self) -> bool:
+        """Whether events may have been lost since the last look (the source's event stream
+        had a gap, or the source cannot tell): only then is the state DB worth re-reading.
+        Re-reading every unfinished job every few seconds held the kernel's thread (and its
+        GIL, and the garbage collector) for tens of ms with thousands of jobs queued."""
+        gaps = getattr(self._source, "event_gaps", None)
+        if gaps is None:
+            return True
+        seen, self._gaps_seen = self._gaps_seen, int(gaps())
+        return seen != self._gaps_seen
+
     def pump(self) -> None:
         """Flush pending events now if one is due (called by ``ctl.wait()`` between polls,
         when the kernel's loop cannot run); a no-op off the widget thread."""
         if threading.current_thread() is not self._thread or self._closed:
             return
         if self._clock() - self._last_reconcile >= self.reconcile_every > 0:
-            self.reconcile()
+            if self._missed_events():
+                self.reconcile()
+            else:
+                self._last_reconcile = self._clock()
         if self._inbox and self._clock() >= self._last_flush + self.interval:
             self._flush()
 
@@ -230,6 +273,11 @@ class QueueWidget(anywidget.AnyWidget):
         state DB (``ctl.wait()`` ends with this, so the table agrees with what it returned
         even if the last events are still on their way)."""
         if threading.current_thread() is not self._thread or self._closed:
+            return
+        catch_up = getattr(self._source, "catch_up", None)
+        if catch_up is not None and catch_up() and not self._missed_events():
+            # every event published so far is in: the table is what the sentinel says
+            self._flush(force=True)
             return
         self._flush()
         self.reconcile()
@@ -248,7 +296,10 @@ class QueueWidget(anywidget.AnyWidget):
         if self._closed:
             return
         if self._clock() - self._last_reconcile >= self.reconcile_every * 0.9:
-            self._reconcile_in_background()
+            if self._missed_events():
+                self._reconcile_in_background()
+            else:
+                self._last_reconcile = self._clock()
         self._scheduler.call_later(self.reconcile_every, self._reconcile_tick)
 
     def _reconcile_in_background(self) -> None:
@@ -417,26 +468,7 @@ class QueueWidget(anywidget.AnyWidget):
     def snapshot_html(self) -> str:
         """The header (counts as a stacked bar, throughput) and the current page, as static
         HTML: no script, the colours inline."""
-        counts = self._model.count_dict()
-        total = max(1, counts["total"])
-        segments = "".join(
-            f'<span title="{s.lower()} {counts[s]}" style="display:inline-block;height:8px;'
-            f'width:{100 * counts[s] / total:.2f}%;background:{_COLORS.get(s, "#9ca3af")}">'
-            "</span>" for s in STATUSES if counts.get(s))
-        bar = (f'<div style="width:240px;background:#e5e7eb;font-size:0;line-height:0">'
-               f"{segments}</div>")
-        head = html.escape(self.summary()) + (
-            f", {counts['dead']} dead" if counts.get("dead") else "") + (
-            f", {self._model.throughput(time.time()):.1f} jobs/s")
-        cells = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                r["id"], r["label"] + (" (dead)" if r["dead_letter"] else "")
-                + (" (stale)" if r["stale"] else ""), r["plugin"] or "", r["input"],
-                r["error"] or "")) + "</tr>"
-            for r in self.rows)
-        table = ("<table><tr><th>#</th><th>status</th><th>plugin</th><th>input</th>"
-                 f"<th>error</th></tr>{cells}</table>") if cells else ""
-        return f'<div class="cf-queue-snapshot"><div>{head}</div>{bar}{table}</div>'
+        return queue_snapshot_html(self._model, self.rows, self.summary())
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -455,12 +487,6 @@ class QueueWidget(anywidget.AnyWidget):
     def __repr__(self) -> str:
         # Constant on purpose: nbval compares a widget's text/plain, and counts change.
         return "<QueueWidget: live job queue>"
-
-
-#: Status colours of the static snapshot (the live widget's are in queue.css).
-_COLORS = {JobStatus.QUEUED: "#6b7280", JobStatus.RUNNING: "#2563eb",
-           JobStatus.COMPLETED: "#16a34a", JobStatus.FAILED: "#dc2626",
-           JobStatus.ABORTED: "#9333ea", JobStatus.SKIPPED: "#9ca3af"}
 
 
 def _int(value: Any, default: int) -> int:

@@ -258,7 +258,7 @@ class TimelineWidget(anywidget.AnyWidget):
     def summary(self) -> str:
         """One line: the tape, its events, jobs and final counts."""
         d = self._source.timeline
-        counts = ", ".join(f"{k} {n}" for k, n in d.final.core.counts().items() if n)
+        counts = ", ".join(f"{k} {n}" for k, n in d.counts.items() if n)
         return (f"{self.title}: {d.events} events, {d.jobs} jobs, {len(d.lanes)} worker "
                 f"slots, {d.duration_s:.2f} s" + (f" ({counts})" if counts else ""))
 

@@ -81,11 +81,12 @@ def _iter_lines(fh: IO[bytes]) -> Iterator[RawLine]:
             yield parse_line(*pending, last=True)
 
 
-def read_blocks(fh: IO[bytes]) -> Iterator[tuple[bytes, int, int]]:
-    """``(data, cut, kind)`` for the blocks of whole lines of ``fh``, from its start:
+def read_blocks(fh: IO[bytes], start: int = 0) -> Iterator[tuple[bytes, int, int]]:
+    """``(data, cut, kind)`` for the blocks of whole lines of ``fh``, from byte ``start``
+    (a line's start; a growing tape is read on from where the last read stopped):
     ``data[:cut]`` is the block; a line longer than a block comes whole; the file's last line
     without its newline comes alone, as ``LINES``."""
-    fh.seek(0)
+    fh.seek(start)
     while True:
         data = fh.read(_BLOCK)
         if not data:

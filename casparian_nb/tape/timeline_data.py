@@ -14,7 +14,10 @@ Truth rules:
   three sub-lanes and no two bars on a lane overlap.
 * A job that never reached a worker gets no lane: it counts in the queue-depth strip (and in
   the scrubber's replayed state), never as a bar.
-* Status rules are the tape reducer's (:mod:`.reducer`), shared with explain and replay.
+* Status rules are the tape reducer's (:mod:`.reducer`), shared with explain and replay;
+  the timeline applies them to whole columns at once (:mod:`._timeline_pass`, checked
+  against the reducer by ``tests/unit/test_timeline_pass.py``): a 100,000-job tape has
+  ~420,000 events, too many for a Python loop in the 2 s a first render may take.
 
 The payload (JSON; version 1) — what :func:`timeline_payload` returns and the front-end's
 ``mountTimeline`` (``notebook/static/timeline_draw.js``) draws::
@@ -39,11 +42,14 @@ Times are seconds from the tape's first event. Zooming asks again with a narrowe
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -52,21 +58,12 @@ import numpy as np
 from ..protocol import JobStatus
 from ._decode import EventName, Payload, to_payload
 from ._timeline_layout import assign_slots, density_bins, depth_bins
-from .envelope import (
-    DOMAIN_EVENT,
-    ERROR_EVENT,
-    SYSTEM_RESPONSE,
-    UI_COMMAND,
-    TapeEvent,
-    job_key,
-    parse_timestamp,
-)
-from .envelope import EventName as E
+from ._timeline_pass import CLOSED_NAMES, STATUS_NAMES, Columns, reduce_columns
+from .envelope import TapeEvent, parse_timestamp
 from .reader import LINES, open_tape, read_blocks, split_lines
-from .replay import TapeReducer
 
-__all__ = ["BAR_LIMIT", "MARKER_LIMIT", "STATUSES", "TimelineData", "load_timeline",
-           "timeline_from_events", "timeline_payload"]
+__all__ = ["BAR_LIMIT", "MARKER_LIMIT", "STATUSES", "TimelineData", "clear_timeline_cache",
+           "load_timeline", "timeline_from_events", "timeline_payload"]
 
 #: Most exact bars a payload carries; more in view → binned density.
 BAR_LIMIT = 4000
@@ -82,14 +79,6 @@ STATUSES = [_RUNNING, _COMPLETED, _FAILED, "failed_retrying", _ABORTED, _SKIPPED
             "requeued", _DISPATCHED]
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 _FAILING = np.array([_CODE[_FAILED], _CODE["failed_retrying"], _CODE[_ABORTED]])
-_BAR_END: dict[str, str] = {E.JOB_COMPLETED: _COMPLETED, E.JOB_FAILED: _FAILED, E.JOB_ABORTED: _ABORTED,
-            E.JOB_SKIPPED: _SKIPPED}
-_WORKER_VERB: dict[str, str] = {E.WORKER_JOINED: "joined", E.WORKER_LOST: "lost", E.WORKER_LEFT: "left"}
-#: Queue-depth category of a status: 0 queued, 1 on a worker, 2 neither.
-_CATEGORY = {_QUEUED: 0, _DISPATCHED: 1, _RUNNING: 1}
-#: Job events drawn as bar ends or markers.
-_DRAWN = frozenset({E.JOB_DISPATCHED, E.JOB_STARTED, E.CANCEL_REQUESTED, E.JOB_RETRIED,
-                    *_BAR_END})
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -99,7 +88,29 @@ class _Envelope(msgspec.Struct, gc=False):
     payload: Payload | None = None
 
 
-_DECODER = msgspec.json.Decoder(_Envelope)
+class _Fields(msgspec.Struct, gc=False):
+    """The payload fields the timeline's pass reads (fewer fields decode faster)."""
+
+    job_id: Any = None
+    worker_id: Any = None
+    will_retry: Any = None
+    duration_ms: Any = None
+    error: Any = None
+    message: Any = None
+    retry_count: Any = None
+    requeued_job_ids: Any = None
+    slots: Any = None
+    pid: Any = None
+
+
+class _Event(msgspec.Struct, gc=False):
+    seq: Any = None
+    timestamp: Any = None
+    event_name: EventName | None = None
+    payload: _Fields | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Event)
 
 
 @dataclass
@@ -129,298 +140,209 @@ class TimelineData:
     depth_t: Any = None
     depth_queued: Any = None
     depth_running: Any = None
-    #: the reducer after the last event (scrubber's state at the end)
-    final: TapeReducer = field(default_factory=TapeReducer)
+    #: jobs per status at the tape's end (every status, zeros included)
+    counts: dict[str, int] = field(default_factory=dict)
+    jobs: int = 0
+    #: the scrubber's state after the last event (see ``timeline_view.replayed_state``)
+    end_state: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def jobs(self) -> int:
-        return len(self.final.core.jobs)
+
+def _timeline(cols: Columns) -> TimelineData:
+    """The columns reduced (:mod:`._timeline_pass`), laid out in slot lanes."""
+    r = reduce_columns(cols)
+    data = TimelineData(start=cols.first_timestamp, events=len(cols), skipped=cols.skipped,
+                        counts=r["counts"], jobs=r["jobs"], end_state=r["end_state"])
+    if cols.last is not None:
+        data.last_seq, data.end, kind, name = cols.last
+        data.last_event = (kind, name)
+    t_start = r["t_start"]
+    if data.end is not None and t_start is not None:
+        data.duration_s = round((parse_timestamp(data.end) or t_start) - t_start, 6)
+    order = np.argsort(r["bar_t0"], kind="stable")
+    t0, t1 = r["bar_t0"][order], r["bar_t1"][order]
+    workers = [r["bar_worker"][i] for i in order.tolist()]
+    lane, data.lanes = assign_slots(t0, np.where(np.isnan(t1), np.inf, t1), workers,
+                                     r["workers"])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    keys, final = r["keys"], r["final"]
+    jobs = r["bar_job_index"][order]
+    data.bar_t0, data.bar_t1, data.bar_lane = t0, t1, lane
+    data.bar_status = _CLOSED_CODE[r["bar_closed"][order]]
+    data.bar_attempt = r["bar_attempt"][order]
+    data.bar_job = keys[jobs].tolist()
+    data.bar_final = _FINAL_CODE[final[jobs]]
+    first_lane = {w: i for i, (w, s) in reversed(list(enumerate(data.lanes)))}
+    for _, m, where in r["markers"]:
+        m["t"] = round(m["t"], 6)
+        if isinstance(where, str):
+            m["lane"] = first_lane.get(where)
+        elif where is not None and where >= 0:
+            m["lane"] = int(lane[rank[where]])
+        else:
+            m["lane"] = None
+        data.markers.append(m)
+    data.depth_t = r["depth_t"]
+    data.depth_queued = r["depth_queued"].astype(np.int64)
+    data.depth_running = r["depth_running"].astype(np.int64)
+    return data
 
 
-class _Pass:
-    """One pass over the events: reducer, bars, markers, queue depth."""
+#: bar status and final status codes (indices into STATUSES) of the pass's codes
+_CLOSED_CODE = np.array([_CODE[str(s)] for s in CLOSED_NAMES], dtype=np.int8)
+_FINAL_CODE = np.array([0] + [_CODE[str(s)] for s in STATUS_NAMES[1:]], dtype=np.int8)
 
-    def __init__(self) -> None:
-        self.reducer = TapeReducer()
-        self.core = self.reducer.core
-        self.t_start: float | None = None
-        self.data = TimelineData(final=self.reducer)
-        self.t0: list[float] = []
-        self.t1: list[float] = []
-        self.worker: list[str] = []
-        self.job: list[str] = []
-        self.attempt: list[int] = []
-        self.status: list[int] = []
-        self.open: dict[str, int] = {}  # job -> index of its open bar
-        self.last_bar: dict[str, int] = {}
-        self.workers: dict[str, None] = {}
-        self.queued = 0
-        self.running = 0
-        self.depth: list[tuple[float, int, int]] = []
-        self.handlers = self.core.handlers
-        self.jobs = self.core.jobs
-        self.first: Any = None
-        self.count = 0
-        self.last: tuple[Any, Any, Any, Any] | None = None
 
-    def apply(self, events: list[_Envelope]) -> None:
-        """Apply decoded events in order. This loop runs ~500,000 times for a 100,000-job
-        tape, so it keeps its state in locals, parses a time only where one is drawn, and
-        looks each job up once before and once after the reducer's handler."""
-        if not events:
-            return
-        if self.first is None:
-            self.first = events[0].timestamp
-            self.t_start = parse_timestamp(self.first)
-        t_start, handlers, jobs = self.t_start, self.handlers, self.jobs
-        depth, cat, drawn, bar_end = self.depth, _CATEGORY, _DRAWN, _BAR_END
-        queued, running = self.queued, self.running
-        dispatched = E.JOB_DISPATCHED
-        for e in events:
-            en = e.event_name
-            if en is None:
+class _TapeFile:
+    """A tape file read so far: its columns and where the next read starts (a live tape
+    grows; only the new lines are decoded)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()  # held by the reader (load_timeline)
+        self._start()
+
+    def _start(self) -> None:
+        """Nothing read yet."""
+        self.cols = Columns()
+        self.cols.envelope_at = self._envelope_at
+        self.offset = 0  # the next unread line starts here
+        self.number = 0  # lines read
+        self.truncated: int | None = None
+        self.bad = 0
+        # the blocks read: (first named event, byte offset, indices of the named lines
+        # among its non-blank lines, or None: all), to read a few events again at the end
+        self._blocks: list[tuple[int, int, list[int] | None]] = []
+        self.stamp: tuple[int, int, int] | None = None
+        self._block: tuple[int, list[bytes]] | None = None  # the last block read again
+        self.data: TimelineData | None = None
+        self._seen: tuple[bytes, bytes] = (b"", b"")
+
+    def read(self) -> TimelineData:
+        """Read on from the last complete line (or from the start, when the file is no
+        longer the one read) and reduce everything read."""
+        stat = os.stat(self.path)
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self.data is not None and stamp == self.stamp:
+            return self.data  # a zoom, a second widget: nothing new to read
+        self.truncated = None
+        with open_tape(self.path) as fh:
+            if self.offset and self._marks(fh) != self._seen:
+                self._start()  # replaced, cut or rewritten: read it whole again
+            for data, cut, kind in read_blocks(fh, self.offset):
+                block = memoryview(data)[:cut]
+                if not (kind != LINES and self._fast(block)):
+                    self._lines(bytes(block))
+            self._seen = self._marks(fh)
+        self.stamp = stamp
+        self.data = _timeline(self.cols)
+        self.data.truncated, self.data.skipped = self.truncated, self.cols.skipped + self.bad
+        return self.data
+
+    def _marks(self, fh: Any) -> tuple[bytes, bytes]:
+        """The file's first bytes and those before ``offset``: while they stay the same, the
+        file only grew since it was read."""
+        fh.seek(0)
+        head = fh.read(min(_MARK, self.offset))
+        fh.seek(max(0, self.offset - _MARK))
+        return head, fh.read(min(_MARK, self.offset))
+
+    def _fast(self, block: memoryview) -> bool:
+        try:
+            events = _DECODER.decode_lines(block)
+        except (msgspec.MsgspecError, ValueError):
+            return False
+        lines = bytes.count(block.obj, b"\n", 0, len(block))  # type: ignore[arg-type]
+        if len(events) != lines:
+            return False  # blank lines, or two values on a line: read line by line
+        first = len(self.cols)
+        kept = self.cols.add(events)
+        self._blocks.append((first, self.offset, kept if len(kept) != len(events) else None))
+        self.offset += len(block)
+        self.number += lines
+        return True
+
+    def _lines(self, block: bytes) -> None:
+        at = self.offset
+        for raw in split_lines(block):
+            line_at, at = at, at + len(raw)
+            self.number += 1
+            if not raw.strip():
+                self.offset = at
                 continue
-            kind, name, p, ts = en.type, en.name, e.payload, e.timestamp
-            if kind != DOMAIN_EVENT:
-                self._other(e.seq, ts, kind, name, p)
+            try:
+                e = msgspec.convert(json.loads(raw), _Event)
+            except (ValueError, msgspec.MsgspecError):
+                if not raw.endswith(b"\n"):
+                    self.truncated = self.number  # a cut-off last line: read again next time
+                    self.number -= 1
+                    return
+                self.bad += 1
+                self.offset = at
                 continue
-            if p is None or type(name) is not str:
-                continue
-            handler = handlers.get(name)
-            if handler is None:
-                continue
-            raw = p.job_id
-            jid = raw if type(raw) is str else job_key(raw)
-            if jid is None or name in _WORKER_VERB:
-                self.queued, self.running = queued, running
-                self._worker_event(e.seq, ts, name, handler, p)
-                queued, running = self.queued, self.running
-                continue
-            job = jobs.get(jid)
-            was = 2 if job is None else cat.get(job.status, 2)
-            handler(p, ts)
-            job = jobs.get(jid)
-            now = 2 if job is None else cat.get(job.status, 2)
-            if now == was and name not in drawn:
-                continue
-            # The reducer parsed the time of a dispatch or an end already; reuse it.
-            t = None
-            if job is not None:
-                t = job.run_start if name == dispatched else (
-                    job.ended_at if name in bar_end else None)
-            if t is None:
-                t = parse_timestamp(ts)
-            if t is None or t_start is None:
-                continue
-            rel = t - t_start
-            if now != was:
-                queued += (now == 0) - (was == 0)
-                running += (now == 1) - (was == 1)
-                depth.append((rel, queued, running))
-            if name in drawn:
-                self._bars(e.seq, rel, name, jid, p)
-        self.queued, self.running = queued, running
-        last = events[-1]
-        self.count += sum(1 for e in events if e.event_name is not None)
-        named = [e for e in events[-8:] if e.event_name is not None] or [last]
-        en = named[-1].event_name
-        self.last = (named[-1].seq, named[-1].timestamp, en.type if en else None,
-                     en.name if en else None)
+            first = len(self.cols)
+            if self.cols.add([e]):
+                self._blocks.append((first, line_at, None))
+            self.offset = at
 
-    def _other(self, seq: Any, ts: Any, kind: Any, name: Any, p: Payload | None) -> None:
-        """Commands and errors: markers on the session row."""
-        if kind == UI_COMMAND:
-            self._marker(seq, ts, "command", name, None, None)
-        elif kind == ERROR_EVENT or (kind == SYSTEM_RESPONSE and type(name) is str and (
-                "Failed" in name or "Error" in name)):
-            text = (p.error or p.message or "") if p is not None else ""
-            self._marker(seq, ts, "error", f"{name}: {text}".rstrip(": "), None, None)
+    def _envelope_at(self, i: int) -> tuple[Any, Payload | None, Any]:
+        """(event name, payload, timestamp) of named event ``i``, read again from the file
+        (its block, whose lines are all events)."""
+        b = bisect.bisect_right(self._blocks, i, key=lambda x: x[0]) - 1
+        first, offset, kept = self._blocks[b]
+        end = self._blocks[b + 1][1] if b + 1 < len(self._blocks) else self.offset
+        if self._block is None or self._block[0] != offset:
+            with open_tape(self.path) as fh:
+                fh.seek(offset)
+                self._block = (offset, fh.read(end - offset).split(b"\n"))
+        line = i - first if kept is None else kept[i - first]
+        e = msgspec.convert(json.loads(self._block[1][line]), _Envelope)
+        assert e.event_name is not None
+        return e.event_name.name, e.payload, e.timestamp
 
-    def _marker(self, seq: Any, ts: Any, kind: str, label: Any, job: str | None,
-                bar: int | None) -> None:
-        t = parse_timestamp(ts)
-        if t is not None and self.t_start is not None:
-            self.data.markers.append({"seq": seq, "t": t - self.t_start, "kind": kind,
-                                      "label": label, "job": job, "bar": bar})
 
-    def _worker_event(self, seq: Any, ts: Any, name: str, handler: Any, p: Payload) -> None:
-        """Worker events (a lost worker re-queues its jobs) and job events without a job."""
-        ids = [k for k in map(job_key, p.requeued_job_ids or ()) if k is not None]
-        jobs = self.jobs
-        before = [_CATEGORY.get(jobs[k].status, 2) if k in jobs else 2 for k in ids]
-        handler(p, ts)
-        if name not in _WORKER_VERB:
-            return
-        wid = str(p.worker_id)
-        self.workers.setdefault(wid)
-        verb = _WORKER_VERB[name]
-        t = parse_timestamp(ts)
-        if t is None or self.t_start is None:
-            return
-        rel = t - self.t_start
-        self.data.markers.append({"seq": seq, "t": rel, "kind": f"worker_{verb}",
-                                  "worker": wid, "label": f"{wid} {verb}"})
-        changed = False
-        for k, was in zip(ids, before, strict=True):
-            i = self.open.pop(k, None)
-            if i is not None:
-                self._close(i, rel, "requeued")
-            job = jobs.get(k)
-            now = _CATEGORY.get(job.status, 2) if job is not None else 2
-            if now != was:
-                changed = True
-                self.queued += (now == 0) - (was == 0)
-                self.running += (now == 1) - (was == 1)
-        if changed:
-            self.depth.append((rel, self.queued, self.running))
-
-    def _close(self, i: int, rel: float, status: str) -> None:
-        self.t1[i] = rel
-        self.status[i] = _CODE[status]
-
-    def _bars(self, seq: Any, rel: float, name: str, jid: str, p: Payload) -> None:
-        markers = self.data.markers
-        if name == E.JOB_DISPATCHED:
-            if jid in self.open:
-                self._close(self.open.pop(jid), rel, "requeued")
-            worker = p.worker_id
-            if worker is None:
-                return  # a dispatch to nowhere: no slot to draw it in
-            worker = str(worker)
-            self.workers.setdefault(worker)
-            i = len(self.t0)
-            self.t0.append(rel)
-            self.t1.append(math.nan)
-            self.worker.append(worker)
-            self.job.append(jid)
-            self.attempt.append(int(self.core.jobs[jid].attempts or 0))
-            self.status.append(_CODE[_RUNNING])
-            self.open[jid] = self.last_bar[jid] = i
-        elif name == E.JOB_STARTED:
-            # The plugin started: the bar begins here, not at the dispatch. A worker takes a
-            # few jobs ahead of its free slots; drawn from the dispatch they would overlap and
-            # need lanes the worker never had. (A fast job sends no JobStarted: from dispatch.)
-            j = self.open.get(jid, -1)
-            if j >= 0 and rel >= self.t0[j]:
-                self.t0[j] = rel
-        elif name in _BAR_END:
-            status = _BAR_END[name]
-            if name == E.JOB_FAILED and p.will_retry is True:
-                status = "failed_retrying"
-            j = self.open.pop(jid, -1)
-            if j >= 0:
-                # The worker's slot was busy for the plugin's run, not until the committer
-                # recorded the end (promotions go in batches): end the bar when the run did.
-                dur = p.duration_ms
-                end = rel
-                if type(dur) in (int, float) and dur >= 0:
-                    end = min(rel, max(self.t0[j], self.t0[j] + dur / 1000.0))
-                self._close(j, end, status)
-            if name == E.JOB_FAILED:
-                markers.append({"seq": seq, "t": rel, "kind": "error", "job": jid,
-                                "bar": self.last_bar.get(jid),
-                                "label": f"job {jid}: {p.error or 'failed'}"})
-        elif name == E.CANCEL_REQUESTED:
-            markers.append({"seq": seq, "t": rel, "kind": "cancel", "job": jid,
-                            "bar": self.open.get(jid), "label": f"cancel job {jid}"})
-        elif name == E.JOB_RETRIED:
-            count = p.retry_count if p.retry_count is not None else "?"
-            markers.append({"seq": seq, "t": rel, "kind": "retry", "job": jid,
-                            "bar": self.last_bar.get(jid),
-                            "label": f"retry job {jid} (#{count})"})
-
-    def finish(self) -> TimelineData:
-        data = self.data
-        data.events, data.start = self.count, self.first
-        if self.last is not None:
-            data.last_seq, data.end, kind, name = self.last
-            data.last_event = (kind, name)
-            r = self.reducer
-            r.seq, r.timestamp, r.event_count = data.last_seq, data.end, self.count
-        if data.end is not None and self.t_start is not None:
-            data.duration_s = round((parse_timestamp(data.end) or self.t_start) - self.t_start, 6)
-        t0 = np.asarray(self.t0, dtype=np.float64)
-        t1 = np.asarray(self.t1, dtype=np.float64)
-        order = np.argsort(t0, kind="stable")
-        t0, t1 = t0[order], t1[order]
-        workers = [self.worker[i] for i in order]
-        lane, data.lanes = assign_slots(t0, np.where(np.isnan(t1), np.inf, t1), workers,
-                                         list(self.workers))
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        jobs = self.core.jobs
-        data.bar_t0, data.bar_t1, data.bar_lane = t0, t1, lane
-        data.bar_status = np.asarray(self.status, dtype=np.int8)[order]
-        data.bar_attempt = np.asarray(self.attempt, dtype=np.int32)[order]
-        data.bar_job = [self.job[i] for i in order]
-        data.bar_final = np.asarray([_CODE.get(jobs[j].status, 0) for j in data.bar_job],
-                                    dtype=np.int8)
-        first_lane = {w: i for i, (w, s) in reversed(list(enumerate(data.lanes)))}
-        for m in data.markers:
-            bar = m.pop("bar", None)
-            worker = m.pop("worker", None)
-            m.setdefault("job", None)
-            m["t"] = round(m["t"], 6)
-            if bar is not None:
-                m["lane"] = int(lane[rank[bar]])
-            else:
-                m["lane"] = first_lane.get(worker) if worker is not None else None
-        depth = np.asarray(self.depth, dtype=np.float64).reshape(-1, 3)
-        data.depth_t = depth[:, 0]
-        data.depth_queued = depth[:, 1].astype(np.int64)
-        data.depth_running = depth[:, 2].astype(np.int64)
-        return data
+_MARK = 256  # bytes compared to tell a grown tape from another one at the same path
+_FILES: dict[Path, _TapeFile] = {}
+_FILES_KEPT = 2  # tapes whose columns stay in memory (a 100,000-job tape: ~100 MB)
+# The lab's server extension loads tapes on worker threads: one read of a file at a time.
+_FILES_LOCK = threading.Lock()
 
 
 def load_timeline(source: str | os.PathLike[str]) -> TimelineData:
-    """Read a tape once (msgspec over blocks of lines; a block that does not decode is read
-    line by line, skipping bad lines) into :class:`TimelineData`."""
-    run = _Pass()
-    skipped = 0
-    truncated = None
-    number = 0
-    with open_tape(source) as fh:
-        for data, cut, kind in read_blocks(fh):
-            block = data[:cut] if cut < len(data) else data
-            events = None
-            if kind != LINES:
-                try:
-                    events = _DECODER.decode_lines(block)
-                except (msgspec.MsgspecError, ValueError):
-                    events = None
-            if events is not None:
-                skipped += sum(1 for e in events if e.event_name is None)
-                run.apply(events)
-                number += block.count(b"\n")
-                continue
-            for raw in split_lines(block):
-                number += 1
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                    e = msgspec.convert(obj, _Envelope)
-                except (ValueError, msgspec.MsgspecError):
-                    if not raw.endswith(b"\n"):
-                        truncated = number
-                    else:
-                        skipped += 1
-                    continue
-                if e.event_name is None:
-                    skipped += 1
-                    continue
-                run.apply([e])
-    result = run.finish()
-    result.truncated, result.skipped = truncated, skipped
-    return result
+    """Read a tape (msgspec over blocks of lines; a block that does not decode is read line
+    by line, skipping bad lines) into :class:`TimelineData`.
+
+    The columns read are kept per file (the last few files): asking again for a file that
+    has not changed returns the same data at once, and a file that grew (a live session
+    tape) is read on from its last complete line."""
+    path = Path(source)
+    open_tape(path).close()  # a missing file or a folder: one-line TapeError
+    key = path.resolve()
+    with _FILES_LOCK:
+        tape = _FILES.pop(key, None) or _TapeFile(key)
+        _FILES[key] = tape  # most recently used last
+        while len(_FILES) > _FILES_KEPT:
+            _FILES.pop(next(iter(_FILES)))
+    with tape.lock:
+        return tape.read()
+
+
+def clear_timeline_cache() -> None:
+    """Forget the columns kept of every tape (the next :func:`load_timeline` reads whole)."""
+    with _FILES_LOCK:
+        _FILES.clear()
 
 
 def timeline_from_events(events: Iterable[TapeEvent]) -> TimelineData:
     """:class:`TimelineData` of already-read events (a :class:`~.replay.ReplayIndex`'s)."""
-    run = _Pass()
-    run.apply([_Envelope(e.seq, e.timestamp, EventName(e.kind, e.name), to_payload(e.payload))
-               for e in events])
-    return run.finish()
+    envelopes = [_Envelope(e.seq, e.timestamp, EventName(e.kind, e.name),
+                           to_payload(e.payload)) for e in events]
+    cols = Columns()
+    cols.add(envelopes)
+    named = [e for e in envelopes if e.event_name is not None]
+    cols.envelope_at = lambda i: (named[i].event_name.name,  # type: ignore[union-attr]
+                                  named[i].payload, named[i].timestamp)
+    return _timeline(cols)
 
 
 def _view(data: TimelineData, view: tuple[float, float] | None) -> tuple[float, float]:
@@ -452,7 +374,7 @@ def timeline_payload(data: TimelineData, view: tuple[float, float] | None = None
         "version": 1, "start": data.start, "end": data.end, "duration_s": data.duration_s,
         "events": data.events, "jobs": data.jobs, "last_seq": data.last_seq,
         "truncated": data.truncated, "skipped": data.skipped,
-        "counts": data.final.core.counts(), "statuses": STATUSES,
+        "counts": data.counts, "statuses": STATUSES,
         "view": {"t0": round(v0, 6), "t1": round(v1, 6)}, "width_px": int(width_px),
         "lanes": [{"worker": w, "slot": s} for w, s in data.lanes],
         "depth": depth_bins(data.depth_t, data.depth_queued, data.depth_running, edges, dt),

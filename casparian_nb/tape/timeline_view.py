@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import JobStatus
+from ._timeline_pass import state_dict
 from .replay import ReplayIndex, TapeReducer
 from .timeline_data import TimelineData, load_timeline, timeline_from_events, timeline_payload
 
@@ -31,8 +32,6 @@ __all__ = ["TimelineSource", "replayed_state"]
 #: Tape statuses of a job still in the queue or on a worker.
 _UNFINISHED = frozenset(s.tape_name for s in (JobStatus.QUEUED, JobStatus.DISPATCHED,
                                                JobStatus.RUNNING))
-#: Jobs listed in the scrubber's state panel (the counts cover all of them).
-_ACTIVE_LIMIT = 100
 _EPS = 1e-6
 
 
@@ -73,8 +72,7 @@ class TimelineSource:
     def end(self) -> dict[str, Any]:
         """``{"state", "position"}`` after the last event, from the first read alone."""
         d = self.timeline
-        return {"state": replayed_state(d.final, d.events, d.last_event),
-                "position": {"t": d.duration_s, "seq": d.last_seq}}
+        return {"state": d.end_state, "position": {"t": d.duration_s, "seq": d.last_seq}}
 
     def at(self, *, t: float | None = None, seq: int | None = None) -> dict[str, Any]:
         """``{"state", "position"}`` after the event ``seq``, at ``t`` seconds from the start,
@@ -114,16 +112,10 @@ def replayed_state(reducer: TapeReducer, count: int,
     reducer's records directly: a full ``state()`` of 100,000 jobs is slow and not needed)."""
     core = reducer.core
     active = [j for j in core.jobs.values() if j.status in _UNFINISHED]
-    return {
-        "seq": reducer.seq, "timestamp": reducer.timestamp, "event_count": count,
-        "event": None if event is None else (f"{event[0]}: {event[1]}" if event[1]
-                                             else str(event[0])),
-        "counts": core.counts(), "jobs_total": len(core.jobs),
-        "aborting": sum(1 for j in active if j.cancel_requested),
-        "active": [{"job_id": j.job_id, "status": j.status, "worker_id": j.worker_id,
-                    "plugin_name": j.plugin_name, "cancel_requested": j.cancel_requested,
-                    "retries": j.retries} for j in active[:_ACTIVE_LIMIT]],
-        "workers": [{"worker_id": w["worker_id"], "status": w["status"], "jobs": w["jobs"]}
-                    for w in (rec.to_dict() for rec in core.workers.values())],
-        "retries": core.retries, "cancels": core.cancels,
-    }
+    return state_dict(
+        seq=reducer.seq, timestamp=reducer.timestamp, count=count, event=event,
+        counts=core.counts(), jobs_total=len(core.jobs),
+        aborting=sum(1 for j in active if j.cancel_requested), active=active,
+        workers=[{"worker_id": w["worker_id"], "status": w["status"], "jobs": w["jobs"]}
+                 for w in (rec.to_dict() for rec in core.workers.values())],
+        retries=core.retries, cancels=core.cancels)

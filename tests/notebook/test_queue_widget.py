@@ -444,3 +444,96 @@ def test_pages_and_counts_match_a_full_scan_on_random_event_streams() -> None:
                     assert off == max(0, min(offset, (total - 1) // limit * limit
                                              if total else 0))
                     assert [p["id"] for p in page] == ids[off:off + limit], (trial, status)
+
+
+class _CountingSource(FakeSource):
+    """A source that tells the widget about gaps in its event stream (as the controller
+    does from the sentinel's event ``seq``) and whether it has caught up."""
+
+    def __init__(self, jobs: Any) -> None:
+        super().__init__(jobs)
+        self.gaps = 0
+        self.caught_up = True
+
+    def event_gaps(self) -> int:
+        return self.gaps
+
+    def catch_up(self) -> bool:
+        return self.caught_up
+
+
+def test_without_a_gap_in_the_events_the_db_is_not_read_again(
+        comms: list[RecordingComm]) -> None:
+    """Every event arrived: the periodic re-read, a wait's pumps and its final sync read
+    nothing (thousands of queued jobs re-read every few seconds stalled the kernel); after
+    a gap they re-read the unfinished jobs, and a sync that cannot catch up does too."""
+    now = [0.0]
+    src = _CountingSource([job(i) for i in range(1, 301)])
+    sched = ManualScheduler(clock=lambda: now[0])
+    w = _widget(src, scheduler=sched, reconcile_every=3.0, clock=lambda: now[0])
+    assert src.snapshots == [None]  # the first snapshot
+    src.publish("JobCompleted", {"job_id": 1, "rows": 2}, 10.0)
+    for t in (3.0, 6.0, 9.0):
+        now[0] = t
+        sched.run_due()
+        w.pump()
+    w.sync()
+    assert src.snapshots == [None]
+    assert w.comm.merged()["counts"]["COMPLETED"] == 1
+
+    src.jobs[2] = job(2, "COMPLETED", rows=4)  # its events were lost: the stream had a gap
+    src.gaps = 1
+    now[0] = 12.0
+    w.pump()
+    assert len(src.snapshots) == 2 and len(src.snapshots[-1] or ()) == 299
+    assert w.comm.merged()["counts"]["COMPLETED"] == 2
+    src.caught_up = False
+    w.sync()
+    assert len(src.snapshots) == 3
+    w.close()
+
+
+def test_a_backlog_of_events_is_applied_a_slice_per_turn(comms: list[RecordingComm]) -> None:
+    """Thousands of events at once (a big submit) are applied over several turns of the
+    loop, a few hundred at a time, and synced once they are all in."""
+    from casparian_nb.notebook import queue_widget
+
+    now = [0.0]
+    sched = ManualScheduler(clock=lambda: now[0])
+    src = FakeSource([])
+    w = _widget(src, scheduler=sched, clock=lambda: now[0])
+    src.callbacks[0]([("JobQueued", {"job_id": i, "plugin_name": "p"}, None)
+                      for i in range(1, 2001)])
+    backlog: list[int] = []
+    apply = w._apply
+    w._apply = lambda limit=None: (backlog.append(len(w._inbox)), apply(limit))[1]  # type: ignore[method-assign]
+    for t in (1.0, 2.0):  # the wake-up, then the timed flush
+        now[0] = t
+        sched.run_due()
+    # one slice per turn of the loop, then the rest and a sync
+    assert backlog[:3] == [2000, 2000 - queue_widget._APPLY_SLICE,
+                           2000 - 2 * queue_widget._APPLY_SLICE]
+    assert len(backlog) == 2000 // queue_widget._APPLY_SLICE + 1
+    assert w.comm.merged()["counts"]["QUEUED"] == 2000 and w.flushes == 1
+    w.close()
+
+
+def test_the_event_thread_wakes_the_loop_once_per_flush(comms: list[RecordingComm]) -> None:
+    """Batch after batch of events (the event thread hands over every few ms) wake the
+    kernel's loop once until a flush takes them, not once per batch."""
+    now = [0.0]
+    sched = ManualScheduler(clock=lambda: now[0])
+    src = FakeSource([job(i) for i in range(1, 101)])
+    w = _widget(src, scheduler=sched, clock=lambda: now[0])
+    wakes = 0
+    for i in range(1, 101):  # the loop is idle: it runs what is due after every batch
+        src.publish("JobDispatched", {"job_id": i, "worker_id": "w1"})
+        wakes += sched.run_due()
+    assert wakes == 1  # one wake-up for 100 batches (the flush timer is not due yet)
+    now[0] = 1.0
+    sched.run_due()
+    assert w.comm.merged()["counts"]["RUNNING"] == 100 and not sched._heap
+    src.publish("JobStarted", {"job_id": 1, "worker_id": "w1"})
+    src.publish("JobStarted", {"job_id": 2, "worker_id": "w1"})
+    assert len(sched._heap) == 1  # the next batch wakes the loop again, once
+    w.close()

@@ -37,7 +37,7 @@ def compact(app: App, sink: str, output: str | None, target_size: str, as_json: 
 
     Example: casparian compact parquet://output --output orders --target-size 256MB
     """
-    from ..sinks.compaction import check_compactable
+    from ..sinks.compaction import CompactionResult, check_compactable
 
     settings = app.settings
     parsed, size = check_compactable(sink, output, target_size)  # one-line usage errors
@@ -48,9 +48,8 @@ def compact(app: App, sink: str, output: str | None, target_size: str, as_json: 
     else:
         reply = _compact_here(settings, str(parsed), output, size)
     outputs = reply.get("outputs") or []
-    before = sum(int(o["files_before"]) for o in outputs)
-    after = sum(int(o["files_after"]) for o in outputs)
-    rows = sum(int(o["rows"]) for o in outputs)
+    result = CompactionResult.from_reply(reply)
+    before, after, rows = result.files_before, result.files_after, result.rows
     app.response = {"files_before": before, "files_after": after, "rows": rows}
     if as_json:
         print(json.dumps({**reply, "files_before": before, "files_after": after,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..sinks.compaction import CompactionResult, OutputCompaction
 from ._reprs import esc, kv_table
 
 __all__ = ["Compaction", "CompactionOutput"]
@@ -20,62 +21,32 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-@dataclass(frozen=True)
-class CompactionOutput:
-    """One output: files merged (``files_before``) into ``files_after`` files, rows moved."""
-
-    output: str
-    files_before: int
-    files_after: int
-    rows: int
-    bytes_before: int
-    bytes_after: int
+#: One output's part of a :class:`Compaction` (``merged`` is empty in a sentinel's reply).
+CompactionOutput = OutputCompaction
 
 
-@dataclass(frozen=True)
-class Compaction:
-    """The result of :meth:`Controller.compact` (and of ``casparian compact --json``)."""
+@dataclass
+class Compaction(CompactionResult):
+    """The result of :meth:`Controller.compact` (and of ``casparian compact --json``): the
+    sink's :class:`~casparian_nb.sinks.CompactionResult`, with an HTML repr."""
 
-    sink: str
-    target_size: int
-    outputs: list[CompactionOutput] = field(default_factory=list)
     #: Jobs whose recorded artifacts now name a merged file.
     jobs_repointed: int = 0
 
     @classmethod
     def from_reply(cls, reply: Mapping[str, Any]) -> Compaction:
         """From the sentinel's ``Compacted`` reply (or the standalone CLI's equivalent)."""
-        outs = [CompactionOutput(**{k: o[k] for k in CompactionOutput.__dataclass_fields__})
-                for o in reply.get("outputs") or []]
-        return cls(str(reply["sink"]), int(reply["target_size"]), outs,
+        base = CompactionResult.from_reply(reply)
+        return cls(base.sink, base.target_size, base.outputs,
                    int(reply.get("jobs_repointed") or 0))
-
-    @property
-    def files_before(self) -> int:
-        return sum(o.files_before for o in self.outputs)
-
-    @property
-    def files_after(self) -> int:
-        return sum(o.files_after for o in self.outputs)
-
-    @property
-    def rows(self) -> int:
-        return sum(o.rows for o in self.outputs)
-
-    @property
-    def bytes_before(self) -> int:
-        return sum(o.bytes_before for o in self.outputs)
-
-    @property
-    def bytes_after(self) -> int:
-        return sum(o.bytes_after for o in self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sink": self.sink, "target_size": self.target_size,
                 "files_before": self.files_before, "files_after": self.files_after,
                 "rows": self.rows, "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after, "jobs_repointed": self.jobs_repointed,
-                "outputs": [o.__dict__.copy() for o in self.outputs]}
+                "outputs": [{k: v for k, v in o.to_dict().items() if k != "merged"}
+                            for o in self.outputs]}
 
     def summary(self) -> str:
         """One line: ``12 files -> 1 (2,280 rows, 18.4 KB -> 7.9 KB) in parquet:///out``."""

@@ -47,7 +47,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -144,6 +144,21 @@ class CompactionResult:
     def rows(self) -> int:
         """Rows moved into merged files."""
         return sum(o.rows for o in self.outputs)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(o.bytes_before for o in self.outputs)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(o.bytes_after for o in self.outputs)
+
+    @classmethod
+    def from_reply(cls, reply: Mapping[str, Any]) -> CompactionResult:
+        """From a ``Compacted`` reply of the sentinel (or the CLI's equivalent dict)."""
+        keys = ("output", "files_before", "files_after", "rows", "bytes_before", "bytes_after")
+        outs = [OutputCompaction(**{k: o[k] for k in keys}) for o in reply.get("outputs") or []]
+        return cls(str(reply["sink"]), int(reply["target_size"]), outs)
 
     def uri_moves(self) -> dict[str, str]:
         """``file://`` URI of every replaced file -> that of the file now holding its rows."""

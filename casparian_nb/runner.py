@@ -190,10 +190,10 @@ class RunResult:
                 + (f"<ul>{failed}</ul>" if failed else "") + "</div>")
 
 
-def _progress_counts(results: list[FileResult], total: int, slots: int) -> ProgressCounts:
-    done = sum(1 for r in results if r.status in (JobStatus.COMPLETED, JobStatus.SKIPPED))
-    left = total - len(results)
-    return ProgressCounts(done, len(results) - done, min(slots, left), max(0, left - slots))
+def _progress_counts(done: int, finished: int, total: int, slots: int) -> ProgressCounts:
+    """``done`` of ``finished`` files completed, of ``total``, on ``slots`` hosts."""
+    left = total - finished
+    return ProgressCounts(done, finished - done, min(slots, left), max(0, left - slots))
 
 
 def _one_line(error: ErrorInfo | None, fallback: str) -> str:
@@ -315,6 +315,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     bar = progress if not isinstance(progress, bool | None) else (
         terminal_progress(f"run {spec.name}", progress) if jobs else None)
     results: list[FileResult] = []
+    completed = 0  # of results (the progress bar counts them as each file ends)
     # Set when the whole run must stop: mode=error met another run's data, or the plugin
     # cannot even be loaded (the same for every file). Running jobs are then killed.
     stop: CasparianError | None = None
@@ -414,8 +415,9 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")
                     results.append(got)
+                    completed += got.status == JobStatus.COMPLETED
                     if bar is not None:
-                        bar.update(_progress_counts(results, len(jobs), size))
+                        bar.update(_progress_counts(completed, len(results), len(jobs), size))
                     if on_file is not None:
                         on_file(got)
             except BaseException:
@@ -426,7 +428,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                 raise
     finally:
         if bar is not None:
-            bar.finish(_progress_counts(results, len(jobs), size))
+            bar.finish(_progress_counts(completed, len(results), len(jobs), size))
         if pool is not None:
             pool.close()
         # Hosts are gone and this process is the committer: finish (or roll back) any

@@ -9,6 +9,9 @@
 * :func:`die_with_parent`: on Linux, have the kernel SIGKILL this process the instant its
   parent exits (``PR_SET_PDEATHSIG``) — for a plugin host, whose work is worthless once
   its worker is gone and which must not write another byte of staging after that.
+* :func:`lower_priority` / :func:`nice_own_session`: batch processes (workers, plugin hosts)
+  yield the CPU to interactive ones (a notebook kernel), also under Linux autogroup
+  scheduling, where a process's nice counts only inside its session.
 * :func:`profiled`: a development aid (``CASPARIAN_PROFILE_DIR``).
 
 This module sits at the bottom of the layers (next to ``config``): it imports nothing of
@@ -30,7 +33,8 @@ from typing import Any
 import psutil
 
 __all__ = ["ORPHANED_EXIT", "OWNER_PID_ENV", "describe_exit", "die_with_parent", "exit_with_owner",
-           "exit_with_parent", "pid_alive", "profiled", "signal_name"]
+           "exit_with_parent", "lower_priority", "nice_own_session", "pid_alive", "profiled",
+           "signal_name"]
 
 #: Set by ``cf.start()`` for the sentinel and workers it launches: the kernel's pid.
 OWNER_PID_ENV = "CASPARIAN_OWNER_PID"
@@ -39,6 +43,8 @@ ORPHANED_EXIT = 70
 _POLL = 0.2
 #: ``prctl(2)`` option: the signal this process gets when its parent exits (Linux).
 _PR_SET_PDEATHSIG = 1
+#: Linux autogroup of this process's session (``sched(7)``); absent without autogroup.
+_AUTOGROUP = "/proc/self/autogroup"
 
 
 def pid_alive(pid: int) -> bool:
@@ -57,6 +63,35 @@ def pid_alive(pid: int) -> bool:
         return False
     except psutil.Error:
         return True
+
+
+def lower_priority(increment: int) -> None:
+    """Raise this process's nice value by ``increment`` (children inherit it), and its own
+    session's with it (:func:`nice_own_session`). Raises ``OSError`` when not permitted."""
+    os.nice(increment)
+    nice_own_session()
+
+
+def nice_own_session() -> None:
+    """Give this process's autogroup the process's nice value, when the process leads its own
+    session (started with ``start_new_session``).
+
+    With autogroup scheduling (the default on desktop and many server kernels) the CPU is
+    shared fairly between *sessions* first, and a process's nice counts only against the
+    others of its session: a niced plugin host in a session of its own would still take as
+    much CPU as the notebook kernel. A process that shares its session (run from a shell)
+    leaves the session's priority alone; best effort, silent where unsupported.
+    """
+    try:
+        if os.getsid(0) != os.getpid():
+            return
+        nice = os.nice(0)
+        if nice <= 0:
+            return
+        with open(_AUTOGROUP, "w") as group:
+            group.write(str(nice))
+    except OSError:
+        pass
 
 
 def signal_name(signum: int) -> str:

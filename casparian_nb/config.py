@@ -89,9 +89,10 @@ class Settings:
     worker_slots: int = 0
     #: Workers ``casparian start`` / ``cf.start()`` launch.
     workers: int = 2
-    #: Niceness added to worker processes and their plugin hosts (0: none): on a busy
-    #: machine the notebook kernel and the sentinel stay responsive.
-    worker_nice: int = 5
+    #: Niceness added to worker processes and their plugin hosts, and to their sessions'
+    #: autogroups (0: none): on a busy machine the notebook kernel and the sentinel stay
+    #: responsive (at 5 a trivial cell still waited 50-140 ms behind 2 busy workers).
+    worker_nice: int = 15
     #: Per-job timeout (seconds); a hung plugin is killed and the job aborted.
     job_timeout: float = 3600.0
     #: Grace between SIGTERM and SIGKILL when a plugin host is killed.

@@ -63,7 +63,7 @@ import pyarrow  # noqa: F401
 
 from .. import contracts, plugins, sinks
 from .. import lineage as lineage_mod
-from .._proc import die_with_parent, exit_with_parent
+from .._proc import die_with_parent, exit_with_parent, nice_own_session
 from ..errors import (
     LineageError,
     PermanentError,
@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if not exit_with_parent(args.parent, before_exit=_drop_current_staging):
         return 0  # the worker died before we even started
     _limit_memory(args.memory_limit_mb)
+    nice_own_session()  # the worker's nice, inherited, counts for our own session too
     # Plugin logging (ctx.logger, ctx.log) goes to our stderr: while a job runs, into that
     # job attempt's own log (worker/_capture.py); between jobs, into this host's log file.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

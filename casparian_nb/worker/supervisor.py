@@ -28,7 +28,7 @@ import zmq
 
 from .. import plugins
 from .._connection import ConnectionInfo, read_connection_file
-from .._proc import pid_alive, profiled
+from .._proc import lower_priority, pid_alive, profiled
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
 from ..joblogs import job_logs_root
@@ -478,7 +478,7 @@ def run_worker(settings: Settings, *, slots: int | None = None, worker_id: str |
         # Batch work yields the CPU to interactive work (a notebook kernel, a shell) on a
         # busy machine, and costs nothing on an idle one; plugin hosts inherit it.
         try:
-            os.nice(settings.worker_nice)
+            lower_priority(settings.worker_nice)
         except OSError as exc:
             log.warning("cannot lower the worker's priority: %s", exc)
     deadline = time.monotonic() + wait

@@ -125,8 +125,10 @@ def materializations(settings: Settings, job_id: int | None = None) -> list[dict
 
 def test_workers_and_their_plugin_hosts_run_niced_the_sentinel_does_not(
         cluster_factory: Callable[..., LocalCluster], settings: Settings) -> None:
-    """worker_nice (default 5): batch work yields the CPU to the notebook kernel and to the
-    sentinel on a busy machine; plugin hosts inherit it from their worker."""
+    """worker_nice (default 15): batch work yields the CPU to the notebook kernel and to the
+    sentinel on a busy machine; plugin hosts inherit it from their worker. Each of them leads
+    its own session, so under Linux autogroup scheduling the session's group is niced too
+    (else a process's nice would count only against its own session)."""
     cluster = cluster_factory(workers=1, slots=2, **FAST)
     sentinel, worker = (psutil.Process(p) for p in cluster.pids[:2])
     base = psutil.Process().nice()
@@ -135,6 +137,11 @@ def test_workers_and_their_plugin_hosts_run_niced_the_sentinel_does_not(
     assert worker.nice() == niced
     wait_until(lambda: len(worker.children()) >= 2, 20, message="warm plugin hosts")
     assert {h.nice() for h in worker.children()} == {niced}
+    for proc in (sentinel, worker, *worker.children()):
+        group = Path(f"/proc/{proc.pid}/autogroup")
+        if group.exists() and os.getsid(proc.pid) == proc.pid:
+            group_nice = int(group.read_text().split("nice")[1])
+            assert group_nice == (0 if proc is sentinel else niced), (proc, group_nice)
 
 
 def test_submit_runs_to_completion_with_outputs_lineage_and_rows(

@@ -100,7 +100,7 @@ def test_durations(raw: object, seconds: float) -> None:
 
 def test_worker_nice_defaults_to_yielding_and_reads_the_environment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings(tmp_path / "h").worker_nice == 5
+    assert load_settings(tmp_path / "h").worker_nice == 15
     monkeypatch.setenv("CASPARIAN_WORKER_NICE", "0")
     assert load_settings(tmp_path / "h").worker_nice == 0
 

@@ -18,6 +18,10 @@ moves, and the sink directory once every final is linked. Nothing else needs to 
 disk for recovery to end in the same place after a power cut. mode=replace adds the
 deletions' and the final journal's.
 
+:func:`promote_group` runs the same steps for many jobs in mode append at once: one journal
+(in the first job's staging dir) lists every job's moves, so those fsyncs are paid per group;
+a crash is finished by :func:`recover` from that one journal, every job of the group together.
+
 A crash after step 2 is finished by :func:`recover` (roll forward: every staged file is
 complete and durable before promotion starts). An error in step 3 or 4 before the first
 final exists rolls back instead (temps return to staging), recorded as journal state

@@ -3,7 +3,7 @@ first to find no commit under way commits every item waiting at that moment, in 
 
 The disk's cost (an fsync, a SQLite commit) is paid per group rather than per item, and no
 thread returns before the commit holding its items is done — the same promise as committing
-alone. The run ledger and the runner's sync of staged files use it.
+alone. The run ledger uses it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from typing import Any
 import psutil
 
 from . import contracts, lineage, plan, plugins, sinks
-from ._group import GroupCommit
 from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
 from .config import Settings, load_settings
@@ -50,7 +49,7 @@ from .protocol import (
 )
 from .sinks.staging import JOURNAL
 from .store import StateReader
-from .store.ledger import RunLedger
+from .store.ledger import LedgerRecord, RunLedger
 from .worker.pool import HostPool
 
 __all__ = ["FileResult", "RunResult", "run"]
@@ -309,7 +308,6 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
-    single = sink_uri.single  # None: outputs routed to several sinks
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
     # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
     bar = progress if not isinstance(progress, bool | None) else (
@@ -320,68 +318,90 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     # cannot even be loaded (the same for every file). Running jobs are then killed.
     stop: CasparianError | None = None
 
-    def finish(attempt: HostJob, res: Receipt) -> FileResult:
-        nonlocal stop
+    def ended(attempt: HostJob, res: Receipt) -> Callable[..., FileResult]:
         job = attempt.job
         log = job_log_path(attempt.log_root or "", job.job_id, attempt.attempt)
-        done = functools.partial(FileResult, job.job_id, job.input_file,
+        return functools.partial(FileResult, job.job_id, job.input_file,
                                  duration_ms=float(res.duration_ms or 0.0),
                                  log_path=str(log) if log.exists() else None)
-        if res.status == ReceiptStatus.ABORTED:
-            return done(JobStatus.ABORTED, error=res.reason or "aborted")
-        if res.status != ReceiptStatus.SUCCESS:
-            if stop is None and res.error and res.error.phase == "load":
-                ename, evalue = res.error.ename, res.error.evalue
-                stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
-            return done(JobStatus.FAILED, error=_one_line(res.error, "failed"),
-                        traceback=(res.error.traceback or None) if res.error else None)
-        staged = sinks.StagedJob.from_dict(res.staged or {})
-        if stop is not None:
-            sinks.discard(staged)
-            return done(JobStatus.ABORTED, error=f"run stopped: {stop}")
-        try:
-            if single is None or single.is_file_sink:  # hosts leave it to us
-                # (sync_staging=False); a lone DuckDB load is durable by its own commit, but
-                # a multi-sink journal may re-load the staged Parquet after a crash.
-                staged_sync.submit([staged])
-            with promoting:
-                artifacts = sinks.promote(staged, mode=sink_mode, run_job_ids=run_job_ids)
-        except SinkModeError as exc:
-            sinks.discard(staged)
-            stop = exc
-            return done(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # one bad promotion must not stop the other files
-            with contextlib.suppress(Exception):
-                sinks.discard(staged)
-            return done(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-        _, source_hash, keys = decisions[Path(job.input_file)]
-        ledger.record(keys, source_hash=source_hash, plugin_name=spec.name,
-                      parser_version=version, parser_fingerprint=spec.source_hash,
-                      input_file=job.input_file, run_id=run_id)
-        return done(JobStatus.COMPLETED, rows=dict(res.rows or {}),
-                    quarantine_rows=int(res.quarantine_rows or 0),
-                    artifacts=[a.to_dict() for a in artifacts])
+
+    def commit(group: list[tuple[HostJob, Receipt]]) -> list[FileResult]:
+        """The outcomes of a group of receipts, promoting the successful ones together."""
+        nonlocal stop
+        out: dict[int, FileResult] = {}
+        todo: list[tuple[int, sinks.StagedJob]] = []
+        for i, (attempt, res) in enumerate(group):
+            done = ended(attempt, res)
+            if res.status == ReceiptStatus.ABORTED:
+                out[i] = done(JobStatus.ABORTED, error=res.reason or "aborted")
+            elif res.status != ReceiptStatus.SUCCESS:
+                if stop is None and res.error and res.error.phase == "load":
+                    ename, evalue = res.error.ename, res.error.evalue
+                    stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
+                out[i] = done(JobStatus.FAILED, error=_one_line(res.error, "failed"),
+                              traceback=(res.error.traceback or None) if res.error else None)
+            else:
+                staged = sinks.StagedJob.from_dict(res.staged or {})
+                if stop is not None:
+                    sinks.discard(staged)
+                    out[i] = done(JobStatus.ABORTED, error=f"run stopped: {stop}")
+                else:
+                    todo.append((i, staged))
+        # Hosts staged without fsync (sync_staging=False): the staged files become durable
+        # with the group's journal, and one ledger transaction records the group.
+        promoted = sinks.promote_group([staged for _, staged in todo], mode=sink_mode,
+                                       run_job_ids=run_job_ids, sync=True) if todo else []
+        records = []
+        for (i, staged), got in zip(todo, promoted, strict=True):
+            attempt, res = group[i]
+            done = ended(attempt, res)
+            if isinstance(got, Exception):  # one bad promotion must not stop the others
+                with contextlib.suppress(Exception):
+                    sinks.discard(staged)
+                if isinstance(got, SinkModeError):
+                    stop = got
+                out[i] = done(JobStatus.FAILED, error=f"{type(got).__name__}: {got}")
+                continue
+            _, source_hash, keys = decisions[Path(attempt.job.input_file)]
+            records.append(LedgerRecord(keys, source_hash, spec.name, version, spec.source_hash,
+                                        attempt.job.input_file, run_id))
+            out[i] = done(JobStatus.COMPLETED, rows=dict(res.rows or {}),
+                          quarantine_rows=int(res.quarantine_rows or 0),
+                          artifacts=[a.to_dict() for a in got])
+        ledger.record_many(records)
+        return [out[i] for i in range(len(group))]
 
     # Two stages, so a host never waits on the disk: one thread per host runs jobs back to
-    # back and hands each receipt to the promoting threads. Promotions wait on fsyncs, not
-    # the CPU; appends to file sinks (distinct final names, F0) may overlap each other.
-    # Others take turns: replace deletes other runs' files, DuckDB has one writer.
-    overlap = (all(s.is_file_sink for s in sink_uri.sinks())
-               and sink_mode == sinks.SinkMode.APPEND)
-    promoting: contextlib.AbstractContextManager[Any] = (
-        contextlib.nullcontext() if overlap else threading.Lock())
+    # back and queues each receipt; one committer thread promotes what has queued meanwhile
+    # as a group (one journal, one sync of the staged files and of each sink dir, one
+    # ledger transaction): the disk's cost per file shrinks as the hosts get faster.
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
     finished: queue.SimpleQueue[FileResult | BaseException] = queue.SimpleQueue()
-    # The promoting threads make their staged files durable together: one sync per group.
-    staged_sync: GroupCommit[sinks.StagedJob] = GroupCommit(
-        lambda group: sinks.sync_staged(*group))
+    receipts: queue.SimpleQueue[tuple[HostJob, Receipt] | None] = queue.SimpleQueue()
 
-    def promote(job: HostJob, receipt: Receipt) -> None:
-        try:
-            finished.put(finish(job, receipt))
-        except BaseException as exc:  # a bug: the main thread re-raises it
-            finished.put(exc)
+    def committer() -> None:
+        last = False
+        while not last:
+            item = receipts.get()
+            if item is None:
+                return
+            group = [item]
+            while len(group) < _GROUP_MAX:
+                try:
+                    item = receipts.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    last = True
+                    break
+                group.append(item)
+            try:
+                for result in commit(group):
+                    finished.put(result)
+            except BaseException as exc:  # a bug, or the ledger failed: the run stops
+                finished.put(exc)
+                return
 
     def attempt(job: HostJob) -> None:
         assert pool is not None
@@ -390,16 +410,16 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         except BaseException as exc:
             finished.put(exc)
             return
-        promoters.submit(promote, job, receipt)
+        receipts.put((job, receipt))
 
+    committing = threading.Thread(target=committer, name="cf-commit", daemon=True)
     try:
         pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
                         memory_limit_mb=settings.job_memory_limit_mb, name="run",
                         log_max_bytes=settings.host_log_max_mb * 1024 * 1024,
                         warm=str(spec.path))
-        with ThreadPoolExecutor(max_workers=_PROMOTERS if overlap else 1,
-                                thread_name_prefix="cf-promote") as promoters, \
-                ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as hosts:
+        committing.start()
+        with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as hosts:
             futures = [hosts.submit(attempt, job) for job in jobs]
             expected = len(jobs)
             stopped = False
@@ -427,6 +447,9 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                 pool.close()
                 raise
     finally:
+        if committing.is_alive():  # what has queued is promoted before recovery runs
+            receipts.put(None)
+            committing.join()
         if bar is not None:
             bar.finish(_progress_counts(completed, len(results), len(jobs), size))
         if pool is not None:
@@ -444,9 +467,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                      tuple(results), time.perf_counter() - started, skipped, stale)
 
 
-#: Promoting threads for promotions that overlap (appends to file sinks): enough that a
-#: burst of fsyncs never holds up the hosts' receipts.
-_PROMOTERS = 8
+#: Most receipts promoted as one group (one journal, one ledger transaction).
+_GROUP_MAX = 64
 
 
 # -- staging ownership ----------------------------------------------------------------------

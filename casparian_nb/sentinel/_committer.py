@@ -1,7 +1,9 @@
 """The sentinel's committer thread, and the removal of staging no promotion needs.
 
 The committer is the single writer of every sink: it promotes staged outputs one job at a
-time. A DuckDB file that another process holds (a notebook with it open) must not stall the
+time, except that appends to file sinks waiting together go as one group (one journal, one
+fsync per sink directory: :func:`casparian_nb.sinks.promote_group`), each job still all or
+nothing. A DuckDB file that another process holds (a notebook with it open) must not stall the
 line, so a DuckDB promotion never waits for the file: it is tried once, and when the file is
 locked it is *parked* and retried with backoff while every other promotion keeps flowing.
 Through a burst of promotions the DuckDB files stay open (``sinks._held``): closed when the
@@ -49,6 +51,8 @@ FIRST_RETRY = 0.05
 MAX_RETRY = 1.0
 #: Wake the loop at least once per this many finished promotions (else once per burst).
 WAKE_EVERY = 64
+#: Most promotions taken as one group.
+GROUP_MAX = 64
 #: Longest a DuckDB file stays open across a burst of promotions, seconds (the default of
 #: Settings.duckdb_hold_s).
 HOLD_MAX_AGE = 1.0
@@ -104,9 +108,11 @@ class Committer:
         """The thread's body: returns after ``None`` arrives."""
         with holding_connections(max_age=self.hold_s) as held:
             self._held = held
+            after: list[CommitterItem] = []  # taken off the queue behind a group: next
             while True:
                 try:
-                    item = self.promotions.get(timeout=self._until_retry())
+                    item = after.pop() if after else self.promotions.get(
+                        timeout=self._until_retry())
                 except queue.Empty:
                     pass  # a parked line is due
                 else:
@@ -116,7 +122,9 @@ class Committer:
                                      "file; the next start finishes them",
                                      sum(len(line.items) for line in self.parked.values()))
                         return
-                    if isinstance(item, st.Promote):
+                    if isinstance(item, st.Promote) and _groupable(item):
+                        after = self.take_group(item)
+                    elif isinstance(item, st.Promote):
                         self.take(item)
                     elif isinstance(item, st.Discard):
                         try:
@@ -158,6 +166,29 @@ class Committer:
             self._wake()
 
     # -- promotions ----------------------------------------------------------------------
+    def take_group(self, first: st.Promote) -> list[CommitterItem]:
+        """Promote ``first`` with the groupable promotions queued behind it; return the
+        item that ended the group, if any, to be handled next (in queue order)."""
+        group: list[st.Promote] = [first]
+        while len(group) < GROUP_MAX:
+            try:
+                item = self.promotions.get_nowait()
+            except queue.Empty:
+                return self._promote_group(group, [])
+            if not (isinstance(item, st.Promote) and _groupable(item)):
+                return self._promote_group(group, [item])
+            group.append(item)
+        return self._promote_group(group, [])
+
+    def _promote_group(self, group: list[st.Promote],
+                       after: list[CommitterItem]) -> list[CommitterItem]:
+        if len(group) == 1:
+            self.take(group[0])
+        else:
+            for fin in self.persist.promote_group(group):
+                self._finish(fin)
+        return after
+
     def take(self, item: st.Promote) -> None:
         """Promote ``item`` now, or park it behind its DuckDB file's parked promotions."""
         key = _duckdb_key(item)
@@ -204,6 +235,11 @@ class Committer:
             line.items.popleft()
             self._finish(fin)
         del self.parked[key]
+
+
+def _groupable(item: st.Promote) -> bool:
+    """An append whose outputs all go to file sinks (no DuckDB file to wait on)."""
+    return item.mode == "append" and _duckdb_key(item) is None
 
 
 def _duckdb_key(item: st.Promote) -> str | None:

@@ -248,6 +248,23 @@ class Persister:
         except Exception as exc:
             return self.failed(item, exc)
 
+    def promote_group(self, items: list[st.Promote]) -> list[st.PromotionFinished]:
+        """Promote appends to file sinks together (one journal, one fsync per sink dir:
+        :func:`sinks.promote_group`); per item, in order, how it went."""
+        done: dict[int, st.PromotionFinished] = {}
+        staged: list[tuple[int, sinks.StagedJob]] = []
+        for i, item in enumerate(items):
+            try:
+                staged.append((i, sinks.StagedJob.from_dict(item.staged)))
+            except Exception as exc:
+                done[i] = self.failed(item, exc)
+        results = sinks.promote_group([job for _, job in staged], mode=sinks.SinkMode.APPEND)
+        for (i, _), got in zip(staged, results, strict=True):
+            done[i] = (self.failed(items[i], got) if isinstance(got, Exception) else
+                       st.PromotionFinished(items[i].job_id, True, [a.to_dict() for a in got],
+                                            None, time.time()))
+        return [done[i] for i in range(len(items))]
+
     def failed(self, item: st.Promote, exc: BaseException) -> st.PromotionFinished:
         """The job's promotion failed for good: drop its staged outputs, report the reason."""
         log.warning("promotion of job %s failed: %s", item.job_id, exc)

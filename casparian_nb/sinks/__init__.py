@@ -6,6 +6,7 @@ The life of a job's outputs::
     stager.write("orders", "orders", valid_batch)          # any number of batches/outputs
     staged = stager.close()                                 # -> StagedJob (JSON over a pipe)
     artifacts = promote(staged, mode=SinkMode.APPEND)       # committer: all outputs or none
+    results = promote_group([staged, ...])                  # many jobs, one journal's fsyncs
     recover(settings.staging_dir)                           # committer start-up, after a crash
     compact("parquet://output", target_size="128MB")        # merge small promoted files
 
@@ -18,7 +19,7 @@ File outputs are named ``<output>_<16 hex of blake3(job_id)>.<ext>`` and never o
 from __future__ import annotations
 
 from .compaction import CompactionResult, OutputCompaction, compact
-from .promotion import promote, recover
+from .promotion import promote, promote_group, recover
 from .routing import SinkRouting, routing_from_args
 from .staging import (
     Artifact,
@@ -48,6 +49,7 @@ __all__ = [
     "output_filename",
     "parse_sink_uri",
     "promote",
+    "promote_group",
     "recover",
     "routing_from_args",
     "sync_staged",

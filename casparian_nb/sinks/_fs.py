@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["fsync_dir", "fsync_file", "fsync_files", "read_json", "remove_tree",
+__all__ = ["fsync_dir", "fsync_file", "fsync_files", "read_json", "remove_tree", "sync_paths",
            "write_json_atomic"]
 
 
@@ -53,8 +53,14 @@ def fsync_files(paths: Iterable[str | os.PathLike[str]]) -> None:
         for path in files:
             fsync_file(path)
         return
+    _syncfs_devices(files)
+
+
+def _syncfs_devices(paths: list[str | os.PathLike[str]]) -> None:
+    """One ``syncfs`` per filesystem holding any of ``paths``."""
+    assert _syncfs is not None
     devices: dict[int, str | os.PathLike[str]] = {}
-    for path in files:
+    for path in paths:
         devices.setdefault(os.stat(path).st_dev, path)
     for path in devices.values():
         fd = os.open(path, os.O_RDONLY)
@@ -64,6 +70,21 @@ def fsync_files(paths: Iterable[str | os.PathLike[str]]) -> None:
                 raise OSError(err, f"syncfs: {os.strerror(err)}", str(path))
         finally:
             os.close(fd)
+
+
+def sync_paths(files: Iterable[str | os.PathLike[str]],
+               dirs: Iterable[str | os.PathLike[str]]) -> None:
+    """Make ``files`` and the entries of ``dirs`` durable: on Linux one ``syncfs`` per
+    filesystem covers both (it commits the file system's journal, renames included); else
+    an ``fsync`` per file and per directory."""
+    files, dirs = list(files), list(dirs)
+    if _syncfs is not None and len(files) + len(dirs) >= 2:
+        _syncfs_devices([*files, *dirs])
+        return
+    for path in files:
+        fsync_file(path)
+    for path in dirs:
+        fsync_dir(path)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -18,6 +18,10 @@ moves, and the sink directory once every final is linked. Nothing else needs to 
 disk for recovery to end in the same place after a power cut. mode=replace adds the
 deletions' and the final journal's.
 
+:func:`promote_group` runs the same steps for many jobs in mode append at once: one journal
+(in the first job's staging dir) lists every job's moves, so those fsyncs are paid per group;
+a crash is finished by :func:`recover` from that one journal, every job of the group together.
+
 A crash after step 2 is finished by :func:`recover` (roll forward: every staged file is
 complete and durable before promotion starts). An error in step 3 or 4 before the first
 final exists rolls back instead (temps return to staging), recorded as journal state
@@ -32,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +44,10 @@ from ..errors import SinkError, SinkModeError
 from . import _journal
 from ._fs import read_json, remove_tree, write_json_atomic
 from ._journal import final_path, finish, move_to_tmp, other_run_files, output_of, resume, rollback
-from .staging import JOURNAL, Artifact, StagedJob
+from .staging import JOURNAL, Artifact, StagedJob, sync_staged
 from .uri import SinkMode, SinkURI
 
-__all__ = ["Artifact", "promote", "recover"]
+__all__ = ["Artifact", "promote", "promote_group", "recover"]
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +103,36 @@ def _promote_files(
     artifacts = _artifacts(staged, sink)
     if journal.exists() and resume(journal) == "done":
         return artifacts  # an interrupted promotion of this very job: now finished
+    moves, doomed = _file_moves(staged, sink, mode, run_ids)
+    if moves is None:
+        return artifacts  # promoted earlier and its staging already cleaned up
+    if not moves:
+        return []
+    sink.path.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "job_id": staged.job_id,
+        "sink": str(sink),
+        "state": "started",
+        "moves": moves,
+        "delete": [str(p) for p in doomed],
+    }
+    write_json_atomic(journal, state)
+    _move_and_place(journal, state, f"job {staged.job_id!r}", str(sink))
+    return artifacts
+
+
+def _file_moves(
+    staged: StagedJob, sink: SinkURI, mode: SinkMode, run_ids: frozenset[str]
+) -> tuple[list[dict[str, str]] | None, list[Path]]:
+    """The checks before a file sink promotion, and its moves (None: already promoted) and
+    the other runs' files that ``mode=replace`` deletes."""
     plan = [(Path(o.path), final_path(sink, o.output, staged.job_id)) for o in staged.outputs]
     if not plan:
-        return []
+        return [], []
     taken = [dst for _, dst in plan if os.path.lexists(dst)]
     if taken:
         if len(taken) == len(plan) and not any(src.exists() for src, _ in plan):
-            return artifacts  # promoted earlier and its staging already cleaned up
+            return None, []  # promoted earlier and its staging already cleaned up
         raise SinkError(
             f"job {staged.job_id!r}: {taken[0]} already exists; outputs are never overwritten "
             "(F0) — was this job id promoted before?"
@@ -124,21 +151,17 @@ def _promote_files(
             f"output {name!r} already has data in {sink}; mode=error refuses to add to it — "
             "use mode=append or replace"
         )
-    doomed = others if mode is SinkMode.REPLACE else []
-
-    sink.path.mkdir(parents=True, exist_ok=True)
     moves = [
         {"src": str(src), "tmp": str(dst.with_name(f".{dst.name}.cf-tmp")), "dst": str(dst)}
         for src, dst in plan
     ]
-    state: dict[str, Any] = {
-        "job_id": staged.job_id,
-        "sink": str(sink),
-        "state": "started",
-        "moves": moves,
-        "delete": [str(p) for p in doomed],
-    }
-    write_json_atomic(journal, state)
+    return moves, (others if mode is SinkMode.REPLACE else [])
+
+
+def _move_and_place(journal: Path, state: dict[str, Any], what: str, where: str) -> None:
+    """Steps 3-6 for a journal already written: move, place, finish — or roll back when
+    nothing is visible yet. ``what``/``where`` word the errors."""
+    moves = state["moves"]
     placed = 0
     try:
         # No fsync between the moves and the links: recovery finishes from any mix of
@@ -159,19 +182,113 @@ def _promote_files(
                 finish(journal, state)
             except Exception:
                 raise SinkError(
-                    f"job {staged.job_id!r}: promotion into {sink} stopped after {placed} of "
+                    f"{what}: promotion into {where} stopped after {placed} of "
                     f"{len(moves)} outputs ({exc}); recover() will complete it"
                 ) from exc
-            log.warning("promotion of job %s: %s; completed on retry", staged.job_id, exc)
-            return artifacts
+            log.warning("promotion of %s: %s; completed on retry", what, exc)
+            return
         rollback(journal, state)
         if isinstance(exc, Exception) and not isinstance(exc, SinkError):
             raise SinkError(
-                f"job {staged.job_id!r}: promotion into {sink} failed and was rolled back: {exc}"
+                f"{what}: promotion into {where} failed and was rolled back: {exc}"
             ) from exc
         raise
     finish(journal, state)
-    return artifacts
+
+
+def promote_group(
+    staged_jobs: Sequence[StagedJob],
+    *,
+    mode: SinkMode | str = SinkMode.APPEND,
+    run_job_ids: Collection[str] | None = None,
+    sync: bool = False,
+    lock_timeout: float = 10.0,
+) -> list[list[Artifact] | Exception]:
+    """Promote several staged jobs; per job, in order, its artifacts or the exception that
+    failed it (its staging is then left to the caller, as :func:`promote` leaves it).
+
+    Each job's outputs appear all together or not at all, as with :func:`promote`. Jobs in
+    mode append whose outputs all go to file sinks share one journal (in the first one's
+    staging dir), so the disk's cost of a small job's promotion — the journal's fsyncs and
+    the sink directory's — is paid once per group. ``sync``: the jobs were staged with
+    ``close(sync=False)``; their files become durable together with the journal (on Linux
+    one ``syncfs`` for both). Other jobs go through :func:`promote` one by one. A group
+    whose journal rolled back is retried job by job, so one bad job fails alone.
+    """
+    mode = SinkMode.parse(mode)
+    results: list[list[Artifact] | Exception] = [[] for _ in staged_jobs]
+    grouped: list[tuple[int, StagedJob, SinkURI, list[dict[str, str]]]] = []
+    for i, staged in enumerate(staged_jobs):
+        try:
+            sinks_of = staged.by_sink()
+            groupable = (mode is SinkMode.APPEND and len(sinks_of) == 1
+                         and next(iter(sinks_of)).is_file_sink
+                         and not (Path(staged.staging_dir) / JOURNAL).exists())
+            if not groupable:
+                if sync and (len(sinks_of) > 1 or any(s.is_file_sink for s in sinks_of)):
+                    sync_staged(staged)  # (a lone DuckDB load is durable by its commit)
+                results[i] = promote(staged, mode=mode, run_job_ids=run_job_ids,
+                                     lock_timeout=lock_timeout)
+                continue
+            (sink,) = sinks_of
+            moves, _ = _file_moves(staged, sink, mode, frozenset())
+        except Exception as exc:
+            results[i] = exc
+            continue
+        if not moves:  # nothing staged, or promoted earlier
+            results[i] = _artifacts(staged, sink) if moves is None else []
+            remove_tree(staged.staging_dir)
+            continue
+        grouped.append((i, staged, sink, moves))
+    if not grouped:
+        return results
+    first = grouped[0][1]
+    journal = Path(first.staging_dir) / JOURNAL
+    state: dict[str, Any] = {
+        "job_id": first.job_id,
+        "job_ids": [g[1].job_id for g in grouped],
+        "sink": ", ".join(sorted({str(g[2]) for g in grouped})),
+        "state": "started",
+        "moves": [m for g in grouped for m in g[3]],
+        "delete": [],
+    }
+    try:
+        for sinkdir in {g[2].path for g in grouped}:
+            sinkdir.mkdir(parents=True, exist_ok=True)
+        if sync:
+            # The staged files, their directory entries and the journal reach the disk
+            # together, before anything moves.
+            write_json_atomic(journal, state, durable=False)
+            try:
+                sync_staged(*(g[1] for g in grouped), journal=journal)
+            except BaseException:
+                journal.unlink(missing_ok=True)  # nothing has moved yet
+                raise
+        else:
+            write_json_atomic(journal, state)
+        what = (f"job {first.job_id!r}" if len(grouped) == 1
+                else f"jobs {first.job_id!r} and {len(grouped) - 1} more")
+        _move_and_place(journal, state, what, state["sink"])
+    except Exception as exc:
+        if journal.exists():  # finals visible and recovery still to finish: all failed
+            for i, *_ in grouped:
+                results[i] = exc
+            return results
+        for i, staged, _sink, _moves in grouped:  # rolled back: each on its own
+            try:
+                if sync:
+                    sync_staged(staged)
+                results[i] = promote(staged, mode=mode, run_job_ids=run_job_ids,
+                                     lock_timeout=lock_timeout)
+            except Exception as one:
+                results[i] = one
+        return results
+    for i, staged, sink, _ in grouped[1:]:
+        results[i] = _artifacts(staged, sink)
+        remove_tree(staged.staging_dir)
+    results[grouped[0][0]] = _artifacts(first, grouped[0][2])
+    remove_tree(first.staging_dir)  # the journal's dir last: recovery starts from it
+    return results
 
 
 def recover(staging_root: str | Path) -> list[str]:

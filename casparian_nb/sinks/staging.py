@@ -22,7 +22,7 @@ import pyarrow.types as pat
 
 from ..errors import OutputNameError, SinkError
 from ..lineage import LINEAGE_COLUMNS
-from ._fs import fsync_dir, fsync_file, fsync_files, remove_tree
+from ._fs import fsync_dir, fsync_file, fsync_files, remove_tree, sync_paths
 from ._schema import conform
 from .routing import SinkRouting
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
@@ -337,13 +337,18 @@ class JobStager:
             self.discard()
 
 
-def sync_staged(*staged: StagedJob) -> None:
+def sync_staged(*staged: StagedJob, journal: str | Path | None = None) -> None:
     """Make the files of jobs staged with ``close(sync=False)`` durable, for a promotion to
     a file sink (fsync reaches the data whichever process wrote it); several jobs at once
-    cost about one (:func:`fsync_files`). Their directory entries become durable with the
-    promotion journal, which is written and fsynced in the same directory before anything
-    moves."""
-    fsync_files(out.path for job in staged for out in job.outputs)
+    cost about one (:func:`fsync_files`). Without ``journal`` their directory entries
+    become durable with the promotion journal, which is then written and fsynced in the
+    same directory before anything moves; with it (a journal already written, not yet
+    durable) the files, the jobs' directories and the journal become durable together."""
+    files = [out.path for job in staged for out in job.outputs]
+    if journal is None:
+        fsync_files(files)
+        return
+    sync_paths([*files, journal], {job.staging_dir for job in staged})
 
 
 def discard(staged_or_dir: StagedJob | JobStager | str | Path) -> None:

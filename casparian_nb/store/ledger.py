@@ -7,11 +7,11 @@ materializations are kept apart, keyed exactly like the state DB's
 (:func:`casparian_nb.plan.decide`). Several runs may share a home: each write is one short
 transaction and SQLite serialises them.
 
-A run records from several promoting threads at once, each after its file's promotion, and
-must not return before its record is durable. One commit per file made the ledger the run's
-bottleneck (each commit waits on the disk while the others queue behind it), so records are
-group-committed (:class:`casparian_nb._group.GroupCommit`): one transaction writes every
-record waiting at that moment. The database is in WAL mode, so a commit costs one fsync.
+A run records after each group of promotions (:meth:`RunLedger.record_many`, one transaction
+for the group) and must not go on before the records are durable. Records from several
+threads at once are group-committed (:class:`casparian_nb._group.GroupCommit`): one
+transaction writes every record waiting at that moment. The database is in WAL mode, so a
+commit costs one fsync.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .._group import GroupCommit
 from ..errors import StoreError
 from .schema import now_iso
 
-__all__ = ["RunLedger"]
+__all__ = ["LedgerRecord", "RunLedger"]
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS cf_run_materializations (
@@ -42,6 +43,19 @@ CREATE TABLE IF NOT EXISTS cf_run_materializations (
     created_at          TEXT NOT NULL
 )
 """
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """One input's materialization keys, recorded once its outputs were promoted."""
+
+    keys: Sequence[str]
+    source_hash: str
+    plugin_name: str
+    parser_version: str | None
+    parser_fingerprint: str
+    input_file: str
+    run_id: str
 
 
 class RunLedger:
@@ -103,10 +117,16 @@ class RunLedger:
                run_id: str) -> None:
         """Record one input's keys after its outputs were promoted (a forced re-run
         replaces the fingerprint that made them)."""
+        self.record_many([LedgerRecord(list(keys), source_hash, plugin_name, parser_version,
+                                       parser_fingerprint, input_file, run_id)])
+
+    def record_many(self, records: Iterable[LedgerRecord]) -> None:
+        """Record several inputs in one transaction; returns once it is durable."""
         now = now_iso()
-        rows = [(k, source_hash, plugin_name, parser_version, parser_fingerprint, input_file,
-                 run_id, now) for k in keys]
-        self._group.submit(rows)
+        rows = [(k, r.source_hash, r.plugin_name, r.parser_version, r.parser_fingerprint,
+                 r.input_file, r.run_id, now) for r in records for k in r.keys]
+        if rows:
+            self._group.submit(rows)
 
     def _commit(self, rows: list[tuple[Any, ...]]) -> None:
         """Write ``rows`` in one transaction."""

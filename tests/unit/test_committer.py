@@ -307,3 +307,39 @@ def test_a_held_file_is_one_connection_however_its_path_is_spelled(tmp_path: Pat
         held.close(tmp_path / "alias" / "x.duckdb")
         assert len(held) == 0
     assert _opens(real / "x.duckdb")
+
+
+def test_file_promotions_queued_together_go_as_groups_in_queue_order(tmp_path: Path) -> None:
+    """Appends to a file sink waiting together share one journal (a group per burst); a
+    task queued between them runs between them; a job that cannot promote fails alone."""
+    uri = f"parquet://{tmp_path / 'sink'}"
+    persist = Persister(None, load_settings(tmp_path / "home"))  # type: ignore[arg-type]
+    inbox: queue.Queue[Any] = queue.Queue()
+    out: queue.Queue[st.PromotionFinished] = queue.Queue()
+    groups: list[list[int]] = []
+    real = persist.promote_group
+
+    def spy(items: list[st.Promote]) -> list[st.PromotionFinished]:
+        groups.append([i.job_id for i in items])
+        return real(items)
+
+    persist.promote_group = spy  # type: ignore[method-assign]
+    order: list[str] = []
+    for job_id in range(1, 5):
+        inbox.put(_promote(tmp_path / "stg", job_id, uri))
+    inbox.put(lambda: order.append(f"task after {len(groups)} group(s)"))
+    broken = _promote(tmp_path / "stg", 5, uri)
+    os.unlink(broken.staged["outputs"][0]["path"])  # its staged file is gone
+    for item in (_promote(tmp_path / "stg", 6, uri), broken, _promote(tmp_path / "stg", 7, uri)):
+        inbox.put(item)
+    inbox.put(None)
+    Committer(persist, inbox, out, lambda: None).run()
+    finished: dict[int, st.PromotionFinished] = {}
+    while not out.empty():
+        fin = out.get_nowait()
+        finished[fin.job_id] = fin
+    assert groups == [[1, 2, 3, 4], [6, 5, 7]]
+    assert order == ["task after 1 group(s)"]
+    assert {j for j, f in finished.items() if f.ok} == {1, 2, 3, 4, 6, 7}
+    assert "missing" in (finished[5].error or "")
+    assert job_rows(uri, "t") == {str(j): 2 for j in (1, 2, 3, 4, 6, 7)}

@@ -4,8 +4,9 @@
 >>> ctl.wait()                     # a live bar: done / failed / running / queued, rate, ETA
 >>> ctl.wait(progress=False)       # none
 
-One display, updated in place: the widget's traits change at most 10 times a second (the
-blocking call reports as often as it likes), and when the call ends the display is updated
+One display, updated in place: the widget's traits change at most 10 times a second, less
+while the queue widget updates too (one budget per kernel, :mod:`._pace`) (the blocking call
+reports as often as it likes), and when the call ends the display is updated
 once more with the final counts, so the saved notebook's ``text/html`` and ``text/plain``
 say what happened even where no widget renders (GitHub, nbviewer, nbconvert). Outside a
 kernel the same calls draw a terminal bar on stderr (:mod:`casparian_nb._progress`).
@@ -25,6 +26,7 @@ import traitlets
 
 from .._progress import INTERVAL, ProgressCounts, ProgressSink, terminal_progress
 from ._kernel import in_kernel
+from ._pace import CommPace, pace_for
 from ._reprs import STATUS_COLORS, esc
 
 __all__ = ["ProgressWidget", "progress_for"]
@@ -49,26 +51,30 @@ class ProgressWidget(anywidget.AnyWidget):
     finished = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, label: str = "jobs", *, clock: Callable[[], float] = time.monotonic,
-                 interval: float = INTERVAL, **kwargs: Any) -> None:
+                 interval: float = INTERVAL, pace: CommPace | None = None,
+                 **kwargs: Any) -> None:
         self._clock = clock
         self._started = clock()
         self._last = -1e9
         self._counts = ProgressCounts()
         #: Minimum seconds between two syncs (0.1 → at most 10 updates per second).
         self.interval = interval
+        #: The update budget this widget shares with the kernel's other live widgets.
+        self._pace = pace or pace_for(interval, clock)
         #: Syncs sent, for tests and benchmarks.
         self.flushes = 0
         self._handle: Any = None
         super().__init__(label=label, counts=_as_dict(self._counts), **kwargs)
+        self._pace.join(self)
 
     def update(self, counts: ProgressCounts) -> None:
         """Record the counts; sync them if ``interval`` has passed since the last sync."""
         self._counts = counts
         now = self._clock()
-        if not self.finished and now - self._last >= self.interval:
+        if not self.finished and self._pace.delay(self._last) <= 0:
             self._sync(now)
 
-    def _sync(self, now: float) -> None:
+    def _sync(self, now: float, *, final: bool = False) -> None:
         self._last = now
         c = self._counts
         elapsed = now - self._started
@@ -79,15 +85,18 @@ class ProgressWidget(anywidget.AnyWidget):
             self.elapsed_s = round(elapsed, 3)
             self.rate = round(c.rate(elapsed), 3)
             self.eta_s = -1.0 if eta is None else round(eta, 1)
+            if final:
+                self.finished = True  # in the same message as the final counts
         self.flushes += 1
+        self._pace.took()
 
     def finish(self, counts: ProgressCounts | None = None) -> None:
         """The call is over: final counts, and the display's static snapshot refreshed (the
         widget stays open, showing the final line)."""
         if counts is not None:
             self._counts = counts
-        self._sync(self._clock())
-        self.finished = True
+        self._sync(self._clock(), final=True)
+        self._pace.leave(self)
         if self._handle is not None:
             self._handle.update(self)  # the saved notebook keeps the final counts
 

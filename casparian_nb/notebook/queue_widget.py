@@ -5,7 +5,8 @@
 The widget is a thin model over a :class:`QueueSource` (the controller): a state-DB snapshot
 at start, then the sentinel's events. Events arrive on the controller's event thread, which
 only appends them to a deque; the widget applies them and syncs the page on its own thread
-(the kernel's main thread, see :mod:`._scheduling`) at most ``1 / interval`` times a second,
+(the kernel's main thread, see :mod:`._scheduling`) at most ``1 / interval`` times a second —
+less while other widgets update too (the kernel's widgets share one budget, :mod:`._pace`) —
 inside ``hold_sync()`` so one flush is one comm message. Only the visible page (``limit`` rows)
 and the counts cross the wire, and only when they changed.
 
@@ -45,6 +46,7 @@ import anywidget
 import traitlets
 
 from ..protocol import JobStatus, vocabulary
+from ._pace import CommPace, pace_for
 from ._queue_model import DEAD, STATUSES, QueueModel
 from ._queue_snapshot import queue_snapshot_html
 from ._scheduling import Scheduler, default_scheduler
@@ -123,7 +125,7 @@ class QueueWidget(anywidget.AnyWidget):
                  reconcile_every: float = 3.0, scheduler: Scheduler | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  log_tail: Callable[[int], str] | None = None,
-                 **kwargs: Any) -> None:
+                 pace: CommPace | None = None, **kwargs: Any) -> None:
         self._source = source
         #: ``log_tail(job_id)``: the last lines of a job's captured log, for an expanded row.
         self._log_tail = log_tail
@@ -133,6 +135,8 @@ class QueueWidget(anywidget.AnyWidget):
         self._thread = threading.current_thread()  # the one thread that touches traits
         #: Minimum seconds between two flushes (0.1 → at most 10 updates per second).
         self.interval = interval
+        #: The update budget this widget shares with the kernel's other live widgets.
+        self._pace = pace or pace_for(interval, clock)
         self.reconcile_every = reconcile_every
         #: Flushes that sent something, for tests and benchmarks.
         self.flushes = 0
@@ -157,6 +161,7 @@ class QueueWidget(anywidget.AnyWidget):
         super().__init__(rows=page, counts=self._model.count_dict(), total=total, view=view,
                          workers=len(self._model.workers), **kwargs)
         self.on_msg(self._on_frontend_msg)
+        self._pace.join(self)
         if self._inbox:
             self._schedule_flush()
         if reconcile_every > 0:
@@ -181,7 +186,7 @@ class QueueWidget(anywidget.AnyWidget):
             return
         self._flush_scheduled = True
         # A short first delay lets a burst collapse into one flush even after a quiet spell.
-        delay = max(0.02, self._last_flush + self.interval - self._clock())
+        delay = max(0.02, self._pace.delay(self._last_flush))
         self._scheduler.call_later(delay, self._timed_flush)
 
     def _timed_flush(self) -> None:
@@ -190,7 +195,7 @@ class QueueWidget(anywidget.AnyWidget):
         self._flush_scheduled = False
         if self._closed:
             return
-        wait = self._last_flush + self.interval - self._clock()
+        wait = self._pace.delay(self._last_flush)
         if wait > 0.001:  # a direct flush ran since this timer was set: keep the spacing
             self._flush_scheduled = True
             self._scheduler.call_later(wait, self._timed_flush)
@@ -237,6 +242,8 @@ class QueueWidget(anywidget.AnyWidget):
         self._refresh_detail()
         self._last_flush = self._clock()
         self.flushes += sent
+        if sent:
+            self._pace.took()
         if self._inbox:  # arrived while we worked: next flush, still rate-limited
             self._schedule_flush()
 
@@ -261,7 +268,7 @@ class QueueWidget(anywidget.AnyWidget):
                 self.reconcile()
             else:
                 self._last_reconcile = self._clock()
-        if self._inbox and self._clock() >= self._last_flush + self.interval:
+        if self._inbox and self._pace.delay(self._last_flush) <= 0:
             self._flush()
 
     def flush(self) -> None:
@@ -476,6 +483,7 @@ class QueueWidget(anywidget.AnyWidget):
         if not self._closed:
             self._closed = True
             self._unsubscribe()
+            self._pace.leave(self)
         super().close()
 
     def summary(self) -> str:

@@ -7,33 +7,29 @@ each successful job's outputs. One bad file does not stop the others.
 Each run stages under ``<home>/staging/run-<run id>/`` with an ``OWNER`` file naming this
 process. A run that is killed outright (``kill -9``) leaves that directory behind; the next run
 in the same home finishes any promotion it interrupted (:func:`casparian_nb.sinks.recover`,
-so each job's outputs appear all together or not at all) and removes the rest.
+so each job's outputs appear all together or not at all) and removes the rest
+(:mod:`._run_staging`). The result types are in :mod:`._run_result`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import html
-import json
-import os
 import queue
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from . import contracts, lineage, plan, plugins, sinks
 from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
+from ._run_result import FileResult, RunResult
+from ._run_staging import claim_staging, remove_tree, sweep_stale_runs
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
 from .joblogs import job_log_path, job_logs_root
@@ -47,146 +43,13 @@ from .protocol import (
     Receipt,
     ReceiptStatus,
 )
-from .sinks.staging import JOURNAL
 from .store import StateReader
 from .store.ledger import LedgerRecord, RunLedger
 from .worker.pool import HostPool
 
+# The result types live in ._run_result (re-exported: they are this module's API), the
+# staging ownership and the sweep of killed runs in ._run_staging.
 __all__ = ["FileResult", "RunResult", "run"]
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """The outcome of one input file."""
-
-    job_id: str
-    input_file: str
-    status: JobStatus  # COMPLETED | FAILED | ABORTED
-    rows: dict[str, int] = field(default_factory=dict)
-    quarantine_rows: int = 0
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    duration_ms: float = 0.0
-    #: FAILED by the plugin: the remote traceback (``casparian run -v`` / ``--json``).
-    traceback: str | None = None
-    #: The file of its captured output, when it wrote any (:mod:`casparian_nb.joblogs`).
-    log_path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def details(self, indent: str = "    ") -> list[str]:
-        """The remote traceback and where the captured output is, as indented lines."""
-        lines = [indent + ln for ln in (self.traceback or "").rstrip("\n").splitlines()]
-        return lines + ([f"{indent}output: {self.log_path}"] if self.log_path else [])
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Summary of a standalone run (``str()`` is the human summary)."""
-
-    run_id: str
-    plugin_name: str
-    plugin_version: str
-    sink: str
-    mode: str
-    files: tuple[FileResult, ...]
-    duration_s: float
-    #: Inputs not run: every planned output already materialized by this plugin and source.
-    skipped: tuple[str, ...] = ()
-    #: Inputs not run because this plugin version already materialized them, but from a
-    #: different source of it (F15): ``force=True`` / ``--force`` re-runs them.
-    stale: tuple[str, ...] = ()
-
-    @property
-    def ran(self) -> int:
-        """How many files ran (completed, failed or aborted)."""
-        return len(self.files)
-
-    @property
-    def failed(self) -> list[FileResult]:
-        """The files that did not complete (failed or aborted), in input order."""
-        return [f for f in self.files if f.status != JobStatus.COMPLETED]
-
-    @property
-    def succeeded(self) -> int:
-        """How many files completed."""
-        return len(self.files) - len(self.failed)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    @property
-    def rows(self) -> dict[str, int]:
-        """Rows written per output, summed over the files."""
-        total: dict[str, int] = {}
-        for f in self.files:
-            for name, n in f.rows.items():
-                total[name] = total.get(name, 0) + n
-        return total
-
-    @property
-    def quarantine_rows(self) -> int:
-        return sum(f.quarantine_rows for f in self.files)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``casparian run --json`` document."""
-        return {
-            "run_id": self.run_id, "plugin_name": self.plugin_name,
-            "plugin_version": self.plugin_version, "sink": self.sink, "mode": self.mode,
-            "files": len(self.files), "ran": self.ran, "succeeded": self.succeeded,
-            "failed": len(self.failed), "skipped": len(self.skipped), "stale": len(self.stale),
-            "stale_files": list(self.stale), "rows": self.rows,
-            "quarantine_rows": self.quarantine_rows, "duration_s": round(self.duration_s, 3),
-            "jobs": [f.to_dict() for f in self.files],
-        }
-
-    def _counts(self) -> str:
-        total = self.ran + len(self.skipped) + len(self.stale)
-        return (f"{total} files, {self.succeeded} succeeded, {len(self.failed)} failed, "
-                f"{len(self.skipped)} skipped, {len(self.stale)} stale")
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def format(self, *, failures: bool = True, verbose: bool = False) -> str:
-        """The human summary: with ``failures``, a line per failed file, and with
-        ``verbose`` under it its remote traceback and the file holding its captured output."""
-        lines = [
-            f"casparian run {self.plugin_name} {self.plugin_version}: {self._counts()} "
-            f"in {self.duration_s:.2f}s"
-        ]
-        for name, n in sorted(self.rows.items()):
-            lines.append(f"  rows   {name}: {n:,}")
-        if self.quarantine_rows:
-            lines.append(f"  quarantined rows: {self.quarantine_rows:,} (see the *_quarantine outputs)")
-        for f in self.failed if failures else ():
-            lines.append(f"  {f.status.lower()} {f.input_file}: {f.error}")
-            if verbose:
-                lines += f.details()
-        lines.append(f"  outputs: {self.sink} (mode {self.mode})")
-        if self.stale:
-            lines.append("  warning: " + plan.stale_warning(len(self.stale), self.plugin_name,
-                                                          self.plugin_version, flag="--force"))
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return (f"RunResult({self.plugin_name} {self.plugin_version}: {self._counts()}, "
-                f"rows={self.rows})")
-
-    def _repr_html_(self) -> str:
-        failed = "".join(f"<li>{html.escape(f.input_file)}: {html.escape(str(f.error))}</li>"
-                         for f in self.failed)
-        stale = ("<p><b>warning:</b> " + html.escape(plan.stale_warning(
-            len(self.stale), self.plugin_name, self.plugin_version, flag="force=True"))
-            + "</p>") if self.stale else ""
-        rows = ", ".join(f"{html.escape(k)}: {v:,}" for k, v in sorted(self.rows.items()))
-        return (f"<div class='cf-run-result'><b>casparian run</b> "
-                f"{html.escape(self.plugin_name)} {html.escape(self.plugin_version)}: "
-                f"{html.escape(self._counts())} in {self.duration_s:.2f}s"
-                f"<br>rows {rows or '0'}{stale}"
-                + (f"<ul>{failed}</ul>" if failed else "") + "</div>")
 
 
 def _progress_counts(done: int, finished: int, total: int, slots: int) -> ProgressCounts:
@@ -294,7 +157,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                          sink_mode.value, (), time.perf_counter() - started, skipped, stale)
     sweep_stale_runs(settings.staging_dir)
     run_id = uuid.uuid4().hex[:12]
-    staging_root = _claim_staging(settings.staging_dir, run_id)
+    staging_root = claim_staging(settings.staging_dir, run_id)
     processed_at = datetime.now(UTC).isoformat()
     jobs = [
         HostJob(job=JobSpec(
@@ -458,7 +321,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         # promotion an interrupt cut short, then drop what is left of this run's staging.
         with contextlib.suppress(Exception):
             sinks.recover(staging_root)
-        _remove_tree(staging_root)
+        remove_tree(staging_root)
     if stop is not None:
         raise stop
     order = {j.job.job_id: i for i, j in enumerate(jobs)}
@@ -469,65 +332,3 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
 
 #: Most receipts promoted as one group (one journal, one ledger transaction).
 _GROUP_MAX = 64
-
-
-# -- staging ownership ----------------------------------------------------------------------
-
-_OWNER = "OWNER"
-
-
-def _me() -> dict[str, Any]:
-    return {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
-
-
-def _claim_staging(staging_dir: Path, run_id: str) -> Path:
-    """Create ``<staging>/run-<id>/`` with an ``OWNER`` file, atomically (never seen empty)."""
-    staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = staging_dir / f".run-{run_id}"
-    tmp.mkdir(mode=0o700)
-    (tmp / _OWNER).write_text(json.dumps(_me()), encoding="utf-8")
-    final = staging_dir / f"run-{run_id}"
-    os.rename(tmp, final)
-    return final
-
-
-def _owner_alive(run_dir: Path) -> bool:
-    try:
-        owner = json.loads((run_dir / _OWNER).read_text(encoding="utf-8"))
-        proc = psutil.Process(int(owner["pid"]))
-        return bool(abs(proc.create_time() - float(owner["create_time"])) < 1.0)
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
-        return False
-
-
-def sweep_stale_runs(staging_dir: Path, *, tmp_age: float = 60.0) -> list[str]:
-    """Clean up after standalone runs that were killed: finish their interrupted promotions
-    (all of a job's outputs appear, or none) and remove their staging. Returns the run dirs
-    removed. Runs whose owner process is alive are left alone."""
-    removed: list[str] = []
-    if not staging_dir.is_dir():
-        return removed
-    now = time.time()
-    for entry in sorted(staging_dir.iterdir()):
-        if not entry.is_dir():
-            continue
-        if entry.name.startswith(".run-"):
-            with contextlib.suppress(OSError):
-                if now - entry.stat().st_mtime > tmp_age:
-                    _remove_tree(entry)
-            continue
-        if not entry.name.startswith("run-") or _owner_alive(entry):
-            continue
-        try:
-            sinks.recover(entry)
-        except Exception:  # a broken journal must not block new runs; keep it for a human
-            continue
-        if not any((d / JOURNAL).exists() for d in entry.iterdir() if d.is_dir()):
-            _remove_tree(entry)
-            removed.append(entry.name)
-    return removed
-
-
-def _remove_tree(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        shutil.rmtree(path)

@@ -6,28 +6,29 @@ still QUEUED or RUNNING. The DB check catches what events cannot: jobs that fini
 the subscription, and events a slow subscriber lost. Between checks the loop sleeps on the
 event thread's "a job finished" flag, and pumps the open queue widgets (the kernel's loop is
 blocked by this cell, so they would otherwise freeze).
+
+:class:`Waiting` is the controller's part that blocks: ``wait`` and ``catch_up``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from .._progress import ProgressCounts, ProgressSink
 from ..protocol import JobStatus
+from ._base import ControllerBase
 from ._models import TERMINAL, WaitInterrupted, WaitResult, WaitTimeoutError
 
-if TYPE_CHECKING:
-    from .controller import Controller
-
-__all__ = ["wait_for"]
+__all__ = ["Waiting", "wait_for"]
 
 _OK = frozenset({JobStatus.COMPLETED, JobStatus.SKIPPED})
 _ON_WORKER = frozenset({JobStatus.RUNNING, JobStatus.DISPATCHED})
 
 
-def _db_statuses(ctl: Controller, pending: set[int]) -> tuple[dict[int, str], set[int]]:
+def _db_statuses(ctl: ControllerBase, pending: set[int]) -> tuple[dict[int, str], set[int]]:
     """Final statuses, from the state DB, of the pending jobs that have one; and which of
     the others are on a worker (for the progress bar)."""
     found = ctl._rows.statuses(pending)
@@ -51,7 +52,7 @@ def _hint(pending: list[int]) -> str:
             "ctl.cancel_all_queued(), or wait with cancel_on_interrupt=True")
 
 
-def wait_for(ctl: Controller, ids: list[int], timeout: float | None,
+def wait_for(ctl: ControllerBase, ids: list[int], timeout: float | None,
              cancel_on_interrupt: bool, poll: float = 0.25,
              check_every: float = 1.0, progress: ProgressSink | None = None) -> WaitResult:
     """The body of :meth:`Controller.wait`; reports to ``progress`` (a bar) while it blocks."""
@@ -66,7 +67,7 @@ def wait_for(ctl: Controller, ids: list[int], timeout: float | None,
             progress.finish(_counts(done, pending, running))
 
 
-def _wait(ctl: Controller, ids: list[int], timeout: float | None, cancel_on_interrupt: bool,
+def _wait(ctl: ControllerBase, ids: list[int], timeout: float | None, cancel_on_interrupt: bool,
           poll: float, check_every: float, progress: ProgressSink | None,
           done: dict[int, str], pending: set[int], running: set[int]) -> WaitResult:
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -113,7 +114,7 @@ def _wait(ctl: Controller, ids: list[int], timeout: float | None, cancel_on_inte
     return WaitResult({j: done[j] for j in ids if j in done})
 
 
-def _cancel(ctl: Controller, ids: list[int]) -> Any:
+def _cancel(ctl: ControllerBase, ids: list[int]) -> Any:
     try:
         with ctl.session.command("Cancel", {"job_ids": ids}) as r:
             reply = ctl.client.cancel_jobs(ids)
@@ -122,3 +123,46 @@ def _cancel(ctl: Controller, ids: list[int]) -> Any:
     except Exception as exc:  # report, but the interrupt is what the user asked for
         print(f"casparian: cancelling after the interrupt failed: {exc}", file=sys.stderr)
         return None
+
+
+class Waiting(ControllerBase):
+    """Blocking until jobs finish, or until the widgets have every published event."""
+
+    def wait(self, ids: int | Iterable[int] | None = None, timeout: float | None = None, *,
+             cancel_on_interrupt: bool = False, poll: float = 0.25,
+             progress: bool | None = None) -> Any:
+        """Block until the jobs (default: every job submitted here) finish; a WaitResult.
+
+        Interruptible: "interrupt kernel" / Ctrl-C stops waiting (the jobs keep running) and
+        the message says how to cancel them; with ``cancel_on_interrupt=True`` the pending
+        jobs are cancelled first. ``timeout`` raises :class:`WaitTimeoutError`. While it
+        blocks a progress bar shows (a widget in a notebook, stderr on a terminal) ending
+        with the final counts; ``progress=False`` turns it off.
+        """
+        self._check()
+        wanted = list(self._submitted) if ids is None else (
+            [int(ids)] if isinstance(ids, int) else [int(i) for i in ids])
+        with self.session.command("Wait", {"job_ids": wanted[:1000], "count": len(wanted)}) as r:
+            bar = None
+            if wanted and progress is not False:
+                from .progress import progress_for
+
+                bar = progress_for(f"waiting for {len(wanted)} job(s)", progress)
+            result = wait_for(self, wanted, timeout, cancel_on_interrupt, poll, progress=bar)
+            r.update(count=len(result.statuses), failed_job_ids=result.failed,
+                     aborted_job_ids=sorted(j for j, s in result.statuses.items()
+                                            if s == JobStatus.ABORTED))
+        return result
+
+    def event_gaps(self) -> int:
+        """How often the sentinel's event stream skipped events so far (see
+        ``EventPump.gaps``): the queue widget re-reads the state DB only when this grew."""
+        return self.events.gaps
+
+    def catch_up(self, timeout: float = 1.0) -> bool:
+        """Wait until every event the sentinel has published so far has reached the widgets;
+        False when that cannot be told (the sentinel does not answer) or took too long."""
+        seq = self._published_seq(timeout)
+        if seq is None:  # gone or busy: the caller re-reads the state DB instead
+            return False
+        return seq <= self._event_floor or self.events.wait_seq(seq, timeout)

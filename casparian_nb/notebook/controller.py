@@ -27,38 +27,28 @@ kernel shutdown (``atexit``) — unless ``keep_alive=True``. ``attach()`` reconn
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import threading
-import types
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import pandas as pd
-
-from .._cellplugin import is_source_plugin, write_plugin_source
 from .._extras import import_with_extra
 from ..client import ConnectionInfo, ControlClient, connection_is_live, read_connection_file
 from ..config import Settings, load_settings
-from ..errors import SentinelError, SentinelGoneError
+from ..errors import SentinelError
 from ..executors.dask import bridge_info, scheduler_of
-from ..joblogs import JobLog, read_job_log
 from ..launcher import LocalCluster
-from ..plan import stale_warning
 from ..previews import Preview
 from ..previews import preview as run_preview
-from ..protocol import JobStatus, QuarantinePolicy
-from ._compaction import Compaction
+from ._commands import Commands
 from ._events import EventPump
-from ._models import Job, QueueStats
+from ._reads import Reads
 from ._session import SessionTape
 from ._state import JobRows
-from ._wait import wait_for
-from .catalog import OutputCatalog, ResultFormat, SqlParams
+from .catalog import OutputCatalog
 
 log = logging.getLogger("casparian_nb.notebook")
 
@@ -145,8 +135,15 @@ def attach(home: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) 
     return Controller(s, info, cluster=None, command="Attach")
 
 
-class Controller:
-    """A connection to one sentinel, from a notebook kernel (see the module docstring)."""
+class Controller(Commands, Reads):
+    """A connection to one sentinel, from a notebook kernel (see the module docstring).
+
+    Its parts are mixins over :class:`~._base.ControllerBase`, each one side of the API:
+    :class:`~._commands.Commands` (submit, cancel, retry, compact — requests to the
+    sentinel), :class:`~._wait.Waiting` (wait, catch_up), :class:`~._reads.Reads` (jobs,
+    job, logs, stats, sql, preview — no sentinel needed); this class adds the lifecycle and
+    the views (queue, timeline).
+    """
 
     def __init__(self, settings: Settings, info: ConnectionInfo, *,
                  cluster: LocalCluster | None = None, command: str = "Attach",
@@ -175,11 +172,6 @@ class Controller:
         _LIVE.add(self)
         _CURRENT.append(self)
 
-    # -- properties ----------------------------------------------------------------------------
-    @property
-    def home(self) -> Path:
-        return self.settings.home
-
     @property
     def stopped(self) -> bool:
         return self._stopped
@@ -188,308 +180,6 @@ class Controller:
     def tape_path(self) -> Path:
         """The session tape of this controller."""
         return self.session.path
-
-    @property
-    def catalog(self) -> OutputCatalog:
-        """The DuckDB catalog behind :meth:`sql` (and ``%%cql``)."""
-        if self._catalog is None:
-            self._catalog = OutputCatalog(self.settings, tapes=[self.session.path])
-        return self._catalog
-
-    def _check(self) -> None:
-        """Refuse a call that needs the sentinel once this controller is stopped, or once its
-        sentinel is gone: a request would only time out, and a wait would never end."""
-        if self._stopped:
-            raise SentinelError("this controller is stopped; cf.start() or cf.attach() again")
-        gone = self._sentinel_gone()
-        if gone is not None:
-            raise SentinelGoneError(
-                f"the sentinel of {self.home} is gone: {gone}. Jobs not finished stay in the "
-                "state DB for the next sentinel (ctl.jobs() still reads them); ctl.stop(), "
-                "then cf.start() again")
-
-    def _sentinel_gone(self) -> str | None:
-        """How the sentinel ended (``"sentinel pid 12 was killed by SIGKILL"``), or None while
-        it runs. Only for a sentinel started here is the signal known."""
-        if self.cluster is not None:
-            if self.cluster.alive():
-                return None
-            return self.cluster.sentinel_ended() or f"sentinel pid {self.info.pid} exited"
-        if connection_is_live(self.info):
-            return None
-        return f"sentinel pid {self.info.pid} is no longer running"
-
-    def _state(self) -> Any:
-        """The read-only state DB reader (opened on first use)."""
-        if self._reader is None:
-            from ..store import StateReader
-
-            self._reader = StateReader.open(self.settings.state_db)
-        return self._reader
-
-    # -- mutations (control API) --------------------------------------------------------------
-    def submit(self, plugin: str | os.PathLike[str] | Callable[..., Any] | types.ModuleType,
-               inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-               sink: str | Mapping[str, str] | None = None, mode: str = "append",
-               priority: int = 0, timeout: float | None = None, force: bool = False,
-               wait: bool = False, progress: bool | None = None,
-               quarantine: Mapping[str, Any] | QuarantinePolicy | None = None,
-               resources: dict[str, float] | None = None) -> list[int]:
-        """Queue one job per input file; returns the new job ids.
-
-        ``plugin``: a plugin file (path, or name under ``<home>/plugins``), or a module or
-        ``parse``-like function defined in the notebook, written to
-        ``<home>/plugins/cell/<name>-<hash>.py`` first (:mod:`casparian_nb._cellplugin`).
-
-        ``inputs``: files, directories (every non-hidden file below) or globs. Files whose
-        outputs this plugin version already materialized are skipped (``force=True`` runs
-        them anyway); ``last_submission`` says which. ``wait=True`` then blocks until they
-        finish (:meth:`wait`, with its progress bar unless ``progress=False``).
-
-        ``sink``: one URI, or a mapping of output names to URIs with ``"*"`` for the rest
-        (``{"orders": "duckdb://db.duckdb", "*": "parquet://out"}``); each job's outputs
-        promote into all their sinks or none.
-
-        ``quarantine={"max_pct": 10, "max_rows": 1000}`` fails (and promotes nothing of) a
-        job whose output sends more rows to quarantine; it overrides the plugin's
-        ``quarantine``, and a restarted sentinel keeps it.
-
-        ``resources``: what each job needs on a Dask worker, e.g. ``{"GPU": 1}`` (on top of
-        the plugin's own ``resources``); the dask executor runs it only on a worker that
-        offers them (``dask worker --resources "GPU=1"``), the local executor ignores them.
-        """
-        from .. import plugins
-        from .._inputs import expand_inputs
-        from ..contracts import quarantine_policy
-        from ..sinks import SinkRouting
-
-        self._check()
-        policy = quarantine_policy(quarantine)
-        if isinstance(sink, Mapping):  # resolved here, where its relative paths were typed
-            sink = str(SinkRouting.parse(sink))
-        if is_source_plugin(plugin):  # a notebook function: shipped as a plugin file
-            plugin = write_plugin_source(plugin, self.settings.plugins_dir / "cell")
-        if not isinstance(plugin, str | os.PathLike):
-            raise TypeError(f"plugin must be a path, a module or a function, not "
-                            f"{type(plugin).__name__}")
-        specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-        payload = {"plugin": os.fspath(plugin), "inputs": [os.fspath(i) for i in specs],
-                   "sink": sink, "mode": mode, "priority": priority, "force": force,
-                   **({"quarantine": msgspec.structs.asdict(policy)} if policy else {}),
-                   **({"resources": resources} if resources else {})}
-        with self.session.command("Submit", payload) as r:
-            path = plugins.resolve_plugin_path(plugin, self.settings.plugins_dir)
-            files = [str(p) for p in expand_inputs(specs)]
-            # The submission id is this command's correlation id: the sentinel's tape then
-            # links every event of these jobs to the Submit on this session tape.
-            reply = self.client.submit(path, files, sink=sink, mode=mode, priority=priority,
-                                       timeout=timeout, force=force,
-                                       submission_id=r.correlation_id, quarantine=policy,
-                                       resources=resources)
-            ids = [int(j) for j in reply["job_ids"]]
-            self.events.link(ids, r.correlation_id, r.event_id)
-            r.update(job_ids=ids, count=len(ids))
-        self._submitted.extend(ids)
-        self.last_submission = reply
-        stale = self.last_stale
-        fresh = len(reply.get("skipped") or []) - len(stale)
-        if fresh:
-            print(f"casparian: {fresh} file(s) skipped, already materialized by "
-                  "this plugin version (submit(..., force=True) re-runs them)")
-        if stale:
-            spec = plugins.inspect_plugin(path)
-            print("casparian: warning: " + stale_warning(len(stale), spec.name, spec.version,
-                                                        flag="force=True"))
-        if wait and ids:
-            self.wait(ids, progress=progress)
-        return ids
-
-    @property
-    def last_stale(self) -> list[int]:
-        """Ids of the SKIPPED jobs of the last :meth:`submit` whose outputs were made by the
-        same plugin version with a different source (F15); ``force=True`` re-runs them."""
-        reply = self.last_submission or {}
-        return [int(s["job_id"]) for s in reply.get("skipped") or [] if s.get("stale")]
-
-    def cancel(self, job_id: int) -> dict[str, Any]:
-        """Cancel one job: a queued job is aborted at once; a running one shows
-        ``cancel_requested`` until its worker confirms ABORTED. The sentinel's answer."""
-        self._check()
-        with self.session.command("Cancel", {"job_id": int(job_id)}) as r:
-            self.events.link([job_id], r.correlation_id, r.event_id)
-            reply = self.client.cancel_job(int(job_id))
-            r.update(job_ids=[int(job_id)], state=reply.get("state"))
-        return reply
-
-    def retry(self, ids: int | Iterable[int] | None = None,
-              status: str | Sequence[str] = (JobStatus.FAILED, JobStatus.ABORTED),
-              ) -> dict[str, Any]:
-        """Re-queue FAILED/ABORTED jobs as new attempts: the jobs ``ids``, else every job in
-        ``status``. Each keeps its attempt history (``ctl.job(id).attempts``); a job may be
-        retried ``manual_retry_limit`` times (settings). The sentinel's answer:
-        ``{"job_ids": [...], "attempts": {id: attempt}, "refused": {id: reason}}``."""
-        self._check()
-        wanted = None if ids is None else [int(ids)] if isinstance(ids, int) else \
-            [int(i) for i in ids]
-        statuses = [str(status)] if isinstance(status, str) else [str(s) for s in status]
-        payload: dict[str, Any] = ({"job_ids": wanted} if wanted is not None
-                                   else {"status": statuses})
-        with self.session.command("Retry", payload) as r:
-            if wanted:
-                self.events.link(wanted, r.correlation_id, r.event_id)
-            reply = self.client.retry_jobs(wanted or (), statuses=() if wanted else statuses)
-            queued = [int(i) for i in reply["job_ids"]]
-            self.events.link(queued, r.correlation_id, r.event_id)
-            # wait() must not take their earlier end for this attempt's (the state DB
-            # check still sees this attempt end, even if its event came before this line).
-            self.events.forget_finished(queued)
-            r.update(job_ids=queued, count=len(queued))
-        self._submitted.extend(i for i in queued if i not in self._submitted)
-        for job_id, why in (reply.get("refused") or {}).items():
-            print(f"casparian: job {job_id} not retried: {why}")
-        return reply
-
-    def cancel_all_queued(self) -> dict[str, Any]:
-        """Cancel every job still QUEUED (running jobs keep running)."""
-        self._check()
-        with self.session.command("Cancel", {"status": JobStatus.QUEUED}) as r:
-            reply = self.client.cancel_jobs(status=JobStatus.QUEUED)
-            r.update(count=len(reply.get("results") or {}))
-        return reply
-
-    def compact(self, sink: str, output: str | None = None,
-                target_size: int | str = "128MB") -> Compaction:
-        """Merge the small promoted files of a ``parquet://`` sink (``output``, or every
-        output) into files of about ``target_size``. The sentinel does it, taking turns with
-        its promotions, so it is safe while jobs run; queries (``ctl.sql``) never see a row
-        twice or miss one; the jobs' artifacts then name the merged files."""
-        from ..sinks.compaction import check_compactable
-
-        self._check()
-        parsed, size = check_compactable(sink, output, target_size)
-        payload = {"sink": str(parsed), "output": output, "target_size": size}
-        with self.session.command("Compact", payload) as r:
-            result = Compaction.from_reply(self.client.compact(str(parsed), output,
-                                                               target_size=size))
-            r.update(files_before=result.files_before, files_after=result.files_after,
-                     rows=result.rows)
-        return result
-
-    # -- reads (state DB, read-only) -----------------------------------------------------------
-    def jobs(self, status: str | Sequence[str] | None = None, limit: int = 1000,
-             offset: int = 0) -> pd.DataFrame:
-        """Jobs newest first as a DataFrame (``status`` column upper case; times as UTC)."""
-        from ..store import job_to_info
-
-        rows = [job_to_info(j) for j in self._state().list_jobs(status, limit, offset)]
-        df = pd.DataFrame(rows)
-        if df.empty:
-            return pd.DataFrame(columns=["id", "status", "plugin_name", "input_file", "rows"])
-        for col in [c for c in df.columns if c.endswith("_at")]:
-            df[col] = pd.to_datetime(df[col], utc=True, errors="coerce")
-        if "claimed_at" in df and "ended_at" in df:
-            df["duration_s"] = (df["ended_at"] - df["claimed_at"]).dt.total_seconds()
-        return df.set_index("id", drop=False).rename_axis(None)
-
-    def job(self, job_id: int) -> Job:
-        """One job with every column and its attempt history (``.attempts``); a failed
-        job's ``.error`` carries the remote traceback (``job.raise_for_status()`` raises it)."""
-        reader = self._state()
-        row = reader.get_job(int(job_id))
-        if row is None:
-            raise LookupError(f"job {job_id} does not exist in {self.settings.state_db}")
-        # Every attempt (status, error, worker, times), oldest first: ``job.attempts``.
-        row["attempts"] = reader.attempts(int(job_id))
-        return Job.from_row(row)
-
-    def logs(self, job_id: int, attempt: int | None = None) -> JobLog:
-        """What job ``job_id``'s plugin printed and logged in ``attempt`` (default: its
-        latest attempt with output): stdout, stderr, ``logging`` and ``ctx.log`` lines, the
-        head and tail of a long log. Renders as a ``<pre>`` block; ``.tail(n)`` for the end."""
-        return read_job_log(self.settings.home, int(job_id), attempt)
-
-    def preview(self, plugin: Any, path: str | os.PathLike[str], rows: int = 20,
-                timeout: float | None = None, *, sink: str | None = None) -> Preview:
-        """:func:`casparian_nb.preview` with this home's settings, recorded on the session
-        tape (``Preview`` command and its response). Needs no sentinel; writes nothing."""
-        shown = plugin if isinstance(plugin, str | os.PathLike) else getattr(
-            plugin, "__name__", type(plugin).__name__)
-        payload = {"plugin": os.fspath(shown) if not isinstance(shown, str) else shown,
-                   "input": os.fspath(path), "rows": rows}
-        with self.session.command("Preview", payload) as r:
-            result = run_preview(plugin, path, rows, timeout, settings=self.settings, sink=sink)
-            r.update(status="success" if result.ok else "failed", rows=result.row_counts,
-                     quarantine_rows=sum(d.quarantine_rows for d in result.details.values()),
-                     **({"error": f"{result.error.ename}: {result.error.evalue}"}
-                        if result.error is not None else {}))
-        return result
-
-    def stats(self) -> QueueStats:
-        """Jobs per status (plus ``cancel_requested`` and ``total``)."""
-        stats = QueueStats.from_counts(self._state().queue_stats())
-        return dataclasses.replace(stats, history=lambda: self.jobs(limit=1_000_000))
-
-    def job_snapshot(self, ids: Sequence[int] | None = None,
-                     limit: int = 20_000) -> list[dict[str, Any]]:
-        """Job dicts for the queue widget (its columns only): the newest ``limit`` jobs, or
-        these ids."""
-        if ids is None:
-            return self._rows.newest(limit)
-        return self._rows.by_ids(ids)
-
-    def wait(self, ids: int | Iterable[int] | None = None, timeout: float | None = None, *,
-             cancel_on_interrupt: bool = False, poll: float = 0.25,
-             progress: bool | None = None) -> Any:
-        """Block until the jobs (default: every job submitted here) finish; a WaitResult.
-
-        Interruptible: "interrupt kernel" / Ctrl-C stops waiting (the jobs keep running) and
-        the message says how to cancel them; with ``cancel_on_interrupt=True`` the pending
-        jobs are cancelled first. ``timeout`` raises :class:`WaitTimeoutError`. While it
-        blocks a progress bar shows (a widget in a notebook, stderr on a terminal) ending
-        with the final counts; ``progress=False`` turns it off.
-        """
-        self._check()
-        wanted = list(self._submitted) if ids is None else (
-            [int(ids)] if isinstance(ids, int) else [int(i) for i in ids])
-        with self.session.command("Wait", {"job_ids": wanted[:1000], "count": len(wanted)}) as r:
-            bar = None
-            if wanted and progress is not False:
-                from .progress import progress_for
-
-                bar = progress_for(f"waiting for {len(wanted)} job(s)", progress)
-            result = wait_for(self, wanted, timeout, cancel_on_interrupt, poll, progress=bar)
-            r.update(count=len(result.statuses), failed_job_ids=result.failed,
-                     aborted_job_ids=sorted(j for j, s in result.statuses.items()
-                                            if s == JobStatus.ABORTED))
-        return result
-
-    def event_gaps(self) -> int:
-        """How often the sentinel's event stream skipped events so far (see
-        ``EventPump.gaps``): the queue widget re-reads the state DB only when this grew."""
-        return self.events.gaps
-
-    def catch_up(self, timeout: float = 1.0) -> bool:
-        """Wait until every event the sentinel has published so far has reached the widgets;
-        False when that cannot be told (the sentinel does not answer) or took too long."""
-        seq = self._published_seq(timeout)
-        if seq is None:  # gone or busy: the caller re-reads the state DB instead
-            return False
-        return seq <= self._event_floor or self.events.wait_seq(seq, timeout)
-
-    def _published_seq(self, timeout: float | None = None) -> int | None:
-        """The ``seq`` of the sentinel's last published event (None: no answer)."""
-        try:
-            return int(self.client.ping(timeout=timeout).get("event_seq") or 0)
-        except Exception:
-            return None
-
-    def _pump_widgets(self, final: bool = False) -> None:
-        """Let open queue widgets catch up while a blocking call holds the kernel's thread."""
-        for w in list(self._widgets):
-            if final:
-                w.sync()
-            else:
-                w.pump()
 
     # -- views -----------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[list[Any]], None]) -> Callable[[], None]:
@@ -510,16 +200,6 @@ class Controller:
         """The timeline of this session's tape, followed while it grows (``cf.timeline(ctl)``)."""
         timeline = import_with_extra("casparian_nb.notebook.timeline", "ctl.timeline()")
         return timeline.timeline(self, **kwargs)
-
-    def sql(self, query: str, params: SqlParams = None, *, as_: ResultFormat = "pandas") -> Any:
-        """Run SQL over the outputs plus ``jobs``, ``materializations``, ``tape_events``.
-
-        Returns a pandas DataFrame (``as_="arrow"``: a pyarrow Table). ``params`` binds
-        DuckDB parameters (``$name`` from a mapping, ``?`` from a sequence)."""
-        with self.session.command("Query", {"sql": query}) as r:
-            result = self.catalog.sql(query, params, as_=as_)
-            r.update(rows=len(result))
-        return result
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _drain_events(self, timeout: float = 2.0) -> None:

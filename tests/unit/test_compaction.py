@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import casparian_nb.sinks._compaction_plan as comp_plan
+import casparian_nb.sinks._compaction_swap as comp_swap
 import casparian_nb.sinks.compaction as comp
 from casparian_nb.errors import CompactionError, SinkURIError
 from casparian_nb.lineage import LINEAGE_COLUMNS, ROW_ERROR, Lineage, prepare_output
@@ -42,7 +44,7 @@ def promote_jobs(tmp_path: Path, n: int, rows_each: int = 20, start: int = 0,
 
 
 def files(d: Path, output: str = "orders") -> list[str]:
-    return sorted(p.name for p in d.iterdir() if comp._FILE.match(p.name)
+    return sorted(p.name for p in d.iterdir() if comp_plan._FILE.match(p.name)
                   and p.name.rsplit("_", 1)[0] == output)
 
 
@@ -76,7 +78,7 @@ def test_merges_small_files_keeping_every_row_and_lineage(tmp_path):
     assert merged.column("extra").null_count == 6 * 19  # jobs without the column
     assert not [p for p in out.iterdir() if p.name.startswith(".cf-compact-")
                 and p.name.endswith(".json")]
-    assert not [p for p in out.iterdir() if p.name.endswith(comp._TMP_SUFFIX)]
+    assert not [p for p in out.iterdir() if p.name.endswith(comp_swap.TMP_SUFFIX)]
 
 
 def test_target_size_packs_groups_and_skips_singletons(tmp_path):
@@ -125,7 +127,7 @@ def test_parse_size_rejects(text):
 
 def test_one_compaction_per_directory(tmp_path):
     uri = promote_jobs(tmp_path, 3)
-    fd = comp._flock(tmp_path / "out" / comp.RUN_LOCK_NAME, comp.fcntl.LOCK_EX, 0, "x")
+    fd = comp_swap.flock(tmp_path / "out" / comp.RUN_LOCK_NAME, comp.fcntl.LOCK_EX, 0, "x")
     try:
         with pytest.raises(CompactionError, match="already running"):
             comp.compact(uri)
@@ -263,7 +265,7 @@ def test_cli_fails_with_exit_1_while_another_compaction_runs(tmp_path, capsys):
     from casparian_nb.cli.main import main
 
     uri = promote_jobs(tmp_path, 3)
-    fd = comp._flock(tmp_path / "out" / comp.RUN_LOCK_NAME, comp.fcntl.LOCK_EX, 0, "x")
+    fd = comp_swap.flock(tmp_path / "out" / comp.RUN_LOCK_NAME, comp.fcntl.LOCK_EX, 0, "x")
     try:
         assert main(["--home", str(tmp_path / "h"), "compact", uri]) == 1
     finally:
@@ -276,6 +278,7 @@ def test_cli_fails_with_exit_1_while_another_compaction_runs(tmp_path, capsys):
 _CHILD = """
 import os, pathlib, signal, sys
 import pyarrow.parquet as pq
+import casparian_nb.sinks._compaction_plan as comp_plan
 import casparian_nb.sinks.compaction as comp
 
 point, uri = sys.argv[1], sys.argv[2]
@@ -306,7 +309,7 @@ elif point in ("link", "unlink", "done"):
         if point == "done" and self.name.startswith(".cf-compact-"):
             die()  # every source gone, the journal left
         real_unlink(self, missing_ok=missing_ok)
-        if point == "unlink" and comp._FILE.match(self.name):
+        if point == "unlink" and comp_plan._FILE.match(self.name):
             die()  # one source gone
     os.link, pathlib.Path.unlink = link, unlink
 comp.compact(uri, output="orders")
@@ -329,7 +332,7 @@ def test_killed_at_each_step_readers_stay_exact_and_the_next_compaction_recovers
     proc = subprocess.run([sys.executable, "-c", _CHILD, point, uri], env=env, timeout=120,
                           check=False)
     assert proc.returncode == -signal.SIGKILL
-    journals = [p for p in out.iterdir() if comp._JOURNAL.match(p.name)]
+    journals = [p for p in out.iterdir() if comp_swap._JOURNAL.match(p.name)]
     assert bool(journals) == (point in ("link", "unlink", "done"))
     assert reader_rows(out) == want  # exact in every state a crash can leave
     comp.compact(uri, output="orders")
@@ -353,7 +356,7 @@ def test_a_source_removed_before_the_merge_skips_its_group(tmp_path, monkeypatch
     res = comp.compact(uri, output="orders")
     assert res.outputs == []
     assert len(files(out)) == 3 and sum(reader_rows(out).values()) == 3 * 19
-    assert not [p for p in out.iterdir() if p.name.endswith(comp._TMP_SUFFIX)]
+    assert not [p for p in out.iterdir() if p.name.endswith(comp_swap.TMP_SUFFIX)]
 
 
 def test_incompatible_column_types_fail_in_one_line_and_change_nothing(tmp_path):

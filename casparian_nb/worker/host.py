@@ -42,6 +42,7 @@ until it closes the pool).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
@@ -319,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     # Plugins print; keep their output off the control pipe (stdout is the host log file).
     sys.stdin.close()
+    # Line by line, so prints and log records keep their order in a job's log; set once
+    # here rather than around every job (worker/_capture.py).
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     _warm_up(args.warm)
     serve(Connection(args.fd))
     return 0

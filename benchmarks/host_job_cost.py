@@ -121,7 +121,7 @@ def main() -> int:
             stats = pstats.Stats(str(prof))
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(45)
-            stats.print_callees("serve|execute_job|_execute|JobStager|staging.py.*close")
+            stats.print_callees(r"serve|execute_job|_execute|staging.py:\d+\(__init__\)|staging.py.*close|_make_dir")
     return 0
 
 

@@ -258,13 +258,14 @@ class _Writer:
     def close(self) -> None:
         self.flush()
         try:
-            self._file.close()
-        except (pa.ArrowException, OSError) as exc:  # the buffer's last write, the footer
+            try:
+                self._file.close()  # the footer, into the buffer
+            finally:
+                self._stream.close()  # the buffer's last write
+        except (pa.ArrowException, OSError) as exc:
             raise SinkError(
                 f"output {self.output!r}: cannot write {os.path.basename(self.path)}: {exc}"
             ) from exc
-        finally:
-            self._stream.close()
 
     def abandon(self) -> None:
         """Close without caring whether the file is complete (the job is discarded)."""

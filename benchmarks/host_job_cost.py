@@ -8,9 +8,9 @@ one after the other on one warm host with the plugin of ``benchmarks/end_to_end.
 fsync, output captured into a job log. The first 20 jobs warm the host and are not counted.
 
 With ``--compare TREE`` a second host imports casparian_nb from TREE (a checkout of main,
-say) and the two run alternate blocks of 100 jobs, so both see the same machine load.
+say) and the two run alternate blocks of 50 jobs, so both see the same machine load.
 
-Printed per host: its CPU per job (all jobs; and the best and median block of 100, the best
+Printed per host: its CPU per job (all jobs; and the best and median block of 50, the best
 being the figure least disturbed by other load on a shared machine) (user + system, from ``psutil``), split by thread — the main
 thread runs the job, ``cf-joblog`` drains the captured output — and the wall time per job as
 seen by the caller (round trip included). With ``--profile`` the host runs under cProfile
@@ -40,7 +40,7 @@ from casparian_nb.worker.pool import HostPool
 
 _WARM_JOBS = 20
 #: Jobs per measured block: the best block is the figure least disturbed by other load.
-_BLOCK = 100
+_BLOCK = 50
 _SITECUSTOMIZE = '''\
 import atexit, cProfile, os, time
 _prof = cProfile.Profile(time.thread_time)
@@ -122,6 +122,9 @@ def main() -> int:
             env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
             env["CF_HOST_PROFILE_DIR"] = str(root)
         here = str(Path(__file__).resolve().parent.parent)
+        # A host runs as ``python -m``, which puts its working directory first on sys.path:
+        # start it from one holding no casparian_nb, so each imports the tree it is given.
+        os.chdir(root)
         trees = [("this", here)] + ([("compare", args.compare)] if args.compare else [])
         contenders = []
         for label, tree in trees:
@@ -154,6 +157,12 @@ def main() -> int:
                   f"{statistics.median(c.blocks):.3f}); wall {c.wall / n * 1000:.3f} ms/job")
             for name, ms in sorted(c.threads.items(), key=lambda kv: -kv[1])[:4]:
                 print(f"    {name:<24} {ms:.3f} ms/job")
+        if len(contenders) == 2:  # adjacent blocks saw the same load: compare them in pairs
+            diffs = [a - b for a, b in zip(contenders[0].blocks, contenders[1].blocks,
+                                           strict=True)]
+            err = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+            print(f"  this - compare, block by block: {statistics.mean(diffs):+.3f} "
+                  f"+- {err:.3f} ms/job (mean +- standard error)")
         if args.profile:
             for prof in root.glob("host-*.prof"):
                 stats = pstats.Stats(str(prof))

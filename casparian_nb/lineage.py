@@ -114,12 +114,7 @@ class Lineage:
 
 def lineage_fields() -> list[pa.Field]:
     """The Arrow fields ``prepare_output`` appends, in order."""
-    return [
-        pa.field(LINEAGE_COLUMNS[0], _DICT_STRING, nullable=False),
-        pa.field(LINEAGE_COLUMNS[1], _DICT_STRING, nullable=False),
-        pa.field(LINEAGE_COLUMNS[2], _TIMESTAMP, nullable=False),
-        pa.field(LINEAGE_COLUMNS[3], _DICT_STRING, nullable=False),
-    ]
+    return list(_LINEAGE_FIELDS)
 
 
 def quarantine_name(name: str) -> str:
@@ -184,8 +179,8 @@ def prepare_output(
 
     bad_mask = None
     if errors is not None and errors.null_count < len(errors):
-        # Non-null and non-empty; fill_null(False) so a null error means "valid".
-        bad_mask = pc.fill_null(pc.greater(pc.utf8_length(errors), 0), False)
+        # Non-null and non-empty; a null error means "valid" (False and null is False).
+        bad_mask = pc.and_kleene(pc.is_valid(errors), pc.not_equal(errors, ""))
         if not pc.any(bad_mask).as_py():
             bad_mask = None
 
@@ -231,17 +226,44 @@ def _row_id_column(output: str, table: pa.Table) -> pa.ChunkedArray:
         raise LineageError(f"output {output!r}: column {ROW_ID!r}: {exc}") from None
 
 
+_LINEAGE_FIELDS = (
+    pa.field(LINEAGE_COLUMNS[0], _DICT_STRING, nullable=False),
+    pa.field(LINEAGE_COLUMNS[1], _DICT_STRING, nullable=False),
+    pa.field(LINEAGE_COLUMNS[2], _TIMESTAMP, nullable=False),
+    pa.field(LINEAGE_COLUMNS[3], _DICT_STRING, nullable=False),
+)
+
+
 def _stamp(table: pa.Table, lineage: Lineage) -> pa.Table:
     """Append the four lineage columns, encoded as constants (no per-row values built)."""
     n = table.num_rows
+    source_hash, job_id, processed_at, parser_version = _constants(lineage)
     # A zero-filled buffer is all-zero int32 indices: one calloc, shared by the three columns.
     zeros = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(bytes(4 * n))])
     values: list[Any] = [
-        pa.DictionaryArray.from_arrays(zeros, pa.array([lineage.source_hash], pa.string())),
-        pa.DictionaryArray.from_arrays(zeros, pa.array([lineage.job_id], pa.string())),
-        pa.repeat(pa.scalar(lineage.processed_at, _TIMESTAMP), n),
-        pa.DictionaryArray.from_arrays(zeros, pa.array([lineage.parser_version], pa.string())),
+        pa.DictionaryArray.from_arrays(zeros, source_hash),
+        pa.DictionaryArray.from_arrays(zeros, job_id),
+        pa.repeat(processed_at, n),
+        pa.DictionaryArray.from_arrays(zeros, parser_version),
     ]
-    for field, array in zip(lineage_fields(), values, strict=True):
-        table = table.append_column(field, array)
-    return table
+    # One new table, not four appends each building a table and a schema.
+    schema = pa.schema([*table.schema, *_LINEAGE_FIELDS], metadata=table.schema.metadata)
+    return pa.Table.from_arrays([*table.columns, *values], schema=schema)
+
+
+_CONSTANTS: dict[Lineage, tuple[pa.Array, pa.Array, pa.Scalar, pa.Array]] = {}
+
+
+def _constants(lineage: Lineage) -> tuple[pa.Array, pa.Array, pa.Scalar, pa.Array]:
+    """The Arrow values of ``lineage``, built once per job rather than per batch and output
+    (a plugin host keeps only its latest job's: jobs run one at a time)."""
+    found = _CONSTANTS.get(lineage)
+    if found is None:
+        _CONSTANTS.clear()
+        found = _CONSTANTS[lineage] = (
+            pa.array([lineage.source_hash], pa.string()),
+            pa.array([lineage.job_id], pa.string()),
+            pa.scalar(lineage.processed_at, _TIMESTAMP),
+            pa.array([lineage.parser_version], pa.string()),
+        )
+    return found

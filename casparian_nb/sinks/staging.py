@@ -10,6 +10,7 @@ committer. ``close()`` returns a :class:`StagedJob`, plain JSON that travels to 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ JOURNAL = "PROMOTING.json"
 #: Small generator batches are coalesced up to this many rows per write, so a file made of
 #: thousands of tiny batches does not become thousands of tiny Parquet row groups.
 FLUSH_ROWS = 1 << 17
+#: Bytes buffered per open staged file before they are written out.
+_WRITE_BUFFER = 1 << 18
 _OUTPUT = re.compile(r"^[a-z][a-z0-9_]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -184,22 +187,54 @@ def _stats_columns(schema: pa.Schema) -> list[str]:
     return [p for p in paths if p.split(".", 1)[0] not in skip]
 
 
-class _Writer:
-    """One open file for one output, with small-batch coalescing."""
+@dataclass(frozen=True)
+class _SchemaFacts:
+    """What staging derives from an output's schema, once per schema and host, not per job:
+    a host stages the same few schemas thousands of times (issue 18)."""
 
-    def __init__(self, output: str, table: str, path: Path, kind: str, schema: pa.Schema) -> None:
+    stats: list[str]
+    described: tuple[tuple[str, str], ...]
+
+
+_SCHEMA_FACTS: dict[pa.Schema, _SchemaFacts] = {}
+_SCHEMA_FACTS_MAX = 256
+
+
+def _schema_facts(schema: pa.Schema) -> _SchemaFacts:
+    facts = _SCHEMA_FACTS.get(schema)
+    if facts is None:
+        if len(_SCHEMA_FACTS) >= _SCHEMA_FACTS_MAX:
+            _SCHEMA_FACTS.clear()
+        facts = _SCHEMA_FACTS[schema] = _SchemaFacts(
+            _stats_columns(schema), tuple((f.name, str(f.type)) for f in schema))
+    return facts
+
+
+class _Writer:
+    """One open file for one output, with small-batch coalescing.
+
+    The file is opened here, not by path inside pyarrow (which resolves a filesystem for
+    every file it opens), and written through a buffer of its own: ~0.06 ms less per small
+    file (issue 18).
+    """
+
+    def __init__(self, output: str, table: str, path: str, kind: str, schema: pa.Schema) -> None:
         self.output, self.table, self.path, self.schema = output, table, path, schema
         self.sink: SinkURI | None = None  # set by JobStager._open
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._file: pq.ParquetWriter | pacsv.CSVWriter
-        if kind == "csv":
-            self._file = pacsv.CSVWriter(str(path), schema)
-        else:
-            self._file = pq.ParquetWriter(
-                str(path), schema, compression="snappy", write_statistics=_stats_columns(schema)
-            )
+        self._stream = pa.BufferedOutputStream(pa.OSFile(path, "wb"), _WRITE_BUFFER)
+        try:
+            if kind == "csv":
+                self._file = pacsv.CSVWriter(self._stream, schema)
+            else:
+                self._file = pq.ParquetWriter(self._stream, schema, compression="snappy",
+                                              write_statistics=_schema_facts(schema).stats)
+        except BaseException:
+            self._stream.close()
+            raise
 
     def write(self, table: pa.Table) -> None:
         self._pending.append(table)
@@ -217,12 +252,27 @@ class _Writer:
             self._file.write_table(batch)
         except (pa.ArrowException, OSError) as exc:
             raise SinkError(
-                f"output {self.output!r}: cannot write {self.path.name}: {exc}"
+                f"output {self.output!r}: cannot write {os.path.basename(self.path)}: {exc}"
             ) from exc
 
     def close(self) -> None:
         self.flush()
-        self._file.close()
+        try:
+            try:
+                self._file.close()  # the footer, into the buffer
+            finally:
+                self._stream.close()  # the buffer's last write
+        except (pa.ArrowException, OSError) as exc:
+            raise SinkError(
+                f"output {self.output!r}: cannot write {os.path.basename(self.path)}: {exc}"
+            ) from exc
+
+    def abandon(self) -> None:
+        """Close without caring whether the file is complete (the job is discarded)."""
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(Exception):
+            self._stream.close()
 
 
 class JobStager:
@@ -239,16 +289,28 @@ class JobStager:
         #: The job's one sink, or None when its outputs are routed to several.
         self.sink = self.routing.single
         self.staging_dir = Path(staging_root).absolute() / job_dirname(job_id)
-        if (self.staging_dir / JOURNAL).exists():
-            raise SinkError(
-                f"job {job_id!r} has an unfinished promotion in {self.staging_dir}; "
-                "run casparian_nb.sinks.recover() before staging it again"
-            )
-        # Leftovers of an earlier attempt of this job (killed host) are stale: start clean.
-        remove_tree(self.staging_dir)
-        self.staging_dir.mkdir(parents=True, mode=0o700)
+        self._dir = str(self.staging_dir)
+        self._make_dir()
         self._writers: dict[str, _Writer] = {}
         self._closed: StagedJob | None = None
+
+    def _make_dir(self) -> None:
+        """Create the job's staging directory, empty. The usual case — no directory yet —
+        is one ``mkdir``; only an existing one is looked into."""
+        try:
+            os.mkdir(self._dir, 0o700)
+            return
+        except FileNotFoundError:  # the attempt's directory is not there yet
+            os.makedirs(os.path.dirname(self._dir), exist_ok=True)
+        except FileExistsError:
+            if os.path.lexists(os.path.join(self._dir, JOURNAL)):
+                raise SinkError(
+                    f"job {self.job_id!r} has an unfinished promotion in {self._dir}; "
+                    "run casparian_nb.sinks.recover() before staging it again"
+                ) from None
+            # Leftovers of an earlier attempt of this job (killed host) are stale: start clean.
+            remove_tree(self._dir)
+        os.mkdir(self._dir, 0o700)
 
     def write(self, output: str, table_name: str, batch: pa.Table | pa.RecordBatch) -> None:
         """Append ``batch`` to ``output`` (destined for ``table_name`` in a DuckDB sink)."""
@@ -283,7 +345,7 @@ class JobStager:
         # pandas' per-frame metadata (index ranges, ...) describes one batch, not the file.
         metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}
         schema = schema.with_metadata(metadata or None)
-        path = self.staging_dir / f"{output}.{sink.extension}"
+        path = f"{self._dir}{os.sep}{output}.{sink.extension}"
         try:
             writer = _Writer(output, table_name, path, sink.kind, schema)
         except (pa.ArrowException, OSError) as exc:
@@ -311,21 +373,20 @@ class JobStager:
                     output=w.output,
                     table=w.table,
                     rows=w.rows,
-                    path=str(w.path),
-                    schema=[[f.name, str(f.type)] for f in w.schema],
+                    path=w.path,
+                    schema=[list(pair) for pair in _schema_facts(w.schema).described],
                     sink="" if self.sink is not None else str(w.sink),
                 )
             )
         if sync:
             fsync_dir(self.staging_dir)
-        self._closed = StagedJob(self.job_id, str(self.routing), str(self.staging_dir), outputs)
+        self._closed = StagedJob(self.job_id, str(self.routing), self._dir, outputs)
         return self._closed
 
     def discard(self) -> None:
         """Drop everything staged for this job (cancel, failure, kill of the plugin)."""
         for w in self._writers.values():
-            with contextlib.suppress(Exception):
-                w._file.close()
+            w.abandon()
         self._writers.clear()
         remove_tree(self.staging_dir)
 

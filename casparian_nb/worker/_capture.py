@@ -10,11 +10,13 @@ mid-job still leaves nearly all of its last words on disk. The file is created o
 byte: a silent job leaves none.
 
 While the job runs, one long-lived thread of the host (:class:`_Pump`) drains the pipe, so a
-job that prints more than a pipe holds never blocks. When the job ends, the job's own thread
-takes what is left in the pipe itself, under the pump's lock: a job costs no thread start and
-no wait for another thread to be scheduled (on a busy machine, each such hand-off cost about
-a third of a small job's time). Only when a subprocess the job started still holds the pipe
-does the job's thread wait, for at most ``_DRAIN_GRACE``, while the pump reads on.
+job that prints more than a pipe holds never blocks; it waits in a selector that takes the
+job's pipe while it waits, so a silent job never wakes it. When the job ends, the pipe leaves
+the selector and the job's own thread takes what is left in it, under the pump's lock: a job
+costs no thread start and no wait for another thread to be scheduled (on a busy machine, each
+such hand-off cost about a third of a small job's time). Only when a subprocess the job
+started still holds the pipe does the job's thread wait, for at most ``_DRAIN_GRACE``, while
+the pump reads on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import contextlib
 import io
 import json
 import os
-import select
+import selectors
 import sys
 import threading
 import time
@@ -40,6 +42,10 @@ _CHUNK = 64 * 1024
 _FLUSH_EVERY = 0.25
 #: After the job, how long to wait for a subprocess it left behind to close the pipe.
 _DRAIN_GRACE = 1.0
+#: Selectors that see a pipe registered by another thread while they wait.
+_LIVE_SELECTORS: tuple[type[selectors.BaseSelector], ...] = tuple(
+    getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector", "DevpollSelector")
+    if hasattr(selectors, name))
 
 
 class BoundedLog:
@@ -151,30 +157,54 @@ class BoundedLog:
 
 
 class _Pump:
-    """The host's one thread that drains the pipes of running jobs into their logs."""
+    """The host's one thread that drains the pipes of running jobs into their logs.
+
+    It waits in a selector (epoll on Linux, kqueue on macOS) that takes a new pipe, or drops
+    one, while it waits: a job that prints nothing never wakes it. A job's pipe leaves the
+    selector before the job's write ends close, so its end-of-file does not wake it either
+    (each such wake-up was a thread switch and a lock hand-off per job, issue 18).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # held for every read of a job pipe and its log
         self._logs: dict[int, BoundedLog] = {}  # read fd -> log, while it is drained
         self._done: dict[int, threading.Event] = {}  # read fd -> set at EOF (lingering pipes)
+        self._selector = selectors.DefaultSelector()
+        #: select/poll only see the pipes they were called with: those need a wake-up.
+        self._needs_wake = not isinstance(self._selector, _LIVE_SELECTORS)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread: threading.Thread | None = None
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"w")
 
+    def _select(self, fd: int) -> None:
+        self._selector.register(fd, selectors.EVENT_READ)
+        if self._needs_wake:
+            self._wake()
+
+    def _unselect(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
     def watch(self, read_fd: int, log: BoundedLog) -> None:
         """Drain ``read_fd`` into ``log`` from now on."""
         os.set_blocking(read_fd, False)
         with self._lock:
             self._logs[read_fd] = log
+            self._select(read_fd)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="cf-joblog", daemon=True)
                 self._thread.start()
-        self._wake()
+
+    def pause(self, read_fd: int) -> None:
+        """The job is ending: stop watching ``read_fd`` before its write ends close."""
+        with self._lock:
+            self._unselect(read_fd)
 
     def finish(self, read_fd: int, log: BoundedLog) -> None:
         """The job is over and its write ends are closed: take the rest of the pipe here and
@@ -185,13 +215,12 @@ class _Pump:
                 self._close(read_fd)
             else:
                 done = self._done[read_fd] = threading.Event()
-        if done is not None:
-            self._wake()
-            if not done.wait(_DRAIN_GRACE):
-                with self._lock:
-                    if read_fd in self._logs:
-                        self._take(read_fd, log, everything=True)
-                        self._close(read_fd)
+                self._select(read_fd)
+        if done is not None and not done.wait(_DRAIN_GRACE):
+            with self._lock:
+                if read_fd in self._logs:
+                    self._take(read_fd, log, everything=True)
+                    self._close(read_fd)
         log.close()
 
     def _take(self, fd: int, log: BoundedLog, *, everything: bool) -> bool:
@@ -211,6 +240,7 @@ class _Pump:
 
     def _close(self, fd: int) -> None:
         self._logs.pop(fd, None)
+        self._unselect(fd)
         done = self._done.pop(fd, None)
         if done is not None:
             done.set()
@@ -220,10 +250,9 @@ class _Pump:
     def _run(self) -> None:
         while True:
             with self._lock:
-                fds = list(self._logs)
                 dirty = any(log._tail_dirty or log._pending for log in self._logs.values())
             try:
-                ready, _, _ = select.select([self._wake_r, *fds], [], [], 0.1 if dirty else None)
+                ready = [key.fd for key, _ in self._selector.select(0.1 if dirty else None)]
             except (OSError, ValueError):  # a pipe closed under us: look again
                 ready = [self._wake_r]
             if self._wake_r in ready:
@@ -231,13 +260,15 @@ class _Pump:
                     os.read(self._wake_r, 4096)
             with self._lock:
                 for fd in ready:
-                    log = self._logs.get(fd)  # gone, or a new pipe that reuses the number
+                    # Gone, paused, or a new pipe that reuses the number (then read it).
+                    log = self._logs.get(fd) if fd != self._wake_r else None
                     if log is None or not self._take(fd, log, everything=False):
                         continue
                     if fd in self._done:
                         self._close(fd)  # EOF of a lingering pipe: its job can return
-                    else:
-                        del self._logs[fd]  # the job closed fds 1 and 2: finish() closes it
+                    else:  # the job closed fds 1 and 2: finish() closes it
+                        del self._logs[fd]
+                        self._unselect(fd)
                 if not ready:
                     for log in self._logs.values():
                         if log._tail_dirty or log._pending:
@@ -256,10 +287,12 @@ def capture_output(path: Path, *, scrub: Callable[[str], str] | None = None
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    # Line by line, so prints and log records keep their order in the log.
+    # Line by line, so prints and log records keep their order in the log (a plugin host's
+    # stdout already is: see worker/host.py).
     buffered = getattr(sys.stdout, "line_buffering", True)
-    with contextlib.suppress(Exception):
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if not buffered:
+        with contextlib.suppress(Exception):
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     read_fd, write_fd = os.pipe()
     saved = (os.dup(1), os.dup(2))
     _pump.watch(read_fd, log)
@@ -272,8 +305,10 @@ def capture_output(path: Path, *, scrub: Callable[[str], str] | None = None
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        with contextlib.suppress(Exception):
-            sys.stdout.reconfigure(line_buffering=buffered)  # type: ignore[union-attr]
+        if not buffered:
+            with contextlib.suppress(Exception):
+                sys.stdout.reconfigure(line_buffering=False)  # type: ignore[union-attr]
+        _pump.pause(read_fd)  # before the write ends close: their EOF is read here
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:

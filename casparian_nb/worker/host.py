@@ -42,6 +42,7 @@ until it closes the pool).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
@@ -50,7 +51,6 @@ import time
 import traceback
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from pathlib import Path
 from types import TracebackType
 
 import msgspec
@@ -92,7 +92,10 @@ _MEMORY_LIMIT_MB = 0
 _PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
 #: The staging directory of the job this host is running (None between jobs), for the
 #: parent watcher to drop when the worker is lost.
-_CURRENT_STAGING: Path | None = None
+_CURRENT_STAGING: str | None = None
+#: Parsed sink routings by their text (:func:`_routing`).
+_ROUTINGS: dict[str, sinks.SinkRouting] = {}
+_ROUTINGS_MAX = 64
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
@@ -192,8 +195,8 @@ def _execute(attempt: HostJob) -> Receipt:
             logger=logging.getLogger("casparian_nb.plugin" + (
                 f".{loaded.spec.name}" if loaded.spec.name_declared else "")),
         )
-        routing = sinks.SinkRouting.parse(job.sink)
-        staging_root = Path(attempt.staging_root)
+        routing = _routing(job.sink)
+        staging_root = attempt.staging_root
         offsets: dict[str, int] = {}
         quarantined = 0
         check = contracts.JobCheck(loaded.spec.contracts, job.quarantine or loaded.spec.quarantine)
@@ -219,7 +222,7 @@ def _execute(attempt: HostJob) -> Receipt:
             return preview_receipt(job_id, stager, source_hash, quarantined, started)
         assert not isinstance(stager, PreviewStager)
         staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
-            job_id, str(routing), str(staging_root.absolute() / sinks.job_dirname(job_id)), [])
+            job_id, str(routing), _staging_dir(attempt), [])
         rows = {o.output: o.rows for o in staged.outputs if not o.output.endswith("_quarantine")}
         return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,
                        staged=staged.to_dict(), rows=rows, quarantine_rows=quarantined,
@@ -232,6 +235,24 @@ def _execute(attempt: HostJob) -> Receipt:
         return Receipt(job_id=job_id, status=ReceiptStatus.FAILED, source_hash=source_hash,
                        error=error_payload(exc, input_file=input_file, phase=phase),
                        duration_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def _routing(sink: str) -> sinks.SinkRouting:
+    """``sink`` parsed, once per host: a host's jobs name the same few sinks, and a routing
+    is immutable (the host's working directory, which a relative URI depends on, never
+    changes)."""
+    routing = _ROUTINGS.get(sink)
+    if routing is None:
+        if len(_ROUTINGS) >= _ROUTINGS_MAX:
+            _ROUTINGS.clear()
+        routing = _ROUTINGS[sink] = sinks.SinkRouting.parse(sink)
+    return routing
+
+
+def _staging_dir(attempt: HostJob) -> str:
+    """The job's staging directory (``JobStager.staging_dir``), as text."""
+    return os.path.join(os.path.abspath(attempt.staging_root),
+                        sinks.job_dirname(attempt.job.job_id))
 
 
 def _job_timestamp(job: JobSpec) -> datetime:
@@ -262,7 +283,7 @@ def serve(conn: Connection) -> None:
         if isinstance(msg, HostExit):
             return
         global _CURRENT_STAGING
-        _CURRENT_STAGING = Path(msg.staging_root).absolute() / sinks.job_dirname(msg.job.job_id)
+        _CURRENT_STAGING = _staging_dir(msg)
         try:
             result = execute_job(msg)
         except MemoryError:
@@ -319,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     # Plugins print; keep their output off the control pipe (stdout is the host log file).
     sys.stdin.close()
+    # Line by line, so prints and log records keep their order in a job's log; set once
+    # here rather than around every job (worker/_capture.py).
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     _warm_up(args.warm)
     serve(Connection(args.fd))
     return 0

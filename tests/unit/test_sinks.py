@@ -386,6 +386,21 @@ def test_stale_staging_of_a_retried_job_is_wiped(tmp_path):
     assert sorted(p.name for p in Path(staged.staging_dir).iterdir()) == ["fresh.parquet"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_a_full_disk_when_the_buffered_file_is_written_out_is_a_sink_error(tmp_path, kind):
+    """Staged files are written through a buffer, so a small one reaches the disk only at
+    close: a full disk then is still a SinkError naming the output (transient), and the
+    job's staging can be discarded."""
+    stager = JobStager(tmp_path, "j", sink_for(tmp_path, kind))
+    (Path(stager.staging_dir) / f"orders.{kind}").symlink_to("/dev/full")
+    stager.write("orders", "orders", rows(3))
+    with pytest.raises(SinkError, match="output 'orders': cannot write orders"):
+        stager.close()
+    stager.discard()
+    assert not Path(stager.staging_dir).exists()
+
+
 def test_pandas_batch_metadata_is_not_stored(tmp_path):
     stager = JobStager(tmp_path, "j", sink_for(tmp_path, "parquet"))
     df = pd.DataFrame({"a": [1, 2]}, index=[5, 6])

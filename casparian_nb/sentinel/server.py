@@ -6,12 +6,9 @@ one transaction, then sends, publishes and records. A second thread, the committ
 staged outputs into sinks one job at a time, so each sink (a DuckDB file above all) has a single
 writer; it reports back through an inproc socket (``_committer.py``: a DuckDB file another
 process holds parks only its own promotions). The socket handler tables are in
-``_control.py`` (control requests) and ``_workers.py`` (worker messages).
-
-Staging that no promotion will need is removed here, on the loop thread, and each removal is
-recorded (``StagingRemoved``): a lost worker's attempts when its jobs are re-queued
-(``RemoveStaging``), and everything but the PROMOTING jobs' when the sentinel starts and when
-it stops (``sweep_staging``).
+``_control.py`` (control requests) and ``_workers.py`` (worker messages); the events socket
+(subscriptions, publishing, the tape) is ``_events.py``; recovery at start, the staging sweeps
+and the clean stop are ``_lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -31,30 +28,25 @@ from typing import Any
 
 import zmq
 
-from .. import __version__, sinks
+from .. import __version__
 from .._connection import write_connection_file
 from .._proc import pid_alive, profiled
 from ..config import Settings
 from ..protocol import (
     Codec,
     ControlRequest,
-    Event,
     EventMessage,
-    EventName,
     HandlerTable,
-    JobStatus,
     Message,
-    Shutdown,
-    StagingRemovalCause,
-    Subscribed,
     WireMessage,
     WorkerMessage,
 )
-from ..sinks.staging import ATTEMPT_PREFIX, attempt_root
 from ..store.schema import now_iso
 from . import state as st
-from ._committer import Committer, CommitterItem, FinishedItem, remove_attempt, sweep_staging
+from ._committer import Committer, CommitterItem, FinishedItem
 from ._control import ControlHandlers
+from ._events import EventPublisher
+from ._lifecycle import Lifecycle
 from ._persist import Persister, SentinelStore
 from ._submit import SubmitHandler
 from ._workers import WorkerHandlers, refused
@@ -63,12 +55,6 @@ __all__ = ["Sentinel"]
 
 log = logging.getLogger("casparian_nb.sentinel")
 
-#: Every topic the sentinel publishes on (see ``_publish``). A subscription can only ever
-#: match one of these if it is a prefix of it; all other topics are ignored.
-EVENT_TOPICS = (b"job", b"worker")
-#: A subscription to b"ready.<token>" is answered with a ``Subscribed`` message on that
-#: topic (see EventSubscriber.wait_ready); never stored.
-READY_PREFIX = b"ready."
 #: Events queued per subscriber before the PUB socket drops for that subscriber (~1 KiB
 #: each): a stalled subscriber costs the sentinel at most a few MiB.
 EVENTS_SNDHWM = 1000
@@ -78,14 +64,9 @@ EVENTS_MAXMSGSIZE = 1024
 #: Log lines about refused messages: per socket, at most this many per 10 s (the rest are
 #: counted), so hostile traffic cannot grow sentinel.log at will.
 REFUSED_LOG_BURST = 20
-#: At a clean stop, how long to wait for local workers to exit (after the Shutdown) before
-#: sweeping the staging, so that no plugin host writes into it after the sweep.
-STOP_WORKERS_WAIT = 5.0
-#: Job ids whose command correlation id the tape writer remembers after they finished.
-_CORR_KEPT = 100_000
 
 
-class Sentinel(ControlHandlers, WorkerHandlers):
+class Sentinel(ControlHandlers, WorkerHandlers, EventPublisher, Lifecycle):
     """Owns the home's state DB and serves the control, worker and event sockets."""
 
     def __init__(self, settings: Settings) -> None:
@@ -179,31 +160,6 @@ class Sentinel(ControlHandlers, WorkerHandlers):
         self.wake_tx = self.ctx.socket(zmq.PAIR)
         self.wake_tx.connect(f"inproc://wake-{id(self)}")
 
-    def recover(self) -> None:
-        """Finish interrupted promotions and put jobs left RUNNING by a crash back in play."""
-        staging = self.settings.staging_dir
-        sinks.recover(staging)
-        if staging.is_dir():  # workers stage each attempt under staging/attempt-N/
-            for sub in sorted(staging.glob("attempt-*")):
-                if sub.is_dir() and not sub.is_symlink():  # never act outside the home
-                    sinks.recover(sub)
-        now = time.time()
-        requeued, adopted = self.persist.reconcile(now)
-        # Staged outputs no promotion needs (a receipt lost with the old sentinel; that job is
-        # QUEUED again and re-runs under a new attempt dir) would stay on disk for good.
-        keep = [str(rec.result["staged"].get("staging_dir") or "") for rec in adopted
-                if isinstance(rec.result.get("staged"), dict)]
-        swept = sweep_staging(staging, [k for k in keep if k])
-        self._staging_removed(swept, StagingRemovalCause.START)
-        recs = self.persist.load_queued(now)
-        self._feed(st.JobsQueued([*adopted, *recs], now))
-        for rec in adopted:
-            self._promotions.put(st.Promote(rec.id, rec.result.pop("staged"), rec.spec.mode,
-                                            rec.spec.submission_id))
-        if requeued or adopted or swept:
-            log.info("restart: re-queued %d job(s) left RUNNING, re-promoting %d, removed %d "
-                     "stale staging dir(s)", len(requeued), len(adopted), len(swept))
-
     # -- main loop -----------------------------------------------------------------------
     def serve_forever(self) -> None:
         self.bind()
@@ -282,40 +238,6 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             else:
                 ev()
 
-    def _drain_subscriptions(self) -> None:
-        """XPUB hands us (un)subscriptions: b"\\x01topic" / b"\\x00topic" (first and last
-        subscriber of each topic only).
-
-        Only topics that can match an event (prefixes of EVENT_TOPICS, b"" included) are
-        kept: a peer subscribing to millions of other topics grows neither this set nor the
-        cost of ``_publish``.
-        """
-        for _ in range(1000):  # bounded, like _drain: a stream of them cannot starve the loop
-            try:
-                frame = self.pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            op, topic = frame[:1], frame[1:]
-            if op not in (b"\x00", b"\x01"):
-                continue
-            if topic.startswith(READY_PREFIX) and len(topic) <= 64:
-                if op == b"\x01":
-                    token = topic[len(READY_PREFIX):].decode("ascii", "replace")
-                    self.pub.send_multipart([topic, *self.events_codec.encode(
-                        Subscribed(token=token), msg_id=self._msg_id())])
-                continue
-            if not any(t.startswith(topic) for t in EVENT_TOPICS):
-                if op == b"\x01" and not self._ignored_topic_logged:
-                    self._ignored_topic_logged = True  # once: a typo'd topic, or junk
-                    log.info("events socket: ignoring subscriptions to topics no event is "
-                             "published on (first: %r; topics are %s)", topic[:40],
-                             b", ".join(EVENT_TOPICS).decode())
-                continue
-            if op == b"\x01":
-                self._subscriptions.add(topic)
-            else:
-                self._subscriptions.discard(topic)
-
     def _check_worker_pids(self, now: float) -> None:
         """A local worker whose process is gone is lost now, not after the heartbeat timeout."""
         for wid, (pid, local) in list(self._worker_procs.items()):
@@ -374,74 +296,6 @@ class Sentinel(ControlHandlers, WorkerHandlers):
             except Exception:
                 log.exception("state change %r failed", a)
 
-    def _publish(self, name: EventName, data: dict[str, Any]) -> None:
-        self._event_seq += 1
-        topic = b"worker" if name.startswith("Worker") else b"job"
-        corr = self._correlation(data)
-        if any(topic.startswith(t) for t in self._subscriptions):
-            event = Event(name=EventName(name), seq=self._event_seq, data=data,
-                          correlation_id=corr)
-            frames = self.events_codec.encode(event, msg_id=self._msg_id())
-            self.pub.send_multipart([topic, *frames])
-        if self.tape is not None:
-            self.tape.emit("domain_event", name, data, correlation_id=corr)
-
-    def _correlation(self, data: dict[str, Any]) -> str | None:
-        """The correlation id of the command that caused a job's events: its submission id,
-        which a controller or a recorded CLI command sets to its own correlation id. Kept
-        here from the job's first event, since a finished job leaves the state machine
-        before its final event is published."""
-        raw = data.get("job_id")
-        if raw is None:
-            return None
-        try:
-            job_id = int(raw)
-        except (TypeError, ValueError):
-            return None
-        job = self.state.jobs.get(job_id)
-        if job is not None and job.spec.submission_id:
-            self._job_corr[job_id] = job.spec.submission_id
-            if len(self._job_corr) > _CORR_KEPT:  # oldest first: finished long ago
-                del self._job_corr[next(iter(self._job_corr))]
-            return job.spec.submission_id
-        return self._job_corr.get(job_id)
-
-    # -- staging no promotion needs -------------------------------------------------------
-    def _remove_staging(self, a: st.RemoveStaging) -> None:
-        """Drop what a lost attempt staged; record it when there was something."""
-        removed = remove_attempt(self.settings.staging_dir, a.attempt, a.job_key)
-        if removed is not None:
-            self._publish(EventName.STAGING_REMOVED, {
-                "job_id": a.job_id, "attempt": a.attempt, "path": removed,
-                "cause": StagingRemovalCause.WORKER_LOST})
-
-    def _staging_removed(self, paths: list[str], cause: StagingRemovalCause) -> None:
-        """Record the job staging dirs a sweep removed (``<staging>/attempt-N/<job dir>``)."""
-        for path in paths:
-            attempt = Path(path).parent.name.removeprefix(ATTEMPT_PREFIX)
-            self._publish(EventName.STAGING_REMOVED, {
-                "attempt": int(attempt) if attempt.isdigit() else None, "path": path,
-                "cause": cause})
-
-    def _sweep_on_stop(self) -> None:
-        """A clean stop leaves no staging behind but what a PROMOTING job still needs (a
-        promotion parked behind a locked DuckDB file: the next start finishes it)."""
-        deadline = time.monotonic() + STOP_WORKERS_WAIT
-        # Those still registered were just sent the Shutdown; one that said goodbye has
-        # stopped its hosts already.
-        local = [pid for wid, (pid, is_local) in self._worker_procs.items()
-                 if is_local and wid in self.state.workers]
-        while any(pid_alive(pid) for pid in local) and time.monotonic() < deadline:
-            time.sleep(0.02)  # told to stop: their hosts write nothing more once they are gone
-        staging = self.settings.staging_dir
-        keep = [str(attempt_root(staging, job.attempt)
-                    / sinks.job_dirname(job.spec.job_id))
-                for job in self.state.jobs.values() if job.status == JobStatus.PROMOTING]
-        removed = sweep_staging(staging, keep)
-        self._staging_removed(removed, StagingRemovalCause.STOP)
-        if removed:
-            log.info("stop: removed %d staging dir(s) no promotion needs", len(removed))
-
     # -- committer -----------------------------------------------------------------------
     def _committer(self) -> None:
         """The committer thread: the single writer of every sink (see ``_committer.py``);
@@ -455,45 +309,6 @@ class Sentinel(ControlHandlers, WorkerHandlers):
     def stop(self) -> None:
         """Ask the loop to finish (safe from signal handlers and other threads)."""
         self._stop.set()
-
-    def _shutdown(self) -> None:
-        # Dispatch nothing more; let the committer finish what it holds and record it, so a
-        # clean stop leaves no promotion half-recorded (a crash is handled by recover()).
-        self.state.paused = True
-        self._promotions.put(None)
-        committer = self._committer_thread
-        if committer is not None and committer.is_alive():
-            committer.join(timeout=30.0)
-            if committer.is_alive():
-                log.warning("the committer is still promoting; the next start finishes it")
-        try:
-            self._take_finished()
-            self._flush()
-        except Exception:
-            log.exception("recording the last promotions failed")
-        try:
-            for w in list(self.state.workers.values()):
-                self._send_worker(w.identity, Shutdown())
-        except zmq.ZMQError:
-            pass
-        try:
-            self._sweep_on_stop()
-        except Exception:
-            log.exception("sweeping the staging at stop failed")
-        try:
-            if self.tape is not None:
-                self.tape.close("sentinel_stopped")
-        except Exception:
-            log.exception("closing the tape failed")
-        conn = self.settings.connection_file
-        try:
-            if conn.exists() and f'"pid": {os.getpid()}' in conn.read_text():
-                conn.unlink()
-        except OSError:
-            pass
-        self.persist.close()
-        self.ctx.destroy(linger=0)
-        self.store.close()
 
 
 

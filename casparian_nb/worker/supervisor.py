@@ -4,7 +4,8 @@ Stateless apart from the jobs it is running. The main thread owns the DEALER soc
 threads run :meth:`HostPool.run` and hand results back through a queue plus an inproc wake-up.
 An ``Abort`` kills the job's host (SIGTERM, short grace, SIGKILL); the job thread then reports
 ABORTED and the pool starts a fresh host. The worker exits when the sentinel that started it
-is gone, so it never outlives its home's sentinel.
+is gone, so it never outlives its home's sentinel. The jobs themselves, from dispatch to
+receipt, are :mod:`._jobs`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,13 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import msgspec
 import zmq
 
-from .. import plugins
 from .._connection import ConnectionInfo, read_connection_file
 from .._proc import lower_priority, pid_alive, profiled
 from ..config import Settings
 from ..errors import AuthenticationError, CasparianError, ProtocolError, SentinelError
-from ..joblogs import job_logs_root
 from ..protocol import (
     MAGIC,
     Abort,
@@ -43,9 +40,7 @@ from ..protocol import (
     Goodbye,
     HandlerTable,
     Heartbeat,
-    HostJob,
     Identify,
-    JobStarted,
     Message,
     Receipt,
     ReceiptStatus,
@@ -58,31 +53,22 @@ from ..protocol import (
     WireMessage,
     one_line,
 )
-from ..sinks.staging import attempt_root
-from .pool import HostPool, aborted
+from ._jobs import JobRunning, Started
+from .pool import HostPool
 
 __all__ = ["Worker", "run_worker"]
 
 log = logging.getLogger("casparian_nb.worker")
 
-#: How long a worker holds a JobStarted back (see ``Worker._started``), and how often its
-#: loop looks for started jobs while any run.
-STARTED_DELAY = 0.02
+#: How often the loop looks for started jobs while any run (they are held back for
+#: ``_jobs.STARTED_DELAY``).
 LOOK_INTERVAL = 0.02
 #: Jobs a worker accepts beyond its slots and keeps in a local backlog, so a host starts its
 #: next job the moment it finishes one instead of idling for a round trip to the sentinel.
 PREFETCH = 1
 
 
-@dataclass(frozen=True, slots=True)
-class _Started:
-    """A job's host has it (``host_pid``) since ``at`` (monotonic)."""
-
-    host_pid: int
-    at: float
-
-
-class Worker:
+class Worker(JobRunning):
     """One worker: ``slots`` plugin hosts serving jobs dispatched by the sentinel."""
 
     def __init__(self, settings: Settings, *, info: ConnectionInfo | None = None,
@@ -104,7 +90,7 @@ class Worker:
                                   name="worker", refusal=None, logger=log,
                                   log_burst=20)  # fmt: skip
         self._stop = threading.Event()
-        self._results: queue.Queue[tuple[Dispatch, Receipt | _Started]] = queue.Queue()
+        self._results: queue.Queue[tuple[Dispatch, Receipt | Started]] = queue.Queue()
         self._running: dict[str, Dispatch] = {}
         self._trusted: dict[str, str] = {}
         self.pool: HostPool | None = None
@@ -117,7 +103,7 @@ class Worker:
         self._pending_aborts: dict[str, Abort] = {}
         #: JobStarted messages held back for STARTED_DELAY: a job that finishes by then is
         #: reported by its receipt alone (one message instead of two for fast jobs).
-        self._started: dict[str, tuple[float, _Started]] = {}
+        self._started: dict[str, tuple[float, Started]] = {}
         self._id_prefix = f"{os.getpid():x}-"
         self._ids = itertools.count(1)
         self._executor: ThreadPoolExecutor | None = None
@@ -294,151 +280,6 @@ class Worker:
                                    error=ErrorInfo(ename="WorkerError",
                                                    evalue="the worker could not take the job on",
                                                    kind=ErrorKind.TRANSIENT)))  # fmt: skip
-
-    def _accept(self, dispatch: Dispatch) -> None:
-        assert self._executor is not None
-        self._running[dispatch.job.job_id] = dispatch
-        with self._lock:
-            start = self._threads < self.slots
-            if start:
-                self._threads += 1
-            else:
-                self._backlog.append(dispatch)
-        if start:
-            self._executor.submit(self._job_thread, dispatch)
-
-    def _on_abort(self, msg: Message, routing: list[bytes]) -> None:
-        abort = msg.payload
-        assert isinstance(abort, Abort) and self.pool is not None
-        job_id = abort.job_id
-        with self._lock:
-            for queued in self._backlog:  # not started: nothing to kill
-                if queued.job.job_id == job_id:
-                    self._backlog.remove(queued)
-                    self._results.put((queued, aborted(job_id, abort.reason,
-                                                       cause=abort.cause)))
-                    return
-            # Under the lock: either the job thread has its host (cancel kills it) or it has
-            # not asked for one yet (it will find the parked abort first).
-            if self.pool.cancel(job_id, abort.reason, cause=abort.cause):
-                return
-            if job_id in self._running:
-                self._pending_aborts[job_id] = abort
-                return
-        log.info("abort for job %s which is not running here", job_id)
-
-    def _take_abort(self, job_id: str) -> Abort | None:
-        with self._lock:
-            return self._pending_aborts.pop(job_id, None)
-
-    def _check_trust(self, dispatch: Dispatch) -> None:
-        """The worker runs code, so it enforces the trust policy itself (F13)."""
-        plugins.check_job_trust(dispatch.job.plugin_path, dispatch.job.plugin_source_hash,
-                                self.settings.trust, self._trusted)
-
-    def _job_thread(self, dispatch: Dispatch) -> None:
-        """Run ``dispatch``, then whatever waits in the backlog, then end."""
-        next_job: Dispatch | None = dispatch
-        while next_job is not None:
-            self._run_job(next_job)
-            with self._lock:
-                if self._backlog and not self._stop.is_set():
-                    next_job = self._backlog.popleft()
-                else:
-                    next_job = None
-                    self._threads -= 1
-
-    def _run_job(self, dispatch: Dispatch) -> None:
-        """Job thread: run one job on a host; always hand back exactly one result."""
-        assert self.pool is not None
-        job_id = dispatch.job.job_id
-        # Each attempt stages in its own directory, so a straggler from a lost attempt can
-        # never touch the files of the attempt that replaced it.
-        staging = attempt_root(self.settings.staging_dir, dispatch.attempt)
-        attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging),
-                          log_root=str(job_logs_root(self.settings.home)),
-                          redact_log=self.settings.tape_redact)
-
-        def started(pid: int) -> None:
-            abort = self._take_abort(job_id)
-            if abort is not None:  # aborted while waiting for a host: kill it right away
-                assert self.pool is not None
-                self.pool.cancel(job_id, abort.reason, cause=abort.cause)
-            # No wake-up: the loop looks at least every LOOK_INTERVAL while jobs run, and
-            # holds a JobStarted back for STARTED_DELAY anyway.
-            self._results.put((dispatch, _Started(pid, time.monotonic())))
-
-        try:
-            abort = self._take_abort(job_id)
-            if abort is not None:
-                res = aborted(job_id, abort.reason, cause=abort.cause)
-            else:
-                res = self.pool.run(attempt, timeout=dispatch.timeout_s or None,
-                                    on_start=started)
-        except Exception as exc:  # the pool closed under us (shutdown), or a bug
-            closing = self._stop.is_set()
-            log.log(logging.INFO if closing else logging.ERROR, "job %s: %s", job_id, exc,
-                    exc_info=not closing)
-            res = aborted(job_id, "shutdown", cause=AbortCause.SHUTDOWN) if closing else Receipt(
-                job_id=job_id, status=ReceiptStatus.FAILED,
-                error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
-                                kind=ErrorKind.TRANSIENT))  # fmt: skip
-        self._take_abort(job_id)
-        self._results.put((dispatch, res))
-        self._wake()
-
-    def _wake(self) -> None:
-        sock = getattr(self._tls, "push", None)
-        if sock is None:
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._wake_ep)
-            self._tls.push = sock
-        sock.send(b"", zmq.NOBLOCK)
-
-    def _send_results(self) -> None:
-        items: list[tuple[Dispatch, Receipt | _Started]] = []
-        while True:
-            try:
-                items.append(self._results.get_nowait())
-            except queue.Empty:
-                break
-        # A job that started and finished since we last looked needs no JobStarted: its
-        # receipt says it all (fast jobs: one message instead of two).
-        for dispatch, res in items:
-            job_id = dispatch.job.job_id
-            if isinstance(res, _Started):
-                self._started[job_id] = (res.at + STARTED_DELAY, res)
-                continue
-            self._started.pop(job_id, None)
-            self._running.pop(job_id, None)
-            self._send_receipt(dispatch, res)
-
-    def _send_receipt(self, dispatch: Dispatch, res: Receipt) -> None:
-        """One Receipt per finished job, whatever it holds: a receipt the protocol refuses
-        (too large, say) must cost that receipt its details, never the worker its life."""
-        receipt = msgspec.structs.replace(res, attempt=dispatch.attempt, worker_id=self.worker_id)
-        try:
-            self._send(receipt)
-        except ProtocolError as exc:
-            log.error("job %s: receipt refused by the protocol (%s); sending it without "
-                      "its details", receipt.job_id, exc)
-            error = ErrorInfo(ename="ReceiptError", evalue=str(exc)[:500],
-                              kind=ErrorKind.TRANSIENT)
-            status = receipt.status
-            if status == ReceiptStatus.SUCCESS:  # its staged outputs cannot be described: redo
-                status = ReceiptStatus.FAILED
-            self._send(Receipt(job_id=receipt.job_id, attempt=receipt.attempt, status=status,
-                               worker_id=self.worker_id, host_pid=receipt.host_pid,
-                               reason=receipt.reason, cause=receipt.cause,
-                               error=error if status == ReceiptStatus.FAILED else None))
-
-    def _send_started(self, now: float) -> None:
-        for job_id, (due, res) in list(self._started.items()):
-            if due <= now:
-                del self._started[job_id]
-                self._send(JobStarted(worker_id=self.worker_id, job_id=job_id,
-                                      host_pid=res.host_pid))
 
     def _shutdown(self, executor: ThreadPoolExecutor) -> None:
         self._stop.set()  # job threads take nothing more from the backlog

@@ -27,8 +27,8 @@ class JobRecord:
 
     Defaults live on the class and an instance stores only what events set: creating a
     record is on the hot path (one per job of a 100,000-job tape), and most stay sparse.
-    The public fields hold what the tape held, so they are typed ``Any``: explain is lenient,
-    and a compiled copy of this module (see the end) must not reject an odd value.
+    The public fields hold what the tape held, so they are typed ``Any``: explain is lenient
+    and must not reject an odd value.
     """
 
     plugin_name: Any = None

@@ -90,8 +90,7 @@ class JobReducer:
     def apply_envelopes(self, events: list[Any], other: Callable[[Any], None]) -> int:
         """Apply decoded envelopes (``_decode.Envelope``) in order: domain events through
         ``handlers``, every other envelope through ``other(envelope)``. Returns how many
-        were not envelopes (``event_name`` None). This loop is here, not in the caller, so
-        that the compiled reducer runs it in C too."""
+        were not envelopes (``event_name`` None)."""
         handlers = self.handlers
         skipped = 0
         queued, queued_by = _E.JOB_QUEUED, self.queued_by

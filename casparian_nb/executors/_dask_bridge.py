@@ -437,12 +437,11 @@ class DaskBridge(ReceiptRelay):
     def _submit_chunks(self, address: str, resources: dict[str, float] | None,
                        runs: list[list[tuple[Seat, str, Flight]]]) -> None:
         """One task per run of attempts, all in one ``client.map``."""
+        keys = [chunk_key(run[0][1], int(run[0][2].dispatch.attempt), len(run)) for run in runs]
         futures = self.client.map(
-            remote.run_chunk, [self.name] * len(runs),
+            remote.run_chunk, [self.name] * len(runs), keys,
             [[f.payload for _, _, f in run] for run in runs],
-            [[f.dispatch.timeout_s or None for _, _, f in run] for run in runs],
-            key=[chunk_key(run[0][1], int(run[0][2].dispatch.attempt), len(run))
-                 for run in runs],
+            [[f.dispatch.timeout_s or None for _, _, f in run] for run in runs], key=keys,
             workers=[address], allow_other_workers=False, pure=False, retries=0,
             resources=resources)
         busy = self._chunks_at.setdefault(address, set())
@@ -509,7 +508,8 @@ class DaskBridge(ReceiptRelay):
         try:
             killed = self.client.run(remote.abort_on_worker, self.name, abort.job_id,
                                      int(flight.dispatch.attempt), abort.reason,
-                                     str(abort.cause), workers=[address],
+                                     str(abort.cause), str(flight.future.key),
+                                     workers=[address],
                                      on_error="return")
         except Exception as exc:  # the worker is going away: its loss re-queues or aborts
             log.warning("abort of job %s on %s failed: %s", abort.job_id, address, exc)

@@ -103,10 +103,11 @@ class HostPoolPlugin(WorkerPlugin):
         self._lock = threading.Lock()
         self._parked: dict[tuple[str, int], tuple[str, AbortCause]] = {}
         self._queued: set[tuple[str, int]] = set()
+        self._chunks: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # the pool and the lock stay where they live
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("pool", "notices", "_lock", "_parked", "_queued")}
+                if k not in ("pool", "notices", "_lock", "_parked", "_queued", "_chunks")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -115,6 +116,7 @@ class HostPoolPlugin(WorkerPlugin):
         self._lock = threading.Lock()
         self._parked = {}
         self._queued = set()
+        self._chunks = set()
 
     def setup(self, worker: Any) -> None:
         port = str(worker.address).rsplit(":", 1)[-1]
@@ -131,10 +133,12 @@ class HostPoolPlugin(WorkerPlugin):
         if self.pool is not None:
             self.pool.close()
 
-    def abort(self, job_id: str, attempt: int, reason: str, cause: AbortCause) -> bool:
+    def abort(self, job_id: str, attempt: int, reason: str, cause: AbortCause,
+              chunk: str, unstarted: bool) -> bool:
         """Kill the host running the attempt, or see that its chunk will skip it (True: it
-        stages nothing more); else park the abort for it (False: its chunk has not started
-        here yet, or it is about to take a host and will be killed when it does)."""
+        stages nothing more); else park the abort (False: it is about to take a host and is
+        killed when it does, or its task has not reached this worker yet). ``unstarted``:
+        Dask says the task ``chunk`` waits here for a thread."""
         assert self.pool is not None
         with self._lock:
             if self.pool.cancel(job_id, reason, cause=cause):
@@ -143,12 +147,17 @@ class HostPoolPlugin(WorkerPlugin):
             if (job_id, attempt) in self._queued:
                 self._queued.discard((job_id, attempt))
                 return True
-            return False
+            return unstarted and chunk not in self._chunks
 
-    def queue(self, attempts: list[tuple[str, int]]) -> None:
-        """A chunk started: its attempts wait here for their turn."""
+    def queue(self, chunk: str, attempts: list[tuple[str, int]]) -> None:
+        """The task ``chunk`` started: its attempts wait here for their turn."""
         with self._lock:
+            self._chunks.add(chunk)
             self._queued.update(attempts)
+
+    def done(self, chunk: str) -> None:
+        with self._lock:
+            self._chunks.discard(chunk)
 
     def begin(self, job_id: str, attempt: int) -> tuple[str, AbortCause] | None:
         """The attempt's turn in its chunk: the abort parked for it, if any."""
@@ -167,20 +176,22 @@ def _plugin(name: str) -> HostPoolPlugin:
     return plugin
 
 
-def run_chunk(name: str, payloads: list[bytes], timeouts: list[float | None]) -> list[bytes]:
+def run_chunk(name: str, key: str, payloads: list[bytes],
+              timeouts: list[float | None]) -> list[bytes]:
     """The Dask task of a chunk: its attempts one after another on this worker's warm
     hosts; their Receipts, JSON-encoded, in order. Each receipt is also sent as an event on
     the topic ``name`` the moment its attempt ends, so the bridge forwards it then, not when
     the chunk ends.
 
     Always returns a receipt per attempt (a failure of ours is a transient FAILED), so the
-    task itself never errs and Dask never retries it behind the sentinel's back.
+    task itself never errs and Dask never retries it behind the sentinel's back. ``key`` is
+    the task's own key (for aborts: see :meth:`HostPoolPlugin.abort`).
     """
     plugin = _plugin(name)
     worker = get_worker()
     jobs = [_hostjob.decode(p) for p in payloads]
     keys = [(job.job.job_id, int(job.attempt)) for job in jobs]
-    plugin.queue(keys)
+    plugin.queue(key, keys)
     out: list[bytes] = []
     try:
         for job, timeout in zip(jobs, timeouts, strict=True):
@@ -194,6 +205,7 @@ def run_chunk(name: str, payloads: list[bytes], timeouts: list[float | None]) ->
     finally:
         for job_id, attempt in keys[len(out):]:  # only if the loop itself broke
             plugin.begin(job_id, attempt)
+        plugin.done(key)
     return out
 
 
@@ -226,13 +238,21 @@ def _run_one(plugin: HostPoolPlugin, job: HostJob, timeout: float | None) -> byt
     return _receipt.encode(res)
 
 
+#: The states of a Dask worker's task that has not started to run (run on its event loop,
+#: which also starts tasks: the state cannot change under us).
+_UNSTARTED = frozenset({"waiting", "ready", "constrained", "fetch", "flight"})
+
+
 def abort_on_worker(name: str, job_id: str, attempt: int, reason: str, cause: str,
-                    dask_worker: Any = None) -> bool:
-    """``Client.run`` target: kill the attempt's host here (True) or park the abort."""
+                    chunk: str, dask_worker: Any = None) -> bool:
+    """``Client.run`` target: kill the attempt's host here, or see that its task ``chunk``
+    will skip it (True); else park the abort."""
     plugin = dask_worker.plugins.get(name) if dask_worker is not None else None
     if not isinstance(plugin, HostPoolPlugin):
         return False
-    return plugin.abort(job_id, attempt, reason, AbortCause(cause))
+    task = dask_worker.state.tasks.get(chunk)
+    return plugin.abort(job_id, attempt, reason, AbortCause(cause), chunk,
+                        task is not None and task.state in _UNSTARTED)
 
 
 def probe_write(directory: str, token: str, dask_worker: Any = None) -> str:

@@ -1,0 +1,128 @@
+"""Issue 17: the dask executor runs several attempts per Dask task (a *chunk*), on a real
+``distributed.LocalCluster(processes=True)`` with one worker of one thread, so that the
+attempts dispatched together share one task: a cancel reaches the one attempt it names
+(running: its host is killed and the rest of the chunk runs on; waiting for its turn:
+skipped, ABORTED at once), and the outputs are the local executor's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from casparian_nb.config import Settings
+from casparian_nb.launcher import LocalCluster
+from tests.conftest import make_inputs, running, wait_until
+from tests.integration.test_dask_executor import (  # noqa: F401  (fixtures)
+    DaskCluster,
+    Reference,
+    hosts_under,
+    on_dask,
+    reference,
+    rows_of,
+)
+from tests.integration.test_sentinel import control, output_files, wait_final, wait_job
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[DaskCluster]:
+    """One Dask worker with one thread: what is dispatched together is chunked together."""
+    with distributed.LocalCluster(processes=True, n_workers=1, threads_per_worker=1,
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as lc:
+        yield DaskCluster("LocalCluster", lc.scheduler_address, [])
+
+
+def _casparian_keys(dask_scheduler: Any) -> list[str]:
+    return sorted({str(entry[0]) for entry in dask_scheduler.transition_log
+                   if str(entry[0]).startswith("casparian-")})
+
+
+def task_keys(cluster: DaskCluster) -> list[str]:
+    """The keys of every casparian task the scheduler has seen (its transition log)."""
+    with distributed.Client(cluster.address, timeout="10s") as client:
+        keys: list[str] = client.run_on_scheduler(_casparian_keys)
+    return keys
+
+
+def _hang_then_three(on_dask: Callable[..., LocalCluster], settings: Settings,
+                     fixture_plugin: Path, tmp_path: Path, dask_cluster: DaskCluster,
+                     ) -> tuple[LocalCluster, list[int], int]:
+    """A plugin that hangs (ignoring SIGTERM) and three quick ones, submitted together: one
+    task of four on the only thread, the hanging one running, the others waiting in it."""
+    (hang,) = make_inputs(tmp_path / "hang", 1, mode="hang")
+    quick = make_inputs(tmp_path / "ok", 3)
+    cluster = on_dask()
+    with control(cluster) as ctl:
+        ids = ctl.submit(fixture_plugin, [str(hang), *map(str, quick)],
+                         sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
+    job = wait_job(settings, ids[0], lambda j: j["status"] == "RUNNING" and j["host_pid"],
+                   message="the hanging job to run")
+    assert f"casparian-{ids[0]}-1-x4" in task_keys(dask_cluster)  # one task for the four
+    return cluster, ids, int(job["host_pid"])
+
+
+def test_an_attempt_cancelled_before_its_turn_in_a_chunk_is_skipped_and_aborted_at_once(
+        on_dask: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    cluster, ids, host = _hang_then_three(on_dask, settings, fixture_plugin, tmp_path,
+                                          dask_cluster)
+    hang_id, first, skipped, last = ids
+    with control(cluster) as ctl:
+        t0 = time.monotonic()
+        ctl.cancel_job(skipped)
+        row = wait_job(settings, skipped, lambda j: j["status"] == "ABORTED", timeout=5,
+                       message="ABORTED")
+        took = time.monotonic() - t0
+        assert took <= 1.0, f"cancel took {took:.2f}s"
+        assert not row["host_pid"]  # it never ran
+        assert running(host)  # the job ahead of it in the chunk runs on
+        ctl.cancel_job(hang_id)  # then the rest of the chunk runs, without the skipped one
+        rows = wait_final(settings, ids, 30)
+    assert {i: r["status"] for i, r in rows.items()} == {
+        hang_id: "ABORTED", first: "COMPLETED", skipped: "ABORTED", last: "COMPLETED"}
+    owners = sorted(pq.read_table(p).column("_cf_job_id")[0].as_py()
+                    for p in output_files(tmp_path / "out"))
+    assert owners == sorted([str(first), str(last)])
+
+
+def test_cancel_of_the_running_attempt_of_a_chunk_kills_its_host_and_the_chunk_runs_on(
+        on_dask: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    cluster, ids, host = _hang_then_three(on_dask, settings, fixture_plugin, tmp_path,
+                                          dask_cluster)
+    with control(cluster) as ctl:
+        t0 = time.monotonic()
+        ctl.cancel_job(ids[0])
+        wait_job(settings, ids[0], lambda j: j["status"] == "ABORTED", timeout=5,
+                 message="ABORTED")
+        took = time.monotonic() - t0
+        assert took <= 1.0, f"cancel took {took:.2f}s"
+        assert not running(host)
+        rows = wait_final(settings, ids[1:], 30, status="COMPLETED")
+    assert all(r["host_pid"] and r["attempt"] == 1 for r in rows.values())
+    owners = sorted(pq.read_table(p).column("_cf_job_id")[0].as_py()
+                    for p in output_files(tmp_path / "out"))
+    assert owners == sorted(str(i) for i in ids[1:])  # nothing of the aborted job
+
+
+def test_150_files_in_chunks_give_the_local_executors_rows(
+        on_dask: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path, reference: Reference, dask_cluster: DaskCluster) -> None:
+    sink = tmp_path / "out"
+    cluster = on_dask()
+    with control(cluster) as ctl:
+        ids = ctl.submit(fixture_plugin, reference.files, sink=f"parquet://{sink}")["job_ids"]
+        wait_final(settings, ids, 90, status="COMPLETED")
+    sizes = [int(m.group(1)) for k in task_keys(dask_cluster)
+             if (m := re.search(r"-x(\d+)$", k))]
+    assert sizes and max(sizes) > 1  # they did run in chunks
+    assert rows_of(sink) == reference.rows  # the local executor's rows, lineage included
+    wait_until(lambda: len(output_files(sink)) == 150, 5, message="one output file per job")

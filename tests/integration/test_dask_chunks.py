@@ -19,17 +19,15 @@ import pytest
 from casparian_nb.config import Settings
 from casparian_nb.launcher import LocalCluster
 from tests.conftest import make_inputs, running, wait_until
-from tests.integration.test_dask_executor import (  # noqa: F401  (fixtures)
-    DaskCluster,
-    Reference,
-    hosts_under,
-    on_dask,
-    reference,
-    rows_of,
-)
+from tests.integration import test_dask_executor as base
+from tests.integration.test_dask_executor import DaskCluster, Reference, rows_of
 from tests.integration.test_sentinel import control, output_files, wait_final, wait_job
 
 distributed = pytest.importorskip("distributed")
+
+#: The dask executor module's fixtures, here on this module's one-thread cluster.
+on_dask = base.on_dask
+reference = base.reference
 
 
 @pytest.fixture(scope="module")

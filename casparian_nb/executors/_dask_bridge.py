@@ -70,7 +70,17 @@ from ..worker.pool import aborted
 from . import _dask_plugin as remote
 from ._dask_names import BRIDGE_FILE, require_distributed
 from ._dask_receipts import ReceiptRelay
-from ._dask_seats import CHUNK_SIZE, Chunk, Flight, Seat, chunk_key, probe_storage, seat_id, split
+from ._dask_seats import (
+    CHUNK_SIZE,
+    CHUNK_WORK,
+    Chunk,
+    Flight,
+    Seat,
+    chunk_key,
+    probe_storage,
+    seat_id,
+    split,
+)
 
 __all__ = ["DaskBridge", "main"]
 
@@ -115,6 +125,8 @@ class DaskBridge(ReceiptRelay):
         #: Whether what waits in ``_unsubmitted`` waits to fill a chunk (the loop then need
         #: not wake every SUBMIT_DELAY: only a receipt or a dispatch changes its mind).
         self._filling = False
+        #: Plugin path -> how long its attempts take (seconds, a moving average).
+        self._job_time: dict[str, float] = {}
         #: Attempts no worker has the resources for, and the resource sets said so in the log.
         self._held: list[tuple[Seat, str, Flight]] = []
         self._said_waiting: set[tuple[tuple[str, float], ...]] = set()
@@ -402,7 +414,8 @@ class DaskBridge(ReceiptRelay):
 
         Where the worker has threads without a chunk, everything goes at once, in at least
         as many chunks as there are such threads (no thread idles while a chunk has two
-        attempts waiting). Where every thread has a chunk, full chunks of ``CHUNK_SIZE`` go;
+        attempts waiting). Where every thread has a chunk, full chunks go (``CHUNK_SIZE``,
+        fewer for plugins whose jobs take long: ``CHUNK_WORK``);
         the rest waits here for more dispatches until a thread is free or the worker has no
         more than two attempts per thread left: it would only wait in the worker's queue.
         """
@@ -424,15 +437,21 @@ class DaskBridge(ReceiptRelay):
             busy = self._chunks_at.setdefault(address, set())
             threads = self.seats[address].nthreads if address in self.seats else 1
             free, left = threads - len(busy), sum(c.left for c in busy)
+            size = self._chunk_size(items)
             if free > 0 or left <= 2 * threads:
-                runs = split(items, max(min(free, len(items)), -(-len(items) // CHUNK_SIZE)))
+                runs = split(items, max(min(free, len(items)), -(-len(items) // size)))
             else:
-                full = len(items) // CHUNK_SIZE * CHUNK_SIZE
-                runs = [items[i:i + CHUNK_SIZE] for i in range(0, full, CHUNK_SIZE)]
+                full = len(items) // size * size
+                runs = [items[i:i + size] for i in range(0, full, size)]
                 self._unsubmitted += items[full:]
             if runs:
                 self._submit_chunks(address, dict(wanted) or None, runs)
         self._filling = bool(self._unsubmitted)
+
+    def _chunk_size(self, items: list[tuple[Seat, str, Flight]]) -> int:
+        longest = max(self._job_time.get(f.dispatch.job.plugin_path, CHUNK_WORK)
+                      for _, _, f in items)
+        return max(1, min(CHUNK_SIZE, int(CHUNK_WORK / max(longest, 1e-4))))
 
     def _submit_chunks(self, address: str, resources: dict[str, float] | None,
                        runs: list[list[tuple[Seat, str, Flight]]]) -> None:

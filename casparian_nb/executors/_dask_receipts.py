@@ -45,6 +45,7 @@ class ReceiptRelay:
         _fetched: queue.Queue[tuple[Seat, str, Flight, Any]]
         _answered: list[Any]
         _chunks_at: dict[str, set[Chunk]]
+        _job_time: dict[str, float]
         _ctx: zmq.Context[zmq.Socket[bytes]]
         _wake_ep: str
         _wake_tx: zmq.Socket[bytes] | None
@@ -173,6 +174,10 @@ class ReceiptRelay:
             if chunk.left == 0:  # its result is no longer needed on its worker
                 self._answered.append(chunk.future)
                 self._chunks_at.get(chunk.address, set()).discard(chunk)
+        if receipt.status == ReceiptStatus.SUCCESS and receipt.duration_ms is not None:
+            path, took = flight.dispatch.job.plugin_path, receipt.duration_ms / 1000
+            before = self._job_time.get(path)
+            self._job_time[path] = took if before is None else 0.8 * before + 0.2 * took
         self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
                                                  worker_id=seat.worker_id))
 

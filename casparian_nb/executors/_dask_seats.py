@@ -12,7 +12,7 @@ import zmq
 from ..protocol import Dispatch
 from . import _dask_plugin as remote
 
-__all__ = ["CHUNK_SIZE", "PREFETCH_FACTOR", "Chunk", "Flight", "Seat", "chunk_key",
+__all__ = ["CHUNK_SIZE", "CHUNK_WORK", "PREFETCH_FACTOR", "Chunk", "Flight", "Seat", "chunk_key",
            "probe_storage", "seat_id", "split"]
 
 #: Attempts a seat holds beyond its threads (the Dask worker queues them), per thread: enough
@@ -24,6 +24,10 @@ PREFETCH_FACTOR = 10
 #: one worker thread): the scheduler and the worker spend ~1 ms each per task, however
 #: short the job (see scale-out.md, "Costs", for how it was chosen).
 CHUNK_SIZE = 8
+#: ... and at most about this much work (seconds), by what the plugin's attempts took so far
+#: (a plugin not seen yet: one attempt per task). A chunk runs on one thread: long jobs in
+#: one would wait there while another thread of the worker is free.
+CHUNK_WORK = 0.2
 
 
 @dataclass(eq=False)

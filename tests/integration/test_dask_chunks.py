@@ -53,12 +53,16 @@ def task_keys(cluster: DaskCluster) -> list[str]:
 def _hang_then_three(on_dask: Callable[..., LocalCluster], settings: Settings,
                      fixture_plugin: Path, tmp_path: Path, dask_cluster: DaskCluster,
                      ) -> tuple[LocalCluster, list[int], int]:
-    """A plugin that hangs (ignoring SIGTERM) and three quick ones, submitted together: one
-    task of four on the only thread, the hanging one running, the others waiting in it."""
+    """A plugin that hangs (ignoring SIGTERM) and three quick ones, submitted together once
+    the bridge has seen that the plugin's jobs are quick: one task of four on the only
+    thread, the hanging one running, the others waiting in it."""
     (hang,) = make_inputs(tmp_path / "hang", 1, mode="hang")
     quick = make_inputs(tmp_path / "ok", 3)
     cluster = on_dask()
     with control(cluster) as ctl:
+        seen = ctl.submit(fixture_plugin, [str(f) for f in make_inputs(tmp_path / "seen", 2)],
+                          sink=f"parquet://{tmp_path / 'seen-out'}")["job_ids"]
+        wait_final(settings, seen, 30, status="COMPLETED")
         ids = ctl.submit(fixture_plugin, [str(hang), *map(str, quick)],
                          sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
     job = wait_job(settings, ids[0], lambda j: j["status"] == "RUNNING" and j["host_pid"],

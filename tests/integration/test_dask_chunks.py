@@ -128,3 +128,25 @@ def test_150_files_in_chunks_give_the_local_executors_rows(
     assert sizes and max(sizes) > 1  # they did run in chunks
     assert rows_of(sink) == reference.rows  # the local executor's rows, lineage included
     wait_until(lambda: len(output_files(sink)) == 150, 5, message="one output file per job")
+
+
+def test_jobs_that_take_long_go_one_per_task(
+        on_dask: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    """0.3 s a job is more than a chunk's share of work (CHUNK_WORK): a chunk of them would
+    hold jobs on one thread that another could run."""
+    files = make_inputs(tmp_path / "in", 6, mode="slow")
+    for f in files:
+        f.write_text(f"mode=slow sleep=0.3\n{f.name}\n")
+    cluster = on_dask()
+    with control(cluster) as ctl:
+        (first,) = ctl.submit(fixture_plugin, str(files[0]),
+                              sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
+        wait_final(settings, [first], 30, status="COMPLETED")
+        ids = ctl.submit(fixture_plugin, [str(f) for f in files[1:]],
+                         sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
+        wait_final(settings, ids, 30, status="COMPLETED")
+    keys = task_keys(dask_cluster)
+    for job_id in ids:
+        assert f"casparian-{job_id}-1" in keys, keys  # one task each, none a chunk
+        assert not any(k.startswith(f"casparian-{job_id}-1-x") for k in keys), keys

@@ -146,6 +146,7 @@ class DaskBridge(ReceiptRelay):
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._ids = 0
+        self._id_prefix = f"b{os.getpid():x}-"
 
     # -- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -348,7 +349,7 @@ class DaskBridge(ReceiptRelay):
     def _send(self, seat: Seat, message: WireMessage) -> None:
         self._ids += 1
         try:
-            seat.sock.send_multipart(self.codec.encode(message, msg_id=f"b{os.getpid():x}-{self._ids:x}"))
+            seat.sock.send_multipart(self.codec.encode(message, msg_id=f"{self._id_prefix}{self._ids:x}"))
         except zmq.ZMQError as exc:
             log.warning("could not send %s for %s: %s", type(message).__name__,
                         seat.worker_id, exc)

@@ -7,7 +7,9 @@ skipped, ABORTED at once), and the outputs are the local executor's.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +23,14 @@ from casparian_nb.launcher import LocalCluster
 from tests.conftest import make_inputs, running, wait_until
 from tests.integration import test_dask_executor as base
 from tests.integration.test_dask_executor import DaskCluster, Reference, rows_of
-from tests.integration.test_sentinel import control, output_files, wait_final, wait_job
+from tests.integration.test_sentinel import (
+    FAST,
+    control,
+    jobs_by_id,
+    output_files,
+    wait_final,
+    wait_job,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -43,9 +52,10 @@ def _casparian_keys(dask_scheduler: Any) -> list[str]:
                    if str(entry[0]).startswith("casparian-")})
 
 
-def task_keys(cluster: DaskCluster) -> list[str]:
+def task_keys(cluster: DaskCluster | str) -> list[str]:
     """The keys of every casparian task the scheduler has seen (its transition log)."""
-    with distributed.Client(cluster.address, timeout="10s") as client:
+    address = cluster if isinstance(cluster, str) else cluster.address
+    with distributed.Client(address, timeout="10s") as client:
         keys: list[str] = client.run_on_scheduler(_casparian_keys)
     return keys
 
@@ -150,3 +160,47 @@ def test_jobs_that_take_long_go_one_per_task(
     for job_id in ids:
         assert f"casparian-{job_id}-1" in keys, keys  # one task each, none a chunk
         assert not any(k.startswith(f"casparian-{job_id}-1-x") for k in keys), keys
+
+
+def test_a_dask_worker_killed_mid_chunk_every_job_promoted_exactly_once(
+        cluster_factory: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path) -> None:
+    """``dask scheduler`` + two ``dask worker --nthreads 2``; jobs of 0.05 s go a few to a
+    task (CHUNK_WORK 0.2 s); one worker is SIGKILLed while it runs chunks: every attempt of
+    its chunks, run or not, is re-queued and every job promoted once."""
+    dask = base._cli_cluster(tmp_path / "dask-kill")
+    cluster: LocalCluster | None = None
+    try:
+        files = make_inputs(tmp_path / "in", 81, mode="slow")
+        for f in files:
+            f.write_text(f"mode=slow sleep=0.05\n{f.name}\n")
+        sink = tmp_path / "out"
+        cluster = cluster_factory(workers=0, slots=None, executor="dask",
+                                  scheduler=dask.address, **FAST)
+        pids = dask.worker_pids()
+        with control(cluster) as ctl:
+            (seen,) = ctl.submit(fixture_plugin, str(files[0]),
+                                 sink=f"parquet://{sink}")["job_ids"]
+            wait_final(settings, [seen], 30, status="COMPLETED")
+            ids = ctl.submit(fixture_plugin, [str(f) for f in files[1:]],
+                             sink=f"parquet://{sink}")["job_ids"]
+            victim_addr, victim = sorted(pids.items())[0]
+            victim_id = "dask-" + victim_addr.split("://")[1].replace(":", "-")
+
+            def victim_busy() -> bool:
+                return sum(1 for j in jobs_by_id(settings, ids).values()
+                           if j["status"] == "RUNNING" and j["worker_id"] == victim_id
+                           and j["host_pid"]) >= 2
+
+            wait_until(victim_busy, 30, message="jobs running on the victim worker")
+            assert any(re.search(r"-x\d+$", k) for k in task_keys(dask.address))  # chunks
+            os.kill(victim, signal.SIGKILL)
+            rows = wait_final(settings, ids, 60, status="COMPLETED")
+        assert [r for r in rows.values() if r["attempt"] > 1], "no job was re-run"
+        owners = [pq.read_table(p).column("_cf_job_id").to_pylist()[0]
+                  for p in output_files(sink)]
+        assert sorted(owners) == sorted(str(i) for i in [seen, *ids])  # each job once
+    finally:
+        if cluster is not None:  # the bridge leaves before its cluster does
+            cluster.stop()
+        base._stop(dask.procs)

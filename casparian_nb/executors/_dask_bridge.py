@@ -24,6 +24,7 @@ lost worker (a new attempt, so a late result of the old one is discarded: promot
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -125,8 +126,10 @@ class DaskBridge(ReceiptRelay):
         #: Whether what waits in ``_unsubmitted`` waits to fill a chunk (the loop then need
         #: not wake every SUBMIT_DELAY: only a receipt or a dispatch changes its mind).
         self._filling = False
-        #: Plugin path -> how long its attempts take (seconds, a moving average).
+        #: Plugin path -> how long its attempts take (seconds; see ``_took``), and the last
+        #: few it was taken from.
         self._job_time: dict[str, float] = {}
+        self._job_times: dict[str, collections.deque[float]] = {}
         #: Attempts no worker has the resources for, and the resource sets said so in the log.
         self._held: list[tuple[Seat, str, Flight]] = []
         self._said_waiting: set[tuple[tuple[str, float], ...]] = set()

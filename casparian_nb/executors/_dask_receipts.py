@@ -12,6 +12,7 @@ result is the list of its receipts.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -46,6 +47,7 @@ class ReceiptRelay:
         _answered: list[Any]
         _chunks_at: dict[str, set[Chunk]]
         _job_time: dict[str, float]
+        _job_times: dict[str, collections.deque[float]]
         _ctx: zmq.Context[zmq.Socket[bytes]]
         _wake_ep: str
         _wake_tx: zmq.Socket[bytes] | None
@@ -175,11 +177,17 @@ class ReceiptRelay:
                 self._answered.append(chunk.future)
                 self._chunks_at.get(chunk.address, set()).discard(chunk)
         if receipt.status == ReceiptStatus.SUCCESS and receipt.duration_ms is not None:
-            path, took = flight.dispatch.job.plugin_path, receipt.duration_ms / 1000
-            before = self._job_time.get(path)
-            self._job_time[path] = took if before is None else 0.8 * before + 0.2 * took
+            self._took(flight.dispatch.job.plugin_path, receipt.duration_ms / 1000)
         self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
                                                  worker_id=seat.worker_id))
+
+
+    def _took(self, plugin_path: str, seconds: float) -> None:
+        """What the plugin's attempts take: the lower median of its last 8 (a host's first
+        job, which imports the plugin, is not the typical one)."""
+        last = self._job_times.setdefault(plugin_path, collections.deque(maxlen=8))
+        last.append(seconds)
+        self._job_time[plugin_path] = sorted(last)[(len(last) - 1) // 2]
 
 
 def _release(futures: list[Any]) -> None:

@@ -178,7 +178,7 @@ def test_a_dask_worker_killed_mid_chunk_every_job_promoted_exactly_once(
     dask = base._cli_cluster(tmp_path / "dask-kill")
     cluster: LocalCluster | None = None
     try:
-        files = make_inputs(tmp_path / "in", 81, mode="slow")
+        files = make_inputs(tmp_path / "in", 88, mode="slow")
         for f in files:
             f.write_text(f"mode=slow sleep=0.05\n{f.name}\n")
         sink = tmp_path / "out"
@@ -186,10 +186,11 @@ def test_a_dask_worker_killed_mid_chunk_every_job_promoted_exactly_once(
                                   scheduler=dask.address, **FAST)
         pids = dask.worker_pids()
         with control(cluster) as ctl:
-            (seen,) = ctl.submit(fixture_plugin, str(files[0]),
-                                 sink=f"parquet://{sink}")["job_ids"]
-            wait_final(settings, [seen], 30, status="COMPLETED")
-            ids = ctl.submit(fixture_plugin, [str(f) for f in files[1:]],
+            # First the bridge learns what the plugin's jobs take (on warm hosts).
+            seen = ctl.submit(fixture_plugin, [str(f) for f in files[:8]],
+                              sink=f"parquet://{sink}")["job_ids"]
+            wait_final(settings, seen, 30, status="COMPLETED")
+            ids = ctl.submit(fixture_plugin, [str(f) for f in files[8:]],
                              sink=f"parquet://{sink}")["job_ids"]
             victim_addr, victim = sorted(pids.items())[0]
             victim_id = "dask-" + victim_addr.split("://")[1].replace(":", "-")
@@ -206,7 +207,7 @@ def test_a_dask_worker_killed_mid_chunk_every_job_promoted_exactly_once(
         assert [r for r in rows.values() if r["attempt"] > 1], "no job was re-run"
         owners = [pq.read_table(p).column("_cf_job_id").to_pylist()[0]
                   for p in output_files(sink)]
-        assert sorted(owners) == sorted(str(i) for i in [seen, *ids])  # each job once
+        assert sorted(owners) == sorted(str(i) for i in [*seen, *ids])  # each job once
     finally:
         if cluster is not None:  # the bridge leaves before its cluster does
             cluster.stop()

@@ -418,10 +418,9 @@ class DaskBridge(ReceiptRelay):
 
         Where the worker has threads without a chunk, everything goes at once, in at least
         as many chunks as there are such threads (no thread idles while a chunk has two
-        attempts waiting). Where every thread has a chunk, full chunks go (``CHUNK_SIZE``,
-        fewer for plugins whose jobs take long: ``CHUNK_WORK``);
-        the rest waits here for more dispatches until a thread is free or the worker has no
-        more than two attempts per thread left: it would only wait in the worker's queue.
+        attempts waiting). Where every thread has a chunk, only full chunks go; the rest
+        waits here for more dispatches until a thread is free or the worker has no more than
+        two attempts per thread left: it would only wait in the worker's queue.
         """
         pending, self._unsubmitted = self._unsubmitted, []
         groups: dict[tuple[str, str, tuple[tuple[str, float], ...]],
@@ -453,6 +452,8 @@ class DaskBridge(ReceiptRelay):
         self._filling = bool(self._unsubmitted)
 
     def _chunk_size(self, items: list[tuple[Seat, str, Flight]]) -> int:
+        """How many of ``items`` make a full chunk: ``CHUNK_SIZE``, fewer when their plugins'
+        jobs take long (``CHUNK_WORK``), 1 for a plugin whose jobs were not timed yet."""
         longest = max(self._job_time.get(f.dispatch.job.plugin_path, CHUNK_WORK)
                       for _, _, f in items)
         return max(1, min(CHUNK_SIZE, int(CHUNK_WORK / max(longest, 1e-4))))

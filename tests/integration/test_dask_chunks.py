@@ -2,7 +2,10 @@
 ``distributed.LocalCluster(processes=True)`` with one worker of one thread, so that the
 attempts dispatched together share one task: a cancel reaches the one attempt it names
 (running: its host is killed and the rest of the chunk runs on; waiting for its turn:
-skipped, ABORTED at once), and the outputs are the local executor's.
+skipped, ABORTED at once), the outputs are the local executor's, long jobs go one per
+task, receipts that were not pushed come from the chunk's result; and, on a real ``dask
+scheduler`` with two ``dask worker``, a worker killed mid-chunk loses no job and
+duplicates none.
 """
 
 from __future__ import annotations
@@ -212,3 +215,40 @@ def test_a_dask_worker_killed_mid_chunk_every_job_promoted_exactly_once(
         if cluster is not None:  # the bridge leaves before its cluster does
             cluster.stop()
         base._stop(dask.procs)
+
+
+def _unsubscribe_all(topic: str, dask_scheduler: Any) -> int:
+    """On the scheduler: drop every client's subscription to ``topic`` (the bridge's), so
+    the tasks' receipt events reach nobody."""
+    topics = dask_scheduler._broker._topics
+    subscribers = list(topics[topic].subscribers) if topic in topics else []
+    for client in subscribers:
+        dask_scheduler.unsubscribe_topic(topic, client)
+    return len(subscribers)
+
+
+def test_receipts_that_are_not_pushed_come_from_the_chunks_results(
+        on_dask: Callable[..., LocalCluster], settings: Settings, fixture_plugin: Path,
+        tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    """The fallback: with the bridge's subscription gone, no receipt arrives as an event;
+    the bridge fetches each chunk's list of receipts (``gather``) once the task is done."""
+    import hashlib
+
+    files = make_inputs(tmp_path / "in", 12)
+    since = time.time()
+    cluster = on_dask()
+    topic = "casparian-" + hashlib.sha256(str(cluster.settings.home).encode()).hexdigest()[:10]
+    with control(cluster) as ctl:
+        seen = ctl.submit(fixture_plugin, [str(f) for f in files[:2]],
+                          sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
+        wait_final(settings, seen, 30, status="COMPLETED")
+        with distributed.Client(dask_cluster.address, timeout="10s") as client:
+            assert client.run_on_scheduler(_unsubscribe_all, topic) == 1
+        ids = ctl.submit(fixture_plugin, [str(f) for f in files[2:]],
+                         sink=f"parquet://{tmp_path / 'out'}")["job_ids"]
+        rows = wait_final(settings, ids, 30, status="COMPLETED")
+    assert all(r["host_pid"] for r in rows.values())
+    assert any(re.search(r"-x\d+$", k) for k in task_keys(dask_cluster, since))
+    owners = sorted(pq.read_table(p).column("_cf_job_id")[0].as_py()
+                    for p in output_files(tmp_path / "out"))
+    assert owners == sorted(str(i) for i in [*seen, *ids])

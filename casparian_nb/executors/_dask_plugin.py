@@ -156,6 +156,7 @@ class HostPoolPlugin(WorkerPlugin):
             self._queued.update(attempts)
 
     def done(self, chunk: str) -> None:
+        """The task ``chunk`` ended (an abort for one of its attempts now comes too late)."""
         with self._lock:
             self._chunks.discard(chunk)
 

@@ -10,7 +10,7 @@ most ``CHUNK_SIZE`` that run one after another on a worker thread (the scheduler
 worker spend about 1 ms per task, however short the job), key
 ``casparian-<first job_id>-<its attempt>-x<count>`` (``casparian-<job_id>-<attempt>`` for
 one), pinned to the seat's worker (``workers=[addr]``, no stealing) — or, when that worker
-lacks the job's ``resources``, to one that has them. See :meth:`DaskBridge._submit_pending`
+lacks the job's ``resources``, to one that has them. See :mod:`._dask_chunks`
 for when a chunk is cut. The warm host pools live on the workers (:mod:`._dask_plugin`); each
 attempt of a chunk pushes its own Receipt, and ``JobStarted``, as Dask events
 (``log_event``), which the bridge forwards to the sentinel on the seat as they come;
@@ -69,19 +69,10 @@ from ..protocol import (
 from ..sinks.staging import attempt_root
 from ..worker.pool import aborted
 from . import _dask_plugin as remote
+from ._dask_chunks import ChunkSubmitter
 from ._dask_names import BRIDGE_FILE, require_distributed
 from ._dask_receipts import ReceiptRelay
-from ._dask_seats import (
-    CHUNK_SIZE,
-    CHUNK_WORK,
-    Chunk,
-    Flight,
-    Seat,
-    chunk_key,
-    probe_storage,
-    seat_id,
-    split,
-)
+from ._dask_seats import Chunk, Flight, Seat, probe_storage, seat_id
 
 __all__ = ["DaskBridge", "main"]
 
@@ -98,7 +89,7 @@ _hostjob = msgspec.json.Encoder()
 _receipt_out = msgspec.json.Encoder()
 
 
-class DaskBridge(ReceiptRelay):
+class DaskBridge(ReceiptRelay, ChunkSubmitter):
     """Serves the sentinel of ``settings.home`` with the workers of ``client``'s cluster."""
 
     def __init__(self, settings: Settings, client: Any, *, info: ConnectionInfo | None = None) -> None:
@@ -408,72 +399,6 @@ class DaskBridge(ReceiptRelay):
         if not self._unsubmitted:
             self._unsubmitted_since = time.monotonic()
         self._unsubmitted.append((seat, job_id, flight))
-
-    def _submit_pending(self) -> None:
-        """Submit, in chunks, the attempts dispatched since the last call: one
-        ``client.map`` per seat, worker and resource set (one graph update for the
-        scheduler, however many tasks), each task with its deterministic key, pinned to one
-        worker (no stealing: the bridge knows where each attempt runs, for its abort and for
-        the loss of its worker).
-
-        Where the worker has threads without a chunk, everything goes at once, in at least
-        as many chunks as there are such threads (no thread idles while a chunk has two
-        attempts waiting). Where every thread has a chunk, only full chunks go; the rest
-        waits here for more dispatches until a thread is free or the worker has no more than
-        two attempts per thread left: it would only wait in the worker's queue.
-        """
-        pending, self._unsubmitted = self._unsubmitted, []
-        groups: dict[tuple[str, str, tuple[tuple[str, float], ...]],
-                     list[tuple[Seat, str, Flight]]] = {}
-        for item in pending:
-            seat, job_id, flight = item
-            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
-                continue
-            needs = flight.dispatch.job.resources
-            flight.address = self._place(seat, needs)
-            if flight.address is None:
-                self._hold(item)
-                continue
-            key = (seat.address, flight.address, tuple(sorted((needs or {}).items())))
-            groups.setdefault(key, []).append(item)
-        for (_seat, address, wanted), items in groups.items():
-            busy = self._chunks_at.setdefault(address, set())
-            threads = self.seats[address].nthreads if address in self.seats else 1
-            free, left = threads - len(busy), sum(c.left for c in busy)
-            size = self._chunk_size(items)
-            if free > 0 or left <= 2 * threads:
-                runs = split(items, max(min(free, len(items)), -(-len(items) // size)))
-            else:
-                full = len(items) // size * size
-                runs = [items[i:i + size] for i in range(0, full, size)]
-                self._unsubmitted += items[full:]
-            if runs:
-                self._submit_chunks(address, dict(wanted) or None, runs)
-        self._filling = bool(self._unsubmitted)
-
-    def _chunk_size(self, items: list[tuple[Seat, str, Flight]]) -> int:
-        """How many of ``items`` make a full chunk: ``CHUNK_SIZE``, fewer when their plugins'
-        jobs take long (``CHUNK_WORK``), 1 for a plugin whose jobs were not timed yet."""
-        longest = max(self._job_time.get(f.dispatch.job.plugin_path, CHUNK_WORK)
-                      for _, _, f in items)
-        return max(1, min(CHUNK_SIZE, int(CHUNK_WORK / max(longest, 1e-4))))
-
-    def _submit_chunks(self, address: str, resources: dict[str, float] | None,
-                       runs: list[list[tuple[Seat, str, Flight]]]) -> None:
-        """One task per run of attempts, all in one ``client.map``."""
-        keys = [chunk_key(run[0][1], int(run[0][2].dispatch.attempt), len(run)) for run in runs]
-        futures = self.client.map(
-            remote.run_chunk, [self.name] * len(runs), keys,
-            [[f.payload for _, _, f in run] for run in runs],
-            [[f.dispatch.timeout_s or None for _, _, f in run] for run in runs], key=keys,
-            workers=[address], allow_other_workers=False, pure=False, retries=0,
-            resources=resources)
-        busy = self._chunks_at.setdefault(address, set())
-        for run, future in zip(runs, futures, strict=True):
-            chunk = Chunk(future, address, len(run))
-            busy.add(chunk)
-            for index, (_seat, _job_id, flight) in enumerate(run):
-                flight.chunk, flight.index, flight.payload = chunk, index, b""
 
     def _place(self, seat: Seat, needs: dict[str, float] | None) -> str | None:
         """The worker an attempt runs on: its seat's, unless that one lacks the attempt's

@@ -4,13 +4,17 @@ Each Dask worker becomes a *seat*: one DEALER to the sentinel's worker socket, i
 with ``Identify(slots=nthreads, prefetch=PREFETCH_FACTOR x nthreads)`` (at most 64), so the
 sentinel's capacity-based dispatch keeps a bounded number of attempts in flight per Dask
 worker (a 100k-job queue stays in the state DB, not in the Dask scheduler), and ``casparian
-jobs``, the queue widget and the timeline show Dask workers as workers. A ``Dispatch``
-becomes one task, key ``casparian-<job_id>-<attempt>``, pinned to the seat's worker
-(``workers=[addr]``, no stealing) — or, when that worker lacks the job's ``resources``, to
-one that has them. Dispatches are submitted in batches (one ``client.map`` per worker). The
-warm host pools live on the workers (:mod:`._dask_plugin`); the task pushes its Receipt, and
-``JobStarted``, as Dask events (``log_event``), which the bridge forwards to the sentinel on
-the seat as they come; ``gather`` is only the fallback for a receipt that did not come.
+jobs``, the queue widget and the timeline show Dask workers as workers. Dispatches go to Dask
+in *chunks*: the attempts of one seat with the same ``resources`` are packed into tasks of at
+most ``CHUNK_SIZE`` that run one after another on a worker thread (the scheduler and the
+worker spend about 1 ms per task, however short the job), key
+``casparian-<first job_id>-<its attempt>-x<count>`` (``casparian-<job_id>-<attempt>`` for
+one), pinned to the seat's worker (``workers=[addr]``, no stealing) — or, when that worker
+lacks the job's ``resources``, to one that has them. See :mod:`._dask_chunks`
+for when a chunk is cut. The warm host pools live on the workers (:mod:`._dask_plugin`); each
+attempt of a chunk pushes its own Receipt, and ``JobStarted``, as Dask events
+(``log_event``), which the bridge forwards to the sentinel on the seat as they come;
+``gather`` of the chunk's result is only the fallback for a receipt that did not come.
 
 Workers joining and leaving are followed by polling the scheduler (``SYNC_INTERVAL``): a new
 worker is probed (it must see the home's staging directory) and seated; a worker that left
@@ -20,6 +24,7 @@ lost worker (a new attempt, so a late result of the old one is discarded: promot
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -64,9 +69,10 @@ from ..protocol import (
 from ..sinks.staging import attempt_root
 from ..worker.pool import aborted
 from . import _dask_plugin as remote
+from ._dask_chunks import ChunkSubmitter
 from ._dask_names import BRIDGE_FILE, require_distributed
 from ._dask_receipts import ReceiptRelay
-from ._dask_seats import Flight, Seat, probe_storage, seat_id
+from ._dask_seats import Chunk, Flight, Seat, probe_storage, seat_id
 
 __all__ = ["DaskBridge", "main"]
 
@@ -83,7 +89,7 @@ _hostjob = msgspec.json.Encoder()
 _receipt_out = msgspec.json.Encoder()
 
 
-class DaskBridge(ReceiptRelay):
+class DaskBridge(ReceiptRelay, ChunkSubmitter):
     """Serves the sentinel of ``settings.home`` with the workers of ``client``'s cluster."""
 
     def __init__(self, settings: Settings, client: Any, *, info: ConnectionInfo | None = None) -> None:
@@ -106,6 +112,15 @@ class DaskBridge(ReceiptRelay):
         self._unsubmitted: list[tuple[Seat, str, Flight]] = []
         self._unsubmitted_since = 0.0
         self._answered: list[Any] = []
+        #: The chunks submitted to each worker (address) with attempts still unanswered.
+        self._chunks_at: dict[str, set[Chunk]] = {}
+        #: Whether what waits in ``_unsubmitted`` waits to fill a chunk (the loop then need
+        #: not wake every SUBMIT_DELAY: only a receipt or a dispatch changes its mind).
+        self._filling = False
+        #: Plugin path -> how long its attempts take (seconds; see ``_took``), and the last
+        #: few it was taken from.
+        self._job_time: dict[str, float] = {}
+        self._job_times: dict[str, collections.deque[float]] = {}
         #: Attempts no worker has the resources for, and the resource sets said so in the log.
         self._held: list[tuple[Seat, str, Flight]] = []
         self._said_waiting: set[tuple[tuple[str, float], ...]] = set()
@@ -125,6 +140,7 @@ class DaskBridge(ReceiptRelay):
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._ids = 0
+        self._id_prefix = f"b{os.getpid():x}-"
 
     # -- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -165,9 +181,11 @@ class DaskBridge(ReceiptRelay):
         except Exception as exc:  # the cluster may be gone already
             log.info("could not remove the worker plugin: %s", exc)
         for seat in list(self.seats.values()):
+            futures = {id(f.future): f.future for f in seat.running.values()
+                       if f.future is not None}  # None: dispatched, never submitted
+            if futures:
+                self.client.cancel(list(futures.values()), force=True)
             for job_id, flight in list(seat.running.items()):
-                if flight.future is not None:  # None: dispatched, never submitted
-                    self.client.cancel(flight.future, force=True)
                 self._send(seat, Receipt(job_id=job_id, attempt=flight.dispatch.attempt,
                                          status=ReceiptStatus.ABORTED, reason="shutdown",
                                          cause=AbortCause.SHUTDOWN, worker_id=seat.worker_id))
@@ -209,12 +227,14 @@ class DaskBridge(ReceiptRelay):
             seat = self.seats[address]
             log.warning("Dask worker %s left the cluster; its %d attempt(s) go back to the "
                         "queue", address, len(seat.running))
-            futures = [f.future for f in seat.running.values() if f.future is not None]
+            futures = {id(f.future): f.future for f in seat.running.values()
+                       if f.future is not None}
             if futures:
-                self.client.cancel(futures, force=True)
+                self.client.cancel(list(futures.values()), force=True)
             self._drop_seat(seat, Goodbye(worker_id=seat.worker_id, lost=True,
                                           reason=f"Dask worker {address} left the cluster"))
             self._lost_elsewhere(address)
+            self._chunks_at.pop(address, None)
         new = [a for a in workers if a not in self.seats and a not in self._refused]
         for address in self.check_shared_storage(new, strict=False):
             w = workers[address]
@@ -258,6 +278,9 @@ class DaskBridge(ReceiptRelay):
         log.info("Dask worker %s (%d threads) joined as %s", address, seat.nthreads, wid)
 
     def _drop_seat(self, seat: Seat, goodbye: Goodbye) -> None:
+        for flight in seat.running.values():  # a chunk holds the attempts of one seat only
+            if flight.chunk is not None:
+                self._chunks_at.get(flight.chunk.address, set()).discard(flight.chunk)
         self._send(seat, goodbye)
         self.seats.pop(seat.address, None)
         self._by_sock.pop(seat.sock, None)
@@ -276,7 +299,8 @@ class DaskBridge(ReceiptRelay):
                 for sock in polled:
                     poller.register(sock, zmq.POLLIN)
             # Dispatches wait up to SUBMIT_DELAY to go to Dask together (see _submit_pending).
-            ready = dict(poller.poll(int(SUBMIT_DELAY * 1000) if self._unsubmitted else 50))
+            ready = dict(poller.poll(int(SUBMIT_DELAY * 1000)
+                                     if self._unsubmitted and not self._filling else 50))
             if self._wake_rx in ready:
                 while True:
                     try:
@@ -295,10 +319,10 @@ class DaskBridge(ReceiptRelay):
                     except zmq.Again:
                         break
                     self._handle(seat, frames)
+            self._send_events()  # first: the receipts free the threads _submit_pending counts
             if self._unsubmitted and (time.monotonic() - self._unsubmitted_since >= SUBMIT_DELAY
                                       or len(self._unsubmitted) >= SUBMIT_BATCH):
                 self._submit_pending()
-            self._send_events()
             self._send_results()
             self._release_answered()
             now = time.monotonic()
@@ -319,7 +343,7 @@ class DaskBridge(ReceiptRelay):
     def _send(self, seat: Seat, message: WireMessage) -> None:
         self._ids += 1
         try:
-            seat.sock.send_multipart(self.codec.encode(message, msg_id=f"b{os.getpid():x}-{self._ids:x}"))
+            seat.sock.send_multipart(self.codec.encode(message, msg_id=f"{self._id_prefix}{self._ids:x}"))
         except zmq.ZMQError as exc:
             log.warning("could not send %s for %s: %s", type(message).__name__,
                         seat.worker_id, exc)
@@ -370,40 +394,11 @@ class DaskBridge(ReceiptRelay):
         payload = _hostjob.encode(HostJob(job=dispatch.job, attempt=attempt,
                                           staging_root=staging, log_root=self._log_root,
                                           redact_log=self.settings.tape_redact))
-        flight = Flight(dispatch, None, payload)
+        flight = Flight(dispatch, payload)
         seat.running[job_id] = flight
         if not self._unsubmitted:
             self._unsubmitted_since = time.monotonic()
         self._unsubmitted.append((seat, job_id, flight))
-
-    def _submit_pending(self) -> None:
-        """Submit the attempts dispatched since the last call: one ``client.map`` per worker
-        and resource set (one graph update for the scheduler, however many attempts), each
-        with its deterministic key, pinned to one worker (no stealing: the bridge knows
-        where each attempt runs, for its abort and for the loss of its worker)."""
-        pending, self._unsubmitted = self._unsubmitted, []
-        groups: dict[tuple[str, tuple[tuple[str, float], ...]],
-                     list[tuple[Seat, str, Flight]]] = {}
-        for item in pending:
-            seat, job_id, flight = item
-            if seat.address not in self.seats or seat.running.get(job_id) is not flight:
-                continue
-            needs = flight.dispatch.job.resources
-            flight.address = self._place(seat, needs)
-            if flight.address is None:
-                self._hold(item)
-                continue
-            key = (flight.address, tuple(sorted((needs or {}).items())))
-            groups.setdefault(key, []).append(item)
-        for (address, wanted), items in groups.items():
-            futures = self.client.map(
-                remote.run_attempt, [self.name] * len(items), [f.payload for _, _, f in items],
-                [f.dispatch.timeout_s or None for _, _, f in items],
-                key=[f"casparian-{job_id}-{f.dispatch.attempt}" for _, job_id, f in items],
-                workers=[address], allow_other_workers=False, pure=False, retries=0,
-                resources=dict(wanted) or None)
-            for (_seat, _job_id, flight), future in zip(items, futures, strict=True):
-                flight.future, flight.payload = future, b""
 
     def _place(self, seat: Seat, needs: dict[str, float] | None) -> str | None:
         """The worker an attempt runs on: its seat's, unless that one lacks the attempt's
@@ -441,27 +436,29 @@ class DaskBridge(ReceiptRelay):
                                 self.settings.trust, self._trusted)
 
     def _on_abort(self, seat: Seat, abort: Abort) -> None:
-        self._submit_pending()  # the attempt may be among them: it then has its future
         flight = seat.running.get(abort.job_id)
         if flight is None:
             log.info("abort for job %s which is not running here", abort.job_id)
             return
-        if flight.future is None:  # held for resources: it never reached a worker
+        if flight.future is None:  # waiting for its chunk, or for resources: on no worker
             self._held = [h for h in self._held if h[2] is not flight]
+            self._unsubmitted = [h for h in self._unsubmitted if h[2] is not flight]
             receipt = aborted(abort.job_id, abort.reason, cause=abort.cause)
             self._deliver(seat, abort.job_id, flight, _receipt_out.encode(receipt))
             return
         self._rpc.submit(self._abort_rpc, seat, abort, flight)
 
     def _abort_rpc(self, seat: Seat, abort: Abort, flight: Flight) -> None:
-        """Kill the attempt's host on its worker. Once the worker says it killed it (the host
-        is reaped by then: nothing more gets staged), the ABORTED receipt goes out at once,
-        without waiting for the task's own answer to come back through the scheduler."""
+        """Kill the attempt's host on its worker, or have its chunk skip it. Once the worker
+        says so (a killed host is reaped by then: nothing more gets staged), the ABORTED
+        receipt goes out at once, without waiting for the task's own answer to come back
+        through the scheduler; the rest of the chunk runs on."""
         address = flight.address or seat.address
         try:
             killed = self.client.run(remote.abort_on_worker, self.name, abort.job_id,
                                      int(flight.dispatch.attempt), abort.reason,
-                                     str(abort.cause), workers=[address],
+                                     str(abort.cause), str(flight.future.key),
+                                     workers=[address],
                                      on_error="return")
         except Exception as exc:  # the worker is going away: its loss re-queues or aborts
             log.warning("abort of job %s on %s failed: %s", abort.job_id, address, exc)

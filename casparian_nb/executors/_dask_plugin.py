@@ -1,5 +1,6 @@
-"""What runs on each Dask worker: a warm :class:`HostPool`, the task that runs one attempt on
-it, and the two calls the bridge makes there (abort, storage probe).
+"""What runs on each Dask worker: a warm :class:`HostPool`, the task that runs a *chunk* of
+attempts on it (one after another on one worker thread), and the two calls the bridge makes
+there (abort, storage probe).
 
 The pool lives in a ``WorkerPlugin`` (one per Dask worker, one host per worker thread), so a
 plugin runs in a killable child process, never in the Dask worker itself: a crashing plugin
@@ -8,8 +9,10 @@ costs a host, not the worker, and a cancel is a kill (SIGTERM, a short grace, SI
 Cancel travels as ``Client.run(abort_on_worker, ..., workers=[addr])``: a direct RPC from the
 bridge to the one worker that runs the attempt, answered by the worker's event loop even while
 every worker thread is busy in a plugin — no scheduler round trip, no topic to poll, and the
-kill is done (the host reaped) when the call returns. An abort that arrives before the task
-took a host is parked, keyed by job and attempt, and honoured the moment it does.
+kill is done (the host reaped) when the call returns. An abort for an attempt still waiting
+in a running chunk is answered at once (the chunk skips it); one that arrives before its
+chunk started here is parked, keyed by job and attempt, and honoured the moment the chunk
+reaches it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from distributed import WorkerPlugin, get_worker
 from ..protocol import AbortCause, ErrorInfo, ErrorKind, HostJob, Receipt, ReceiptStatus
 from ..worker.pool import HostPool, aborted
 
-__all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write", "run_attempt"]
+__all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write", "run_chunk"]
 
 #: How long a job runs before the bridge is told it started (see ``StartedNotices``).
 STARTED_DELAY = 0.05
@@ -99,10 +102,12 @@ class HostPoolPlugin(WorkerPlugin):
         self.notices: StartedNotices | None = None
         self._lock = threading.Lock()
         self._parked: dict[tuple[str, int], tuple[str, AbortCause]] = {}
+        self._queued: set[tuple[str, int]] = set()
+        self._chunks: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # the pool and the lock stay where they live
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("pool", "notices", "_lock", "_parked")}
+                if k not in ("pool", "notices", "_lock", "_parked", "_queued", "_chunks")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -110,6 +115,8 @@ class HostPoolPlugin(WorkerPlugin):
         self.notices = None
         self._lock = threading.Lock()
         self._parked = {}
+        self._queued = set()
+        self._chunks = set()
 
     def setup(self, worker: Any) -> None:
         port = str(worker.address).rsplit(":", 1)[-1]
@@ -126,14 +133,38 @@ class HostPoolPlugin(WorkerPlugin):
         if self.pool is not None:
             self.pool.close()
 
-    def abort(self, job_id: str, attempt: int, reason: str, cause: AbortCause) -> bool:
-        """Kill the host running the attempt (True), or park the abort for it (False)."""
+    def abort(self, job_id: str, attempt: int, reason: str, cause: AbortCause,
+              chunk: str, unstarted: bool) -> bool:
+        """Kill the host running the attempt, or see that its chunk will skip it (True: it
+        stages nothing more); else park the abort (False: it is about to take a host and is
+        killed when it does, or its task has not reached this worker yet). ``unstarted``:
+        Dask says the task ``chunk`` waits here for a thread."""
         assert self.pool is not None
         with self._lock:
             if self.pool.cancel(job_id, reason, cause=cause):
                 return True
             self._parked[(job_id, attempt)] = (reason, cause)
-            return False
+            if (job_id, attempt) in self._queued:
+                self._queued.discard((job_id, attempt))
+                return True
+            return unstarted and chunk not in self._chunks
+
+    def queue(self, chunk: str, attempts: list[tuple[str, int]]) -> None:
+        """The task ``chunk`` started: its attempts wait here for their turn."""
+        with self._lock:
+            self._chunks.add(chunk)
+            self._queued.update(attempts)
+
+    def done(self, chunk: str) -> None:
+        """The task ``chunk`` ended (an abort for one of its attempts now comes too late)."""
+        with self._lock:
+            self._chunks.discard(chunk)
+
+    def begin(self, job_id: str, attempt: int) -> tuple[str, AbortCause] | None:
+        """The attempt's turn in its chunk: the abort parked for it, if any."""
+        with self._lock:
+            self._queued.discard((job_id, attempt))
+            return self._parked.pop((job_id, attempt), None)
 
     def take_abort(self, job_id: str, attempt: int) -> tuple[str, AbortCause] | None:
         with self._lock:
@@ -146,27 +177,52 @@ def _plugin(name: str) -> HostPoolPlugin:
     return plugin
 
 
-def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
-    """The Dask task of one attempt: run it on a warm host; the Receipt, JSON-encoded,
-    also sent as an event on the topic ``name``.
+def run_chunk(name: str, key: str, payloads: list[bytes],
+              timeouts: list[float | None]) -> list[bytes]:
+    """The Dask task of a chunk: its attempts one after another on this worker's warm
+    hosts; their Receipts, JSON-encoded, in order. Each receipt is also sent as an event on
+    the topic ``name`` the moment its attempt ends, so the bridge forwards it then, not when
+    the chunk ends.
 
-    Always returns a receipt (a failure of ours is a transient FAILED), so the task itself
-    never errs and Dask never retries it behind the sentinel's back.
+    Always returns a receipt per attempt (a failure of ours is a transient FAILED), so the
+    task itself never errs and Dask never retries it behind the sentinel's back. ``key`` is
+    the task's own key (for aborts: see :meth:`HostPoolPlugin.abort`).
     """
     plugin = _plugin(name)
-    job = _hostjob.decode(payload)
-    job_id, attempt = job.job.job_id, int(job.attempt)
     worker = get_worker()
+    jobs = [_hostjob.decode(p) for p in payloads]
+    keys = [(job.job.job_id, int(job.attempt)) for job in jobs]
+    plugin.queue(key, keys)
+    out: list[bytes] = []
+    try:
+        for job, timeout in zip(jobs, timeouts, strict=True):
+            raw = _run_one(plugin, job, timeout)
+            # Pushed to the bridge at once (the worker's batched stream to the scheduler,
+            # which forwards it to the subscribed client): no gather round trip per receipt.
+            # The task's result holds the same receipt, fetched only if this went astray.
+            worker.log_event(name, {"job_id": job.job.job_id, "attempt": int(job.attempt),
+                                    "receipt": raw.decode()})
+            out.append(raw)
+    finally:
+        for job_id, attempt in keys[len(out):]:  # only if the loop itself broke
+            plugin.begin(job_id, attempt)
+        plugin.done(key)
+    return out
+
+
+def _run_one(plugin: HostPoolPlugin, job: HostJob, timeout: float | None) -> bytes:
+    """One attempt of a chunk on a warm host (or skipped: aborted before its turn)."""
+    job_id, attempt = job.job.job_id, int(job.attempt)
     notices = plugin.notices
 
     def started(pid: int) -> None:
         parked = plugin.take_abort(job_id, attempt)
-        if parked is not None and plugin.pool is not None:  # aborted while it waited for a host
+        if parked is not None and plugin.pool is not None:  # aborted while it took a host
             plugin.pool.cancel(job_id, parked[0], cause=parked[1])
         if notices is not None:
             notices.started(job_id, attempt, pid)
 
-    parked = plugin.take_abort(job_id, attempt)
+    parked = plugin.begin(job_id, attempt)
     try:
         if parked is not None:
             res = aborted(job_id, parked[0], cause=parked[1])
@@ -180,21 +236,24 @@ def run_attempt(name: str, payload: bytes, timeout: float | None) -> bytes:
     if notices is not None:
         notices.finished(job_id, attempt)
     plugin.take_abort(job_id, attempt)
-    raw = _receipt.encode(res)
-    # Pushed to the bridge at once (the worker's batched stream to the scheduler, which
-    # forwards it to the subscribed client): no gather round trip per receipt. The return
-    # value is the same receipt, fetched only if this event went astray.
-    worker.log_event(name, {"job_id": job_id, "attempt": attempt, "receipt": raw.decode()})
-    return raw
+    return _receipt.encode(res)
+
+
+#: The states of a Dask worker's task that has not started to run (run on its event loop,
+#: which also starts tasks: the state cannot change under us).
+_UNSTARTED = frozenset({"waiting", "ready", "constrained", "fetch", "flight"})
 
 
 def abort_on_worker(name: str, job_id: str, attempt: int, reason: str, cause: str,
-                    dask_worker: Any = None) -> bool:
-    """``Client.run`` target: kill the attempt's host here (True) or park the abort."""
+                    chunk: str, dask_worker: Any = None) -> bool:
+    """``Client.run`` target: kill the attempt's host here, or see that its task ``chunk``
+    will skip it (True); else park the abort."""
     plugin = dask_worker.plugins.get(name) if dask_worker is not None else None
     if not isinstance(plugin, HostPoolPlugin):
         return False
-    return plugin.abort(job_id, attempt, reason, AbortCause(cause))
+    task = dask_worker.state.tasks.get(chunk)
+    return plugin.abort(job_id, attempt, reason, AbortCause(cause), chunk,
+                        task is not None and task.state in _UNSTARTED)
 
 
 def probe_write(directory: str, token: str, dask_worker: Any = None) -> str:

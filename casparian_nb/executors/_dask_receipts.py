@@ -1,16 +1,18 @@
 """How the dask bridge gets receipts back from its tasks (a mixin of
 :class:`~casparian_nb.executors._dask_bridge.DaskBridge`).
 
-The task pushes its Receipt (and ``JobStarted``) as a Dask event on the bridge's topic: the
+Each attempt of a task (a chunk) pushes its Receipt (and ``JobStarted``) as a Dask event on the bridge's topic: the
 worker's batched stream to the scheduler, which forwards it to the bridge's
 ``subscribe_topic`` handler on the client's thread. The handler queues it and wakes the loop
 (once per burst); the loop forwards it to the sentinel on the attempt's seat. No ``gather``
 round trip per receipt and no done callback per task: only a task found done without its
-receipt (a scan every ``SYNC_INTERVAL``) is fetched, by the fetcher thread.
+receipt (a scan every ``SYNC_INTERVAL``) is fetched, by the fetcher thread: the chunk's
+result is the list of its receipts.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -20,7 +22,7 @@ import msgspec
 import zmq
 
 from ..protocol import ErrorInfo, ErrorKind, JobStarted, Receipt, ReceiptStatus, WireMessage
-from ._dask_seats import Flight, Seat
+from ._dask_seats import Chunk, Flight, Seat
 
 __all__ = ["RECEIPT_GRACE", "ReceiptRelay"]
 
@@ -43,6 +45,9 @@ class ReceiptRelay:
         _done: queue.Queue[list[tuple[Seat, str, Flight]] | None]
         _fetched: queue.Queue[tuple[Seat, str, Flight, Any]]
         _answered: list[Any]
+        _chunks_at: dict[str, set[Chunk]]
+        _job_time: dict[str, float]
+        _job_times: dict[str, collections.deque[float]]
         _ctx: zmq.Context[zmq.Socket[bytes]]
         _wake_ep: str
         _wake_tx: zmq.Socket[bytes] | None
@@ -136,7 +141,10 @@ class ReceiptRelay:
                 except Exception as exc:
                     log.error("could not fetch %d result(s): %s", len(finished), exc)
             for seat, job_id, flight in batch:
-                self._fetched.put((seat, job_id, flight, values.get(flight.future.key)))
+                result = values.get(flight.future.key)
+                raw = result[flight.index] if isinstance(result, list) \
+                    and flight.index < len(result) else None
+                self._fetched.put((seat, job_id, flight, raw))
             self._wake()
 
     def _send_results(self) -> None:
@@ -162,10 +170,24 @@ class ReceiptRelay:
                               error=ErrorInfo(ename=type(err).__name__ if err else "DaskError",
                                               evalue=str(err or f"task {status}"),
                                               kind=ErrorKind.TRANSIENT))
-        if flight.future is not None:  # its result is no longer needed on its worker
-            self._answered.append(flight.future)
+        chunk = flight.chunk
+        if chunk is not None:
+            chunk.left -= 1
+            if chunk.left == 0:  # its result is no longer needed on its worker
+                self._answered.append(chunk.future)
+                self._chunks_at.get(chunk.address, set()).discard(chunk)
+        if receipt.status == ReceiptStatus.SUCCESS and receipt.duration_ms is not None:
+            self._took(flight.dispatch.job.plugin_path, receipt.duration_ms / 1000)
         self._send(seat, msgspec.structs.replace(receipt, attempt=flight.dispatch.attempt,
                                                  worker_id=seat.worker_id))
+
+
+    def _took(self, plugin_path: str, seconds: float) -> None:
+        """What the plugin's attempts take: the lower median of its last 8 (a host's first
+        job, which imports the plugin, is not the typical one)."""
+        last = self._job_times.setdefault(plugin_path, collections.deque(maxlen=8))
+        last.append(seconds)
+        self._job_time[plugin_path] = sorted(last)[(len(last) - 1) // 2]
 
 
 def _release(futures: list[Any]) -> None:

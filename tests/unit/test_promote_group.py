@@ -22,6 +22,19 @@ def _jobs(tmp_path: Path, n: int, uri: str) -> list:
             for i in range(n)]
 
 
+def _place_fails_once(monkeypatch: pytest.MonkeyPatch, at_call: int) -> None:
+    """``_journal.place`` raises a passing OSError on its ``at_call``-th call only."""
+    real, calls = journal_mod.place, []
+
+    def flaky(tmp: Path, dst: Path) -> None:
+        calls.append(dst)
+        if len(calls) == at_call:
+            raise OSError("disk hiccup")
+        real(tmp, dst)
+
+    monkeypatch.setattr(journal_mod, "place", flaky)
+
+
 def _journals_written(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     written: list[dict] = []
     real = promote_mod.write_json_atomic
@@ -72,15 +85,7 @@ def test_a_group_rolled_back_is_retried_job_by_job(tmp_path, monkeypatch):
     then promoted on its own, so a passing fault costs nothing."""
     uri = sink_for(tmp_path, "parquet")
     jobs = _jobs(tmp_path, 3, uri)
-    real, calls = journal_mod.place, []
-
-    def flaky(tmp: Path, dst: Path) -> None:
-        calls.append(dst)
-        if len(calls) == 1:
-            raise OSError("disk hiccup")
-        real(tmp, dst)
-
-    monkeypatch.setattr(journal_mod, "place", flaky)
+    _place_fails_once(monkeypatch, 1)
     results = promote_group(jobs)
     assert not any(isinstance(r, Exception) for r in results)
     assert job_rows(uri, "orders") == {"j0": 2, "j1": 2, "j2": 2}
@@ -90,15 +95,7 @@ def test_a_group_rolled_back_is_retried_job_by_job(tmp_path, monkeypatch):
 def test_a_group_cut_short_after_its_first_final_is_rolled_forward(tmp_path, monkeypatch):
     uri = sink_for(tmp_path, "parquet")
     jobs = _jobs(tmp_path, 3, uri)
-    real, calls = journal_mod.place, []
-
-    def flaky(tmp: Path, dst: Path) -> None:
-        calls.append(dst)
-        if len(calls) == 3:
-            raise OSError("disk hiccup")
-        real(tmp, dst)
-
-    monkeypatch.setattr(journal_mod, "place", flaky)
+    _place_fails_once(monkeypatch, 3)
     results = promote_group(jobs)
     assert not any(isinstance(r, Exception) for r in results)
     assert job_rows(uri, "orders") == {"j0": 2, "j1": 2, "j2": 2}

@@ -194,20 +194,20 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         out: dict[int, FileResult] = {}
         todo: list[tuple[int, sinks.StagedJob]] = []
         for i, (attempt, res) in enumerate(group):
-            done = ended(attempt, res)
             if res.status == ReceiptStatus.ABORTED:
-                out[i] = done(JobStatus.ABORTED, error=res.reason or "aborted")
+                out[i] = ended(attempt, res)(JobStatus.ABORTED, error=res.reason or "aborted")
             elif res.status != ReceiptStatus.SUCCESS:
                 if stop is None and res.error and res.error.phase == "load":
                     ename, evalue = res.error.ename, res.error.evalue
                     stop = PluginError(evalue if ename == "PluginError" else f"{ename}: {evalue}")
-                out[i] = done(JobStatus.FAILED, error=_one_line(res.error, "failed"),
-                              traceback=(res.error.traceback or None) if res.error else None)
+                out[i] = ended(attempt, res)(
+                    JobStatus.FAILED, error=_one_line(res.error, "failed"),
+                    traceback=(res.error.traceback or None) if res.error else None)
             else:
                 staged = sinks.StagedJob.from_dict(res.staged or {})
                 if stop is not None:
                     sinks.discard(staged)
-                    out[i] = done(JobStatus.ABORTED, error=f"run stopped: {stop}")
+                    out[i] = ended(attempt, res)(JobStatus.ABORTED, error=f"run stopped: {stop}")
                 else:
                     todo.append((i, staged))
         # Hosts staged without fsync (sync_staging=False): the staged files become durable

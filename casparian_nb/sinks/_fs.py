@@ -129,5 +129,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
     """Remove a directory tree; a missing tree is not an error."""
+    try:
+        os.rmdir(path)  # the usual case, a promoted job's emptied staging dir: one call
+        return
+    except FileNotFoundError:
+        return
+    except OSError:  # not empty (or not a directory): the whole walk
+        pass
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)

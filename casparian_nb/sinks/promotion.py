@@ -42,10 +42,10 @@ from typing import Any
 
 from ..errors import SinkError, SinkModeError
 from . import _journal
-from ._fs import read_json, remove_tree, write_json_atomic
-from ._journal import final_path, finish, move_to_tmp, other_run_files, output_of, resume, rollback
+from ._fs import fsync_dir, read_json, remove_tree, write_json_atomic
+from ._journal import finish, move_to_tmp, other_run_files, output_of, resume, rollback
 from .staging import JOURNAL, Artifact, StagedJob, sync_staged
-from .uri import SinkMode, SinkURI
+from .uri import SinkMode, SinkURI, output_filename
 
 __all__ = ["Artifact", "promote", "promote_group", "recover"]
 
@@ -90,8 +90,10 @@ def promote(
 
 
 def _artifacts(staged: StagedJob, sink: SinkURI) -> list[Artifact]:
+    sinkdir = str(sink.path)
     return [
-        Artifact(o.output, o.table, o.rows, f"file://{final_path(sink, o.output, staged.job_id)}")
+        Artifact(o.output, o.table, o.rows, "file://" + os.path.join(
+            sinkdir, output_filename(o.output, staged.job_id, sink.extension)))
         for o in staged.outputs
     ]
 
@@ -126,19 +128,23 @@ def _file_moves(
 ) -> tuple[list[dict[str, str]] | None, list[Path]]:
     """The checks before a file sink promotion, and its moves (None: already promoted) and
     the other runs' files that ``mode=replace`` deletes."""
-    plan = [(Path(o.path), final_path(sink, o.output, staged.job_id)) for o in staged.outputs]
+    # Plain strings, not Paths: a committer runs this for every job it promotes.
+    sinkdir = str(sink.path)
+    plan = [(o.path, os.path.join(sinkdir, output_filename(o.output, staged.job_id,
+                                                           sink.extension)))
+            for o in staged.outputs]
     if not plan:
         return [], []
     taken = [dst for _, dst in plan if os.path.lexists(dst)]
     if taken:
-        if len(taken) == len(plan) and not any(src.exists() for src, _ in plan):
+        if len(taken) == len(plan) and not any(os.path.exists(src) for src, _ in plan):
             return None, []  # promoted earlier and its staging already cleaned up
         raise SinkError(
             f"job {staged.job_id!r}: {taken[0]} already exists; outputs are never overwritten "
             "(F0) — was this job id promoted before?"
         )
     for src, _ in plan:
-        if not src.is_file():
+        if not os.path.isfile(src):
             raise SinkError(f"job {staged.job_id!r}: staged file {src} is missing")
 
     # Append never looks at what other runs wrote: scanning the sink dir would make every
@@ -151,11 +157,13 @@ def _file_moves(
             f"output {name!r} already has data in {sink}; mode=error refuses to add to it — "
             "use mode=append or replace"
         )
-    moves = [
-        {"src": str(src), "tmp": str(dst.with_name(f".{dst.name}.cf-tmp")), "dst": str(dst)}
-        for src, dst in plan
-    ]
+    moves = [{"src": src, "tmp": _tmp_name(dst), "dst": dst} for src, dst in plan]
     return moves, (others if mode is SinkMode.REPLACE else [])
+
+
+def _tmp_name(dst: str) -> str:
+    head, name = os.path.split(dst)
+    return os.path.join(head, f".{name}.cf-tmp")
 
 
 def _move_and_place(journal: Path, state: dict[str, Any], what: str, where: str) -> None:
@@ -193,7 +201,15 @@ def _move_and_place(journal: Path, state: dict[str, Any], what: str, where: str)
                 f"{what}: promotion into {where} failed and was rolled back: {exc}"
             ) from exc
         raise
-    finish(journal, state)
+    if state.get("delete"):
+        finish(journal, state)  # the deletions, and a durable "done" before the journal goes
+        return
+    # Every final was placed just now, by this process: nothing for finish() to look for.
+    # The sink directories become durable; a "done" journal would be removed with its
+    # staging directory right after, and if a power cut brings "started" back, recover()
+    # rolls forward over finals already in place, changing nothing.
+    for sinkdir in sorted({os.path.dirname(m["dst"]) for m in moves}):
+        fsync_dir(sinkdir)
 
 
 def promote_group(
@@ -287,7 +303,8 @@ def promote_group(
         results[i] = _artifacts(staged, sink)
         remove_tree(staged.staging_dir)
     results[grouped[0][0]] = _artifacts(first, grouped[0][2])
-    remove_tree(first.staging_dir)  # the journal's dir last: recovery starts from it
+    journal.unlink()  # the journal's dir last: recovery starts from it
+    remove_tree(first.staging_dir)
     return results
 
 

@@ -116,6 +116,25 @@ def parse_sink_uri(uri: str | SinkURI, *, base: str | os.PathLike[str] | None = 
         return uri
     if not isinstance(uri, str):
         raise SinkURIError(f"sink URI must be a string, got {type(uri).__name__}")
+    # A relative path means something else after a chdir or with another base, so both go
+    # into the cache key; "~" (whose meaning is $HOME's) is not cached at all.
+    base_text = None if base is None else os.fspath(base)
+    if "~" in uri or (base_text is not None and "~" in base_text):
+        return _parse_cached.__wrapped__(uri, base_text, _cwd())
+    return _parse_cached(uri, base_text, _cwd())
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # removed under us: only a relative path needs it (and then fails)
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def _parse_cached(uri: str, base: str | None, cwd: str) -> SinkURI:
+    """:func:`parse_sink_uri`, once per spelling: a committer parses the same canonical URI
+    for every job it promotes (issue 18; a SinkURI is immutable, so sharing one is safe)."""
     text = uri.strip()
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -134,7 +153,7 @@ def parse_sink_uri(uri: str | SinkURI, *, base: str | os.PathLike[str] | None = 
     table = _parse_query(uri, kind, query)
     path = Path(raw_path).expanduser()
     if not path.is_absolute():
-        path = Path(base).expanduser() / path if base is not None else Path.cwd() / path
+        path = Path(base).expanduser() / path if base is not None else Path(cwd or Path.cwd()) / path
     path = Path(os.path.normpath(os.path.abspath(path)))
     if kind == "duckdb" and raw_path.endswith("/"):
         raise SinkURIError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-import pandas as pd
 
 from ._app import EXIT_FAILED, EXIT_OK, App, recorded
 
@@ -43,6 +42,8 @@ def preview(app: App, plugin: str, file: str, rows: int, timeout: float | None,
 
 
 def _text(result: object, rows: int) -> str:
+    import pandas as pd  # here, not above: every CLI command (the sentinel's too) imports this
+
     from ..previews import Preview
 
     assert isinstance(result, Preview)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import queue
 import threading
 import time
@@ -183,10 +184,10 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
 
     def ended(attempt: HostJob, res: Receipt) -> Callable[..., FileResult]:
         job = attempt.job
-        log = job_log_path(attempt.log_root or "", job.job_id, attempt.attempt)
+        log = str(job_log_path(attempt.log_root or "", job.job_id, attempt.attempt))
         return functools.partial(FileResult, job.job_id, job.input_file,
                                  duration_ms=float(res.duration_ms or 0.0),
-                                 log_path=str(log) if log.exists() else None)
+                                 log_path=log if os.path.exists(log) else None)
 
     def commit(group: list[tuple[HostJob, Receipt]]) -> list[FileResult]:
         """The outcomes of a group of receipts, promoting the successful ones together."""

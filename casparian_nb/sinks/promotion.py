@@ -239,7 +239,7 @@ def promote_group(
             sinks_of = staged.by_sink()
             groupable = (mode is SinkMode.APPEND and len(sinks_of) == 1
                          and next(iter(sinks_of)).is_file_sink
-                         and not (Path(staged.staging_dir) / JOURNAL).exists())
+                         and not os.path.lexists(os.path.join(staged.staging_dir, JOURNAL)))
             if not groupable:
                 if sync and (len(sinks_of) > 1 or any(s.is_file_sink for s in sinks_of)):
                     sync_staged(staged)  # (a lone DuckDB load is durable by its commit)

@@ -391,9 +391,12 @@ class DaskBridge(ReceiptRelay, ChunkSubmitter):
                 attempt_root(self.settings.staging_dir, attempt))
         # The job's captured output goes beside the staging dir, on the storage both sides
         # see (checked at start), so ctl.logs reads it as for a local worker.
+        # Staged without a sync: the chunk syncs its attempts' files together before it
+        # reports them (run_chunk), on the machine that wrote them.
         payload = _hostjob.encode(HostJob(job=dispatch.job, attempt=attempt,
                                           staging_root=staging, log_root=self._log_root,
-                                          redact_log=self.settings.tape_redact))
+                                          redact_log=self.settings.tape_redact,
+                                          sync_staging=False))
         flight = Flight(dispatch, payload)
         seat.running[job_id] = flight
         if not self._unsubmitted:

@@ -17,6 +17,7 @@ reaches it.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import socket
@@ -29,6 +30,7 @@ import msgspec
 from distributed import WorkerPlugin, get_worker
 
 from ..protocol import AbortCause, ErrorInfo, ErrorKind, HostJob, Receipt, ReceiptStatus
+from ..sinks.staging import StagedJob, discard, make_durable
 from ..worker.pool import HostPool, aborted
 
 __all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write", "run_chunk"]
@@ -37,6 +39,8 @@ __all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write",
 STARTED_DELAY = 0.05
 _hostjob = msgspec.json.Decoder(HostJob)
 _receipt = msgspec.json.Encoder()
+#: How long a chunk's ended attempts may wait for the one sync that covers them (seconds).
+_SYNC_WAIT = 0.05
 
 
 class StartedNotices:
@@ -194,15 +198,32 @@ def run_chunk(name: str, key: str, payloads: list[bytes],
     keys = [(job.job.job_id, int(job.attempt)) for job in jobs]
     plugin.queue(key, keys)
     out: list[bytes] = []
-    try:
-        for job, timeout in zip(jobs, timeouts, strict=True):
-            raw = _run_one(plugin, job, timeout)
-            # Pushed to the bridge at once (the worker's batched stream to the scheduler,
-            # which forwards it to the subscribed client): no gather round trip per receipt.
+    # Attempts whose receipt waits for the sync that makes their staged files durable
+    # (hosts stage without one: HostJob.sync_staging is False), by index in ``out``.
+    unsynced: list[tuple[int, HostJob, StagedJob | None]] = []
+    oldest = 0.0
+
+    def report() -> None:
+        _make_durable(unsynced, out)
+        for i, job, _ in unsynced:
+            # Pushed to the bridge (the worker's batched stream to the scheduler, which
+            # forwards it to the subscribed client): no gather round trip per receipt.
             # The task's result holds the same receipt, fetched only if this went astray.
             worker.log_event(name, {"job_id": job.job.job_id, "attempt": int(job.attempt),
-                                    "receipt": raw.decode()})
+                                    "receipt": out[i].decode()})
+        unsynced.clear()
+
+    try:
+        for job, timeout in zip(jobs, timeouts, strict=True):
+            raw, staged = _run_one(plugin, job, timeout)
+            if not unsynced:
+                oldest = time.monotonic()
+            unsynced.append((len(out), job, staged))
             out.append(raw)
+            # One sync for the attempts that ended within _SYNC_WAIT of each other: small
+            # files share it; an attempt longer than that is synced and reported alone.
+            if len(out) == len(jobs) or time.monotonic() - oldest >= _SYNC_WAIT:
+                report()
     finally:
         for job_id, attempt in keys[len(out):]:  # only if the loop itself broke
             plugin.begin(job_id, attempt)
@@ -210,8 +231,33 @@ def run_chunk(name: str, key: str, payloads: list[bytes],
     return out
 
 
-def _run_one(plugin: HostPoolPlugin, job: HostJob, timeout: float | None) -> bytes:
-    """One attempt of a chunk on a warm host (or skipped: aborted before its turn)."""
+def _make_durable(unsynced: list[tuple[int, HostJob, StagedJob | None]],
+                  out: list[bytes]) -> None:
+    """Sync what ``unsynced`` staged, together; if that fails, their receipts become
+    transient failures (and their staging goes): nothing is reported staged that is not
+    on the disk."""
+    staged = [s for _, _, s in unsynced if s is not None]
+    if not staged:
+        return
+    try:
+        make_durable(*staged)
+    except OSError as exc:
+        for i, job, s in unsynced:
+            if s is None:
+                continue
+            with contextlib.suppress(Exception):
+                discard(s)
+            out[i] = _receipt.encode(Receipt(
+                job_id=job.job.job_id, status=ReceiptStatus.FAILED,
+                error=ErrorInfo(ename=type(exc).__name__,
+                                evalue=f"cannot sync staged outputs: {exc}",
+                                kind=ErrorKind.TRANSIENT)))
+
+
+def _run_one(plugin: HostPoolPlugin, job: HostJob,
+             timeout: float | None) -> tuple[bytes, StagedJob | None]:
+    """One attempt of a chunk on a warm host (or skipped: aborted before its turn): its
+    receipt, and what it staged when it succeeded."""
     job_id, attempt = job.job.job_id, int(job.attempt)
     notices = plugin.notices
 
@@ -236,7 +282,9 @@ def _run_one(plugin: HostPoolPlugin, job: HostJob, timeout: float | None) -> byt
     if notices is not None:
         notices.finished(job_id, attempt)
     plugin.take_abort(job_id, attempt)
-    return _receipt.encode(res)
+    staged = (StagedJob.from_dict(res.staged)
+              if res.status == ReceiptStatus.SUCCESS and res.staged else None)
+    return _receipt.encode(res), staged
 
 
 #: The states of a Dask worker's task that has not started to run (run on its event loop,

@@ -28,6 +28,7 @@ from .staging import (
     StagedOutput,
     discard,
     job_dirname,
+    make_durable,
     sync_staged,
 )
 from .uri import SinkMode, SinkURI, job_hash16, output_filename, parse_sink_uri
@@ -46,6 +47,7 @@ __all__ = [
     "discard",
     "job_dirname",
     "job_hash16",
+    "make_durable",
     "output_filename",
     "parse_sink_uri",
     "promote",

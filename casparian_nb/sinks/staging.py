@@ -29,7 +29,7 @@ from .routing import SinkRouting
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
 
 __all__ = ["ATTEMPT_PREFIX", "JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput",
-           "attempt_root", "discard", "job_dirname", "sync_staged"]
+           "attempt_root", "discard", "job_dirname", "make_durable", "sync_staged"]
 
 #: A worker stages attempt N of every job under ``<staging>/attempt-N/`` (:func:`attempt_root`).
 ATTEMPT_PREFIX = "attempt-"
@@ -396,6 +396,15 @@ class JobStager:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             self.discard()
+
+
+def make_durable(*staged: StagedJob) -> None:
+    """What ``close(sync=True)`` does for one job, for several jobs staged with
+    ``close(sync=False)`` at once: their files and directory entries reach the disk (on
+    Linux one ``syncfs`` per file system, however many jobs)."""
+    files = [out.path for job in staged for out in job.outputs]
+    if files:
+        sync_paths(files, {job.staging_dir for job in staged if job.outputs})
 
 
 def sync_staged(*staged: StagedJob, journal: str | Path | None = None) -> None:

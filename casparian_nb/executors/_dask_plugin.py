@@ -17,7 +17,6 @@ reaches it.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import os
 import socket
@@ -30,7 +29,8 @@ import msgspec
 from distributed import WorkerPlugin, get_worker
 
 from ..protocol import AbortCause, ErrorInfo, ErrorKind, HostJob, Receipt, ReceiptStatus
-from ..sinks.staging import StagedJob, discard, make_durable
+from ..sinks.staging import StagedJob, make_durable
+from ..worker._durable import staged_of, sync_failed
 from ..worker.pool import HostPool, aborted
 
 __all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write", "run_chunk"]
@@ -39,6 +39,7 @@ __all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write",
 STARTED_DELAY = 0.05
 _hostjob = msgspec.json.Decoder(HostJob)
 _receipt = msgspec.json.Encoder()
+_receipts = msgspec.json.Decoder(Receipt)
 #: How long a chunk's ended attempts may wait for the one sync that covers them (seconds).
 _SYNC_WAIT = 0.05
 
@@ -235,23 +236,16 @@ def _make_durable(unsynced: list[tuple[int, HostJob, StagedJob | None]],
                   out: list[bytes]) -> None:
     """Sync what ``unsynced`` staged, together; if that fails, their receipts become
     transient failures (and their staging goes): nothing is reported staged that is not
-    on the disk."""
+    on the disk (worker/_durable.py)."""
     staged = [s for _, _, s in unsynced if s is not None]
     if not staged:
         return
     try:
         make_durable(*staged)
     except OSError as exc:
-        for i, job, s in unsynced:
-            if s is None:
-                continue
-            with contextlib.suppress(Exception):
-                discard(s)
-            out[i] = _receipt.encode(Receipt(
-                job_id=job.job.job_id, status=ReceiptStatus.FAILED,
-                error=ErrorInfo(ename=type(exc).__name__,
-                                evalue=f"cannot sync staged outputs: {exc}",
-                                kind=ErrorKind.TRANSIENT)))
+        for i, _, s in unsynced:
+            if s is not None:
+                out[i] = _receipt.encode(sync_failed(_receipts.decode(out[i]), s, exc))
 
 
 def _run_one(plugin: HostPoolPlugin, job: HostJob,
@@ -282,9 +276,7 @@ def _run_one(plugin: HostPoolPlugin, job: HostJob,
     if notices is not None:
         notices.finished(job_id, attempt)
     plugin.take_abort(job_id, attempt)
-    staged = (StagedJob.from_dict(res.staged)
-              if res.status == ReceiptStatus.SUCCESS and res.staged else None)
-    return _receipt.encode(res), staged
+    return _receipt.encode(res), staged_of(res)
 
 
 #: The states of a Dask worker's task that has not started to run (run on its event loop,

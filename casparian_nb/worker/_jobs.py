@@ -37,6 +37,7 @@ from ..protocol import (
     WireMessage,
 )
 from ..sinks.staging import attempt_root
+from ._durable import StagingSyncer
 from .pool import HostPool, aborted
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class JobRunning:
         _ctx: zmq.Context[Any]
         _tls: threading.local
         _wake_ep: str
+        _syncer: StagingSyncer[Dispatch]
 
         def _send(self, message: WireMessage) -> None: ...
 
@@ -143,9 +145,11 @@ class JobRunning:
         # Each attempt stages in its own directory, so a straggler from a lost attempt can
         # never touch the files of the attempt that replaced it.
         staging = attempt_root(self.settings.staging_dir, dispatch.attempt)
+        # Staged without a sync: the staging syncer syncs it, with whatever else ended
+        # meanwhile, before the receipt goes (_durable.py).
         attempt = HostJob(job=dispatch.job, attempt=dispatch.attempt, staging_root=str(staging),
                           log_root=str(job_logs_root(self.settings.home)),
-                          redact_log=self.settings.tape_redact)
+                          redact_log=self.settings.tape_redact, sync_staging=False)
 
         def started(pid: int) -> None:
             abort = self._take_abort(job_id)
@@ -172,6 +176,12 @@ class JobRunning:
                 error=ErrorInfo(ename=type(exc).__name__, evalue=str(exc),
                                 kind=ErrorKind.TRANSIENT))  # fmt: skip
         self._take_abort(job_id)
+        # The receipt goes once what it staged is durable; this thread goes on meanwhile.
+        self._syncer.submit(dispatch, res)
+
+    def _deliver(self, dispatch: Dispatch, res: Receipt) -> None:
+        """Queue a finished job's receipt for the main thread (from the staging syncer)."""
+        self._take_abort(dispatch.job.job_id)  # one that came during the sync: too late
         self._results.put((dispatch, res))
         self._wake()
 

@@ -53,6 +53,7 @@ from ..protocol import (
     WireMessage,
     one_line,
 )
+from ._durable import StagingSyncer
 from ._jobs import JobRunning, Started
 from .pool import HostPool
 
@@ -107,6 +108,7 @@ class Worker(JobRunning):
         self._id_prefix = f"{os.getpid():x}-"
         self._ids = itertools.count(1)
         self._executor: ThreadPoolExecutor | None = None
+        self._syncer: StagingSyncer[Dispatch] = StagingSyncer(self._deliver)
 
     # -- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -286,6 +288,7 @@ class Worker(JobRunning):
         if self.pool is not None:
             self.pool.close()
         executor.shutdown(wait=True, cancel_futures=True)
+        self._syncer.close(timeout=30.0)  # the last receipts, once durable
         try:
             self._send_results()
             for job_id, dispatch in list(self._running.items()):  # never reached a job thread

@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,7 @@ import msgspec
 from distributed import WorkerPlugin, get_worker
 
 from ..protocol import AbortCause, ErrorInfo, ErrorKind, HostJob, Receipt, ReceiptStatus
-from ..sinks.staging import StagedJob, make_durable
-from ..worker._durable import staged_of, sync_failed
+from ..worker._durable import StagingSyncer
 from ..worker.pool import HostPool, aborted
 
 __all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write", "run_chunk"]
@@ -39,9 +39,8 @@ __all__ = ["HostPoolPlugin", "StartedNotices", "abort_on_worker", "probe_write",
 STARTED_DELAY = 0.05
 _hostjob = msgspec.json.Decoder(HostJob)
 _receipt = msgspec.json.Encoder()
-_receipts = msgspec.json.Decoder(Receipt)
-#: How long a chunk's ended attempts may wait for the one sync that covers them (seconds).
-_SYNC_WAIT = 0.05
+#: How long an ended attempt's receipt may wait for others to share its sync (seconds).
+_SYNC_LINGER = 0.02
 
 
 class StartedNotices:
@@ -105,6 +104,7 @@ class HostPoolPlugin(WorkerPlugin):
         self.log_max_bytes = log_max_bytes
         self.pool: HostPool | None = None
         self.notices: StartedNotices | None = None
+        self.syncer: StagingSyncer[Callable[[Receipt], None]] | None = None
         self._lock = threading.Lock()
         self._parked: dict[tuple[str, int], tuple[str, AbortCause]] = {}
         self._queued: set[tuple[str, int]] = set()
@@ -112,12 +112,14 @@ class HostPoolPlugin(WorkerPlugin):
 
     def __getstate__(self) -> dict[str, Any]:  # the pool and the lock stay where they live
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("pool", "notices", "_lock", "_parked", "_queued", "_chunks")}
+                if k not in ("pool", "notices", "syncer", "_lock", "_parked", "_queued",
+                             "_chunks")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.pool = None
         self.notices = None
+        self.syncer = None
         self._lock = threading.Lock()
         self._parked = {}
         self._queued = set()
@@ -131,12 +133,18 @@ class HostPoolPlugin(WorkerPlugin):
                              log_max_bytes=self.log_max_bytes,
                              name=f"host-dask-{port}")
         self.notices = StartedNotices(worker.log_event, self.name)
+        # One sync for the attempts that end within _SYNC_LINGER of each other, on all of
+        # this worker's threads (hosts stage without one: HostJob.sync_staging is False).
+        self.syncer = StagingSyncer(lambda deliver, receipt: deliver(receipt),
+                                    linger=_SYNC_LINGER, name="cf-dask-stage-sync")
 
     def teardown(self, worker: Any) -> None:
         if self.notices is not None:
             self.notices.close()
         if self.pool is not None:
             self.pool.close()
+        if self.syncer is not None:
+            self.syncer.close(timeout=30.0)
 
     def abort(self, job_id: str, attempt: int, reason: str, cause: AbortCause,
               chunk: str, unstarted: bool) -> bool:
@@ -199,32 +207,29 @@ def run_chunk(name: str, key: str, payloads: list[bytes],
     keys = [(job.job.job_id, int(job.attempt)) for job in jobs]
     plugin.queue(key, keys)
     out: list[bytes] = []
-    # Attempts whose receipt waits for the sync that makes their staged files durable
-    # (hosts stage without one: HostJob.sync_staging is False), by index in ``out``.
-    unsynced: list[tuple[int, HostJob, StagedJob | None]] = []
-    oldest = 0.0
+    reported = threading.Semaphore(0)
 
-    def report() -> None:
-        _make_durable(unsynced, out)
-        for i, job, _ in unsynced:
-            # Pushed to the bridge (the worker's batched stream to the scheduler, which
-            # forwards it to the subscribed client): no gather round trip per receipt.
-            # The task's result holds the same receipt, fetched only if this went astray.
-            worker.log_event(name, {"job_id": job.job.job_id, "attempt": int(job.attempt),
-                                    "receipt": out[i].decode()})
-        unsynced.clear()
+    def report(i: int, job: HostJob) -> Callable[[Receipt], None]:
+        def deliver(receipt: Receipt) -> None:  # once what the attempt staged is durable
+            try:
+                raw = out[i] = _receipt.encode(receipt)
+                # Pushed to the bridge (the worker's batched stream to the scheduler, which
+                # forwards it to the subscribed client): no gather round trip per receipt.
+                # The task's result holds the same receipt, fetched only if this went astray.
+                worker.log_event(name, {"job_id": job.job.job_id, "attempt": int(job.attempt),
+                                        "receipt": raw.decode()})
+            finally:
+                reported.release()
+        return deliver
 
+    assert plugin.syncer is not None
     try:
         for job, timeout in zip(jobs, timeouts, strict=True):
-            raw, staged = _run_one(plugin, job, timeout)
-            if not unsynced:
-                oldest = time.monotonic()
-            unsynced.append((len(out), job, staged))
-            out.append(raw)
-            # One sync for the attempts that ended within _SYNC_WAIT of each other: small
-            # files share it; an attempt longer than that is synced and reported alone.
-            if len(out) == len(jobs) or time.monotonic() - oldest >= _SYNC_WAIT:
-                report()
+            res = _run_one(plugin, job, timeout)
+            out.append(b"")
+            plugin.syncer.submit(report(len(out) - 1, job), res)
+        for _ in out:  # the task's result: every receipt, each once it was reported
+            reported.acquire()
     finally:
         for job_id, attempt in keys[len(out):]:  # only if the loop itself broke
             plugin.begin(job_id, attempt)
@@ -232,26 +237,8 @@ def run_chunk(name: str, key: str, payloads: list[bytes],
     return out
 
 
-def _make_durable(unsynced: list[tuple[int, HostJob, StagedJob | None]],
-                  out: list[bytes]) -> None:
-    """Sync what ``unsynced`` staged, together; if that fails, their receipts become
-    transient failures (and their staging goes): nothing is reported staged that is not
-    on the disk (worker/_durable.py)."""
-    staged = [s for _, _, s in unsynced if s is not None]
-    if not staged:
-        return
-    try:
-        make_durable(*staged)
-    except OSError as exc:
-        for i, _, s in unsynced:
-            if s is not None:
-                out[i] = _receipt.encode(sync_failed(_receipts.decode(out[i]), s, exc))
-
-
-def _run_one(plugin: HostPoolPlugin, job: HostJob,
-             timeout: float | None) -> tuple[bytes, StagedJob | None]:
-    """One attempt of a chunk on a warm host (or skipped: aborted before its turn): its
-    receipt, and what it staged when it succeeded."""
+def _run_one(plugin: HostPoolPlugin, job: HostJob, timeout: float | None) -> Receipt:
+    """One attempt of a chunk on a warm host (or skipped: aborted before its turn)."""
     job_id, attempt = job.job.job_id, int(job.attempt)
     notices = plugin.notices
 
@@ -276,7 +263,7 @@ def _run_one(plugin: HostPoolPlugin, job: HostJob,
     if notices is not None:
         notices.finished(job_id, attempt)
     plugin.take_abort(job_id, attempt)
-    return _receipt.encode(res), staged_of(res)
+    return res
 
 
 #: The states of a Dask worker's task that has not started to run (run on its event loop,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -35,7 +36,7 @@ def staged_of(receipt: Receipt) -> StagedJob | None:
     return staged if staged.outputs else None
 
 
-def sync_failed(receipt: Receipt, staged: StagedJob, exc: OSError) -> Receipt:
+def sync_failed(receipt: Receipt, staged: StagedJob, exc: Exception) -> Receipt:
     """The receipt of a job whose staged files could not be synced; its staging is gone."""
     log.error("job %s: cannot sync its staged outputs: %s", receipt.job_id, exc)
     with contextlib.suppress(Exception):
@@ -52,13 +53,16 @@ class StagingSyncer(Generic[K]):
     on (``deliver(key, receipt)``, from that thread).
 
     A job thread submits its receipt and goes on to its next job at once; the receipts that
-    queue while one sync runs share the next one, so the disk's cost per job shrinks as jobs
-    get shorter. A receipt with nothing staged is delivered at once, by the caller.
+    queue while one sync runs (and, with ``linger``, for that long before it) share the next
+    one, so the disk's cost per job shrinks as jobs get shorter. A receipt with nothing
+    staged is delivered at once, by the caller.
     """
 
-    def __init__(self, deliver: Callable[[K, Receipt], None], *,
+    def __init__(self, deliver: Callable[[K, Receipt], None], *, linger: float = 0.0,
                  name: str = "cf-stage-sync") -> None:
         self._deliver = deliver
+        #: How long a sync waits, after the first receipt that needs it, for others to join.
+        self._linger = linger
         self._name = name
         self._cond = threading.Condition()
         self._pending: list[tuple[K, Receipt, StagedJob]] = []
@@ -71,13 +75,16 @@ class StagingSyncer(Generic[K]):
             self._deliver(key, receipt)
             return
         with self._cond:
-            if self._closed:
-                raise RuntimeError("the staging syncer is closed")
-            self._pending.append((key, receipt, staged))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            closed = self._closed
+            if not closed:
+                self._pending.append((key, receipt, staged))
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self._name,
+                                                    daemon=True)
+                    self._thread.start()
+                self._cond.notify()
+        if closed:  # a straggler after close(): synced here, on its own
+            self._finish([(key, receipt, staged)])
 
     def close(self, timeout: float | None = None) -> None:
         """Sync and deliver what is pending, then stop the thread."""
@@ -95,14 +102,21 @@ class StagingSyncer(Generic[K]):
                     self._cond.wait()
                 if not self._pending:
                     return
+                if self._linger > 0 and not self._closed:
+                    until = time.monotonic() + self._linger
+                    while not self._closed and (left := until - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 batch, self._pending = self._pending, []
+            self._finish(batch)
+
+    def _finish(self, batch: list[tuple[K, Receipt, StagedJob]]) -> None:
+        try:
+            make_durable(*(staged for _, _, staged in batch))
+            done = [(key, receipt) for key, receipt, _ in batch]
+        except Exception as exc:  # whatever it is, the files may not be on the disk
+            done = [(key, sync_failed(receipt, staged, exc)) for key, receipt, staged in batch]
+        for key, receipt in done:
             try:
-                make_durable(*(staged for _, _, staged in batch))
-                done = [(key, receipt) for key, receipt, _ in batch]
-            except OSError as exc:
-                done = [(key, sync_failed(receipt, staged, exc)) for key, receipt, staged in batch]
-            for key, receipt in done:
-                try:
-                    self._deliver(key, receipt)
-                except Exception:  # one bad delivery must not strand the others
-                    log.exception("job %s: cannot hand its receipt on", receipt.job_id)
+                self._deliver(key, receipt)
+            except Exception:  # one bad delivery must not strand the others
+                log.exception("job %s: cannot hand its receipt on", receipt.job_id)

@@ -106,3 +106,43 @@ def test_a_failed_sync_fails_the_job_transiently_and_drops_its_staging(tmp_path,
     assert failed.error.evalue.startswith("cannot sync staged outputs:")
     assert failed.host_pid == 1234
     assert not staging.exists()
+
+
+def test_with_linger_receipts_that_end_close_together_share_one_sync(tmp_path, monkeypatch):
+    calls: list[list[str]] = []
+    real = _durable.make_durable
+
+    def recording(*jobs):
+        real(*jobs)
+        calls.append([j.job_id for j in jobs])
+
+    monkeypatch.setattr(_durable, "make_durable", recording)
+    got, _, deliver = _collect()
+    syncer = StagingSyncer(deliver, linger=0.5)
+    receipts = [_receipt(tmp_path, n) for n in range(4)]
+    for i, receipt in enumerate(receipts):  # well within the half second
+        syncer.submit(i, receipt)
+    deadline = time.monotonic() + 10
+    while len(got) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [[r.job_id for r in receipts]]
+    assert [got[i] for i in range(4)] == receipts
+    syncer.close(timeout=10)
+
+
+def test_a_receipt_submitted_after_close_is_synced_by_its_caller(tmp_path, monkeypatch):
+    synced_on: list[str] = []
+    real = _durable.make_durable
+
+    def recording(*jobs):
+        real(*jobs)
+        synced_on.append(threading.current_thread().name)
+
+    monkeypatch.setattr(_durable, "make_durable", recording)
+    got, _, deliver = _collect()
+    syncer = StagingSyncer(deliver)
+    syncer.close()
+    receipt = _receipt(tmp_path, 3)
+    syncer.submit(3, receipt)
+    assert got == {3: receipt}
+    assert synced_on == [threading.current_thread().name]

@@ -172,6 +172,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         for i, path in enumerate(files)
     ]
     run_job_ids = frozenset(j.job.job_id for j in jobs)
+    by_input = {str(path): decision for path, decision in decisions.items()}
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
     # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
     bar = progress if not isinstance(progress, bool | None) else (
@@ -226,7 +227,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                     stop = got
                 out[i] = done(JobStatus.FAILED, error=f"{type(got).__name__}: {got}")
                 continue
-            _, source_hash, keys = decisions[Path(attempt.job.input_file)]
+            _, source_hash, keys = by_input[attempt.job.input_file]
             records.append(LedgerRecord(keys, source_hash, spec.name, version, spec.source_hash,
                                         attempt.job.input_file, run_id))
             out[i] = done(JobStatus.COMPLETED, rows=dict(res.rows or {}),

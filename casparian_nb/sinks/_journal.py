@@ -52,7 +52,7 @@ def other_run_files(sink: SinkURI, outputs: set[str], run_ids: frozenset[str]) -
     return sorted(found)
 
 
-def move_to_tmp(src: Path, tmp: Path) -> None:
+def move_to_tmp(src: str | Path, tmp: str | Path) -> None:
     try:
         os.replace(src, tmp)
     except OSError as exc:
@@ -60,13 +60,13 @@ def move_to_tmp(src: Path, tmp: Path) -> None:
             raise
         # Staging and sink on different filesystems: copy under a second name first, so a
         # ".cf-tmp" file is always complete (recovery may promote it as it is).
-        part = tmp.with_name(tmp.name + "-part")
+        part = Path(f"{tmp}-part")
         shutil.copyfile(src, part)
         fsync_file(part)
         os.replace(part, tmp)
 
 
-def place(tmp: Path, dst: Path) -> None:
+def place(tmp: str | Path, dst: str | Path) -> None:
     """Give ``tmp`` its final name without ever replacing an existing ``dst`` (F0)."""
     try:
         os.link(tmp, dst)

@@ -175,10 +175,10 @@ def _move_and_place(journal: Path, state: dict[str, Any], what: str, where: str)
         # No fsync between the moves and the links: recovery finishes from any mix of
         # staged, ".cf-tmp" and final names the disk may hold after a power cut (the data
         # itself was made durable in staging, and the journal above before any move).
+        for m in moves:  # (plain strings: a committer runs this for every file it promotes)
+            move_to_tmp(m["src"], m["tmp"])
         for m in moves:
-            move_to_tmp(Path(m["src"]), Path(m["tmp"]))
-        for m in moves:
-            _journal.place(Path(m["tmp"]), Path(m["dst"]))  # via the module: tests patch it
+            _journal.place(m["tmp"], m["dst"])  # via the module: tests patch it
             placed += 1
     except BaseException as exc:
         if placed:

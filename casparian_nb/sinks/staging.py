@@ -9,7 +9,6 @@ committer. ``close()`` returns a :class:`StagedJob`, plain JSON that travels to 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,29 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
-import pyarrow.types as pat
 
 from ..errors import OutputNameError, SinkError
-from ..lineage import LINEAGE_COLUMNS
 from ._fs import fsync_dir, fsync_file, fsync_files, remove_tree, sync_paths
 from ._schema import conform
+from ._writer import FLUSH_ROWS, OutputWriter, schema_facts
 from .routing import SinkRouting
 from .uri import SinkURI, job_hash16, parse_sink_uri, valid_table_name
 
-__all__ = ["ATTEMPT_PREFIX", "JOURNAL", "Artifact", "JobStager", "StagedJob", "StagedOutput",
-           "attempt_root", "discard", "job_dirname", "make_durable", "sync_staged"]
+__all__ = ["ATTEMPT_PREFIX", "FLUSH_ROWS", "JOURNAL", "Artifact", "JobStager", "StagedJob",
+           "StagedOutput", "attempt_root", "discard", "job_dirname", "make_durable",
+           "sync_staged"]
 
 #: A worker stages attempt N of every job under ``<staging>/attempt-N/`` (:func:`attempt_root`).
 ATTEMPT_PREFIX = "attempt-"
 #: Promotion journal inside a job's staging dir; its presence means "promotion under way".
 JOURNAL = "PROMOTING.json"
-#: Small generator batches are coalesced up to this many rows per write, so a file made of
-#: thousands of tiny batches does not become thousands of tiny Parquet row groups.
-FLUSH_ROWS = 1 << 17
-#: Bytes buffered per open staged file before they are written out.
-_WRITE_BUFFER = 1 << 18
 _OUTPUT = re.compile(r"^[a-z][a-z0-9_]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -170,111 +162,6 @@ def attempt_root(staging: str | Path, attempt: int) -> Path:
     return Path(staging) / f"{ATTEMPT_PREFIX}{attempt}"
 
 
-def _stats_columns(schema: pa.Schema) -> list[str]:
-    """Parquet leaf columns that get min/max statistics: all but the string lineage ones.
-
-    Those three hold one value per file; their statistics cost ~10% of the whole write of a
-    1M-row table and buy no pruning a one-value dictionary page does not already give.
-    """
-    skip = {LINEAGE_COLUMNS[0], LINEAGE_COLUMNS[1], LINEAGE_COLUMNS[3]}
-    if not any(pat.is_nested(f.type) for f in schema):
-        return [n for n in schema.names if n not in skip]
-    # Nested columns have leaf paths such as "s.x" or "l.list.element": ask Parquet itself.
-    buf = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), buf)
-    meta = pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema
-    paths = [meta.column(i).path for i in range(len(meta))]
-    return [p for p in paths if p.split(".", 1)[0] not in skip]
-
-
-@dataclass(frozen=True)
-class _SchemaFacts:
-    """What staging derives from an output's schema, once per schema and host, not per job:
-    a host stages the same few schemas thousands of times (issue 18)."""
-
-    stats: list[str]
-    described: tuple[tuple[str, str], ...]
-
-
-_SCHEMA_FACTS: dict[pa.Schema, _SchemaFacts] = {}
-_SCHEMA_FACTS_MAX = 256
-
-
-def _schema_facts(schema: pa.Schema) -> _SchemaFacts:
-    facts = _SCHEMA_FACTS.get(schema)
-    if facts is None:
-        if len(_SCHEMA_FACTS) >= _SCHEMA_FACTS_MAX:
-            _SCHEMA_FACTS.clear()
-        facts = _SCHEMA_FACTS[schema] = _SchemaFacts(
-            _stats_columns(schema), tuple((f.name, str(f.type)) for f in schema))
-    return facts
-
-
-class _Writer:
-    """One open file for one output, with small-batch coalescing.
-
-    The file is opened here, not by path inside pyarrow (which resolves a filesystem for
-    every file it opens), and written through a buffer of its own: ~0.06 ms less per small
-    file (issue 18).
-    """
-
-    def __init__(self, output: str, table: str, path: str, kind: str, schema: pa.Schema) -> None:
-        self.output, self.table, self.path, self.schema = output, table, path, schema
-        self.sink: SinkURI | None = None  # set by JobStager._open
-        self.rows = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._file: pq.ParquetWriter | pacsv.CSVWriter
-        self._stream = pa.BufferedOutputStream(pa.OSFile(path, "wb"), _WRITE_BUFFER)
-        try:
-            if kind == "csv":
-                self._file = pacsv.CSVWriter(self._stream, schema)
-            else:
-                self._file = pq.ParquetWriter(self._stream, schema, compression="snappy",
-                                              write_statistics=_schema_facts(schema).stats)
-        except BaseException:
-            self._stream.close()
-            raise
-
-    def write(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self._pending_rows >= FLUSH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        batch = self._pending[0] if len(self._pending) == 1 else pa.concat_tables(self._pending)
-        self._pending, self._pending_rows = [], 0
-        try:
-            self._file.write_table(batch)
-        except (pa.ArrowException, OSError) as exc:
-            raise SinkError(
-                f"output {self.output!r}: cannot write {os.path.basename(self.path)}: {exc}"
-            ) from exc
-
-    def close(self) -> None:
-        self.flush()
-        try:
-            try:
-                self._file.close()  # the footer, into the buffer
-            finally:
-                self._stream.close()  # the buffer's last write
-        except (pa.ArrowException, OSError) as exc:
-            raise SinkError(
-                f"output {self.output!r}: cannot write {os.path.basename(self.path)}: {exc}"
-            ) from exc
-
-    def abandon(self) -> None:
-        """Close without caring whether the file is complete (the job is discarded)."""
-        with contextlib.suppress(Exception):
-            self._file.close()
-        with contextlib.suppress(Exception):
-            self._stream.close()
-
-
 class JobStager:
     """Streams one job's output batches into its private staging directory.
 
@@ -291,7 +178,7 @@ class JobStager:
         self.staging_dir = Path(staging_root).absolute() / job_dirname(job_id)
         self._dir = str(self.staging_dir)
         self._make_dir()
-        self._writers: dict[str, _Writer] = {}
+        self._writers: dict[str, OutputWriter] = {}
         self._closed: StagedJob | None = None
 
     def _make_dir(self) -> None:
@@ -328,7 +215,7 @@ class JobStager:
             )
         writer.write(conform(output, writer.schema, batch))
 
-    def _open(self, output: str, table_name: str, schema: pa.Schema) -> _Writer:
+    def _open(self, output: str, table_name: str, schema: pa.Schema) -> OutputWriter:
         if not _OUTPUT.match(output):
             raise OutputNameError(f"invalid output name {output!r}: expected [a-z][a-z0-9_]*")
         if not valid_table_name(table_name):
@@ -347,7 +234,7 @@ class JobStager:
         schema = schema.with_metadata(metadata or None)
         path = f"{self._dir}{os.sep}{output}.{sink.extension}"
         try:
-            writer = _Writer(output, table_name, path, sink.kind, schema)
+            writer = OutputWriter(output, table_name, path, sink.kind, schema)
         except (pa.ArrowException, OSError) as exc:
             raise SinkError(f"output {output!r}: cannot stage to {path}: {exc}") from exc
         writer.sink = sink
@@ -374,7 +261,7 @@ class JobStager:
                     table=w.table,
                     rows=w.rows,
                     path=w.path,
-                    schema=[list(pair) for pair in _schema_facts(w.schema).described],
+                    schema=[list(pair) for pair in schema_facts(w.schema).described],
                     sink="" if self.sink is not None else str(w.sink),
                 )
             )

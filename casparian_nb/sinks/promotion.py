@@ -303,7 +303,7 @@ def promote_group(
         results[i] = _artifacts(staged, sink)
         remove_tree(staged.staging_dir)
     results[grouped[0][0]] = _artifacts(first, grouped[0][2])
-    journal.unlink()  # the journal's dir last: recovery starts from it
+    journal.unlink(missing_ok=True)  # the journal's dir last: recovery starts from it
     remove_tree(first.staging_dir)
     return results
 

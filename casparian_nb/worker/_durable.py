@@ -4,9 +4,9 @@ A host stages without a sync (``HostJob.sync_staging=False``): an ``fsync`` of e
 of its directory per job is most of what a small job costs the disk, and one ``syncfs`` covers
 the files of every job that ended meanwhile (:func:`casparian_nb.sinks.make_durable`); the
 host goes on to its next job instead of waiting for the disk. The receipt of a job leaves
-only after its files are durable — the sentinel may adopt and promote
-a staged job after a power cut, so it must never record as staged what is not on the disk.
-If the sync fails, the job's staging is dropped and its receipt becomes a transient failure.
+only after its files are durable: the sentinel may adopt and promote a staged job after a
+power cut, so it must never record as staged what is not on the disk. If the sync fails,
+the job's staging is dropped and its receipt becomes a transient failure.
 """
 
 from __future__ import annotations

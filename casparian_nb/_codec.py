@@ -137,9 +137,7 @@ def _finite_float(text: str) -> float:
 
 
 def _too_deep(value: Any, limit: int) -> bool:
-    # Level by level, iterative: the point is to not recurse on hostile input. (JSON gives
-    # exact dicts and lists, so ``type() is`` suffices; it is several times cheaper than a
-    # generator of (node, depth) pairs on every message a sentinel reads.)
+    # Level by level, iterative: never recurse on hostile input (JSON gives exact dicts/lists).
     level = [value]
     for _ in range(limit):
         below = []

@@ -18,15 +18,16 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ..errors import StoreError
-from ..protocol import CompletionStatus, JobStatus, MaterializationStatus
+from ..protocol import CompletionStatus, JobStatus
 from . import schema
+from ._records import JOB_COLUMNS, Materialization, NewJob
 from ._transitions import JobTransitions, dumps
 from .reader import JobQueries
 from .schema import (
@@ -48,63 +49,8 @@ SKIPPED_REASON = "already materialized"
 STALE_REASON = "stale: materialized by this version with a different source"
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """A job to enqueue (one input file for one plugin). Field order matches ``_JOB_COLUMNS``."""
-
-    plugin_name: str
-    input_file: str
-    submission_id: str | None = None
-    plugin_id: int | None = None
-    parser_version: str | None = None
-    #: Hash of the plugin source.
-    parser_fingerprint: str | None = None
-    #: Hash of the input file's bytes.
-    source_hash: str | None = None
-    sink_uri: str | None = None
-    sink_mode: str | None = None
-    #: ``plan.plan_to_json(...)`` of the output plan computed at submit (shared by a batch).
-    plan_json: str | None = None
-    priority: int = 0
-    timeout_s: float | None = None
-    #: Not before this time (RFC 3339); None = as soon as possible.
-    scheduled_at: str | None = None
-    #: The submission's ``QuarantinePolicy`` as JSON (None: the plugin's own).
-    quarantine_json: str | None = None
-    #: What the job needs of a worker (``{"GPU": 1.0}``) as JSON; None: nothing.
-    resources_json: str | None = None
-
-
-_JOB_COLUMNS = (
-    "plugin_name", "input_file", "submission_id", "plugin_id", "parser_version",
-    "parser_fingerprint", "source_hash", "sink_uri", "sink_mode", "plan_json", "priority",
-    "timeout_s", "scheduled_at", "quarantine_json", "resources_json",
-)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Materialization:
-    """One successful (or explicitly empty) output of a job, keyed by ``plan`` keys (F4)."""
-
-    materialization_key: str
-    output_target_key: str
-    source_hash: str
-    plugin_name: str
-    parser_version: str | None
-    output_name: str
-    table_name: str | None
-    sink_uri: str | None
-    sink_mode: str | None
-    schema_hash: str | None
-    status: MaterializationStatus
-    rows: int
-    job_id: int | None
-    #: sha256 of the plugin source that made it (F15: same version, other source = stale).
-    parser_fingerprint: str | None = None
-
-
 # attrgetter builds the parameter tuples ~5x faster than dataclasses.astuple (100k jobs).
-_JOB_VALUES = attrgetter(*_JOB_COLUMNS)
+_JOB_VALUES = attrgetter(*JOB_COLUMNS)
 #: Statuses from which a job may be dead-lettered.
 _DEAD_LETTERABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED})
 _MAT_VALUES = attrgetter(*(f.name for f in fields(Materialization)))
@@ -294,7 +240,7 @@ class StateStore(JobTransitions, JobQueries):
     def _insert(self, jobs: Sequence[NewJob], extra: Mapping[str, Any]) -> list[int]:
         if not jobs:
             return []
-        columns = (*_JOB_COLUMNS, *extra)
+        columns = (*JOB_COLUMNS, *extra)
         sql = (
             f"INSERT INTO cf_processing_queue ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' * len(columns))})"

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
@@ -19,6 +18,8 @@ from urllib.parse import quote
 
 from ..errors import SchemaVersionError, StoreError
 from ..protocol import STORED_JOB_STATUSES, CompletionStatus, JobStatus, MaterializationStatus
+from ._clock import check_iso, iso_from_epoch, now_iso, stamp
+from ._migrations import ATTEMPTS_DDL, MIGRATIONS, Migration
 
 __all__ = [
     "COMPLETION_STATUSES",
@@ -49,97 +50,6 @@ JOB_STATUSES: Final[tuple[JobStatus, ...]] = STORED_JOB_STATUSES
 COMPLETION_STATUSES: Final[tuple[CompletionStatus, ...]] = tuple(CompletionStatus)
 #: ``cf_output_materializations.status`` (lower case, as in the original).
 MATERIALIZATION_STATUSES: Final[tuple[MaterializationStatus, ...]] = tuple(MaterializationStatus)
-
-#: A migration upgrades an open connection from version ``v`` to ``v + 1``. It runs inside the
-#: writer's transaction, so it must not COMMIT; it must never drop user data.
-Migration = Callable[[sqlite3.Connection], None]
-
-
-
-def _add_host_kills(conn: sqlite3.Connection) -> None:
-    """1 -> 2: how often a job's plugin host was killed by a signal (its own retry budget)."""
-    conn.execute("ALTER TABLE cf_processing_queue"
-                 " ADD COLUMN host_kills INTEGER NOT NULL DEFAULT 0")
-
-
-_ATTEMPTS_DDL = """
-CREATE TABLE cf_job_attempts (
-    job_id          INTEGER NOT NULL REFERENCES cf_processing_queue (id) ON DELETE CASCADE,
-    attempt         INTEGER NOT NULL,
-    status          TEXT NOT NULL,
-    error_message   TEXT,
-    error_kind      TEXT,
-    traceback       TEXT,
-    worker_id       TEXT,
-    host_pid        INTEGER,
-    claimed_at      TEXT,
-    started_at      TEXT,
-    ended_at        TEXT,
-    reason          TEXT,
-    PRIMARY KEY (job_id, attempt)
-)"""
-
-
-def _add_retries(conn: sqlite3.Connection) -> None:
-    """2 -> 3 (retry, dead letters, staleness): the history of a job's earlier attempts
-    (``cf_job_attempts``), how often its user retried it (``manual_retries``), whether it
-    is dead-lettered (``dead_letter``: the reason, backfilled from ``cf_dead_letter``) and
-    which plugin source made each materialization (``parser_fingerprint``, from its job)."""
-    conn.execute(_ATTEMPTS_DDL)
-    conn.execute("ALTER TABLE cf_processing_queue"
-                 " ADD COLUMN manual_retries INTEGER NOT NULL DEFAULT 0")
-    conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN dead_letter TEXT")
-    conn.execute("UPDATE cf_processing_queue SET dead_letter = (SELECT d.reason FROM"
-                 " cf_dead_letter AS d WHERE d.original_job_id = cf_processing_queue.id)"
-                 " WHERE id IN (SELECT original_job_id FROM cf_dead_letter)")
-    conn.execute("ALTER TABLE cf_output_materializations ADD COLUMN parser_fingerprint TEXT")
-    conn.execute("UPDATE cf_output_materializations SET parser_fingerprint = (SELECT"
-                 " q.parser_fingerprint FROM cf_processing_queue AS q"
-                 " WHERE q.id = cf_output_materializations.job_id)")
-
-
-def _add_submission_options(conn: sqlite3.Connection) -> None:
-    """3 -> 4: the quarantine limits (``QuarantinePolicy`` as JSON; NULL: the plugin's own)
-    and resource hints (``{"GPU": 1.0}``; NULL: none) a job was submitted with, so a restarted
-    sentinel dispatches it with the same ones."""
-    conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN quarantine_json TEXT")
-    conn.execute("ALTER TABLE cf_processing_queue ADD COLUMN resources_json TEXT")
-
-
-#: version -> migration to version + 1.
-MIGRATIONS: dict[int, Migration] = {1: _add_host_kills, 2: _add_retries,
-                                    3: _add_submission_options}
-
-
-def now_iso() -> str:
-    """Now as RFC 3339 UTC with milliseconds and ``Z`` (sorts lexicographically)."""
-    return _fmt(datetime.now(UTC))
-
-
-def _fmt(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def iso_from_epoch(seconds: float) -> str:
-    """RFC 3339 UTC (ms, ``Z``) for a ``time.time()`` value: the state DB's time format."""
-    return _fmt(datetime.fromtimestamp(seconds, UTC))
-
-
-def check_iso(value: object, name: str) -> None:
-    """Refuse a non-string time early: a float stored in a TEXT time column would sort
-    wrongly against RFC 3339 strings and silently break scheduling."""
-    if value is not None and not isinstance(value, str):
-        raise TypeError(
-            f"{name} must be an RFC 3339 string (see now_iso / iso_from_epoch), "
-            f"got {type(value).__name__} {value!r}"
-        )
-
-
-def stamp(now: str | None) -> str:
-    """``now`` checked (see :func:`check_iso`), or the current time when None."""
-    check_iso(now, "now")
-    return now or now_iso()
-
 
 def _in(values: tuple[StrEnum, ...]) -> str:
     """The SQL list of a CHECK constraint, e.g. ``'QUEUED', 'RUNNING'``."""
@@ -252,7 +162,7 @@ CREATE TABLE cf_dead_letter (
     moved_at        TEXT NOT NULL,
     reason          TEXT
 );
-{_ATTEMPTS_DDL};
+{ATTEMPTS_DDL};
 """
 
 

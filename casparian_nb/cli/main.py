@@ -19,11 +19,12 @@ from .._proc import exit_with_owner
 from ._app import EXIT_INTERRUPTED, EXIT_USAGE, App, stdout_gone
 from .bundle import support_bundle
 from .compact import compact
-from .jobs import job, jobs, submit
+from .jobs import job, jobs
 from .plugin import plugin
 from .preview import preview
 from .run import demo, run
 from .sentinel import sentinel, start, stop, worker
+from .submit import submit
 from .tape import tape
 
 __all__ = ["cli", "main"]

@@ -20,11 +20,11 @@ import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from ..errors import SinkRoutingError, SinkURIError
-from .uri import SinkURI, parse_sink_uri
+from .uri import SinkURI, parse_sink_uri, working_dir
 
 __all__ = ["ANY_OUTPUT", "SinkRouting", "routing_from_args"]
 
@@ -54,6 +54,15 @@ class SinkRouting:
             return cls(((ANY_OUTPUT, value),))
         if isinstance(value, Mapping):
             return cls._from_mapping(value, base)
+        # Text is parsed once per spelling, as parse_sink_uri does (a plugin host and the
+        # committer see the same routing for every job); "~" ($HOME's) is never cached.
+        base_text = None if base is None else os.fspath(base)
+        if "~" in value or (base_text is not None and "~" in base_text):
+            return _parse_text.__wrapped__(value, base_text, working_dir())
+        return _parse_text(value, base_text, working_dir())
+
+    @classmethod
+    def _from_text(cls, value: str, base: str | None) -> SinkRouting:
         if value.lstrip().startswith("{"):
             try:
                 mapping = json.loads(value)
@@ -158,3 +167,9 @@ def routing_from_args(values: Iterable[str]) -> str | dict[str, str] | None:
         return mapping[ANY_OUTPUT]
     return mapping
 
+
+@lru_cache(maxsize=256)
+def _parse_text(value: str, base: str | None, cwd: str) -> SinkRouting:
+    """:meth:`SinkRouting.parse` of text; ``cwd`` keys the cache only (a relative path means
+    something else after a chdir). A SinkRouting is immutable, so sharing one is safe."""
+    return SinkRouting._from_text(value, base)

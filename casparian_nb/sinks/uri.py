@@ -120,14 +120,15 @@ def parse_sink_uri(uri: str | SinkURI, *, base: str | os.PathLike[str] | None = 
     # into the cache key; "~" (whose meaning is $HOME's) is not cached at all.
     base_text = None if base is None else os.fspath(base)
     if "~" in uri or (base_text is not None and "~" in base_text):
-        return _parse_cached.__wrapped__(uri, base_text, _cwd())
-    return _parse_cached(uri, base_text, _cwd())
+        return _parse_cached.__wrapped__(uri, base_text, working_dir())
+    return _parse_cached(uri, base_text, working_dir())
 
 
-def _cwd() -> str:
+def working_dir() -> str:
+    """The current directory, or "" when it was removed (only a relative path needs it)."""
     try:
         return os.getcwd()
-    except OSError:  # removed under us: only a relative path needs it (and then fails)
+    except OSError:
         return ""
 
 

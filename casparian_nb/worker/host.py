@@ -95,9 +95,6 @@ _PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
 #: The staging directory of the job this host is running (None between jobs), for the
 #: parent watcher to drop when the worker is lost.
 _CURRENT_STAGING: str | None = None
-#: Parsed sink routings by their text (:func:`_routing`).
-_ROUTINGS: dict[str, sinks.SinkRouting] = {}
-_ROUTINGS_MAX = 64
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
@@ -197,7 +194,7 @@ def _execute(attempt: HostJob) -> Receipt:
             logger=logging.getLogger("casparian_nb.plugin" + (
                 f".{loaded.spec.name}" if loaded.spec.name_declared else "")),
         )
-        routing = _routing(job.sink)
+        routing = sinks.SinkRouting.parse(job.sink)  # parsed once per spelling
         staging_root = attempt.staging_root
         offsets: dict[str, int] = {}
         quarantined = 0
@@ -237,18 +234,6 @@ def _execute(attempt: HostJob) -> Receipt:
         return Receipt(job_id=job_id, status=ReceiptStatus.FAILED, source_hash=source_hash,
                        error=error_payload(exc, input_file=input_file, phase=phase),
                        duration_ms=(time.perf_counter() - started) * 1000.0)
-
-
-def _routing(sink: str) -> sinks.SinkRouting:
-    """``sink`` parsed, once per host: a host's jobs name the same few sinks, and a routing
-    is immutable (the host's working directory, which a relative URI depends on, never
-    changes)."""
-    routing = _ROUTINGS.get(sink)
-    if routing is None:
-        if len(_ROUTINGS) >= _ROUTINGS_MAX:
-            _ROUTINGS.clear()
-        routing = _ROUTINGS[sink] = sinks.SinkRouting.parse(sink)
-    return routing
 
 
 def _staging_dir(attempt: HostJob) -> str:

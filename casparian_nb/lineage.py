@@ -21,10 +21,12 @@ same lineage. ``prepare_output`` is a pure function: the same table and the same
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -43,11 +45,14 @@ __all__ = [
     "ROW_ID",
     "SOURCE_ROW",
     "Lineage",
+    "RowSplit",
     "check_reserved",
     "hash_file",
     "lineage_fields",
     "prepare_output",
     "quarantine_name",
+    "split_rows",
+    "stamp_rows",
 ]
 
 LINEAGE_COLUMNS = ("_cf_source_hash", "_cf_job_id", "_cf_processed_at", "_cf_parser_version")
@@ -151,6 +156,20 @@ def check_reserved(output: str, schema: pa.Schema) -> None:
     raise LineageError(message)
 
 
+class RowSplit(NamedTuple):
+    """One batch of an output, checked and split but not yet stamped (:func:`split_rows`)."""
+
+    #: The data columns (``_cf_row_error`` and ``__cf_row_id`` dropped).
+    data: pa.Table
+    #: ``_cf_row_error`` as strings, when the batch has one.
+    errors: pa.ChunkedArray | None
+    #: ``__cf_row_id`` as int64, when the batch has one.
+    row_ids: pa.ChunkedArray | None
+    #: True for the bad rows; None when no row is bad.
+    bad: pa.ChunkedArray | None
+    bad_rows: int
+
+
 def prepare_output(
     output: str, table: pa.Table, lineage: Lineage, *, row_offset: int = 0
 ) -> tuple[pa.Table, pa.Table | None]:
@@ -165,6 +184,12 @@ def prepare_output(
     of the row in the output stream: ``row_offset`` + index in this batch + 1 — pass the
     number of rows of this output already seen so generator batches keep counting.
     """
+    return stamp_rows([(split_rows(output, table), lineage, row_offset)])
+
+
+def split_rows(output: str, table: pa.Table) -> RowSplit:
+    """The checks and the bad-row mask of one batch (the first half of
+    :func:`prepare_output`); raises :class:`LineageError` for a batch that breaks the rules."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
     if not isinstance(table, pa.Table):
@@ -176,28 +201,73 @@ def prepare_output(
     errors = _row_error_column(output, table) if ROW_ERROR in names else None
     row_ids = _row_id_column(output, table) if ROW_ID in names else None
     data = table.drop_columns([n for n in (ROW_ERROR, ROW_ID) if n in names])
+    if errors is None or errors.null_count == len(errors):
+        return RowSplit(data, None, None, None, 0)
+    # Non-null and non-empty; a null error means "valid" (False and null is False).
+    bad = pc.and_kleene(pc.is_valid(errors), pc.not_equal(errors, ""))
+    count = pc.sum(bad).as_py() or 0
+    if not count:
+        return RowSplit(data, None, None, None, 0)
+    return RowSplit(data, errors, row_ids, bad, int(count))
 
-    bad_mask = None
-    if errors is not None and errors.null_count < len(errors):
-        # Non-null and non-empty; a null error means "valid" (False and null is False).
-        bad_mask = pc.and_kleene(pc.is_valid(errors), pc.not_equal(errors, ""))
-        if not pc.any(bad_mask).as_py():
-            bad_mask = None
 
-    if bad_mask is None or errors is None:
-        return _stamp(data, lineage), None
+def stamp_rows(
+    parts: Sequence[tuple[RowSplit, Lineage, int]],
+) -> tuple[pa.Table, pa.Table | None]:
+    """The second half of :func:`prepare_output`, for one or several split batches of one
+    output, each with its lineage and ``row_offset``: their valid rows and their bad rows
+    (None when there are none), stamped, in order — several jobs' batches (a standalone
+    run's batch of small files) cost one filter and one stamp instead of one each."""
+    if len(parts) == 1:
+        return _stamp_one(*parts[0])
+    splits = [p[0] for p in parts]
+    data = pa.concat_tables([s.data for s in splits])
+    members = np.repeat(np.arange(len(parts), dtype=np.int32), [s.data.num_rows for s in splits])
+    lineages = [p[1] for p in parts]
+    if not any(s.bad is not None for s in splits):
+        return _stamp(data, lineages, members), None
 
-    good_mask = pc.invert(bad_mask)
-    valid = _stamp(data.filter(good_mask), lineage)
-    positions = pc.indices_nonzero(bad_mask).cast(pa.int64())
-    fallback = pc.add(positions, pa.scalar(row_offset + 1, pa.int64()))
-    source_row = fallback
-    if row_ids is not None:
-        source_row = pc.coalesce(row_ids.filter(bad_mask), fallback)
+    def chunks(pick: Callable[[RowSplit], pa.ChunkedArray | None],
+               fill: Callable[[int], pa.Array]) -> pa.ChunkedArray:
+        out: list[pa.Array] = []
+        for s in splits:
+            col = pick(s)
+            out.extend(col.chunks if col is not None else [fill(s.data.num_rows)])
+        return pa.chunked_array(out, type=fill(0).type)
+
+    bad_mask = chunks(lambda s: s.bad, lambda n: pa.array(np.zeros(n, dtype=bool)))
+    is_bad = bad_mask.to_numpy()  # no nulls: and_kleene of is_valid is never null
+    valid = _stamp(data.filter(pc.invert(bad_mask)), lineages, members[~is_bad])
+    owner = members[is_bad]
+    starts = np.cumsum([0] + [s.data.num_rows for s in splits[:-1]], dtype=np.int64)
+    offsets = np.array([p[2] for p in parts], dtype=np.int64)
+    source_row: pa.Array | pa.ChunkedArray = pa.array(
+        np.flatnonzero(is_bad) - starts[owner] + offsets[owner] + 1)
+    if any(s.row_ids is not None for s in splits):
+        row_ids = chunks(lambda s: s.row_ids, lambda n: pa.nulls(n, pa.int64()))
+        source_row = pc.coalesce(row_ids.filter(bad_mask), source_row)
+    errors = chunks(lambda s: s.errors, lambda n: pa.nulls(n, pa.string()))
     bad = data.filter(bad_mask)
     bad = bad.append_column(pa.field(ROW_ERROR, pa.string()), errors.filter(bad_mask))
     bad = bad.append_column(pa.field(SOURCE_ROW, pa.int64()), source_row)
-    return valid, _stamp(bad, lineage)
+    return valid, _stamp(bad, lineages, owner)
+
+
+def _stamp_one(split: RowSplit, lineage: Lineage,
+               row_offset: int) -> tuple[pa.Table, pa.Table | None]:
+    """:func:`stamp_rows` for one batch of one job (a job's usual case: no numpy)."""
+    data, errors, row_ids, bad_mask, _ = split
+    if bad_mask is None or errors is None:
+        return _stamp(data, [lineage]), None
+    valid = _stamp(data.filter(pc.invert(bad_mask)), [lineage])
+    positions = pc.indices_nonzero(bad_mask).cast(pa.int64())
+    source_row = pc.add(positions, pa.scalar(row_offset + 1, pa.int64()))
+    if row_ids is not None:
+        source_row = pc.coalesce(row_ids.filter(bad_mask), source_row)
+    bad = data.filter(bad_mask)
+    bad = bad.append_column(pa.field(ROW_ERROR, pa.string()), errors.filter(bad_mask))
+    bad = bad.append_column(pa.field(SOURCE_ROW, pa.int64()), source_row)
+    return valid, _stamp(bad, [lineage])
 
 
 def _row_error_column(output: str, table: pa.Table) -> pa.ChunkedArray:
@@ -234,10 +304,14 @@ _LINEAGE_FIELDS = (
 )
 
 
-def _stamp(table: pa.Table, lineage: Lineage) -> pa.Table:
-    """Append the four lineage columns, encoded as constants (no per-row values built)."""
+def _stamp(table: pa.Table, lineages: Sequence[Lineage],
+           members: np.ndarray[Any, np.dtype[np.int32]] | None = None) -> pa.Table:
+    """Append the four lineage columns, encoded as constants (no per-row values built);
+    with several ``lineages``, ``members`` gives each row's (index into them)."""
+    if members is not None and len(lineages) > 1:
+        return _stamp_many(table, lineages, members)
     n = table.num_rows
-    source_hash, job_id, processed_at, parser_version = _constants(lineage)
+    source_hash, job_id, processed_at, parser_version = _constants(lineages[0])
     # A zero-filled buffer is all-zero int32 indices: one calloc, shared by the three columns.
     zeros = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(bytes(4 * n))])
     values: list[Any] = [
@@ -247,6 +321,28 @@ def _stamp(table: pa.Table, lineage: Lineage) -> pa.Table:
         pa.DictionaryArray.from_arrays(zeros, parser_version),
     ]
     # One new table, not four appends each building a table and a schema.
+    schema = pa.schema([*table.schema, *_LINEAGE_FIELDS], metadata=table.schema.metadata)
+    return pa.Table.from_arrays([*table.columns, *values], schema=schema)
+
+
+def _stamp_many(table: pa.Table, lineages: Sequence[Lineage],
+                members: np.ndarray[Any, np.dtype[np.int32]]) -> pa.Table:
+    """:func:`_stamp` for rows of several jobs: each string column's dictionary holds each
+    distinct value once, its indices say whose row it is."""
+
+    def encoded(values: list[str]) -> pa.DictionaryArray:
+        codes: dict[str, int] = {}
+        per_member = np.array([codes.setdefault(v, len(codes)) for v in values], dtype=np.int32)
+        return pa.DictionaryArray.from_arrays(pa.array(per_member[members]),
+                                              pa.array(list(codes), pa.string()))
+
+    stamps = pa.array([lin.processed_at for lin in lineages], _TIMESTAMP)
+    values: list[Any] = [
+        encoded([lin.source_hash for lin in lineages]),
+        encoded([lin.job_id for lin in lineages]),
+        stamps.take(pa.array(members)),
+        encoded([lin.parser_version for lin in lineages]),
+    ]
     schema = pa.schema([*table.schema, *_LINEAGE_FIELDS], metadata=table.schema.metadata)
     return pa.Table.from_arrays([*table.columns, *values], schema=schema)
 

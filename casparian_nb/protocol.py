@@ -94,6 +94,7 @@ __all__ = [
     "TAPE_JOB_STATUSES",
     "Abort",
     "AbortCause",
+    "BatchStaged",
     "CancelJob",
     "CancelJobs",
     "CancelOutcome",
@@ -120,6 +121,7 @@ __all__ = [
     "Handler",
     "HandlerTable",
     "Heartbeat",
+    "HostBatch",
     "HostExit",
     "HostJob",
     "HostReady",
@@ -761,7 +763,8 @@ class Subscribed(WireMessage):
 
 
 # Worker <-> plugin host, over the host's socket pair (a private pipe: not signed). The host
-# says HostReady once, then answers each HostJob with a Receipt, until HostExit.
+# says HostReady once, then answers each HostJob with a Receipt, and each HostBatch with one
+# Receipt per member as it ends and then a BatchStaged, until HostExit.
 
 class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     """One attempt of a job on a plugin host, staging under ``staging_root``."""
@@ -780,6 +783,33 @@ class HostJob(msgspec.Struct, kw_only=True, frozen=True, tag=True):
     #: Preview mode: stage nothing and answer with the first ``preview_rows`` rows of each
     #: output in ``Receipt.preview`` (:mod:`casparian_nb.previews`).
     preview_rows: Int64 | None = None
+
+
+class HostBatch(msgspec.Struct, kw_only=True, frozen=True, tag=True):
+    """Several small jobs run back to back on one plugin host, their outputs staged together
+    under ``<staging_root>/<batch_id>/`` (one file per output for the whole batch, promoted
+    as one): a standalone run's small files (:mod:`casparian_nb.runner`).
+
+    Each member still runs, fails, is quarantine-checked and logged on its own; only rows
+    of members that succeeded reach the shared staging. A member whose rows cannot join the
+    batch's files (another schema) is staged alone, as a HostJob would be.
+    """
+
+    batch_id: str
+    jobs: list[HostJob]
+
+
+class BatchStaged(msgspec.Struct, kw_only=True, frozen=True, tag=True):
+    """The host's last answer to a HostBatch, after every member's Receipt.
+
+    ``staged`` is the shared staging (a :class:`~casparian_nb.sinks.StagedJob` as a dict,
+    its ``job_id`` the batch's id), None when no member's rows went there; ``shares`` gives,
+    per member job id whose receipt has no ``staged`` of its own, its rows per staged output
+    (quarantine outputs included)."""
+
+    batch_id: str
+    staged: dict[str, Any] | None = None
+    shares: dict[str, dict[str, Int64]] = {}
 
 
 class HostExit(msgspec.Struct, frozen=True, tag=True):

@@ -29,6 +29,7 @@ from typing import Any
 from . import contracts, lineage, plan, plugins, sinks
 from ._inputs import expand_inputs
 from ._progress import ProgressCounts, ProgressSink, terminal_progress
+from ._run_batch import Ended, plan_batches, settle
 from ._run_result import FileResult, RunResult
 from ._run_staging import claim_staging, remove_tree, sweep_stale_runs
 from .config import Settings, load_settings
@@ -36,6 +37,7 @@ from .errors import CasparianError, PluginError, SinkModeError
 from .joblogs import job_log_path, job_logs_root
 from .protocol import (
     ErrorInfo,
+    HostBatch,
     HostJob,
     InputDecision,
     JobSpec,
@@ -171,9 +173,15 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             log_root=str(job_logs_root(settings.home)), redact_log=settings.tape_redact)
         for i, path in enumerate(files)
     ]
-    run_job_ids = frozenset(j.job.job_id for j in jobs)
     by_input = {str(path): decision for path, decision in decisions.items()}
     size = max(1, min(parallel or settings.effective_slots, len(jobs)))
+    # Small files into one file sink run in batches (one staging, one file per output and
+    # one promotion for many files); each file stays its own job (_run_batch.py).
+    single = sink_uri.single
+    work = (plan_batches(jobs, size, run_id, settings.run_batch_files)
+            if single is not None and single.is_file_sink else list(jobs))
+    run_job_ids = frozenset(j.job.job_id for j in jobs) | frozenset(
+        w.batch_id for w in work if isinstance(w, HostBatch))
     # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
     bar = progress if not isinstance(progress, bool | None) else (
         terminal_progress(f"run {spec.name}", progress) if jobs else None)
@@ -190,12 +198,14 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                                  duration_ms=float(res.duration_ms or 0.0),
                                  log_path=log if os.path.exists(log) else None)
 
-    def commit(group: list[tuple[HostJob, Receipt]]) -> list[FileResult]:
-        """The outcomes of a group of receipts, promoting the successful ones together."""
+    def commit(group: list[Ended]) -> list[FileResult]:
+        """The outcomes of a group of receipts, promoting the successful ones together
+        (a batch's shared staging once, for all its files)."""
         nonlocal stop
         out: dict[int, FileResult] = {}
         todo: list[tuple[int, sinks.StagedJob]] = []
-        for i, (attempt, res) in enumerate(group):
+        unique: dict[int, int] = {}  # id(staged) -> its index in the promotion
+        for i, (attempt, res, share) in enumerate(group):
             if res.status == ReceiptStatus.ABORTED:
                 out[i] = ended(attempt, res)(JobStatus.ABORTED, error=res.reason or "aborted")
             elif res.status != ReceiptStatus.SUCCESS:
@@ -206,19 +216,23 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                     JobStatus.FAILED, error=_one_line(res.error, "failed"),
                     traceback=(res.error.traceback or None) if res.error else None)
             else:
-                staged = sinks.StagedJob.from_dict(res.staged or {})
+                staged = (share.staged if share is not None
+                          else sinks.StagedJob.from_dict(res.staged or {}))
                 if stop is not None:
                     sinks.discard(staged)
                     out[i] = ended(attempt, res)(JobStatus.ABORTED, error=f"run stopped: {stop}")
                 else:
                     todo.append((i, staged))
+                    unique.setdefault(id(staged), len(unique))
         # Hosts staged without fsync (sync_staging=False): the staged files become durable
         # with the group's journal, and one ledger transaction records the group.
-        promoted = sinks.promote_group([staged for _, staged in todo], mode=sink_mode,
-                                       run_job_ids=run_job_ids, sync=True) if todo else []
+        distinct = list({id(staged): staged for _, staged in todo}.values())
+        promoted_once = sinks.promote_group(distinct, mode=sink_mode, run_job_ids=run_job_ids,
+                                            sync=True) if distinct else []
+        promoted = [promoted_once[unique[id(staged)]] for _, staged in todo]
         records = []
         for (i, staged), got in zip(todo, promoted, strict=True):
-            attempt, res = group[i]
+            attempt, res, share = group[i]
             done = ended(attempt, res)
             if isinstance(got, Exception):  # one bad promotion must not stop the others
                 with contextlib.suppress(Exception):
@@ -232,7 +246,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                                         attempt.job.input_file, run_id))
             out[i] = done(JobStatus.COMPLETED, rows=dict(res.rows or {}),
                           quarantine_rows=int(res.quarantine_rows or 0),
-                          artifacts=[a.to_dict() for a in got])
+                          artifacts=[a.to_dict() for a in (
+                              share.artifacts(got) if share is not None else got)])
         ledger.record_many(records)
         return [out[i] for i in range(len(group))]
 
@@ -243,7 +258,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     limit = timeout if timeout is not None else settings.job_timeout
     pool: HostPool | None = None
     finished: queue.SimpleQueue[FileResult | BaseException] = queue.SimpleQueue()
-    receipts: queue.SimpleQueue[tuple[HostJob, Receipt] | None] = queue.SimpleQueue()
+    # Each item: the files of one job or one batch (a batch's files promote in one group).
+    receipts: queue.SimpleQueue[list[Ended] | None] = queue.SimpleQueue()
 
     def committer() -> None:
         last = False
@@ -251,7 +267,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             item = receipts.get()
             if item is None:
                 return
-            group = [item]
+            group = list(item)
             while len(group) < _GROUP_MAX:
                 try:
                     item = receipts.get_nowait()
@@ -260,7 +276,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                 if item is None:
                     last = True
                     break
-                group.append(item)
+                group.extend(item)
             try:
                 for result in commit(group):
                     finished.put(result)
@@ -268,14 +284,19 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                 finished.put(exc)
                 return
 
-    def attempt(job: HostJob) -> None:
+    def attempt(job: HostJob | HostBatch) -> None:
         assert pool is not None
         try:
-            receipt = pool.run(job, timeout=limit)
+            if isinstance(job, HostJob):
+                receipts.put([(job, pool.run(job, timeout=limit), None)])
+                return
+            done, again = settle(job, pool.run_batch(job, timeout=limit))
+            if done:
+                receipts.put(done)
+            for lone in again:  # their batch's host died in another file: each alone now
+                receipts.put([(lone, pool.run(lone, timeout=limit), None)])
         except BaseException as exc:
             finished.put(exc)
-            return
-        receipts.put((job, receipt))
 
     committing = threading.Thread(target=committer, name="cf-commit", daemon=True)
     try:
@@ -285,7 +306,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                         warm=str(spec.path))
         committing.start()
         with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as hosts:
-            futures = [hosts.submit(attempt, job) for job in jobs]
+            futures = [(hosts.submit(attempt, w), len(w.jobs) if isinstance(w, HostBatch) else 1)
+                       for w in work]
             expected = len(jobs)
             stopped = False
             try:
@@ -296,7 +318,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                     if stop is not None and not stopped:
                         stopped = True
                         # jobs not started never report; running ones are killed and do
-                        expected -= sum(1 for f in futures if f.cancel())
+                        expected -= sum(n for f, n in futures if f.cancel())
                         for job_id in pool.running():
                             pool.cancel(job_id, f"run stopped: {stop}")
                     results.append(got)
@@ -307,7 +329,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                         on_file(got)
             except BaseException:
                 # Ctrl-C (or a bug): kill the hosts now rather than wait for their jobs.
-                for f in futures:
+                for f, _ in futures:
                     f.cancel()
                 pool.close()
                 raise

@@ -50,6 +50,7 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -73,9 +74,12 @@ from ..errors import (
     SinkError,
     TransientError,
 )
+from ..lineage import QUARANTINE_SUFFIX, quarantine_name
 from ..protocol import (
+    BatchStaged,
     ErrorInfo,
     ErrorKind,
+    HostBatch,
     HostExit,
     HostJob,
     HostReady,
@@ -84,9 +88,10 @@ from ..protocol import (
     ReceiptStatus,
 )
 from ._capture import capture_job_output
+from ._hostbatch import BatchMember, BatchStaging
 from ._preview import PreviewStager, preview_receipt
 
-__all__ = ["classify_error", "execute_job", "main"]
+__all__ = ["classify_error", "execute_batch", "execute_job", "main"]
 
 _MAX_TRACEBACK = 16_000
 #: The address-space limit this host runs under (0: none), for out-of-memory messages.
@@ -163,7 +168,53 @@ def execute_job(attempt: HostJob) -> Receipt:
         return _execute(attempt)
 
 
-def _execute(attempt: HostJob) -> Receipt:
+def execute_batch(batch: HostBatch, answer: Callable[[Receipt], object]) -> BatchStaged:
+    """Run a batch's members one after the other, ``answer``-ing each one's receipt as it
+    ends; their rows go into the batch's shared staging (:mod:`._hostbatch`). Returns what
+    was staged there. Never raises for a member's failure."""
+    global _CURRENT_STAGING
+    if not batch.jobs:
+        return BatchStaged(batch_id=batch.batch_id)
+    first = batch.jobs[0]
+    shared = BatchStaging(first.staging_root, batch.batch_id, first.job.sink)
+    _CURRENT_STAGING = _staging_dir(first, batch.batch_id)
+    try:
+        for attempt in batch.jobs:
+            member = BatchMember()
+            with capture_job_output(attempt):
+                res = _execute(attempt, member)
+            if res.status == ReceiptStatus.SUCCESS:
+                if not member.outputs:  # nothing staged: a lone job's empty staging
+                    res = msgspec.structs.replace(res, staged=sinks.StagedJob(
+                        attempt.job.job_id, attempt.job.sink, _staging_dir(attempt)).to_dict())
+                elif not shared.absorb(attempt.job.job_id, member):
+                    res = _stage_alone(attempt, member, res)
+            answer(res)
+        staged = shared.close(sync=first.sync_staging)
+    except BaseException:
+        shared.discard()
+        raise
+    return BatchStaged(batch_id=batch.batch_id, staged=staged.to_dict() if staged else None,
+                       shares=shared.shares)
+
+
+def _stage_alone(attempt: HostJob, member: BatchMember, res: Receipt) -> Receipt:
+    """A member whose rows the batch's files cannot take (another schema), staged in its
+    own directory as a lone job's would be."""
+    job = attempt.job
+    stager = sinks.JobStager(attempt.staging_root, job.job_id, job.sink)
+    try:
+        member.stage_alone(stager)
+        staged = stager.close(sync=attempt.sync_staging)
+    except Exception as exc:
+        stager.discard()
+        return Receipt(job_id=job.job_id, status=ReceiptStatus.FAILED,
+                       source_hash=res.source_hash, duration_ms=res.duration_ms,
+                       error=error_payload(exc, input_file=job.input_file, phase="run"))
+    return msgspec.structs.replace(res, staged=staged.to_dict())
+
+
+def _execute(attempt: HostJob, member: BatchMember | None = None) -> Receipt:
     started = time.perf_counter()
     job = attempt.job
     job_id = job.job_id
@@ -182,6 +233,8 @@ def _execute(attempt: HostJob) -> Receipt:
             processed_at=_job_timestamp(job),
             parser_version=version,
         )
+        if member is not None:
+            member.lineage = lineage
         ctx = plugins.JobContext(
             job_id=job_id,
             input_path=input_file,
@@ -200,25 +253,33 @@ def _execute(attempt: HostJob) -> Receipt:
         quarantined = 0
         check = contracts.JobCheck(loaded.spec.contracts, job.quarantine or loaded.spec.quarantine)
         for out in plugins.call_parse(loaded, input_file, ctx):
+            table_name = routing.sink_for(out.name).table_for(out.name, out.table)
+            try:
+                split = lineage_mod.split_rows(out.name, check.batch(out.name, out.data))
+            except LineageError as exc:  # name the plugin that broke the rule
+                raise LineageError(f"{loaded.spec.path}: {exc}") from exc
+            offset = offsets.get(out.name, 0)
+            offsets[out.name] = offset + out.data.num_rows
+            check.count(out.name, split.data.num_rows - split.bad_rows, split.bad_rows)
+            quarantined += split.bad_rows
+            if member is not None:  # stamped with the rest of its batch (_hostbatch.py)
+                member.add(out.name, table_name, split, offset)
+                continue
             if stager is None:  # created on the first output: a job with none touches no disk
                 stager = (sinks.JobStager(staging_root, job_id, routing)
                           if attempt.preview_rows is None else PreviewStager(attempt.preview_rows))
-            table_name = routing.sink_for(out.name).table_for(out.name, out.table)
-            try:
-                valid, bad = lineage_mod.prepare_output(
-                    out.name, check.batch(out.name, out.data), lineage,
-                    row_offset=offsets.get(out.name, 0))
-            except LineageError as exc:  # name the plugin that broke the rule
-                raise LineageError(f"{loaded.spec.path}: {exc}") from exc
-            offsets[out.name] = offsets.get(out.name, 0) + out.data.num_rows
-            check.count(out.name, valid.num_rows, bad.num_rows if bad is not None else 0)
+            valid, bad = lineage_mod.stamp_rows([(split, lineage, offset)])
             stager.write(out.name, table_name, valid)
             if bad is not None and bad.num_rows:
-                quarantined += bad.num_rows
-                stager.write(f"{out.name}_quarantine", f"{table_name}_quarantine", bad)
+                stager.write(quarantine_name(out.name), quarantine_name(table_name), bad)
         check.finish()  # over the quarantine limit: fail, so the except below discards all
         if attempt.preview_rows is not None:
             return preview_receipt(job_id, stager, source_hash, quarantined, started)
+        if member is not None:  # its rows join the batch's staging (or are staged alone)
+            rows = {o: n for o, n in member.rows.items() if not o.endswith(QUARANTINE_SUFFIX)}
+            return Receipt(job_id=job_id, status=ReceiptStatus.SUCCESS, source_hash=source_hash,
+                           rows=rows, quarantine_rows=quarantined,
+                           duration_ms=(time.perf_counter() - started) * 1000.0)
         assert not isinstance(stager, PreviewStager)
         staged = stager.close(sync=attempt.sync_staging) if stager is not None else sinks.StagedJob(
             job_id, str(routing), _staging_dir(attempt), [])
@@ -236,10 +297,10 @@ def _execute(attempt: HostJob) -> Receipt:
                        duration_ms=(time.perf_counter() - started) * 1000.0)
 
 
-def _staging_dir(attempt: HostJob) -> str:
-    """The job's staging directory (``JobStager.staging_dir``), as text."""
+def _staging_dir(attempt: HostJob, job_id: str | None = None) -> str:
+    """The job's (or ``job_id``'s) staging directory (``JobStager.staging_dir``), as text."""
     return os.path.join(os.path.abspath(attempt.staging_root),
-                        sinks.job_dirname(attempt.job.job_id))
+                        sinks.job_dirname(job_id or attempt.job.job_id))
 
 
 def _job_timestamp(job: JobSpec) -> datetime:
@@ -260,7 +321,7 @@ def _limit_memory(megabytes: int) -> None:
 def serve(conn: Connection) -> None:
     """Answer job requests until told to exit or the parent closes the pipe."""
     encoder = msgspec.json.Encoder()
-    decoder = msgspec.json.Decoder(HostJob | HostExit)
+    decoder = msgspec.json.Decoder(HostJob | HostBatch | HostExit)
     conn.send_bytes(encoder.encode(HostReady(pid=os.getpid())))
     while True:
         try:
@@ -270,6 +331,14 @@ def serve(conn: Connection) -> None:
         if isinstance(msg, HostExit):
             return
         global _CURRENT_STAGING
+        if isinstance(msg, HostBatch):
+            try:
+                last = execute_batch(msg, lambda r: conn.send_bytes(encoder.encode(r)))
+                conn.send_bytes(encoder.encode(last))
+            except (BrokenPipeError, OSError):
+                return  # the worker is gone: _drop_current_staging runs as the host exits
+            _CURRENT_STAGING = None
+            continue
         _CURRENT_STAGING = _staging_dir(msg)
         try:
             result = execute_job(msg)

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -27,19 +28,38 @@ from .._proc import signal_name
 from ..errors import CasparianError
 from ..protocol import (
     AbortCause,
+    BatchStaged,
     ErrorInfo,
     ErrorKind,
+    HostBatch,
     HostJob,
     Receipt,
     ReceiptStatus,
 )
 from ._hostproc import READY_TIMEOUT, PluginHostProcess
 
-__all__ = ["HostPool", "PluginHostProcess", "aborted"]
+__all__ = ["BatchOutcome", "HostPool", "PluginHostProcess", "aborted"]
 
 _POLL = 0.5
 _to_host = msgspec.json.Encoder()
 _receipt = msgspec.json.Decoder(Receipt)
+_batch_staged = msgspec.json.Decoder(BatchStaged)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What came back of a :class:`~casparian_nb.protocol.HostBatch` (:meth:`HostPool.run_batch`).
+
+    ``receipts`` are those of the members that ended, in order — when the host died, the
+    last one is that of the member it died in (crashed, killed, timed out or aborted).
+    ``staged`` is None unless the host finished the whole batch: then the rows of members
+    whose receipt has no ``staged`` of their own are lost, and those members must run again.
+    """
+
+    receipts: list[Receipt]
+    staged: BatchStaged | None
+    #: Why this pool killed the host (cancel, timeout, shutdown); None when it did not.
+    killed: AbortCause | None = None
 
 
 def aborted(job_id: str, reason: str, host_pid: int | None = None,
@@ -56,12 +76,13 @@ def _failed(job_id: str, exc_name: str, text: str, kind: ErrorKind,
                    error=ErrorInfo(ename=exc_name, evalue=text, kind=kind))
 
 
-def _discard_staging(job: HostJob) -> None:
-    """Remove what a killed job staged (never a directory with a promotion under way)."""
+def _discard_staging(job: HostJob, job_id: str | None = None) -> None:
+    """Remove what a killed job (or batch ``job_id``) staged (never a directory with a
+    promotion under way)."""
     from .. import sinks  # lazily: only killed jobs need it, and it imports pyarrow
 
     with contextlib.suppress(OSError):  # SinkError (an OSError) when a journal is present
-        sinks.discard(Path(job.staging_root) / sinks.job_dirname(job.job.job_id))
+        sinks.discard(Path(job.staging_root) / sinks.job_dirname(job_id or job.job.job_id))
 
 
 class HostPool:
@@ -187,6 +208,82 @@ class HostPool:
             res = aborted(job_id, reason, host.pid, res.duration_ms or 0.0,
                           cause=host.killed_cause)
         return msgspec.structs.replace(res, host_pid=host.pid)
+
+    def run_batch(self, batch: HostBatch, *, timeout: float | None = None) -> BatchOutcome:
+        """Run a batch's members on one idle host (blocking). ``timeout`` holds for each
+        member, as for :meth:`run`: the clock restarts as each member's receipt arrives.
+
+        A host that dies mid-batch gives the member it was running the receipt :meth:`run`
+        would have given it, and the batch's shared staging is removed. Cancel a batch by
+        its ``batch_id``: a cancel that lands after the host answered still wins.
+        """
+        host = self._acquire(batch.batch_id)
+        receipts: list[Receipt] = []
+        staged: BatchStaged | None = None
+        try:
+            staged = self._drive_batch(host, batch, timeout, receipts)
+        finally:
+            reason = self._release(host, reusable=staged is not None)
+            if staged is None or reason is not None:
+                staged = None
+                if batch.jobs:
+                    _discard_staging(batch.jobs[0], batch.batch_id)
+                if len(receipts) < len(batch.jobs):  # what the dying member staged alone
+                    _discard_staging(batch.jobs[len(receipts)])
+        if reason is not None and len(receipts) < len(batch.jobs):
+            receipts.append(aborted(batch.jobs[len(receipts)].job.job_id, reason, host.pid,
+                                    cause=host.killed_cause))
+        return BatchOutcome([msgspec.structs.replace(r, host_pid=host.pid) for r in receipts],
+                            staged, host.killed_cause if reason is not None else None)
+
+    def _drive_batch(self, host: PluginHostProcess, batch: HostBatch, timeout: float | None,
+                     receipts: list[Receipt]) -> BatchStaged | None:
+        """Send the batch and collect its answers into ``receipts``; the BatchStaged, or
+        None when the host did not finish (the dying member's receipt is then appended)."""
+        def dead() -> None:
+            if len(receipts) < len(batch.jobs):
+                receipts.append(self._dead_host_result(host, batch.jobs[len(receipts)].job.job_id))
+            else:
+                host.terminate(self._grace)
+
+        try:
+            host.wait_ready()
+            host.conn.send_bytes(_to_host.encode(batch))
+        except CasparianError as exc:
+            if batch.jobs:
+                receipts.append(_failed(batch.jobs[0].job.job_id, type(exc).__name__,
+                                        str(exc), ErrorKind.TRANSIENT, host.pid))
+            return None
+        except (OSError, ValueError):
+            dead()
+            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
+            try:
+                ready = host.conn.poll(wait)
+            except (OSError, ValueError):
+                ready = False
+            if ready:
+                try:
+                    data = host.conn.recv_bytes()
+                    if len(receipts) == len(batch.jobs):
+                        return _batch_staged.decode(data)
+                    receipts.append(_receipt.decode(data))
+                except (EOFError, OSError, msgspec.DecodeError):
+                    dead()
+                    return None
+                if timeout is not None:
+                    deadline = time.monotonic() + timeout
+                continue
+            if host.killed_reason is not None or not host.alive():
+                dead()
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
+                host.killed_cause = AbortCause.TIMEOUT
+                dead()
+                return None
 
     def _drive(self, host: PluginHostProcess, job: HostJob, timeout: float | None,
                on_start: Callable[[int], object] | None) -> tuple[Receipt, bool]:

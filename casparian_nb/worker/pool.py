@@ -230,9 +230,6 @@ class HostPool:
                     _discard_staging(batch.jobs[0], batch.batch_id)
                 if len(receipts) < len(batch.jobs):  # what the dying member staged alone
                     _discard_staging(batch.jobs[len(receipts)])
-        if reason is not None and len(receipts) < len(batch.jobs):
-            receipts.append(aborted(batch.jobs[len(receipts)].job.job_id, reason, host.pid,
-                                    cause=host.killed_cause))
         return BatchOutcome([msgspec.structs.replace(r, host_pid=host.pid) for r in receipts],
                             staged, host.killed_cause if reason is not None else None)
 

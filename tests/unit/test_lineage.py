@@ -20,6 +20,8 @@ from casparian_nb.lineage import (
     lineage_fields,
     prepare_output,
     quarantine_name,
+    split_rows,
+    stamp_rows,
 )
 
 TS = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -262,3 +264,46 @@ def test_all_rows_bad_gives_empty_valid_table(lin):
     valid, quarantine = prepare_output("o", pa.table({"a": [1, 2], ROW_ERROR: ["x", "y"]}), lin)
     assert valid.num_rows == 0 and valid.column_names == ["a", *LINEAGE_COLUMNS]
     assert quarantine is not None and quarantine.num_rows == 2
+
+
+# -- several jobs' batches stamped at once (a standalone run's batch of small files) -------
+
+def _plain(table: pa.Table) -> list[dict[str, object]]:
+    """Rows with dictionary columns decoded, for comparing tables encoded differently."""
+    return table.to_pylist()
+
+
+def test_stamp_rows_of_several_jobs_equals_each_job_stamped_alone():
+    when = datetime(2026, 12, 8, tzinfo=UTC)
+    lineages = [Lineage(f"hash{i % 2}", f"job-{i}", when + timedelta(seconds=i), "1.0")
+                for i in range(4)]
+    tables = [
+        pa.table({"x": [1, 2, 3], ROW_ERROR: [None, "bad", ""]}),
+        pa.table({"x": [4, 5]}),  # no bad row, no error column
+        pa.table({"x": [6, 7, 8], ROW_ERROR: ["e1", None, "e3"], ROW_ID: [None, 70, 80]}),
+        pa.table({"x": [9], ROW_ERROR: [None]}),
+    ]
+    offsets = [0, 10, 100, 5]
+    splits = [split_rows("out", t) for t in tables]
+    assert [s.bad_rows for s in splits] == [1, 0, 2, 0]
+    valid, bad = stamp_rows(list(zip(splits, lineages, offsets, strict=True)))
+    alone = [prepare_output("out", t, lin, row_offset=o)
+             for t, lin, o in zip(tables, lineages, offsets, strict=True)]
+    assert _plain(valid) == [r for v, _ in alone for r in _plain(v)]
+    assert bad is not None
+    assert _plain(bad) == [r for _, b in alone if b is not None for r in _plain(b)]
+    # _cf_source_row: the row id when given, else the position in its own file + offset
+    assert bad.column(SOURCE_ROW).to_pylist() == [2, 101, 80]
+    assert valid.schema == alone[0][0].schema  # the same columns and types as a lone job's
+
+
+def test_stamp_rows_without_bad_rows_and_with_one_part():
+    lin = Lineage("h", "job-a", datetime(2026, 1, 1, tzinfo=UTC), "2")
+    other = Lineage("h", "job-b", datetime(2026, 1, 1, tzinfo=UTC), "2")
+    split = split_rows("out", pa.table({"x": [1, 2]}))
+    valid, bad = stamp_rows([(split, lin, 0), (split, other, 0)])
+    assert bad is None
+    assert valid.column("_cf_job_id").to_pylist() == ["job-a", "job-a", "job-b", "job-b"]
+    # one distinct source hash and version: one dictionary value each
+    assert len(valid.column("_cf_source_hash").combine_chunks().dictionary) == 1
+    assert stamp_rows([(split, lin, 0)])[0].equals(prepare_output("out", split.data, lin)[0])

@@ -2,7 +2,9 @@
 
 The same plugin hosts, lineage, staging and promotion the workers use, driven in-process: one
 job per input file on up to ``parallel`` warm hosts; this process is the committer that promotes
-each successful job's outputs. One bad file does not stop the others.
+each successful job's outputs. One bad file does not stop the others. Small files into one
+file sink go to the hosts in batches that share a staging and one file per output, each file
+still its own job (:mod:`._run_batch`).
 
 Each run stages under ``<home>/staging/run-<run id>/`` with an ``OWNER`` file naming this
 process. A run that is killed outright (``kill -9``) leaves that directory behind; the next run

@@ -46,14 +46,11 @@ import atexit
 import contextlib
 import logging
 import os
-import resource
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from types import TracebackType
 from typing import NoReturn
 
 import msgspec
@@ -69,16 +66,11 @@ from .. import lineage as lineage_mod
 from .._proc import die_with_parent, exit_with_parent, nice_own_session
 from ..errors import (
     LineageError,
-    PermanentError,
     PluginError,
-    SinkError,
-    TransientError,
 )
 from ..lineage import QUARANTINE_SUFFIX, quarantine_name
 from ..protocol import (
     BatchStaged,
-    ErrorInfo,
-    ErrorKind,
     HostBatch,
     HostExit,
     HostJob,
@@ -89,60 +81,15 @@ from ..protocol import (
 )
 from ._capture import capture_job_output
 from ._hostbatch import BatchMember, BatchStaging
+from ._hosterrors import classify_error, error_payload, limit_memory
 from ._preview import PreviewStager, preview_receipt
 
 __all__ = ["classify_error", "execute_batch", "execute_job", "main"]
 
-_MAX_TRACEBACK = 16_000
-#: The address-space limit this host runs under (0: none), for out-of-memory messages.
-_MEMORY_LIMIT_MB = 0
 _PLUGIN_CACHE: dict[str, plugins.LoadedPlugin] = {}
 #: The staging directory of the job this host is running (None between jobs), for the
 #: parent watcher to drop when the worker is lost.
 _CURRENT_STAGING: str | None = None
-
-
-def classify_error(exc: BaseException) -> ErrorKind:
-    """Transient (retry with backoff) or permanent (fail now).
-
-    Plugins choose with :class:`TransientError` / :class:`PermanentError`. Anything else a
-    parser raises is a bug or bad input that a retry will not fix, so it is permanent; sink
-    I/O errors (a full disk, a locked file) are transient.
-    """
-    if isinstance(exc, TransientError):
-        return ErrorKind.TRANSIENT
-    if isinstance(exc, PermanentError | PluginError | LineageError):
-        return ErrorKind.PERMANENT
-    if isinstance(exc, SinkError | OSError) and not isinstance(exc, FileNotFoundError):
-        return ErrorKind.TRANSIENT
-    return ErrorKind.PERMANENT
-
-
-def error_payload(exc: BaseException, *, input_file: str | None = None,
-                  phase: str | None = None) -> ErrorInfo:  # fmt: skip
-    """The wire form of an error: ename, evalue, traceback (size-capped), kind."""
-    tb = "".join(traceback.format_exception(type(exc), exc, _from_plugin(exc.__traceback__)))
-    if len(tb) > _MAX_TRACEBACK:
-        tb = tb[: _MAX_TRACEBACK // 2] + "\n... (traceback truncated) ...\n" + tb[-_MAX_TRACEBACK // 2 :]
-    evalue = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, MemoryError):  # bare MemoryError() says nothing: say what happened
-        limit = (f"its memory limit of {_MEMORY_LIMIT_MB} MiB (job_memory_limit_mb)"
-                 if _MEMORY_LIMIT_MB else "the memory available")
-        evalue = f"out of memory: the job exceeded {limit}" + (f" ({evalue})" if evalue else "")
-    return ErrorInfo(ename=type(exc).__name__, evalue=evalue, traceback=tb,
-                     kind=classify_error(exc), input_file=input_file, phase=phase)
-
-
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def _from_plugin(tb: TracebackType | None) -> TracebackType | None:
-    """The traceback from the first frame outside casparian_nb (the plugin's code), so a
-    remote traceback starts where the user's code does; all of it when no frame is."""
-    t = tb
-    while t is not None and t.tb_frame.f_code.co_filename.startswith(_PACKAGE):
-        t = t.tb_next
-    return t if t is not None else tb
 
 
 def _load(job: JobSpec) -> plugins.LoadedPlugin:
@@ -310,14 +257,6 @@ def _job_timestamp(job: JobSpec) -> datetime:
     return datetime.now(UTC)
 
 
-def _limit_memory(megabytes: int) -> None:
-    global _MEMORY_LIMIT_MB
-    if megabytes > 0:
-        limit = megabytes * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        _MEMORY_LIMIT_MB = megabytes
-
-
 def serve(conn: Connection) -> None:
     """Answer job requests until told to exit or the parent closes the pipe."""
     encoder = msgspec.json.Encoder()
@@ -388,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     if not exit_with_parent(args.parent, before_exit=_drop_current_staging):
         return 0  # the worker died before we even started
-    _limit_memory(args.memory_limit_mb)
+    limit_memory(args.memory_limit_mb)
     nice_own_session()  # the worker's nice, inherited, counts for our own session too
     # Plugin logging (ctx.logger, ctx.log) goes to our stderr: while a job runs, into that
     # job attempt's own log (worker/_capture.py); between jobs, into this host's log file.

@@ -90,7 +90,8 @@ def plan_batches(jobs: Sequence[HostJob], hosts: int, run_id: str,
 
 def settle(batch: HostBatch, outcome: BatchOutcome) -> tuple[list[Ended], list[HostJob]]:
     """What ``outcome`` means per file: the files that ended, and those to run again alone
-    (their rows were lost with a host that died, or timed out, in another file)."""
+    (their rows were lost with a host that died, or timed out, in another file, or with
+    shared files the host could not write)."""
     done: list[Ended] = []
     again: list[HostJob] = []
     result = outcome.staged
@@ -100,8 +101,8 @@ def settle(batch: HostBatch, outcome: BatchOutcome) -> tuple[list[Ended], list[H
     for job, res in zip(batch.jobs, outcome.receipts, strict=False):
         if res.status != ReceiptStatus.SUCCESS or res.staged:
             done.append((job, res, None))
-        elif result is not None and shared is not None:
-            done.append((job, res, Share(shared, dict(result.shares.get(job.job.job_id, {})))))
+        elif result is not None and shared is not None and job.job.job_id in result.shares:
+            done.append((job, res, Share(shared, dict(result.shares[job.job.job_id]))))
         elif redo:
             again.append(job)
         else:

@@ -138,6 +138,14 @@ def execute_batch(batch: HostBatch, answer: Callable[[Receipt], object]) -> Batc
                     res = _stage_alone(attempt, member, res)
             answer(res)
         staged = shared.close(sync=first.sync_staging)
+    except Exception:
+        # Writing the shared files failed (a full disk, say): nothing of it is kept, and
+        # the committer runs the members that were in it again, one by one, each of which
+        # then reports its own error.
+        logging.getLogger(__name__).warning("batch %s: staging failed", batch.batch_id,
+                                            exc_info=True)
+        shared.discard()
+        return BatchStaged(batch_id=batch.batch_id)
     except BaseException:
         shared.discard()
         raise

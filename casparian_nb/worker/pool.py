@@ -228,8 +228,9 @@ class HostPool:
                 staged = None
                 if batch.jobs:
                     _discard_staging(batch.jobs[0], batch.batch_id)
-                if len(receipts) < len(batch.jobs):  # what the dying member staged alone
-                    _discard_staging(batch.jobs[len(receipts)])
+                for i, job in enumerate(batch.jobs):  # what a member staged alone, unless
+                    if i >= len(receipts) or receipts[i].status != ReceiptStatus.SUCCESS:
+                        _discard_staging(job)  # it ended well (its receipt owns that)
         return BatchOutcome([msgspec.structs.replace(r, host_pid=host.pid) for r in receipts],
                             staged, host.killed_cause if reason is not None else None)
 

@@ -88,6 +88,16 @@ def test_a_host_that_died_or_timed_out_has_the_other_files_run_again(tmp_path: P
         assert [j.job.job_id for j in again] == ["j0", "j2", "j3"]
 
 
+def test_shared_files_the_host_could_not_write_have_their_files_run_again(
+        tmp_path: Path) -> None:
+    batch = _batch(tmp_path)
+    failed = Receipt(job_id="j2", status=ReceiptStatus.FAILED)
+    outcome = BatchOutcome([ok("j0"), ok("j1"), failed, ok("j3")], BatchStaged(batch_id="b"))
+    done, again = settle(batch, outcome)
+    assert [j.job.job_id for j, _, _ in done] == ["j2"]
+    assert [j.job.job_id for j in again] == ["j0", "j1", "j3"]
+
+
 def test_a_cancelled_batch_aborts_what_did_not_end(tmp_path: Path) -> None:
     batch = _batch(tmp_path)
     stop = aborted("j1", "run stopped", cause=AbortCause.SHUTDOWN)

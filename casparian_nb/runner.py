@@ -115,13 +115,22 @@ def run(
     version = plan.declared_version(spec.version, spec.version_declared)
     targets = plan.output_plan(manifest=spec.manifest, default_output=spec.default_output,
                                sink_uri=str(sink_uri), sink_mode=sink_mode.value)
-    ledger = RunLedger.open(settings.run_ledger)
+    # The hosts start before the inputs are hashed and decided, so their imports (~0.5 s)
+    # overlap that; when every input turns out to be skipped they are stopped unused.
+    pool = HostPool(max(1, min(parallel or settings.effective_slots, len(files))),
+                    log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
+                    memory_limit_mb=settings.job_memory_limit_mb, name="run",
+                    log_max_bytes=settings.host_log_max_mb * 1024 * 1024, warm=str(spec.path))
     try:
-        return _run(spec, files, ledger, targets, version, sink_uri, sink_mode, settings,
-                    parallel=parallel, progress=progress, timeout=timeout, on_file=on_file,
-                    force=force, started=started, policy=policy)
+        ledger = RunLedger.open(settings.run_ledger)
+        try:
+            return _run(spec, files, ledger, targets, version, sink_uri, sink_mode, settings,
+                        pool, progress=progress, timeout=timeout, on_file=on_file,
+                        force=force, started=started, policy=policy)
+        finally:
+            ledger.close()
     finally:
-        ledger.close()
+        pool.close()
 
 
 def _decide(files: Sequence[Path], spec: plugins.PluginSpec, ledger: RunLedger,
@@ -149,7 +158,7 @@ def _decide(files: Sequence[Path], spec: plugins.PluginSpec, ledger: RunLedger,
 
 def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
          targets: list[plan.OutputTarget], version: str | None, sink_uri: sinks.SinkRouting,
-         sink_mode: sinks.SinkMode, settings: Settings, *, parallel: int | None,
+         sink_mode: sinks.SinkMode, settings: Settings, pool: HostPool, *,
          progress: bool | ProgressSink | None, timeout: float | None,
          on_file: Callable[[FileResult], None] | None, force: bool,
          started: float, policy: QuarantinePolicy | None) -> RunResult:
@@ -164,6 +173,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     run_id = uuid.uuid4().hex[:12]
     staging_root = claim_staging(settings.staging_dir, run_id)
     processed_at = datetime.now(UTC).isoformat()
+    log_root = str(job_logs_root(settings.home))
     jobs = [
         HostJob(job=JobSpec(
             job_id=f"run-{run_id}-{i:06d}", input_file=str(path), plugin_path=str(spec.path),
@@ -172,11 +182,11 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             sink=str(sink_uri), mode=sink_mode.value, processed_at=processed_at,
             quarantine=policy,
         ), attempt=1, staging_root=str(staging_root), sync_staging=False,
-            log_root=str(job_logs_root(settings.home)), redact_log=settings.tape_redact)
+            log_root=log_root, redact_log=settings.tape_redact)
         for i, path in enumerate(files)
     ]
     by_input = {str(path): decision for path, decision in decisions.items()}
-    size = max(1, min(parallel or settings.effective_slots, len(jobs)))
+    size = min(pool.size, len(jobs))
     # Small files into one file sink run in batches (one staging, one file per output and
     # one promotion for many files); each file stays its own job (_run_batch.py).
     single = sink_uri.single
@@ -258,7 +268,6 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     # as a group (one journal, one sync of the staged files and of each sink dir, one
     # ledger transaction): the disk's cost per file shrinks as the hosts get faster.
     limit = timeout if timeout is not None else settings.job_timeout
-    pool: HostPool | None = None
     finished: queue.SimpleQueue[FileResult | BaseException] = queue.SimpleQueue()
     # Each item: the files of one job or one batch (a batch's files promote in one group).
     receipts: queue.SimpleQueue[list[Ended] | None] = queue.SimpleQueue()
@@ -287,7 +296,6 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                 return
 
     def attempt(job: HostJob | HostBatch) -> None:
-        assert pool is not None
         try:
             if isinstance(job, HostJob):
                 receipts.put([(job, pool.run(job, timeout=limit), None)])
@@ -302,10 +310,6 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
 
     committing = threading.Thread(target=committer, name="cf-commit", daemon=True)
     try:
-        pool = HostPool(size, log_dir=settings.logs_dir, cancel_grace=settings.cancel_grace,
-                        memory_limit_mb=settings.job_memory_limit_mb, name="run",
-                        log_max_bytes=settings.host_log_max_mb * 1024 * 1024,
-                        warm=str(spec.path))
         committing.start()
         with ThreadPoolExecutor(max_workers=size, thread_name_prefix="cf-run") as hosts:
             futures = [(hosts.submit(attempt, w), len(w.jobs) if isinstance(w, HostBatch) else 1)
@@ -341,8 +345,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             committing.join()
         if bar is not None:
             bar.finish(_progress_counts(completed, len(results), len(jobs), size))
-        if pool is not None:
-            pool.close()
+        pool.close()
         # Hosts are gone and this process is the committer: finish (or roll back) any
         # promotion an interrupt cut short, then drop what is left of this run's staging.
         with contextlib.suppress(Exception):

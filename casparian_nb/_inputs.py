@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def expand_inputs(specs: Iterable[str | os.PathLike[str]], *, base: Path | None 
         path = Path(text).expanduser()
         if not path.is_absolute():
             path = base / path
-        if path.is_dir():
+        try:  # one stat: a run over 10,000 named files stats each of them once
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            mode = 0
+        if stat.S_ISDIR(mode):
             matches = _walk(path)
-        elif path.is_file():
+        elif stat.S_ISREG(mode):
             matches = [path]
         elif glob.has_magic(text):
             matches = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from typing import Any
 from .errors import JobLogNotFoundError
 
 __all__ = [
-    "HEAD_BYTES", "TAIL_BYTES", "JobLog", "job_log_attempts", "job_log_dir", "job_log_path",
+    "HEAD_BYTES", "TAIL_BYTES", "JobLog", "job_log_attempts", "job_log_dir", "job_log_file",
+    "job_log_path",
     "job_logs_root", "read_job_log", "remove_job_logs",
 ]
 
@@ -50,7 +52,15 @@ def job_log_dir(root: str | Path, job_id: str | int) -> Path:
 
 def job_log_path(root: str | Path, job_id: str | int, attempt: int) -> Path:
     """``<root>/<job_id>/attempt-<attempt>.log``."""
-    return job_log_dir(root, job_id) / f"attempt-{int(attempt)}.log"
+    return Path(job_log_file(root, job_id, attempt))
+
+
+def job_log_file(root: str | Path, job_id: str | int, attempt: int) -> str:
+    """:func:`job_log_path` as text (no Path built: a run asks once per file)."""
+    name = str(job_id)
+    if not _JOB_ID.fullmatch(name) or name.startswith(".."):
+        raise ValueError(f"not a job id: {name!r}")
+    return os.path.join(root, name, f"attempt-{int(attempt)}.log")
 
 
 def meta_path(log: Path) -> Path:

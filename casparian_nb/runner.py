@@ -36,7 +36,7 @@ from ._run_result import FileResult, RunResult
 from ._run_staging import claim_staging, remove_tree, sweep_stale_runs
 from .config import Settings, load_settings
 from .errors import CasparianError, PluginError, SinkModeError
-from .joblogs import job_log_path, job_logs_root
+from .joblogs import job_log_file, job_logs_root
 from .protocol import (
     ErrorInfo,
     HostBatch,
@@ -205,7 +205,7 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
 
     def ended(attempt: HostJob, res: Receipt) -> Callable[..., FileResult]:
         job = attempt.job
-        log = str(job_log_path(attempt.log_root or "", job.job_id, attempt.attempt))
+        log = job_log_file(attempt.log_root or "", job.job_id, attempt.attempt)
         return functools.partial(FileResult, job.job_id, job.input_file,
                                  duration_ms=float(res.duration_ms or 0.0),
                                  log_path=log if os.path.exists(log) else None)

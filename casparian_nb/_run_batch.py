@@ -6,7 +6,8 @@ host and stages their rows in one file per output, promoted as one: per small fi
 saves a staging directory, a Parquet file per output and its promotion (issue 18). Each file
 is still its own job — its own receipt, error, quarantine limit, log, ledger record and
 result — and a host that dies mid-batch costs only the file it died in: the others run again
-one by one. Only runs into one file sink (parquet, csv) batch; large files run alone.
+one by one. Only runs into one sink batch (not those routing outputs to several); large
+files run alone.
 """
 
 from __future__ import annotations

@@ -128,10 +128,10 @@ class Settings:
     duckdb_hold_s: float = 1.0
     #: Default sink when a submit names none ("" -> parquet://<home>/output).
     default_sink: str = ""
-    #: A standalone run (``casparian run``) into one parquet or csv sink stages up to this
-    #: many small files together: one staging, one file per output and one promotion for
-    #: all of them, while each file stays its own job (result, error, log, quarantine
-    #: limit). 1: every file alone, as the sentinel's workers do.
+    #: A standalone run (``casparian run``) into one sink stages up to this many small
+    #: files together: one staging, one file per output and one promotion (for DuckDB one
+    #: transaction) for all of them, while each file stays its own job (result, error, log,
+    #: quarantine limit). 1: every file alone, as the sentinel's workers do.
     run_batch_files: int = 32
     #: Per-job address-space limit for plugin hosts in MiB (0 = none).
     job_memory_limit_mb: int = 0

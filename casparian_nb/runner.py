@@ -3,7 +3,7 @@
 The same plugin hosts, lineage, staging and promotion the workers use, driven in-process: one
 job per input file on up to ``parallel`` warm hosts; this process is the committer that promotes
 each successful job's outputs. One bad file does not stop the others. Small files into one
-file sink go to the hosts in batches that share a staging and one file per output, each file
+sink go to the hosts in batches that share a staging and one file per output, each file
 still its own job (:mod:`._run_batch`).
 
 Each run stages under ``<home>/staging/run-<run id>/`` with an ``OWNER`` file naming this
@@ -48,6 +48,7 @@ from .protocol import (
     Receipt,
     ReceiptStatus,
 )
+from .sinks._held import holding_connections
 from .store import StateReader
 from .store.ledger import LedgerRecord, RunLedger
 from .worker.pool import HostPool
@@ -187,11 +188,10 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     ]
     by_input = {str(path): decision for path, decision in decisions.items()}
     size = min(pool.size, len(jobs))
-    # Small files into one file sink run in batches (one staging, one file per output and
-    # one promotion for many files); each file stays its own job (_run_batch.py).
-    single = sink_uri.single
+    # Small files into one sink run in batches (one staging, one file per output and one
+    # promotion — a DuckDB transaction — for many files); each file stays its own job.
     work = (plan_batches(jobs, size, run_id, settings.run_batch_files)
-            if single is not None and single.is_file_sink else list(jobs))
+            if sink_uri.single is not None else list(jobs))
     run_job_ids = frozenset(j.job.job_id for j in jobs) | frozenset(
         w.batch_id for w in work if isinstance(w, HostBatch))
     # progress: a sink (the notebook's bar), or a terminal bar (True; None: when on a TTY)
@@ -273,27 +273,31 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
     receipts: queue.SimpleQueue[list[Ended] | None] = queue.SimpleQueue()
 
     def committer() -> None:
-        last = False
-        while not last:
-            item = receipts.get()
-            if item is None:
-                return
-            group = list(item)
-            while len(group) < _GROUP_MAX:
-                try:
-                    item = receipts.get_nowait()
-                except queue.Empty:
-                    break
+        # DuckDB sinks stay open through the run (each job still its own transaction), not
+        # opened and checkpointed per job; a reader elsewhere gets in every duckdb_hold_s.
+        with holding_connections(max_age=settings.duckdb_hold_s) as held:
+            last = False
+            while not last:
+                item = receipts.get()
                 if item is None:
-                    last = True
-                    break
-                group.extend(item)
-            try:
-                for result in commit(group):
-                    finished.put(result)
-            except BaseException as exc:  # a bug, or the ledger failed: the run stops
-                finished.put(exc)
-                return
+                    return
+                group = list(item)
+                while len(group) < _GROUP_MAX:
+                    try:
+                        item = receipts.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        last = True
+                        break
+                    group.extend(item)
+                try:
+                    for result in commit(group):
+                        finished.put(result)
+                except BaseException as exc:  # a bug, or the ledger failed: the run stops
+                    finished.put(exc)
+                    return
+                held.release(only_old=settings.duckdb_hold_s > 0)
 
     def attempt(job: HostJob | HostBatch) -> None:
         try:

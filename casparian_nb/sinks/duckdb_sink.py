@@ -123,12 +123,15 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
 
 
 def _already_loaded(con: duckdb.DuckDBPyConnection, staged: StagedJob) -> bool:
-    """True if an earlier promotion of this job committed (all its tables load together)."""
+    """True if an earlier promotion of this job (or batch) committed (all its tables load
+    together)."""
+    ids = staged.row_job_ids
     for o in staged.outputs:
         cols = _columns(con, o.table)
         if o.rows and cols is not None and _JOB_ID in cols:
-            sql = f"SELECT 1 FROM {_q(o.table)} WHERE {_q(_JOB_ID)} = ? LIMIT 1"
-            if con.execute(sql, [staged.job_id]).fetchall():
+            sql = (f"SELECT 1 FROM {_q(o.table)} WHERE list_contains(?::VARCHAR[], "
+                   f"{_q(_JOB_ID)}) LIMIT 1")
+            if con.execute(sql, [ids]).fetchall():
                 return True
     return False
 

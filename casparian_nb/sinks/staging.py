@@ -100,13 +100,21 @@ class StagedJob:
     """What a finished plugin host hands to the committer (JSON-safe via ``to_dict``).
 
     ``sink`` is the job's routing as text (:class:`~.routing.SinkRouting`: one URI, or the
-    JSON of a mapping); each output's own sink is :meth:`sink_of`.
+    JSON of a mapping); each output's own sink is :meth:`sink_of`. ``members`` are the jobs
+    whose rows a batch's staging holds (its ``job_id`` is then the batch's); empty for a
+    job's own staging.
     """
 
     job_id: str
     sink: str
     staging_dir: str
     outputs: list[StagedOutput] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def row_job_ids(self) -> list[str]:
+        """The ``_cf_job_id`` values its rows carry."""
+        return self.members or [self.job_id]
 
     @property
     def rows(self) -> dict[str, int]:
@@ -127,12 +135,15 @@ class StagedJob:
         return groups
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "job_id": self.job_id,
             "sink": self.sink,
             "staging_dir": self.staging_dir,
             "outputs": [o.to_dict() for o in self.outputs],
         }
+        if self.members:
+            data["members"] = list(self.members)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StagedJob:
@@ -142,6 +153,7 @@ class StagedJob:
                 sink=str(data["sink"]),
                 staging_dir=str(data["staging_dir"]),
                 outputs=[StagedOutput.from_dict(o) for o in data.get("outputs", [])],
+                members=[str(m) for m in data.get("members") or []],
             )
         except (KeyError, TypeError) as exc:
             raise SinkError(f"malformed staged job: {exc}") from None

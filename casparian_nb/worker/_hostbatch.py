@@ -117,7 +117,9 @@ class BatchStaging:
             if bad is not None and bad.num_rows:
                 self._stager.write(quarantine_name(output), quarantine_name(table_name), bad)
         self._outputs.clear()
-        return self._stager.close(sync=sync)
+        staged = self._stager.close(sync=sync)
+        staged.members = list(self.shares)
+        return staged
 
     def discard(self) -> None:
         self._outputs.clear()

@@ -242,3 +242,62 @@ def test_every_input_row_is_read_back_exactly_once(tmp_path: Path, settings: Set
     assert (valid, bad) == (total - 3, 3)
     assert sum(f.rows["items"] for f in result.files) == valid
     assert not settings.staging_dir.exists() or os.listdir(settings.staging_dir) == []
+
+
+def test_a_duckdb_sink_loads_each_batch_in_one_transaction(tmp_path: Path,
+                                                          settings: Settings) -> None:
+    plugin = write_plugin(tmp_path)
+    files = write_files(tmp_path / "in", 40, bad={2, 33})
+    db = tmp_path / "out.duckdb"
+    result = runner.run(plugin, files, sink=f"duckdb://{db}", parallel=2, settings=settings,
+                        progress=False)
+    assert result.ok
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT id, _cf_job_id FROM items ORDER BY id").fetchall()
+        bad = con.execute("SELECT id, _cf_job_id, _cf_source_row FROM items_quarantine "
+                          "ORDER BY id").fetchall()
+    finally:
+        con.close()
+    owner = expected_owner(result)
+    assert [r[0] for r in rows] == sorted(set(owner) - {2001, 33001})
+    assert all(owner[i] == job for i, job in rows)
+    assert [(b[0], b[2]) for b in bad] == [(2001, 2), (33001, 2)]
+    assert all(owner[b[0]] == b[1] for b in bad)
+    for f in result.files:
+        [items] = [a for a in f.artifacts if a["output"] == "items"]
+        assert items["uri"] == f"duckdb://{db}?table=items"
+        assert items["rows"] == f.rows["items"]
+
+
+def test_a_batch_promoted_again_into_duckdb_loads_nothing_twice(
+        tmp_path: Path, settings: Settings) -> None:
+    """A batch's staging promoted a second time (a committer that crashed after the
+    commit and promotes again) is recognised by its files' job ids: no row twice."""
+    from casparian_nb import plugins, sinks
+    from casparian_nb.protocol import HostBatch, HostJob, JobSpec
+    from casparian_nb.worker.host import execute_batch
+
+    plugin = write_plugin(tmp_path)
+    spec = plugins.inspect_plugin(plugin)
+    files = write_files(tmp_path / "in", 6, bad={1})
+    db = tmp_path / "out.duckdb"
+    batch = HostBatch(batch_id="batch-1", jobs=[HostJob(job=JobSpec(
+        job_id=f"job-{i}", input_file=str(f), plugin_path=str(plugin), plugin_name=spec.name,
+        plugin_source_hash=spec.source_hash, sink=f"duckdb://{db}"),
+        staging_root=str(tmp_path / "staging")) for i, f in enumerate(files)])
+    receipts: list[Any] = []
+    for attempt in range(2):
+        receipts.clear()
+        staged_answer = execute_batch(batch, receipts.append)
+        assert [r.status for r in receipts] == ["SUCCESS"] * 6
+        assert staged_answer.staged is not None
+        staged = sinks.StagedJob.from_dict(staged_answer.staged)
+        assert staged.members == [f"job-{i}" for i in range(6)]
+        sinks.promote(staged)
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            [(count,)] = con.execute("SELECT count(*) FROM items").fetchall()
+        finally:
+            con.close()
+        assert count == 6 * 5 - 1, f"promotion {attempt + 1} loaded rows twice"

@@ -12,7 +12,8 @@ in the same run, with the same number of worker processes:
               single-threaded worker processes (cluster start-up *not* included);
 (c) casparian ``casparian_nb.runner.run`` (``casparian run``): plugin hosts started for the
               run, contracts, lineage, quarantine split, staging, atomic promotion;
-(d) casparian the same plugin without its manifest (contracts off), for the contracts' cost.
+(d) casparian the same plugin without its manifest (contracts off), for the contracts' cost;
+(e) casparian with ``--duckdb``: (c) into a ``duckdb://`` sink (tables, not files).
 
 Each round runs the contenders in a rotated order. Besides wall time, each contender's CPU
 time over all its processes (this one's threads and every child it reaped: pool workers,
@@ -115,6 +116,17 @@ def write_inputs(directory: Path, files: int, rows: int, seed: int = 18) -> list
 
 
 def parquet_rows(directory: Path) -> int:
+    """Rows of every output under ``directory`` (its Parquet files, or its DuckDB tables)."""
+    db = directory / "out.duckdb"
+    if db.exists():
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()")
+                      .fetchall()]
+            return sum(int(con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0])
+                       for t in tables)
+        finally:
+            con.close()
     [(count,)] = duckdb.sql(f"SELECT count(*) FROM read_parquet('{directory}/*.parquet', "
                             "union_by_name=true)").fetchall()
     return int(count)
@@ -146,10 +158,11 @@ def time_dask(module: str, plugin: Path, files: list[Path], out: Path, workers: 
 
 
 def time_casparian(plugin: Path, files: list[Path], out: Path, workers: int,
-                   home: Path) -> float:
+                   home: Path, *, duckdb_sink: bool = False) -> float:
     settings = load_settings(home)
+    sink = f"duckdb://{out}/out.duckdb" if duckdb_sink else f"parquet://{out}"
     start = time.perf_counter()
-    result = runner.run(plugin, files, sink=f"parquet://{out}", parallel=workers,
+    result = runner.run(plugin, files, sink=sink, parallel=workers,
                         settings=settings, progress=False)
     elapsed = time.perf_counter() - start
     if not result.ok:
@@ -164,6 +177,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--duckdb", action="store_true",
+                    help="also run casparian into a duckdb:// sink")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cf-e2e-") as tmp:
         root = Path(tmp)
@@ -187,6 +202,9 @@ def main() -> int:
             ("casparian, contracts off", lambda o: time_casparian(
                 free, files, o, args.workers, root / "home")),
         ]
+        if args.duckdb:
+            runs.append(("casparian, duckdb sink", lambda o: time_casparian(
+                plugin, files, o, args.workers, root / "home", duckdb_sink=True)))
         if not args.no_dask:
             runs.insert(1, ("dask", lambda o: time_dask("e2e_orders", plugin, files, o,
                                                         args.workers)))

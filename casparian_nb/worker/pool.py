@@ -255,33 +255,15 @@ class HostPool:
         except (OSError, ValueError):
             dead()
             return None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
+        while (data := self._answer(host, timeout)) is not None:
             try:
-                ready = host.conn.poll(wait)
-            except (OSError, ValueError):
-                ready = False
-            if ready:
-                try:
-                    data = host.conn.recv_bytes()
-                    if len(receipts) == len(batch.jobs):
-                        return _batch_staged.decode(data)
-                    receipts.append(_receipt.decode(data))
-                except (EOFError, OSError, msgspec.DecodeError):
-                    dead()
-                    return None
-                if timeout is not None:
-                    deadline = time.monotonic() + timeout
-                continue
-            if host.killed_reason is not None or not host.alive():
-                dead()
-                return None
-            if deadline is not None and time.monotonic() >= deadline:
-                host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
-                host.killed_cause = AbortCause.TIMEOUT
-                dead()
-                return None
+                if len(receipts) == len(batch.jobs):
+                    return _batch_staged.decode(data)
+                receipts.append(_receipt.decode(data))  # the next member's clock starts now
+            except msgspec.DecodeError:
+                break
+        dead()
+        return None
 
     def _drive(self, host: PluginHostProcess, job: HostJob, timeout: float | None,
                on_start: Callable[[int], object] | None) -> tuple[Receipt, bool]:
@@ -297,6 +279,16 @@ class HostPool:
             return self._dead_host_result(host, job_id), False
         if on_start is not None:
             on_start(host.pid)
+        data = self._answer(host, timeout)
+        if data is not None:
+            with contextlib.suppress(msgspec.DecodeError):
+                return _receipt.decode(data), True
+        return self._dead_host_result(host, job_id), False
+
+    @staticmethod
+    def _answer(host: PluginHostProcess, timeout: float | None) -> bytes | None:
+        """The host's next message, or None when it died, was killed, or stayed silent for
+        ``timeout`` seconds (then it is marked as timed out)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
@@ -306,15 +298,15 @@ class HostPool:
                 ready = False
             if ready:
                 try:
-                    return _receipt.decode(host.conn.recv_bytes()), True
-                except (EOFError, OSError, msgspec.DecodeError):
-                    return self._dead_host_result(host, job_id), False
+                    return host.conn.recv_bytes()
+                except (EOFError, OSError):
+                    return None
             if host.killed_reason is not None or not host.alive():
-                return self._dead_host_result(host, job_id), False
+                return None
             if deadline is not None and time.monotonic() >= deadline:
                 host.killed_reason = f"timeout: job ran longer than {timeout:g}s"
                 host.killed_cause = AbortCause.TIMEOUT
-                return self._dead_host_result(host, job_id), False
+                return None
 
     def _dead_host_result(self, host: PluginHostProcess, job_id: str) -> Receipt:
         if host.killed_reason is None:

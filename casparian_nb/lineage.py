@@ -10,9 +10,12 @@ Every valid output row leaves a job with four lineage columns appended at the en
 The three string columns are per-job constants, so they are dictionary-encoded (one value,
 all-zero int32 indices): building and writing them then costs a few percent of a plain
 ``pq.write_table`` instead of doubling it (see notes/performance.md). Their logical type is
-string — DuckDB reads them as VARCHAR; pyarrow and pandas see dictionary / category.
+string — DuckDB reads them as VARCHAR; pyarrow and pandas see dictionary / category. Rows of
+several jobs stamped together (:func:`stamp_rows`, a standalone run's batch of small files)
+keep each distinct value once in the dictionary, and their indices say whose row is whose.
 
-Rows whose ``_cf_row_error`` is non-null and non-empty go to the quarantine table of the
+:func:`prepare_output` is :func:`split_rows` (the checks and the bad-row mask) followed by
+:func:`stamp_rows`. Rows whose ``_cf_row_error`` is non-null and non-empty go to the quarantine table of the
 output, which keeps the data columns and adds ``_cf_row_error``, ``_cf_source_row`` and the
 same lineage. ``prepare_output`` is a pure function: the same table and the same
 :class:`Lineage` always give identical outputs (F7).

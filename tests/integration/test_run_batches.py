@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
-from casparian_nb import runner
+from casparian_nb import runner, sinks
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.protocol import JobStatus
+from tests.conftest import wait_until
 
 PLUGIN = '''\
 """Test parser: lines "id,value"; a first line "do=<what>" misbehaves on purpose."""
@@ -44,6 +48,8 @@ def parse(path, ctx=None):
         os._exit(7)
     if do == "sleep":
         time.sleep(60)
+    if do == "nap":
+        time.sleep(0.02)
     if do == "empty":
         return
     ids = [int(r[0]) for r in rows]
@@ -301,3 +307,47 @@ def test_a_batch_promoted_again_into_duckdb_loads_nothing_twice(
         finally:
             con.close()
         assert count == 6 * 5 - 1, f"promotion {attempt + 1} loaded rows twice"
+
+
+def test_kill_9_of_a_batched_run_leaves_each_file_all_or_nothing(
+        tmp_path: Path, settings: Settings) -> None:
+    plugin = write_plugin(tmp_path)
+    files = write_files(tmp_path / "in", 64, special={i: "nap" for i in range(64)},
+                        bad=set(range(0, 64, 5)))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASPARIAN_")}
+    proc = subprocess.Popen([sys.executable, "-m", "casparian_nb", "--home", str(settings.home),
+                             "run", str(plugin), str(tmp_path / "in"), "--sink",
+                             f"parquet://{out}", "--parallel", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # killed once some batches are promoted and others are being run
+        wait_until(lambda: len(list(out.glob("items_[0-9a-f]*.parquet"))) >= 2, 60,
+                   message="two promoted batches")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    for run_dir in settings.staging_dir.glob("run-*"):  # what the next run would do first
+        sinks.recover(run_dir)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    query = ("SELECT _cf_job_id, count(*) FROM read_parquet('{}', union_by_name=true) "
+             "GROUP BY ALL")
+    valid = dict(duckdb.sql(query.format(out / "items_[0-9a-f]*.parquet")).fetchall())
+    bad = (dict(duckdb.sql(query.format(out / "items_quarantine_*.parquet")).fetchall())
+           if list(out.glob("items_quarantine_*")) else {})
+    assert valid, "nothing was promoted before the kill"
+    assert len(valid) < 64, "the run finished before the kill"
+    files_of_job = {}
+    for job_id in valid:  # run-<run>-<nnnnnn>: the file's index in the run
+        files_of_job[job_id] = int(job_id.rsplit("-", 1)[1])
+    for job_id, i in files_of_job.items():
+        expected_bad = 1 if i % 5 == 0 else 0
+        assert (valid[job_id], bad.get(job_id, 0)) == (5 - expected_bad, expected_bad), job_id
+    assert set(bad) <= set(valid)
+    # The next run in the same home sweeps the dead run's staging away.
+    again = runner.run(plugin, files[:1], sink=f"parquet://{tmp_path / 'other'}",
+                       settings=settings, progress=False)
+    assert again.ok
+    assert not list(settings.staging_dir.iterdir())

@@ -51,7 +51,7 @@ from .protocol import (
 from .sinks._held import holding_connections
 from .store import StateReader
 from .store.ledger import LedgerRecord, RunLedger
-from .worker.pool import HostPool
+from .worker.pool import HostPool, aborted
 
 # The result types live in ._run_result (re-exported: they are this module's API), the
 # staging ownership and the sweep of killed runs in ._run_staging.
@@ -308,7 +308,9 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
             if done:
                 receipts.put(done)
             for lone in again:  # their batch's host died in another file: each alone now
-                receipts.put([(lone, pool.run(lone, timeout=limit), None)])
+                res = (pool.run(lone, timeout=limit) if stop is None
+                       else aborted(lone.job.job_id, f"run stopped: {stop}"))
+                receipts.put([(lone, res, None)])
         except BaseException as exc:
             finished.put(exc)
 

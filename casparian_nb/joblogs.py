@@ -42,12 +42,17 @@ def job_logs_root(home: str | Path) -> Path:
     return Path(home) / "logs" / "jobs"
 
 
-def job_log_dir(root: str | Path, job_id: str | int) -> Path:
-    """The directory of one job's logs under ``root`` (a job id is never a path)."""
+def _job_dir_name(job_id: str | int) -> str:
+    """``job_id`` as the name of its log directory (a job id is never a path)."""
     name = str(job_id)
     if not _JOB_ID.fullmatch(name) or name.startswith(".."):
         raise ValueError(f"not a job id: {name!r}")
-    return Path(root) / name
+    return name
+
+
+def job_log_dir(root: str | Path, job_id: str | int) -> Path:
+    """The directory of one job's logs under ``root``."""
+    return Path(root) / _job_dir_name(job_id)
 
 
 def job_log_path(root: str | Path, job_id: str | int, attempt: int) -> Path:
@@ -57,10 +62,7 @@ def job_log_path(root: str | Path, job_id: str | int, attempt: int) -> Path:
 
 def job_log_file(root: str | Path, job_id: str | int, attempt: int) -> str:
     """:func:`job_log_path` as text (no Path built: a run asks once per file)."""
-    name = str(job_id)
-    if not _JOB_ID.fullmatch(name) or name.startswith(".."):
-        raise ValueError(f"not a job id: {name!r}")
-    return os.path.join(root, name, f"attempt-{int(attempt)}.log")
+    return os.path.join(root, _job_dir_name(job_id), f"attempt-{int(attempt)}.log")
 
 
 def meta_path(log: Path) -> Path:

@@ -216,7 +216,8 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
         nonlocal stop
         out: dict[int, FileResult] = {}
         todo: list[tuple[int, sinks.StagedJob]] = []
-        unique: dict[int, int] = {}  # id(staged) -> its index in the promotion
+        distinct: list[sinks.StagedJob] = []  # what to promote: a batch's staging once
+        index: dict[int, int] = {}  # id(staged) -> its place in distinct
         for i, (attempt, res, share) in enumerate(group):
             if res.status == ReceiptStatus.ABORTED:
                 out[i] = ended(attempt, res)(JobStatus.ABORTED, error=res.reason or "aborted")
@@ -235,13 +236,14 @@ def _run(spec: plugins.PluginSpec, all_files: Sequence[Path], ledger: RunLedger,
                     out[i] = ended(attempt, res)(JobStatus.ABORTED, error=f"run stopped: {stop}")
                 else:
                     todo.append((i, staged))
-                    unique.setdefault(id(staged), len(unique))
+                    if id(staged) not in index:
+                        index[id(staged)] = len(distinct)
+                        distinct.append(staged)
         # Hosts staged without fsync (sync_staging=False): the staged files become durable
         # with the group's journal, and one ledger transaction records the group.
-        distinct = list({id(staged): staged for _, staged in todo}.values())
         promoted_once = sinks.promote_group(distinct, mode=sink_mode, run_job_ids=run_job_ids,
                                             sync=True) if distinct else []
-        promoted = [promoted_once[unique[id(staged)]] for _, staged in todo]
+        promoted = [promoted_once[index[id(staged)]] for _, staged in todo]
         records = []
         for (i, staged), got in zip(todo, promoted, strict=True):
             attempt, res, share = group[i]

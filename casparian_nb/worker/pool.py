@@ -238,11 +238,9 @@ class HostPool:
                      receipts: list[Receipt]) -> BatchStaged | None:
         """Send the batch and collect its answers into ``receipts``; the BatchStaged, or
         None when the host did not finish (the dying member's receipt is then appended)."""
-        def dead() -> None:
+        def dead() -> None:  # (the host itself is killed as it is released)
             if len(receipts) < len(batch.jobs):
                 receipts.append(self._dead_host_result(host, batch.jobs[len(receipts)].job.job_id))
-            else:
-                host.terminate(self._grace)
 
         try:
             host.wait_ready()

@@ -12,7 +12,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from casparian_nb import runner, sinks
 from casparian_nb.config import Settings, load_settings
 from casparian_nb.protocol import JobStatus
 from tests.conftest import wait_until
+from tests.integration.test_run import cli_cmd, cli_env
 
 PLUGIN = '''\
 """Test parser: lines "id,value"; a first line "do=<what>" misbehaves on purpose."""
@@ -315,11 +315,9 @@ def test_kill_9_of_a_batched_run_leaves_each_file_all_or_nothing(
     files = write_files(tmp_path / "in", 64, special={i: "nap" for i in range(64)},
                         bad=set(range(0, 64, 5)))
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASPARIAN_")}
-    proc = subprocess.Popen([sys.executable, "-m", "casparian_nb", "--home", str(settings.home),
-                             "run", str(plugin), str(tmp_path / "in"), "--sink",
-                             f"parquet://{out}", "--parallel", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli_cmd(settings.home, "run", plugin, tmp_path / "in", "--sink",
+                                    f"parquet://{out}", "--parallel", "2"),
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # killed once some batches are promoted and others are being run
         wait_until(lambda: len(list(out.glob("items_[0-9a-f]*.parquet"))) >= 2, 60,
                    message="two promoted batches")
